@@ -1,0 +1,52 @@
+// Output layer: the loss, its output activation and dL/dZ fused in one pass over the logits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace l2fast {
+
+// squared_error: identity output, L = 1/2 sum_k (z_k - y_k)^2.
+// logistic: sigmoid output, one column, labels 0/1 stored as T.
+// softmax: softmax output, integer labels 0..cols-1, cross-entropy.
+// For all three dL/dZ = yhat - y (one-hot y for softmax).
+enum class Loss { SquaredError, Logistic, Softmax };
+
+Loss parse_loss(const std::string& name);
+
+// Where the targets of a block of rows live: y_values (m x cols, T) for squared_error and logistic,
+// y_labels (m, int64) for softmax. Row i of the block is record rows[i], or row0 + i when rows is null.
+template <class T>
+struct Targets {
+    const T* values = nullptr;
+    const std::int64_t* labels = nullptr;
+    const std::int64_t* rows = nullptr;
+    std::size_t row0 = 0;
+
+    std::size_t record(std::size_t i) const { return rows ? std::size_t(rows[i]) : row0 + i; }
+};
+
+struct LossStats {
+    double loss_sum = 0.0;     // sum over records of L, accumulated in double
+    std::int64_t correct = 0;  // records classified right (0 for squared_error)
+
+    LossStats& operator+=(const LossStats& o) {
+        loss_sum += o.loss_sum;
+        correct += o.correct;
+        return *this;
+    }
+};
+
+// Z (rows x cols logits) <- dL/dZ per record (not yet divided by the batch); returns the loss sum.
+template <class T>
+LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss loss, const Targets<T>& y);
+
+// Z (rows x cols logits) <- the network's output yhat (probabilities, or values for regression).
+template <class T>
+void inplace_output_activation(T* Z, std::size_t rows, std::size_t cols, Loss loss);
+
+// Throws std::invalid_argument unless every label is an integer in [0, n_classes).
+void check_labels(const std::int64_t* labels, std::size_t m, std::size_t n_classes);
+
+}  // namespace l2fast

@@ -1,0 +1,185 @@
+// The epoch loop and the whole-data passes. Buffers are sized once per call, never inside the loop.
+#include "network.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "dense.hpp"
+#include "update.hpp"
+
+namespace l2fast {
+
+namespace {
+
+// Rows per block in the whole-data passes: large enough for efficient GEMMs, small enough for cache.
+constexpr std::size_t kBlockRows = 2048;
+
+template <class T>
+struct Workspace {
+    std::vector<T> x;                  // gathered input rows (shuffled training only)
+    std::vector<std::vector<T>> out;   // out[l]: layer l's output A (last layer: logits, then dL/dZ)
+    std::vector<std::vector<T>> grad;  // grad[l]: dL/dZ of hidden layer l
+    std::vector<T> ones;               // the bias-gradient GEMV's all-ones vector
+
+    Workspace(const Shape& shape, std::size_t rows, bool gather, bool backward) {
+        if (gather) x.resize(rows * shape.n_in());
+        for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+            out.emplace_back(rows * shape.sizes[l + 1]);
+            if (backward && l + 1 < shape.n_layers()) grad.emplace_back(rows * shape.sizes[l + 1]);
+        }
+        if (backward) ones.assign(rows, T(1));
+    }
+};
+
+template <class T>
+void forward_block(const Shape& shape, const Params<T>& params, const T* X, std::size_t rows, Workspace<T>& ws) {
+    const T* in = X;
+    const std::size_t L = shape.n_layers();
+    for (std::size_t l = 0; l < L; ++l) {
+        const Activation act = l + 1 == L ? Activation::Identity : shape.act;
+        dense_forward(in, rows, shape.sizes[l], params.W[l], params.b[l], shape.sizes[l + 1], act,
+                      ws.out[l].data());
+        in = ws.out[l].data();
+    }
+}
+
+// Walks the layers from the output back; consume(l, dZ, A_prev) sees each layer's dL/dZ after the
+// gradient for the layer below has been taken with the old W[l].
+template <class T, class Consume>
+void backward_block(const Shape& shape, const Params<T>& params, const T* X, std::size_t rows,
+                    Workspace<T>& ws, Consume consume) {
+    const std::size_t L = shape.n_layers();
+    for (std::size_t l = L; l-- > 0;) {
+        T* dZ = l + 1 == L ? ws.out[l].data() : ws.grad[l].data();
+        const T* A_prev = l == 0 ? X : ws.out[l - 1].data();
+        if (l > 0) {
+            T* dZ_below = ws.grad[l - 1].data();
+            dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], shape.sizes[l], dZ_below);
+            inplace_activation_backward(dZ_below, ws.out[l - 1].data(), rows * shape.sizes[l], shape.act);
+        }
+        consume(l, dZ, A_prev);
+    }
+}
+
+template <class T>
+Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::size_t row0) {
+    Targets<T> y;
+    y.values = data.y_values;
+    y.labels = data.y_labels;
+    y.rows = rows;
+    y.row0 = row0;
+    return y;
+}
+
+}  // namespace
+
+void check_shape(const Shape& shape) {
+    if (shape.sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+    for (std::size_t s : shape.sizes)
+        if (s == 0) throw std::invalid_argument("layer_sizes: every layer needs at least one unit");
+    if (shape.loss == Loss::Logistic && shape.n_out() != 1)
+        throw std::invalid_argument("layer_sizes: the logistic loss needs exactly one output unit");
+    if (shape.loss == Loss::Softmax && shape.n_out() < 2)
+        throw std::invalid_argument("layer_sizes: the softmax loss needs at least two output units");
+}
+
+void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (order[i] < 0 || std::size_t(order[i]) >= m)
+            throw std::invalid_argument("order: index " + std::to_string(order[i]) + " at position " +
+                                        std::to_string(i) + " is outside [0, " + std::to_string(m) + ")");
+}
+
+template <class T>
+LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                      std::size_t n, std::size_t batch, T lr, T lam_over_m) {
+    LossStats total;
+    if (n == 0) return total;
+    batch = std::min(batch, n);
+    const std::size_t n_in = shape.n_in();
+    Workspace<T> ws(shape, batch, order != nullptr, true);
+    for (std::size_t start = 0; start < n; start += batch) {
+        const std::size_t rows = std::min(batch, n - start);
+        const T* X = data.X + start * n_in;
+        const std::int64_t* picked = order ? order + start : nullptr;
+        if (picked) {
+            for (std::size_t i = 0; i < rows; ++i)
+                std::memcpy(ws.x.data() + i * n_in, data.X + std::size_t(picked[i]) * n_in, n_in * sizeof(T));
+            X = ws.x.data();
+        }
+        forward_block(shape, params, X, rows, ws);
+        total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
+                                       targets_of(data, picked, start));
+        backward_block(shape, params, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+            inplace_fused_l2_step(params.W[l], params.b[l], dZ, A_prev, ws.ones.data(), rows,
+                                  shape.sizes[l + 1], shape.sizes[l], lr, lam_over_m);
+        });
+    }
+    return total;
+}
+
+template <class T>
+void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out) {
+    const std::size_t rows_max = std::min(m, kBlockRows);
+    Workspace<T> ws(shape, rows_max, false, false);
+    for (std::size_t start = 0; start < m; start += rows_max) {
+        const std::size_t rows = std::min(rows_max, m - start);
+        forward_block(shape, params, X + start * shape.n_in(), rows, ws);
+        T* logits = ws.out.back().data();
+        inplace_output_activation(logits, rows, shape.n_out(), shape.loss);
+        std::memcpy(out + start * shape.n_out(), logits, rows * shape.n_out() * sizeof(T));
+    }
+}
+
+template <class T>
+LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>& data) {
+    LossStats total;
+    const std::size_t rows_max = std::min(data.m, kBlockRows);
+    Workspace<T> ws(shape, rows_max, false, false);
+    for (std::size_t start = 0; start < data.m; start += rows_max) {
+        const std::size_t rows = std::min(rows_max, data.m - start);
+        forward_block(shape, params, data.X + start * shape.n_in(), rows, ws);
+        total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
+                                       targets_of(data, nullptr, start));
+    }
+    return total;
+}
+
+template <class T>
+LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T lam_over_m,
+                    Params<T>& grads) {
+    for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+        const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
+        for (std::size_t k = 0; k < n_w; ++k) grads.W[l][k] = lam_over_m * params.W[l][k];
+        std::fill(grads.b[l], grads.b[l] + shape.sizes[l + 1], T(0));
+    }
+    LossStats total;
+    const std::size_t rows_max = std::min(data.m, kBlockRows);
+    const T scale = T(1) / T(data.m);
+    Workspace<T> ws(shape, rows_max, false, true);
+    for (std::size_t start = 0; start < data.m; start += rows_max) {
+        const std::size_t rows = std::min(rows_max, data.m - start);
+        const T* X = data.X + start * shape.n_in();
+        forward_block(shape, params, X, rows, ws);
+        total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
+                                       targets_of(data, nullptr, start));
+        backward_block(shape, params, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+            accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, shape.sizes[l + 1],
+                                shape.sizes[l], scale);
+        });
+    }
+    return total;
+}
+
+#define L2FAST_INSTANTIATE(T)                                                                                   \
+    template LossStats train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,          \
+                                   std::size_t, std::size_t, T, T);                                            \
+    template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
+    template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
+    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, T, Params<T>&);
+L2FAST_INSTANTIATE(float)
+L2FAST_INSTANTIATE(double)
+
+}  // namespace l2fast

@@ -1,0 +1,65 @@
+// Whole-network passes over blocks of records: one training epoch, prediction, evaluation, gradients.
+// Everything here takes raw pointers and sizes; callers validate with the check_* functions first.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "activations.hpp"
+#include "losses.hpp"
+
+namespace l2fast {
+
+// sizes = [n_x, n_1, ..., n_out]; hidden layers use act, the output layer is fixed by loss.
+struct Shape {
+    std::vector<std::size_t> sizes;
+    Activation act = Activation::Relu;
+    Loss loss = Loss::Softmax;
+
+    std::size_t n_layers() const { return sizes.size() - 1; }
+    std::size_t n_in() const { return sizes.front(); }
+    std::size_t n_out() const { return sizes.back(); }
+};
+
+// W[l] is (sizes[l+1] x sizes[l]) row-major, b[l] has sizes[l+1] entries.
+template <class T>
+struct Params {
+    std::vector<T*> W;
+    std::vector<T*> b;
+};
+
+// X is (m x n_in) row-major; targets as in Targets<T>: values (m x n_out) or labels (m).
+template <class T>
+struct Dataset {
+    const T* X = nullptr;
+    std::size_t m = 0;
+    const T* y_values = nullptr;
+    const std::int64_t* y_labels = nullptr;
+};
+
+// Validation: each throws std::invalid_argument naming the offending argument.
+void check_shape(const Shape& shape);
+void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
+
+// One pass over the records in `order` (n of them; null order: records 0..m-1 in turn) in minibatches
+// of `batch`, each step W <- (1 - lr lam/m) W - (lr/b) dZ^T A_prev with the GEMM writing into W.
+// Returns the loss sum and correct count of every minibatch, measured before its own update.
+template <class T>
+LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                      std::size_t n, std::size_t batch, T lr, T lam_over_m);
+
+// out (m x n_out) <- yhat for each row of X (m x n_in).
+template <class T>
+void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out);
+
+// Loss sum and correct count over the whole data set, parameters unchanged.
+template <class T>
+LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>& data);
+
+// grads <- dJ/dW = (1/m) sum dL/dW + (lam/m) W and dJ/db over the whole data set; returns the loss sum.
+template <class T>
+LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T lam_over_m,
+                    Params<T>& grads);
+
+}  // namespace l2fast

@@ -1,0 +1,12 @@
+"""l2fast: L2-regularised dense networks with a NumPy reference backend and a fused C++ one.
+
+    import l2fast
+    net = l2fast.Network([784, 256, 10], lam=1.0, backend="cpu", seed=0)
+    history = net.fit(X, y, epochs=10, lr=0.1, batch_size=128)
+"""
+from l2fast.backends import BackendUnavailableError, available_backends
+from l2fast.network import CostParts, History, Network
+
+__version__ = "0.1.0"
+
+__all__ = ["Network", "History", "CostParts", "available_backends", "BackendUnavailableError", "__version__"]

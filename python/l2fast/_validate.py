@@ -1,0 +1,139 @@
+"""Argument checks shared by every backend: each error names the argument it is about.
+
+Arrays come out C-contiguous in the network's dtype, in the layout the kernels take; nothing here
+mutates its input.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
+LOSSES = ("squared_error", "logistic", "softmax")
+DTYPES = ("float32", "float64")
+
+
+def choice(value, name, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def float_dtype(dtype):
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return resolved
+
+
+def integer(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def real(value, name, *, positive):
+    """A finite real number, > 0 when positive else >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name}: must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+def layer_sizes(sizes):
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"layer_sizes: expected a sequence of integers such as [n_x, n_1, n_out], got {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes: need at least [n_in, n_out], got {list(sizes)}")
+    return tuple(integer(s, f"layer_sizes[{i}]", 1) for i, s in enumerate(sizes))
+
+
+def _numeric_array(values, name, *, allow_bool=False):
+    try:
+        array = np.asarray(values)
+    except Exception as exc:  # a ragged list, an object that refuses __array__
+        raise TypeError(f"{name}: cannot be read as an array ({exc})") from exc
+    kind = array.dtype.kind
+    if kind == "b" and allow_bool:
+        return array
+    if kind not in "iuf" or array.dtype == np.float16:
+        raise TypeError(
+            f"{name}: expected real numbers (float32, float64 or integers), got dtype {array.dtype}"
+        )
+    return array
+
+
+def _finite(array, name):
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"{name}: contains NaN or infinity")
+
+
+def features(X, n_in, dtype, name="X"):
+    """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite."""
+    array = _numeric_array(X, name)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (records, features), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name}: no records (0 rows)")
+    if array.shape[1] != n_in:
+        raise ValueError(f"{name}: expected {n_in} features per record, got {array.shape[1]}")
+    _finite(array, name)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def targets(y, m, loss, n_out, dtype, name="y"):
+    """y in the kernels' layout: int64 labels (m,) for softmax, dtype (m, n_out) values otherwise."""
+    array = _numeric_array(y, name, allow_bool=loss == "logistic")
+    if loss == "softmax":
+        if array.ndim != 1 or len(array) != m:
+            raise ValueError(f"{name}: expected {m} class labels of shape ({m},), got shape {array.shape}")
+        _finite(array, name)
+        labels = array.astype(np.int64)
+        if array.dtype.kind == "f" and not np.array_equal(labels, array):
+            raise ValueError(f"{name}: class labels must be integers, got non-integer values")
+        bad = (labels < 0) | (labels >= n_out)
+        if bad.any():
+            raise ValueError(
+                f"{name}: class labels must lie in [0, {n_out - 1}], got {labels[bad][0]} "
+                f"at index {int(np.argmax(bad))}"
+            )
+        return np.ascontiguousarray(labels)
+    if array.ndim == 1 and n_out == 1:
+        array = array[:, None]
+    if array.shape != (m, n_out):
+        want = f"({m},) or ({m}, 1)" if n_out == 1 else f"({m}, {n_out})"
+        raise ValueError(f"{name}: expected shape {want}, got {array.shape}")
+    _finite(array, name)
+    values = np.ascontiguousarray(array, dtype=dtype)
+    if loss == "logistic" and not np.isin(values, (0, 1)).all():
+        raise ValueError(f"{name}: logistic labels must be 0 or 1")
+    return values
+
+
+def parameters(weights, biases, sizes, dtype):
+    """Fresh C-contiguous copies of weights[l] (n_l, n_{l-1}) and biases[l] (n_l,), all finite."""
+    n_layers = len(sizes) - 1
+    for name, arrays in (("weights", weights), ("biases", biases)):
+        if isinstance(arrays, np.ndarray) or not hasattr(arrays, "__len__") or len(arrays) != n_layers:
+            raise ValueError(f"{name}: expected a list of {n_layers} arrays, one per layer")
+    new_weights, new_biases = [], []
+    for layer in range(n_layers):
+        for name, values, shape, out in (
+            (f"weights[{layer}]", weights[layer], (sizes[layer + 1], sizes[layer]), new_weights),
+            (f"biases[{layer}]", biases[layer], (sizes[layer + 1],), new_biases),
+        ):
+            array = _numeric_array(values, name)
+            if array.shape != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
+            _finite(array, name)
+            out.append(np.array(array, dtype=dtype, order="C", copy=True))
+    return new_weights, new_biases

@@ -1,0 +1,54 @@
+"""The backend switch: one name, checked against a list, loaded lazily, never a silent fallback.
+
+Every backend implements the same small protocol on parameters held as lists of arrays:
+``train_epoch``, ``predict``, ``evaluate`` and ``gradients`` (see ``numpy_ref.NumpyBackend``).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run on this machine; the message says why and what to do."""
+
+
+def get_backend(name):
+    """The backend object for ``name``; raises ValueError for an unknown name and
+    BackendUnavailableError for one this machine cannot run."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    if name == "numpy":
+        from l2fast.backends.numpy_ref import NumpyBackend
+
+        return NumpyBackend()
+    if name == "cpu":
+        try:
+            from l2fast.backends.cpu import CpuBackend
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend='cpu' needs l2fast's compiled module, which failed to load ({exc}); "
+                "reinstall with `pip install --force-reinstall l2fast`"
+            ) from exc
+        return CpuBackend()
+    if importlib.util.find_spec("cupy") is None:
+        raise BackendUnavailableError(
+            "backend='cuda' needs CuPy and an NVIDIA GPU; CuPy is not installed. "
+            "Install it with `pip install \"l2fast[cuda]\"` on a machine with a CUDA 12 driver."
+        )
+    raise BackendUnavailableError(
+        "backend='cuda' is not part of this release of l2fast yet; use backend='cpu'."
+    )
+
+
+def available_backends():
+    """The backend names that can run here, in the order numpy, cpu, cuda."""
+    names = []
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+        except BackendUnavailableError:
+            continue
+        names.append(name)
+    return names

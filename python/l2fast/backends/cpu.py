@@ -1,0 +1,28 @@
+"""backend="cpu": the C++ kernels of ``cpp/`` through ``l2fast._core``, OpenBLAS for every GEMM.
+
+Each call runs a whole epoch (or a whole-data pass) in C++ with the GIL released.
+"""
+from __future__ import annotations
+
+# Loads libscipy_openblas.so into the process before _core needs it (editable builds rely on this).
+import scipy_openblas32  # noqa: F401
+
+from l2fast import _core
+
+
+class CpuBackend:
+    """backend="cpu": parameters are NumPy arrays that the C++ kernels update in place."""
+
+    name = "cpu"
+
+    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+        return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
+
+    def predict(self, weights, biases, X, activation, loss):
+        return _core.predict(weights, biases, X, activation, loss)
+
+    def evaluate(self, weights, biases, X, y, activation, loss):
+        return _core.evaluate(weights, biases, X, y, activation, loss)
+
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
+        return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss)

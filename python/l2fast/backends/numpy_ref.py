@@ -1,0 +1,172 @@
+"""The NumPy reference backend: the specification that every fast path is checked against.
+
+Each function mirrors one kernel of ``cpp/`` under the same name and does the same arithmetic in the
+same dtype, written for reading rather than speed. Shapes: ``X`` (m, n_in), ``W`` (n_out, n_in),
+``b`` (n_out,), activations (rows, n) with one record per row.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_ROWS = 2048  # the whole-data passes work in blocks of this many records, like the C++ ones
+
+
+def sigmoid(Z):
+    """Logistic function that never overflows: exp is only taken of -|Z|."""
+    e = np.exp(-np.abs(Z))
+    return np.where(Z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def activate(Z, activation):
+    if activation == "identity":
+        return Z
+    if activation == "relu":
+        return np.maximum(Z, 0)
+    if activation == "tanh":
+        return np.tanh(Z)
+    if activation == "sigmoid":
+        return sigmoid(Z)
+    raise ValueError(f"activation: unknown activation {activation!r}")
+
+
+def activation_backward(dA, A, activation):
+    """dL/dZ from dL/dA and the activated output A = act(Z)."""
+    if activation == "identity":
+        return dA
+    if activation == "relu":
+        return np.where(A > 0, dA, 0)
+    if activation == "tanh":
+        return dA * (1 - A * A)
+    if activation == "sigmoid":
+        return dA * (A * (1 - A))
+    raise ValueError(f"activation: unknown activation {activation!r}")
+
+
+def dense_forward(A_prev, W, b, activation):
+    """act(A_prev @ W.T + b): (rows, n_in) -> (rows, n_out)."""
+    return activate(A_prev @ W.T + b, activation)
+
+
+def dense_backward_input(dZ, W):
+    """dL/dA_prev (rows, n_in) from dL/dZ (rows, n_out), with W as it was in the forward pass."""
+    return dZ @ W
+
+
+def output_activation(Z, loss):
+    """The network's output yhat from the last layer's logits Z (rows, n_out)."""
+    if loss == "squared_error":
+        return Z
+    if loss == "logistic":
+        return sigmoid(Z)
+    e = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def loss_gradient(Z, y, loss):
+    """Per-record loss of the logits Z (rows, n_out) against y, and dL/dZ = yhat - y per record.
+
+    y is (rows,) int64 labels for softmax, (rows, n_out) values otherwise (logistic: 0/1, one column).
+    Returns (loss_sum as a Python float, number classified right, dL/dZ of Z's shape and dtype).
+    """
+    if loss == "squared_error":
+        dZ = Z - y
+        per_record = 0.5 * np.sum(dZ * dZ, axis=1)
+        return float(per_record.sum(dtype=np.float64)), 0, dZ
+    if loss == "logistic":
+        z, t = Z[:, 0], y[:, 0]
+        per_record = np.maximum(z, 0) - t * z + np.log1p(np.exp(-np.abs(z)))
+        p = sigmoid(z)
+        correct = int(np.count_nonzero((p >= 0.5) == (t == 1)))
+        return float(per_record.sum(dtype=np.float64)), correct, (p - t)[:, None]
+    rows = np.arange(len(Z))
+    z_max = Z.max(axis=1, keepdims=True)
+    e = np.exp(Z - z_max)
+    total = e.sum(axis=1)
+    per_record = (np.log(total) + z_max[:, 0]) - Z[rows, y]
+    correct = int(np.count_nonzero(Z.argmax(axis=1) == y))
+    dZ = e / total[:, None]
+    dZ[rows, y] -= 1
+    return float(per_record.sum(dtype=np.float64)), correct, dZ
+
+
+def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
+    """In place: W <- W - lr (mean dL/dW + (lam/m) W), b <- b - lr mean dL/db, over a batch of rows."""
+    batch = len(dZ)
+    W -= lr * (dZ.T @ A_prev / batch + lam_over_m * W)
+    b -= lr * (dZ.sum(axis=0) / batch)
+
+
+def forward_all(weights, biases, X, activation):
+    """Every layer's output for the rows of X; the last entry holds the logits."""
+    outputs = []
+    A = X
+    for layer, (W, b) in enumerate(zip(weights, biases)):
+        last = layer == len(weights) - 1
+        A = dense_forward(A, W, b, "identity" if last else activation)
+        outputs.append(A)
+    return outputs
+
+
+def backward_all(weights, X, outputs, dZ, activation, consume):
+    """Walks back from the output's dL/dZ; consume(l, dZ, A_prev) sees each layer's gradient after the
+    input gradient for the layer below was taken with the old weights[l]."""
+    for layer in reversed(range(len(weights))):
+        A_prev = X if layer == 0 else outputs[layer - 1]
+        dZ_below = None
+        if layer > 0:
+            dZ_below = activation_backward(dense_backward_input(dZ, weights[layer]), A_prev, activation)
+        consume(layer, dZ, A_prev)
+        dZ = dZ_below
+
+
+class NumpyBackend:
+    """backend="numpy": parameters are NumPy arrays, updated in place."""
+
+    name = "numpy"
+
+    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+        n = len(X) if order is None else len(order)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            X_batch, y_batch = X[rows], y[rows]
+            outputs = forward_all(weights, biases, X_batch, activation)
+            batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss)
+            loss_sum += batch_loss
+            correct += batch_correct
+
+            def step(layer, dZ, A_prev):
+                l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
+
+            backward_all(weights, X_batch, outputs, dZ, activation, step)
+        return loss_sum, correct
+
+    def predict(self, weights, biases, X, activation, loss):
+        blocks = [
+            output_activation(forward_all(weights, biases, X[s : s + BLOCK_ROWS], activation)[-1], loss)
+            for s in range(0, len(X), BLOCK_ROWS)
+        ]
+        return np.concatenate(blocks)
+
+    def evaluate(self, weights, biases, X, y, activation, loss):
+        loss_sum, correct = 0.0, 0
+        for s in range(0, len(X), BLOCK_ROWS):
+            logits = forward_all(weights, biases, X[s : s + BLOCK_ROWS], activation)[-1]
+            block_loss, block_correct, _ = loss_gradient(logits, y[s : s + BLOCK_ROWS], loss)
+            loss_sum += block_loss
+            correct += block_correct
+        return loss_sum, correct
+
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
+        m = len(X)
+        outputs = forward_all(weights, biases, X, activation)
+        loss_sum, _, dZ = loss_gradient(outputs[-1], y, loss)
+        dW = [None] * len(weights)
+        db = [None] * len(weights)
+
+        def collect(layer, dZ, A_prev):
+            dW[layer] = dZ.T @ A_prev / m + lam_over_m * weights[layer]
+            db[layer] = dZ.sum(axis=0) / m
+
+        backward_all(weights, X, outputs, dZ, activation, collect)
+        return dW, db, loss_sum

@@ -1,0 +1,253 @@
+"""The model: an L2-regularised dense network, its parameters, cost, prediction and training.
+
+    J(W, b) = (1/m) sum_i L(yhat_i, y_i) + (lam / 2m) sum_l ||W[l]||_F^2
+
+with m the number of records and biases never penalised. Every computation is delegated to the
+backend chosen by name; this file holds what is the same on all of them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from l2fast import _validate
+from l2fast.backends import get_backend
+
+
+class CostParts(NamedTuple):
+    """The two terms of J: the mean data loss and the L2 penalty (lam / 2m) sum ||W||_F^2."""
+
+    data_loss: float
+    penalty: float
+
+
+@dataclass
+class History:
+    """Per-epoch figures from ``Network.fit``.
+
+    ``loss`` and ``accuracy`` are the running figures of each epoch, as Keras and scikit-learn report
+    them: every minibatch is scored just before its own update. ``cost`` adds the L2 penalty at the
+    end of the epoch (m = training-set size). The ``val_`` lists are exact evaluations of the
+    validation data after each epoch, ``val_cost`` being ``Network.cost`` on it. Accuracy lists stay
+    empty for regression.
+    """
+
+    loss: list = field(default_factory=list)
+    cost: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_cost: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+
+
+def initial_parameters(sizes, activation, dtype, rng):
+    """He-normal weights N(0, 2/n_in) before relu layers, Glorot-uniform U(+-sqrt(6/(n_in+n_out)))
+    elsewhere (tanh, sigmoid, identity and the output layer); zero biases. Drawn in float64 from rng,
+    then cast, so that a seed gives the same network on every backend."""
+    weights, biases = [], []
+    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        hidden = layer < len(sizes) - 2
+        if hidden and activation == "relu":
+            W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
+        else:
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-limit, limit, size=(n_out, n_in))
+        weights.append(np.ascontiguousarray(W, dtype=dtype))
+        biases.append(np.zeros(n_out, dtype=dtype))
+    return weights, biases
+
+
+class Network:
+    """A dense network trained on the L2-regularised cost J.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_x, n_1, ..., n_out]``; ``[n_x, 1]`` with ``loss="logistic"`` is logistic regression.
+    activation : {"relu", "tanh", "sigmoid", "identity"}
+        Activation of the hidden layers.
+    loss : {"softmax", "logistic", "squared_error"}
+        softmax: cross-entropy over n_out >= 2 classes, integer labels 0..n_out-1.
+        logistic: one sigmoid output, labels 0/1. squared_error: L = 1/2 sum_k (yhat_k - y_k)^2.
+    lam : float
+        lambda >= 0 of the penalty (lam / 2m) sum ||W||_F^2.
+    backend : {"numpy", "cpu", "cuda"}
+        Where the work runs; all compute the same thing.
+    dtype : {"float32", "float64"}
+        The dtype of parameters, computation and results.
+    seed : int or None
+        Seeds the initial weights and the shuffling in ``fit``.
+    """
+
+    def __init__(self, layer_sizes, activation="relu", loss="softmax", lam=0.0, backend="numpy",
+                 dtype="float32", seed=None):
+        self.layer_sizes = _validate.layer_sizes(layer_sizes)
+        self.activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)
+        self.loss = _validate.choice(loss, "loss", _validate.LOSSES)
+        if loss == "logistic" and self.layer_sizes[-1] != 1:
+            raise ValueError(f"layer_sizes: the logistic loss needs one output unit, got {self.layer_sizes[-1]}")
+        if loss == "softmax" and self.layer_sizes[-1] < 2:
+            raise ValueError("layer_sizes: the softmax loss needs at least two output units; "
+                             "use loss='logistic' for two classes with one unit")
+        self.lam = lam
+        self.dtype = _validate.float_dtype(dtype)
+        if seed is not None:
+            _validate.integer(seed, "seed", 0)
+        self.seed = seed
+        self._backend = get_backend(backend)
+        init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+        self._weights, self._biases = initial_parameters(
+            self.layer_sizes, self.activation, self.dtype, np.random.default_rng(init_seq)
+        )
+        self._shuffle_rng = np.random.default_rng(shuffle_seq)
+
+    # -- parameters -------------------------------------------------------------------------------
+
+    @property
+    def backend(self):
+        """The backend's name."""
+        return self._backend.name
+
+    @property
+    def lam(self):
+        """lambda of the L2 penalty; may be changed between calls to ``fit``."""
+        return self._lam
+
+    @lam.setter
+    def lam(self, value):
+        self._lam = _validate.real(value, "lam", positive=False)
+
+    @property
+    def weights(self):
+        """Copies of W[l], shape (n_l, n_{l-1}); change them with ``set_parameters``."""
+        return [W.copy() for W in self._weights]
+
+    @property
+    def biases(self):
+        """Copies of b[l], shape (n_l,)."""
+        return [b.copy() for b in self._biases]
+
+    def set_parameters(self, weights, biases):
+        """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,)."""
+        self._weights, self._biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
+
+    def penalty(self, m):
+        """(lam / 2m) sum_l ||W[l]||_F^2 for a data set of m records, summed in float64."""
+        m = _validate.integer(m, "m", 1)
+        squares = sum(float(np.sum(np.square(W, dtype=np.float64))) for W in self._weights)
+        return self._lam / (2 * m) * squares
+
+    # -- evaluation ---------------------------------------------------------------------------------
+
+    def _data(self, X, y):
+        X = _validate.features(X, self.layer_sizes[0], self.dtype)
+        return X, _validate.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
+
+    def cost_parts(self, X, y):
+        """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X)."""
+        X, y = self._data(X, y)
+        loss_sum, _ = self._backend.evaluate(self._weights, self._biases, X, y, self.activation, self.loss)
+        return CostParts(loss_sum / len(X), self.penalty(len(X)))
+
+    def cost(self, X, y):
+        """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float."""
+        return float(sum(self.cost_parts(X, y)))
+
+    def gradients(self, X, y):
+        """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of arrays."""
+        X, y = self._data(X, y)
+        dW, db, _ = self._backend.gradients(
+            self._weights, self._biases, X, y, self._lam / len(X), self.activation, self.loss
+        )
+        return list(dW), list(db)
+
+    def _output(self, X):
+        X = _validate.features(X, self.layer_sizes[0], self.dtype)
+        return self._backend.predict(self._weights, self._biases, X, self.activation, self.loss)
+
+    def predict_proba(self, X):
+        """Class probabilities (m, n_classes) for X (m, n_x); (m, 2) = [P(0), P(1)] for logistic."""
+        if self.loss == "squared_error":
+            raise TypeError("predict_proba: this network is a regressor (loss='squared_error'); use predict")
+        out = self._output(X)
+        if self.loss == "logistic":
+            return np.concatenate([1 - out, out], axis=1)
+        return out
+
+    def predict(self, X):
+        """Class labels (m,) int64 for classification; values (m,) or (m, n_out) for regression."""
+        out = self._output(X)
+        if self.loss == "softmax":
+            return out.argmax(axis=1)
+        if self.loss == "logistic":
+            return (out[:, 0] >= 0.5).astype(np.int64)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def score(self, X, y):
+        """Accuracy for classification; R^2 (averaged over outputs) for regression."""
+        X, y_kernel = self._data(X, y)
+        if self.loss != "squared_error":
+            _, correct = self._backend.evaluate(self._weights, self._biases, X, y_kernel, self.activation,
+                                                self.loss)
+            return correct / len(X)
+        pred = self._output(X).astype(np.float64)
+        truth = y_kernel.astype(np.float64)
+        residual = ((truth - pred) ** 2).sum(axis=0)
+        spread = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(spread > 0, 1 - residual / spread, np.where(residual == 0, 1.0, 0.0))
+        return float(r2.mean())
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def fit(self, X, y, epochs=1, lr=0.1, batch_size=None, shuffle=True, validation_data=None):
+        """Minibatch gradient descent on J over X (m, n_x) and y.
+
+        Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
+        m = len(X), the whole training set. ``batch_size=None`` is full batch; the last batch of an
+        epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
+        an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
+        Every argument is checked before the first step: a refused call leaves the network unchanged.
+        """
+        X, y = self._data(X, y)
+        m = len(X)
+        epochs = _validate.integer(epochs, "epochs", 0)
+        lr = _validate.real(lr, "lr", positive=True)
+        batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data: expected a pair (X_val, y_val)")
+            X_val, y_val = self._data(*validation_data)
+        classifier = self.loss != "squared_error"
+        history = History()
+        for _ in range(epochs):
+            order = self._shuffle_rng.permutation(m) if shuffle else None
+            start = time.perf_counter()
+            loss_sum, correct = self._backend.train_epoch(
+                self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
+                self.loss,
+            )
+            history.seconds.append(time.perf_counter() - start)
+            history.loss.append(loss_sum / m)
+            history.cost.append(loss_sum / m + self.penalty(m))
+            if classifier:
+                history.accuracy.append(correct / m)
+            if validation_data is not None:
+                val_sum, val_correct = self._backend.evaluate(
+                    self._weights, self._biases, X_val, y_val, self.activation, self.loss
+                )
+                history.val_loss.append(val_sum / len(X_val))
+                history.val_cost.append(val_sum / len(X_val) + self.penalty(len(X_val)))
+                if classifier:
+                    history.val_accuracy.append(val_correct / len(X_val))
+        return history
+
+    def __repr__(self):
+        return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, loss={self.loss!r}, "
+                f"lam={self._lam}, backend={self.backend!r}, dtype={self.dtype.name!r})")

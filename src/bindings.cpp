@@ -1,0 +1,297 @@
+// Python bindings for the kernel library: check every array, take pointers, release the GIL, call cpp/.
+// Nothing is converted silently: arrays written in place must already have the exact dtype and layout.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "blas.hpp"
+#include "network.hpp"
+
+namespace py = pybind11;
+using l2fast::Loss;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+py::array as_array(const py::handle& obj, const std::string& name) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(name + ": expected a numpy.ndarray, got " + std::string(py::str(obj.get_type())));
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+// Checks dtype (exact), shape (-1 matches any extent), C order and, for outputs, writeability.
+template <class T>
+py::array checked(const py::handle& obj, const std::string& name, std::vector<py::ssize_t> shape,
+                  bool written = false) {
+    py::array a = as_array(obj, name);
+    if (!a.dtype().equal(py::dtype::of<T>()))
+        throw py::type_error(name + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
+                             std::string(py::str(a.dtype())));
+    bool ok = a.ndim() == py::ssize_t(shape.size());
+    for (std::size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "(";
+        for (std::size_t i = 0; i < shape.size(); ++i)
+            want += (i ? ", " : "") + (shape[i] < 0 ? std::string("any") : std::to_string(shape[i]));
+        throw std::invalid_argument(name + ": expected shape " + want + (shape.size() == 1 ? ",)" : ")") +
+                                    ", got " + shape_str(a));
+    }
+    if (!(a.flags() & py::array::c_style))
+        throw std::invalid_argument(name + ": array must be C-contiguous");
+    if (written && !a.writeable()) throw std::invalid_argument(name + ": array is read-only");
+    return a;
+}
+
+// Arrays that are only read may be read-only; the kernels never write through these pointers then.
+template <class T>
+T* ptr(const py::array& a) {
+    return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <class T>
+const T* cptr(const py::array& a) {
+    return static_cast<const T*>(a.data());
+}
+
+// The network as the kernels see it, with the Python arrays kept alive beside their pointers.
+template <class T>
+struct Net {
+    l2fast::Shape shape;
+    std::vector<py::array> keep;
+    l2fast::Params<T> params;
+};
+
+template <class T>
+Net<T> take_network(const py::list& weights, const py::list& biases, const std::string& activation,
+                    const std::string& loss, bool written) {
+    Net<T> net;
+    net.shape.act = l2fast::parse_activation(activation);
+    net.shape.loss = l2fast::parse_loss(loss);
+    if (weights.size() == 0) throw std::invalid_argument("weights: need at least one layer");
+    if (biases.size() != weights.size())
+        throw std::invalid_argument("biases: expected " + std::to_string(weights.size()) + " arrays, got " +
+                                    std::to_string(biases.size()));
+    for (std::size_t l = 0; l < weights.size(); ++l) {
+        const std::string wname = "weights[" + std::to_string(l) + "]";
+        py::array w0 = as_array(weights[l], wname);
+        if (w0.ndim() != 2) throw std::invalid_argument(wname + ": expected a 2-D array, got " + shape_str(w0));
+        if (l == 0) net.shape.sizes.push_back(std::size_t(w0.shape(1)));
+        const py::ssize_t n_in = py::ssize_t(net.shape.sizes.back()), n_out = w0.shape(0);
+        py::array w = checked<T>(w0, wname, {n_out, n_in}, written);
+        py::array b = checked<T>(biases[l], "biases[" + std::to_string(l) + "]", {n_out}, written);
+        net.shape.sizes.push_back(std::size_t(n_out));
+        net.params.W.push_back(ptr<T>(w));
+        net.params.b.push_back(ptr<T>(b));
+        net.keep.push_back(std::move(w));
+        net.keep.push_back(std::move(b));
+    }
+    l2fast::check_shape(net.shape);
+    return net;
+}
+
+// X (m x n_in) and the targets in the layout the loss needs: int64 labels (m,) or T values (m, n_out).
+template <class T>
+l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
+                             std::vector<py::array>& keep) {
+    py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
+    if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
+    l2fast::Dataset<T> data;
+    data.X = cptr<T>(X);
+    data.m = std::size_t(X.shape(0));
+    keep.push_back(X);
+    if (y_obj.is_none()) return data;
+    const py::ssize_t m = X.shape(0);
+    if (shape.loss == Loss::Softmax) {
+        py::array y = checked<std::int64_t>(y_obj, "y", {m});
+        data.y_labels = cptr<std::int64_t>(y);
+        l2fast::check_labels(data.y_labels, data.m, shape.n_out());
+        keep.push_back(y);
+    } else {
+        py::array y = checked<T>(y_obj, "y", {m, py::ssize_t(shape.n_out())});
+        data.y_values = cptr<T>(y);
+        if (shape.loss == Loss::Logistic)
+            for (std::size_t i = 0; i < data.m; ++i)
+                if (data.y_values[i] != T(0) && data.y_values[i] != T(1))
+                    throw std::invalid_argument("y: logistic labels must be 0 or 1, found " +
+                                                std::to_string(data.y_values[i]) + " at index " + std::to_string(i));
+        keep.push_back(y);
+    }
+    return data;
+}
+
+double finite_scalar(double v, const char* name, bool positive) {
+    if (!std::isfinite(v) || (positive ? v <= 0 : v < 0))
+        throw std::invalid_argument(std::string(name) + (positive ? " must be a finite number > 0, got "
+                                                                  : " must be a finite number >= 0, got ") +
+                                    std::to_string(v));
+    return v;
+}
+
+py::tuple stats_tuple(const l2fast::LossStats& s) { return py::make_tuple(s.loss_sum, s.correct); }
+
+template <class T>
+py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+                        const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
+                        const std::string& activation, const std::string& loss) {
+    Net<T> net = take_network<T>(weights, biases, activation, loss, true);
+    if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
+    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
+    finite_scalar(lr, "lr", true);
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    const std::int64_t* order = nullptr;
+    std::size_t n = data.m;
+    if (!order_obj.is_none()) {
+        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
+        order = cptr<std::int64_t>(o);
+        n = std::size_t(o.shape(0));
+        l2fast::check_order(order, n, data.m);
+        net.keep.push_back(o);
+    }
+    l2fast::LossStats stats;
+    {
+        py::gil_scoped_release release;
+        stats = l2fast::train_epoch(net.shape, net.params, data, order, n, std::size_t(batch_size), T(lr),
+                                    T(lam_over_m));
+    }
+    return stats_tuple(stats);
+}
+
+template <class T>
+py::array predict_t(const py::list& weights, const py::list& biases, const py::handle& X,
+                    const std::string& activation, const std::string& loss) {
+    Net<T> net = take_network<T>(weights, biases, activation, loss, false);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, py::none(), net.keep);
+    py::array_t<T> out({py::ssize_t(data.m), py::ssize_t(net.shape.n_out())});
+    T* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        l2fast::predict(net.shape, net.params, data.X, data.m, out_ptr);
+    }
+    return out;
+}
+
+template <class T>
+py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+                     const std::string& activation, const std::string& loss) {
+    Net<T> net = take_network<T>(weights, biases, activation, loss, false);
+    if (y.is_none()) throw std::invalid_argument("y: targets are required");
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
+    l2fast::LossStats stats;
+    {
+        py::gil_scoped_release release;
+        stats = l2fast::evaluate(net.shape, net.params, data);
+    }
+    return stats_tuple(stats);
+}
+
+template <class T>
+py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+                      double lam_over_m, const std::string& activation, const std::string& loss) {
+    Net<T> net = take_network<T>(weights, biases, activation, loss, false);
+    if (y.is_none()) throw std::invalid_argument("y: targets are required");
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    py::list dW, db;
+    l2fast::Params<T> grads;
+    for (std::size_t l = 0; l < net.shape.n_layers(); ++l) {
+        py::array_t<T> w({py::ssize_t(net.shape.sizes[l + 1]), py::ssize_t(net.shape.sizes[l])});
+        py::array_t<T> b(py::ssize_t(net.shape.sizes[l + 1]));
+        grads.W.push_back(w.mutable_data());
+        grads.b.push_back(b.mutable_data());
+        dW.append(w);
+        db.append(b);
+    }
+    l2fast::LossStats stats;
+    {
+        py::gil_scoped_release release;
+        stats = l2fast::gradients(net.shape, net.params, data, T(lam_over_m), grads);
+    }
+    return py::make_tuple(dW, db, stats.loss_sum);
+}
+
+// Picks float or double from weights[0]; every other float array must then match it exactly.
+template <class F32, class F64>
+auto by_dtype(const py::list& weights, F32 f32, F64 f64) {
+    if (weights.size() == 0) throw std::invalid_argument("weights: need at least one layer");
+    py::array w = as_array(weights[0], "weights[0]");
+    if (w.dtype().equal(py::dtype::of<float>())) return f32();
+    if (w.dtype().equal(py::dtype::of<double>())) return f64();
+    throw py::type_error("weights[0]: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "l2fast's compiled kernels (private: use l2fast.Network with backend='cpu').";
+
+    m.def(
+        "train_epoch",
+        [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+           const py::handle& order, long long batch_size, double lr, double lam_over_m,
+           const std::string& activation, const std::string& loss) {
+            return by_dtype(
+                weights,
+                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); },
+                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); });
+        },
+        py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
+        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"),
+        "One epoch of minibatch gradient descent with the fused L2 step, in place on weights and biases.\n"
+        "Returns (loss_sum, correct) over the minibatches, each measured before its own update.");
+
+    m.def(
+        "predict",
+        [](const py::list& weights, const py::list& biases, const py::handle& X, const std::string& activation,
+           const std::string& loss) {
+            return by_dtype(
+                weights, [&] { return predict_t<float>(weights, biases, X, activation, loss); },
+                [&] { return predict_t<double>(weights, biases, X, activation, loss); });
+        },
+        py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("activation"), py::arg("loss"),
+        "The network's output yhat (m, n_out) for X (m, n_in).");
+
+    m.def(
+        "evaluate",
+        [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+           const std::string& activation, const std::string& loss) {
+            return by_dtype(
+                weights, [&] { return evaluate_t<float>(weights, biases, X, y, activation, loss); },
+                [&] { return evaluate_t<double>(weights, biases, X, y, activation, loss); });
+        },
+        py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("activation"), py::arg("loss"),
+        "(loss_sum, correct) over the whole data set.");
+
+    m.def(
+        "gradients",
+        [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+           double lam_over_m, const std::string& activation, const std::string& loss) {
+            return by_dtype(
+                weights, [&] { return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss); },
+                [&] { return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss); });
+        },
+        py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
+        py::arg("activation"), py::arg("loss"),
+        "(dJ/dW list, dJ/db list, loss_sum) over the whole data set.");
+
+    m.def("blas_config", [] { return std::string(l2fast::blas::config()); }, "OpenBLAS's build description.");
+    m.def("get_num_threads", &l2fast::blas::num_threads, "Threads OpenBLAS uses for l2fast's GEMMs.");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw std::invalid_argument("n must be >= 1, got " + std::to_string(n));
+            l2fast::blas::set_num_threads(n);
+        },
+        py::arg("n"), "Sets the threads OpenBLAS uses for l2fast's GEMMs.");
+}
