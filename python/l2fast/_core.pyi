@@ -1,0 +1,36 @@
+# Type stub for the compiled module l2fast._core (src/bindings.cpp); tests/test_api.py checks it agrees.
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
+def train_epoch(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    order: Optional[npt.NDArray[np.int64]],
+    batch_size: int,
+    lr: float,
+    lam_over_m: float,
+    activation: str,
+    loss: str,
+) -> tuple[float, int]: ...
+def predict(
+    weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, activation: str, loss: str
+) -> np.ndarray: ...
+def evaluate(
+    weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, y: np.ndarray, activation: str, loss: str
+) -> tuple[float, int]: ...
+def gradients(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    lam_over_m: float,
+    activation: str,
+    loss: str,
+) -> tuple[list[np.ndarray], list[np.ndarray], float]: ...
+def blas_config() -> str: ...
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...

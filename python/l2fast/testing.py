@@ -1,0 +1,53 @@
+"""Parity helpers: one tolerance table, a comparison that reports the worst errors, problem makers."""
+from __future__ import annotations
+
+import numpy as np
+
+# |fast - ref| <= atol + rtol |ref|, per dtype of the computation.
+TOLERANCES = {
+    np.dtype("float64"): {"rtol": 1e-10, "atol": 1e-12},
+    np.dtype("float32"): {"rtol": 1e-4, "atol": 1e-5},
+}
+
+
+def worst_errors(actual, reference):
+    """(worst absolute error, worst relative error) of actual against reference."""
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    diff = np.abs(actual - reference)
+    if diff.size == 0:
+        return 0.0, 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(diff == 0, 0.0, diff / np.abs(reference))
+    return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))), float(np.nanmax(rel))
+
+
+def assert_parity(actual, reference, dtype, what="values"):
+    """Asserts actual matches reference within the table's tolerance for dtype; NaN never passes.
+
+    Fails with the worst absolute and relative errors and the number of entries out of tolerance."""
+    tol = TOLERANCES[np.dtype(dtype)]
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if actual.shape != reference.shape:
+        raise AssertionError(f"{what}: shape {actual.shape} != reference shape {reference.shape}")
+    bad = ~(np.abs(actual - reference) <= tol["atol"] + tol["rtol"] * np.abs(reference))
+    if bad.any():
+        abs_err, rel_err = worst_errors(actual, reference)
+        raise AssertionError(
+            f"{what} ({np.dtype(dtype).name}): {int(bad.sum())} of {bad.size} entries out of tolerance "
+            f"(rtol={tol['rtol']}, atol={tol['atol']}); worst abs error {abs_err:.3g}, worst rel error {rel_err:.3g}"
+        )
+
+
+def make_problem(loss, n_in, n_out, m, seed):
+    """A random (X (m, n_in) float64, y) pair with targets suited to loss."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(m, n_in))
+    if loss == "softmax":
+        y = rng.integers(0, n_out, size=m)
+    elif loss == "logistic":
+        y = rng.integers(0, 2, size=m)
+    else:
+        y = rng.normal(size=(m, n_out)) if n_out > 1 else rng.normal(size=m)
+    return X, y

@@ -1,0 +1,20 @@
+"""Shared parameter grids for the test suite."""
+import pytest
+
+from l2fast._validate import ACTIVATIONS, LOSSES
+
+# (loss, n_out) pairs that exercise each output layer; squared_error with two targets.
+LOSS_OUTPUTS = [("softmax", 3), ("logistic", 1), ("squared_error", 2)]
+
+
+@pytest.fixture(params=ACTIVATIONS)
+def activation(request):
+    return request.param
+
+
+@pytest.fixture(params=LOSS_OUTPUTS, ids=[loss for loss, _ in LOSS_OUTPUTS])
+def loss_out(request):
+    return request.param
+
+
+assert {loss for loss, _ in LOSS_OUTPUTS} == set(LOSSES)

@@ -1,0 +1,71 @@
+"""backend="cpu" against the NumPy reference: cost, gradients, predictions, parameters after fit."""
+import numpy as np
+import pytest
+
+import l2fast
+from l2fast.testing import assert_parity, make_problem
+
+DTYPES = ["float64", "float32"]
+
+
+def pair(sizes, activation, loss, dtype, lam=0.8, seed=4):
+    return [l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
+                           seed=seed) for backend in ("numpy", "cpu")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cost_gradients_predictions_agree(activation, loss_out, dtype):
+    loss, n_out = loss_out
+    X, y = make_problem(loss, 6, n_out, m=41, seed=17)
+    ref, fast = pair([6, 7, 5, n_out], activation, loss, dtype)
+    assert_parity(fast.cost(X, y), ref.cost(X, y), dtype, "cost")
+    assert_parity(fast.cost_parts(X, y), ref.cost_parts(X, y), dtype, "cost parts")
+    (ref_dW, ref_db), (dW, db) = ref.gradients(X, y), fast.gradients(X, y)
+    for layer in range(3):
+        assert dW[layer].dtype == np.dtype(dtype) and db[layer].dtype == np.dtype(dtype)
+        assert_parity(dW[layer], ref_dW[layer], dtype, f"dJ/dW[{layer}]")
+        assert_parity(db[layer], ref_db[layer], dtype, f"dJ/db[{layer}]")
+    if loss == "squared_error":
+        assert_parity(fast.predict(X), ref.predict(X), dtype, "predict")
+    else:
+        assert_parity(fast.predict_proba(X), ref.predict_proba(X), dtype, "predict_proba")
+        np.testing.assert_array_equal(fast.predict(X), ref.predict(X))
+    assert fast.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [[6, 7, 5], [6, 1, 3], [6]], ids=["hidden-7-5", "hidden-1-3", "no-hidden"])
+def test_parameters_after_fit_agree(activation, loss_out, dtype, sizes):
+    loss, n_out = loss_out
+    X, y = make_problem(loss, 6, n_out, m=53, seed=23)  # 53 = 3 batches of 16 + a partial one of 5
+    X_val, y_val = make_problem(loss, 6, n_out, m=11, seed=24)
+    ref, fast = pair([*sizes, n_out], activation, loss, dtype)
+    fit = dict(epochs=4, lr=0.05, batch_size=16, validation_data=(X_val, y_val))
+    ref_history, history = ref.fit(X, y, **fit), fast.fit(X, y, **fit)
+    for W, W_ref in zip(fast.weights + fast.biases, ref.weights + ref.biases):
+        assert W.dtype == np.dtype(dtype)
+        assert_parity(W, W_ref, dtype, "parameters after fit")
+    for key in ("loss", "cost", "val_loss", "val_cost"):
+        assert_parity(getattr(history, key), getattr(ref_history, key), dtype, f"history.{key}")
+    assert history.accuracy == ref_history.accuracy
+    assert history.val_accuracy == ref_history.val_accuracy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unshuffled_full_batch_and_oversized_batch_agree(dtype):
+    X, y = make_problem("softmax", 5, 4, m=30, seed=8)
+    ref, fast = pair([5, 6, 4], "tanh", "softmax", dtype)
+    ref.fit(X, y, epochs=3, lr=0.2, shuffle=False)
+    fast.fit(X, y, epochs=3, lr=0.2, shuffle=False, batch_size=1000)  # larger than m: one full batch
+    for W, W_ref in zip(fast.weights + fast.biases, ref.weights + ref.biases):
+        assert_parity(W, W_ref, dtype, "parameters after full-batch fit")
+
+
+def test_large_inputs_agree_across_blocks():
+    # More records than one 2048-row block of the whole-data passes.
+    X, y = make_problem("softmax", 8, 3, m=4500, seed=1)
+    ref, fast = pair([8, 9, 3], "relu", "softmax", "float64")
+    assert_parity(fast.cost(X, y), ref.cost(X, y), "float64", "cost")
+    assert_parity(fast.predict_proba(X), ref.predict_proba(X), "float64", "predict_proba")
+    for g, g_ref in zip(sum(fast.gradients(X, y), []), sum(ref.gradients(X, y), [])):
+        assert_parity(g, g_ref, "float64", "gradients")
