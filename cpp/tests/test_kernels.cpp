@@ -1,0 +1,183 @@
+// Kernel tests without Python: each fused kernel against a plain loop version of its formula.
+// Exits non-zero when any check fails, printing each failure.
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "activations.hpp"
+#include "dense.hpp"
+#include "losses.hpp"
+#include "network.hpp"
+#include "update.hpp"
+
+using namespace l2fast;
+
+static int failures = 0;
+
+#define CHECK(cond)                                                             \
+    do {                                                                        \
+        if (!(cond)) {                                                          \
+            std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);       \
+            ++failures;                                                         \
+        }                                                                       \
+    } while (0)
+
+static std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double scale = 1.0) {
+    std::normal_distribution<double> dist(0.0, scale);
+    std::vector<double> v(n);
+    for (double& x : v) x = dist(rng);
+    return v;
+}
+
+static double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+    return worst;
+}
+
+static void expect_throws(const std::function<void()>& f, const char* what) {
+    try {
+        f();
+    } catch (const std::invalid_argument&) {
+        return;
+    }
+    std::printf("FAILED: %s did not throw std::invalid_argument\n", what);
+    ++failures;
+}
+
+static void test_dense_forward() {
+    std::mt19937_64 rng(1);
+    const std::size_t batch = 5, n_in = 4, n_out = 3;
+    auto A = randn(batch * n_in, rng), W = randn(n_out * n_in, rng), b = randn(n_out, rng);
+    for (Activation act : {Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid}) {
+        std::vector<double> out(batch * n_out), want(batch * n_out);
+        dense_forward(A.data(), batch, n_in, W.data(), b.data(), n_out, act, out.data());
+        for (std::size_t i = 0; i < batch; ++i)
+            for (std::size_t j = 0; j < n_out; ++j) {
+                double z = b[j];
+                for (std::size_t k = 0; k < n_in; ++k) z += A[i * n_in + k] * W[j * n_in + k];
+                const double a[] = {z, z > 0 ? z : 0, std::tanh(z), 1 / (1 + std::exp(-z))};
+                want[i * n_out + j] = a[int(act)];
+            }
+        CHECK(max_abs_diff(out, want) < 1e-14);
+    }
+}
+
+static void test_activation_backward_is_the_derivative() {
+    std::mt19937_64 rng(2);
+    auto Z = randn(50, rng, 2.0);
+    const double h = 1e-6;
+    for (Activation act : {Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid}) {
+        std::vector<double> zero(1, 0.0);
+        for (double z : Z) {
+            double A = z, plus = z + h, minus = z - h;
+            inplace_bias_activation(&A, zero.data(), 1, 1, act);
+            inplace_bias_activation(&plus, zero.data(), 1, 1, act);
+            inplace_bias_activation(&minus, zero.data(), 1, 1, act);
+            double d = 1.0;
+            inplace_activation_backward(&d, &A, 1, act);
+            CHECK(std::abs(d - (plus - minus) / (2 * h)) < 1e-6);
+        }
+    }
+}
+
+static void test_fused_step_equals_the_unfused_formula() {
+    std::mt19937_64 rng(3);
+    const std::size_t batch = 7, n_in = 6, n_out = 4;
+    auto W = randn(n_out * n_in, rng), b = randn(n_out, rng), dZ = randn(batch * n_out, rng),
+         A = randn(batch * n_in, rng);
+    const std::vector<double> ones(batch, 1.0);
+    const double lr = 0.3, lam_over_m = 0.05;
+    std::vector<double> W_want = W, b_want = b;
+    for (std::size_t j = 0; j < n_out; ++j) {
+        double gb = 0;
+        for (std::size_t i = 0; i < batch; ++i) gb += dZ[i * n_out + j];
+        b_want[j] -= lr * gb / batch;
+        for (std::size_t k = 0; k < n_in; ++k) {
+            double g = 0;
+            for (std::size_t i = 0; i < batch; ++i) g += dZ[i * n_out + j] * A[i * n_in + k];
+            W_want[j * n_in + k] -= lr * (g / batch + lam_over_m * W[j * n_in + k]);
+        }
+    }
+    inplace_fused_l2_step(W.data(), b.data(), dZ.data(), A.data(), ones.data(), batch, n_out, n_in, lr, lam_over_m);
+    CHECK(max_abs_diff(W, W_want) < 1e-15);
+    CHECK(max_abs_diff(b, b_want) < 1e-15);
+}
+
+static void test_loss_gradient_is_the_derivative_of_the_loss() {
+    std::mt19937_64 rng(4);
+    const std::size_t rows = 3, cols = 4;
+    const std::vector<std::int64_t> labels = {2, 0, 3};
+    auto values = randn(rows * cols, rng);
+    const std::vector<double> binary = {1, 0, 1};
+    for (Loss loss : {Loss::SquaredError, Loss::Logistic, Loss::Softmax}) {
+        const std::size_t c = loss == Loss::Logistic ? 1 : cols;
+        Targets<double> y;
+        y.labels = labels.data();
+        y.values = loss == Loss::Logistic ? binary.data() : values.data();
+        auto Z = randn(rows * c, rng);
+        std::vector<double> grad = Z;
+        inplace_loss_gradient(grad.data(), rows, c, loss, y);
+        const double h = 1e-6;
+        for (std::size_t k = 0; k < Z.size(); ++k) {
+            std::vector<double> plus = Z, minus = Z;
+            plus[k] += h;
+            minus[k] -= h;
+            const double lp = inplace_loss_gradient(plus.data(), rows, c, loss, y).loss_sum;
+            const double lm = inplace_loss_gradient(minus.data(), rows, c, loss, y).loss_sum;
+            CHECK(std::abs(grad[k] - (lp - lm) / (2 * h)) < 1e-6);
+        }
+    }
+}
+
+static void test_checks_refuse_bad_input() {
+    const std::vector<std::int64_t> labels = {0, 2, 3};
+    check_labels(labels.data(), 3, 4);
+    expect_throws([&] { check_labels(labels.data(), 3, 3); }, "check_labels with a label of 3 for 3 classes");
+    const std::vector<std::int64_t> order = {0, -1};
+    expect_throws([&] { check_order(order.data(), 2, 5); }, "check_order with -1");
+    expect_throws([] { check_shape(Shape{{3, 2}, Activation::Relu, Loss::Logistic}); }, "logistic with 2 outputs");
+    expect_throws([] { check_shape(Shape{{3, 0, 2}, Activation::Relu, Loss::Softmax}); }, "a layer of 0 units");
+    expect_throws([] { check_shape(Shape{{3}, Activation::Relu, Loss::Softmax}); }, "a single layer size");
+    expect_throws([] { parse_activation("elu"); }, "parse_activation(elu)");
+    expect_throws([] { parse_loss("hinge"); }, "parse_loss(hinge)");
+}
+
+static void test_training_lowers_the_cost_and_gradients_vanish_at_lam_only() {
+    std::mt19937_64 rng(5);
+    const std::size_t m = 64, n_in = 3;
+    Shape shape{{n_in, 8, 2}, Activation::Tanh, Loss::Softmax};
+    auto X = randn(m * n_in, rng);
+    std::vector<std::int64_t> y(m);
+    for (std::size_t i = 0; i < m; ++i) y[i] = X[i * n_in] + X[i * n_in + 1] > 0;
+    auto W0 = randn(8 * n_in, rng, 0.5), W1 = randn(2 * 8, rng, 0.5);
+    std::vector<double> b0(8, 0.0), b1(2, 0.0);
+    Params<double> params{{W0.data(), W1.data()}, {b0.data(), b1.data()}};
+    Dataset<double> data{X.data(), m, nullptr, y.data()};
+    const double before = evaluate(shape, params, data).loss_sum;
+    for (int epoch = 0; epoch < 50; ++epoch) train_epoch(shape, params, data, nullptr, m, 16, 0.5, 0.0);
+    const LossStats after = evaluate(shape, params, data);
+    CHECK(after.loss_sum < 0.3 * before);
+    CHECK(after.correct >= std::int64_t(m * 9 / 10));
+
+    // With all-zero weights the data gradient of W0 vanishes, so dJ/dW0 is exactly (lam/m) W0 = 0.
+    std::vector<double> dW0(W0.size()), dW1(W1.size()), db0(8), db1(2);
+    Params<double> grads{{dW0.data(), dW1.data()}, {db0.data(), db1.data()}};
+    std::fill(W1.begin(), W1.end(), 0.0);
+    gradients(shape, params, data, 0.25, grads);
+    for (std::size_t k = 0; k < W0.size(); ++k) CHECK(std::abs(dW0[k] - 0.25 * W0[k]) < 1e-15);
+}
+
+int main() {
+    test_dense_forward();
+    test_activation_backward_is_the_derivative();
+    test_fused_step_equals_the_unfused_formula();
+    test_loss_gradient_is_the_derivative_of_the_loss();
+    test_checks_refuse_bad_input();
+    test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
+    std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
+    return failures ? 1 : 0;
+}
