@@ -31,6 +31,19 @@ inline void gemv_t(int m, int n, double alpha, const double* A, const double* x,
     scipy_cblas_dgemv(CblasRowMajor, CblasTrans, m, n, alpha, A, n, x, 1, beta, y, 1);
 }
 
+// y (n) = alpha * x + beta * y.
+inline void axpby(int n, float alpha, const float* x, float beta, float* y) {
+    scipy_cblas_saxpby(n, alpha, x, 1, beta, y, 1);
+}
+
+inline void axpby(int n, double alpha, const double* x, double beta, double* y) {
+    scipy_cblas_daxpby(n, alpha, x, 1, beta, y, 1);
+}
+
+// y (n) += alpha * x.
+inline void axpy(int n, float alpha, const float* x, float* y) { scipy_cblas_saxpy(n, alpha, x, 1, y, 1); }
+inline void axpy(int n, double alpha, const double* x, double* y) { scipy_cblas_daxpy(n, alpha, x, 1, y, 1); }
+
 inline int num_threads() { return scipy_openblas_get_num_threads(); }
 inline void set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
 inline const char* config() { return scipy_openblas_get_config(); }

@@ -22,11 +22,18 @@ void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* on
     blas::gemv_t(int(batch), int(n_out), scale, dZ, ones, T(1), db);
 }
 
+template <class T>
+void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
+    const T keep = T(1) - lr * lam_over_m;
+    for (std::size_t i = 0; i < n; ++i) W[i] = keep * W[i] - lr * dW[i];
+}
+
 #define L2FAST_INSTANTIATE(T)                                                                           \
     template void inplace_fused_l2_step(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, \
                                         std::size_t, T, T);                                             \
     template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,   \
-                                      std::size_t, T);
+                                      std::size_t, T);                                                 \
+    template void inplace_l2_update(T*, const T*, std::size_t, T, T);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

@@ -19,4 +19,9 @@ template <class T>
 void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale);
 
+// W (n) <- (1 - lr*lam_over_m) W - lr dW in one pass over the same bytes as an axpy: the L2 step for
+// a gradient dW (the mean dL/dW) computed elsewhere.
+template <class T>
+void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m);
+
 }  // namespace l2fast

@@ -5,13 +5,16 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "blas.hpp"
+#include "limits.hpp"
 #include "network.hpp"
+#include "update.hpp"
 
 namespace py = pybind11;
 using l2fast::Loss;
@@ -221,6 +224,56 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     return py::make_tuple(dW, db, stats.loss_sum);
 }
 
+// y and x of one dtype and shape, y written in place; partly overlapping buffers are refused.
+template <class T>
+std::pair<py::array, py::array> same_shape_pair(const py::handle& y_obj, const char* y_name, const py::handle& x_obj,
+                                                const char* x_name) {
+    py::array y = as_array(y_obj, y_name);
+    std::vector<py::ssize_t> shape(y.shape(), y.shape() + y.ndim());
+    y = checked<T>(y, y_name, shape, true);
+    py::array x = checked<T>(x_obj, x_name, shape);
+    const char* y0 = static_cast<const char*>(y.data());
+    const char* x0 = static_cast<const char*>(x.data());
+    const py::ssize_t bytes = y.nbytes();
+    if (y0 != x0 && y0 < x0 + bytes && x0 < y0 + bytes)
+        throw std::invalid_argument(std::string(x_name) + ": overlaps " + y_name + " in memory");
+    return {y, x};
+}
+
+template <class T>
+void l2_update_t(const py::handle& W_obj, const py::handle& dW_obj, double lr, double lam_over_m) {
+    finite_scalar(lr, "lr", true);
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    auto [W, dW] = same_shape_pair<T>(W_obj, "W", dW_obj, "dW");
+    T* w = ptr<T>(W);
+    const T* d = cptr<T>(dW);
+    const std::size_t n = std::size_t(W.size());
+    py::gil_scoped_release release;
+    l2fast::inplace_l2_update(w, d, n, T(lr), T(lam_over_m));
+}
+
+template <class T>
+void axpy_t(double alpha, const py::handle& x_obj, const py::handle& y_obj) {
+    if (!std::isfinite(alpha)) throw std::invalid_argument("alpha must be finite");
+    auto [y, x] = same_shape_pair<T>(y_obj, "y", x_obj, "x");
+    if (y.size() > py::ssize_t(std::numeric_limits<int>::max()))
+        throw std::invalid_argument("y: more than 2^31 - 1 entries");
+    T* yp = ptr<T>(y);
+    const T* xp = cptr<T>(x);
+    const int n = int(y.size());
+    py::gil_scoped_release release;
+    l2fast::blas::axpy(n, T(alpha), xp, yp);
+}
+
+// Float or double from an array's dtype; anything else is a TypeError naming the argument.
+template <class F32, class F64>
+auto by_array_dtype(const py::handle& obj, const std::string& name, F32 f32, F64 f64) {
+    py::array a = as_array(obj, name);
+    if (a.dtype().equal(py::dtype::of<float>())) return f32();
+    if (a.dtype().equal(py::dtype::of<double>())) return f64();
+    throw py::type_error(name + ": expected dtype float32 or float64, got " + std::string(py::str(a.dtype())));
+}
+
 // Picks float or double from weights[0]; every other float array must then match it exactly.
 template <class F32, class F64>
 auto by_dtype(const py::list& weights, F32 f32, F64 f64) {
@@ -284,6 +337,43 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"),
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set.");
+
+    m.def(
+        "l2_update",
+        [](const py::handle& W, const py::handle& dW, double lr, double lam_over_m) {
+            by_array_dtype(
+                W, "W", [&] { l2_update_t<float>(W, dW, lr, lam_over_m); },
+                [&] { l2_update_t<double>(W, dW, lr, lam_over_m); });
+        },
+        py::arg("W"), py::arg("dW"), py::arg("lr"), py::arg("lam_over_m"),
+        "In place: W <- (1 - lr lam_over_m) W - lr dW, one pass over W and dW.");
+
+    m.def(
+        "axpy",
+        [](double alpha, const py::handle& x, const py::handle& y) {
+            by_array_dtype(
+                y, "y", [&] { axpy_t<float>(alpha, x, y); }, [&] { axpy_t<double>(alpha, x, y); });
+        },
+        py::arg("alpha"), py::arg("x"), py::arg("y"),
+        "In place: y <- y + alpha x through OpenBLAS (the memory-bandwidth yardstick).");
+
+    m.def(
+        "gemm_only_epoch_seconds",
+        [](const std::vector<std::size_t>& layer_sizes, std::size_t m, std::size_t batch_size, const std::string& dtype) {
+            l2fast::Shape shape;
+            shape.sizes = layer_sizes;
+            shape.loss = Loss::SquaredError;
+            l2fast::check_shape(shape);
+            if (m == 0) throw std::invalid_argument("m must be >= 1");
+            if (batch_size == 0) throw std::invalid_argument("batch_size must be >= 1");
+            if (dtype != "float32" && dtype != "float64")
+                throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+            py::gil_scoped_release release;
+            return dtype == "float32" ? l2fast::gemm_only_epoch_seconds<float>(shape, m, batch_size)
+                                      : l2fast::gemm_only_epoch_seconds<double>(shape, m, batch_size);
+        },
+        py::arg("layer_sizes"), py::arg("m"), py::arg("batch_size"), py::arg("dtype"),
+        "Seconds for the GEMMs alone of one training epoch at these shapes, through l2fast's BLAS.");
 
     m.def("blas_config", [] { return std::string(l2fast::blas::config()); }, "OpenBLAS's build description.");
     m.def("get_num_threads", &l2fast::blas::num_threads, "Threads OpenBLAS uses for l2fast's GEMMs.");

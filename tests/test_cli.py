@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from l2fast.__main__ import epoch_timing, lambda_sweep, main
+from l2fast.__main__ import main
+from l2fast.demo import epoch_timing, lambda_sweep
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])

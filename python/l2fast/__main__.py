@@ -1,88 +1,56 @@
-"""The command line: ``l2fast demo`` (or ``python -m l2fast demo``).
-
-The demo trains the same network at several values of lambda on a small, noisy training set, shows
-the gap between training and development loss closing as lambda grows, and times one training
-epoch on each available backend side by side.
-"""
+"""The command line: ``l2fast demo | parity | bench`` (or ``python -m l2fast ...``)."""
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-import numpy as np
-
-import l2fast
-
-
-def make_classification(m, n_features, n_classes, rng, label_noise=0.15):
-    """Records around random class centres in a few informative directions, plus noise features and
-    a share of flipped labels, so that a small training set is easy to overfit."""
-    n_informative = min(8, n_features)
-    centres = rng.normal(scale=1.2, size=(n_classes, n_informative))
-    y = rng.integers(0, n_classes, size=m)
-    X = rng.normal(size=(m, n_features))
-    X[:, :n_informative] += centres[y]
-    flip = rng.random(m) < label_noise
-    y[flip] = rng.integers(0, n_classes, size=int(flip.sum()))
-    return X, y
-
-
-def lambda_sweep(backend, quick, out=sys.stdout):
-    rng = np.random.default_rng(0)
-    n_features, n_classes = 40, 4
-    X, y = make_classification(200 + 2000, n_features, n_classes, rng)
-    X_train, y_train, X_dev, y_dev = X[:200], y[:200], X[200:], y[200:]
-    lams = [0.0, 1.0, 3.0, 10.0, 30.0] if quick else [0.0, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
-    epochs = 150 if quick else 400
-    print(f"lambda sweep: {n_features}-128-{n_classes} relu softmax, {len(X_train)} training and "
-          f"{len(X_dev)} development records, {epochs} epochs, backend={backend!r}", file=out)
-    print(f"{'lambda':>8} {'train loss':>11} {'dev loss':>9} {'gap':>7} {'train acc':>10} {'dev acc':>8}", file=out)
-    results = []
-    for lam in lams:
-        net = l2fast.Network([n_features, 128, n_classes], lam=lam, backend=backend, seed=0)
-        net.fit(X_train, y_train, epochs=epochs, lr=0.05, batch_size=32)
-        train_loss = net.cost_parts(X_train, y_train).data_loss
-        dev_loss = net.cost_parts(X_dev, y_dev).data_loss
-        results.append((lam, dev_loss))
-        print(f"{lam:>8g} {train_loss:>11.4f} {dev_loss:>9.4f} {dev_loss - train_loss:>7.3f} "
-              f"{net.score(X_train, y_train):>10.3f} {net.score(X_dev, y_dev):>8.3f}", file=out)
-    best_lam, best_dev = min(results, key=lambda r: r[1])
-    print(f"best lambda on the development set: {best_lam:g} (dev loss {best_dev:.4f}, "
-          f"lambda=0 gives {results[0][1]:.4f})", file=out)
-    return results
-
-
-def epoch_timing(quick, out=sys.stdout):
-    sizes, m, batch = ([64, 64, 10], 20000, 32) if quick else ([784, 256, 10], 20000, 128)
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(m, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], size=m)
-    print(f"\none epoch of {'-'.join(map(str, sizes))}, {m} records, batch {batch}, float32:", file=out)
-    times = {}
-    for backend in l2fast.available_backends():
-        net = l2fast.Network(sizes, lam=1.0, backend=backend, seed=0)
-        net.fit(X[: 4 * batch], y[: 4 * batch], epochs=1, lr=0.01, batch_size=batch)  # warm-up
-        start = time.perf_counter()
-        net.fit(X, y, epochs=1, lr=0.01, batch_size=batch)
-        times[backend] = time.perf_counter() - start
-    for backend, seconds in times.items():
-        print(f"  {backend:>6}: {seconds:.3f} s  ({times['numpy'] / seconds:.1f}x the NumPy reference)", file=out)
-    return times
+from l2fast.backends import BACKENDS, BackendUnavailableError
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="l2fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="l2fast", description="L2-regularised dense networks, fast.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="L2 at work: a lambda sweep and backend timings")
-    demo.add_argument("--backend", default="cpu", choices=l2fast.backends.BACKENDS)
+    demo.add_argument("--backend", default="cpu", choices=BACKENDS)
     demo.add_argument("--quick", action="store_true", help="a smaller run of a few seconds")
+
+    parity = commands.add_parser("parity", help="every backend against the NumPy reference; exit 1 on a failure")
+    parity.add_argument("--backend", action="append", choices=BACKENDS[1:],
+                        help="a backend to check (repeatable; default: every available one)")
+
+    bench = commands.add_parser("bench", help="epoch times against the reference, the peers and the limits")
+    bench.add_argument("--configs", default=None,
+                       help="comma-separated subset of A,B,C,D,U (default: all); L runs with B and D")
+    bench.add_argument("--repeats", type=int, default=5, help="timed epochs per contender after one warm-up")
+    bench.add_argument("--quick", action="store_true", help="tiny configurations, for a smoke test")
+    bench.add_argument("--json", default=None, help="write the record to this JSON file")
+    bench.add_argument("--plot", default=None, help="save a bar chart to this PNG file (needs matplotlib)")
+
     args = parser.parse_args(argv)
-    try:
-        lambda_sweep(args.backend, args.quick)
-    except l2fast.BackendUnavailableError as exc:
-        parser.exit(2, f"l2fast: {exc}\n")
-    epoch_timing(args.quick)
+    if args.command == "demo":
+        from l2fast import demo as module
+
+        try:
+            module.lambda_sweep(args.backend, args.quick)
+        except BackendUnavailableError as exc:
+            parser.exit(2, f"l2fast: {exc}\n")
+        module.epoch_timing(args.quick)
+        return 0
+    if args.command == "parity":
+        from l2fast import parity as module
+
+        try:
+            rows = module.run(args.backend)
+        except BackendUnavailableError as exc:
+            parser.exit(2, f"l2fast: {exc}\n")
+        return 0 if all(r.passed for r in rows) else 1
+    from l2fast import bench as module
+
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    configs = None if args.configs is None else set(args.configs.upper().split(","))
+    module.run(configs, repeats=args.repeats, quick=args.quick, json_path=args.json, plot_path=args.plot)
     return 0
 
 

@@ -32,7 +32,8 @@ class History:
     them: every minibatch is scored just before its own update. ``cost`` adds the L2 penalty at the
     end of the epoch (m = training-set size). The ``val_`` lists are exact evaluations of the
     validation data after each epoch, ``val_cost`` being ``Network.cost`` on it. Accuracy lists stay
-    empty for regression.
+    empty for regression. ``seconds`` is the wall time of each epoch's training (shuffle and steps),
+    without the validation scoring.
     """
 
     loss: list = field(default_factory=list)
@@ -227,8 +228,8 @@ class Network:
         classifier = self.loss != "squared_error"
         history = History()
         for _ in range(epochs):
-            order = self._shuffle_rng.permutation(m) if shuffle else None
             start = time.perf_counter()
+            order = self._shuffle_rng.permutation(m) if shuffle else None
             loss_sum, correct = self._backend.train_epoch(
                 self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
                 self.loss,

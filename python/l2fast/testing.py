@@ -11,15 +11,24 @@ TOLERANCES = {
 
 
 def worst_errors(actual, reference):
-    """(worst absolute error, worst relative error) of actual against reference."""
+    """(max |actual - reference|, the same over max |reference|): the worst absolute error and the
+    worst error relative to the reference's scale. NaN anywhere counts as an infinite error."""
     actual = np.asarray(actual, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
-    diff = np.abs(actual - reference)
-    if diff.size == 0:
+    if actual.size == 0:
         return 0.0, 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(diff == 0, 0.0, diff / np.abs(reference))
-    return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))), float(np.nanmax(rel))
+    diff = np.abs(actual - reference)
+    worst = float(np.max(np.where(np.isnan(diff), np.inf, diff)))
+    scale = float(np.max(np.abs(reference)))
+    return worst, worst / scale if scale > 0 else (0.0 if worst == 0 else np.inf)
+
+
+def out_of_tolerance(actual, reference, dtype):
+    """Boolean mask of the entries where |actual - reference| > atol + rtol |reference| (NaN included)."""
+    tol = TOLERANCES[np.dtype(dtype)]
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    return ~(np.abs(actual - reference) <= tol["atol"] + tol["rtol"] * np.abs(reference))
 
 
 def assert_parity(actual, reference, dtype, what="values"):
@@ -31,7 +40,7 @@ def assert_parity(actual, reference, dtype, what="values"):
     reference = np.asarray(reference, dtype=np.float64)
     if actual.shape != reference.shape:
         raise AssertionError(f"{what}: shape {actual.shape} != reference shape {reference.shape}")
-    bad = ~(np.abs(actual - reference) <= tol["atol"] + tol["rtol"] * np.abs(reference))
+    bad = out_of_tolerance(actual, reference, dtype)
     if bad.any():
         abs_err, rel_err = worst_errors(actual, reference)
         raise AssertionError(

@@ -1,0 +1,365 @@
+"""``l2fast bench``: epoch times of every available backend and every installed peer, side by side.
+
+Contenders of one configuration run interleaved (one epoch each, in turn, for every repeat), so that
+a noisy machine slows them alike; ratios are taken between medians of the same run. The yardsticks
+are measured too: the GEMMs alone at the training shapes, and an in-place axpy over the same bytes as
+an update.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import l2fast
+
+ACTIVATION_NAMES_SKLEARN = {"relu": "relu", "tanh": "tanh", "sigmoid": "logistic", "identity": "identity"}
+
+
+@dataclass
+class Config:
+    key: str
+    title: str
+    sizes: list
+    m: int
+    batch: int
+    activation: str = "relu"
+    loss: str = "softmax"
+    lr: float = 0.01
+    lam: float = 1.0
+
+    def describe(self):
+        return (f"{self.key}: {self.title}, {'-'.join(map(str, self.sizes))} {self.activation} {self.loss}, "
+                f"{self.m} records, batch {self.batch}, float32, lambda {self.lam:g}")
+
+
+CONFIGS = [
+    Config("A", "logistic regression", [100, 1], 100_000, 256, activation="identity", loss="logistic"),
+    Config("B", "one hidden layer", [784, 256, 10], 60_000, 128),
+    Config("C", "two wide hidden layers", [784, 1024, 1024, 10], 60_000, 256),
+    Config("D", "small network, overhead-bound", [64, 64, 10], 50_000, 32),
+]
+QUICK_CONFIGS = [
+    Config("A", "logistic regression", [10, 1], 600, 64, activation="identity", loss="logistic"),
+    Config("B", "one hidden layer", [20, 16, 4], 500, 32),
+]
+UPDATE_SIZES = [1_000_000, 10_000_000, 100_000_000]
+QUICK_UPDATE_SIZES = [10_000]
+LAMBDA_PRICE_CONFIGS = ("B", "D")
+
+
+def make_data(config, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(config.m, config.sizes[0])).astype(np.float32)
+    if config.loss == "logistic":
+        y = (X @ rng.normal(size=config.sizes[0]) > 0).astype(np.int64)
+    else:
+        y = rng.integers(0, config.sizes[-1], size=config.m)
+    return X, y
+
+
+# -- contenders: each has a name and epoch() -> seconds ----------------------------------------
+
+class L2fastContender:
+    def __init__(self, config, X, y, backend, lam=None):
+        self.name = f"l2fast {backend}" + ("" if lam is None else f" lambda={lam:g}")
+        self.net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss,
+                                  lam=config.lam if lam is None else lam, backend=backend, dtype="float32", seed=0)
+        self.config, self.X, self.y = config, X, y
+
+    def epoch(self):
+        history = self.net.fit(self.X, self.y, epochs=1, lr=self.config.lr, batch_size=self.config.batch)
+        return history.seconds[0]
+
+
+class TorchContender:
+    """The same network in PyTorch: nn.Linear layers, SGD with weight decay lam/m on weights only."""
+
+    def __init__(self, config, X, y, device="cpu"):
+        import torch
+
+        self.torch, self.device, self.config = torch, device, config
+        torch.manual_seed(0)
+        layers = []
+        act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid,
+               "identity": torch.nn.Identity}[config.activation]
+        for n_in, n_out in zip(config.sizes[:-1], config.sizes[1:]):
+            layers += [torch.nn.Linear(n_in, n_out), act()]
+        self.model = torch.nn.Sequential(*layers[:-1]).to(device)
+        weights = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
+        biases = [p for name, p in self.model.named_parameters() if name.endswith("bias")]
+        self.optimizer = torch.optim.SGD([{"params": weights, "weight_decay": config.lam / config.m},
+                                          {"params": biases, "weight_decay": 0.0}], lr=config.lr)
+        self.X = torch.from_numpy(X).to(device)
+        if config.loss == "logistic":
+            self.y = torch.from_numpy(y.astype(np.float32)[:, None]).to(device)
+            self.loss_fn = torch.nn.BCEWithLogitsLoss()
+        else:
+            self.y = torch.from_numpy(y).to(device)
+            self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.name = f"PyTorch {torch.__version__} {device}"
+
+    def _sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
+
+    def epoch(self):
+        torch, cfg = self.torch, self.config
+        self._sync()
+        start = time.perf_counter()
+        order = torch.randperm(cfg.m, device=self.device)
+        for s in range(0, cfg.m, cfg.batch):
+            rows = order[s:s + cfg.batch]
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss_fn(self.model(self.X[rows]), self.y[rows]).backward()
+            self.optimizer.step()
+        self._sync()
+        return time.perf_counter() - start
+
+
+class SklearnContender:
+    """scikit-learn's MLPClassifier, plain SGD (momentum 0), alpha = lam * batch / m for the same steps."""
+
+    def __init__(self, config, X, y):
+        import sklearn
+        from sklearn.neural_network import MLPClassifier
+
+        self.model = MLPClassifier(
+            hidden_layer_sizes=tuple(config.sizes[1:-1]), activation=ACTIVATION_NAMES_SKLEARN[config.activation],
+            solver="sgd", momentum=0.0, nesterovs_momentum=False, learning_rate="constant",
+            learning_rate_init=config.lr, alpha=config.lam * config.batch / config.m, batch_size=config.batch,
+            shuffle=True, random_state=0)
+        self.X, self.y = X, y
+        self.classes = np.unique(y)
+        self.name = f"scikit-learn {sklearn.__version__} MLPClassifier"
+
+    def epoch(self):
+        start = time.perf_counter()
+        self.model.partial_fit(self.X, self.y, classes=self.classes)
+        return time.perf_counter() - start
+
+
+class GemmOnlyContender:
+    """The limit: the same GEMMs alone at the same shapes, through l2fast's BLAS."""
+
+    name = "GEMMs alone (limit)"
+
+    def __init__(self, config):
+        from l2fast.backends.cpu import _core
+
+        self.core, self.config = _core, config
+
+    def epoch(self):
+        cfg = self.config
+        return self.core.gemm_only_epoch_seconds(cfg.sizes, cfg.m, cfg.batch, "float32")
+
+
+def peers(config, X, y, backends):
+    """Installed peers on the devices of the available backends; missing ones are skipped quietly."""
+    found = []
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        found.append(TorchContender(config, X, y, "cpu"))
+        if "cuda" in backends and torch.cuda.is_available():
+            found.append(TorchContender(config, X, y, "cuda"))
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found.append(SklearnContender(config, X, y))
+    return found
+
+
+def interleaved(contenders, repeats, warmup=1):
+    """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times."""
+    times = {c.name: [] for c in contenders}
+    for r in range(warmup + repeats):
+        for c in contenders:
+            t = c.epoch()
+            if r >= warmup:
+                times[c.name].append(t)
+    return times
+
+
+def summarise(times, m):
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "samples_per_s": m / statistics.median(ts),
+                   "seconds": ts} for name, ts in times.items()}
+
+
+def ratios_for(results, ours):
+    """Speed-ups of `ours` over every other contender (their median over ours), and, for the
+    limit, ours over it (1.0 = at the limit)."""
+    t = results[ours]["median_s"]
+    ratios = {}
+    for name, r in results.items():
+        if name == ours:
+            continue
+        if name == GemmOnlyContender.name:
+            ratios[f"{ours} / {name}"] = t / r["median_s"]
+        else:
+            ratios[f"{name} / {ours}"] = r["median_s"] / t
+    return ratios
+
+
+def bench_config(config, backends, repeats, out):
+    X, y = make_data(config)
+    contenders = [L2fastContender(config, X, y, b) for b in backends]
+    contenders += peers(config, X, y, backends)
+    if "cpu" in backends:
+        contenders.append(GemmOnlyContender(config))
+    results = summarise(interleaved(contenders, repeats), config.m)
+    names = [c.name for c in contenders]
+    ratios = {}
+    for b in backends:
+        if b != "numpy":
+            ratios.update(ratios_for(results, f"l2fast {b}"))
+    print(config.describe(), file=out)
+    print(f"  {'contender':<40} {'median s':>10} {'min s':>10} {'samples/s':>12}", file=out)
+    for name in names:
+        r = results[name]
+        print(f"  {name:<40} {r['median_s']:>10.4g} {r['min_s']:>10.4g} {r['samples_per_s']:>12.0f}", file=out)
+    for key, value in ratios.items():
+        print(f"  {key:<52} {value:>7.2f}x", file=out)
+    return {"config": config.__dict__, "results": results, "ratios": ratios}
+
+
+def bench_lambda_price(config, backends, repeats, out):
+    """Epoch time with lambda > 0 over lambda = 0, per backend, measured interleaved."""
+    X, y = make_data(config)
+    price = {}
+    for b in backends:
+        pair = [L2fastContender(config, X, y, b, lam=config.lam), L2fastContender(config, X, y, b, lam=0.0)]
+        res = summarise(interleaved(pair, repeats), config.m)
+        price[b] = res[pair[0].name]["median_s"] / res[pair[1].name]["median_s"]
+        print(f"  L ({config.key}) l2fast {b}: epoch with lambda={config.lam:g} / lambda=0 = {price[b]:.3f}", file=out)
+    return price
+
+
+def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
+    """The L2 update alone: l2fast's one-pass kernel, naive NumPy, and OpenBLAS's in-place axpy."""
+    from l2fast.backends.cpu import _core
+
+    rows = []
+    print("U: the L2 update alone, W <- W - lr (dW + lam/m W), float32", file=out)
+    print(f"  {'parameters':>12} {'l2fast ms':>10} {'naive NumPy ms':>15} {'axpy ms':>9} {'l2fast GB/s':>12} "
+          f"{'l2fast/axpy':>12} {'naive/axpy':>11}", file=out)
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        W = rng.standard_normal(n, dtype=np.float32)
+        dW = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+
+        def naive():
+            W[...] -= lr * (dW + lam_over_m * W)
+
+        kernels = {"l2fast": lambda: _core.l2_update(W, dW, lr, lam_over_m), "naive": naive,
+                   "axpy": lambda: _core.axpy(-lr, dW, W)}
+        times = {k: [] for k in kernels}
+        for r in range(1 + repeats):
+            for k, f in kernels.items():
+                start = time.perf_counter()
+                f()
+                if r:
+                    times[k].append(time.perf_counter() - start)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"parameters": n, "median_s": med, "min_s": {k: min(v) for k, v in times.items()},
+               "l2fast_over_axpy": med["l2fast"] / med["axpy"], "naive_over_axpy": med["naive"] / med["axpy"],
+               "l2fast_GB_per_s": 3 * 4 * n / med["l2fast"] / 1e9}
+        rows.append(row)
+        print(f"  {n:>12} {med['l2fast'] * 1e3:>10.3f} {med['naive'] * 1e3:>15.3f} {med['axpy'] * 1e3:>9.3f} "
+              f"{row['l2fast_GB_per_s']:>12.1f} {row['l2fast_over_axpy']:>12.2f} {row['naive_over_axpy']:>11.2f}",
+              file=out)
+    return rows
+
+
+def environment():
+    """Machine, versions, thread counts and commit, for the JSON record."""
+    from l2fast.backends.cpu import _core
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"l2fast": l2fast.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    threads = {"l2fast OpenBLAS": _core.get_num_threads()}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+        threads["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    try:
+        import sklearn
+
+        versions["scikit-learn"] = sklearn.__version__
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown (not run from a git checkout)"
+    return {"machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()},
+            "versions": versions, "threads": threads, "blas": _core.blas_config(), "commit": commit,
+            "backends": l2fast.available_backends(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def plot(record, path):
+    """Bar chart of the median epoch time of every contender, one panel per configuration."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise SystemExit(f"l2fast bench --plot needs matplotlib: pip install \"l2fast[bench]\" ({exc})")
+    configs = record["configs"]
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), squeeze=False)
+    for ax, (key, entry) in zip(axes[0], configs.items()):
+        names = list(entry["results"])
+        ax.barh(names, [entry["results"][n]["median_s"] for n in names], color="tab:blue")
+        ax.set_xscale("log")
+        ax.set_title(f"{key}: {'-'.join(map(str, entry['config']['sizes']))}, batch {entry['config']['batch']}")
+        ax.set_xlabel("seconds per epoch (median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, out=sys.stdout):
+    """Runs the benchmark, prints the tables, writes JSON (and a plot); returns the record."""
+    backends = l2fast.available_backends()
+    chosen = QUICK_CONFIGS if quick else [c for c in CONFIGS if configs is None or c.key in configs]
+    record = environment()
+    record["repeats"] = repeats
+    print(f"l2fast bench on {record['machine']['cpu']} ({record['machine']['cores']} cores), commit "
+          f"{record['commit'][:12]}, threads {record['threads']}", file=out)
+    record["configs"] = {c.key: bench_config(c, backends, repeats, out) for c in chosen}
+    record["lambda_price"] = {c.key: bench_lambda_price(c, backends, repeats, out) for c in chosen
+                              if quick or c.key in LAMBDA_PRICE_CONFIGS}
+    if configs is None or "U" in configs:
+        record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out)
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=1))
+        print(f"wrote {json_path}", file=out)
+    if plot_path:
+        plot(record, plot_path)
+        print(f"wrote {plot_path}", file=out)
+    return record
