@@ -288,6 +288,7 @@ auto by_dtype(const py::list& weights, F32 f32, F64 f64) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "l2fast's compiled kernels (private: use l2fast.Network with backend='cpu').";
+    m.attr("build_commit") = L2FAST_COMMIT;
 
     m.def(
         "train_epoch",

@@ -4,6 +4,8 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
+build_commit: str
+
 def train_epoch(
     weights: list[np.ndarray],
     biases: list[np.ndarray],

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -310,11 +309,7 @@ def environment():
         versions["scikit-learn"] = sklearn.__version__
     except ImportError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not run from a git checkout)"
+    commit = _core.build_commit  # the commit the compiled module was built from
     return {"machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()},
             "versions": versions, "threads": threads, "blas": _core.blas_config(), "commit": commit,
             "backends": l2fast.available_backends(),
@@ -343,14 +338,15 @@ def plot(record, path):
     plt.close(fig)
 
 
-def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, out=sys.stdout):
+def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, out=None):
     """Runs the benchmark, prints the tables, writes JSON (and a plot); returns the record."""
+    out = out or sys.stdout
     backends = l2fast.available_backends()
     chosen = QUICK_CONFIGS if quick else [c for c in CONFIGS if configs is None or c.key in configs]
     record = environment()
     record["repeats"] = repeats
     print(f"l2fast bench on {record['machine']['cpu']} ({record['machine']['cores']} cores), commit "
-          f"{record['commit'][:12]}, threads {record['threads']}", file=out)
+          f"{record['commit']}, threads {record['threads']}", file=out)
     record["configs"] = {c.key: bench_config(c, backends, repeats, out) for c in chosen}
     record["lambda_price"] = {c.key: bench_lambda_price(c, backends, repeats, out) for c in chosen
                               if quick or c.key in LAMBDA_PRICE_CONFIGS}

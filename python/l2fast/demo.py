@@ -27,7 +27,8 @@ def make_classification(m, n_features, n_classes, rng, label_noise=0.15):
     return X, y
 
 
-def lambda_sweep(backend, quick, out=sys.stdout):
+def lambda_sweep(backend, quick, out=None):
+    out = out or sys.stdout
     rng = np.random.default_rng(0)
     n_features, n_classes = 40, 4
     X, y = make_classification(200 + 2000, n_features, n_classes, rng)
@@ -52,7 +53,8 @@ def lambda_sweep(backend, quick, out=sys.stdout):
     return results
 
 
-def epoch_timing(quick, out=sys.stdout):
+def epoch_timing(quick, out=None):
+    out = out or sys.stdout
     sizes, m, batch = ([64, 64, 10], 20000, 32) if quick else ([784, 256, 10], 20000, 128)
     rng = np.random.default_rng(1)
     X = rng.normal(size=(m, sizes[0])).astype(np.float32)

@@ -60,8 +60,9 @@ def check_backend(backend, dtype, m=203, epochs=3, batch_size=32, lam=0.5, seed=
     return rows
 
 
-def run(backends=None, dtypes=("float64", "float32"), out=sys.stdout):
+def run(backends=None, dtypes=("float64", "float32"), out=None):
     """Prints the parity table; returns the rows. ``backends`` defaults to every available one."""
+    out = out or sys.stdout
     backends = [b for b in (backends or l2fast.available_backends()) if b != "numpy"]
     rows = [row for backend in backends for dtype in dtypes for row in check_backend(backend, dtype)]
     print(f"{'backend':<8} {'dtype':<8} {'problem':<24} {'quantity':<24} {'worst abs':>10} {'worst rel':>10}  "

@@ -1,0 +1,91 @@
+"""The shipped tools run on tiny configurations: parity fails when a backend is wrong, bench writes its record."""
+import json
+
+import numpy as np
+import pytest
+
+from l2fast import bench, parity
+from l2fast.__main__ import main
+from l2fast.backends.cpu import CpuBackend, _core
+
+
+def test_parity_passes_and_covers_every_problem(capsys):
+    assert main(["parity"]) == 0
+    text = capsys.readouterr().out
+    for problem, *_ in parity.PROBLEMS:
+        assert problem in text
+    assert "36 passed, 0 failed" in text
+
+
+def test_parity_exits_non_zero_when_a_backend_is_off(monkeypatch, capsys):
+    honest = CpuBackend.gradients
+
+    def off_by_a_little(self, *args):
+        dW, db, loss_sum = honest(self, *args)
+        return [g * (1 + 1e-6) for g in dW], db, loss_sum
+
+    monkeypatch.setattr(CpuBackend, "gradients", off_by_a_little)
+    assert main(["parity"]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
+    # float64's 1e-10 tolerance catches a 1e-6 relative error; float32's 1e-4 does not.
+    assert lines and all("float64" in line and "gradients" in line for line in lines)
+
+
+def test_bench_writes_its_record(tmp_path, capsys):
+    json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    main(["bench", "--quick", "--repeats", "2", "--json", str(json_path), "--plot", str(plot_path)])
+    record = json.loads(json_path.read_text())
+    for key in ("machine", "versions", "threads", "commit", "blas", "backends", "configs", "lambda_price", "update"):
+        assert key in record, key
+    assert record["commit"] == _core.build_commit and record["threads"]["l2fast OpenBLAS"] >= 1
+    for key in ("A", "B"):
+        entry = record["configs"][key]
+        for name in ("l2fast numpy", "l2fast cpu", bench.GemmOnlyContender.name):
+            result = entry["results"][name]
+            assert len(result["seconds"]) == 2 and result["min_s"] <= result["median_s"]
+            assert result["samples_per_s"] == pytest.approx(entry["config"]["m"] / result["median_s"])
+        assert entry["ratios"]["l2fast numpy / l2fast cpu"] > 0
+        assert entry["ratios"][f"l2fast cpu / {bench.GemmOnlyContender.name}"] > 0
+        assert set(record["lambda_price"][key]) == {"numpy", "cpu"}
+    (row,) = record["update"]
+    assert row["parameters"] == 10_000 and set(row["median_s"]) == {"l2fast", "naive", "axpy"}
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "U: the L2 update alone" in capsys.readouterr().out
+
+
+def test_standalone_l2_update_matches_the_reference_formula():
+    rng = np.random.default_rng(0)
+    for dtype, tol in ((np.float64, 1e-15), (np.float32, 1e-6)):
+        W = rng.normal(size=(7, 5)).astype(dtype)
+        dW = rng.normal(size=(7, 5)).astype(dtype)
+        want = W - 0.1 * (dW + 0.02 * W)
+        _core.l2_update(W, dW, 0.1, 0.02)
+        np.testing.assert_allclose(W, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda W, dW: _core.l2_update(W, dW.astype(np.float32), 0.1, 0.0), TypeError, "dW: expected dtype float64"),
+    (lambda W, dW: _core.l2_update(W, dW[:3], 0.1, 0.0), ValueError, r"dW: expected shape \(7, 5\)"),
+    (lambda W, dW: _core.l2_update(W[:, ::2], dW, 0.1, 0.0), ValueError, "W: array must be C-contiguous"),
+    (lambda W, dW: _core.l2_update(W, dW, 0.0, 0.0), ValueError, "lr"),
+    (lambda W, dW: _core.l2_update(W, dW, 0.1, -1.0), ValueError, "lam_over_m"),
+    (lambda W, dW: _core.l2_update(W.ravel()[1:].reshape(2, 17), W.ravel()[:-1].reshape(2, 17), 0.1, 0.0),
+     ValueError, "dW: overlaps W"),
+    (lambda W, dW: _core.l2_update(W.astype(np.int64), dW, 0.1, 0.0), TypeError, "W: expected dtype float32 or float64"),
+    (lambda W, dW: _core.axpy(float("nan"), dW, W), ValueError, "alpha"),
+    (lambda W, dW: _core.gemm_only_epoch_seconds([3], 10, 2, "float32"), ValueError, "layer_sizes"),
+    (lambda W, dW: _core.gemm_only_epoch_seconds([3, 2], 10, 2, "int8"), ValueError, "dtype"),
+])
+def test_standalone_kernels_validate(call, error, match):
+    W = np.ones((7, 5))
+    before = W.copy()
+    with pytest.raises(error, match=match):
+        call(W, np.ones((7, 5)))
+    np.testing.assert_array_equal(W, before)
+
+
+def test_read_only_W_refused_by_l2_update():
+    W = np.ones(4)
+    W.flags.writeable = False
+    with pytest.raises(ValueError, match="W: array is read-only"):
+        _core.l2_update(W, np.ones(4), 0.1, 0.0)
