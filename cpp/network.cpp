@@ -33,14 +33,21 @@ struct Workspace {
     }
 };
 
+// The layer's true weights are scale[l] * W[l]; a null scale means every scale is 1.
 template <class T>
-void forward_block(const Shape& shape, const Params<T>& params, const T* X, std::size_t rows, Workspace<T>& ws) {
+T scale_of(const double* scale, std::size_t l) {
+    return scale ? T(scale[l]) : T(1);
+}
+
+template <class T>
+void forward_block(const Shape& shape, const Params<T>& params, const double* scale, const T* X, std::size_t rows,
+                   Workspace<T>& ws) {
     const T* in = X;
     const std::size_t L = shape.n_layers();
     for (std::size_t l = 0; l < L; ++l) {
         const Activation act = l + 1 == L ? Activation::Identity : shape.act;
-        dense_forward(in, rows, shape.sizes[l], params.W[l], params.b[l], shape.sizes[l + 1], act,
-                      ws.out[l].data());
+        dense_forward(in, rows, shape.sizes[l], params.W[l], scale_of<T>(scale, l), params.b[l], shape.sizes[l + 1],
+                      act, ws.out[l].data());
         in = ws.out[l].data();
     }
 }
@@ -48,18 +55,34 @@ void forward_block(const Shape& shape, const Params<T>& params, const T* X, std:
 // Walks the layers from the output back; consume(l, dZ, A_prev) sees each layer's dL/dZ after the
 // gradient for the layer below has been taken with the old W[l].
 template <class T, class Consume>
-void backward_block(const Shape& shape, const Params<T>& params, const T* X, std::size_t rows,
-                    Workspace<T>& ws, Consume consume) {
+void backward_block(const Shape& shape, const Params<T>& params, const double* scale, const T* X,
+                    std::size_t rows, Workspace<T>& ws, Consume consume) {
     const std::size_t L = shape.n_layers();
     for (std::size_t l = L; l-- > 0;) {
         T* dZ = l + 1 == L ? ws.out[l].data() : ws.grad[l].data();
         const T* A_prev = l == 0 ? X : ws.out[l - 1].data();
         if (l > 0) {
             T* dZ_below = ws.grad[l - 1].data();
-            dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], shape.sizes[l], dZ_below);
+            dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], scale_of<T>(scale, l), shape.sizes[l],
+                                 dZ_below);
             inplace_activation_backward(dZ_below, ws.out[l - 1].data(), rows * shape.sizes[l], shape.act);
         }
         consume(l, dZ, A_prev);
+    }
+}
+
+// Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
+// reads X at random and each row would otherwise wait on memory in turn.
+template <class T>
+void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::size_t rows, T* dst) {
+    constexpr std::size_t kAhead = 8, kLine = 64;
+    const std::size_t row_bytes = n_in * sizeof(T);
+    for (std::size_t i = 0; i < rows; ++i) {
+        if (i + kAhead < rows) {
+            const char* ahead = reinterpret_cast<const char*>(X + std::size_t(picked[i + kAhead]) * n_in);
+            for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(ahead + off);
+        }
+        std::memcpy(dst + i * n_in, X + std::size_t(picked[i]) * n_in, row_bytes);
     }
 }
 
@@ -100,23 +123,26 @@ LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& d
     batch = std::min(batch, n);
     const std::size_t n_in = shape.n_in();
     Workspace<T> ws(shape, batch, order != nullptr, true);
+    // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
+    std::vector<double> scale(shape.n_layers(), 1.0);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const T* X = data.X + start * n_in;
         const std::int64_t* picked = order ? order + start : nullptr;
         if (picked) {
-            for (std::size_t i = 0; i < rows; ++i)
-                std::memcpy(ws.x.data() + i * n_in, data.X + std::size_t(picked[i]) * n_in, n_in * sizeof(T));
+            gather_rows(data.X, n_in, picked, rows, ws.x.data());
             X = ws.x.data();
         }
-        forward_block(shape, params, X, rows, ws);
+        forward_block(shape, params, scale.data(), X, rows, ws);
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, picked, start));
-        backward_block(shape, params, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
-            inplace_fused_l2_step(params.W[l], params.b[l], dZ, A_prev, ws.ones.data(), rows,
+        backward_block(shape, params, scale.data(), X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+            inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows,
                                   shape.sizes[l + 1], shape.sizes[l], lr, lam_over_m);
         });
     }
+    for (std::size_t l = 0; l < shape.n_layers(); ++l)
+        inplace_apply_scale(params.W[l], scale[l], shape.sizes[l + 1] * shape.sizes[l]);
     return total;
 }
 
@@ -126,7 +152,7 @@ void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_
     Workspace<T> ws(shape, rows_max, false, false);
     for (std::size_t start = 0; start < m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, m - start);
-        forward_block(shape, params, X + start * shape.n_in(), rows, ws);
+        forward_block(shape, params, nullptr, X + start * shape.n_in(), rows, ws);
         T* logits = ws.out.back().data();
         inplace_output_activation(logits, rows, shape.n_out(), shape.loss);
         std::memcpy(out + start * shape.n_out(), logits, rows * shape.n_out() * sizeof(T));
@@ -140,7 +166,7 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
     Workspace<T> ws(shape, rows_max, false, false);
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
-        forward_block(shape, params, data.X + start * shape.n_in(), rows, ws);
+        forward_block(shape, params, nullptr, data.X + start * shape.n_in(), rows, ws);
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, nullptr, start));
     }
@@ -162,10 +188,10 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
         const T* X = data.X + start * shape.n_in();
-        forward_block(shape, params, X, rows, ws);
+        forward_block(shape, params, nullptr, X, rows, ws);
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, nullptr, start));
-        backward_block(shape, params, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+        backward_block(shape, params, nullptr, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, shape.sizes[l + 1],
                                 shape.sizes[l], scale);
         });

@@ -43,7 +43,8 @@ void check_shape(const Shape& shape);
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
 
 // One pass over the records in `order` (n of them; null order: records 0..m-1 in turn) in minibatches
-// of `batch`, each step W <- (1 - lr lam/m) W - (lr/b) dZ^T A_prev with the GEMM writing into W.
+// of `batch`, each step W <- (1 - lr lam/m) W - (lr/b) dZ^T A_prev with the GEMM writing into W
+// (inplace_fused_l2_step: the decay rides on a per-layer scale, folded back into W at the end).
 // Returns the loss sum and correct count of every minibatch, measured before its own update.
 template <class T>
 LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,

@@ -1,17 +1,37 @@
-// Weight and bias updates; the L2 term rides on the GEMM's beta.
+// Weight and bias updates; the L2 term rides on a scale carried beside W.
 #include "update.hpp"
 
 #include "blas.hpp"
 
 namespace l2fast {
 
+namespace {
+constexpr double kMinScale = 0.5;
+}
+
 template <class T>
-void inplace_fused_l2_step(T* W, T* b, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
-                           std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
+                           std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
     const T step = lr / T(batch);
-    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), -step, dZ, int(n_out), A_prev,
-               int(n_in), T(1) - lr * lam_over_m, W, int(n_in));
-    blas::gemv_t(int(batch), int(n_out), -step, dZ, ones, T(1), b);
+    const double new_scale = (1.0 - double(lr) * double(lam_over_m)) * scale;
+    if (new_scale >= kMinScale) {
+        blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), T(-double(step) / new_scale), dZ,
+                   int(n_out), A_prev, int(n_in), T(1), W, int(n_in));
+        scale = new_scale;
+    } else {
+        blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), -step, dZ, int(n_out), A_prev,
+                   int(n_in), T(new_scale), W, int(n_in));
+        scale = 1.0;
+    }
+    blas::gemv(true, int(batch), int(n_out), -step, dZ, int(n_out), ones, 1, T(1), b, 1);
+}
+
+template <class T>
+void inplace_apply_scale(T* W, double& scale, std::size_t n) {
+    if (scale == 1.0) return;
+    const T s = T(scale);
+    for (std::size_t i = 0; i < n; ++i) W[i] *= s;
+    scale = 1.0;
 }
 
 template <class T>
@@ -19,7 +39,7 @@ void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* on
                          std::size_t n_out, std::size_t n_in, T scale) {
     blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
                int(n_in), T(1), dW, int(n_in));
-    blas::gemv_t(int(batch), int(n_out), scale, dZ, ones, T(1), db);
+    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, T(1), db, 1);
 }
 
 template <class T>
@@ -28,11 +48,12 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
     for (std::size_t i = 0; i < n; ++i) W[i] = keep * W[i] - lr * dW[i];
 }
 
-#define L2FAST_INSTANTIATE(T)                                                                           \
-    template void inplace_fused_l2_step(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, \
-                                        std::size_t, T, T);                                             \
-    template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,   \
-                                      std::size_t, T);                                                 \
+#define L2FAST_INSTANTIATE(T)                                                                                \
+    template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, const T*, std::size_t,          \
+                                        std::size_t, std::size_t, T, T);                                     \
+    template void inplace_apply_scale(T*, double&, std::size_t);                                             \
+    template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,        \
+                                      std::size_t, T);                                                       \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)

@@ -1,20 +1,28 @@
-// The fused L2 step: the weight-gradient GEMM writes straight into W, its beta carrying (1 - lr*lam/m).
+// The fused L2 step: the weight-gradient GEMM writes straight into W and lambda costs no extra pass.
 #pragma once
 
 #include <cstddef>
 
 namespace l2fast {
 
-// W (n_out x n_in) <- (1 - lr*lam_over_m) W - (lr/batch) dZ^T . A_prev   (one GEMM, in place)
-// b (n_out)        <- b - (lr/batch) sum_rows dZ
-// This is W <- W - lr (mean dL/dW + (lam/m) W) exactly, with no extra pass over W for lambda.
-// ones holds at least batch entries equal to 1 (the bias sums are a GEMV against it).
+// One minibatch step on the weights W_true = scale * W (W stored, the scalar carried beside it):
+//   W_true <- (1 - lr*lam_over_m) W_true - (lr/batch) dZ^T . A_prev
+//   b      <- b - (lr/batch) sum_rows dZ
+// which is W <- W - lr (mean dL/dW + (lam/m) W). The decay factor goes into scale, so the GEMM
+// writes into W with beta = 1: OpenBLAS applies any other beta as a separate pass over W, which
+// would make lambda cost a read and a write of every weight per step. When scale would fall below
+// 1/2 the step is the single GEMM with beta = (1 - lr*lam_over_m) * scale instead, and scale is 1
+// again. ones holds at least batch entries equal to 1 (the bias sums are a GEMV against it).
 template <class T>
-void inplace_fused_l2_step(T* W, T* b, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
-                           std::size_t n_out, std::size_t n_in, T lr, T lam_over_m);
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
+                           std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m);
 
-// dW <- beta dW + scale dZ^T . A_prev and db <- db + scale sum_rows dZ: accumulates the gradient of a
-// block of records; start with dW = (lam/m) W, beta = 1 and scale = 1/m to build dJ/dW block by block.
+// W (n) <- scale * W and scale <- 1: folds a carried scale back into the stored weights.
+template <class T>
+void inplace_apply_scale(T* W, double& scale, std::size_t n);
+
+// dW <- dW + scale dZ^T . A_prev and db <- db + scale sum_rows dZ: accumulates the gradient of a
+// block of records; start with dW = (lam/m) W and scale = 1/m to build dJ/dW block by block.
 template <class T>
 void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale);

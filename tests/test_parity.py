@@ -69,3 +69,17 @@ def test_large_inputs_agree_across_blocks():
     assert_parity(fast.predict_proba(X), ref.predict_proba(X), "float64", "predict_proba")
     for g, g_ref in zip(sum(fast.gradients(X, y), []), sum(ref.gradients(X, y), [])):
         assert_parity(g, g_ref, "float64", "gradients")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [0.7, 1.2], ids=["decay-0.7", "decay-past-1"])
+def test_parameters_agree_under_heavy_decay(dtype, decay):
+    # lr*lam/m = decay: the cpu backend's carried weight scale falls below 1/2 (0.7) or would turn
+    # negative (1.2), so its other path, one GEMM with beta = the folded scale, runs too.
+    X, y = make_problem("softmax", 5, 3, m=40, seed=3)
+    lr = 0.1
+    ref, fast = pair([5, 4, 3], "tanh", "softmax", dtype, lam=decay * 40 / lr)
+    for net in (ref, fast):
+        net.fit(X, y, epochs=2, lr=lr, batch_size=8)
+    for W, W_ref in zip(fast.weights + fast.biases, ref.weights + ref.biases):
+        assert_parity(W, W_ref, dtype, "parameters after fit")

@@ -1,5 +1,6 @@
 // Kernel tests without Python: each fused kernel against a plain loop version of its formula.
 // Exits non-zero when any check fails, printing each failure.
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "activations.hpp"
+#include "blas.hpp"
 #include "dense.hpp"
 #include "losses.hpp"
 #include "network.hpp"
@@ -54,7 +56,7 @@ static void test_dense_forward() {
     auto A = randn(batch * n_in, rng), W = randn(n_out * n_in, rng), b = randn(n_out, rng);
     for (Activation act : {Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid}) {
         std::vector<double> out(batch * n_out), want(batch * n_out);
-        dense_forward(A.data(), batch, n_in, W.data(), b.data(), n_out, act, out.data());
+        dense_forward(A.data(), batch, n_in, W.data(), 1.0, b.data(), n_out, act, out.data());
         for (std::size_t i = 0; i < batch; ++i)
             for (std::size_t j = 0; j < n_out; ++j) {
                 double z = b[j];
@@ -84,27 +86,64 @@ static void test_activation_backward_is_the_derivative() {
     }
 }
 
+// Three steps of the fused kernel (scale carried, folded back at the end) against the plain formula
+// W <- W - lr (mean dL/dW + (lam/m) W): a small decay (the scale path), a large one (the scale and the
+// beta paths in turn) and one past 1 - lr lam/m < 0 (the beta path only).
 static void test_fused_step_equals_the_unfused_formula() {
     std::mt19937_64 rng(3);
     const std::size_t batch = 7, n_in = 6, n_out = 4;
-    auto W = randn(n_out * n_in, rng), b = randn(n_out, rng), dZ = randn(batch * n_out, rng),
-         A = randn(batch * n_in, rng);
     const std::vector<double> ones(batch, 1.0);
-    const double lr = 0.3, lam_over_m = 0.05;
-    std::vector<double> W_want = W, b_want = b;
-    for (std::size_t j = 0; j < n_out; ++j) {
-        double gb = 0;
-        for (std::size_t i = 0; i < batch; ++i) gb += dZ[i * n_out + j];
-        b_want[j] -= lr * gb / batch;
-        for (std::size_t k = 0; k < n_in; ++k) {
-            double g = 0;
-            for (std::size_t i = 0; i < batch; ++i) g += dZ[i * n_out + j] * A[i * n_in + k];
-            W_want[j * n_in + k] -= lr * (g / batch + lam_over_m * W[j * n_in + k]);
+    for (double lam_over_m : {0.05, 1.5, 4.0}) {
+        auto W = randn(n_out * n_in, rng), b = randn(n_out, rng);
+        std::vector<double> W_want = W, b_want = b;
+        const double lr = 0.3;
+        double scale = 1.0;
+        for (int step = 0; step < 3; ++step) {
+            auto dZ = randn(batch * n_out, rng), A = randn(batch * n_in, rng);
+            for (std::size_t j = 0; j < n_out; ++j) {
+                double gb = 0;
+                for (std::size_t i = 0; i < batch; ++i) gb += dZ[i * n_out + j];
+                b_want[j] -= lr * gb / batch;
+                for (std::size_t k = 0; k < n_in; ++k) {
+                    double g = 0;
+                    for (std::size_t i = 0; i < batch; ++i) g += dZ[i * n_out + j] * A[i * n_in + k];
+                    W_want[j * n_in + k] -= lr * (g / batch + lam_over_m * W_want[j * n_in + k]);
+                }
+            }
+            inplace_fused_l2_step(W.data(), scale, b.data(), dZ.data(), A.data(), ones.data(), batch, n_out, n_in,
+                                  lr, lam_over_m);
+            CHECK(scale >= 0.5 && scale <= 1.0);
         }
+        CHECK(lam_over_m < 4.0 ? scale < 1.0 : scale == 1.0);
+        inplace_apply_scale(W.data(), scale, W.size());
+        CHECK(scale == 1.0);
+        CHECK(max_abs_diff(W, W_want) < 1e-14);
+        CHECK(max_abs_diff(b, b_want) < 1e-14);
     }
-    inplace_fused_l2_step(W.data(), b.data(), dZ.data(), A.data(), ones.data(), batch, n_out, n_in, lr, lam_over_m);
-    CHECK(max_abs_diff(W, W_want) < 1e-15);
-    CHECK(max_abs_diff(b, b_want) < 1e-15);
+}
+
+static void test_gemm_takes_the_gemv_path_for_single_rows_and_columns_correctly() {
+    std::mt19937_64 rng(6);
+    // (m, n, k) with m or n equal to 1, every transpose combination, against a plain triple loop.
+    for (auto [m, n, k] : {std::array<int, 3>{5, 1, 4}, {1, 5, 4}, {1, 1, 3}, {3, 4, 2}}) {
+        for (int ta = 0; ta < 2; ++ta)
+            for (int tb = 0; tb < 2; ++tb) {
+                auto A = randn(std::size_t(m * k), rng), B = randn(std::size_t(k * n), rng);
+                auto C = randn(std::size_t(m * n), rng);
+                std::vector<double> want = C;
+                const int lda = ta ? m : k, ldb = tb ? k : n;
+                for (int i = 0; i < m; ++i)
+                    for (int j = 0; j < n; ++j) {
+                        double acc = 0;
+                        for (int p = 0; p < k; ++p)
+                            acc += (ta ? A[p * lda + i] : A[i * lda + p]) * (tb ? B[j * ldb + p] : B[p * ldb + j]);
+                        want[i * n + j] = 0.5 * acc + 0.25 * want[i * n + j];
+                    }
+                blas::gemm(ta ? blas::Op::T : blas::Op::N, tb ? blas::Op::T : blas::Op::N, m, n, k, 0.5, A.data(),
+                           lda, B.data(), ldb, 0.25, C.data(), n);
+                CHECK(max_abs_diff(C, want) < 1e-14);
+            }
+    }
 }
 
 static void test_loss_gradient_is_the_derivative_of_the_loss() {
@@ -175,6 +214,7 @@ int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();
+    test_gemm_takes_the_gemv_path_for_single_rows_and_columns_correctly();
     test_loss_gradient_is_the_derivative_of_the_loss();
     test_checks_refuse_bad_input();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
