@@ -63,9 +63,10 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
             case Loss::Logistic: {
                 const T t = y.values[r];
                 const T zi = z[0];
-                // softplus(z) - t z, written so that exp never overflows
-                const T l = (zi > T(0) ? zi : T(0)) - t * zi + std::log1p(std::exp(-std::abs(zi)));
-                const T p = sigmoid(zi);
+                // softplus(z) - t z and sigmoid(z) from one exp of -|z|, which never overflows
+                const T e = std::exp(-std::abs(zi));
+                const T l = (zi > T(0) ? zi : T(0)) - t * zi + std::log1p(e);
+                const T p = zi >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
                 stats.loss_sum += double(l);
                 stats.correct += (p >= T(0.5)) == (t == T(1));
                 z[0] = p - t;
