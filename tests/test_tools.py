@@ -53,11 +53,12 @@ def test_bench_writes_its_record(tmp_path, capsys):
     assert "U: the L2 update alone" in capsys.readouterr().out
 
 
-def test_standalone_l2_update_matches_the_reference_formula():
+@pytest.mark.parametrize("shape", [(7, 5), (1500, 2001)], ids=["small", "3M-entries-threaded"])
+def test_standalone_l2_update_matches_the_reference_formula(shape):
     rng = np.random.default_rng(0)
     for dtype, tol in ((np.float64, 1e-15), (np.float32, 1e-6)):
-        W = rng.normal(size=(7, 5)).astype(dtype)
-        dW = rng.normal(size=(7, 5)).astype(dtype)
+        W = rng.normal(size=shape).astype(dtype)
+        dW = rng.normal(size=shape).astype(dtype)
         want = W - 0.1 * (dW + 0.02 * W)
         _core.l2_update(W, dW, 0.1, 0.02)
         np.testing.assert_allclose(W, want, rtol=tol, atol=tol)

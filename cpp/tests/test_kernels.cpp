@@ -1,5 +1,6 @@
 // Kernel tests without Python: each fused kernel against a plain loop version of its formula.
 // Exits non-zero when any check fails, printing each failure.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include "dense.hpp"
 #include "losses.hpp"
 #include "network.hpp"
+#include "parallel.hpp"
 #include "update.hpp"
 
 using namespace l2fast;
@@ -210,6 +212,20 @@ static void test_training_lowers_the_cost_and_gradients_vanish_at_lam_only() {
     for (std::size_t k = 0; k < W0.size(); ++k) CHECK(std::abs(dW0[k] - 0.25 * W0[k]) < 1e-15);
 }
 
+static void test_parallel_for_covers_every_index_once() {
+    for (std::size_t n : {std::size_t(0), std::size_t(5), std::size_t(1000), std::size_t(1001)}) {
+        for (std::size_t threads : {1, 2, 3}) {
+            for (int round = 0; round < 3; ++round) {  // the pool is reused across calls
+                std::vector<int> hits(n, 0);
+                parallel_for(n, threads, 100, [&](std::size_t begin, std::size_t end) {
+                    for (std::size_t i = begin; i < end; ++i) ++hits[i];
+                });
+                CHECK(std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; }));
+            }
+        }
+    }
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -217,6 +233,7 @@ int main() {
     test_gemm_takes_the_gemv_path_for_single_rows_and_columns_correctly();
     test_loss_gradient_is_the_derivative_of_the_loss();
     test_checks_refuse_bad_input();
+    test_parallel_for_covers_every_index_once();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
