@@ -326,13 +326,21 @@ def plot(record, path):
     except ImportError as exc:
         raise SystemExit(f"l2fast bench --plot needs matplotlib: pip install \"l2fast[bench]\" ({exc})")
     configs = record["configs"]
-    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), squeeze=False)
-    for ax, (key, entry) in zip(axes[0], configs.items()):
+    columns = min(2, len(configs))
+    rows = -(-len(configs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(configs):]:
+        ax.set_visible(False)
+    for ax, (key, entry) in zip(axes.flat, configs.items()):
         names = list(entry["results"])
-        ax.barh(names, [entry["results"][n]["median_s"] for n in names], color="tab:blue")
-        ax.set_xscale("log")
-        ax.set_title(f"{key}: {'-'.join(map(str, entry['config']['sizes']))}, batch {entry['config']['batch']}")
-        ax.set_xlabel("seconds per epoch (median)")
+        medians = [entry["results"][n]["median_s"] for n in names]
+        bars = ax.barh(names, medians, color=["tab:orange" if n.startswith("l2fast") else "tab:gray" for n in names])
+        ax.bar_label(bars, labels=[f"{t:.3g} s" for t in medians], padding=3, fontsize=8)
+        ax.set_xlim(0, 1.25 * max(medians))
+        ax.set_title(f"{key}: {'-'.join(map(str, entry['config']['sizes']))}, batch {entry['config']['batch']}",
+                     fontsize=10)
+        ax.set_xlabel("seconds per epoch (median, lower is better)", fontsize=8)
+        ax.tick_params(labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
