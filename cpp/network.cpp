@@ -2,6 +2,7 @@
 #include "network.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -116,15 +117,19 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
 }
 
 template <class T>
-LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                      std::size_t n, std::size_t batch, T lr, T lam_over_m) {
-    LossStats total;
-    if (n == 0) return total;
+EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                        std::size_t n, std::size_t batch, T lr, T lam_over_m,
+                        const std::function<bool()>& should_stop) {
+    EpochResult result;
+    if (n == 0) return result;
     batch = std::min(batch, n);
     const std::size_t n_in = shape.n_in();
     Workspace<T> ws(shape, batch, order != nullptr, true);
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
+    using clock = std::chrono::steady_clock;
+    constexpr auto kAskEvery = std::chrono::milliseconds(10);
+    auto last_asked = clock::now();
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const T* X = data.X + start * n_in;
@@ -134,16 +139,24 @@ LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& d
             X = ws.x.data();
         }
         forward_block(shape, params, scale.data(), X, rows, ws);
-        total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
-                                       targets_of(data, picked, start));
+        result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
+                                              targets_of(data, picked, start));
         backward_block(shape, params, scale.data(), X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows,
                                   shape.sizes[l + 1], shape.sizes[l], lr, lam_over_m);
         });
+        ++result.steps;
+        if (should_stop && clock::now() - last_asked >= kAskEvery) {
+            last_asked = clock::now();
+            if (should_stop()) {
+                result.stopped = true;
+                break;
+            }
+        }
     }
     for (std::size_t l = 0; l < shape.n_layers(); ++l)
         inplace_apply_scale(params.W[l], scale[l], shape.sizes[l + 1] * shape.sizes[l]);
-    return total;
+    return result;
 }
 
 template <class T>
@@ -200,8 +213,8 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 }
 
 #define L2FAST_INSTANTIATE(T)                                                                                   \
-    template LossStats train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,          \
-                                   std::size_t, std::size_t, T, T);                                            \
+    template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
+                                     std::size_t, std::size_t, T, T, const std::function<bool()>&);            \
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
     template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, T, Params<T>&);

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "activations.hpp"
@@ -46,9 +47,18 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
 // of `batch`, each step W <- (1 - lr lam/m) W - (lr/b) dZ^T A_prev with the GEMM writing into W
 // (inplace_fused_l2_step: the decay rides on a per-layer scale, folded back into W at the end).
 // Returns the loss sum and correct count of every minibatch, measured before its own update.
+// should_stop, when given, is asked at most every 10 ms between steps; when it answers true the
+// epoch ends after the step in hand, with W whole (scales folded back), and `stopped` is set.
+struct EpochResult {
+    LossStats stats;
+    bool stopped = false;
+    std::size_t steps = 0;
+};
+
 template <class T>
-LossStats train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                      std::size_t n, std::size_t batch, T lr, T lam_over_m);
+EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                        std::size_t n, std::size_t batch, T lr, T lam_over_m,
+                        const std::function<bool()>& should_stop = {});
 
 // out (m x n_out) <- yhat for each row of X (m x n_in).
 template <class T>

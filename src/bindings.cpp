@@ -162,13 +162,19 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
         l2fast::check_order(order, n, data.m);
         net.keep.push_back(o);
     }
-    l2fast::LossStats stats;
+    // Ctrl-C: Python only runs its signal handler between bytecodes, so the epoch asks for it.
+    const auto interrupted = [] {
+        py::gil_scoped_acquire acquire;
+        return PyErr_CheckSignals() != 0;
+    };
+    l2fast::EpochResult result;
     {
         py::gil_scoped_release release;
-        stats = l2fast::train_epoch(net.shape, net.params, data, order, n, std::size_t(batch_size), T(lr),
-                                    T(lam_over_m));
+        result = l2fast::train_epoch(net.shape, net.params, data, order, n, std::size_t(batch_size), T(lr),
+                                     T(lam_over_m), interrupted);
     }
-    return stats_tuple(stats);
+    if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
+    return stats_tuple(result.stats);
 }
 
 template <class T>
@@ -303,7 +309,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"),
         "One epoch of minibatch gradient descent with the fused L2 step, in place on weights and biases.\n"
-        "Returns (loss_sum, correct) over the minibatches, each measured before its own update.");
+        "Returns (loss_sum, correct) over the minibatches, each measured before its own update. A signal\n"
+        "(Ctrl-C) ends the epoch after the step in hand and raises its exception; the parameters are then\n"
+        "those after that step.");
 
     m.def(
         "predict",

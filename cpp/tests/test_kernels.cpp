@@ -199,7 +199,10 @@ static void test_training_lowers_the_cost_and_gradients_vanish_at_lam_only() {
     Params<double> params{{W0.data(), W1.data()}, {b0.data(), b1.data()}};
     Dataset<double> data{X.data(), m, nullptr, y.data()};
     const double before = evaluate(shape, params, data).loss_sum;
-    for (int epoch = 0; epoch < 50; ++epoch) train_epoch(shape, params, data, nullptr, m, 16, 0.5, 0.0);
+    for (int epoch = 0; epoch < 50; ++epoch) {
+        const EpochResult r = train_epoch(shape, params, data, nullptr, m, 16, 0.5, 0.0);
+        CHECK(r.steps == 4 && !r.stopped);
+    }
     const LossStats after = evaluate(shape, params, data);
     CHECK(after.loss_sum < 0.3 * before);
     CHECK(after.correct >= std::int64_t(m * 9 / 10));
@@ -226,6 +229,26 @@ static void test_parallel_for_covers_every_index_once() {
     }
 }
 
+static void test_training_stops_when_asked() {
+    std::mt19937_64 rng(7);
+    const std::size_t m = 40000, n_in = 8;
+    Shape shape{{n_in, 32, 3}, Activation::Relu, Loss::Softmax};
+    auto X = randn(m * n_in, rng);
+    std::vector<std::int64_t> y(m, 1);
+    auto W0 = randn(32 * n_in, rng, 0.3), W1 = randn(3 * 32, rng, 0.3);
+    std::vector<double> b0(32, 0.0), b1(3, 0.0);
+    Params<double> params{{W0.data(), W1.data()}, {b0.data(), b1.data()}};
+    Dataset<double> data{X.data(), m, nullptr, y.data()};
+    int asked = 0;
+    // A batch of one record makes 40000 steps (well over 10 ms of work); the first answer is yes.
+    const EpochResult r = train_epoch<double>(shape, params, data, nullptr, m, 1, 0.01, 0.1, [&] {
+        ++asked;
+        return true;
+    });
+    CHECK(r.stopped && asked == 1);
+    CHECK(r.steps >= 1 && r.steps < m);
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -234,6 +257,7 @@ int main() {
     test_loss_gradient_is_the_derivative_of_the_loss();
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
+    test_training_stops_when_asked();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;

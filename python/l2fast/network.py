@@ -7,6 +7,8 @@ backend chosen by name; this file holds what is the same on all of them.
 """
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -45,6 +47,27 @@ class History:
     seconds: list = field(default_factory=list)
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite cost or weight; the network keeps the parameters of the
+    last epoch that stayed finite. ``history`` holds the epochs completed before it."""
+
+    def __init__(self, message, history):
+        super().__init__(message)
+        self.history = history
+
+
+def _serialised(method):
+    """Runs the method under the network's lock: calls on one network from several threads take
+    turns instead of racing on its parameters (separate networks still run in parallel)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def initial_parameters(sizes, activation, dtype, rng):
     """He-normal weights N(0, 2/n_in) before relu layers, Glorot-uniform U(+-sqrt(6/(n_in+n_out)))
     elsewhere (tanh, sigmoid, identity and the output layer); zero biases. Drawn in float64 from rng,
@@ -64,6 +87,9 @@ def initial_parameters(sizes, activation, dtype, rng):
 
 class Network:
     """A dense network trained on the L2-regularised cost J.
+
+    A network may be used from several threads: its methods take turns on a lock. Separate networks
+    train in parallel; the cpu backend releases the GIL in its kernels.
 
     Parameters
     ----------
@@ -105,6 +131,7 @@ class Network:
             self.layer_sizes, self.activation, self.dtype, np.random.default_rng(init_seq)
         )
         self._shuffle_rng = np.random.default_rng(shuffle_seq)
+        self._lock = threading.RLock()
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -123,19 +150,23 @@ class Network:
         self._lam = _validate.real(value, "lam", positive=False)
 
     @property
+    @_serialised
     def weights(self):
         """Copies of W[l], shape (n_l, n_{l-1}); change them with ``set_parameters``."""
         return [W.copy() for W in self._weights]
 
     @property
+    @_serialised
     def biases(self):
         """Copies of b[l], shape (n_l,)."""
         return [b.copy() for b in self._biases]
 
+    @_serialised
     def set_parameters(self, weights, biases):
         """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,)."""
         self._weights, self._biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
 
+    @_serialised
     def penalty(self, m):
         """(lam / 2m) sum_l ||W[l]||_F^2 for a data set of m records, summed in float64."""
         m = _validate.integer(m, "m", 1)
@@ -148,16 +179,19 @@ class Network:
         X = _validate.features(X, self.layer_sizes[0], self.dtype)
         return X, _validate.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
 
+    @_serialised
     def cost_parts(self, X, y):
         """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X)."""
         X, y = self._data(X, y)
         loss_sum, _ = self._backend.evaluate(self._weights, self._biases, X, y, self.activation, self.loss)
         return CostParts(loss_sum / len(X), self.penalty(len(X)))
 
+    @_serialised
     def cost(self, X, y):
         """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float."""
         return float(sum(self.cost_parts(X, y)))
 
+    @_serialised
     def gradients(self, X, y):
         """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of arrays."""
         X, y = self._data(X, y)
@@ -170,6 +204,7 @@ class Network:
         X = _validate.features(X, self.layer_sizes[0], self.dtype)
         return self._backend.predict(self._weights, self._biases, X, self.activation, self.loss)
 
+    @_serialised
     def predict_proba(self, X):
         """Class probabilities (m, n_classes) for X (m, n_x); (m, 2) = [P(0), P(1)] for logistic."""
         if self.loss == "squared_error":
@@ -179,6 +214,7 @@ class Network:
             return np.concatenate([1 - out, out], axis=1)
         return out
 
+    @_serialised
     def predict(self, X):
         """Class labels (m,) int64 for classification; values (m,) or (m, n_out) for regression."""
         out = self._output(X)
@@ -188,6 +224,7 @@ class Network:
             return (out[:, 0] >= 0.5).astype(np.int64)
         return out[:, 0] if out.shape[1] == 1 else out
 
+    @_serialised
     def score(self, X, y):
         """Accuracy for classification; R^2 (averaged over outputs) for regression."""
         X, y_kernel = self._data(X, y)
@@ -205,6 +242,7 @@ class Network:
 
     # -- training -----------------------------------------------------------------------------------
 
+    @_serialised
     def fit(self, X, y, epochs=1, lr=0.1, batch_size=None, shuffle=True, validation_data=None):
         """Minibatch gradient descent on J over X (m, n_x) and y.
 
@@ -213,6 +251,9 @@ class Network:
         epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
         an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
         Every argument is checked before the first step: a refused call leaves the network unchanged.
+        A NaN or infinite cost or weight raises ``DivergenceError`` and a Ctrl-C ``KeyboardInterrupt``
+        (the cpu backend notices it within 10 ms); either way the network is left with the parameters
+        it had after the last complete epoch.
         """
         X, y = self._data(X, y)
         m = len(X)
@@ -227,14 +268,27 @@ class Network:
             X_val, y_val = self._data(*validation_data)
         classifier = self.loss != "squared_error"
         history = History()
-        for _ in range(epochs):
+        for epoch in range(epochs):
+            # The epoch's starting point: a Ctrl-C or a divergence puts the network back to it.
+            saved = [W.copy() for W in self._weights], [b.copy() for b in self._biases]
             start = time.perf_counter()
-            order = self._shuffle_rng.permutation(m) if shuffle else None
-            loss_sum, correct = self._backend.train_epoch(
-                self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
-                self.loss,
-            )
+            try:
+                order = self._shuffle_rng.permutation(m) if shuffle else None
+                loss_sum, correct = self._backend.train_epoch(
+                    self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
+                    self.loss,
+                )
+            except KeyboardInterrupt:
+                self._weights, self._biases = saved
+                raise
             history.seconds.append(time.perf_counter() - start)
+            if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in self._weights + self._biases)):
+                self._weights, self._biases = saved
+                raise DivergenceError(
+                    f"fit: training diverged in epoch {epoch + 1} (the cost became "
+                    f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
+                    f"with lr={lr}; the parameters are those after epoch {epoch}. Try a smaller learning "
+                    "rate.", history)
             history.loss.append(loss_sum / m)
             history.cost.append(loss_sum / m + self.penalty(m))
             if classifier:

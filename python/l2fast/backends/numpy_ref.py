@@ -127,18 +127,20 @@ class NumpyBackend:
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
         n = len(X) if order is None else len(order)
         loss_sum, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-            X_batch, y_batch = X[rows], y[rows]
-            outputs = forward_all(weights, biases, X_batch, activation)
-            batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss)
-            loss_sum += batch_loss
-            correct += batch_correct
 
-            def step(layer, dZ, A_prev):
-                l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
+        def step(layer, dZ, A_prev):
+            l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
 
-            backward_all(weights, X_batch, outputs, dZ, activation, step)
+        # A diverging run shows as inf or NaN in the loss, which the caller checks: no warnings meanwhile.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, n, batch_size):
+                rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                X_batch, y_batch = X[rows], y[rows]
+                outputs = forward_all(weights, biases, X_batch, activation)
+                batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss)
+                loss_sum += batch_loss
+                correct += batch_correct
+                backward_all(weights, X_batch, outputs, dZ, activation, step)
         return loss_sum, correct
 
     def predict(self, weights, biases, X, activation, loss):
