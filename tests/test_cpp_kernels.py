@@ -1,4 +1,6 @@
-"""Builds the kernel library of cpp/ on its own (no Python headers) and runs its C++ tests."""
+"""Builds the kernel library of cpp/ on its own (no Python headers) and runs its C++ tests: once as
+released, once under AddressSanitizer and UndefinedBehaviorSanitizer (leak checks included)."""
+import os
 import shutil
 import subprocess
 import sys
@@ -7,16 +9,22 @@ from pathlib import Path
 import pytest
 
 CPP = Path(__file__).resolve().parents[1] / "cpp"
+SANITIZED = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1"
 
 
-def test_cpp_kernel_tests_pass(tmp_path):
+@pytest.mark.parametrize("flags", ["", SANITIZED], ids=["release", "asan-ubsan"])
+def test_cpp_kernel_tests_pass(tmp_path, flags):
     cmake = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
     if cmake is None:
         pytest.fail("cmake is needed for the C++ tests: pip install '.[test]' provides it")
     configure = [cmake, "-S", str(CPP), "-B", str(tmp_path), "-DL2FAST_CPP_TESTS=ON",
-                 f"-DPython_EXECUTABLE={sys.executable}"]
+                 f"-DPython_EXECUTABLE={sys.executable}", f"-DCMAKE_CXX_FLAGS={flags}"]
+    if flags:
+        configure.append("-DCMAKE_BUILD_TYPE=Debug")
     for command in (configure, [cmake, "--build", str(tmp_path), "--parallel", "2"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run([str(tmp_path / "test_kernels")], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    result = subprocess.run([str(tmp_path / "test_kernels")], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and "OK: 0 failure(s)" in result.stdout, result.stdout + result.stderr
+    assert "runtime error" not in result.stderr and "Sanitizer" not in result.stderr, result.stderr
