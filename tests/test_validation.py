@@ -300,3 +300,24 @@ def test_core_thread_count_checks_its_argument():
     with pytest.raises(ValueError, match="n must be >= 1"):
         _core.set_num_threads(0)
     assert _core.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("m, error", [(0, ValueError), (-3, ValueError), (1.5, TypeError), ("10", TypeError)])
+def test_penalty_refuses_bad_m(m, error):
+    with pytest.raises(error, match="m"):
+        l2fast.Network([4, 3], lam=1.0).penalty(m)
+
+
+def test_set_parameters_reads_any_layout_right():
+    net = l2fast.Network([4, 5, 3], dtype="float64", seed=0)
+    want_W, want_b = net.weights, net.biases
+    readonly = want_W[1].copy()
+    readonly.flags.writeable = False
+    wide = np.zeros((5, 8))
+    wide[:, ::2] = want_W[0]
+    for W0, W1 in ((np.asfortranarray(want_W[0]), readonly), (wide[:, ::2], want_W[1].tolist())):
+        other = l2fast.Network([4, 5, 3], dtype="float64", seed=1)
+        other.set_parameters([W0, W1], want_b)
+        for p, q in zip(other.weights, want_W):
+            np.testing.assert_array_equal(p, q)
+        assert other.cost(X_OK, Y_OK) == net.cost(X_OK, Y_OK)
