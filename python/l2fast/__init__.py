@@ -5,11 +5,12 @@
     history = net.fit(X, y, epochs=10, lr=0.1, batch_size=128)
 """
 from l2fast.backends import BackendUnavailableError, available_backends
+from l2fast.io import load
 from l2fast.network import CostParts, DivergenceError, History, Network
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Network", "History", "CostParts", "DivergenceError", "available_backends", "BackendUnavailableError",
+    "Network", "History", "CostParts", "DivergenceError", "load", "available_backends", "BackendUnavailableError",
     "__version__",
 ]

@@ -8,15 +8,19 @@ backend chosen by name; this file holds what is the same on all of them.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from l2fast import _validate
 from l2fast.backends import get_backend
+
+FloatArray = NDArray[np.floating]
 
 
 class CostParts(NamedTuple):
@@ -38,13 +42,13 @@ class History:
     without the validation scoring.
     """
 
-    loss: list = field(default_factory=list)
-    cost: list = field(default_factory=list)
-    accuracy: list = field(default_factory=list)
-    val_loss: list = field(default_factory=list)
-    val_cost: list = field(default_factory=list)
-    val_accuracy: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
+    loss: List[float] = field(default_factory=list)
+    cost: List[float] = field(default_factory=list)
+    accuracy: List[float] = field(default_factory=list)
+    val_loss: List[float] = field(default_factory=list)
+    val_cost: List[float] = field(default_factory=list)
+    val_accuracy: List[float] = field(default_factory=list)
+    seconds: List[float] = field(default_factory=list)
 
 
 class DivergenceError(FloatingPointError):
@@ -110,8 +114,9 @@ class Network:
         Seeds the initial weights and the shuffling in ``fit``.
     """
 
-    def __init__(self, layer_sizes, activation="relu", loss="softmax", lam=0.0, backend="numpy",
-                 dtype="float32", seed=None):
+    def __init__(self, layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
+                 lam: float = 0.0, backend: str = "numpy", dtype: DTypeLike = "float32",
+                 seed: Optional[int] = None) -> None:
         self.layer_sizes = _validate.layer_sizes(layer_sizes)
         self.activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)
         self.loss = _validate.choice(loss, "loss", _validate.LOSSES)
@@ -136,38 +141,38 @@ class Network:
     # -- parameters -------------------------------------------------------------------------------
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """The backend's name."""
         return self._backend.name
 
     @property
-    def lam(self):
+    def lam(self) -> float:
         """lambda of the L2 penalty; may be changed between calls to ``fit``."""
         return self._lam
 
     @lam.setter
-    def lam(self, value):
+    def lam(self, value: float) -> None:
         self._lam = _validate.real(value, "lam", positive=False)
 
     @property
     @_serialised
-    def weights(self):
+    def weights(self) -> List[FloatArray]:
         """Copies of W[l], shape (n_l, n_{l-1}); change them with ``set_parameters``."""
         return [W.copy() for W in self._weights]
 
     @property
     @_serialised
-    def biases(self):
+    def biases(self) -> List[FloatArray]:
         """Copies of b[l], shape (n_l,)."""
         return [b.copy() for b in self._biases]
 
     @_serialised
-    def set_parameters(self, weights, biases):
+    def set_parameters(self, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike]) -> None:
         """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,)."""
         self._weights, self._biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
 
     @_serialised
-    def penalty(self, m):
+    def penalty(self, m: int) -> float:
         """(lam / 2m) sum_l ||W[l]||_F^2 for a data set of m records, summed in float64."""
         m = _validate.integer(m, "m", 1)
         squares = sum(float(np.sum(np.square(W, dtype=np.float64))) for W in self._weights)
@@ -180,19 +185,19 @@ class Network:
         return X, _validate.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
 
     @_serialised
-    def cost_parts(self, X, y):
+    def cost_parts(self, X: ArrayLike, y: ArrayLike) -> CostParts:
         """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X)."""
         X, y = self._data(X, y)
         loss_sum, _ = self._backend.evaluate(self._weights, self._biases, X, y, self.activation, self.loss)
         return CostParts(loss_sum / len(X), self.penalty(len(X)))
 
     @_serialised
-    def cost(self, X, y):
+    def cost(self, X: ArrayLike, y: ArrayLike) -> float:
         """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float."""
         return float(sum(self.cost_parts(X, y)))
 
     @_serialised
-    def gradients(self, X, y):
+    def gradients(self, X: ArrayLike, y: ArrayLike) -> Tuple[List[FloatArray], List[FloatArray]]:
         """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of arrays."""
         X, y = self._data(X, y)
         dW, db, _ = self._backend.gradients(
@@ -205,7 +210,7 @@ class Network:
         return self._backend.predict(self._weights, self._biases, X, self.activation, self.loss)
 
     @_serialised
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> FloatArray:
         """Class probabilities (m, n_classes) for X (m, n_x); (m, 2) = [P(0), P(1)] for logistic."""
         if self.loss == "squared_error":
             raise TypeError("predict_proba: this network is a regressor (loss='squared_error'); use predict")
@@ -215,7 +220,7 @@ class Network:
         return out
 
     @_serialised
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> Union[NDArray[np.int64], FloatArray]:
         """Class labels (m,) int64 for classification; values (m,) or (m, n_out) for regression."""
         out = self._output(X)
         if self.loss == "softmax":
@@ -225,7 +230,7 @@ class Network:
         return out[:, 0] if out.shape[1] == 1 else out
 
     @_serialised
-    def score(self, X, y):
+    def score(self, X: ArrayLike, y: ArrayLike) -> float:
         """Accuracy for classification; R^2 (averaged over outputs) for regression."""
         X, y_kernel = self._data(X, y)
         if self.loss != "squared_error":
@@ -243,7 +248,8 @@ class Network:
     # -- training -----------------------------------------------------------------------------------
 
     @_serialised
-    def fit(self, X, y, epochs=1, lr=0.1, batch_size=None, shuffle=True, validation_data=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
+            shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None) -> History:
         """Minibatch gradient descent on J over X (m, n_x) and y.
 
         Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
@@ -303,6 +309,26 @@ class Network:
                     history.val_accuracy.append(val_correct / len(X_val))
         return history
 
-    def __repr__(self):
+    @_serialised
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Writes the network (architecture, lambda, dtype, parameters) to ``path``: a versioned ``.npz``
+        without pickle, read back exactly by ``l2fast.load``. See ``l2fast.io`` for the format."""
+        from l2fast import io
+
+        io.save(self, path)
+
+    def __getstate__(self):
+        # Pickling (scikit-learn clones and caches estimators) keeps the backend by name, not the lock.
+        state = self.__dict__.copy()
+        state["_backend"] = self._backend.name
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        state["_backend"] = get_backend(state["_backend"])
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
         return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"lam={self._lam}, backend={self.backend!r}, dtype={self.dtype.name!r})")

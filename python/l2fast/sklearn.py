@@ -1,0 +1,243 @@
+"""scikit-learn estimators over ``l2fast.Network``: drop-in classifiers and regressors for pipelines,
+grid searches and validation curves over ``lam``.
+
+    from l2fast.sklearn import L2MLPClassifier
+    clf = L2MLPClassifier(hidden_layer_sizes=(64,), lam=1.0).fit(X, y)
+
+``lam`` is the lambda of J = mean loss + (lam / 2m) sum ||W||_F^2 with m the training-set size, for
+every minibatch too. scikit-learn's ``MLPClassifier(alpha=...)`` divides its penalty by the batch
+size b instead, so the same steps need ``alpha = lam * b / m``. For ``L2LogisticRegression``,
+``lam = 1 / C`` matches scikit-learn's ``LogisticRegression(C=...)`` (whose default C=1 is lam=1).
+
+Needs scikit-learn (``pip install "l2fast[sklearn]"``).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from l2fast.network import History, Network
+
+__all__ = ["L2MLPClassifier", "L2MLPRegressor", "L2LogisticRegression"]
+
+
+class _L2Estimator(BaseEstimator):
+    """What the three estimators share: data checks, the network's life cycle, one epoch per partial_fit."""
+
+    _loss_for_outputs = None  # set by the subclasses
+
+    def _hidden(self):
+        return tuple(self.hidden_layer_sizes)
+
+    def _seed(self):
+        if self.random_state is None or isinstance(self.random_state, numbers.Integral):
+            return None if self.random_state is None else int(self.random_state) % 2**32
+        return int(check_random_state(self.random_state).randint(2**31 - 1))
+
+    def _dtype(self, X):
+        if self.dtype is not None:
+            return self.dtype
+        return "float32" if X.dtype == np.float32 else "float64"
+
+    def _new_network(self, n_features, n_outputs, loss, X):
+        sizes = [n_features, *self._hidden(), n_outputs]
+        return Network(sizes, activation=self._activation(), loss=loss, lam=self.lam, backend=self.backend,
+                       dtype=self._dtype(X), seed=self._seed())
+
+    def _activation(self):
+        return self.activation
+
+    def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse):
+        """Trains self.network_ (made anew unless reuse allows and it fits the data) for epochs."""
+        net = getattr(self, "network_", None)
+        if not (reuse and net is not None and net.layer_sizes[0] == X.shape[1] and net.layer_sizes[-1] == n_outputs
+                and net.loss == loss):
+            net = self._new_network(X.shape[1], n_outputs, loss, X)
+        net.lam = self.lam
+        batch = None if self.batch_size is None else min(self.batch_size, len(X))
+        history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle)
+        self.network_ = net
+        if not reuse or not hasattr(self, "loss_curve_"):
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+        self.loss_curve_ += history.cost
+        self.n_iter_ += epochs
+        self.history_: History = history
+        return self
+
+    def _check_X(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+
+
+class _Classifier(ClassifierMixin, _L2Estimator):
+    def _encode(self, y, classes=None, first=True):
+        check_classification_targets(y)
+        if first:
+            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if len(self.classes_) < 2:
+                raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, but "
+                                 f"the data contains only one class: {self.classes_[0]!r}")
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any():
+            raise ValueError(f"y contains labels not in classes_: {np.unique(np.asarray(y)[unknown])[:5]!r}")
+        return np.searchsorted(self.classes_, y)
+
+    def _layout(self):
+        two = len(self.classes_) == 2
+        return (1, "logistic") if two else (len(self.classes_), "softmax")
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> "_Classifier":
+        """Trains on X (n_samples, n_features) and labels y (n_samples,) of any type; ``epochs`` epochs,
+        from fresh weights unless ``warm_start`` and a fitted network of the same shape."""
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        codes = self._encode(y)
+        n_outputs, loss = self._layout()
+        return self._train(X, codes, n_outputs, loss, self.epochs, reuse=self.warm_start)
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None) -> "_Classifier":
+        """One epoch over X, y; the first call needs ``classes``, every label there will ever be."""
+        first = not hasattr(self, "classes_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
+        codes = self._encode(y, classes, first)
+        n_outputs, loss = self._layout()
+        return self._train(X, codes, n_outputs, loss, 1, reuse=not first)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.floating]:
+        """Probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
+        X = self._check_X(X)
+        return self.network_.predict_proba(X)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """The most probable label of ``classes_`` for each row of X (n_samples, n_features)."""
+        X = self._check_X(X)
+        return self.classes_[self.network_.predict(X)]
+
+
+class L2MLPClassifier(_Classifier):
+    """A dense classifier trained on the L2-regularised cross-entropy by minibatch gradient descent.
+
+    Two classes get one logistic output unit, more get a softmax layer. Parameters: ``hidden_layer_sizes``
+    (units per hidden layer), ``activation`` (relu, tanh, sigmoid, identity), ``lam`` (lambda of
+    (lam / 2m) sum ||W||^2), ``lr``, ``batch_size`` (None: full batch), ``epochs``, ``shuffle``,
+    ``backend`` ("cpu", "numpy" or "cuda"), ``dtype`` (None: float32 for float32 input, else float64),
+    ``random_state``, ``warm_start``. Fitted: ``classes_``, ``network_`` (the ``l2fast.Network``),
+    ``loss_curve_`` (J per epoch), ``n_iter_``, ``n_features_in_``.
+    """
+
+    def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
+                 lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
+                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.lam = lam
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
+        self.backend = backend
+        self.dtype = dtype
+        self.random_state = random_state
+        self.warm_start = warm_start
+
+
+class L2LogisticRegression(_Classifier):
+    """Logistic regression (softmax regression for more than two classes) with the L2 penalty
+    (lam / 2m) ||W||^2, trained by minibatch gradient descent; lam = 1/C of scikit-learn's
+    ``LogisticRegression``. Parameters and fitted attributes as ``L2MLPClassifier``, without hidden
+    layers; ``coef_`` (n_classes or 1, n_features) and ``intercept_`` follow scikit-learn's layout."""
+
+    def __init__(self, lam: float = 1.0, lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200,
+                 shuffle: bool = True, backend: str = "cpu", dtype: Optional[str] = None, random_state=None,
+                 warm_start: bool = False):
+        self.lam = lam
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
+        self.backend = backend
+        self.dtype = dtype
+        self.random_state = random_state
+        self.warm_start = warm_start
+
+    def _hidden(self):
+        return ()
+
+    def _activation(self):
+        return "identity"
+
+    @property
+    def coef_(self) -> NDArray[np.floating]:
+        check_is_fitted(self)
+        return self.network_.weights[0]
+
+    @property
+    def intercept_(self) -> NDArray[np.floating]:
+        check_is_fitted(self)
+        return self.network_.biases[0]
+
+
+class L2MLPRegressor(RegressorMixin, _L2Estimator):
+    """A dense regressor trained on the L2-regularised squared error, L = 1/2 sum_k (yhat_k - y_k)^2.
+
+    Targets (n_samples,) or (n_samples, n_targets); parameters and fitted attributes as
+    ``L2MLPClassifier`` (no ``classes_``). ``score`` is R^2.
+    """
+
+    def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
+                 lr: float = 0.001, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
+                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.lam = lam
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.shuffle = shuffle
+        self.backend = backend
+        self.dtype = dtype
+        self.random_state = random_state
+        self.warm_start = warm_start
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def _targets(self, X, y, first):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
+                             reset=first)
+        y = np.asarray(y, dtype=X.dtype)
+        if first:
+            self._n_targets = 1 if y.ndim == 1 else y.shape[1]
+        n_targets = 1 if y.ndim == 1 else y.shape[1]
+        if n_targets != self._n_targets:
+            raise ValueError(f"y has {n_targets} targets; this regressor was fitted with {self._n_targets}")
+        return X, y.reshape(len(y), n_targets)
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> "L2MLPRegressor":
+        """Trains on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets)."""
+        X, y = self._targets(X, y, first=True)
+        return self._train(X, y, y.shape[1], "squared_error", self.epochs, reuse=self.warm_start)
+
+    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> "L2MLPRegressor":
+        """One epoch over X, y."""
+        first = not hasattr(self, "network_")
+        X, y = self._targets(X, y, first=first)
+        return self._train(X, y, y.shape[1], "squared_error", 1, reuse=not first)
+
+    def predict(self, X: ArrayLike) -> NDArray[np.floating]:
+        """Predictions (n_samples,) for one target, (n_samples, n_targets) for several."""
+        X = self._check_X(X)
+        out = self.network_.predict(X)
+        return out if self._n_targets > 1 else out.reshape(-1)
