@@ -6,7 +6,8 @@ grid searches and validation curves over ``lam``.
 
 ``lam`` is the lambda of J = mean loss + (lam / 2m) sum ||W||_F^2 with m the training-set size, for
 every minibatch too. scikit-learn's ``MLPClassifier(alpha=...)`` divides its penalty by the batch
-size b instead, so the same steps need ``alpha = lam * b / m``. For ``L2LogisticRegression``,
+size b instead, so the same steps need ``alpha = lam * b / m`` (on a short last batch of b' records
+scikit-learn uses alpha / b', l2fast still lam / m). For ``L2LogisticRegression``,
 ``lam = 1 / C`` matches scikit-learn's ``LogisticRegression(C=...)`` (whose default C=1 is lam=1).
 
 Needs scikit-learn (``pip install "l2fast[sklearn]"``).
