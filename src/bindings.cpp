@@ -100,6 +100,9 @@ Net<T> take_network(const py::list& weights, const py::list& biases, const std::
         net.keep.push_back(std::move(b));
     }
     l2fast::check_shape(net.shape);
+    for (std::size_t size : net.shape.sizes)
+        if (size > std::size_t(std::numeric_limits<int>::max()))
+            throw std::invalid_argument("weights: a layer of more than 2^31 - 1 units is beyond BLAS's int sizes");
     return net;
 }
 
@@ -151,6 +154,8 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
     const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
     if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
+    if (std::min<long long>(batch_size, (long long)data.m) > std::numeric_limits<int>::max())
+        throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
     finite_scalar(lr, "lr", true);
     finite_scalar(lam_over_m, "lam_over_m", false);
     const std::int64_t* order = nullptr;
