@@ -168,8 +168,9 @@ def test_regression_score_is_r2(backend):
 
 
 def test_public_names():
-    assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "available_backends",
-                                   "BackendUnavailableError", "__version__"}
+    assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "select_lambda",
+                                   "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
+                                   "__version__"}
     assert l2fast.available_backends() == ["numpy", "cpu"]
     assert "backend='cpu'" in repr(l2fast.Network([2, 2], backend="cpu"))
 

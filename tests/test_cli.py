@@ -1,49 +1,48 @@
-"""The command line's demo runs end to end and shows L2 at work."""
-import io
+"""The command line's demo runs end to end, shows L2 at work and writes real PNG files."""
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from l2fast import demo
 from l2fast.__main__ import main
-from l2fast.demo import epoch_timing, lambda_sweep
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
-def test_lambda_sweep_closes_the_gap_and_beats_lambda_zero(backend):
-    out = io.StringIO()
-    results = lambda_sweep(backend, quick=True, out=out)
-    text = out.getvalue()
-    assert "best lambda on the development set" in text
-    dev_losses = [dev for _, dev in results]
-    assert results[0][0] == 0 and min(dev_losses) < dev_losses[0]
-    rows = [line.split() for line in text.splitlines()[2:2 + len(results)]]
-    gaps = [float(row[3]) for row in rows]
-    assert gaps[-1] < gaps[0] / 2
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
 
 
-def test_epoch_timing_covers_every_available_backend():
-    times = epoch_timing(quick=True, out=io.StringIO())
-    assert set(times) == {"numpy", "cpu"} and all(t > 0 for t in times.values())
+def test_quick_demo_closes_the_gap_beats_lambda_zero_and_plots(tmp_path):
+    sweep, test_best, test_zero, paths = demo.run("cpu", quick=True, out_dir=tmp_path, progress=False)
+    by_lam = {r.lam: r for r in sweep.results}
+    assert by_lam[max(by_lam)].gap < by_lam[0.0].gap / 2  # the gap shrinks as lambda grows
+    assert sweep.best_lam > 0 and by_lam[sweep.best_lam].dev_loss < by_lam[0.0].dev_loss
+    assert by_lam[0.0].train_accuracy == 1.0  # lambda = 0 learns the 100 training digits by heart
+    assert 0.8 < test_best <= 1.0
+    for path in paths:
+        width, height = png_size(path)
+        assert width >= 400 and height >= 300
 
 
-def test_demo_command_runs():
-    result = subprocess.run([sys.executable, "-m", "l2fast", "demo", "--quick"], capture_output=True, text=True,
-                            timeout=120)
+def test_demo_command_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "l2fast", "demo", "--quick", "--quiet", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "lambda sweep" in result.stdout and "cpu:" in result.stdout
+    assert "chosen lambda" in result.stdout and (tmp_path / "validation_curve.png").exists()
 
 
-def test_demo_with_cuda_on_a_machine_without_it_exits_with_the_reason(capsys):
+def test_demo_with_cuda_on_a_machine_without_it_exits_with_the_reason(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--quick", "--backend", "cuda"])
+        main(["demo", "--quick", "--backend", "cuda", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "cuda" in capsys.readouterr().err
 
 
 def test_ci_runs_the_readme_commands():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text().splitlines()
     block = readme[readme.index("```") + 1:]

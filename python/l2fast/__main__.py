@@ -11,9 +11,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="l2fast", description="L2-regularised dense networks, fast.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="L2 at work: a lambda sweep and backend timings")
+    demo = commands.add_parser("demo", help="L2 at work on handwritten digits: choose lambda, plot the curves")
     demo.add_argument("--backend", default="cpu", choices=BACKENDS)
     demo.add_argument("--quick", action="store_true", help="a smaller run of a few seconds")
+    demo.add_argument("--out", default="l2fast-demo", help="folder for the PNG plots (default: l2fast-demo)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     parity = commands.add_parser("parity", help="every backend against the NumPy reference; exit 1 on a failure")
     parity.add_argument("--backend", action="append", choices=BACKENDS[1:],
@@ -32,10 +34,9 @@ def main(argv=None):
         from l2fast import demo as module
 
         try:
-            module.lambda_sweep(args.backend, args.quick)
+            module.run(args.backend, args.quick, args.out, progress=not args.quiet)
         except BackendUnavailableError as exc:
             parser.exit(2, f"l2fast: {exc}\n")
-        module.epoch_timing(args.quick)
         return 0
     if args.command == "parity":
         from l2fast import parity as module

@@ -39,7 +39,8 @@ class History:
     end of the epoch (m = training-set size). The ``val_`` lists are exact evaluations of the
     validation data after each epoch, ``val_cost`` being ``Network.cost`` on it. Accuracy lists stay
     empty for regression. ``seconds`` is the wall time of each epoch's training (shuffle and steps),
-    without the validation scoring.
+    without the validation scoring. With early stopping, ``best_epoch`` (counted from 1) is the epoch
+    of the lowest validation loss and ``stopped_early`` tells whether patience ran out.
     """
 
     loss: List[float] = field(default_factory=list)
@@ -49,6 +50,8 @@ class History:
     val_cost: List[float] = field(default_factory=list)
     val_accuracy: List[float] = field(default_factory=list)
     seconds: List[float] = field(default_factory=list)
+    best_epoch: Optional[int] = None
+    stopped_early: bool = False
 
 
 class DivergenceError(FloatingPointError):
@@ -70,6 +73,15 @@ def _serialised(method):
             return method(self, *args, **kwargs)
 
     return locked
+
+
+def _progress_bar(total, show):
+    """A tqdm bar over the epochs, or None when not shown (tqdm is imported only then)."""
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="epoch", leave=False)
 
 
 def initial_parameters(sizes, activation, dtype, rng):
@@ -249,13 +261,20 @@ class Network:
 
     @_serialised
     def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
-            shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None) -> History:
+            shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
+            patience: Optional[int] = None, restore_best: bool = True, progress: bool = False) -> History:
         """Minibatch gradient descent on J over X (m, n_x) and y.
 
         Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
         m = len(X), the whole training set. ``batch_size=None`` is full batch; the last batch of an
         epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
         an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
+
+        Early stopping: with ``patience`` (needs ``validation_data``), training stops once the
+        validation data loss has not improved for that many epochs, and with ``restore_best`` the
+        network goes back to the parameters of its best epoch (``History.best_epoch``).
+        ``progress=True`` shows a tqdm progress bar on stderr.
+
         Every argument is checked before the first step: a refused call leaves the network unchanged.
         A NaN or infinite cost or weight raises ``DivergenceError`` and a Ctrl-C ``KeyboardInterrupt``
         (the cpu backend notices it within 10 ms); either way the network is left with the parameters
@@ -266,47 +285,71 @@ class Network:
         epochs = _validate.integer(epochs, "epochs", 0)
         lr = _validate.real(lr, "lr", positive=True)
         batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+        for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("progress", progress)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {flag!r}")
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data: expected a pair (X_val, y_val)")
             X_val, y_val = self._data(*validation_data)
+        if patience is not None:
+            patience = _validate.integer(patience, "patience", 1)
+            if validation_data is None:
+                raise ValueError("patience: early stopping watches validation_data, which is missing")
         classifier = self.loss != "squared_error"
         history = History()
-        for epoch in range(epochs):
-            # The epoch's starting point: a Ctrl-C or a divergence puts the network back to it.
-            saved = [W.copy() for W in self._weights], [b.copy() for b in self._biases]
-            start = time.perf_counter()
-            try:
-                order = self._shuffle_rng.permutation(m) if shuffle else None
-                loss_sum, correct = self._backend.train_epoch(
-                    self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
-                    self.loss,
-                )
-            except KeyboardInterrupt:
-                self._weights, self._biases = saved
-                raise
-            history.seconds.append(time.perf_counter() - start)
-            if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in self._weights + self._biases)):
-                self._weights, self._biases = saved
-                raise DivergenceError(
-                    f"fit: training diverged in epoch {epoch + 1} (the cost became "
-                    f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
-                    f"with lr={lr}; the parameters are those after epoch {epoch}. Try a smaller learning "
-                    "rate.", history)
-            history.loss.append(loss_sum / m)
-            history.cost.append(loss_sum / m + self.penalty(m))
-            if classifier:
-                history.accuracy.append(correct / m)
-            if validation_data is not None:
-                val_sum, val_correct = self._backend.evaluate(
-                    self._weights, self._biases, X_val, y_val, self.activation, self.loss
-                )
-                history.val_loss.append(val_sum / len(X_val))
-                history.val_cost.append(val_sum / len(X_val) + self.penalty(len(X_val)))
+        best = None  # (validation loss, weights, biases) of the best epoch so far
+        bar = _progress_bar(epochs, progress)
+        try:
+            for epoch in range(epochs):
+                # The epoch's starting point: a Ctrl-C or a divergence puts the network back to it.
+                saved = [W.copy() for W in self._weights], [b.copy() for b in self._biases]
+                start = time.perf_counter()
+                try:
+                    order = self._shuffle_rng.permutation(m) if shuffle else None
+                    loss_sum, correct = self._backend.train_epoch(
+                        self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
+                        self.loss,
+                    )
+                except KeyboardInterrupt:
+                    self._weights, self._biases = saved
+                    raise
+                history.seconds.append(time.perf_counter() - start)
+                if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in self._weights + self._biases)):
+                    self._weights, self._biases = saved
+                    raise DivergenceError(
+                        f"fit: training diverged in epoch {epoch + 1} (the cost became "
+                        f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
+                        f"with lr={lr}; the parameters are those after epoch {epoch}. Try a smaller learning "
+                        "rate.", history)
+                history.loss.append(loss_sum / m)
+                history.cost.append(loss_sum / m + self.penalty(m))
                 if classifier:
-                    history.val_accuracy.append(val_correct / len(X_val))
+                    history.accuracy.append(correct / m)
+                if validation_data is not None:
+                    val_sum, val_correct = self._backend.evaluate(
+                        self._weights, self._biases, X_val, y_val, self.activation, self.loss
+                    )
+                    history.val_loss.append(val_sum / len(X_val))
+                    history.val_cost.append(val_sum / len(X_val) + self.penalty(len(X_val)))
+                    if classifier:
+                        history.val_accuracy.append(val_correct / len(X_val))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(cost=f"{history.cost[-1]:.4g}",
+                                    **({"val_loss": f"{history.val_loss[-1]:.4g}"} if history.val_loss else {}))
+                if patience is not None:
+                    if best is None or history.val_loss[-1] < best[0]:
+                        best = (history.val_loss[-1], self.weights, self.biases)
+                        history.best_epoch = epoch + 1
+                    elif epoch + 1 - history.best_epoch >= patience:
+                        history.stopped_early = True
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        if best is not None and restore_best:
+            self._weights, self._biases = best[1], best[2]
         return history
 
     @_serialised

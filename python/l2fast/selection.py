@@ -1,0 +1,149 @@
+"""Choosing lambda on a development set: train one network per lambda, compare them on data they did
+not see, keep the best.
+
+    sweep = l2fast.select_lambda(X_train, y_train, X_dev, y_dev, lams=[0, 0.1, 1, 10],
+                                 layer_sizes=[64, 128, 10], epochs=100, lr=0.1, batch_size=32)
+    print(sweep.table())
+    net = sweep.best_network
+
+Every network of a sweep starts from the same weights (one seed) and sees the records in the same
+order, so lambda is the only difference between them. The losses compared are data losses, without
+the penalty: the penalty is part of training, not of how well a network generalises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from l2fast import _validate
+from l2fast.network import History, Network
+
+CRITERIA = ("loss", "accuracy")
+
+
+@dataclass
+class LambdaResult:
+    """One lambda of a sweep: data losses (no penalty) and accuracies on training and development data."""
+
+    lam: float
+    train_loss: float
+    dev_loss: float
+    train_accuracy: Optional[float]
+    dev_accuracy: Optional[float]
+    history: History = field(repr=False)
+
+    @property
+    def gap(self) -> float:
+        """Development loss minus training loss: how much the network overfits."""
+        return self.dev_loss - self.train_loss
+
+
+@dataclass
+class Selection:
+    """The outcome of ``select_lambda``: every lambda's figures, the chosen lambda and its network."""
+
+    results: List[LambdaResult]
+    best_lam: float
+    best_network: Network
+    criterion: str
+    networks: List[Network] = field(repr=False, default_factory=list)  # one per lambda, in order
+
+    def table(self) -> str:
+        """The sweep as a text table, the chosen lambda marked with '*'."""
+        classify = self.results[0].dev_accuracy is not None
+        head = f"{'lambda':>10} {'train loss':>11} {'dev loss':>9} {'gap':>8}"
+        head += f" {'train acc':>10} {'dev acc':>8}" if classify else ""
+        lines = [head]
+        for r in self.results:
+            line = f"{r.lam:>10.4g} {r.train_loss:>11.4f} {r.dev_loss:>9.4f} {r.gap:>8.4f}"
+            line += f" {r.train_accuracy:>10.3f} {r.dev_accuracy:>8.3f}" if classify else ""
+            lines.append(line + (" *" if r.lam == self.best_lam else ""))
+        return "\n".join(lines)
+
+
+def _hold_out(X, y, fraction, seed):
+    """A seeded split of (X, y) into training and development parts, fraction going to development."""
+    m = len(X)
+    n_dev = int(round(fraction * m))
+    if not 1 <= n_dev < m:
+        raise ValueError(f"validation_fraction: {fraction} of {m} records leaves no training or no "
+                         "development records")
+    order = np.random.default_rng(seed).permutation(m)
+    return X[order[n_dev:]], y[order[n_dev:]], X[order[:n_dev]], y[order[:n_dev]]
+
+
+def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayLike] = None,
+                  y_dev: Optional[ArrayLike] = None, lams: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), *,
+                  layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
+                  backend: str = "numpy", dtype: str = "float32", seed: int = 0, epochs: int = 100,
+                  lr: float = 0.1, batch_size: Optional[int] = None, shuffle: bool = True,
+                  patience: Optional[int] = None, validation_fraction: float = 0.2, criterion: str = "loss",
+                  progress: bool = True) -> Selection:
+    """Trains one network per lambda in ``lams`` and picks the best on the development data.
+
+    X_train (m, n_x) and y_train train every network; X_dev, y_dev judge them. Without a development
+    set, a seeded ``validation_fraction`` of the training records is held out for it. The network and
+    training options are those of ``Network`` and ``Network.fit``; ``patience`` stops each run early on
+    its development loss and keeps its best epoch. ``criterion`` "loss" picks the lowest development
+    data loss, "accuracy" the highest development accuracy (ties: the lower loss). ``progress`` shows
+    a bar over the lambdas.
+    """
+    lams = [_validate.real(lam, f"lams[{i}]", positive=False) for i, lam in enumerate(lams)]
+    if not lams:
+        raise ValueError("lams: need at least one value of lambda")
+    criterion = _validate.choice(criterion, "criterion", CRITERIA)
+    if criterion == "accuracy" and loss == "squared_error":
+        raise ValueError("criterion: 'accuracy' needs a classification loss")
+    if (X_dev is None) != (y_dev is None):
+        raise ValueError("X_dev, y_dev: give both or neither")
+    template = Network(layer_sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=seed)
+    X_train, y_train = np.asarray(X_train), np.asarray(y_train)
+    if X_dev is None:
+        _validate.real(validation_fraction, "validation_fraction", positive=True)
+        X_train, y_train, X_dev, y_dev = _hold_out(X_train, y_train, validation_fraction, seed)
+    # Checked once here, so that a bad array fails before any training.
+    for names, (X, y) in (("X_train, y_train", (X_train, y_train)), ("X_dev, y_dev", (X_dev, y_dev))):
+        try:
+            template.cost(X, y)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{names}: {exc}") from exc
+
+    results, networks = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(lams), unit="lambda", leave=False)
+    try:
+        for lam in lams:
+            net = Network(layer_sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
+                          seed=seed)
+            history = net.fit(X_train, y_train, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
+                              validation_data=(X_dev, y_dev), patience=patience)
+            results.append(_measure(net, lam, X_train, y_train, X_dev, y_dev, history))
+            networks.append(net)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if criterion == "loss":
+        best = min(range(len(lams)), key=lambda k: results[k].dev_loss)
+    else:
+        best = min(range(len(lams)), key=lambda k: (-results[k].dev_accuracy, results[k].dev_loss))
+    return Selection(results, lams[best], networks[best], criterion, networks)
+
+
+def _measure(net, lam, X_train, y_train, X_dev, y_dev, history):
+    classify = net.loss != "squared_error"
+    return LambdaResult(
+        lam=lam,
+        train_loss=net.cost_parts(X_train, y_train).data_loss,
+        dev_loss=net.cost_parts(X_dev, y_dev).data_loss,
+        train_accuracy=net.score(X_train, y_train) if classify else None,
+        dev_accuracy=net.score(X_dev, y_dev) if classify else None,
+        history=history,
+    )
