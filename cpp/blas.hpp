@@ -3,6 +3,9 @@
 
 #include <cblas.h>
 
+#include <cstddef>
+#include <vector>
+
 namespace l2fast::blas {
 
 enum class Op { N, T };
@@ -53,6 +56,58 @@ void gemm(Op op_a, Op op_b, int m, int n, int k, T alpha, const T* A, int lda, c
         gemm_call(op_a, op_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }
 }
+
+inline void gemm_batch_call(const CBLAS_TRANSPOSE* ta, const CBLAS_TRANSPOSE* tb, const int* m, const int* n,
+                            const int* k, const float* alpha, const float** A, const int* lda, const float** B,
+                            const int* ldb, const float* beta, float** C, const int* ldc, int count,
+                            const int* sizes) {
+    scipy_cblas_sgemm_batch(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, count, sizes);
+}
+
+inline void gemm_batch_call(const CBLAS_TRANSPOSE* ta, const CBLAS_TRANSPOSE* tb, const int* m, const int* n,
+                            const int* k, const double* alpha, const double** A, const int* lda, const double** B,
+                            const int* ldb, const double* beta, double** C, const int* ldc, int count,
+                            const int* sizes) {
+    scipy_cblas_dgemm_batch(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, count, sizes);
+}
+
+// Several GEMMs of one shape with their own alpha and beta, handed to OpenBLAS as one batch: it runs
+// them side by side, each on one thread, where one small GEMM alone would keep a single core busy.
+// The per-GEMM argument arrays are sized once, for up to `capacity` products.
+template <class T>
+class Batch {
+public:
+    explicit Batch(std::size_t capacity)
+        : ta_(capacity), tb_(capacity), m_(capacity), n_(capacity), k_(capacity), lda_(capacity), ldb_(capacity),
+          ldc_(capacity), sizes_(capacity, 1) {}
+
+    // C[i] (m x n) = alpha[i] op(A[i]) op(B[i]) + beta[i] C[i] for i < count.
+    void gemm(Op op_a, Op op_b, int m, int n, int k, const T* alpha, const T* const* A, int lda,
+              const T* const* B, int ldb, const T* beta, T* const* C, int ldc, std::size_t count) {
+        if (m == 1 || n == 1) {  // GEMV territory: the one-by-one path is faster there
+            for (std::size_t i = 0; i < count; ++i)
+                blas::gemm(op_a, op_b, m, n, k, alpha[i], A[i], lda, B[i], ldb, beta[i], C[i], ldc);
+            return;
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+            ta_[i] = cblas_op(op_a);
+            tb_[i] = cblas_op(op_b);
+            m_[i] = m;
+            n_[i] = n;
+            k_[i] = k;
+            lda_[i] = lda;
+            ldb_[i] = ldb;
+            ldc_[i] = ldc;
+        }
+        gemm_batch_call(ta_.data(), tb_.data(), m_.data(), n_.data(), k_.data(), alpha, const_cast<const T**>(A),
+                        lda_.data(), const_cast<const T**>(B), ldb_.data(), beta, const_cast<T**>(C), ldc_.data(),
+                        int(count), sizes_.data());
+    }
+
+private:
+    std::vector<CBLAS_TRANSPOSE> ta_, tb_;
+    std::vector<int> m_, n_, k_, lda_, ldb_, ldc_, sizes_;
+};
 
 // y (n) = alpha * x + beta * y.
 inline void axpby(int n, float alpha, const float* x, float beta, float* y) {

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "blas.hpp"
 #include "dense.hpp"
 #include "update.hpp"
 
@@ -160,6 +161,98 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
 }
 
 template <class T>
+StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>>& models, const Dataset<T>& data,
+                                       const std::int64_t* order, std::size_t n, std::size_t batch, T lr,
+                                       const std::vector<T>& lam_over_m, const std::function<bool()>& should_stop) {
+    const std::size_t K = models.size(), L = shape.n_layers(), n_in = shape.n_in();
+    StackedEpochResult result;
+    result.stats.assign(K, LossStats{});
+    if (n == 0 || K == 0) return result;
+    batch = std::min(batch, n);
+    std::vector<Workspace<T>> ws;
+    ws.reserve(K);
+    for (std::size_t k = 0; k < K; ++k) ws.emplace_back(shape, batch, false, true);
+    std::vector<T> x(order ? batch * n_in : 0);
+    std::vector<double> scale(K * L, 1.0);  // scale[k * L + l]: model k's layer l, as in train_epoch
+    blas::Batch<T> products(K);
+    std::vector<const T*> A(K), B(K);
+    std::vector<T*> C(K);
+    std::vector<T> alpha(K), beta(K);
+    using clock = std::chrono::steady_clock;
+    auto last_asked = clock::now();
+    for (std::size_t start = 0; start < n; start += batch) {
+        const int rows = int(std::min(batch, n - start));
+        const T* X = data.X + start * n_in;
+        const std::int64_t* picked = order ? order + start : nullptr;
+        if (picked) {
+            gather_rows(data.X, n_in, picked, std::size_t(rows), x.data());
+            X = x.data();
+        }
+        for (std::size_t l = 0; l < L; ++l) {
+            const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);
+            for (std::size_t k = 0; k < K; ++k) {
+                A[k] = l == 0 ? X : ws[k].out[l - 1].data();
+                B[k] = models[k].W[l];
+                C[k] = ws[k].out[l].data();
+                alpha[k] = T(scale[k * L + l]);
+                beta[k] = T(0);
+            }
+            products.gemm(blas::Op::N, blas::Op::T, rows, fan_out, fan_in, alpha.data(), A.data(), fan_in, B.data(),
+                          fan_in, beta.data(), C.data(), fan_out, K);
+            const Activation act = l + 1 == L ? Activation::Identity : shape.act;
+            for (std::size_t k = 0; k < K; ++k)
+                inplace_bias_activation(C[k], models[k].b[l], std::size_t(rows), std::size_t(fan_out), act);
+        }
+        for (std::size_t k = 0; k < K; ++k)
+            result.stats[k] += inplace_loss_gradient(ws[k].out.back().data(), std::size_t(rows), shape.n_out(),
+                                                     shape.loss, targets_of(data, picked, start));
+        for (std::size_t l = L; l-- > 0;) {
+            const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);
+            auto dZ = [&](std::size_t k) { return l + 1 == L ? ws[k].out[l].data() : ws[k].grad[l].data(); };
+            if (l > 0) {  // the input gradients first, with the old weights
+                for (std::size_t k = 0; k < K; ++k) {
+                    A[k] = dZ(k);
+                    B[k] = models[k].W[l];
+                    C[k] = ws[k].grad[l - 1].data();
+                    alpha[k] = T(scale[k * L + l]);
+                    beta[k] = T(0);
+                }
+                products.gemm(blas::Op::N, blas::Op::N, rows, fan_in, fan_out, alpha.data(), A.data(), fan_out,
+                              B.data(), fan_in, beta.data(), C.data(), fan_in, K);
+                for (std::size_t k = 0; k < K; ++k)
+                    inplace_activation_backward(C[k], ws[k].out[l - 1].data(), std::size_t(rows) * fan_in, shape.act);
+            }
+            for (std::size_t k = 0; k < K; ++k) {
+                const StepCoefficients<T> c =
+                    fused_step_coefficients(scale[k * L + l], std::size_t(rows), lr, lam_over_m[k]);
+                A[k] = dZ(k);
+                B[k] = l == 0 ? X : ws[k].out[l - 1].data();
+                C[k] = models[k].W[l];
+                alpha[k] = c.alpha;
+                beta[k] = c.beta;
+            }
+            products.gemm(blas::Op::T, blas::Op::N, fan_out, fan_in, rows, alpha.data(), A.data(), fan_out, B.data(),
+                          fan_in, beta.data(), C.data(), fan_in, K);
+            for (std::size_t k = 0; k < K; ++k)
+                blas::gemv(true, rows, fan_out, -lr / T(rows), dZ(k), fan_out, ws[k].ones.data(), 1, T(1),
+                           models[k].b[l], 1);
+        }
+        ++result.steps;
+        if (should_stop && clock::now() - last_asked >= std::chrono::milliseconds(10)) {
+            last_asked = clock::now();
+            if (should_stop()) {
+                result.stopped = true;
+                break;
+            }
+        }
+    }
+    for (std::size_t k = 0; k < K; ++k)
+        for (std::size_t l = 0; l < L; ++l)
+            inplace_apply_scale(models[k].W[l], scale[k * L + l], shape.sizes[l + 1] * shape.sizes[l]);
+    return result;
+}
+
+template <class T>
 void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out) {
     const std::size_t rows_max = std::min(m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, false);
@@ -215,6 +308,9 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 #define L2FAST_INSTANTIATE(T)                                                                                   \
     template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
                                      std::size_t, std::size_t, T, T, const std::function<bool()>&);            \
+    template StackedEpochResult train_epoch_stacked(const Shape&, std::vector<Params<T>>&, const Dataset<T>&,  \
+                                                    const std::int64_t*, std::size_t, std::size_t, T,          \
+                                                    const std::vector<T>&, const std::function<bool()>&);      \
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
     template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, T, Params<T>&);

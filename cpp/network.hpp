@@ -60,6 +60,21 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
                         const std::function<bool()>& should_stop = {});
 
+// train_epoch for K models of one shape at once: one order, one gathered batch for all, each
+// layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].
+// Model k ends exactly where train_epoch alone would take it, up to the rounding of the products.
+struct StackedEpochResult {
+    std::vector<LossStats> stats;  // one per model
+    bool stopped = false;
+    std::size_t steps = 0;
+};
+
+template <class T>
+StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>>& models, const Dataset<T>& data,
+                                       const std::int64_t* order, std::size_t n, std::size_t batch, T lr,
+                                       const std::vector<T>& lam_over_m,
+                                       const std::function<bool()>& should_stop = {});
+
 // out (m x n_out) <- yhat for each row of X (m x n_in).
 template <class T>
 void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out);

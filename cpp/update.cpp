@@ -13,20 +13,24 @@ constexpr double kMinScale = 0.5;
 }
 
 template <class T>
-void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
-                           std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
+StepCoefficients<T> fused_step_coefficients(double& scale, std::size_t batch, T lr, T lam_over_m) {
     const T step = lr / T(batch);
     const double new_scale = (1.0 - double(lr) * double(lam_over_m)) * scale;
     if (new_scale >= kMinScale) {
-        blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), T(-double(step) / new_scale), dZ,
-                   int(n_out), A_prev, int(n_in), T(1), W, int(n_in));
         scale = new_scale;
-    } else {
-        blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), -step, dZ, int(n_out), A_prev,
-                   int(n_in), T(new_scale), W, int(n_in));
-        scale = 1.0;
+        return {T(-double(step) / new_scale), T(1)};
     }
-    blas::gemv(true, int(batch), int(n_out), -step, dZ, int(n_out), ones, 1, T(1), b, 1);
+    scale = 1.0;
+    return {-step, T(new_scale)};
+}
+
+template <class T>
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
+                           std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
+    const StepCoefficients<T> c = fused_step_coefficients(scale, batch, lr, lam_over_m);
+    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), c.alpha, dZ, int(n_out), A_prev,
+               int(n_in), c.beta, W, int(n_in));
+    blas::gemv(true, int(batch), int(n_out), -lr / T(batch), dZ, int(n_out), ones, 1, T(1), b, 1);
 }
 
 template <class T>
@@ -62,6 +66,7 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
     template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, const T*, std::size_t,          \
                                         std::size_t, std::size_t, T, T);                                     \
     template void inplace_apply_scale(T*, double&, std::size_t);                                             \
+    template StepCoefficients<T> fused_step_coefficients(double&, std::size_t, T, T);                       \
     template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,        \
                                       std::size_t, T);                                                       \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T);

@@ -17,6 +17,17 @@ template <class T>
 void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
                            std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m);
 
+// The alpha and beta of that step's GEMM (W <- beta W + alpha dZ^T A_prev), scale moved on to its
+// value after the step: the scale path or, below 1/2, the beta path.
+template <class T>
+struct StepCoefficients {
+    T alpha;
+    T beta;
+};
+
+template <class T>
+StepCoefficients<T> fused_step_coefficients(double& scale, std::size_t batch, T lr, T lam_over_m);
+
 // W (n) <- scale * W and scale <- 1: folds a carried scale back into the stored weights.
 template <class T>
 void inplace_apply_scale(T* W, double& scale, std::size_t n);

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -182,6 +183,81 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     return stats_tuple(result.stats);
 }
 
+// Checks the arrays written in place do not share memory: two models stepping the same weights at
+// once (OpenBLAS runs a batch's products side by side) would race.
+void check_disjoint(const std::vector<py::array>& arrays, const char* what) {
+    std::vector<std::pair<const char*, const char*>> spans;
+    for (const py::array& a : arrays) {
+        const char* begin = static_cast<const char*>(a.data());
+        spans.emplace_back(begin, begin + a.nbytes());
+    }
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t i = 1; i < spans.size(); ++i)
+        if (spans[i].first < spans[i - 1].second)
+            throw std::invalid_argument(std::string(what) + ": two models share parameter memory; each needs its own arrays");
+}
+
+template <class T>
+py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+                               const py::handle& order_obj, long long batch_size, double lr,
+                               const std::vector<double>& lam_over_m, const std::string& activation,
+                               const std::string& loss) {
+    if (weights.size() == 0) throw std::invalid_argument("weights: need at least one model");
+    if (biases.size() != weights.size())
+        throw std::invalid_argument("biases: expected " + std::to_string(weights.size()) + " models, got " +
+                                    std::to_string(biases.size()));
+    if (lam_over_m.size() != weights.size())
+        throw std::invalid_argument("lam_over_m: expected one value per model (" + std::to_string(weights.size()) +
+                                    "), got " + std::to_string(lam_over_m.size()));
+    std::vector<Net<T>> nets;
+    std::vector<l2fast::Params<T>> models;
+    std::vector<py::array> written;
+    std::vector<T> lams;
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        const std::string at = "[" + std::to_string(k) + "]";
+        if (!py::isinstance<py::list>(weights[k]) || !py::isinstance<py::list>(biases[k]))
+            throw py::type_error("weights" + at + ", biases" + at + ": expected a list of arrays per model");
+        nets.push_back(take_network<T>(weights[k].cast<py::list>(), biases[k].cast<py::list>(), activation, loss, true));
+        if (nets.back().shape.sizes != nets.front().shape.sizes)
+            throw std::invalid_argument("weights" + at + ": every model needs the layer sizes of model 0");
+        models.push_back(nets.back().params);
+        written.insert(written.end(), nets.back().keep.begin(), nets.back().keep.end());
+        lams.push_back(T(finite_scalar(lam_over_m[k], "lam_over_m", false)));
+    }
+    check_disjoint(written, "weights");
+    std::vector<py::array> keep;
+    const l2fast::Shape& shape = nets.front().shape;
+    if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
+    const l2fast::Dataset<T> data = take_data<T>(shape, X, y, keep);
+    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
+    if (std::min<long long>(batch_size, (long long)data.m) > std::numeric_limits<int>::max())
+        throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
+    finite_scalar(lr, "lr", true);
+    const std::int64_t* order = nullptr;
+    std::size_t n = data.m;
+    if (!order_obj.is_none()) {
+        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
+        order = cptr<std::int64_t>(o);
+        n = std::size_t(o.shape(0));
+        l2fast::check_order(order, n, data.m);
+        keep.push_back(o);
+    }
+    const auto interrupted = [] {
+        py::gil_scoped_acquire acquire;
+        return PyErr_CheckSignals() != 0;
+    };
+    l2fast::StackedEpochResult result;
+    {
+        py::gil_scoped_release release;
+        result = l2fast::train_epoch_stacked(shape, models, data, order, n, std::size_t(batch_size), T(lr), lams,
+                                             interrupted);
+    }
+    if (result.stopped) throw py::error_already_set();
+    py::list stats;
+    for (const l2fast::LossStats& s : result.stats) stats.append(stats_tuple(s));
+    return stats;
+}
+
 template <class T>
 py::array predict_t(const py::list& weights, const py::list& biases, const py::handle& X,
                     const std::string& activation, const std::string& loss) {
@@ -317,6 +393,23 @@ PYBIND11_MODULE(_core, m) {
         "Returns (loss_sum, correct) over the minibatches, each measured before its own update. A signal\n"
         "(Ctrl-C) ends the epoch after the step in hand and raises its exception; the parameters are then\n"
         "those after that step.");
+
+    m.def(
+        "train_epoch_stacked",
+        [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+           const py::handle& order, long long batch_size, double lr, const std::vector<double>& lam_over_m,
+           const std::string& activation, const std::string& loss) {
+            if (weights.size() == 0 || !py::isinstance<py::list>(weights[0]))
+                throw py::type_error("weights: expected a list with one list of arrays per model");
+            return by_dtype(
+                weights[0].cast<py::list>(),
+                [&] { return train_epoch_stacked_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); },
+                [&] { return train_epoch_stacked_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); });
+        },
+        py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
+        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"),
+        "train_epoch for K models of one shape at once (weights[k], biases[k], lam_over_m[k] per model), on one\n"
+        "order and one gathered batch. Returns a list of (loss_sum, correct), one per model.");
 
     m.def(
         "predict",

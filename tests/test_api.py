@@ -168,7 +168,8 @@ def test_regression_score_is_r2(backend):
 
 
 def test_public_names():
-    assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "select_lambda",
+    assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
+                                   "select_lambda",
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__"}
     assert l2fast.available_backends() == ["numpy", "cpu"]

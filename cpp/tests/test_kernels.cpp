@@ -249,6 +249,61 @@ static void test_training_stops_when_asked() {
     CHECK(r.steps >= 1 && r.steps < m);
 }
 
+// Three models with their own lambda (one past the scale path's threshold) trained stacked, against
+// each trained alone on the same order: equal up to the rounding of the products.
+static void test_stacked_training_equals_separate_runs() {
+    std::mt19937_64 rng(8);
+    const std::size_t m = 37, n_in = 5;
+    for (Loss loss : {Loss::Softmax, Loss::Logistic}) {
+        const std::size_t n_out = loss == Loss::Softmax ? 3 : 1;
+        Shape shape{{n_in, 6, 4, n_out}, Activation::Tanh, loss};
+        auto X = randn(m * n_in, rng);
+        std::vector<std::int64_t> labels(m), order(m);
+        std::vector<double> binary(m);
+        for (std::size_t i = 0; i < m; ++i) {
+            labels[i] = std::int64_t(i % n_out);
+            binary[i] = double(i % 2);
+            order[i] = std::int64_t((i * 7) % m);
+        }
+        Dataset<double> data{X.data(), m, loss == Loss::Logistic ? binary.data() : nullptr, labels.data()};
+        const std::vector<double> lams = {0.0, 0.05, 2.5};
+        std::vector<std::vector<double>> stacked_store, alone_store;
+        std::vector<Params<double>> stacked, alone;
+        const auto start = randn(6 * n_in + 4 * 6 + n_out * 4 + 6 + 4 + n_out, rng, 0.5);
+        for (std::size_t k = 0; k < lams.size(); ++k) {
+            for (auto* store : {&stacked_store, &alone_store}) store->push_back(start);
+        }
+        auto carve = [&](std::vector<double>& v) {
+            double* p = v.data();
+            Params<double> params;
+            for (std::size_t l = 0; l < 3; ++l) {
+                params.W.push_back(p);
+                p += shape.sizes[l + 1] * shape.sizes[l];
+            }
+            for (std::size_t l = 0; l < 3; ++l) {
+                params.b.push_back(p);
+                p += shape.sizes[l + 1];
+            }
+            return params;
+        };
+        for (std::size_t k = 0; k < lams.size(); ++k) {
+            stacked.push_back(carve(stacked_store[k]));
+            alone.push_back(carve(alone_store[k]));
+        }
+        for (int epoch = 0; epoch < 3; ++epoch) {
+            const StackedEpochResult r = train_epoch_stacked<double>(shape, stacked, data, order.data(), m, 8, 0.2, lams);
+            CHECK(r.steps == 5 && r.stats.size() == lams.size());
+            for (std::size_t k = 0; k < lams.size(); ++k) {
+                const EpochResult one = train_epoch<double>(shape, alone[k], data, order.data(), m, 8, 0.2, lams[k]);
+                CHECK(std::abs(one.stats.loss_sum - r.stats[k].loss_sum) < 1e-10 * std::abs(one.stats.loss_sum));
+                CHECK(one.stats.correct == r.stats[k].correct);
+            }
+        }
+        for (std::size_t k = 0; k < lams.size(); ++k) CHECK(max_abs_diff(stacked_store[k], alone_store[k]) < 1e-12);
+        CHECK(max_abs_diff(stacked_store[0], stacked_store[2]) > 1e-3);  // lambda made a difference
+    }
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -258,6 +313,7 @@ int main() {
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
     test_training_stops_when_asked();
+    test_stacked_training_equals_separate_runs();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;

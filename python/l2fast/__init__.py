@@ -6,13 +6,14 @@
 """
 from l2fast.backends import BackendUnavailableError, available_backends
 from l2fast.io import load
-from l2fast.network import CostParts, DivergenceError, History, Network
+from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
 from l2fast.selection import LambdaResult, Selection, select_lambda
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Network", "History", "CostParts", "DivergenceError", "load", "select_lambda", "Selection", "LambdaResult",
+    "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
+    "LambdaResult",
     "available_backends", "BackendUnavailableError",
     "__version__",
 ]

@@ -18,6 +18,18 @@ def train_epoch(
     activation: str,
     loss: str,
 ) -> tuple[float, int]: ...
+def train_epoch_stacked(
+    weights: list[list[np.ndarray]],
+    biases: list[list[np.ndarray]],
+    X: np.ndarray,
+    y: np.ndarray,
+    order: Optional[npt.NDArray[np.int64]],
+    batch_size: int,
+    lr: float,
+    lam_over_m: list[float],
+    activation: str,
+    loss: str,
+) -> list[tuple[float, int]]: ...
 def predict(
     weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, activation: str, loss: str
 ) -> np.ndarray: ...

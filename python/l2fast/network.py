@@ -7,6 +7,7 @@ backend chosen by name; this file holds what is the same on all of them.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -280,77 +281,9 @@ class Network:
         (the cpu backend notices it within 10 ms); either way the network is left with the parameters
         it had after the last complete epoch.
         """
-        X, y = self._data(X, y)
-        m = len(X)
-        epochs = _validate.integer(epochs, "epochs", 0)
-        lr = _validate.real(lr, "lr", positive=True)
-        batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
-        for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("progress", progress)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data: expected a pair (X_val, y_val)")
-            X_val, y_val = self._data(*validation_data)
-        if patience is not None:
-            patience = _validate.integer(patience, "patience", 1)
-            if validation_data is None:
-                raise ValueError("patience: early stopping watches validation_data, which is missing")
-        classifier = self.loss != "squared_error"
-        history = History()
-        best = None  # (validation loss, weights, biases) of the best epoch so far
-        bar = _progress_bar(epochs, progress)
-        try:
-            for epoch in range(epochs):
-                # The epoch's starting point: a Ctrl-C or a divergence puts the network back to it.
-                saved = [W.copy() for W in self._weights], [b.copy() for b in self._biases]
-                start = time.perf_counter()
-                try:
-                    order = self._shuffle_rng.permutation(m) if shuffle else None
-                    loss_sum, correct = self._backend.train_epoch(
-                        self._weights, self._biases, X, y, order, batch_size, lr, self._lam / m, self.activation,
-                        self.loss,
-                    )
-                except KeyboardInterrupt:
-                    self._weights, self._biases = saved
-                    raise
-                history.seconds.append(time.perf_counter() - start)
-                if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in self._weights + self._biases)):
-                    self._weights, self._biases = saved
-                    raise DivergenceError(
-                        f"fit: training diverged in epoch {epoch + 1} (the cost became "
-                        f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
-                        f"with lr={lr}; the parameters are those after epoch {epoch}. Try a smaller learning "
-                        "rate.", history)
-                history.loss.append(loss_sum / m)
-                history.cost.append(loss_sum / m + self.penalty(m))
-                if classifier:
-                    history.accuracy.append(correct / m)
-                if validation_data is not None:
-                    val_sum, val_correct = self._backend.evaluate(
-                        self._weights, self._biases, X_val, y_val, self.activation, self.loss
-                    )
-                    history.val_loss.append(val_sum / len(X_val))
-                    history.val_cost.append(val_sum / len(X_val) + self.penalty(len(X_val)))
-                    if classifier:
-                        history.val_accuracy.append(val_correct / len(X_val))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(cost=f"{history.cost[-1]:.4g}",
-                                    **({"val_loss": f"{history.val_loss[-1]:.4g}"} if history.val_loss else {}))
-                if patience is not None:
-                    if best is None or history.val_loss[-1] < best[0]:
-                        best = (history.val_loss[-1], self.weights, self.biases)
-                        history.best_epoch = epoch + 1
-                    elif epoch + 1 - history.best_epoch >= patience:
-                        history.stopped_early = True
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
-        if best is not None and restore_best:
-            self._weights, self._biases = best[1], best[2]
-        return history
+        return fit_together([self], X, y, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
+                            validation_data=validation_data, patience=patience, restore_best=restore_best,
+                            progress=progress)[0]
 
     @_serialised
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -375,3 +308,123 @@ class Network:
     def __repr__(self) -> str:
         return (f"Network({list(self.layer_sizes)}, activation={self.activation!r}, loss={self.loss!r}, "
                 f"lam={self._lam}, backend={self.backend!r}, dtype={self.dtype.name!r})")
+
+
+def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1,
+                 batch_size: Optional[int] = None, shuffle: bool = True,
+                 validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, patience: Optional[int] = None,
+                 restore_best: bool = True, progress: bool = False) -> List[History]:
+    """``Network.fit`` for several networks of one architecture, dtype and backend at once, which may
+    differ in lam and in their parameters: one shuffled order per epoch (drawn from the first
+    network's generator) and one gathered minibatch serve them all, and the backend trains them as
+    one stacked model (``train_epoch_stacked``). Each network ends where its own ``fit`` with the same
+    order would take it, up to rounding. Returns one History per network. With ``patience`` each
+    network stops on its own; a diverging network raises ``DivergenceError`` naming its lambda.
+    """
+    networks = list(networks)
+    if not networks or not all(isinstance(n, Network) for n in networks):
+        raise TypeError("networks: expected a non-empty sequence of l2fast.Network")
+    first = networks[0]
+    for k, net in enumerate(networks[1:], start=1):
+        if (net.layer_sizes, net.activation, net.loss, net.dtype, net.backend) != \
+                (first.layer_sizes, first.activation, first.loss, first.dtype, first.backend):
+            raise ValueError(f"networks[{k}]: every network needs the architecture, dtype and backend of networks[0]")
+        if any(net is other for other in networks[:k]):
+            raise ValueError(f"networks[{k}]: the same network appears twice")
+    with contextlib.ExitStack() as locks:
+        for net in sorted(networks, key=id):  # one order for every caller: no deadlock between two of them
+            locks.enter_context(net._lock)
+        return _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best,
+                      progress)
+
+
+def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress):
+    first = networks[0]
+    X, y = first._data(X, y)
+    m = len(X)
+    epochs = _validate.integer(epochs, "epochs", 0)
+    lr = _validate.real(lr, "lr", positive=True)
+    batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
+    for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data: expected a pair (X_val, y_val)")
+        X_val, y_val = first._data(*validation_data)
+    if patience is not None:
+        patience = _validate.integer(patience, "patience", 1)
+        if validation_data is None:
+            raise ValueError("patience: early stopping watches validation_data, which is missing")
+    classifier = first.loss != "squared_error"
+    backend = first._backend
+    histories = [History() for _ in networks]
+    best = [None] * len(networks)  # per network: (validation loss, weights, biases) of its best epoch
+    active = list(range(len(networks)))
+    bar = _progress_bar(epochs, progress)
+    try:
+        for epoch in range(epochs):
+            if not active:
+                break
+            # The epoch's starting point: a Ctrl-C or a divergence puts a network back to it.
+            saved = {k: ([W.copy() for W in networks[k]._weights], [b.copy() for b in networks[k]._biases])
+                     for k in active}
+            start = time.perf_counter()
+            try:
+                order = first._shuffle_rng.permutation(m) if shuffle else None
+                for k in active[1:] if shuffle else ():
+                    networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
+                if len(active) == 1:
+                    net = networks[active[0]]
+                    stats = [backend.train_epoch(net._weights, net._biases, X, y, order, batch_size, lr, net._lam / m,
+                                                 first.activation, first.loss)]
+                else:
+                    stats = backend.train_epoch_stacked(
+                        [networks[k]._weights for k in active], [networks[k]._biases for k in active], X, y, order,
+                        batch_size, lr, [networks[k]._lam / m for k in active], first.activation, first.loss)
+            except KeyboardInterrupt:
+                for k in active:
+                    networks[k]._weights, networks[k]._biases = saved[k]
+                raise
+            seconds = time.perf_counter() - start
+            for k, (loss_sum, correct) in zip(list(active), stats):
+                net, history = networks[k], histories[k]
+                history.seconds.append(seconds)
+                if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in net._weights + net._biases)):
+                    net._weights, net._biases = saved[k]
+                    raise DivergenceError(
+                        f"fit: training diverged in epoch {epoch + 1} (the cost became "
+                        f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
+                        f"with lr={lr}" + (f" for lam={net.lam}" if len(networks) > 1 else "") +
+                        f"; the parameters are those after epoch {epoch}. Try a smaller learning rate.", history)
+                history.loss.append(loss_sum / m)
+                history.cost.append(loss_sum / m + net.penalty(m))
+                if classifier:
+                    history.accuracy.append(correct / m)
+                if validation_data is not None:
+                    val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation,
+                                                            net.loss)
+                    history.val_loss.append(val_sum / len(X_val))
+                    history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
+                    if classifier:
+                        history.val_accuracy.append(val_correct / len(X_val))
+                if patience is not None:
+                    if best[k] is None or history.val_loss[-1] < best[k][0]:
+                        best[k] = (history.val_loss[-1], net.weights, net.biases)
+                        history.best_epoch = epoch + 1
+                    elif epoch + 1 - history.best_epoch >= patience:
+                        history.stopped_early = True
+                        active.remove(k)
+            if bar is not None:
+                bar.update(1)
+                last = histories[0]
+                bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
+                                **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
+    finally:
+        if bar is not None:
+            bar.close()
+    if restore_best:
+        for net, kept in zip(networks, best):
+            if kept is not None:
+                net._weights, net._biases = kept[1], kept[2]
+    return histories

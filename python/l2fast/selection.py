@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from l2fast import _validate
-from l2fast.network import History, Network
+from l2fast.network import History, Network, fit_together
 
 CRITERIA = ("loss", "accuracy")
 
@@ -81,15 +81,19 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
                   backend: str = "numpy", dtype: str = "float32", seed: int = 0, epochs: int = 100,
                   lr: float = 0.1, batch_size: Optional[int] = None, shuffle: bool = True,
                   patience: Optional[int] = None, validation_fraction: float = 0.2, criterion: str = "loss",
-                  progress: bool = True) -> Selection:
+                  stacked: bool = True, progress: bool = True) -> Selection:
     """Trains one network per lambda in ``lams`` and picks the best on the development data.
 
     X_train (m, n_x) and y_train train every network; X_dev, y_dev judge them. Without a development
     set, a seeded ``validation_fraction`` of the training records is held out for it. The network and
     training options are those of ``Network`` and ``Network.fit``; ``patience`` stops each run early on
     its development loss and keeps its best epoch. ``criterion`` "loss" picks the lowest development
-    data loss, "accuracy" the highest development accuracy (ties: the lower loss). ``progress`` shows
-    a bar over the lambdas.
+    data loss, "accuracy" the highest development accuracy (ties: the lower loss).
+
+    ``stacked=True`` trains the networks together as one stacked model (``l2fast.fit_together``: one
+    order, one gathered minibatch, each layer's products batched); ``False`` trains them one after the
+    other. Both give the same networks up to rounding. ``progress`` shows a bar (over the epochs when
+    stacked, over the lambdas otherwise).
     """
     lams = [_validate.real(lam, f"lams[{i}]", positive=False) for i, lam in enumerate(lams)]
     if not lams:
@@ -111,30 +115,44 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{names}: {exc}") from exc
 
-    results, networks = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    def network(lam):
+        return Network(layer_sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
+                       seed=seed)
 
-        bar = tqdm(total=len(lams), unit="lambda", leave=False)
-    try:
-        for lam in lams:
-            net = Network(layer_sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
-                          seed=seed)
-            history = net.fit(X_train, y_train, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
-                              validation_data=(X_dev, y_dev), patience=patience)
-            results.append(_measure(net, lam, X_train, y_train, X_dev, y_dev, history))
-            networks.append(net)
+    fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle, validation_data=(X_dev, y_dev),
+               patience=patience)
+    if not isinstance(stacked, bool):
+        raise TypeError(f"stacked: expected True or False, got {stacked!r}")
+    if stacked:
+        networks = [network(lam) for lam in lams]
+        histories = fit_together(networks, X_train, y_train, progress=progress, **fit)
+    else:
+        networks, histories = [], []
+        bar = _bar(len(lams), progress)
+        try:
+            for lam in lams:
+                networks.append(network(lam))
+                histories.append(networks[-1].fit(X_train, y_train, **fit))
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
+    results = [_measure(net, lam, X_train, y_train, X_dev, y_dev, history)
+               for net, lam, history in zip(networks, lams, histories)]
     if criterion == "loss":
         best = min(range(len(lams)), key=lambda k: results[k].dev_loss)
     else:
         best = min(range(len(lams)), key=lambda k: (-results[k].dev_accuracy, results[k].dev_loss))
     return Selection(results, lams[best], networks[best], criterion, networks)
+
+
+def _bar(total, show):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="lambda", leave=False)
 
 
 def _measure(net, lam, X_train, y_train, X_dev, y_dev, history):

@@ -18,6 +18,10 @@ class CpuBackend:
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
         return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
 
+    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+        return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m), activation,
+                                         loss)
+
     def predict(self, weights, biases, X, activation, loss):
         return _core.predict(weights, biases, X, activation, loss)
 

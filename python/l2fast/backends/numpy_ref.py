@@ -143,6 +143,45 @@ class NumpyBackend:
                 backward_all(weights, X_batch, outputs, dZ, activation, step)
         return loss_sum, correct
 
+    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+        """train_epoch for K models of one shape (weights[k], biases[k], lam_over_m[k]) on one order, as
+        one stacked model: each layer's K weight matrices form a (K, n_out, n_in) array and every
+        product is one batched matmul. Returns [(loss_sum, correct)] per model."""
+        K, L = len(weights), len(weights[0])
+        Ws = [np.stack([weights[k][l] for k in range(K)]) for l in range(L)]
+        bs = [np.stack([biases[k][l] for k in range(K)]) for l in range(L)]
+        lam = np.asarray(lam_over_m, dtype=Ws[0].dtype)[:, None, None]
+        n = len(X) if order is None else len(order)
+        loss_sums, corrects = [0.0] * K, [0] * K
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, n, batch_size):
+                rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                X_batch, y_batch = X[rows], y[rows]
+                batch = len(X_batch)
+                outputs, A = [], X_batch
+                for layer in range(L):
+                    Z = A @ np.swapaxes(Ws[layer], 1, 2) + bs[layer][:, None, :]  # (K, batch, n_out)
+                    A = activate(Z, "identity" if layer == L - 1 else activation)
+                    outputs.append(A)
+                dZ = np.empty_like(outputs[-1])
+                for k in range(K):
+                    batch_loss, batch_correct, dZ[k] = loss_gradient(outputs[-1][k], y_batch, loss)
+                    loss_sums[k] += batch_loss
+                    corrects[k] += batch_correct
+                for layer in reversed(range(L)):
+                    A_prev = X_batch if layer == 0 else outputs[layer - 1]
+                    dZ_below = None
+                    if layer > 0:
+                        dZ_below = activation_backward(dZ @ Ws[layer], A_prev, activation)
+                    Ws[layer] -= lr * (np.swapaxes(dZ, 1, 2) @ A_prev / batch + lam * Ws[layer])
+                    bs[layer] -= lr * (dZ.sum(axis=1) / batch)
+                    dZ = dZ_below
+        for k in range(K):
+            for layer in range(L):
+                weights[k][layer][...] = Ws[layer][k]
+                biases[k][layer][...] = bs[layer][k]
+        return list(zip(loss_sums, corrects))
+
     def predict(self, weights, biases, X, activation, loss):
         blocks = [
             output_activation(forward_all(weights, biases, X[s : s + BLOCK_ROWS], activation)[-1], loss)
