@@ -35,7 +35,8 @@ def test_bench_writes_its_record(tmp_path, capsys):
     json_path, plot_path = tmp_path / "bench.json", tmp_path / "bench.png"
     main(["bench", "--quick", "--repeats", "2", "--json", str(json_path), "--plot", str(plot_path)])
     record = json.loads(json_path.read_text())
-    for key in ("machine", "versions", "threads", "commit", "blas", "backends", "configs", "lambda_price", "update"):
+    for key in ("machine", "versions", "threads", "commit", "blas", "backends", "configs", "lambda_price", "update",
+                "sweep"):
         assert key in record, key
     assert record["commit"] == _core.build_commit and record["threads"]["l2fast OpenBLAS"] >= 1
     for key in ("A", "B"):
@@ -49,6 +50,8 @@ def test_bench_writes_its_record(tmp_path, capsys):
         assert set(record["lambda_price"][key]) == {"numpy", "cpu"}
     (row,) = record["update"]
     assert row["parameters"] == 10_000 and set(row["median_s"]) == {"l2fast", "naive", "axpy"}
+    assert {row["backend"] for row in record["sweep"]} == {"numpy", "cpu"}
+    assert all(row["separate_over_stacked"] > 0 for row in record["sweep"])
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "U: the L2 update alone" in capsys.readouterr().out
 

@@ -282,6 +282,49 @@ def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     return rows
 
 
+SWEEP_CONFIGS = [  # (sizes, records, batch, epochs): the demo's network, and D's
+    ([64, 256, 256, 10], 100, 20, 100),
+    ([64, 64, 10], 50_000, 32, 1),
+]
+QUICK_SWEEP_CONFIGS = [([10, 16, 3], 300, 32, 2)]
+SWEEP_LAMS = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+
+
+def bench_sweep(configs, backends, repeats, out):
+    """S: eight lambdas trained as one stacked model (fit_together) against eight separate fits."""
+    rows = []
+    print(f"S: {len(SWEEP_LAMS)} values of lambda, stacked against one after the other", file=out)
+    for sizes, m, batch, epochs in configs:
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(m, sizes[0])).astype(np.float32)
+        y = rng.integers(0, sizes[-1], size=m)
+        for backend in backends:
+            def stacked():
+                nets = [l2fast.Network(sizes, lam=lam, backend=backend, seed=0) for lam in SWEEP_LAMS]
+                l2fast.fit_together(nets, X, y, epochs=epochs, lr=0.01, batch_size=batch)
+
+            def separate():
+                for lam in SWEEP_LAMS:
+                    l2fast.Network(sizes, lam=lam, backend=backend, seed=0).fit(X, y, epochs=epochs, lr=0.01,
+                                                                                 batch_size=batch)
+
+            times = {"stacked": [], "separate": []}
+            for r in range(1 + repeats):
+                for name, f in (("stacked", stacked), ("separate", separate)):
+                    start = time.perf_counter()
+                    f()
+                    if r:
+                        times[name].append(time.perf_counter() - start)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {"sizes": sizes, "m": m, "batch": batch, "epochs": epochs, "backend": backend,
+                   "median_s": med, "separate_over_stacked": med["separate"] / med["stacked"]}
+            rows.append(row)
+            print(f"  {'-'.join(map(str, sizes)):>14} m={m:<6} batch {batch:<4} {epochs:>4} epochs  {backend:>6}: "
+                  f"stacked {med['stacked']:.3f} s, separate {med['separate']:.3f} s "
+                  f"({row['separate_over_stacked']:.2f}x)", file=out)
+    return rows
+
+
 def environment():
     """Machine, versions, thread counts and commit, for the JSON record."""
     from l2fast.backends.cpu import _core
@@ -358,6 +401,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
     record["configs"] = {c.key: bench_config(c, backends, repeats, out) for c in chosen}
     record["lambda_price"] = {c.key: bench_lambda_price(c, backends, repeats, out) for c in chosen
                               if quick or c.key in LAMBDA_PRICE_CONFIGS}
+    if configs is None or "S" in configs:
+        record["sweep"] = bench_sweep(QUICK_SWEEP_CONFIGS if quick else SWEEP_CONFIGS, backends, repeats, out)
     if configs is None or "U" in configs:
         record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out)
     if json_path:
