@@ -88,6 +88,23 @@ void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::
     }
 }
 
+// Passes on should_stop's answer at most every 10 ms: asking means taking the GIL.
+class StopCheck {
+public:
+    explicit StopCheck(const std::function<bool()>& should_stop)
+        : should_stop_(should_stop), last_(std::chrono::steady_clock::now()) {}
+
+    bool operator()() {
+        if (!should_stop_ || std::chrono::steady_clock::now() - last_ < std::chrono::milliseconds(10)) return false;
+        last_ = std::chrono::steady_clock::now();
+        return should_stop_();
+    }
+
+private:
+    const std::function<bool()>& should_stop_;
+    std::chrono::steady_clock::time_point last_;
+};
+
 template <class T>
 Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::size_t row0) {
     Targets<T> y;
@@ -128,9 +145,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     Workspace<T> ws(shape, batch, order != nullptr, true);
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
-    using clock = std::chrono::steady_clock;
-    constexpr auto kAskEvery = std::chrono::milliseconds(10);
-    auto last_asked = clock::now();
+    StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const T* X = data.X + start * n_in;
@@ -147,12 +162,9 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                   shape.sizes[l + 1], shape.sizes[l], lr, lam_over_m);
         });
         ++result.steps;
-        if (should_stop && clock::now() - last_asked >= kAskEvery) {
-            last_asked = clock::now();
-            if (should_stop()) {
-                result.stopped = true;
-                break;
-            }
+        if (stop()) {
+            result.stopped = true;
+            break;
         }
     }
     for (std::size_t l = 0; l < shape.n_layers(); ++l)
@@ -178,8 +190,7 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     std::vector<const T*> A(K), B(K);
     std::vector<T*> C(K);
     std::vector<T> alpha(K), beta(K);
-    using clock = std::chrono::steady_clock;
-    auto last_asked = clock::now();
+    StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const int rows = int(std::min(batch, n - start));
         const T* X = data.X + start * n_in;
@@ -238,12 +249,9 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
                            models[k].b[l], 1);
         }
         ++result.steps;
-        if (should_stop && clock::now() - last_asked >= std::chrono::milliseconds(10)) {
-            last_asked = clock::now();
-            if (should_stop()) {
-                result.stopped = true;
-                break;
-            }
+        if (stop()) {
+            result.stopped = true;
+            break;
         }
     }
     for (std::size_t k = 0; k < K; ++k)

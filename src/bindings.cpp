@@ -147,37 +147,54 @@ double finite_scalar(double v, const char* name, bool positive) {
 
 py::tuple stats_tuple(const l2fast::LossStats& s) { return py::make_tuple(s.loss_sum, s.correct); }
 
+// What one training epoch reads besides the parameters: the data, the order (null: records in turn)
+// and how many records it visits, all checked, with batch_size and lr.
+template <class T>
+struct Epoch {
+    l2fast::Dataset<T> data;
+    const std::int64_t* order = nullptr;
+    std::size_t n = 0;
+};
+
+template <class T>
+Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::handle& y, const py::handle& order_obj,
+                    long long batch_size, double lr, std::vector<py::array>& keep) {
+    if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
+    Epoch<T> epoch;
+    epoch.data = take_data<T>(shape, X, y, keep);
+    epoch.n = epoch.data.m;
+    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
+    if (std::min<long long>(batch_size, (long long)epoch.data.m) > std::numeric_limits<int>::max())
+        throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
+    finite_scalar(lr, "lr", true);
+    if (!order_obj.is_none()) {
+        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
+        epoch.order = cptr<std::int64_t>(o);
+        epoch.n = std::size_t(o.shape(0));
+        l2fast::check_order(epoch.order, epoch.n, epoch.data.m);
+        keep.push_back(o);
+    }
+    return epoch;
+}
+
+// Ctrl-C: Python only runs its signal handler between bytecodes, so the epochs ask for it.
+bool interrupted() {
+    py::gil_scoped_acquire acquire;
+    return PyErr_CheckSignals() != 0;
+}
+
 template <class T>
 py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                         const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
                         const std::string& activation, const std::string& loss) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, true);
-    if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
-    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
-    if (std::min<long long>(batch_size, (long long)data.m) > std::numeric_limits<int>::max())
-        throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
-    finite_scalar(lr, "lr", true);
     finite_scalar(lam_over_m, "lam_over_m", false);
-    const std::int64_t* order = nullptr;
-    std::size_t n = data.m;
-    if (!order_obj.is_none()) {
-        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
-        order = cptr<std::int64_t>(o);
-        n = std::size_t(o.shape(0));
-        l2fast::check_order(order, n, data.m);
-        net.keep.push_back(o);
-    }
-    // Ctrl-C: Python only runs its signal handler between bytecodes, so the epoch asks for it.
-    const auto interrupted = [] {
-        py::gil_scoped_acquire acquire;
-        return PyErr_CheckSignals() != 0;
-    };
+    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, net.keep);
     l2fast::EpochResult result;
     {
         py::gil_scoped_release release;
-        result = l2fast::train_epoch(net.shape, net.params, data, order, n, std::size_t(batch_size), T(lr),
-                                     T(lam_over_m), interrupted);
+        result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
+                                     std::size_t(batch_size), T(lr), T(lam_over_m), interrupted);
     }
     if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
     return stats_tuple(result.stats);
@@ -227,30 +244,12 @@ py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, 
     check_disjoint(written, "weights");
     std::vector<py::array> keep;
     const l2fast::Shape& shape = nets.front().shape;
-    if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
-    const l2fast::Dataset<T> data = take_data<T>(shape, X, y, keep);
-    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
-    if (std::min<long long>(batch_size, (long long)data.m) > std::numeric_limits<int>::max())
-        throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
-    finite_scalar(lr, "lr", true);
-    const std::int64_t* order = nullptr;
-    std::size_t n = data.m;
-    if (!order_obj.is_none()) {
-        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
-        order = cptr<std::int64_t>(o);
-        n = std::size_t(o.shape(0));
-        l2fast::check_order(order, n, data.m);
-        keep.push_back(o);
-    }
-    const auto interrupted = [] {
-        py::gil_scoped_acquire acquire;
-        return PyErr_CheckSignals() != 0;
-    };
+    const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep);
     l2fast::StackedEpochResult result;
     {
         py::gil_scoped_release release;
-        result = l2fast::train_epoch_stacked(shape, models, data, order, n, std::size_t(batch_size), T(lr), lams,
-                                             interrupted);
+        result = l2fast::train_epoch_stacked(shape, models, epoch.data, epoch.order, epoch.n, std::size_t(batch_size),
+                                             T(lr), lams, interrupted);
     }
     if (result.stopped) throw py::error_already_set();
     py::list stats;
