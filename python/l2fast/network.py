@@ -76,13 +76,13 @@ def _serialised(method):
     return locked
 
 
-def _progress_bar(total, show):
-    """A tqdm bar over the epochs, or None when not shown (tqdm is imported only then)."""
+def _progress_bar(total, show, unit="epoch"):
+    """A tqdm bar over `total` units, or None when not shown (tqdm is imported only then)."""
     if not show:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="epoch", leave=False)
+    return tqdm(total=total, unit=unit, leave=False)
 
 
 def initial_parameters(sizes, activation, dtype, rng):

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from l2fast import _validate
-from l2fast.network import History, Network, fit_together
+from l2fast.network import History, Network, _progress_bar, fit_together
 
 CRITERIA = ("loss", "accuracy")
 
@@ -128,7 +128,7 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
         histories = fit_together(networks, X_train, y_train, progress=progress, **fit)
     else:
         networks, histories = [], []
-        bar = _bar(len(lams), progress)
+        bar = _progress_bar(len(lams), progress, unit="lambda")
         try:
             for lam in lams:
                 networks.append(network(lam))
@@ -145,14 +145,6 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
     else:
         best = min(range(len(lams)), key=lambda k: (-results[k].dev_accuracy, results[k].dev_loss))
     return Selection(results, lams[best], networks[best], criterion, networks)
-
-
-def _bar(total, show):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="lambda", leave=False)
 
 
 def _measure(net, lam, X_train, y_train, X_dev, y_dev, history):
