@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import l2fast
+from l2fast import _plotting
 
 ACTIVATION_NAMES_SKLEARN = {"relu": "relu", "tanh": "tanh", "sigmoid": "logistic", "identity": "identity"}
 
@@ -361,13 +362,7 @@ def environment():
 
 def plot(record, path):
     """Bar chart of the median epoch time of every contender, one panel per configuration."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise SystemExit(f"l2fast bench --plot needs matplotlib: pip install \"l2fast[bench]\" ({exc})")
+    plt = _plotting.pyplot("l2fast bench --plot", "bench")
     configs = record["configs"]
     columns = min(2, len(configs))
     rows = -(-len(configs) // columns)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import l2fast
+from l2fast import _plotting
 
 FULL = dict(hidden=[256, 256], epochs=800, lams=[0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
 QUICK = dict(hidden=[128, 128], epochs=300, lams=[0.0, 0.3, 3.0, 30.0])
@@ -40,7 +41,7 @@ def run(backend="cpu", quick=False, out_dir=".", progress=True, out=None):
     """Runs the demo; returns (selection, test accuracy of the chosen lambda, of lambda = 0, plot paths)."""
     out = out or sys.stdout
     plan = QUICK if quick else FULL
-    pyplot = _pyplot()
+    pyplot = _plotting.pyplot("l2fast demo", "demo")
     (X_train, y_train), (X_dev, y_dev), (X_test, y_test) = digits_splits()
     sizes = [X_train.shape[1], *plan["hidden"], 10]
     print(f"digits: {len(X_train)} training, {len(X_dev)} development, {len(X_test)} test records; network "
@@ -62,17 +63,6 @@ def run(backend="cpu", quick=False, out_dir=".", progress=True, out=None):
              _learning_curves(pyplot, unregularised, best, out_dir / "learning_curves.png")]
     print("plots: " + ", ".join(str(p) for p in paths), file=out)
     return sweep, test_best, test_zero, paths
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise SystemExit(f"l2fast demo needs matplotlib for its plots: pip install \"l2fast[demo]\" ({exc})")
-    return plt
 
 
 def _validation_curve(plt, sweep, path):
