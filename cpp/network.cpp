@@ -136,8 +136,8 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
 
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                        std::size_t n, std::size_t batch, T lr, T lam_over_m,
-                        const std::function<bool()>& should_stop) {
+                        std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& should_stop,
+                        OptimizerRun<T>* run) {
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
@@ -145,6 +145,22 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     Workspace<T> ws(shape, batch, order != nullptr, true);
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
+    const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
+    // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass.
+    Params<T> grad;
+    std::vector<std::vector<T>> grad_store;
+    if (!fused_sgd) {
+        for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+            grad_store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
+            grad.W.push_back(grad_store.back().data());
+            grad_store.emplace_back(shape.sizes[l + 1]);
+            grad.b.push_back(grad_store.back().data());
+        }
+    }
+    auto slot = [&](std::size_t s, bool weights, std::size_t l) -> T* {
+        if (s >= run->slots.size()) return nullptr;
+        return weights ? run->slots[s].W[l] : run->slots[s].b[l];
+    };
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
@@ -157,9 +173,19 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         forward_block(shape, params, scale.data(), X, rows, ws);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
+        if (!fused_sgd) ++run->step;
         backward_block(shape, params, scale.data(), X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
-            inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows,
-                                  shape.sizes[l + 1], shape.sizes[l], lr, lam_over_m);
+            const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
+            if (fused_sgd) {
+                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows, n_out,
+                                      shape.sizes[l], lr, lam_over_m);
+                return;
+            }
+            mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
+            inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
+                                   n_w, lr, lam_over_m);
+            inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
+                                   slot(1, false, l), n_out, lr, T(0));
         });
         ++result.steps;
         if (stop()) {
@@ -315,7 +341,8 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 
 #define L2FAST_INSTANTIATE(T)                                                                                   \
     template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
-                                     std::size_t, std::size_t, T, T, const std::function<bool()>&);            \
+                                     std::size_t, std::size_t, T, T, const std::function<bool()>&,             \
+                                     OptimizerRun<T>*);                                                          \
     template StackedEpochResult train_epoch_stacked(const Shape&, std::vector<Params<T>>&, const Dataset<T>&,  \
                                                     const std::int64_t*, std::size_t, std::size_t, T,          \
                                                     const std::vector<T>&, const std::function<bool()>&);      \

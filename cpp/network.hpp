@@ -9,6 +9,7 @@
 
 #include "activations.hpp"
 #include "losses.hpp"
+#include "optim.hpp"
 
 namespace l2fast {
 
@@ -55,10 +56,22 @@ struct EpochResult {
     std::size_t steps = 0;
 };
 
+// An optimizer other than plain SGD with its state: slots[s].W[l] and slots[s].b[l] are state array s
+// (opt.n_slots() of them) of layer l's weights and biases, shaped like them. step counts the steps
+// taken before the epoch (Adam's t); train_epoch moves it on.
+template <class T>
+struct OptimizerRun {
+    Optimizer opt;
+    std::vector<Params<T>> slots;
+    std::int64_t step = 0;
+};
+
+// With run given (and not SGD), each step computes the layer's mean gradient into a buffer with one
+// GEMM, then updates W, b and their state in one fused pass each (inplace_optimizer_step).
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
-                        const std::function<bool()>& should_stop = {});
+                        const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr);
 
 // train_epoch for K models of one shape at once: one order, one gathered batch for all, each
 // layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].

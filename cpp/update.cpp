@@ -50,6 +50,15 @@ void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* on
 }
 
 template <class T>
+void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+                   std::size_t n_in) {
+    const T scale = T(1) / T(batch);
+    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
+               int(n_in), T(0), dW, int(n_in));
+    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, T(0), db, 1);
+}
+
+template <class T>
 void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
     const T keep = T(1) - lr * lam_over_m;
     // Memory-bound: one core cannot draw the machine's memory bandwidth, so updates larger than the
@@ -69,6 +78,7 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
     template StepCoefficients<T> fused_step_coefficients(double&, std::size_t, T, T);                       \
     template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,        \
                                       std::size_t, T);                                                       \
+    template void mean_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);   \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)

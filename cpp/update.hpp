@@ -38,6 +38,12 @@ template <class T>
 void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale);
 
+// dW <- (1/batch) dZ^T . A_prev and db <- (1/batch) sum_rows dZ: a minibatch's mean gradient, for the
+// optimizers that need it in a buffer of its own (inplace_optimizer_step).
+template <class T>
+void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+                   std::size_t n_in);
+
 // W (n) <- (1 - lr*lam_over_m) W - lr dW in one pass over the same bytes as an axpy: the L2 step for
 // a gradient dW (the mean dL/dW) computed elsewhere.
 template <class T>

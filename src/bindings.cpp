@@ -15,6 +15,7 @@
 #include "blas.hpp"
 #include "limits.hpp"
 #include "network.hpp"
+#include "optim.hpp"
 #include "update.hpp"
 
 namespace py = pybind11;
@@ -183,23 +184,6 @@ bool interrupted() {
     return PyErr_CheckSignals() != 0;
 }
 
-template <class T>
-py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-                        const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
-                        const std::string& activation, const std::string& loss) {
-    Net<T> net = take_network<T>(weights, biases, activation, loss, true);
-    finite_scalar(lam_over_m, "lam_over_m", false);
-    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, net.keep);
-    l2fast::EpochResult result;
-    {
-        py::gil_scoped_release release;
-        result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
-                                     std::size_t(batch_size), T(lr), T(lam_over_m), interrupted);
-    }
-    if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
-    return stats_tuple(result.stats);
-}
-
 // Checks the arrays written in place do not share memory: two models stepping the same weights at
 // once (OpenBLAS runs a batch's products side by side) would race.
 void check_disjoint(const std::vector<py::array>& arrays, const char* what) {
@@ -211,7 +195,84 @@ void check_disjoint(const std::vector<py::array>& arrays, const char* what) {
     std::sort(spans.begin(), spans.end());
     for (std::size_t i = 1; i < spans.size(); ++i)
         if (spans[i].first < spans[i - 1].second)
-            throw std::invalid_argument(std::string(what) + ": two models share parameter memory; each needs its own arrays");
+            throw std::invalid_argument(std::string(what) +
+                                        ": two arrays written in place share memory; each needs its own");
+}
+
+// The optimizer's hyperparameters as the bindings receive them (see l2fast.optim).
+struct OptimizerArgs {
+    std::string name = "sgd";
+    double momentum = 0.9;
+    bool nesterov = false;
+    double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+    bool decoupled = false;
+
+    l2fast::Optimizer parse() const {
+        l2fast::Optimizer opt;
+        opt.method = l2fast::parse_method(name);
+        opt.momentum = momentum;
+        opt.nesterov = nesterov;
+        opt.beta1 = beta1;
+        opt.beta2 = beta2;
+        opt.eps = eps;
+        opt.decoupled = decoupled;
+        l2fast::check_optimizer(opt);
+        return opt;
+    }
+};
+
+// slots[s] is a list of 2L arrays, [W_0 .. W_{L-1}, b_0 .. b_{L-1}], each shaped like its parameter
+// and written in place.
+template <class T>
+std::vector<l2fast::Params<T>> take_slots(const l2fast::Shape& shape, const py::list& slots, std::size_t n_slots,
+                                          std::vector<py::array>& keep) {
+    if (slots.size() != n_slots)
+        throw std::invalid_argument("slots: this optimizer keeps " + std::to_string(n_slots) +
+                                    " state arrays per parameter, got " + std::to_string(slots.size()));
+    const std::size_t L = shape.n_layers();
+    std::vector<l2fast::Params<T>> taken(n_slots);
+    for (std::size_t s = 0; s < n_slots; ++s) {
+        const std::string at = "slots[" + std::to_string(s) + "]";
+        if (!py::isinstance<py::list>(slots[s]) || slots[s].cast<py::list>().size() != 2 * L)
+            throw std::invalid_argument(at + ": expected a list of " + std::to_string(2 * L) +
+                                        " arrays, the weights' then the biases'");
+        const py::list arrays = slots[s].cast<py::list>();
+        for (std::size_t l = 0; l < L; ++l) {
+            const py::ssize_t n_out = py::ssize_t(shape.sizes[l + 1]), n_in = py::ssize_t(shape.sizes[l]);
+            py::array w = checked<T>(arrays[l], at + "[" + std::to_string(l) + "]", {n_out, n_in}, true);
+            py::array b = checked<T>(arrays[L + l], at + "[" + std::to_string(L + l) + "]", {n_out}, true);
+            taken[s].W.push_back(ptr<T>(w));
+            taken[s].b.push_back(ptr<T>(b));
+            keep.push_back(std::move(w));
+            keep.push_back(std::move(b));
+        }
+    }
+    return taken;
+}
+
+template <class T>
+py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
+                        const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
+                        const std::string& activation, const std::string& loss, const OptimizerArgs& args,
+                        const py::list& slots, long long step) {
+    Net<T> net = take_network<T>(weights, biases, activation, loss, true);
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    l2fast::OptimizerRun<T> run;
+    run.opt = args.parse();
+    if (step < 0) throw std::invalid_argument("step must be >= 0, got " + std::to_string(step));
+    run.step = step;
+    std::vector<py::array> written = net.keep;
+    run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
+    check_disjoint(written, "slots");
+    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, written);
+    l2fast::EpochResult result;
+    {
+        py::gil_scoped_release release;
+        result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
+                                     std::size_t(batch_size), T(lr), T(lam_over_m), interrupted, &run);
+    }
+    if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
+    return stats_tuple(result.stats);
 }
 
 template <class T>
@@ -339,6 +400,39 @@ void l2_update_t(const py::handle& W_obj, const py::handle& dW_obj, double lr, d
 }
 
 template <class T>
+void optimizer_step_t(const py::handle& P_obj, const py::handle& G_obj, const py::list& slots, double lr,
+                      double decay, long long step, const OptimizerArgs& args) {
+    finite_scalar(lr, "lr", true);
+    finite_scalar(decay, "decay", false);
+    const l2fast::Optimizer opt = args.parse();
+    if (step < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(step));
+    auto [P, G] = same_shape_pair<T>(P_obj, "P", G_obj, "G");
+    std::vector<py::ssize_t> shape(P.shape(), P.shape() + P.ndim());
+    if (slots.size() != opt.n_slots())
+        throw std::invalid_argument("slots: this optimizer keeps " + std::to_string(opt.n_slots()) +
+                                    " state arrays, got " + std::to_string(slots.size()));
+    std::vector<py::array> written{P};
+    T* S[2] = {nullptr, nullptr};
+    for (std::size_t s = 0; s < slots.size(); ++s) {
+        py::array a = checked<T>(slots[s], "slots[" + std::to_string(s) + "]", shape, true);
+        S[s] = ptr<T>(a);
+        written.push_back(a);
+    }
+    check_disjoint(written, "slots");
+    for (const py::array& a : written) {
+        const char* w0 = static_cast<const char*>(a.data());
+        const char* g0 = static_cast<const char*>(G.data());
+        if (w0 < g0 + G.nbytes() && g0 < w0 + a.nbytes())
+            throw std::invalid_argument("G: overlaps an array written in place");
+    }
+    T* p = ptr<T>(P);
+    const T* g = cptr<T>(G);
+    const std::size_t n = std::size_t(P.size());
+    py::gil_scoped_release release;
+    l2fast::inplace_optimizer_step(opt, step, p, g, S[0], S[1], n, T(lr), T(decay));
+}
+
+template <class T>
 void axpy_t(double alpha, const py::handle& x_obj, const py::handle& y_obj) {
     if (!std::isfinite(alpha)) throw std::invalid_argument("alpha must be finite");
     auto [y, x] = same_shape_pair<T>(y_obj, "y", x_obj, "x");
@@ -380,18 +474,25 @@ PYBIND11_MODULE(_core, m) {
         "train_epoch",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            const py::handle& order, long long batch_size, double lr, double lam_over_m,
-           const std::string& activation, const std::string& loss) {
+           const std::string& activation, const std::string& loss, const std::string& optimizer,
+           const py::list& slots, long long step, double momentum, bool nesterov, double beta1, double beta2,
+           double eps, bool decoupled) {
+            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
             return by_dtype(
                 weights,
-                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); },
-                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); });
+                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step); },
+                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
-        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"),
-        "One epoch of minibatch gradient descent with the fused L2 step, in place on weights and biases.\n"
-        "Returns (loss_sum, correct) over the minibatches, each measured before its own update. A signal\n"
-        "(Ctrl-C) ends the epoch after the step in hand and raises its exception; the parameters are then\n"
-        "those after that step.");
+        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
+        py::arg("optimizer") = "sgd", py::arg("slots") = py::list(), py::arg("step") = 0, py::arg("momentum") = 0.9,
+        py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
+        py::arg("decoupled") = false,
+        "One epoch of minibatch steps in place on weights and biases: the fused L2 step of gradient descent,\n"
+        "or another optimizer ('momentum', 'adam') with its state arrays slots (lists of 2L arrays, see\n"
+        "l2fast.optim.OptimizerState) after step earlier steps. Returns (loss_sum, correct) over the\n"
+        "minibatches, each measured before its own update. A signal (Ctrl-C) ends the epoch after the step\n"
+        "in hand and raises its exception; the parameters are then those after that step.");
 
     m.def(
         "train_epoch_stacked",
@@ -453,6 +554,22 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("W"), py::arg("dW"), py::arg("lr"), py::arg("lam_over_m"),
         "In place: W <- (1 - lr lam_over_m) W - lr dW, one pass over W and dW.");
+
+    m.def(
+        "optimizer_step",
+        [](const py::handle& P, const py::handle& G, const py::list& slots, double lr, double decay, long long step,
+           const std::string& optimizer, double momentum, bool nesterov, double beta1, double beta2, double eps,
+           bool decoupled) {
+            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
+            by_array_dtype(
+                P, "P", [&] { optimizer_step_t<float>(P, G, slots, lr, decay, step, args); },
+                [&] { optimizer_step_t<double>(P, G, slots, lr, decay, step, args); });
+        },
+        py::arg("P"), py::arg("G"), py::arg("slots"), py::arg("lr"), py::arg("decay"), py::arg("step"), py::kw_only(),
+        py::arg("optimizer") = "sgd", py::arg("momentum") = 0.9, py::arg("nesterov") = false, py::arg("beta1") = 0.9,
+        py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("decoupled") = false,
+        "In place: step number `step` of the optimizer on parameter P from its mean gradient G, with its state\n"
+        "arrays slots and decay = lam/m, one fused pass over P, G and the state.");
 
     m.def(
         "axpy",

@@ -179,8 +179,9 @@ def test_public_names():
 def test_core_stub_matches_the_module():
     stub = Path(l2fast.__file__).with_name("_core.pyi")
     tree = ast.parse(stub.read_text())
-    stub_functions = {node.name: [a.arg for a in node.args.args] for node in tree.body
-                      if isinstance(node, ast.FunctionDef)}
+    stub_functions = {node.name: [a.arg for a in node.args.args] +
+                      (["*"] + [a.arg for a in node.args.kwonlyargs] if node.args.kwonlyargs else [])
+                      for node in tree.body if isinstance(node, ast.FunctionDef)}
     module_functions = {name for name, obj in vars(_core).items()
                         if callable(obj) and not name.startswith("_")}
     assert set(stub_functions) == module_functions

@@ -93,7 +93,7 @@ def test_core_stacked_checks_its_arguments():
     def call(weights, biases, lams=(0.1, 0.1)):
         return _core.train_epoch_stacked(weights, biases, X, y, None, 4, 0.1, list(lams), "relu", "softmax")
 
-    with pytest.raises(ValueError, match="share parameter memory"):
+    with pytest.raises(ValueError, match="share memory"):
         call([W1, [W2[0], W1[1]]], [b1, b2])
     with pytest.raises(ValueError, match="lam_over_m: expected one value per model"):
         call([W1, W2], [b1, b2], lams=(0.1,))

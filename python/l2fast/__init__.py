@@ -3,10 +3,13 @@
     import l2fast
     net = l2fast.Network([784, 256, 10], lam=1.0, backend="cpu", seed=0)
     history = net.fit(X, y, epochs=10, lr=0.1, batch_size=128)
+    net.fit(X, y, epochs=10, lr=1e-3, batch_size=128, optimizer="adamw", schedule=l2fast.StepDecay(5, 0.5))
 """
 from l2fast.backends import BackendUnavailableError, available_backends
 from l2fast.io import load
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
+from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
+                          ReduceOnPlateau, StepDecay)
 from l2fast.selection import LambdaResult, Selection, select_lambda
 
 __version__ = "0.1.0"
@@ -14,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
     "LambdaResult",
+    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
+    "ReduceOnPlateau",
     "available_backends", "BackendUnavailableError",
     "__version__",
 ]

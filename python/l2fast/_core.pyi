@@ -17,6 +17,16 @@ def train_epoch(
     lam_over_m: float,
     activation: str,
     loss: str,
+    *,
+    optimizer: str = "sgd",
+    slots: list[list[np.ndarray]] = [],
+    step: int = 0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    decoupled: bool = False,
 ) -> tuple[float, int]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],
@@ -49,5 +59,21 @@ def blas_config() -> str: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def l2_update(W: np.ndarray, dW: np.ndarray, lr: float, lam_over_m: float) -> None: ...
+def optimizer_step(
+    P: np.ndarray,
+    G: np.ndarray,
+    slots: list[np.ndarray],
+    lr: float,
+    decay: float,
+    step: int,
+    *,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    decoupled: bool = False,
+) -> None: ...
 def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> None: ...
 def gemm_only_epoch_seconds(layer_sizes: list[int], m: int, batch_size: int, dtype: str) -> float: ...

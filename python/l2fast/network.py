@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from l2fast import _validate
+from l2fast import _validate, optim
 from l2fast.backends import get_backend
 
 FloatArray = NDArray[np.floating]
@@ -40,7 +40,8 @@ class History:
     end of the epoch (m = training-set size). The ``val_`` lists are exact evaluations of the
     validation data after each epoch, ``val_cost`` being ``Network.cost`` on it. Accuracy lists stay
     empty for regression. ``seconds`` is the wall time of each epoch's training (shuffle and steps),
-    without the validation scoring. With early stopping, ``best_epoch`` (counted from 1) is the epoch
+    without the validation scoring. ``lr`` is the learning rate each epoch ran with (see the
+    ``schedule`` of ``fit``). With early stopping, ``best_epoch`` (counted from 1) is the epoch
     of the lowest validation loss and ``stopped_early`` tells whether patience ran out.
     """
 
@@ -51,6 +52,7 @@ class History:
     val_cost: List[float] = field(default_factory=list)
     val_accuracy: List[float] = field(default_factory=list)
     seconds: List[float] = field(default_factory=list)
+    lr: List[float] = field(default_factory=list)
     best_epoch: Optional[int] = None
     stopped_early: bool = False
 
@@ -149,6 +151,7 @@ class Network:
             self.layer_sizes, self.activation, self.dtype, np.random.default_rng(init_seq)
         )
         self._shuffle_rng = np.random.default_rng(shuffle_seq)
+        self._optimizer_state: Optional[optim.OptimizerState] = None
         self._lock = threading.RLock()
 
     # -- parameters -------------------------------------------------------------------------------
@@ -181,8 +184,23 @@ class Network:
 
     @_serialised
     def set_parameters(self, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike]) -> None:
-        """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,)."""
+        """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,). The
+        optimizer's state (velocities, moments, schedule) starts afresh with the next ``fit``."""
         self._weights, self._biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
+        self._optimizer_state = None
+
+    @property
+    @_serialised
+    def optimizer_state(self) -> Optional[optim.OptimizerState]:
+        """A copy of the state ``fit`` resumes from (optimizer, schedule, velocities or moments, step
+        and epoch counts), or None before the first ``fit`` and after ``reset_optimizer``."""
+        return None if self._optimizer_state is None else self._optimizer_state.copy()
+
+    @_serialised
+    def reset_optimizer(self) -> None:
+        """Forgets the optimizer's state: the next ``fit`` starts with zero velocities or moments, step
+        0 and the schedule at its first epoch."""
+        self._optimizer_state = None
 
     @_serialised
     def penalty(self, m: int) -> float:
@@ -263,11 +281,20 @@ class Network:
     @_serialised
     def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
             shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
-            patience: Optional[int] = None, restore_best: bool = True, progress: bool = False) -> History:
+            patience: Optional[int] = None, restore_best: bool = True, progress: bool = False,
+            optimizer: Union[str, optim.OptimizerSpec] = "sgd",
+            schedule: Union[None, str, optim.ScheduleSpec] = None) -> History:
         """Minibatch gradient descent on J over X (m, n_x) and y.
 
         Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
-        m = len(X), the whole training set. ``batch_size=None`` is full batch; the last batch of an
+        m = len(X), the whole training set. ``optimizer`` ("sgd", "momentum", "nesterov", "adam",
+        "adamw" or an ``l2fast.SGD``, ``Momentum`` or ``Adam``) replaces that step by its own, with the
+        same (lam/m) W term, coupled or decoupled (see ``l2fast.optim``); ``schedule`` (None for
+        constant, "invscaling", "step", "exponential", "plateau" or an instance) sets each epoch's
+        learning rate from ``lr``. Their state (velocities, moments, step and epoch counts) is kept
+        on the network, so a second ``fit`` with the same optimizer and schedule goes on where the
+        first stopped, as one longer call would (``save`` keeps it too); another optimizer starts
+        afresh. ``batch_size=None`` is full batch; the last batch of an
         epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
         an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
 
@@ -283,7 +310,7 @@ class Network:
         """
         return fit_together([self], X, y, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
                             validation_data=validation_data, patience=patience, restore_best=restore_best,
-                            progress=progress)[0]
+                            progress=progress, optimizer=optimizer, schedule=schedule)[0]
 
     @_serialised
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -313,12 +340,15 @@ class Network:
 def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1,
                  batch_size: Optional[int] = None, shuffle: bool = True,
                  validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, patience: Optional[int] = None,
-                 restore_best: bool = True, progress: bool = False) -> List[History]:
+                 restore_best: bool = True, progress: bool = False,
+                 optimizer: Union[str, optim.OptimizerSpec] = "sgd",
+                 schedule: Union[None, str, optim.ScheduleSpec] = None) -> List[History]:
     """``Network.fit`` for several networks of one architecture, dtype and backend at once, which may
     differ in lam and in their parameters: one shuffled order per epoch (drawn from the first
     network's generator) and one gathered minibatch serve them all, and the backend trains them as
-    one stacked model (``train_epoch_stacked``). Each network ends where its own ``fit`` with the same
-    order would take it, up to rounding. Returns one History per network. With ``patience`` each
+    one stacked model (``train_epoch_stacked``) while they step with plain SGD at one learning rate;
+    other optimizers train them one after another on the same batches. Each network ends where its
+    own ``fit`` with the same order would take it, up to rounding. Returns one History per network. With ``patience`` each
     network stops on its own; a diverging network raises ``DivergenceError`` naming its lambda.
     """
     networks = list(networks)
@@ -335,10 +365,27 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs
         for net in sorted(networks, key=id):  # one order for every caller: no deadlock between two of them
             locks.enter_context(net._lock)
         return _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best,
-                      progress)
+                      progress, optimizer, schedule)
 
 
-def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress):
+def _optimizer_states(networks, optimizer, schedule):
+    """Each network's state for this fit: its own where the optimizer (and schedule) are unchanged,
+    a fresh one otherwise. Nothing is stored on the networks here."""
+    states = []
+    for net in networks:
+        state = net._optimizer_state
+        if state is None or state.optimizer != optimizer:
+            state = optim.OptimizerState.fresh(optimizer, schedule, net._weights, net._biases)
+        else:
+            state = state.copy()
+        if state.schedule != schedule:
+            state.restart_schedule(schedule)
+        states.append(state)
+    return states
+
+
+def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
+           optimizer, schedule):
     first = networks[0]
     X, y = first._data(X, y)
     m = len(X)
@@ -356,10 +403,18 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
         patience = _validate.integer(patience, "patience", 1)
         if validation_data is None:
             raise ValueError("patience: early stopping watches validation_data, which is missing")
+    optimizer = optim.resolve_optimizer(optimizer)
+    schedule = optim.resolve_schedule(schedule)
+    if isinstance(schedule, optim.ReduceOnPlateau) and validation_data is None:
+        raise ValueError("schedule: ReduceOnPlateau watches the validation cost; pass validation_data")
+    states = _optimizer_states(networks, optimizer, schedule)
+    for net, state in zip(networks, states):
+        net._optimizer_state = state
+    steps_per_epoch = -(-m // batch_size)
     classifier = first.loss != "squared_error"
     backend = first._backend
     histories = [History() for _ in networks]
-    best = [None] * len(networks)  # per network: (validation loss, weights, biases) of its best epoch
+    best = [None] * len(networks)  # per network: (validation loss, weights, biases, state) of its best epoch
     active = list(range(len(networks)))
     bar = _progress_bar(epochs, progress)
     try:
@@ -367,35 +422,43 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
             if not active:
                 break
             # The epoch's starting point: a Ctrl-C or a divergence puts a network back to it.
-            saved = {k: ([W.copy() for W in networks[k]._weights], [b.copy() for b in networks[k]._biases])
-                     for k in active}
+            saved = {k: ([W.copy() for W in networks[k]._weights], [b.copy() for b in networks[k]._biases],
+                         states[k].copy()) for k in active}
+            rates = {k: states[k].lr(lr) for k in active}
             start = time.perf_counter()
             try:
                 order = first._shuffle_rng.permutation(m) if shuffle else None
                 for k in active[1:] if shuffle else ():
                     networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
-                if len(active) == 1:
-                    net = networks[active[0]]
-                    stats = [backend.train_epoch(net._weights, net._biases, X, y, order, batch_size, lr, net._lam / m,
-                                                 first.activation, first.loss)]
+                if len(active) == 1 or optimizer.name != "sgd" or len(set(rates.values())) > 1:
+                    stats = []
+                    for k in active:
+                        net, state = networks[k], states[k]
+                        stats.append(backend.train_epoch(
+                            net._weights, net._biases, X, y, order, batch_size, rates[k], net._lam / m,
+                            first.activation, first.loss, optimizer, state.slots, state.step))
                 else:
                     stats = backend.train_epoch_stacked(
                         [networks[k]._weights for k in active], [networks[k]._biases for k in active], X, y, order,
-                        batch_size, lr, [networks[k]._lam / m for k in active], first.activation, first.loss)
+                        batch_size, rates[active[0]], [networks[k]._lam / m for k in active], first.activation,
+                        first.loss)
             except KeyboardInterrupt:
                 for k in active:
-                    networks[k]._weights, networks[k]._biases = saved[k]
+                    networks[k]._weights, networks[k]._biases, states[k] = saved[k]
+                    networks[k]._optimizer_state = states[k]
                 raise
             seconds = time.perf_counter() - start
             for k, (loss_sum, correct) in zip(list(active), stats):
                 net, history = networks[k], histories[k]
                 history.seconds.append(seconds)
+                history.lr.append(rates[k])
                 if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in net._weights + net._biases)):
-                    net._weights, net._biases = saved[k]
+                    net._weights, net._biases, states[k] = saved[k]
+                    net._optimizer_state = states[k]
                     raise DivergenceError(
                         f"fit: training diverged in epoch {epoch + 1} (the cost became "
                         f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
-                        f"with lr={lr}" + (f" for lam={net.lam}" if len(networks) > 1 else "") +
+                        f"with lr={rates[k]}" + (f" for lam={net.lam}" if len(networks) > 1 else "") +
                         f"; the parameters are those after epoch {epoch}. Try a smaller learning rate.", history)
                 history.loss.append(loss_sum / m)
                 history.cost.append(loss_sum / m + net.penalty(m))
@@ -408,9 +471,11 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
                     history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
                     if classifier:
                         history.val_accuracy.append(val_correct / len(X_val))
+                states[k].step += steps_per_epoch
+                states[k].end_epoch(history.val_cost[-1] if validation_data is not None else None)
                 if patience is not None:
                     if best[k] is None or history.val_loss[-1] < best[k][0]:
-                        best[k] = (history.val_loss[-1], net.weights, net.biases)
+                        best[k] = (history.val_loss[-1], net.weights, net.biases, states[k].copy())
                         history.best_epoch = epoch + 1
                     elif epoch + 1 - history.best_epoch >= patience:
                         history.stopped_early = True
@@ -426,5 +491,5 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
     if restore_best:
         for net, kept in zip(networks, best):
             if kept is not None:
-                net._weights, net._biases = kept[1], kept[2]
+                net._weights, net._biases, net._optimizer_state = kept[1], kept[2], kept[3]
     return histories

@@ -10,13 +10,28 @@ import scipy_openblas32  # noqa: F401
 from l2fast import _core
 
 
+def core_options(optimizer):
+    """The keyword arguments of ``_core.train_epoch`` and ``_core.optimizer_step`` for an
+    ``l2fast.optim`` spec."""
+    options = {"optimizer": optimizer.name, "decoupled": optimizer.decoupled}
+    if optimizer.name == "momentum":
+        options.update(momentum=optimizer.momentum, nesterov=optimizer.nesterov)
+    elif optimizer.name == "adam":
+        options.update(beta1=optimizer.beta1, beta2=optimizer.beta2, eps=optimizer.eps)
+    return options
+
+
 class CpuBackend:
     """backend="cpu": parameters are NumPy arrays that the C++ kernels update in place."""
 
     name = "cpu"
 
-    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
-        return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
+    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                    optimizer=None, slots=(), step=0):
+        if optimizer is None or optimizer.name == "sgd":
+            return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
+        return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                                 slots=[list(slot) for slot in slots], step=step, **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
         return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m), activation,

@@ -6,6 +6,8 @@ same dtype, written for reading rather than speed. Shapes: ``X`` (m, n_in), ``W`
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 BLOCK_ROWS = 2048  # the whole-data passes work in blocks of this many records, like the C++ ones
@@ -96,6 +98,28 @@ def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
     b -= lr * (dZ.sum(axis=0) / batch)
 
 
+def optimizer_step(P, G, slots, lr, decay, optimizer, step):
+    """In place: one step of ``optimizer`` (an ``l2fast.optim`` spec) on the parameter P, given G, the
+    batch mean of dL/dP, its state arrays ``slots`` (velocity; or first and second moments, P's shape),
+    decay = lam/m (0 for biases) and this step's number ``step`` >= 1. See ``l2fast.optim``."""
+    keep = 1 - lr * decay if optimizer.decoupled else 1.0
+    g = G if optimizer.decoupled else G + decay * P
+    if optimizer.name == "sgd":
+        P -= lr * g
+    elif optimizer.name == "momentum":
+        mu = optimizer.momentum
+        V = slots[0]
+        V[...] = mu * V + g
+        P[...] = keep * P - lr * (g + mu * V if optimizer.nesterov else V)
+    else:
+        M, V = slots
+        M[...] = optimizer.beta1 * M + (1 - optimizer.beta1) * g
+        V[...] = optimizer.beta2 * V + (1 - optimizer.beta2) * (g * g)
+        step_size = lr / (1 - optimizer.beta1**step)
+        bc2_sqrt = math.sqrt(1 - optimizer.beta2**step)
+        P[...] = keep * P - step_size * M / (np.sqrt(V) / bc2_sqrt + optimizer.eps)
+
+
 def forward_all(weights, biases, X, activation):
     """Every layer's output for the rows of X; the last entry holds the logits."""
     outputs = []
@@ -124,12 +148,25 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+    def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                    optimizer=None, slots=(), step=0):
+        """One epoch of minibatch steps in place. ``optimizer`` None or SGD is the fused L2 step;
+        another ``l2fast.optim`` spec steps with its state ``slots`` (see ``OptimizerState``), the
+        epoch's first step being number step + 1. Returns (loss_sum, correct)."""
         n = len(X) if order is None else len(order)
         loss_sum, correct = 0.0, 0
+        L = len(weights)
+        count = step
 
-        def step(layer, dZ, A_prev):
-            l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
+        def step_layer(layer, dZ, A_prev):
+            if optimizer is None or optimizer.name == "sgd":
+                l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
+                return
+            batch = len(dZ)
+            optimizer_step(weights[layer], dZ.T @ A_prev / batch, [s[layer] for s in slots], lr, lam_over_m,
+                           optimizer, count)
+            optimizer_step(biases[layer], dZ.sum(axis=0) / batch, [s[L + layer] for s in slots], lr, 0.0,
+                           optimizer, count)
 
         # A diverging run shows as inf or NaN in the loss, which the caller checks: no warnings meanwhile.
         with np.errstate(over="ignore", invalid="ignore"):
@@ -140,7 +177,8 @@ class NumpyBackend:
                 batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss)
                 loss_sum += batch_loss
                 correct += batch_correct
-                backward_all(weights, X_batch, outputs, dZ, activation, step)
+                count += 1
+                backward_all(weights, X_batch, outputs, dZ, activation, step_layer)
         return loss_sum, correct
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):

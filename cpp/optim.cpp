@@ -1,0 +1,108 @@
+// The fused optimizer steps: each element of P, G and the state is read and written once per step.
+#include "optim.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "blas.hpp"
+#include "parallel.hpp"
+
+namespace l2fast {
+
+Method parse_method(const std::string& name) {
+    if (name == "sgd") return Method::Sgd;
+    if (name == "momentum") return Method::Momentum;
+    if (name == "adam") return Method::Adam;
+    throw std::invalid_argument("optimizer: expected 'sgd', 'momentum' or 'adam', got '" + name + "'");
+}
+
+namespace {
+
+void check_unit(double v, const char* name) {
+    if (!(v >= 0.0 && v < 1.0))
+        throw std::invalid_argument(std::string(name) + " must be in [0, 1), got " + std::to_string(v));
+}
+
+template <class T>
+void momentum_range(T* P, const T* G, T* V, std::size_t begin, std::size_t end, T lr, T decay, T mu,
+                    bool nesterov, bool decoupled) {
+    const T coupled = decoupled ? T(0) : decay;
+    const T keep = decoupled ? T(1) - lr * decay : T(1);
+    if (nesterov) {
+        for (std::size_t i = begin; i < end; ++i) {
+            const T g = G[i] + coupled * P[i];
+            const T v = mu * V[i] + g;
+            V[i] = v;
+            P[i] = keep * P[i] - lr * (g + mu * v);
+        }
+    } else {
+        for (std::size_t i = begin; i < end; ++i) {
+            const T v = mu * V[i] + (G[i] + coupled * P[i]);
+            V[i] = v;
+            P[i] = keep * P[i] - lr * v;
+        }
+    }
+}
+
+template <class T>
+void adam_range(T* P, const T* G, T* M, T* V, std::size_t begin, std::size_t end, T decay, T keep, T b1,
+                T one_minus_b1, T b2, T one_minus_b2, T step_size, T bc2_sqrt, T eps, bool decoupled) {
+    const T coupled = decoupled ? T(0) : decay;
+    for (std::size_t i = begin; i < end; ++i) {
+        const T g = G[i] + coupled * P[i];
+        const T m = b1 * M[i] + one_minus_b1 * g;
+        const T v = b2 * V[i] + one_minus_b2 * (g * g);
+        M[i] = m;
+        V[i] = v;
+        P[i] = keep * P[i] - step_size * m / (std::sqrt(v) / bc2_sqrt + eps);
+    }
+}
+
+}  // namespace
+
+void check_optimizer(const Optimizer& opt) {
+    check_unit(opt.momentum, "momentum");
+    check_unit(opt.beta1, "beta1");
+    check_unit(opt.beta2, "beta2");
+    if (!(std::isfinite(opt.eps) && opt.eps > 0))
+        throw std::invalid_argument("eps must be a finite number > 0, got " + std::to_string(opt.eps));
+}
+
+template <class T>
+void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const T* G, T* S1, T* S2, std::size_t n,
+                            T lr, T decay) {
+    // Memory-bound like inplace_l2_update: tensors beyond the caches take every thread OpenBLAS would,
+    // in shares of at least 1M entries.
+    const std::size_t threads = std::size_t(std::max(blas::num_threads(), 1)), min_share = std::size_t(1) << 20;
+    switch (opt.method) {
+        case Method::Sgd:
+            parallel_for(n, threads, min_share, [=](std::size_t begin, std::size_t end) {
+                for (std::size_t i = begin; i < end; ++i) P[i] -= lr * (G[i] + decay * P[i]);
+            });
+            return;
+        case Method::Momentum:
+            parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {
+                momentum_range(P, G, S1, begin, end, lr, decay, T(opt.momentum), opt.nesterov, opt.decoupled);
+            });
+            return;
+        case Method::Adam: {
+            const double t = double(step);
+            const T step_size = T(double(lr) / (1.0 - std::pow(opt.beta1, t)));
+            const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(opt.beta2, t)));
+            const T keep = opt.decoupled ? T(1) - lr * decay : T(1);
+            parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {
+                adam_range(P, G, S1, S2, begin, end, decay, keep, T(opt.beta1), T(1.0 - opt.beta1), T(opt.beta2),
+                           T(1.0 - opt.beta2), step_size, bc2_sqrt, T(opt.eps), opt.decoupled);
+            });
+            return;
+        }
+    }
+}
+
+template void inplace_optimizer_step(const Optimizer&, std::int64_t, float*, const float*, float*, float*,
+                                     std::size_t, float, float);
+template void inplace_optimizer_step(const Optimizer&, std::int64_t, double*, const double*, double*, double*,
+                                     std::size_t, double, double);
+
+}  // namespace l2fast
