@@ -171,7 +171,9 @@ def test_public_names():
     assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
                                    "select_lambda",
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
-                                   "__version__"}
+                                   "__version__",
+                                   "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
+                                   "StepDecay", "ExponentialDecay", "ReduceOnPlateau"}
     assert l2fast.available_backends() == ["numpy", "cpu"]
     assert "backend='cpu'" in repr(l2fast.Network([2, 2], backend="cpu"))
 

@@ -1,12 +1,22 @@
 """Saving and loading networks: a versioned ``.npz`` file, arrays plus JSON metadata, no pickle.
 
-Layout of format version 1 (a NumPy ``.npz``, i.e. a zip of ``.npy`` files):
+Layout of format version 2 (a NumPy ``.npz``, i.e. a zip of ``.npy`` files):
 
 - ``metadata``: the UTF-8 bytes of a JSON object, stored as a uint8 array:
-  ``{"format": "l2fast.Network", "version": 1, "l2fast_version": ..., "layer_sizes": [...],
-  "activation": ..., "loss": ..., "lam": ..., "dtype": "float32" | "float64", "backend": ...}``
+  ``{"format": "l2fast.Network", "version": 2, "l2fast_version": ..., "layer_sizes": [...],
+  "activation": ..., "loss": ..., "lam": ..., "dtype": "float32" | "float64", "backend": ...,
+  "shuffle_state": {...}, "optimizer": null | {...}}``. ``shuffle_state`` is the state of the
+  generator that draws ``fit``'s orders (NumPy's ``bit_generator.state``); ``optimizer`` is the
+  state ``fit`` resumes from: ``{"name": "sgd" | "momentum" | "adam", "hyperparameters": {...},
+  "schedule": {"name": ..., "parameters": {...}}, "step": int, "epoch": int, "best": float | null,
+  "bad_epochs": int, "lr_scale": float}`` (see ``l2fast.optim.OptimizerState``).
 - ``W0``, ``W1``, ...: the weights, shape (n_l, n_{l-1}), in the network's dtype.
 - ``b0``, ``b1``, ...: the biases, shape (n_l,).
+- ``slot0_W0``, ``slot0_b0``, ...: the optimizer's state arrays (velocity; first and second
+  moments), shaped like the parameter they belong to.
+
+Version 1 files (no shuffle or optimizer state) still load. A loaded network trains on exactly as
+the saved one would have.
 
 Loading reads with ``allow_pickle=False`` and checks every field before building anything, so a
 truncated, corrupted or foreign file raises ``ValueError`` and executes nothing.
@@ -14,27 +24,37 @@ truncated, corrupted or foreign file raises ``ValueError`` and executes nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
+from dataclasses import fields
 from typing import Optional, Union
 
 import numpy as np
 
+from l2fast import optim
+
 FORMAT = "l2fast.Network"
-VERSION = 1
+VERSION = 2
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save(net, path: PathLike) -> None:
     """Writes ``net`` to ``path`` (a ``.npz`` file; the name is used as given)."""
-    weights, biases = net.weights, net.biases
+    weights, biases, state = net.weights, net.biases, net.optimizer_state
     metadata = {"format": FORMAT, "version": VERSION, "l2fast_version": _version(),
                 "layer_sizes": list(net.layer_sizes), "activation": net.activation, "loss": net.loss,
-                "lam": net.lam, "dtype": net.dtype.name, "backend": net.backend}
-    arrays = {"metadata": np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)}
+                "lam": net.lam, "dtype": net.dtype.name, "backend": net.backend,
+                "shuffle_state": net._shuffle_rng.bit_generator.state,
+                "optimizer": None if state is None else _state_metadata(state)}
+    arrays = {"metadata": np.frombuffer(json.dumps(metadata, allow_nan=False).encode("utf-8"), dtype=np.uint8)}
     arrays.update({f"W{layer}": W for layer, W in enumerate(weights)})
     arrays.update({f"b{layer}": b for layer, b in enumerate(biases)})
+    L = len(weights)
+    for s, slot in enumerate(state.slots if state is not None else []):
+        arrays.update({f"slot{s}_W{layer}": slot[layer] for layer in range(L)})
+        arrays.update({f"slot{s}_b{layer}": slot[L + layer] for layer in range(L)})
     with open(path, "wb") as file:  # a file object: savez would otherwise append ".npz" to the name
         np.savez(file, **arrays)
 
@@ -52,26 +72,81 @@ def load(path: PathLike, backend: Optional[str] = None):
             raise ValueError(f"path: {where!r} is not a readable l2fast network file ({exc})") from exc
     metadata = _metadata(contents, where)
     sizes = metadata["layer_sizes"]
-    weights, biases = [], []
-    for layer in range(len(sizes) - 1):
-        for name, shape, out in ((f"W{layer}", (sizes[layer + 1], sizes[layer]), weights),
-                                 (f"b{layer}", (sizes[layer + 1],), biases)):
-            array = contents.get(name)
-            if array is None or array.shape != shape or array.dtype.name != metadata["dtype"]:
-                found = "missing" if array is None else f"shape {array.shape}, dtype {array.dtype}"
-                raise ValueError(f"path: {where!r}: {name} should be {metadata['dtype']} of shape {shape}, "
-                                 f"found {found}")
-            out.append(array)
-    extra = set(contents) - {"metadata"} - {f"{k}{l}" for k in "Wb" for l in range(len(sizes) - 1)}
+    L = len(sizes) - 1
+    state_meta = metadata.get("optimizer")
+    n_slots = 0 if state_meta is None else _spec(state_meta, where).n_slots
+    expected = {}
+    for prefix in [""] + [f"slot{s}_" for s in range(n_slots)]:
+        for layer in range(L):
+            expected[f"{prefix}W{layer}"] = (sizes[layer + 1], sizes[layer])
+            expected[f"{prefix}b{layer}"] = (sizes[layer + 1],)
+    for name, shape in expected.items():
+        array = contents.get(name)
+        if array is None or array.shape != shape or array.dtype.name != metadata["dtype"]:
+            found = "missing" if array is None else f"shape {array.shape}, dtype {array.dtype}"
+            raise ValueError(f"path: {where!r}: {name} should be {metadata['dtype']} of shape {shape}, "
+                             f"found {found}")
+    extra = set(contents) - {"metadata"} - set(expected)
     if extra:
         raise ValueError(f"path: {where!r}: unexpected entries {sorted(extra)}")
+    weights = [contents[f"W{layer}"] for layer in range(L)]
+    biases = [contents[f"b{layer}"] for layer in range(L)]
     try:
         net = Network(sizes, activation=metadata["activation"], loss=metadata["loss"], lam=metadata["lam"],
                       backend=backend or metadata["backend"], dtype=metadata["dtype"])
         net.set_parameters(weights, biases)
-    except (ValueError, TypeError) as exc:
+        if "shuffle_state" in metadata:
+            net._shuffle_rng.bit_generator.state = metadata["shuffle_state"]
+        if state_meta is not None:
+            slots = [[contents[f"slot{s}_{k}{layer}"] for k in "Wb" for layer in range(L)] for s in range(n_slots)]
+            net._optimizer_state = _state(state_meta, slots, where)
+    except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"path: {where!r} holds an invalid network: {exc}") from exc
     return net
+
+
+def _state_metadata(state):
+    """The JSON side of an OptimizerState (its arrays are stored beside it)."""
+    return {"name": state.optimizer.name, "hyperparameters": optim.hyperparameters(state.optimizer),
+            "schedule": {"name": state.schedule.name, "parameters": optim.hyperparameters(state.schedule)},
+            "step": state.step, "epoch": state.epoch, "best": None if math.isinf(state.best) else state.best,
+            "bad_epochs": state.bad_epochs, "lr_scale": state.lr_scale}
+
+
+def _build(kinds, meta, what, where):
+    """An instance of kinds[meta["name"]] from meta["<params key>"], every field checked by its class."""
+    if not isinstance(meta, dict) or meta.get("name") not in kinds:
+        raise ValueError(f"path: {where!r}: the {what} is not one of {sorted(kinds)}")
+    kind = kinds[meta["name"]]
+    params = meta.get("hyperparameters" if what == "optimizer" else "parameters")
+    names = {f.name for f in fields(kind)}
+    if not isinstance(params, dict) or set(params) != names:
+        raise ValueError(f"path: {where!r}: the {what}'s parameters should be {sorted(names)}")
+    try:
+        return kind(**params)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"path: {where!r}: the saved {what} is invalid ({exc})") from exc
+
+
+def _spec(state_meta, where):
+    return _build({"sgd": optim.SGD, "momentum": optim.Momentum, "adam": optim.Adam}, state_meta, "optimizer",
+                  where)
+
+
+def _state(meta, slots, where):
+    schedule = _build(optim.SCHEDULES, meta.get("schedule"), "schedule", where)
+    counts = {key: meta.get(key) for key in ("step", "epoch", "bad_epochs")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+        raise ValueError(f"path: {where!r}: the optimizer's step, epoch and bad_epochs must be integers >= 0")
+    best, lr_scale = meta.get("best"), meta.get("lr_scale")
+    for name, value in (("best", best), ("lr_scale", lr_scale)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"path: {where!r}: the optimizer's {name} is malformed")
+    if lr_scale is None or not 0 < lr_scale <= 1:
+        raise ValueError(f"path: {where!r}: the optimizer's lr_scale must be in (0, 1]")
+    return optim.OptimizerState(_spec(meta, where), schedule, [[a.copy() for a in slot] for slot in slots],
+                                counts["step"], counts["epoch"], math.inf if best is None else float(best),
+                                counts["bad_epochs"], float(lr_scale))
 
 
 def _metadata(contents, where):
@@ -89,6 +164,10 @@ def _metadata(contents, where):
     if not isinstance(version, int) or version > VERSION or version < 1:
         raise ValueError(f"path: {where!r} has format version {version!r}; this l2fast reads versions up to "
                          f"{VERSION}: upgrade l2fast to read it")
+    if version >= 2 and not isinstance(metadata.get("shuffle_state"), dict):
+        raise ValueError(f"path: {where!r}: metadata field 'shuffle_state' is missing or malformed")
+    if version >= 2 and "optimizer" not in metadata:
+        raise ValueError(f"path: {where!r}: metadata field 'optimizer' is missing")
     expected = {"layer_sizes": list, "activation": str, "loss": str, "lam": (int, float), "dtype": str,
                 "backend": str}
     for key, kind in expected.items():
