@@ -2,12 +2,15 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV, validation_curve
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import l2fast
 from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier, L2MLPRegressor
 
 
@@ -122,3 +125,15 @@ def test_lam_equals_scikit_learn_alpha_times_m_over_batch(batch_size, n_classes)
         np.testing.assert_allclose(W_ours, W_theirs.T, rtol=1e-10, atol=1e-12)
     for b_ours, b_theirs in zip(ours.network_.biases, theirs.intercepts_):
         np.testing.assert_allclose(b_ours, b_theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_estimators_take_an_optimizer_and_keep_its_state_across_partial_fit():
+    X, y = load_digits(return_X_y=True)
+    X = X / 16
+    clf = L2MLPClassifier(hidden_layer_sizes=(32,), epochs=5, lr=0.003, random_state=0, optimizer="adam").fit(X, y)
+    assert clf.network_.optimizer_state.optimizer == l2fast.Adam()
+    assert clf.score(X, y) > 0.9
+    steps = clf.network_.optimizer_state.step
+    clf.partial_fit(X[:64], y[:64])
+    assert clf.network_.optimizer_state.step == steps + 2
+    assert clone(clf).get_params()["optimizer"] == "adam"

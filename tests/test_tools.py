@@ -36,7 +36,7 @@ def test_bench_writes_its_record(tmp_path, capsys):
     main(["bench", "--quick", "--repeats", "2", "--json", str(json_path), "--plot", str(plot_path)])
     record = json.loads(json_path.read_text())
     for key in ("machine", "versions", "threads", "commit", "blas", "backends", "configs", "lambda_price", "update",
-                "sweep"):
+                "sweep", "optimizers"):
         assert key in record, key
     assert record["commit"] == _core.build_commit and record["threads"]["l2fast OpenBLAS"] >= 1
     for key in ("A", "B"):
@@ -53,7 +53,10 @@ def test_bench_writes_its_record(tmp_path, capsys):
     assert {row["backend"] for row in record["sweep"]} == {"numpy", "cpu"}
     assert all(row["separate_over_stacked"] > 0 for row in record["sweep"])
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "U: the L2 update alone" in capsys.readouterr().out
+    assert {row["optimizer"] for row in record["optimizers"]} == {"sgd", "momentum", "nesterov", "adam", "adamw"}
+    assert all(row["l2fast_over_limit"] > 0 and row["median_s"]["axpy"] > 0 for row in record["optimizers"])
+    printed = capsys.readouterr().out
+    assert "U: the L2 update alone" in printed and "O: one optimizer step alone" in printed
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (1500, 2001)], ids=["small", "3M-entries-threaded"])

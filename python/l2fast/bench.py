@@ -283,6 +283,91 @@ def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     return rows
 
 
+OPTIMIZER_SIZES = [1_000_000, 10_000_000]
+QUICK_OPTIMIZER_SIZES = [10_000]
+# Arrays each update streams through memory (read or write, counting a read-and-write twice): W, G
+# and the state; the axpy W <- W + a G streams 3.
+OPTIMIZER_STREAMS = {"sgd": 3, "momentum": 5, "nesterov": 5, "adam": 7, "adamw": 7}
+
+
+def _torch_optimizer(torch, name, params, lr, decay):
+    """PyTorch's own optimizer for ``name`` with the same (coupled or, for AdamW, decoupled) decay,
+    fused where PyTorch has a fused CPU kernel, else foreach."""
+    groups = [{"params": params, "weight_decay": decay}]
+    make = {"sgd": lambda **k: torch.optim.SGD(groups, lr=lr, **k),
+            "momentum": lambda **k: torch.optim.SGD(groups, lr=lr, momentum=0.9, **k),
+            "nesterov": lambda **k: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **k),
+            "adam": lambda **k: torch.optim.Adam(groups, lr=lr, **k),
+            "adamw": lambda **k: torch.optim.AdamW(groups, lr=lr, **k)}[name]
+    try:
+        return make(fused=True), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return make(foreach=True), "foreach"
+
+
+def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
+    """O: one step of each optimizer's update on a tensor of n float32 parameters, against the
+    memory-bandwidth limit: OpenBLAS's in-place axpy, scaled to the bytes the update must stream."""
+    from l2fast.backends.cpu import _core, core_options
+    from l2fast.backends.numpy_ref import optimizer_step
+    from l2fast.optim import resolve_optimizer
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rows = []
+    print("O: one optimizer step alone (the update with its L2 term), float32; limit = axpy time x streams / 3",
+          file=out)
+    print(f"  {'parameters':>11} {'optimizer':>9} {'l2fast ms':>10} {'limit ms':>9} {'l2fast/limit':>13} "
+          f"{'NumPy ref ms':>13} {'PyTorch ms':>14}", file=out)
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        W = rng.standard_normal(n, dtype=np.float32)
+        G = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+        for name, streams in OPTIMIZER_STREAMS.items():
+            spec = resolve_optimizer(name)
+            slots = [np.zeros(n, np.float32) for _ in range(spec.n_slots)]
+            ref_W, ref_slots = W.copy(), [s.copy() for s in slots]
+            step = [0]
+
+            def ours():
+                step[0] += 1
+                _core.optimizer_step(W, G, slots, lr, lam_over_m, step[0], **core_options(spec))
+
+            kernels = {"l2fast": ours, "axpy": lambda: _core.axpy(-lr, G, W),
+                       "numpy": lambda: optimizer_step(ref_W, G, ref_slots, lr, lam_over_m, spec, max(step[0], 1))}
+            torch_kind = None
+            if torch is not None:
+                param = torch.nn.Parameter(torch.from_numpy(W.copy()))
+                param.grad = torch.from_numpy(G)
+                opt, torch_kind = _torch_optimizer(torch, name, [param], lr, lam_over_m)
+                kernels["torch"] = opt.step
+            # Timed in blocks, not interleaved: PyTorch's OpenMP threads keep spinning after each step
+            # and would slow the OpenBLAS axpy that follows; they get time to go idle after theirs.
+            times = {k: [] for k in kernels}
+            for k, f in kernels.items():
+                for r in range(2 + 2 * repeats):
+                    start = time.perf_counter()
+                    f()
+                    if r >= 2:
+                        times[k].append(time.perf_counter() - start)
+                if k == "torch":
+                    time.sleep(0.3)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            limit = med["axpy"] * streams / 3
+            row = {"parameters": n, "optimizer": name, "streams": streams, "median_s": med, "limit_s": limit,
+                   "l2fast_over_limit": med["l2fast"] / limit, "numpy_over_limit": med["numpy"] / limit,
+                   "torch_kind": torch_kind}
+            if "torch" in med:
+                row["torch_over_limit"] = med["torch"] / limit
+            rows.append(row)
+            torch_ms = f"{med['torch'] * 1e3:>8.3f} ({torch_kind})" if "torch" in med else f"{'-':>14}"
+            print(f"  {n:>11} {name:>9} {med['l2fast'] * 1e3:>10.3f} {limit * 1e3:>9.3f} "
+                  f"{row['l2fast_over_limit']:>13.2f} {med['numpy'] * 1e3:>13.3f} {torch_ms}", file=out)
+    return rows
+
+
 SWEEP_CONFIGS = [  # (sizes, records, batch, epochs): the demo's network, and D's
     ([64, 256, 256, 10], 100, 20, 100),
     ([64, 64, 10], 50_000, 32, 1),
@@ -400,6 +485,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         record["sweep"] = bench_sweep(QUICK_SWEEP_CONFIGS if quick else SWEEP_CONFIGS, backends, repeats, out)
     if configs is None or "U" in configs:
         record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out)
+    if configs is None or "O" in configs:
+        record["optimizers"] = bench_optimizers(QUICK_OPTIMIZER_SIZES if quick else OPTIMIZER_SIZES, repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

@@ -63,7 +63,8 @@ class _L2Estimator(BaseEstimator):
             net = self._new_network(X.shape[1], n_outputs, loss, X)
         net.lam = self.lam
         batch = None if self.batch_size is None else min(self.batch_size, len(X))
-        history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle)
+        history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
+                          optimizer=self.optimizer)
         self.network_ = net
         if not reuse or not hasattr(self, "loss_curve_"):
             self.loss_curve_ = []
@@ -131,13 +132,15 @@ class L2MLPClassifier(_Classifier):
     (units per hidden layer), ``activation`` (relu, tanh, sigmoid, identity), ``lam`` (lambda of
     (lam / 2m) sum ||W||^2), ``lr``, ``batch_size`` (None: full batch), ``epochs``, ``shuffle``,
     ``backend`` ("cpu", "numpy" or "cuda"), ``dtype`` (None: float32 for float32 input, else float64),
-    ``random_state``, ``warm_start``. Fitted: ``classes_``, ``network_`` (the ``l2fast.Network``),
+    ``random_state``, ``warm_start``, ``optimizer`` ("sgd", "momentum", "nesterov", "adam", "adamw" or an
+    ``l2fast.optim`` instance; its state carries over ``partial_fit`` and ``warm_start``). Fitted: ``classes_``, ``network_`` (the ``l2fast.Network``),
     ``loss_curve_`` (J per epoch), ``n_iter_``, ``n_features_in_``.
     """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
                  lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
-                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False):
+                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False,
+                 optimizer="sgd"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.lam = lam
@@ -149,6 +152,7 @@ class L2MLPClassifier(_Classifier):
         self.dtype = dtype
         self.random_state = random_state
         self.warm_start = warm_start
+        self.optimizer = optimizer
 
 
 class L2LogisticRegression(_Classifier):
@@ -159,7 +163,7 @@ class L2LogisticRegression(_Classifier):
 
     def __init__(self, lam: float = 1.0, lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200,
                  shuffle: bool = True, backend: str = "cpu", dtype: Optional[str] = None, random_state=None,
-                 warm_start: bool = False):
+                 warm_start: bool = False, optimizer="sgd"):
         self.lam = lam
         self.lr = lr
         self.batch_size = batch_size
@@ -169,6 +173,7 @@ class L2LogisticRegression(_Classifier):
         self.dtype = dtype
         self.random_state = random_state
         self.warm_start = warm_start
+        self.optimizer = optimizer
 
     def _hidden(self):
         return ()
@@ -196,7 +201,8 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
                  lr: float = 0.001, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
-                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False):
+                 backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False,
+                 optimizer="sgd"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.lam = lam
@@ -208,6 +214,7 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
         self.dtype = dtype
         self.random_state = random_state
         self.warm_start = warm_start
+        self.optimizer = optimizer
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
