@@ -14,7 +14,9 @@ def test_parity_passes_and_covers_every_problem(capsys):
     text = capsys.readouterr().out
     for problem, *_ in parity.PROBLEMS:
         assert problem in text
-    assert "36 passed, 0 failed" in text
+    for optimizer in ("momentum", "nesterov", "adam", "adamw"):
+        assert f"{optimizer}: parameters, state" in text
+    assert "44 passed, 0 failed" in text
 
 
 def test_parity_exits_non_zero_when_a_backend_is_off(monkeypatch, capsys):

@@ -57,6 +57,17 @@ def check_backend(backend, dtype, m=203, epochs=3, batch_size=32, lam=0.5, seed=
             net.fit(X, y, epochs=epochs, lr=0.05, batch_size=batch_size)
         _compare(rows, backend, dtype, problem, f"parameters after {epochs} epochs", fast.weights + fast.biases,
                  ref.weights + ref.biases)
+    # Every optimizer, with its state, on the first problem.
+    problem, sizes, activation, loss = PROBLEMS[0]
+    X, y = make_problem(loss, sizes[0], sizes[-1], m, seed=seed)
+    for optimizer in ("momentum", "nesterov", "adam", "adamw"):
+        ref, fast = (l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend=name, dtype=dtype,
+                                    seed=seed) for name in ("numpy", backend))
+        for net in (ref, fast):
+            net.fit(X, y, epochs=epochs, lr=0.005, batch_size=batch_size, optimizer=optimizer)
+        state, ref_state = fast.optimizer_state, ref.optimizer_state
+        _compare(rows, backend, dtype, problem, f"{optimizer}: parameters, state",
+                 fast.weights + fast.biases + sum(state.slots, []), ref.weights + ref.biases + sum(ref_state.slots, []))
     return rows
 
 
@@ -65,12 +76,12 @@ def run(backends=None, dtypes=("float64", "float32"), out=None):
     out = out or sys.stdout
     backends = [b for b in (backends or l2fast.available_backends()) if b != "numpy"]
     rows = [row for backend in backends for dtype in dtypes for row in check_backend(backend, dtype)]
-    print(f"{'backend':<8} {'dtype':<8} {'problem':<24} {'quantity':<24} {'worst abs':>10} {'worst rel':>10}  "
+    print(f"{'backend':<8} {'dtype':<8} {'problem':<24} {'quantity':<28} {'worst abs':>10} {'worst rel':>10}  "
           f"tolerance", file=out)
     for r in rows:
         tol = TOLERANCES[np.dtype(r.dtype)]
         verdict = "ok" if r.passed else "FAIL"
-        print(f"{r.backend:<8} {r.dtype:<8} {r.problem:<24} {r.quantity:<24} {r.abs_error:>10.2e} "
+        print(f"{r.backend:<8} {r.dtype:<8} {r.problem:<24} {r.quantity:<28} {r.abs_error:>10.2e} "
               f"{r.rel_error:>10.2e}  {verdict} (rtol {tol['rtol']:g}, atol {tol['atol']:g})", file=out)
     failed = sum(not r.passed for r in rows)
     print(f"{len(rows) - failed} passed, {failed} failed", file=out)
