@@ -57,6 +57,8 @@ def test_bench_writes_its_record(tmp_path, capsys):
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {row["optimizer"] for row in record["optimizers"]} == {"sgd", "momentum", "nesterov", "adam", "adamw"}
     assert all(row["l2fast_over_limit"] > 0 and row["median_s"]["axpy"] > 0 for row in record["optimizers"])
+    assert set(record["optimizer_epochs"]["B"]) == {"sgd", "momentum", "nesterov", "adam", "adamw"}
+    assert record["optimizer_epochs"]["B"]["sgd"]["over_sgd"] == 1.0
     printed = capsys.readouterr().out
     assert "U: the L2 update alone" in printed and "O: one optimizer step alone" in printed
 

@@ -69,14 +69,17 @@ def make_data(config, seed=0):
 # -- contenders: each has a name and epoch() -> seconds ----------------------------------------
 
 class L2fastContender:
-    def __init__(self, config, X, y, backend, lam=None):
-        self.name = f"l2fast {backend}" + ("" if lam is None else f" lambda={lam:g}")
+    def __init__(self, config, X, y, backend, lam=None, optimizer="sgd"):
+        self.name = f"l2fast {backend}" + ("" if lam is None else f" lambda={lam:g}") + \
+            ("" if optimizer == "sgd" else f" {optimizer}")
         self.net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss,
                                   lam=config.lam if lam is None else lam, backend=backend, dtype="float32", seed=0)
-        self.config, self.X, self.y = config, X, y
+        self.config, self.X, self.y, self.optimizer = config, X, y, optimizer
 
     def epoch(self):
-        history = self.net.fit(self.X, self.y, epochs=1, lr=self.config.lr, batch_size=self.config.batch)
+        lr = self.config.lr / 10 if self.optimizer.startswith("adam") else self.config.lr
+        history = self.net.fit(self.X, self.y, epochs=1, lr=lr, batch_size=self.config.batch,
+                               optimizer=self.optimizer)
         return history.seconds[0]
 
 
@@ -368,6 +371,21 @@ def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     return rows
 
 
+def bench_optimizer_epochs(config, repeats, out):
+    """The price of each optimizer in a whole cpu epoch: its epoch time over plain SGD's."""
+    X, y = make_data(config)
+    contenders = [L2fastContender(config, X, y, "cpu", optimizer=name) for name in OPTIMIZER_STREAMS]
+    results = summarise(interleaved(contenders, repeats), config.m)
+    sgd = results[contenders[0].name]["median_s"]
+    rows = {}
+    for c in contenders:
+        rows[c.optimizer] = {"median_s": results[c.name]["median_s"],
+                             "over_sgd": results[c.name]["median_s"] / sgd}
+        print(f"  O ({config.key}) l2fast cpu epoch, {c.optimizer:>8}: {rows[c.optimizer]['median_s']:.4f} s "
+              f"({rows[c.optimizer]['over_sgd']:.3f} x sgd)", file=out)
+    return rows
+
+
 SWEEP_CONFIGS = [  # (sizes, records, batch, epochs): the demo's network, and D's
     ([64, 256, 256, 10], 100, 20, 100),
     ([64, 64, 10], 50_000, 32, 1),
@@ -487,6 +505,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out)
     if configs is None or "O" in configs:
         record["optimizers"] = bench_optimizers(QUICK_OPTIMIZER_SIZES if quick else OPTIMIZER_SIZES, repeats, out)
+        record["optimizer_epochs"] = {c.key: bench_optimizer_epochs(c, repeats, out) for c in
+                                      (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"])}
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)
