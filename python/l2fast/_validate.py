@@ -57,9 +57,9 @@ def layer_sizes(sizes):
     return tuple(integer(s, f"layer_sizes[{i}]", 1) for i, s in enumerate(sizes))
 
 
-def _numeric_array(values, name, *, allow_bool=False):
+def _numeric_array(values, name, *, allow_bool=False, xp=np):
     try:
-        array = np.asarray(values)
+        array = xp.asarray(values)
     except Exception as exc:  # a ragged list, an object that refuses __array__
         raise TypeError(f"{name}: cannot be read as an array ({exc})") from exc
     kind = array.dtype.kind
@@ -72,49 +72,50 @@ def _numeric_array(values, name, *, allow_bool=False):
     return array
 
 
-def _finite(array, name):
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+def _finite(array, name, xp=np):
+    if array.dtype.kind == "f" and not bool(xp.isfinite(array).all()):
         raise ValueError(f"{name}: contains NaN or infinity")
 
 
-def features(X, n_in, dtype, name="X"):
-    """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite."""
-    array = _numeric_array(X, name)
+def features(X, n_in, dtype, name="X", xp=np):
+    """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite. ``xp`` is the array module
+    (NumPy, or CuPy for arrays already on a GPU, which are then checked there)."""
+    array = _numeric_array(X, name, xp=xp)
     if array.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (records, features), got shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{name}: no records (0 rows)")
     if array.shape[1] != n_in:
         raise ValueError(f"{name}: expected {n_in} features per record, got {array.shape[1]}")
-    _finite(array, name)
-    return np.ascontiguousarray(array, dtype=dtype)
+    _finite(array, name, xp)
+    return xp.ascontiguousarray(array, dtype=dtype)
 
 
-def targets(y, m, loss, n_out, dtype, name="y"):
+def targets(y, m, loss, n_out, dtype, name="y", xp=np):
     """y in the kernels' layout: int64 labels (m,) for softmax, dtype (m, n_out) values otherwise."""
-    array = _numeric_array(y, name, allow_bool=loss == "logistic")
+    array = _numeric_array(y, name, allow_bool=loss == "logistic", xp=xp)
     if loss == "softmax":
         if array.ndim != 1 or len(array) != m:
             raise ValueError(f"{name}: expected {m} class labels of shape ({m},), got shape {array.shape}")
-        _finite(array, name)
+        _finite(array, name, xp)
         labels = array.astype(np.int64)
-        if array.dtype.kind == "f" and not np.array_equal(labels, array):
+        if array.dtype.kind == "f" and not bool(xp.array_equal(labels, array)):
             raise ValueError(f"{name}: class labels must be integers, got non-integer values")
         bad = (labels < 0) | (labels >= n_out)
-        if bad.any():
+        if bool(bad.any()):
+            where = int(xp.argmax(bad))
             raise ValueError(
-                f"{name}: class labels must lie in [0, {n_out - 1}], got {labels[bad][0]} "
-                f"at index {int(np.argmax(bad))}"
+                f"{name}: class labels must lie in [0, {n_out - 1}], got {int(labels[where])} at index {where}"
             )
-        return np.ascontiguousarray(labels)
+        return xp.ascontiguousarray(labels)
     if array.ndim == 1 and n_out == 1:
         array = array[:, None]
     if array.shape != (m, n_out):
         want = f"({m},) or ({m}, 1)" if n_out == 1 else f"({m}, {n_out})"
         raise ValueError(f"{name}: expected shape {want}, got {array.shape}")
-    _finite(array, name)
-    values = np.ascontiguousarray(array, dtype=dtype)
-    if loss == "logistic" and not np.isin(values, (0, 1)).all():
+    _finite(array, name, xp)
+    values = xp.ascontiguousarray(array, dtype=dtype)
+    if loss == "logistic" and not bool(((values == 0) | (values == 1)).all()):
         raise ValueError(f"{name}: logistic labels must be 0 or 1")
     return values
 

@@ -42,7 +42,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def save(net, path: PathLike) -> None:
     """Writes ``net`` to ``path`` (a ``.npz`` file; the name is used as given)."""
-    weights, biases, state = net.weights, net.biases, net.optimizer_state
+    weights, biases, state = net.weights, net.biases, net._host_optimizer_state()
     metadata = {"format": FORMAT, "version": VERSION, "l2fast_version": _version(),
                 "layer_sizes": list(net.layer_sizes), "activation": net.activation, "loss": net.loss,
                 "lam": net.lam, "dtype": net.dtype.name, "backend": net.backend,
@@ -99,7 +99,7 @@ def load(path: PathLike, backend: Optional[str] = None):
             net._shuffle_rng.bit_generator.state = metadata["shuffle_state"]
         if state_meta is not None:
             slots = [[contents[f"slot{s}_{k}{layer}"] for k in "Wb" for layer in range(L)] for s in range(n_slots)]
-            net._optimizer_state = _state(state_meta, slots, where)
+            net._restore_optimizer_state(_state(state_meta, slots, where))
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"path: {where!r} holds an invalid network: {exc}") from exc
     return net

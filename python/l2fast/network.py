@@ -147,9 +147,9 @@ class Network:
         self.seed = seed
         self._backend = get_backend(backend)
         init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
-        self._weights, self._biases = initial_parameters(
-            self.layer_sizes, self.activation, self.dtype, np.random.default_rng(init_seq)
-        )
+        weights, biases = initial_parameters(self.layer_sizes, self.activation, self.dtype,
+                                             np.random.default_rng(init_seq))
+        self._weights, self._biases = self._to_backend(weights), self._to_backend(biases)
         self._shuffle_rng = np.random.default_rng(shuffle_seq)
         self._optimizer_state: Optional[optim.OptimizerState] = None
         self._lock = threading.RLock()
@@ -170,23 +170,32 @@ class Network:
     def lam(self, value: float) -> None:
         self._lam = _validate.real(value, "lam", positive=False)
 
+    def _to_backend(self, arrays):
+        return [self._backend.from_host(a) for a in arrays]
+
+    def _to_host(self, arrays):
+        """NumPy copies of backend arrays."""
+        return [np.array(self._backend.to_host(a), copy=True) for a in arrays]
+
     @property
     @_serialised
     def weights(self) -> List[FloatArray]:
-        """Copies of W[l], shape (n_l, n_{l-1}); change them with ``set_parameters``."""
-        return [W.copy() for W in self._weights]
+        """NumPy copies of W[l], shape (n_l, n_{l-1}), on every backend; change them with
+        ``set_parameters``."""
+        return self._to_host(self._weights)
 
     @property
     @_serialised
     def biases(self) -> List[FloatArray]:
-        """Copies of b[l], shape (n_l,)."""
-        return [b.copy() for b in self._biases]
+        """NumPy copies of b[l], shape (n_l,)."""
+        return self._to_host(self._biases)
 
     @_serialised
     def set_parameters(self, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike]) -> None:
         """Copy validated values into the network: weights[l] (n_l, n_{l-1}), biases[l] (n_l,). The
         optimizer's state (velocities, moments, schedule) starts afresh with the next ``fit``."""
-        self._weights, self._biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
+        weights, biases = _validate.parameters(weights, biases, self.layer_sizes, self.dtype)
+        self._weights, self._biases = self._to_backend(weights), self._to_backend(biases)
         self._optimizer_state = None
 
     @property
@@ -195,6 +204,21 @@ class Network:
         """A copy of the state ``fit`` resumes from (optimizer, schedule, velocities or moments, step
         and epoch counts), or None before the first ``fit`` and after ``reset_optimizer``."""
         return None if self._optimizer_state is None else self._optimizer_state.copy()
+
+    def _host_optimizer_state(self):
+        """optimizer_state with its arrays as NumPy arrays (for saving and pickling)."""
+        state = self._optimizer_state
+        if state is None:
+            return None
+        state = state.copy()
+        state.slots = [self._to_host(slot) for slot in state.slots]
+        return state
+
+    def _restore_optimizer_state(self, state):
+        """Takes a state whose arrays are NumPy arrays (from a file or a pickle)."""
+        if state is not None:
+            state.slots = [self._to_backend(slot) for slot in state.slots]
+        self._optimizer_state = state
 
     @_serialised
     def reset_optimizer(self) -> None:
@@ -206,14 +230,14 @@ class Network:
     def penalty(self, m: int) -> float:
         """(lam / 2m) sum_l ||W[l]||_F^2 for a data set of m records, summed in float64."""
         m = _validate.integer(m, "m", 1)
-        squares = sum(float(np.sum(np.square(W, dtype=np.float64))) for W in self._weights)
+        squares = sum(self._backend.sum_squares(W) for W in self._weights)
         return self._lam / (2 * m) * squares
 
     # -- evaluation ---------------------------------------------------------------------------------
 
     def _data(self, X, y):
-        X = _validate.features(X, self.layer_sizes[0], self.dtype)
-        return X, _validate.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
+        X = self._backend.features(X, self.layer_sizes[0], self.dtype)
+        return X, self._backend.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
 
     @_serialised
     def cost_parts(self, X: ArrayLike, y: ArrayLike) -> CostParts:
@@ -229,36 +253,41 @@ class Network:
 
     @_serialised
     def gradients(self, X: ArrayLike, y: ArrayLike) -> Tuple[List[FloatArray], List[FloatArray]]:
-        """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of arrays."""
+        """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of NumPy arrays."""
         X, y = self._data(X, y)
         dW, db, _ = self._backend.gradients(
             self._weights, self._biases, X, y, self._lam / len(X), self.activation, self.loss
         )
-        return list(dW), list(db)
+        return self._to_host(dW), self._to_host(db)
 
     def _output(self, X):
-        X = _validate.features(X, self.layer_sizes[0], self.dtype)
+        """The backend's output for X, in the backend's array type."""
+        X = self._backend.features(X, self.layer_sizes[0], self.dtype)
         return self._backend.predict(self._weights, self._biases, X, self.activation, self.loss)
 
     @_serialised
     def predict_proba(self, X: ArrayLike) -> FloatArray:
-        """Class probabilities (m, n_classes) for X (m, n_x); (m, 2) = [P(0), P(1)] for logistic."""
+        """Class probabilities (m, n_classes) for X (m, n_x); (m, 2) = [P(0), P(1)] for logistic. The
+        array type is X's: NumPy, or CuPy for GPU arrays on the cuda backend."""
         if self.loss == "squared_error":
             raise TypeError("predict_proba: this network is a regressor (loss='squared_error'); use predict")
         out = self._output(X)
         if self.loss == "logistic":
-            return np.concatenate([1 - out, out], axis=1)
-        return out
+            out = self._backend.xp.concatenate([1 - out, out], axis=1)
+        return self._backend.like_input(out, X)
 
     @_serialised
     def predict(self, X: ArrayLike) -> Union[NDArray[np.int64], FloatArray]:
-        """Class labels (m,) int64 for classification; values (m,) or (m, n_out) for regression."""
+        """Class labels (m,) int64 for classification; values (m,) or (m, n_out) for regression. The
+        array type is X's: NumPy, or CuPy for GPU arrays on the cuda backend."""
         out = self._output(X)
         if self.loss == "softmax":
-            return out.argmax(axis=1)
-        if self.loss == "logistic":
-            return (out[:, 0] >= 0.5).astype(np.int64)
-        return out[:, 0] if out.shape[1] == 1 else out
+            out = out.argmax(axis=1)
+        elif self.loss == "logistic":
+            out = (out[:, 0] >= 0.5).astype(np.int64)
+        elif out.shape[1] == 1:
+            out = out[:, 0]
+        return self._backend.like_input(out, X)
 
     @_serialised
     def score(self, X: ArrayLike, y: ArrayLike) -> float:
@@ -268,8 +297,8 @@ class Network:
             _, correct = self._backend.evaluate(self._weights, self._biases, X, y_kernel, self.activation,
                                                 self.loss)
             return correct / len(X)
-        pred = self._output(X).astype(np.float64)
-        truth = y_kernel.astype(np.float64)
+        pred = self._backend.to_host(self._output(X)).astype(np.float64)
+        truth = self._backend.to_host(y_kernel).astype(np.float64)
         residual = ((truth - pred) ** 2).sum(axis=0)
         spread = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -321,15 +350,21 @@ class Network:
         io.save(self, path)
 
     def __getstate__(self):
-        # Pickling (scikit-learn clones and caches estimators) keeps the backend by name, not the lock.
+        # Pickling (scikit-learn clones and caches estimators) keeps the backend by name, not the lock,
+        # and the arrays as NumPy arrays.
         state = self.__dict__.copy()
         state["_backend"] = self._backend.name
+        state["_weights"], state["_biases"] = self._to_host(self._weights), self._to_host(self._biases)
+        state["_optimizer_state"] = self._host_optimizer_state()
         del state["_lock"]
         return state
 
     def __setstate__(self, state):
         state["_backend"] = get_backend(state["_backend"])
+        optimizer_state = state.pop("_optimizer_state", None)
         self.__dict__.update(state)
+        self._weights, self._biases = self._to_backend(self._weights), self._to_backend(self._biases)
+        self._restore_optimizer_state(optimizer_state)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -375,7 +410,8 @@ def _optimizer_states(networks, optimizer, schedule):
     for net in networks:
         state = net._optimizer_state
         if state is None or state.optimizer != optimizer:
-            state = optim.OptimizerState.fresh(optimizer, schedule, net._weights, net._biases)
+            state = optim.OptimizerState.fresh(optimizer, schedule, net._weights, net._biases,
+                                               net._backend.xp.zeros_like)
         else:
             state = state.copy()
         if state.schedule != schedule:
@@ -452,7 +488,7 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
                 net, history = networks[k], histories[k]
                 history.seconds.append(seconds)
                 history.lr.append(rates[k])
-                if not (np.isfinite(loss_sum) and all(np.isfinite(p).all() for p in net._weights + net._biases)):
+                if not (np.isfinite(loss_sum) and backend.all_finite(net._weights + net._biases)):
                     net._weights, net._biases, states[k] = saved[k]
                     net._optimizer_state = states[k]
                     raise DivergenceError(
@@ -475,7 +511,8 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
                 states[k].end_epoch(history.val_cost[-1] if validation_data is not None else None)
                 if patience is not None:
                     if best[k] is None or history.val_loss[-1] < best[k][0]:
-                        best[k] = (history.val_loss[-1], net.weights, net.biases, states[k].copy())
+                        best[k] = (history.val_loss[-1], [W.copy() for W in net._weights],
+                                   [b.copy() for b in net._biases], states[k].copy())
                         history.best_epoch = epoch + 1
                     elif epoch + 1 - history.best_epoch >= patience:
                         history.stopped_early = True

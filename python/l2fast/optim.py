@@ -239,8 +239,8 @@ class OptimizerState:
     lr_scale: float = 1.0
 
     @classmethod
-    def fresh(cls, optimizer, schedule, weights, biases):
-        zeros = lambda arrays: [np.zeros_like(a) for a in arrays]  # noqa: E731
+    def fresh(cls, optimizer, schedule, weights, biases, zeros_like=np.zeros_like):
+        zeros = lambda arrays: [zeros_like(a) for a in arrays]  # noqa: E731
         return cls(optimizer, schedule, [zeros(weights) + zeros(biases) for _ in range(optimizer.n_slots)])
 
     def restart_schedule(self, schedule):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import scipy_openblas32  # noqa: F401
 
 from l2fast import _core
+from l2fast.backends.numpy_ref import HostArrays
 
 
 def core_options(optimizer):
@@ -21,7 +22,7 @@ def core_options(optimizer):
     return options
 
 
-class CpuBackend:
+class CpuBackend(HostArrays):
     """backend="cpu": parameters are NumPy arrays that the C++ kernels update in place."""
 
     name = "cpu"

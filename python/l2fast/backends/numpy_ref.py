@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from l2fast import _validate
+
 BLOCK_ROWS = 2048  # the whole-data passes work in blocks of this many records, like the C++ ones
 
 
@@ -143,7 +145,41 @@ def backward_all(weights, X, outputs, dZ, activation, consume):
         dZ = dZ_below
 
 
-class NumpyBackend:
+class HostArrays:
+    """Where the numpy and cpu backends keep arrays: in host memory, as NumPy arrays. The cuda backend
+    implements the same methods for arrays on the GPU."""
+
+    xp = np
+
+    def features(self, X, n_in, dtype):
+        """X validated (see ``_validate.features``) in this backend's memory."""
+        return _validate.features(X, n_in, dtype)
+
+    def targets(self, y, m, loss, n_out, dtype):
+        """y validated (see ``_validate.targets``) in this backend's memory."""
+        return _validate.targets(y, m, loss, n_out, dtype)
+
+    def from_host(self, array):
+        """A validated NumPy array in this backend's memory (here: itself)."""
+        return array
+
+    def to_host(self, array):
+        """A backend array as a NumPy array (here: itself)."""
+        return array
+
+    def like_input(self, array, X):
+        """A result for the caller, in the array type of their input X (here: NumPy)."""
+        return array
+
+    def all_finite(self, arrays):
+        return all(bool(np.isfinite(a).all()) for a in arrays)
+
+    def sum_squares(self, array):
+        """sum of squares of the entries, in float64, as a Python float."""
+        return float(np.sum(np.square(array, dtype=np.float64)))
+
+
+class NumpyBackend(HostArrays):
     """backend="numpy": parameters are NumPy arrays, updated in place."""
 
     name = "numpy"
