@@ -35,7 +35,8 @@ def test_demo_command_runs(tmp_path):
     assert "chosen lambda" in result.stdout and (tmp_path / "validation_curve.png").exists()
 
 
-def test_demo_with_cuda_on_a_machine_without_it_exits_with_the_reason(capsys, tmp_path):
+def test_demo_with_cuda_on_a_machine_without_it_exits_with_the_reason(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # a machine without CuPy, even where there is one
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--quick", "--backend", "cuda", "--out", str(tmp_path)])
     assert exit_info.value.code == 2

@@ -47,12 +47,6 @@ def test_lam_setter_refuses_and_keeps_value():
     assert net.lam == 0.5
 
 
-def test_cuda_without_cupy_or_gpu_is_a_clear_error():
-    with pytest.raises(l2fast.BackendUnavailableError, match="cuda"):
-        l2fast.Network([2, 2], backend="cuda")
-    assert "cuda" not in l2fast.available_backends()
-
-
 # -- data given to the model's methods ---------------------------------------------------------
 
 X_OK, Y_OK = make_problem("softmax", 4, 3, m=10, seed=0)

@@ -5,8 +5,6 @@ Every backend implements the same small protocol on parameters held as lists of 
 """
 from __future__ import annotations
 
-import importlib.util
-
 BACKENDS = ("numpy", "cpu", "cuda")
 
 
@@ -32,14 +30,25 @@ def get_backend(name):
                 "reinstall with `pip install --force-reinstall l2fast`"
             ) from exc
         return CpuBackend()
-    if importlib.util.find_spec("cupy") is None:
+    try:
+        import cupy  # noqa: F401
+    except ImportError as exc:
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == "cupy"
         raise BackendUnavailableError(
-            "backend='cuda' needs CuPy and an NVIDIA GPU; CuPy is not installed. "
-            "Install it with `pip install \"l2fast[cuda]\"` on a machine with a CUDA 12 driver."
+            "backend='cuda' needs CuPy and an NVIDIA GPU; "
+            + ("CuPy is not installed. " if missing else f"CuPy is installed but failed to import ({exc}). ")
+            + "Install it with `pip install \"l2fast[cuda]\"` (the CuPy wheel for CUDA 12) on a machine with an "
+            "NVIDIA driver for CUDA 12; backend='cpu' runs here without one."
+        ) from exc
+    from l2fast.backends import cuda
+
+    reason = cuda.probe()
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"backend='cuda' needs a usable NVIDIA GPU: CuPy is installed, but {reason}. Check `nvidia-smi`, the "
+            "driver (CUDA 12 needs 525 or newer) and CUDA_VISIBLE_DEVICES; backend='cpu' runs without a GPU."
         )
-    raise BackendUnavailableError(
-        "backend='cuda' is not part of this release of l2fast yet; use backend='cpu'."
-    )
+    return cuda.CudaBackend()
 
 
 def available_backends():

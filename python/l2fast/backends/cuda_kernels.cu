@@ -1,0 +1,182 @@
+// The cuda backend's kernels (python/l2fast/backends/cuda.py compiles this file with NVRTC, once per dtype,
+// after a line `typedef float T;` or `typedef double T;`). Each mirrors a function of the NumPy reference.
+// Activations: 0 identity, 1 relu, 2 tanh, 3 sigmoid. Losses: 0 squared_error, 1 logistic, 2 softmax.
+// Every kernel takes one element (or one row) per thread and returns when its index is past the end.
+
+__device__ __forceinline__ long long thread_index() {
+    return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+// exp only ever of -|z|: no overflow on either side.
+__device__ __forceinline__ T sigmoid_of(T z) {
+    const T e = exp(-fabs(z));
+    return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
+__device__ __forceinline__ T activate(T z, int act) {
+    switch (act) {
+        case 1: return z > T(0) ? z : T(0);
+        case 2: return tanh(z);
+        case 3: return sigmoid_of(z);
+        default: return z;
+    }
+}
+
+// dA/dZ from the activated output A.
+__device__ __forceinline__ T derivative_from_output(T a, int act) {
+    switch (act) {
+        case 1: return a > T(0) ? T(1) : T(0);
+        case 2: return T(1) - a * a;
+        case 3: return a * (T(1) - a);
+        default: return T(1);
+    }
+}
+
+// dst (rows, cols) <- the rows order[offset .. offset + rows) of src (., cols); offset is read on the
+// device, so a captured step gathers the next batch each time it is replayed.
+extern "C" __global__ void gather_rows(const T* src, const long long* order, const long long* counters, T* dst,
+                                       long long rows, long long cols) {
+    const long long i = thread_index();
+    if (i >= rows * cols) return;
+    const long long r = i / cols, c = i - r * cols;
+    dst[i] = src[order[counters[0] + r] * cols + c];
+}
+
+extern "C" __global__ void gather_labels(const long long* src, const long long* order, const long long* counters,
+                                         long long* dst, long long rows) {
+    const long long r = thread_index();
+    if (r >= rows) return;
+    dst[r] = src[order[counters[0] + r]];
+}
+
+// Z (K models x rows x n) <- act(Z + b[k]): the bias and activation of a layer's GEMM output.
+extern "C" __global__ void bias_activation(T* Z, const T* bias, long long rows, long long n, long long total,
+                                           int act) {
+    const long long i = thread_index();
+    if (i >= total) return;
+    const long long j = i % n, k = i / (rows * n);
+    Z[i] = activate(Z[i] + bias[k * n + j], act);
+}
+
+// dA (total) <- dA * act'(Z), from the activated output A: dL/dZ of a hidden layer.
+extern "C" __global__ void activation_backward(T* dA, const T* A, long long total, int act) {
+    const long long i = thread_index();
+    if (i >= total) return;
+    dA[i] *= derivative_from_output(A[i], act);
+}
+
+// One thread per record r of K x rows: the loss of the logits Z[r] (n of them) against the targets of record
+// r % rows, added to loss_sum[k] (and correct[k]); Z[r] is overwritten with dL/dZ = yhat - y.
+extern "C" __global__ void loss_gradient(T* Z, const T* y_values, const long long* y_labels, long long rows,
+                                         long long K, long long n, int loss, double* loss_sum,
+                                         unsigned long long* correct) {
+    const long long r = thread_index();
+    if (r >= K * rows) return;
+    const long long k = r / rows, i = r - k * rows;
+    T* z = Z + r * n;
+    T record_loss = T(0);
+    bool right = false;
+    if (loss == 2) {
+        const long long label = y_labels[i];
+        T z_max = z[0];
+        long long best = 0;
+        for (long long j = 1; j < n; ++j)
+            if (z[j] > z_max) {
+                z_max = z[j];
+                best = j;
+            }
+        T total = T(0);
+        for (long long j = 0; j < n; ++j) total += exp(z[j] - z_max);
+        record_loss = (log(total) + z_max) - z[label];
+        right = best == label;
+        for (long long j = 0; j < n; ++j) z[j] = exp(z[j] - z_max) / total - (j == label ? T(1) : T(0));
+    } else if (loss == 1) {
+        const T x = z[0], t = y_values[i];
+        record_loss = (x > T(0) ? x : T(0)) - t * x + log1p(exp(-fabs(x)));
+        const T p = sigmoid_of(x);
+        right = (p >= T(0.5)) == (t == T(1));
+        z[0] = p - t;
+    } else {
+        for (long long j = 0; j < n; ++j) {
+            const T d = z[j] - y_values[i * n + j];
+            record_loss += d * d;
+            z[j] = d;
+        }
+        record_loss *= T(0.5);
+    }
+    atomicAdd(loss_sum + k, (double)record_loss);
+    if (right) atomicAdd(correct + k, 1ULL);
+}
+
+// The network's output from the last layer's logits Z (rows x n), in place: softmax rows or sigmoid.
+extern "C" __global__ void output_activation(T* Z, long long rows, long long n, int loss) {
+    const long long r = thread_index();
+    if (r >= rows) return;
+    T* z = Z + r * n;
+    if (loss == 1) {
+        z[0] = sigmoid_of(z[0]);
+        return;
+    }
+    T z_max = z[0];
+    for (long long j = 1; j < n; ++j) z_max = z[j] > z_max ? z[j] : z_max;
+    T total = T(0);
+    for (long long j = 0; j < n; ++j) total += exp(z[j] - z_max);
+    for (long long j = 0; j < n; ++j) z[j] = exp(z[j] - z_max) / total;
+}
+
+// out[k, j] <- beta out[k, j] + scale sum_i dZ[k, i, j] for K models of rows x n: the bias step
+// (scale -lr/rows, beta 1), a mean bias gradient (1/rows, 0) or a whole-data sum (1/m, 1).
+extern "C" __global__ void column_sums(T* out, const T* dZ, long long rows, long long n, long long K, T scale,
+                                       T beta) {
+    const long long idx = thread_index();
+    if (idx >= K * n) return;
+    const long long k = idx / n, j = idx - k * n;
+    const T* column = dZ + k * rows * n + j;
+    T s = T(0);
+    for (long long i = 0; i < rows; ++i) s += column[i * n];
+    out[idx] = beta == T(0) ? scale * s : beta * out[idx] + scale * s;
+}
+
+// W (K x per_model) <- keep[k] W: each stacked model's weight decay before a shared GEMM with beta = 1.
+extern "C" __global__ void scale_models(T* W, const T* keep, long long per_model, long long total) {
+    const long long i = thread_index();
+    if (i >= total) return;
+    W[i] *= keep[i / per_model];
+}
+
+// One momentum step on P (n): python/l2fast/optim.py gives the formulas.
+extern "C" __global__ void momentum_step(T* P, const T* G, T* V, long long n, T lr, T decay, T mu, int nesterov,
+                                         int decoupled) {
+    const long long i = thread_index();
+    if (i >= n) return;
+    const T g = decoupled ? G[i] : G[i] + decay * P[i];
+    const T v = mu * V[i] + g;
+    V[i] = v;
+    const T keep = decoupled ? T(1) - lr * decay : T(1);
+    P[i] = keep * P[i] - lr * (nesterov ? g + mu * v : v);
+}
+
+// One Adam step on P (n); its number t is counters[1] + 1, read on the device so that a replayed step
+// counts on.
+extern "C" __global__ void adam_step(T* P, const T* G, T* M, T* V, long long n, T lr, T decay, double beta1,
+                                     double beta2, T eps, int decoupled, const long long* counters) {
+    const long long i = thread_index();
+    if (i >= n) return;
+    const double t = (double)(counters[1] + 1);
+    const T step_size = (T)((double)lr / (1.0 - pow(beta1, t)));
+    const T bc2_sqrt = (T)sqrt(1.0 - pow(beta2, t));
+    const T g = decoupled ? G[i] : G[i] + decay * P[i];
+    const T m = (T)beta1 * M[i] + (T)(1.0 - beta1) * g;
+    const T v = (T)beta2 * V[i] + (T)(1.0 - beta2) * (g * g);
+    M[i] = m;
+    V[i] = v;
+    const T keep = decoupled ? T(1) - lr * decay : T(1);
+    P[i] = keep * P[i] - step_size * m / (sqrt(v) / bc2_sqrt + eps);
+}
+
+// After each step: the next batch starts rows further on, and one more step has been taken.
+extern "C" __global__ void advance(long long* counters, long long rows) {
+    if (thread_index() != 0) return;
+    counters[0] += rows;
+    counters[1] += 1;
+}

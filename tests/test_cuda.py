@@ -1,0 +1,169 @@
+"""backend="cuda" against the NumPy reference, on a GPU. Skipped, with the reason, where CuPy or a usable
+GPU is missing; tests/test_cuda_host.py checks what can be checked without one."""
+import numpy as np
+import pytest
+
+import l2fast
+from l2fast.testing import assert_parity, make_problem
+
+try:
+    from l2fast.backends import get_backend
+
+    get_backend("cuda")
+except l2fast.BackendUnavailableError as exc:
+    pytest.skip(f"no GPU for backend='cuda' here: {exc}", allow_module_level=True)
+
+import cupy  # noqa: E402  (importable once the backend is)
+
+DTYPES = ["float64", "float32"]
+
+
+def pair(sizes, activation, loss, dtype, lam=0.8, seed=4, graphs=True):
+    ref = l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend="numpy", dtype=dtype, seed=seed)
+    gpu = l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend="cuda", dtype=dtype, seed=seed)
+    gpu._backend.use_graphs = graphs
+    return ref, gpu
+
+
+def params(net):
+    return net.weights + net.biases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cost_gradients_predictions_agree(activation, loss_out, dtype):
+    loss, n_out = loss_out
+    X, y = make_problem(loss, 6, n_out, m=41, seed=17)
+    ref, gpu = pair([6, 7, 5, n_out], activation, loss, dtype)
+    assert_parity(gpu.cost(X, y), ref.cost(X, y), dtype, "cost")
+    (ref_dW, ref_db), (dW, db) = ref.gradients(X, y), gpu.gradients(X, y)
+    for layer in range(3):
+        assert isinstance(dW[layer], np.ndarray) and dW[layer].dtype == np.dtype(dtype)
+        assert_parity(dW[layer], ref_dW[layer], dtype, f"dJ/dW[{layer}]")
+        assert_parity(db[layer], ref_db[layer], dtype, f"dJ/db[{layer}]")
+    if loss == "squared_error":
+        assert_parity(gpu.predict(X), ref.predict(X), dtype, "predict")
+    else:
+        assert_parity(gpu.predict_proba(X), ref.predict_proba(X), dtype, "predict_proba")
+        np.testing.assert_array_equal(gpu.predict(X), ref.predict(X))
+    assert gpu.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-4)
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parameters_after_fit_agree(activation, loss_out, dtype, graphs):
+    loss, n_out = loss_out
+    X, y = make_problem(loss, 6, n_out, m=197, seed=23)  # 12 batches of 16 and a partial one of 5
+    X_val, y_val = make_problem(loss, 6, n_out, m=11, seed=24)
+    ref, gpu = pair([6, 7, 5, n_out], activation, loss, dtype, graphs=graphs)
+    fit = dict(epochs=3, lr=0.05, batch_size=16, validation_data=(X_val, y_val))
+    ref_history, history = ref.fit(X, y, **fit), gpu.fit(X, y, **fit)
+    for p, p_ref in zip(params(gpu), params(ref)):
+        assert isinstance(p, np.ndarray) and p.dtype == np.dtype(dtype)
+        assert_parity(p, p_ref, dtype, "parameters after fit")
+    for key in ("loss", "cost", "val_loss", "val_cost"):
+        assert_parity(getattr(history, key), getattr(ref_history, key), dtype, f"history.{key}")
+    assert history.accuracy == ref_history.accuracy
+    if graphs:
+        assert gpu._backend.graph_error is None, gpu._backend.graph_error
+        assert gpu._backend._graphs, "the epoch ran without a captured graph"
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam", "adamw"])
+def test_optimizers_agree(optimizer, dtype, graphs):
+    X, y = make_problem("softmax", 6, 3, m=101, seed=5)
+    ref, gpu = pair([6, 9, 3], "tanh", "softmax", dtype, graphs=graphs)
+    for net in (ref, gpu):
+        net.fit(X, y, epochs=4, lr=0.01, batch_size=8, optimizer=optimizer, schedule="exponential")
+    for p, p_ref in zip(params(gpu), params(ref)):
+        assert_parity(p, p_ref, dtype, f"{optimizer}: parameters")
+    state, ref_state = gpu.optimizer_state, ref.optimizer_state
+    assert state.step == ref_state.step == 52
+    for slot, ref_slot in zip(state.slots, ref_state.slots):
+        for a, b in zip(slot, ref_slot):
+            assert_parity(cupy.asnumpy(a), b, dtype, f"{optimizer}: state")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stacked_sweep_equals_separate_runs(dtype):
+    X, y = make_problem("softmax", 5, 3, m=90, seed=6)
+    lams = [0.0, 1.0, 10.0, 100.0]
+    together = [l2fast.Network([5, 8, 3], lam=lam, backend="cuda", dtype=dtype, seed=2) for lam in lams]
+    reference = [l2fast.Network([5, 8, 3], lam=lam, backend="numpy", dtype=dtype, seed=2) for lam in lams]
+    histories = l2fast.fit_together(together, X, y, epochs=3, lr=0.05, batch_size=16)
+    ref_histories = l2fast.fit_together(reference, X, y, epochs=3, lr=0.05, batch_size=16)
+    for net, ref, history, ref_history in zip(together, reference, histories, ref_histories):
+        for p, q in zip(params(net), params(ref)):
+            assert_parity(p, q, dtype, f"lam={net.lam}: parameters")
+        assert_parity(history.loss, ref_history.loss, dtype, "history.loss")
+
+
+def test_heavy_decay_agrees():
+    X, y = make_problem("softmax", 5, 3, m=40, seed=3)
+    ref, gpu = pair([5, 4, 3], "tanh", "softmax", "float64", lam=1.2 * 40 / 0.1)
+    for net in (ref, gpu):
+        net.fit(X, y, epochs=2, lr=0.1, batch_size=8)
+    for p, q in zip(params(gpu), params(ref)):
+        assert_parity(p, q, "float64", "parameters")
+
+
+def test_cupy_arrays_are_used_in_place_and_predictions_keep_the_input_type():
+    X, y = make_problem("softmax", 4, 3, m=64, seed=0)
+    X_gpu, y_gpu = cupy.asarray(X), cupy.asarray(y)
+    net = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
+    assert net._backend.features(X_gpu, 4, np.dtype("float64")) is X_gpu
+    twin = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
+    net.fit(X_gpu, y_gpu, epochs=2, batch_size=16)
+    twin.fit(X, y, epochs=2, batch_size=16)
+    for p, q in zip(params(net), params(twin)):
+        np.testing.assert_array_equal(p, q)
+    assert isinstance(net.predict(X_gpu), cupy.ndarray) and isinstance(net.predict(X), np.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(net.predict_proba(X_gpu)), net.predict_proba(X))
+    with pytest.raises(ValueError, match="y: class labels must lie in"):
+        net.fit(X_gpu, y_gpu + 5)
+
+
+def test_torch_cuda_tensors_go_in_without_a_host_copy():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device here")
+    X, y = make_problem("softmax", 4, 3, m=64, seed=0)
+    X_t, y_t = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
+    net = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
+    twin = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
+    net.fit(X_t, y_t, epochs=2, batch_size=16)
+    twin.fit(X, y, epochs=2, batch_size=16)
+    for p, q in zip(params(net), params(twin)):
+        np.testing.assert_array_equal(p, q)
+    out = net.predict_proba(X_t)
+    assert isinstance(out, torch.Tensor) and out.is_cuda
+    np.testing.assert_array_equal(out.cpu().numpy(), twin.predict_proba(X))
+
+
+def test_save_load_and_pickle_round_trips_from_the_gpu(tmp_path):
+    import pickle
+
+    X, y = make_problem("softmax", 4, 3, m=40, seed=0)
+    net = l2fast.Network([4, 5, 3], lam=0.5, backend="cuda", seed=0)
+    net.fit(X, y, epochs=2, batch_size=8, optimizer="adam")
+    net.save(tmp_path / "gpu.npz")
+    for back in (l2fast.load(tmp_path / "gpu.npz"), pickle.loads(pickle.dumps(net))):
+        assert back.backend == "cuda"
+        for p, q in zip(params(back), params(net)):
+            np.testing.assert_array_equal(p, q)
+        back.fit(X, y, epochs=1, batch_size=8, optimizer="adam")
+    on_cpu = l2fast.load(tmp_path / "gpu.npz", backend="cpu")
+    assert_parity(on_cpu.predict_proba(X), net.predict_proba(X), "float32", "cpu copy of a GPU network")
+
+
+def test_nan_input_on_the_gpu_is_refused_before_anything_changes():
+    X, y = make_problem("softmax", 4, 3, m=20, seed=0)
+    X_gpu = cupy.asarray(X)
+    X_gpu[3, 1] = cupy.nan
+    net = l2fast.Network([4, 3], backend="cuda", seed=0)
+    before = params(net)
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        net.fit(X_gpu, y)
+    for p, q in zip(params(net), before):
+        np.testing.assert_array_equal(p, q)

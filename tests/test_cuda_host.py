@@ -1,0 +1,336 @@
+"""The cuda backend's parts that can be checked without a GPU: its errors when CuPy or a GPU is missing,
+its kernels compiled as C++ and run on the host one thread at a time against the NumPy reference, and
+its row-major-to-cuBLAS mapping against NumPy's matmul. tests/test_cuda.py runs it on a GPU."""
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import l2fast
+from l2fast.backends import cuda as cuda_backend
+from l2fast.backends import numpy_ref
+from l2fast.testing import assert_parity, make_problem
+
+KERNELS = Path(cuda_backend.__file__).with_name("cuda_kernels.cu")
+
+
+# -- no CuPy, no GPU -----------------------------------------------------------------------------------
+
+
+def test_without_cupy_the_error_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy now raises ModuleNotFoundError
+    with pytest.raises(l2fast.BackendUnavailableError) as caught:
+        l2fast.Network([2, 2], backend="cuda")
+    message = str(caught.value)
+    assert "CuPy is not installed" in message and 'pip install "l2fast[cuda]"' in message
+    assert "backend='cpu'" in message
+    assert "cuda" not in l2fast.available_backends()
+
+
+def test_with_cupy_but_no_gpu_the_error_says_so(monkeypatch):
+    class NoDevice(RuntimeError):
+        pass
+
+    def no_device():
+        raise NoDevice("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.__version__ = "13.9.9"
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(l2fast.BackendUnavailableError) as caught:
+        l2fast.Network([2, 2], backend="cuda")
+    message = str(caught.value)
+    assert "CuPy is installed, but CuPy 13.9.9 finds no usable CUDA device" in message
+    assert "cudaErrorNoDevice" in message and "nvidia-smi" in message
+    fake.cuda.runtime.getDeviceCount = lambda: 0
+    with pytest.raises(l2fast.BackendUnavailableError, match="CuPy 13.9.9 sees no CUDA device"):
+        l2fast.Network([2, 2], backend="cuda")
+    assert "cuda" not in l2fast.available_backends()
+
+
+def test_a_cupy_that_fails_to_import_is_reported_as_such(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "cupy":
+            raise ImportError("libcudart.so.12: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    with pytest.raises(l2fast.BackendUnavailableError, match="CuPy is installed but failed to import .*libcudart"):
+        l2fast.Network([2, 2], backend="cuda")
+
+
+# -- the kernels, compiled for the host ----------------------------------------------------------------
+
+SHIM = r"""
+// Lets cuda_kernels.cu compile as C++: no kernel there uses shared memory or barriers, so running its
+// threads one after another on the host computes what the GPU computes.
+#include <cmath>
+using std::exp; using std::fabs; using std::log; using std::log1p; using std::pow; using std::sqrt; using std::tanh;
+struct Index3 { unsigned x; };
+static Index3 blockIdx, blockDim, threadIdx;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+inline double atomicAdd(double* a, double v) { double old = *a; *a += v; return old; }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+    unsigned long long old = *a; *a += v; return old;
+}
+extern "C" void host_thread(unsigned block, unsigned threads, unsigned thread) {
+    blockIdx.x = block; blockDim.x = threads; threadIdx.x = thread;
+}
+"""
+
+
+class HostKernels:
+    """The kernels of cuda_kernels.cu for one dtype, callable as kernel(name, n_threads, *args) with
+    NumPy arrays for pointers; the argument types are read from the kernels' own signatures."""
+
+    def __init__(self, lib, dtype):
+        self.lib, self.dtype = lib, np.dtype(dtype)
+        self.scalar = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
+        self.signatures = {name: [p.strip() for p in params.split(",")] for name, params in
+                           re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', KERNELS.read_text())}
+
+    def _convert(self, declaration, value):
+        if "*" in declaration:
+            assert isinstance(value, np.ndarray) and value.flags.c_contiguous, declaration
+            return ctypes.c_void_p(value.ctypes.data)
+        kind = declaration.rsplit(" ", 1)[0]
+        return {"long long": ctypes.c_longlong, "int": ctypes.c_int, "double": ctypes.c_double,
+                "T": self.scalar}[kind](value)
+
+    def __call__(self, name, n_threads, *args):
+        params = self.signatures[name]
+        assert len(params) == len(args), name
+        converted = [self._convert(p, a) for p, a in zip(params, args)]
+        function = getattr(self.lib, name)
+        threads = cuda_backend.THREADS
+        for i in range(-(-n_threads // threads) * threads):  # whole blocks, as on the GPU: the tail must return
+            self.lib.host_thread(i // threads, threads, i % threads)
+            function(*converted)
+
+
+@pytest.fixture(scope="module", params=["float64", "float32"])
+def host_kernels(request, tmp_path_factory):
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    assert compiler, "a C++ compiler is needed (the package itself is built with one)"
+    folder = tmp_path_factory.mktemp(f"kernels_{request.param}")
+    ctype = "float" if request.param == "float32" else "double"
+    (folder / "shim.hpp").write_text(SHIM)
+    (folder / "kernels.cpp").write_text(f'#include "shim.hpp"\ntypedef {ctype} T;\n#include "{KERNELS}"\n')
+    library = folder / "kernels.so"
+    subprocess.run([compiler, "-std=c++14", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(library),
+                    str(folder / "kernels.cpp")], check=True, capture_output=True, text=True)
+    return HostKernels(ctypes.CDLL(str(library)), request.param)
+
+
+def test_every_kernel_the_backend_loads_is_defined(host_kernels):
+    assert set(cuda_backend.KERNEL_NAMES) == set(host_kernels.signatures)
+
+
+def test_gathers_follow_the_order_from_the_device_offset(host_kernels):
+    dt = host_kernels.dtype
+    X = np.arange(40, dtype=dt).reshape(10, 4)
+    labels = np.arange(10, dtype=np.int64) * 7
+    order = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int64)
+    counters = np.array([2, 0], dtype=np.int64)
+    rows = np.empty((3, 4), dt)
+    host_kernels("gather_rows", 12, X, order, counters, rows, 3, 4)
+    np.testing.assert_array_equal(rows, X[[4, 1, 5]])
+    picked = np.empty(3, np.int64)
+    host_kernels("gather_labels", 3, labels, order, counters, picked, 3)
+    np.testing.assert_array_equal(picked, labels[[4, 1, 5]])
+    host_kernels("advance", 1, counters, 3)
+    np.testing.assert_array_equal(counters, [5, 1])
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "tanh", "sigmoid"])
+def test_bias_activation_and_its_derivative_match_the_reference(host_kernels, activation):
+    dt, code = host_kernels.dtype, cuda_backend.ACTIVATION_CODES[activation]
+    rng = np.random.default_rng(1)
+    K, rows, n = 2, 5, 3
+    Z = rng.normal(size=(K, rows, n)).astype(dt) * 3
+    b = rng.normal(size=(K, n)).astype(dt)
+    A = Z.copy()
+    host_kernels("bias_activation", Z.size, A, b, rows, n, Z.size, code)
+    expected = np.stack([numpy_ref.activate(Z[k] + b[k], activation) for k in range(K)])
+    assert_parity(A, expected, dt, f"bias + {activation}")
+    dA = rng.normal(size=A.shape).astype(dt)
+    dZ = dA.copy()
+    host_kernels("activation_backward", dZ.size, dZ, A, dZ.size, code)
+    assert_parity(dZ, numpy_ref.activation_backward(dA, A, activation), dt, f"{activation} derivative")
+
+
+@pytest.mark.parametrize("loss, n", [("softmax", 4), ("logistic", 1), ("squared_error", 3)])
+def test_loss_gradient_matches_the_reference_for_stacked_models(host_kernels, loss, n):
+    dt, K, rows = host_kernels.dtype, 3, 6
+    _, y = make_problem(loss, 2, n, m=rows, seed=2)
+    y = numpy_ref_targets(y, loss, n, dt)
+    rng = np.random.default_rng(3)
+    Z = (rng.normal(size=(K, rows, n)) * 4).astype(dt)
+    dZ = Z.copy()
+    loss_sum, correct = np.zeros(K), np.zeros(K, np.uint64)
+    labels = y if loss == "softmax" else np.zeros(1, np.int64)
+    values = y if loss != "softmax" else np.zeros(1, dt)
+    host_kernels("loss_gradient", K * rows, dZ, values, labels, rows, K, n, cuda_backend.LOSS_CODES[loss], loss_sum,
+                 correct)
+    for k in range(K):
+        ref_loss, ref_correct, ref_dZ = numpy_ref.loss_gradient(Z[k], y, loss)
+        assert_parity(dZ[k], ref_dZ, dt, f"{loss} dL/dZ, model {k}")
+        assert_parity(loss_sum[k], ref_loss, dt, f"{loss} loss sum, model {k}")
+        assert int(correct[k]) == ref_correct
+
+
+def numpy_ref_targets(y, loss, n, dtype):
+    from l2fast import _validate
+
+    return _validate.targets(y, len(y), loss, n, dtype)
+
+
+@pytest.mark.parametrize("loss, n", [("softmax", 4), ("logistic", 1)])
+def test_output_activation_matches_the_reference(host_kernels, loss, n):
+    dt = host_kernels.dtype
+    Z = (np.random.default_rng(4).normal(size=(7, n)) * 5).astype(dt)
+    out = Z.copy()
+    host_kernels("output_activation", 7, out, 7, n, cuda_backend.LOSS_CODES[loss])
+    assert_parity(out, numpy_ref.output_activation(Z, loss), dt, f"{loss} output")
+
+
+def test_column_sums_cover_the_bias_step_the_mean_and_the_accumulation(host_kernels):
+    dt, T = host_kernels.dtype, host_kernels.dtype.type
+    rng = np.random.default_rng(5)
+    K, rows, n = 2, 7, 3
+    dZ = rng.normal(size=(K, rows, n)).astype(dt)
+    b = rng.normal(size=(K, n)).astype(dt)
+    stepped = b.copy()
+    host_kernels("column_sums", K * n, stepped, dZ, rows, n, K, T(-0.1 / rows), T(1))
+    assert_parity(stepped, b - 0.1 * dZ.sum(axis=1) / rows, dt, "bias step")
+    mean = np.full((1, n), np.nan, dt)  # beta = 0 must not read what was there
+    host_kernels("column_sums", n, mean, dZ[0], rows, n, 1, T(1 / rows), T(0))
+    assert_parity(mean[0], dZ[0].mean(axis=0), dt, "mean gradient")
+
+
+def test_scale_models_decays_each_model_by_its_own_factor(host_kernels):
+    dt = host_kernels.dtype
+    W = np.ones((3, 2, 2), dt)
+    keep = np.array([0.5, 1.0, 0.25], dt)
+    host_kernels("scale_models", W.size, W, keep, 4, W.size)
+    np.testing.assert_array_equal(W, keep[:, None, None] * np.ones((3, 2, 2), dt))
+
+
+@pytest.mark.parametrize("spec", [l2fast.Momentum(0.9), l2fast.Momentum(0.8, nesterov=True, decoupled=True),
+                                  l2fast.Adam(), l2fast.Adam(0.8, 0.99, 1e-6, decoupled=True)],
+                         ids=["momentum", "nesterov-decoupled", "adam", "adamw"])
+def test_optimizer_steps_match_the_reference(host_kernels, spec):
+    dt, T = host_kernels.dtype, host_kernels.dtype.type
+    rng = np.random.default_rng(6)
+    P, G = rng.normal(size=50).astype(dt), rng.normal(size=50).astype(dt)
+    slots = [np.abs(rng.normal(size=50)).astype(dt) for _ in range(spec.n_slots)]
+    P_ref, slots_ref = P.copy(), [s.copy() for s in slots]
+    counters = np.array([0, 6], np.int64)  # six steps taken: this is step 7
+    numpy_ref.optimizer_step(P_ref, G, slots_ref, 0.01, 0.02, spec, 7)
+    if spec.name == "momentum":
+        host_kernels("momentum_step", 50, P, G, slots[0], 50, T(0.01), T(0.02), T(spec.momentum), int(spec.nesterov),
+                     int(spec.decoupled))
+    else:
+        host_kernels("adam_step", 50, P, G, slots[0], slots[1], 50, T(0.01), T(0.02), spec.beta1, spec.beta2,
+                     T(spec.eps), int(spec.decoupled), counters)
+    assert_parity(P, P_ref, dt, f"{spec.name} parameters")
+    for s, s_ref in zip(slots, slots_ref):
+        assert_parity(s, s_ref, dt, f"{spec.name} state")
+
+
+# -- the mapping of row-major products onto column-major cuBLAS ------------------------------------------
+
+
+class ColumnMajorGemm:
+    """cublas<t>gemm(StridedBatched) in NumPy, on host buffers addressed by pointer like device memory."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def _view(self, pointer, rows, cols, ld, op):
+        # op(M) for a column-major M stored with leading dimension ld at `pointer`.
+        for array in self.arrays:
+            start = array.ctypes.data
+            if start <= pointer < start + array.nbytes:
+                flat = array.reshape(-1)
+                offset = (pointer - start) // array.itemsize
+                stored = (cols, rows) if op else (rows, cols)
+                view = np.lib.stride_tricks.as_strided(flat[offset:], shape=stored,
+                                                       strides=(array.itemsize, ld * array.itemsize))
+                return view.T if op else view
+        raise AssertionError(f"pointer {pointer:#x} is in no known array")
+
+    def gemm(self, handle, op_a, op_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        return self.batched(handle, op_a, op_b, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1)
+
+    def batched(self, handle, op_a, op_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
+                batch):
+        alpha, beta = alpha._obj.value, beta._obj.value
+        stride = [int(getattr(s, "value", s)) for s in (stride_a, stride_b, stride_c)]
+        size = self.arrays[0].itemsize
+        for i in range(batch):
+            a = self._view(A.value + i * stride[0] * size, m, k, lda, op_a)
+            b = self._view(B.value + i * stride[1] * size, k, n, ldb, op_b)
+            c = self._view(C.value + i * stride[2] * size, m, n, ldc, 0)
+            c[...] = alpha * (a @ b) + beta * c
+        return 0
+
+
+def emulated_blas(dtype, arrays):
+    blas = cuda_backend._Cublas.__new__(cuda_backend._Cublas)
+    emulator = ColumnMajorGemm(arrays)
+    blas.handle = None
+    blas._gemm = {np.dtype(dtype): emulator.gemm}
+    blas._batched = {np.dtype(dtype): emulator.batched}
+    blas._scalar = {np.dtype("float32"): ctypes.c_float, np.dtype("float64"): ctypes.c_double}
+    return blas
+
+
+def ptr(array):
+    return array.ctypes.data
+
+
+@pytest.mark.parametrize("rows, n_in, n_out", [(5, 3, 4), (1, 6, 1), (7, 1, 2)])
+def test_row_major_products_map_onto_cublas(rows, n_in, n_out):
+    rng = np.random.default_rng(7)
+    A, W = rng.normal(size=(rows, n_in)), rng.normal(size=(n_out, n_in))
+    dZ, Z, dA = rng.normal(size=(rows, n_out)), np.zeros((rows, n_out)), np.zeros((rows, n_in))
+    W_before = W.copy()
+    dt = np.dtype("float64")
+    blas = emulated_blas(dt, [A, W, dZ, Z, dA])
+    blas.gemm(dt, False, True, rows, n_out, n_in, 1.0, ptr(A), n_in, ptr(W), n_in, 0.0, ptr(Z), n_out)
+    np.testing.assert_allclose(Z, A @ W.T, rtol=1e-13)
+    blas.gemm(dt, False, False, rows, n_in, n_out, 1.0, ptr(dZ), n_out, ptr(W), n_in, 0.0, ptr(dA), n_in)
+    np.testing.assert_allclose(dA, dZ @ W, rtol=1e-13)
+    blas.gemm(dt, True, False, n_out, n_in, rows, -0.1 / rows, ptr(dZ), n_out, ptr(A), n_in, 0.97, ptr(W), n_in)
+    np.testing.assert_allclose(W, 0.97 * W_before - 0.1 / rows * dZ.T @ A, rtol=1e-13)
+
+
+def test_stacked_products_share_the_input_batch_through_a_zero_stride():
+    rng = np.random.default_rng(8)
+    K, rows, n_in, n_out = 3, 4, 5, 2
+    X, W = rng.normal(size=(rows, n_in)), rng.normal(size=(K, n_out, n_in))
+    dZ, Z = rng.normal(size=(K, rows, n_out)), np.zeros((K, rows, n_out))
+    W_before = W.copy()
+    dt = np.dtype("float64")
+    blas = emulated_blas(dt, [X, W, dZ, Z])
+    blas.gemm(dt, False, True, rows, n_out, n_in, 1.0, ptr(X), n_in, ptr(W), n_in, 0.0, ptr(Z), n_out, batch=K,
+              stride_a=0, stride_b=n_out * n_in, stride_c=rows * n_out)
+    np.testing.assert_allclose(Z, np.stack([X @ W[k].T for k in range(K)]), rtol=1e-13)
+    blas.gemm(dt, True, False, n_out, n_in, rows, -0.5, ptr(dZ), n_out, ptr(X), n_in, 1.0, ptr(W), n_in, batch=K,
+              stride_a=rows * n_out, stride_b=0, stride_c=n_out * n_in)
+    np.testing.assert_allclose(W, W_before - 0.5 * np.stack([dZ[k].T @ X for k in range(K)]), rtol=1e-13)
