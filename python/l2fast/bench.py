@@ -74,6 +74,8 @@ class L2fastContender:
             ("" if optimizer == "sgd" else f" {optimizer}")
         self.net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss,
                                   lam=config.lam if lam is None else lam, backend=backend, dtype="float32", seed=0)
+        if backend == "cuda":  # the data lives on the GPU, as PyTorch's does
+            X, y = self.net._data(X, y)
         self.config, self.X, self.y, self.optimizer = config, X, y, optimizer
 
     def epoch(self):
@@ -154,6 +156,7 @@ class GemmOnlyContender:
     """The limit: the same GEMMs alone at the same shapes, through l2fast's BLAS."""
 
     name = "GEMMs alone (limit)"
+    device = "cpu"
 
     def __init__(self, config):
         from l2fast.backends.cpu import _core
@@ -163,6 +166,77 @@ class GemmOnlyContender:
     def epoch(self):
         cfg = self.config
         return self.core.gemm_only_epoch_seconds(cfg.sizes, cfg.m, cfg.batch, "float32")
+
+
+class GpuGemmOnlyContender:
+    """The GPU's limit: the GEMMs of one epoch alone (forward, input gradients, weight gradients with
+    beta = 1, a partial last batch included) through cuBLAS, as one CUDA graph timed with CUDA events
+    (eagerly when the capture fails)."""
+
+    name = "GEMMs alone on the GPU (limit)"
+    device = "cuda"
+
+    def __init__(self, config):
+        import cupy
+
+        from l2fast.backends.cuda import CudaBackend, _ptr
+
+        self.cupy, self.config, self.backend = cupy, config, CudaBackend()
+        rng = cupy.random.default_rng(0)
+        sizes, batch = config.sizes, config.batch
+        self.X = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
+        self.W = [rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.01
+                  for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        self.out = [cupy.empty((batch, n), np.float32) for n in sizes[1:]]
+        self.grad = [cupy.empty((batch, n), np.float32) for n in sizes[1:]]
+        self._ptr = _ptr
+        self.graph = None
+
+    def _products(self, rows):
+        blas, f32, sizes = self.backend._blas_for(), np.dtype("float32"), self.config.sizes
+        p = self._ptr
+        for l, W in enumerate(self.W):
+            n_in, n_out = sizes[l], sizes[l + 1]
+            a = p(self.X) if l == 0 else p(self.out[l - 1])
+            blas.gemm(f32, False, True, rows, n_out, n_in, 1.0, a, n_in, p(W), n_in, 0.0, p(self.out[l]), n_out)
+        for l in reversed(range(len(self.W))):
+            n_in, n_out = sizes[l], sizes[l + 1]
+            a = p(self.X) if l == 0 else p(self.out[l - 1])
+            if l > 0:
+                blas.gemm(f32, False, False, rows, n_in, n_out, 1.0, p(self.grad[l]), n_out, p(self.W[l]), n_in, 0.0,
+                          p(self.grad[l - 1]), n_in)
+            blas.gemm(f32, True, False, n_out, n_in, rows, -1e-6, p(self.grad[l]), n_out, a, n_in, 1.0, p(self.W[l]),
+                      n_in)
+
+    def _all_steps(self):
+        full, rest = divmod(self.config.m, self.config.batch)
+        for _ in range(full):
+            self._products(self.config.batch)
+        if rest:
+            self._products(rest)
+
+    def epoch(self):
+        cupy, stream = self.cupy, self.backend.stream
+        with stream:
+            if self.graph is None:
+                self._all_steps()  # loads every kernel before the capture
+                try:
+                    stream.begin_capture()
+                    try:
+                        self._all_steps()
+                    finally:
+                        self.graph = stream.end_capture()
+                except Exception:  # time it eagerly then
+                    self.graph = False
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(stream)
+            if self.graph:
+                self.graph.launch(stream=stream)
+            else:
+                self._all_steps()
+            stop.record(stream)
+            stop.synchronize()
+        return cupy.cuda.get_elapsed_time(start, stop) / 1e3
 
 
 def peers(config, X, y, backends):
@@ -209,11 +283,15 @@ def ratios_for(results, ours):
     for name, r in results.items():
         if name == ours:
             continue
-        if name == GemmOnlyContender.name:
-            ratios[f"{ours} / {name}"] = t / r["median_s"]
+        if name in LIMITS:
+            if LIMITS[name] == ours.split()[-1]:  # each backend against the limit of its own device
+                ratios[f"{ours} / {name}"] = t / r["median_s"]
         else:
             ratios[f"{name} / {ours}"] = r["median_s"] / t
     return ratios
+
+
+LIMITS = {GemmOnlyContender.name: "cpu", GpuGemmOnlyContender.name: "cuda"}
 
 
 def bench_config(config, backends, repeats, out):
@@ -222,6 +300,8 @@ def bench_config(config, backends, repeats, out):
     contenders += peers(config, X, y, backends)
     if "cpu" in backends:
         contenders.append(GemmOnlyContender(config))
+    if "cuda" in backends:
+        contenders.append(GpuGemmOnlyContender(config))
     results = summarise(interleaved(contenders, repeats), config.m)
     names = [c.name for c in contenders]
     ratios = {}
@@ -235,7 +315,14 @@ def bench_config(config, backends, repeats, out):
         print(f"  {name:<40} {r['median_s']:>10.4g} {r['min_s']:>10.4g} {r['samples_per_s']:>12.0f}", file=out)
     for key, value in ratios.items():
         print(f"  {key:<52} {value:>7.2f}x", file=out)
-    return {"config": config.__dict__, "results": results, "ratios": ratios}
+    entry = {"config": config.__dict__, "results": results, "ratios": ratios}
+    for c in contenders:
+        if isinstance(c, L2fastContender) and c.net.backend == "cuda":
+            gpu = c.net._backend
+            entry["cuda_graphs"] = {"used": gpu.use_graphs and bool(gpu._graphs), "error": gpu.graph_error}
+            print(f"  l2fast cuda: CUDA graphs {'used' if entry['cuda_graphs']['used'] else 'NOT used'}"
+                  + (f" ({gpu.graph_error})" if gpu.graph_error else ""), file=out)
+    return entry
 
 
 def bench_lambda_price(config, backends, repeats, out):
@@ -371,6 +458,70 @@ def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     return rows
 
 
+def bench_optimizers_gpu(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
+    """O on the GPU: each optimizer's fused kernel alone against cuBLAS's axpy over the same bytes
+    (scaled by streams, as on the CPU) and PyTorch's fused CUDA optimizers; CUDA-event timing."""
+    import cupy
+
+    from l2fast.backends.cuda import THREADS, _kernels
+    from l2fast.optim import resolve_optimizer
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    kernels = _kernels(np.float32)
+    f32 = np.float32
+    rows = []
+    print("O (GPU): one optimizer step alone, float32, CUDA events; limit = axpy time x streams / 3", file=out)
+
+    def timed(f):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        f()
+        times = []
+        for _ in range(repeats):
+            start.record()
+            f()
+            stop.record()
+            stop.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+        return statistics.median(times)
+
+    for n in sizes:
+        W = cupy.random.default_rng(0).standard_normal(n, dtype=f32)
+        G = W * f32(1e-3)
+        counters = cupy.zeros(2, np.int64)
+        axpy = timed(lambda: cupy.cublas.axpy(f32(-lr), G, W))
+        for name in ("momentum", "nesterov", "adam", "adamw"):
+            spec, streams = resolve_optimizer(name), OPTIMIZER_STREAMS[name]
+            slots = [cupy.zeros(n, f32) for _ in range(spec.n_slots)]
+            grid = ((n + THREADS - 1) // THREADS,)
+            if spec.name == "momentum":
+                def ours():
+                    kernels["momentum_step"](grid, (THREADS,), (W, G, slots[0], np.int64(n), f32(lr), f32(lam_over_m),
+                                                                 f32(spec.momentum), np.int32(spec.nesterov),
+                                                                 np.int32(spec.decoupled)))
+            else:
+                def ours():
+                    kernels["adam_step"](grid, (THREADS,), (W, G, slots[0], slots[1], np.int64(n), f32(lr),
+                                                            f32(lam_over_m), np.float64(spec.beta1),
+                                                            np.float64(spec.beta2), f32(spec.eps),
+                                                            np.int32(spec.decoupled), counters))
+            row = {"parameters": n, "optimizer": name, "l2fast_s": timed(ours), "limit_s": axpy * streams / 3}
+            row["l2fast_over_limit"] = row["l2fast_s"] / row["limit_s"]
+            if torch is not None and torch.cuda.is_available():
+                param = torch.nn.Parameter(torch.as_tensor(W, device="cuda").clone())
+                param.grad = torch.as_tensor(G, device="cuda").clone()
+                opt, kind = _torch_optimizer(torch, name, [param], lr, lam_over_m)
+                row["torch_s"], row["torch_kind"] = timed(opt.step), kind
+            rows.append(row)
+            print(f"  {n:>11} {name:>9} l2fast {row['l2fast_s'] * 1e6:9.1f} us  limit {row['limit_s'] * 1e6:9.1f} us  "
+                  f"({row['l2fast_over_limit']:.2f}x)"
+                  + (f"  PyTorch {row['torch_s'] * 1e6:9.1f} us ({row['torch_kind']})" if "torch_s" in row else ""),
+                  file=out)
+    return rows
+
+
 def bench_optimizer_epochs(config, repeats, out):
     """The price of each optimizer in a whole cpu epoch: its epoch time over plain SGD's."""
     X, y = make_data(config)
@@ -457,9 +608,16 @@ def environment():
     except ImportError:
         pass
     commit = _core.build_commit  # the commit the compiled module was built from
+    gpu = None
+    if "cuda" in l2fast.available_backends():
+        from l2fast.backends.cuda import CudaBackend, device_summary
+
+        gpu = device_summary()
+        backend = CudaBackend()
+        gpu.update(graphs=backend.use_graphs, tf32=backend.tf32)
     return {"machine": {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()},
             "versions": versions, "threads": threads, "blas": _core.blas_config(), "commit": commit,
-            "backends": l2fast.available_backends(),
+            "backends": l2fast.available_backends(), "gpu": gpu,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -496,6 +654,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
     record["repeats"] = repeats
     print(f"l2fast bench on {record['machine']['cpu']} ({record['machine']['cores']} cores), commit "
           f"{record['commit']}, threads {record['threads']}", file=out)
+    if record["gpu"]:
+        print(f"GPU: {record['gpu']}", file=out)
     record["configs"] = {c.key: bench_config(c, backends, repeats, out) for c in chosen}
     record["lambda_price"] = {c.key: bench_lambda_price(c, backends, repeats, out) for c in chosen
                               if quick or c.key in LAMBDA_PRICE_CONFIGS}
@@ -507,6 +667,9 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         record["optimizers"] = bench_optimizers(QUICK_OPTIMIZER_SIZES if quick else OPTIMIZER_SIZES, repeats, out)
         record["optimizer_epochs"] = {c.key: bench_optimizer_epochs(c, repeats, out) for c in
                                       (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"])}
+        if "cuda" in backends:
+            record["optimizers_gpu"] = bench_optimizers_gpu(QUICK_OPTIMIZER_SIZES if quick else
+                                                            [1_000_000, 10_000_000, 100_000_000], repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything a GPU session does, in one call of the device tool (see benchmarks/README.md):
+# install the carried wheels, build l2fast on the GPU machine, run the CUDA tests, the parity tool and
+# the benchmark, and leave every output in $OUT (benchmarks/results/ when OUT is unset).
+set -euo pipefail
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+fi
+python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/l2fast .
+export PYTHONPATH=/tmp/l2fast:${PYTHONPATH:-}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; git log -1 --format='commit %H'; } \
+  | tee "$OUT/gpu-device.txt"
+python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_host.py tests/test_parity.py \
+  tests/test_optim.py tests/test_stacked.py 2>&1 | tee "$OUT/gpu-tests.txt" || echo "SOME TESTS FAILED"
+python3 -m l2fast parity 2>&1 | tee "$OUT/gpu-parity.txt" || echo "PARITY FAILED"
+python3 -m l2fast bench --configs "${BENCH_CONFIGS:-A,B,C,D,S,O}" --json "$OUT/gpu-bench.json" 2>&1 \
+  | tee "$OUT/gpu-bench.txt"
