@@ -19,6 +19,7 @@ arrays for the epoch; their products are strided-batched GEMMs.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from pathlib import Path
@@ -210,30 +211,40 @@ class CudaBackend:
         self._graphs = {}
         self._graph_key = None
 
+    @contextlib.contextmanager
+    def _on_stream(self):
+        """Runs the body's work on the backend's stream, which does not wait on other streams by
+        itself: everything queued before (the caller's arrays, copies made on CuPy's default stream)
+        finishes first, and everything queued here finishes before the caller goes on."""
+        cupy.cuda.Device().synchronize()
+        with self.stream:
+            yield
+        self.stream.synchronize()
+
     # -- memory -----------------------------------------------------------------------------------
 
     def features(self, X, n_in, dtype):
         device = as_device_array(X)
         if device is None:
             return self.from_host(_validate.features(X, n_in, dtype))
-        with self.stream:
+        with self._on_stream():
             return _validate.features(device, n_in, dtype, xp=cupy)
 
     def targets(self, y, m, loss, n_out, dtype):
         device = as_device_array(y)
         if device is None:
             return self.from_host(_validate.targets(y, m, loss, n_out, dtype))
-        with self.stream:
+        with self._on_stream():
             return _validate.targets(device, m, loss, n_out, dtype, xp=cupy)
 
     def from_host(self, array):
-        with self.stream:
+        with self._on_stream():
             return cupy.asarray(array)
 
     def to_host(self, array):
         if isinstance(array, np.ndarray):
             return array
-        with self.stream:
+        with self._on_stream():
             return cupy.asnumpy(array, stream=self.stream)
 
     def like_input(self, array, X):
@@ -241,20 +252,20 @@ class CudaBackend:
         a torch input) for input on the GPU."""
         if as_device_array(X) is None:
             return self.to_host(array)
+        self.stream.synchronize()
         if type(X).__module__.split(".")[0] == "torch":
             import torch
 
-            self.stream.synchronize()
             return torch.from_dlpack(array)
         return array
 
     def all_finite(self, arrays):
-        with self.stream:
+        with self._on_stream():
             flags = cupy.stack([cupy.isfinite(a).all() for a in arrays])
             return bool(flags.all().get())
 
     def sum_squares(self, array):
-        with self.stream:
+        with self._on_stream():
             return float(cupy.sum(cupy.square(array.astype(np.float64))).get())
 
     # -- the pieces of a pass -----------------------------------------------------------------------
@@ -376,7 +387,7 @@ class CudaBackend:
         cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "lr": lr, "keep": keep,
                "lam_over_m": lam_over_m, "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,
                "slots": [list(slot) for slot in slots]}
-        with self.stream:
+        with self._on_stream():
             if len(ws.order) < n:
                 ws.order = cupy.empty(n, np.int64)
                 self._graphs = {}
@@ -430,11 +441,11 @@ class CudaBackend:
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
         K, L = len(weights), len(weights[0])
-        with self.stream:
+        with self._on_stream():
             Ws = [cupy.stack([weights[k][l] for k in range(K)]) for l in range(L)]
             bs = [cupy.stack([biases[k][l] for k in range(K)]) for l in range(L)]
         stats = self._epoch(Ws, bs, X, y, order, batch_size, lr, list(lam_over_m), activation, loss, K)
-        with self.stream:
+        with self._on_stream():
             for k in range(K):
                 for l in range(L):
                     weights[k][l][...] = Ws[l][k]
@@ -447,7 +458,7 @@ class CudaBackend:
     def predict(self, weights, biases, X, activation, loss):
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m = _kernels(dtype), len(X)
-        with self.stream:
+        with self._on_stream():
             out = cupy.empty((m, sizes[-1]), dtype)
             outs = [cupy.empty(min(m, BLOCK_ROWS) * n, dtype) for n in sizes[1:]]
             for s, e in self._blocks(m):
@@ -464,7 +475,7 @@ class CudaBackend:
         return loss_sum, correct
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
-        with self.stream:
+        with self._on_stream():
             dW = [W * W.dtype.type(lam_over_m) for W in weights]
             db = [cupy.zeros_like(b) for b in biases]
         loss_sum, _, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db))
@@ -476,7 +487,7 @@ class CudaBackend:
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m, L, act = _kernels(dtype), len(X), len(weights), ACTIVATION_CODES[activation]
         blas, T = self._blas_for(), dtype.type
-        with self.stream:
+        with self._on_stream():
             rows_max = min(m, BLOCK_ROWS)
             outs = [cupy.empty(rows_max * n, dtype) for n in sizes[1:]]
             below = [cupy.empty(rows_max * n, dtype) for n in sizes[1:-1]]
