@@ -1,19 +1,43 @@
-"""backend="cuda" against the NumPy reference, on a GPU. Skipped, with the reason, where CuPy or a usable
-GPU is missing; tests/test_cuda_host.py checks what can be checked without one."""
+"""backend="cuda" against the NumPy reference: on a GPU ("gpu", skipped with the reason where CuPy or a
+usable GPU is missing) and on the host stand-in of tests/cuda_emulation.py ("emulated": the backend's
+own code, its kernels compiled for the host, cuBLAS's semantics in NumPy, graphs recorded and
+replayed), which runs everywhere."""
+import sys
+
 import numpy as np
 import pytest
 
 import l2fast
+from l2fast.backends import get_backend
 from l2fast.testing import assert_parity, make_problem
 
-try:
-    from l2fast.backends import get_backend
+from cuda_emulation import FakeGraph, emulated_gpu
 
-    get_backend("cuda")
-except l2fast.BackendUnavailableError as exc:
-    pytest.skip(f"no GPU for backend='cuda' here: {exc}", allow_module_level=True)
 
-import cupy  # noqa: E402  (importable once the backend is)
+def real_cupy():
+    try:
+        get_backend("cuda")
+    except l2fast.BackendUnavailableError as exc:
+        pytest.skip(f"no GPU for backend='cuda' here: {exc}")
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture(scope="session")
+def kernel_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("host_kernels")
+
+
+@pytest.fixture(params=["gpu", "emulated"])
+def cupy(request, monkeypatch, kernel_folder):
+    """The array module of the device the cuda backend runs on in this test."""
+    if request.param == "gpu":
+        yield real_cupy()
+        return
+    with emulated_gpu(monkeypatch, kernel_folder):
+        yield sys.modules["cupy"]
+
 
 DTYPES = ["float64", "float32"]
 
@@ -30,7 +54,7 @@ def params(net):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cost_gradients_predictions_agree(activation, loss_out, dtype):
+def test_cost_gradients_predictions_agree(cupy, activation, loss_out, dtype):
     loss, n_out = loss_out
     X, y = make_problem(loss, 6, n_out, m=41, seed=17)
     ref, gpu = pair([6, 7, 5, n_out], activation, loss, dtype)
@@ -50,7 +74,7 @@ def test_cost_gradients_predictions_agree(activation, loss_out, dtype):
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_parameters_after_fit_agree(activation, loss_out, dtype, graphs):
+def test_parameters_after_fit_agree(cupy, activation, loss_out, dtype, graphs):
     loss, n_out = loss_out
     X, y = make_problem(loss, 6, n_out, m=197, seed=23)  # 12 batches of 16 and a partial one of 5
     X_val, y_val = make_problem(loss, 6, n_out, m=11, seed=24)
@@ -65,13 +89,15 @@ def test_parameters_after_fit_agree(activation, loss_out, dtype, graphs):
     assert history.accuracy == ref_history.accuracy
     if graphs:
         assert gpu._backend.graph_error is None, gpu._backend.graph_error
-        assert gpu._backend._graphs, "the epoch ran without a captured graph"
+        captured = gpu._backend._graphs
+        assert captured and all(g is not None for g in captured.values()), "the epochs ran without a captured graph"
+        assert all(g.launches for g in captured.values() if isinstance(g, FakeGraph))
 
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam", "adamw"])
-def test_optimizers_agree(optimizer, dtype, graphs):
+def test_optimizers_agree(cupy, optimizer, dtype, graphs):
     X, y = make_problem("softmax", 6, 3, m=101, seed=5)
     ref, gpu = pair([6, 9, 3], "tanh", "softmax", dtype, graphs=graphs)
     for net in (ref, gpu):
@@ -86,7 +112,7 @@ def test_optimizers_agree(optimizer, dtype, graphs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_stacked_sweep_equals_separate_runs(dtype):
+def test_stacked_sweep_equals_separate_runs(cupy, dtype):
     X, y = make_problem("softmax", 5, 3, m=90, seed=6)
     lams = [0.0, 1.0, 10.0, 100.0]
     together = [l2fast.Network([5, 8, 3], lam=lam, backend="cuda", dtype=dtype, seed=2) for lam in lams]
@@ -99,7 +125,7 @@ def test_stacked_sweep_equals_separate_runs(dtype):
         assert_parity(history.loss, ref_history.loss, dtype, "history.loss")
 
 
-def test_heavy_decay_agrees():
+def test_heavy_decay_agrees(cupy):
     X, y = make_problem("softmax", 5, 3, m=40, seed=3)
     ref, gpu = pair([5, 4, 3], "tanh", "softmax", "float64", lam=1.2 * 40 / 0.1)
     for net in (ref, gpu):
@@ -108,7 +134,7 @@ def test_heavy_decay_agrees():
         assert_parity(p, q, "float64", "parameters")
 
 
-def test_cupy_arrays_are_used_in_place_and_predictions_keep_the_input_type():
+def test_cupy_arrays_are_used_in_place_and_predictions_keep_the_input_type(cupy):
     X, y = make_problem("softmax", 4, 3, m=64, seed=0)
     X_gpu, y_gpu = cupy.asarray(X), cupy.asarray(y)
     net = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
@@ -125,6 +151,7 @@ def test_cupy_arrays_are_used_in_place_and_predictions_keep_the_input_type():
 
 
 def test_torch_cuda_tensors_go_in_without_a_host_copy():
+    real_cupy()
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     if not torch.cuda.is_available():
         pytest.skip("PyTorch has no CUDA device here")
@@ -141,7 +168,7 @@ def test_torch_cuda_tensors_go_in_without_a_host_copy():
     np.testing.assert_array_equal(out.cpu().numpy(), twin.predict_proba(X))
 
 
-def test_save_load_and_pickle_round_trips_from_the_gpu(tmp_path):
+def test_save_load_and_pickle_round_trips_from_the_gpu(cupy, tmp_path):
     import pickle
 
     X, y = make_problem("softmax", 4, 3, m=40, seed=0)
@@ -157,7 +184,7 @@ def test_save_load_and_pickle_round_trips_from_the_gpu(tmp_path):
     assert_parity(on_cpu.predict_proba(X), net.predict_proba(X), "float32", "cpu copy of a GPU network")
 
 
-def test_nan_input_on_the_gpu_is_refused_before_anything_changes():
+def test_nan_input_on_the_gpu_is_refused_before_anything_changes(cupy):
     X, y = make_problem("softmax", 4, 3, m=20, seed=0)
     X_gpu = cupy.asarray(X)
     X_gpu[3, 1] = cupy.nan

@@ -1,14 +1,8 @@
 """The cuda backend's parts that can be checked without a GPU: its errors when CuPy or a GPU is missing,
 its kernels compiled as C++ and run on the host one thread at a time against the NumPy reference, and
 its row-major-to-cuBLAS mapping against NumPy's matmul. tests/test_cuda.py runs it on a GPU."""
-import ctypes
-import os
-import re
-import shutil
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +12,7 @@ from l2fast.backends import cuda as cuda_backend
 from l2fast.backends import numpy_ref
 from l2fast.testing import assert_parity, make_problem
 
-KERNELS = Path(cuda_backend.__file__).with_name("cuda_kernels.cu")
+from cuda_emulation import KERNELS, FakeCublas, HostKernels, compile_kernels
 
 
 # -- no CuPy, no GPU -----------------------------------------------------------------------------------
@@ -73,67 +67,13 @@ def test_a_cupy_that_fails_to_import_is_reported_as_such(monkeypatch):
 
 # -- the kernels, compiled for the host ----------------------------------------------------------------
 
-SHIM = r"""
-// Lets cuda_kernels.cu compile as C++: no kernel there uses shared memory or barriers, so running its
-// threads one after another on the host computes what the GPU computes.
-#include <cmath>
-using std::exp; using std::fabs; using std::log; using std::log1p; using std::pow; using std::sqrt; using std::tanh;
-struct Index3 { unsigned x; };
-static Index3 blockIdx, blockDim, threadIdx;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-inline double atomicAdd(double* a, double v) { double old = *a; *a += v; return old; }
-inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
-    unsigned long long old = *a; *a += v; return old;
-}
-extern "C" void host_thread(unsigned block, unsigned threads, unsigned thread) {
-    blockIdx.x = block; blockDim.x = threads; threadIdx.x = thread;
-}
-"""
-
-
-class HostKernels:
-    """The kernels of cuda_kernels.cu for one dtype, callable as kernel(name, n_threads, *args) with
-    NumPy arrays for pointers; the argument types are read from the kernels' own signatures."""
-
-    def __init__(self, lib, dtype):
-        self.lib, self.dtype = lib, np.dtype(dtype)
-        self.scalar = ctypes.c_float if self.dtype == np.float32 else ctypes.c_double
-        self.signatures = {name: [p.strip() for p in params.split(",")] for name, params in
-                           re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', KERNELS.read_text())}
-
-    def _convert(self, declaration, value):
-        if "*" in declaration:
-            assert isinstance(value, np.ndarray) and value.flags.c_contiguous, declaration
-            return ctypes.c_void_p(value.ctypes.data)
-        kind = declaration.rsplit(" ", 1)[0]
-        return {"long long": ctypes.c_longlong, "int": ctypes.c_int, "double": ctypes.c_double,
-                "T": self.scalar}[kind](value)
-
-    def __call__(self, name, n_threads, *args):
-        params = self.signatures[name]
-        assert len(params) == len(args), name
-        converted = [self._convert(p, a) for p, a in zip(params, args)]
-        function = getattr(self.lib, name)
-        threads = cuda_backend.THREADS
-        for i in range(-(-n_threads // threads) * threads):  # whole blocks, as on the GPU: the tail must return
-            self.lib.host_thread(i // threads, threads, i % threads)
-            function(*converted)
-
 
 @pytest.fixture(scope="module", params=["float64", "float32"])
 def host_kernels(request, tmp_path_factory):
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    assert compiler, "a C++ compiler is needed (the package itself is built with one)"
-    folder = tmp_path_factory.mktemp(f"kernels_{request.param}")
     ctype = "float" if request.param == "float32" else "double"
-    (folder / "shim.hpp").write_text(SHIM)
-    (folder / "kernels.cpp").write_text(f'#include "shim.hpp"\ntypedef {ctype} T;\n#include "{KERNELS}"\n')
-    library = folder / "kernels.so"
-    subprocess.run([compiler, "-std=c++14", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(library),
-                    str(folder / "kernels.cpp")], check=True, capture_output=True, text=True)
-    return HostKernels(ctypes.CDLL(str(library)), request.param)
+    source = f"typedef {ctype} T;\n" + KERNELS.read_text()
+    library = compile_kernels(source, tmp_path_factory.mktemp(f"kernels_{request.param}"))
+    return HostKernels(library, request.param, source)
 
 
 def test_every_kernel_the_backend_loads_is_defined(host_kernels):
@@ -152,7 +92,7 @@ def test_gathers_follow_the_order_from_the_device_offset(host_kernels):
     picked = np.empty(3, np.int64)
     host_kernels("gather_labels", 3, labels, order, counters, picked, 3)
     np.testing.assert_array_equal(picked, labels[[4, 1, 5]])
-    host_kernels("advance", 1, counters, 3)
+    host_kernels("advance_counters", 1, counters, 3)
     np.testing.assert_array_equal(counters, [5, 1])
 
 
@@ -255,49 +195,8 @@ def test_optimizer_steps_match_the_reference(host_kernels, spec):
 # -- the mapping of row-major products onto column-major cuBLAS ------------------------------------------
 
 
-class ColumnMajorGemm:
-    """cublas<t>gemm(StridedBatched) in NumPy, on host buffers addressed by pointer like device memory."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def _view(self, pointer, rows, cols, ld, op):
-        # op(M) for a column-major M stored with leading dimension ld at `pointer`.
-        for array in self.arrays:
-            start = array.ctypes.data
-            if start <= pointer < start + array.nbytes:
-                flat = array.reshape(-1)
-                offset = (pointer - start) // array.itemsize
-                stored = (cols, rows) if op else (rows, cols)
-                view = np.lib.stride_tricks.as_strided(flat[offset:], shape=stored,
-                                                       strides=(array.itemsize, ld * array.itemsize))
-                return view.T if op else view
-        raise AssertionError(f"pointer {pointer:#x} is in no known array")
-
-    def gemm(self, handle, op_a, op_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
-        return self.batched(handle, op_a, op_b, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1)
-
-    def batched(self, handle, op_a, op_b, m, n, k, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c,
-                batch):
-        alpha, beta = alpha._obj.value, beta._obj.value
-        stride = [int(getattr(s, "value", s)) for s in (stride_a, stride_b, stride_c)]
-        size = self.arrays[0].itemsize
-        for i in range(batch):
-            a = self._view(A.value + i * stride[0] * size, m, k, lda, op_a)
-            b = self._view(B.value + i * stride[1] * size, k, n, ldb, op_b)
-            c = self._view(C.value + i * stride[2] * size, m, n, ldc, 0)
-            c[...] = alpha * (a @ b) + beta * c
-        return 0
-
-
-def emulated_blas(dtype, arrays):
-    blas = cuda_backend._Cublas.__new__(cuda_backend._Cublas)
-    emulator = ColumnMajorGemm(arrays)
-    blas.handle = None
-    blas._gemm = {np.dtype(dtype): emulator.gemm}
-    blas._batched = {np.dtype(dtype): emulator.batched}
-    blas._scalar = {np.dtype("float32"): ctypes.c_float, np.dtype("float64"): ctypes.c_double}
-    return blas
+def emulated_blas():
+    return FakeCublas(None, False)
 
 
 def ptr(array):
@@ -311,7 +210,7 @@ def test_row_major_products_map_onto_cublas(rows, n_in, n_out):
     dZ, Z, dA = rng.normal(size=(rows, n_out)), np.zeros((rows, n_out)), np.zeros((rows, n_in))
     W_before = W.copy()
     dt = np.dtype("float64")
-    blas = emulated_blas(dt, [A, W, dZ, Z, dA])
+    blas = emulated_blas()
     blas.gemm(dt, False, True, rows, n_out, n_in, 1.0, ptr(A), n_in, ptr(W), n_in, 0.0, ptr(Z), n_out)
     np.testing.assert_allclose(Z, A @ W.T, rtol=1e-13)
     blas.gemm(dt, False, False, rows, n_in, n_out, 1.0, ptr(dZ), n_out, ptr(W), n_in, 0.0, ptr(dA), n_in)
@@ -327,7 +226,7 @@ def test_stacked_products_share_the_input_batch_through_a_zero_stride():
     dZ, Z = rng.normal(size=(K, rows, n_out)), np.zeros((K, rows, n_out))
     W_before = W.copy()
     dt = np.dtype("float64")
-    blas = emulated_blas(dt, [X, W, dZ, Z])
+    blas = emulated_blas()
     blas.gemm(dt, False, True, rows, n_out, n_in, 1.0, ptr(X), n_in, ptr(W), n_in, 0.0, ptr(Z), n_out, batch=K,
               stride_a=0, stride_b=n_out * n_in, stride_c=rows * n_out)
     np.testing.assert_allclose(Z, np.stack([X @ W[k].T for k in range(K)]), rtol=1e-13)

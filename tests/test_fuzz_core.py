@@ -122,7 +122,9 @@ def test_train_epoch_refuses_or_matches_the_reference(case):
     y = case["y"]
     want = REFERENCE.train_epoch(ref_w, ref_b, X, y, case["order"], case["batch"], case["lr"], case["lam_over_m"],
                                  case["activation"], case["loss"])
-    assume(np.isfinite(want[0]) and all(np.isfinite(p).all() for p in ref_w))  # divergence is tested elsewhere
+    # Divergence is tested elsewhere; a run on its way there (a loss sum of 1e31) amplifies each rounding
+    # difference step after step, beyond any fixed tolerance.
+    assume(np.isfinite(want[0]) and want[0] < 1e6 * case["m"] and all(np.isfinite(p).all() for p in ref_w))
     got = _core.train_epoch(*train_args(case))
     dtype = case["weights"][0].dtype
     assert_parity(got[0], want[0], dtype, "loss sum")

@@ -43,7 +43,7 @@ THREADS = 256
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 LOSS_CODES = {"squared_error": 0, "logistic": 1, "softmax": 2}
 KERNEL_NAMES = ("gather_rows", "gather_labels", "bias_activation", "activation_backward", "loss_gradient",
-                "output_activation", "column_sums", "scale_models", "momentum_step", "adam_step", "advance")
+                "output_activation", "column_sums", "scale_models", "momentum_step", "adam_step", "advance_counters")
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
 CUBLAS_WORKSPACE_BYTES = 32 << 20
@@ -262,11 +262,11 @@ class CudaBackend:
     def all_finite(self, arrays):
         with self._on_stream():
             flags = cupy.stack([cupy.isfinite(a).all() for a in arrays])
-            return bool(flags.all().get())
+            return bool(flags.all())
 
     def sum_squares(self, array):
         with self._on_stream():
-            return float(cupy.sum(cupy.square(array.astype(np.float64))).get())
+            return float(cupy.sum(cupy.square(array.astype(np.float64))))
 
     # -- the pieces of a pass -----------------------------------------------------------------------
 
@@ -347,7 +347,7 @@ class CudaBackend:
                                  (P, G, slots[0], slots[1], np.int64(P.size), T(lr), T(decay),
                                   np.float64(optimizer.beta1), np.float64(optimizer.beta2), T(optimizer.eps),
                                   np.int32(optimizer.decoupled), ws.counters))
-        self._launch(kernels, "advance", 1, (ws.counters, np.int64(rows)))
+        self._launch(kernels, "advance_counters", 1, (ws.counters, np.int64(rows)))
 
     def _capture(self, kernels, ws, cfg, rows, steps):
         """A CUDA graph of `steps` consecutive training steps, or None when capture fails (graphs are

@@ -175,7 +175,7 @@ extern "C" __global__ void adam_step(T* P, const T* G, T* M, T* V, long long n, 
 }
 
 // After each step: the next batch starts rows further on, and one more step has been taken.
-extern "C" __global__ void advance(long long* counters, long long rows) {
+extern "C" __global__ void advance_counters(long long* counters, long long rows) {
     if (thread_index() != 0) return;
     counters[0] += rows;
     counters[1] += 1;
