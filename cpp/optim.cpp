@@ -24,14 +24,6 @@ void check_unit(double v, const char* name) {
         throw std::invalid_argument(std::string(name) + " must be in [0, 1), got " + std::to_string(v));
 }
 
-// Compiled twice, for AVX2 and for any x86-64, the best picked at load time: the wheel stays portable
-// and the machines that have them get 8-wide float arithmetic (sqrt and division included).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define L2FAST_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define L2FAST_VECTOR_CLONES
-#endif
-
 template <class T>
 L2FAST_VECTOR_CLONES void sgd_range(T* P, const T* G, std::size_t begin, std::size_t end, T lr, T decay) {
     for (std::size_t i = begin; i < end; ++i) P[i] -= lr * (G[i] + decay * P[i]);

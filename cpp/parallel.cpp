@@ -1,7 +1,10 @@
-// A small pool of helper threads that sleep on a condition variable between jobs.
+// A small pool of helper threads that sleep on a condition variable between jobs, after spinning a
+// moment in case another job follows at once.
 #include "parallel.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -14,6 +17,25 @@ namespace l2fast {
 
 namespace {
 
+// How long a helper waiting for work, or a caller waiting for its helpers, polls before it sleeps:
+// back-to-back jobs then start without a wake-up (tens of microseconds on a busy machine), and an
+// idle pool still leaves the cores to OpenBLAS's threads after 50 us.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+template <class Ready>
+bool spin_until(Ready ready) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    do {
+        for (int i = 0; i < 64; ++i) {
+            if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    } while (std::chrono::steady_clock::now() < deadline);
+    return ready();
+}
+
 class Pool {
 public:
     explicit Pool(std::size_t helpers) {
@@ -23,7 +45,7 @@ public:
     ~Pool() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
+            stopping_.store(true, std::memory_order_release);
         }
         wake_.notify_all();
         for (std::thread& t : workers_) t.join();
@@ -33,39 +55,56 @@ public:
 
     // Share 0 runs on the caller; shares 1..shares-1 on helpers 1..shares-1.
     void run(std::size_t n, std::size_t shares, const std::function<void(std::size_t, std::size_t)>& body) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        body_ = &body;
-        n_ = n;
-        shares_ = shares;
-        pending_ = shares - 1;
-        ++generation_;
-        lock.unlock();
+        {
+            // The job's description changes only under the mutex; helpers read it there too.
+            std::lock_guard<std::mutex> lock(mutex_);
+            body_ = &body;
+            n_ = n;
+            shares_ = shares;
+            pending_.store(shares - 1, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_release);
+        }
         wake_.notify_all();
-        share(0, body);
-        lock.lock();
-        done_.wait(lock, [this] { return pending_ == 0; });
-        body_ = nullptr;
+        share(0, n, shares, body);
+        const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+        if (!spin_until(finished)) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            done_.wait(lock, finished);
+        }
     }
 
 private:
-    void share(std::size_t index, const std::function<void(std::size_t, std::size_t)>& body) const {
-        const std::size_t begin = n_ * index / shares_, end = n_ * (index + 1) / shares_;
+    static void share(std::size_t index, std::size_t n, std::size_t shares,
+                      const std::function<void(std::size_t, std::size_t)>& body) {
+        const std::size_t begin = n * index / shares, end = n * (index + 1) / shares;
         if (begin < end) body(begin, end);
     }
 
     void work(std::size_t index) {
         std::size_t seen = 0;
-        std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
-            wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-            if (stopping_) return;
-            seen = generation_;
+            const auto changed = [&] {
+                return stopping_.load(std::memory_order_acquire) ||
+                       generation_.load(std::memory_order_acquire) != seen;
+            };
+            std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
+            if (spin_until(changed)) {
+                lock.lock();
+            } else {
+                lock.lock();
+                wake_.wait(lock, changed);
+            }
+            if (stopping_.load(std::memory_order_acquire)) return;
+            seen = generation_.load(std::memory_order_relaxed);
             if (index >= shares_) continue;
             const auto* body = body_;
+            const std::size_t n = n_, shares = shares_;
             lock.unlock();
-            share(index, *body);
-            lock.lock();
-            if (--pending_ == 0) done_.notify_one();
+            share(index, n, shares, *body);
+            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard<std::mutex> done_lock(mutex_);  // the caller cannot miss the notify
+                done_.notify_one();
+            }
         }
     }
 
@@ -73,8 +112,9 @@ private:
     std::mutex mutex_;
     std::condition_variable wake_, done_;
     const std::function<void(std::size_t, std::size_t)>* body_ = nullptr;
-    std::size_t n_ = 0, shares_ = 1, pending_ = 0, generation_ = 0;
-    bool stopping_ = false;
+    std::size_t n_ = 0, shares_ = 1;
+    std::atomic<std::size_t> pending_{0}, generation_{0};
+    std::atomic<bool> stopping_{false};
 };
 
 // One pool per process, made on first use and remade after a fork (a child has no helper threads).

@@ -5,6 +5,14 @@
 #include <cstddef>
 #include <functional>
 
+// Compiles a memory-bound loop twice, for AVX2 and for any x86-64, the best picked at load time: the wheel
+// stays portable and the machines that have AVX2 get 8-wide float arithmetic (sqrt and division included).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define L2FAST_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define L2FAST_VECTOR_CLONES
+#endif
+
 namespace l2fast {
 
 // Runs body(begin, end) over [0, n) split in up to `threads` contiguous shares: the calling thread

@@ -2,11 +2,13 @@
 // Exits non-zero when any check fails, printing each failure.
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "activations.hpp"
@@ -229,6 +231,24 @@ static void test_parallel_for_covers_every_index_once() {
     }
 }
 
+// Thousands of jobs back to back, with helpers that take part or sit out, some caught spinning and
+// some asleep: every job still covers each index exactly once.
+static void test_parallel_for_back_to_back_jobs() {
+    std::mt19937_64 rng(3);
+    std::vector<int> hits(4096);
+    for (int job = 0; job < 3000; ++job) {
+        const std::size_t n = 100 + rng() % 3997, threads = 2 + rng() % 3;
+        std::fill(hits.begin(), hits.end(), 0);
+        parallel_for(n, threads, 50, [&](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) ++hits[i];
+        });
+        bool once = true;
+        for (std::size_t i = 0; i < hits.size(); ++i) once = once && hits[i] == (i < n ? 1 : 0);
+        CHECK(once);
+        if (job % 500 == 499) std::this_thread::sleep_for(std::chrono::microseconds(200));  // let helpers sleep
+    }
+}
+
 static void test_training_stops_when_asked() {
     std::mt19937_64 rng(7);
     const std::size_t m = 40000, n_in = 8;
@@ -312,6 +332,7 @@ int main() {
     test_loss_gradient_is_the_derivative_of_the_loss();
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
+    test_parallel_for_back_to_back_jobs();
     test_training_stops_when_asked();
     test_stacked_training_equals_separate_runs();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
