@@ -6,14 +6,14 @@ set -euo pipefail
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# l2fast goes beside the carried scipy-openblas32: its compiled module finds OpenBLAS at ../scipy_openblas32.
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
-python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/l2fast .
-export PYTHONPATH=/tmp/l2fast:${PYTHONPATH:-}
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; git log -1 --format='commit %H'; } \
-  | tee "$OUT/gpu-device.txt"
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+python3 -m pip install -q --no-build-isolation --no-deps --upgrade --target /tmp/site .
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || echo "nvidia-smi: none here"
+  git log -1 --format='commit %H' 2>/dev/null || echo "commit: not a git checkout"; } | tee "$OUT/gpu-device.txt"
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_host.py tests/test_parity.py \
   tests/test_optim.py tests/test_stacked.py 2>&1 | tee "$OUT/gpu-tests.txt" || echo "SOME TESTS FAILED"
 python3 -m l2fast parity 2>&1 | tee "$OUT/gpu-parity.txt" || echo "PARITY FAILED"

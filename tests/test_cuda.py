@@ -196,9 +196,7 @@ def test_nan_input_on_the_gpu_is_refused_before_anything_changes(cupy):
         np.testing.assert_array_equal(p, q)
 
 
-def test_lambda_selection_and_the_estimators_run_on_the_device(cupy):
-    from l2fast.sklearn import L2MLPClassifier
-
+def test_lambda_selection_runs_on_the_device(cupy):
     X, y = make_problem("softmax", 5, 3, m=80, seed=9)
     X_dev, y_dev = make_problem("softmax", 5, 3, m=40, seed=10)
     options = dict(layer_sizes=[5, 8, 3], epochs=3, lr=0.05, batch_size=16, dtype="float64", progress=False)
@@ -207,6 +205,14 @@ def test_lambda_selection_and_the_estimators_run_on_the_device(cupy):
     assert on_gpu.best_lam == reference.best_lam
     assert_parity([r.dev_loss for r in on_gpu.results], [r.dev_loss for r in reference.results], "float64",
                   "development losses")
+
+
+def test_the_estimators_run_on_the_device(cupy):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    from l2fast.sklearn import L2MLPClassifier
+
+    X, y = make_problem("softmax", 5, 3, m=80, seed=9)
+    X_dev, _ = make_problem("softmax", 5, 3, m=40, seed=10)
     clf = L2MLPClassifier(hidden_layer_sizes=(8,), epochs=3, backend="cuda", random_state=0).fit(X, y)
     twin = L2MLPClassifier(hidden_layer_sizes=(8,), epochs=3, backend="numpy", random_state=0).fit(X, y)
     np.testing.assert_array_equal(clf.predict(X_dev), twin.predict(X_dev))
