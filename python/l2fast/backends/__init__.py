@@ -37,8 +37,8 @@ def get_backend(name):
         raise BackendUnavailableError(
             "backend='cuda' needs CuPy and an NVIDIA GPU; "
             + ("CuPy is not installed. " if missing else f"CuPy is installed but failed to import ({exc}). ")
-            + "Install it with `pip install \"l2fast[cuda]\"` (the CuPy wheel for CUDA 12) on a machine with an "
-            "NVIDIA driver for CUDA 12; backend='cpu' runs here without one."
+            + "Install it with `pip install \"l2fast[cuda]\"` (the CuPy wheel for CUDA 12; \"l2fast[cuda13]\" for "
+            "CUDA 13) on a machine with an NVIDIA driver; backend='cpu' runs here without one."
         ) from exc
     from l2fast.backends import cuda
 

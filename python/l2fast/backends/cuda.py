@@ -66,13 +66,23 @@ def probe():
 
 
 def _cublas_library():
-    """libcublas, which CuPy has loaded already (dlopen by soname finds the loaded copy)."""
+    """libcublas: where NVIDIA's cuda-pathfinder (which recent CuPy uses) finds it, else the copy CuPy
+    has loaded (dlopen by soname finds a loaded library), else the nvidia-cublas wheel's."""
+    errors = []
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        loaded = load_nvidia_dynamic_lib("cublas")
+        if loaded.abs_path:
+            return ctypes.CDLL(loaded.abs_path)
+    except Exception as exc:  # not installed, or it found nothing: the other ways may still work
+        errors.append(f"cuda.pathfinder: {exc}")
     try:
         import cupy_backends.cuda.libs.cublas  # noqa: F401  (makes CuPy load libcublas)
     except ImportError:
         pass
-    errors = []
-    for name in ("libcublas.so.12", "libcublas.so.13", "libcublas.so.11", "libcublas.so", "cublas64_12.dll"):
+    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so", "cublas64_13.dll",
+                 "cublas64_12.dll"):
         try:
             return ctypes.CDLL(name)
         except OSError as exc:
