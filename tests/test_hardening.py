@@ -44,7 +44,7 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
     import numpy as np
     import l2fast
 
-    backend = sys.argv[1]
+    backend, optimizer = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     # One record per step: an epoch of several seconds on either backend, so the signal lands in the first.
     X = rng.normal(size=(100000, 256)).astype(np.float32)
@@ -60,10 +60,12 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
-        net.fit(X, y, epochs=1000, lr=0.01, batch_size=1)
+        net.fit(X, y, epochs=1000, lr=0.01, batch_size=1, optimizer=optimizer)
     except KeyboardInterrupt:
         latency = time.perf_counter() - sent[0]
         unchanged = all(np.array_equal(p, q) for p, q in zip(before, net.weights + net.biases))
+        state = net.optimizer_state  # the epoch's starting state too: no steps, zero moments
+        unchanged = unchanged and state.step == 0 and all(not a.any() for slot in state.slots for a in slot)
         print(f"interrupted after {latency:.3f} s; parameters back at the epoch's start: {unchanged}")
         sys.exit(0 if unchanged and latency < 0.5 else 1)
     print("fit finished without noticing the interrupt")
@@ -71,11 +73,13 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ctrl_c_stops_fit_promptly_and_leaves_consistent_parameters(backend, tmp_path):
+def test_ctrl_c_stops_fit_promptly_and_leaves_consistent_parameters(backend, optimizer, tmp_path):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(script), backend, optimizer], capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "parameters back at the epoch's start: True" in result.stdout
 
