@@ -7,6 +7,7 @@
 
 #include "blas.hpp"
 #include "parallel.hpp"
+#include "update.hpp"
 
 namespace l2fast {
 
@@ -22,11 +23,6 @@ namespace {
 void check_unit(double v, const char* name) {
     if (!(v >= 0.0 && v < 1.0))
         throw std::invalid_argument(std::string(name) + " must be in [0, 1), got " + std::to_string(v));
-}
-
-template <class T>
-L2FAST_VECTOR_CLONES void sgd_range(T* P, const T* G, std::size_t begin, std::size_t end, T lr, T decay) {
-    for (std::size_t i = begin; i < end; ++i) P[i] -= lr * (G[i] + decay * P[i]);
 }
 
 template <class T>
@@ -82,10 +78,8 @@ void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const
     // sleeping helper costs about what it saves (measured on Adam's step, the costliest per entry).
     const std::size_t threads = std::size_t(std::max(blas::num_threads(), 1)), min_share = std::size_t(1) << 17;
     switch (opt.method) {
-        case Method::Sgd:
-            parallel_for(n, threads, min_share, [=](std::size_t begin, std::size_t end) {
-                sgd_range(P, G, begin, end, lr, decay);
-            });
+        case Method::Sgd:  // g = G + decay P, P <- P - lr g: the standalone L2 update
+            inplace_l2_update(P, G, n, lr, decay);
             return;
         case Method::Momentum:
             parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {

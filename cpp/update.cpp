@@ -11,6 +11,15 @@ namespace l2fast {
 namespace {
 constexpr double kMinScale = 0.5;
 
+// dW <- beta dW + scale dZ^T . A_prev, db <- beta db + scale sum_rows dZ: the gradient products of a block.
+template <class T>
+void gradient_product(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+                      std::size_t n_in, T scale, T beta) {
+    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
+               int(n_in), beta, dW, int(n_in));
+    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, beta, db, 1);
+}
+
 template <class T>
 L2FAST_VECTOR_CLONES void l2_update_range(T* W, const T* dW, std::size_t begin, std::size_t end, T keep, T lr) {
     for (std::size_t i = begin; i < end; ++i) W[i] = keep * W[i] - lr * dW[i];
@@ -49,18 +58,13 @@ void inplace_apply_scale(T* W, double& scale, std::size_t n) {
 template <class T>
 void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale) {
-    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
-               int(n_in), T(1), dW, int(n_in));
-    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, T(1), db, 1);
+    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, scale, T(1));
 }
 
 template <class T>
 void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
                    std::size_t n_in) {
-    const T scale = T(1) / T(batch);
-    blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
-               int(n_in), T(0), dW, int(n_in));
-    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, T(0), db, 1);
+    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, T(1) / T(batch), T(0));
 }
 
 template <class T>
