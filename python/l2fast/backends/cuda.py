@@ -145,11 +145,6 @@ class _Cublas:
                                           ctypes.c_longlong(stride_c), batch)
         self._check(status, "gemm")
 
-    def close(self):
-        if self.handle:
-            self._lib.cublasDestroy_v2(self.handle)
-            self.handle = ctypes.c_void_p()
-
 
 _MODULES = {}
 
@@ -189,7 +184,7 @@ class _Workspace:
 
     def __init__(self, sizes, batch, K, dtype, loss, n_slots):
         L = len(sizes) - 1
-        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss)
+        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots))
         self.xb = cupy.empty((batch, sizes[0]), dtype)
         self.yb_labels = cupy.empty(batch, np.int64) if loss == "softmax" else cupy.empty(1, np.int64)
         self.yb_values = cupy.empty((batch, sizes[-1]), dtype) if loss != "softmax" else cupy.empty(1, dtype)
@@ -385,9 +380,9 @@ class CudaBackend:
         n = len(X) if order is None else len(order)
         batch = min(batch_size, n)
         kernels = _kernels(dtype)
-        key = (tuple(sizes), batch, K, dtype, loss)
         n_slots = 0 if optimizer is None else optimizer.n_slots
-        if self._workspace is None or self._workspace.key != key or bool(self._workspace.gW) != bool(n_slots):
+        key = (tuple(sizes), batch, K, dtype, loss, bool(n_slots))
+        if self._workspace is None or self._workspace.key != key:
             self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots)
             self._graphs = {}
         ws = self._workspace
@@ -481,14 +476,13 @@ class CudaBackend:
         return out
 
     def evaluate(self, weights, biases, X, y, activation, loss):
-        loss_sum, correct, _ = self._whole_data(weights, biases, X, y, activation, loss, None)
-        return loss_sum, correct
+        return self._whole_data(weights, biases, X, y, activation, loss, None)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
         with self._on_stream():
             dW = [W * W.dtype.type(lam_over_m) for W in weights]
             db = [cupy.zeros_like(b) for b in biases]
-        loss_sum, _, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db))
+        loss_sum, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db))
         return dW, db, loss_sum
 
     def _whole_data(self, weights, biases, X, y, activation, loss, grads):
@@ -527,7 +521,7 @@ class CudaBackend:
                               _ptr(dW[l]), n_in)
                     self._launch(kernels, "column_sums", n_out,
                                  (db[l], dZ, np.int64(rows), np.int64(n_out), np.int64(1), T(1.0 / m), T(1)))
-            return float(loss_sum.get(stream=self.stream)[0]), int(correct.get(stream=self.stream)[0]), None
+            return float(loss_sum.get(stream=self.stream)[0]), int(correct.get(stream=self.stream)[0])
 
 
 def device_summary():
