@@ -9,7 +9,7 @@ import pytest
 
 import l2fast
 from l2fast.backends import get_backend
-from l2fast.testing import assert_parity, make_problem
+from l2fast.testing import assert_parity, make_problem, parameters, twin_networks
 
 from cuda_emulation import FakeGraph, emulated_gpu
 
@@ -42,15 +42,10 @@ def cupy(request, monkeypatch, kernel_folder):
 DTYPES = ["float64", "float32"]
 
 
-def pair(sizes, activation, loss, dtype, lam=0.8, seed=4, graphs=True):
-    ref = l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend="numpy", dtype=dtype, seed=seed)
-    gpu = l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend="cuda", dtype=dtype, seed=seed)
+def pair(sizes, activation, loss, dtype, lam=0.8, graphs=True):
+    ref, gpu = twin_networks(sizes, activation, loss, dtype, "cuda", lam=lam)
     gpu._backend.use_graphs = graphs
     return ref, gpu
-
-
-def params(net):
-    return net.weights + net.biases
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -81,7 +76,7 @@ def test_parameters_after_fit_agree(cupy, activation, loss_out, dtype, graphs):
     ref, gpu = pair([6, 7, 5, n_out], activation, loss, dtype, graphs=graphs)
     fit = dict(epochs=3, lr=0.05, batch_size=16, validation_data=(X_val, y_val))
     ref_history, history = ref.fit(X, y, **fit), gpu.fit(X, y, **fit)
-    for p, p_ref in zip(params(gpu), params(ref)):
+    for p, p_ref in zip(parameters(gpu), parameters(ref)):
         assert isinstance(p, np.ndarray) and p.dtype == np.dtype(dtype)
         assert_parity(p, p_ref, dtype, "parameters after fit")
     for key in ("loss", "cost", "val_loss", "val_cost"):
@@ -102,7 +97,7 @@ def test_optimizers_agree(cupy, optimizer, dtype, graphs):
     ref, gpu = pair([6, 9, 3], "tanh", "softmax", dtype, graphs=graphs)
     for net in (ref, gpu):
         net.fit(X, y, epochs=4, lr=0.01, batch_size=8, optimizer=optimizer, schedule="exponential")
-    for p, p_ref in zip(params(gpu), params(ref)):
+    for p, p_ref in zip(parameters(gpu), parameters(ref)):
         assert_parity(p, p_ref, dtype, f"{optimizer}: parameters")
     state, ref_state = gpu.optimizer_state, ref.optimizer_state
     assert state.step == ref_state.step == 52
@@ -120,7 +115,7 @@ def test_stacked_sweep_equals_separate_runs(cupy, dtype):
     histories = l2fast.fit_together(together, X, y, epochs=3, lr=0.05, batch_size=16)
     ref_histories = l2fast.fit_together(reference, X, y, epochs=3, lr=0.05, batch_size=16)
     for net, ref, history, ref_history in zip(together, reference, histories, ref_histories):
-        for p, q in zip(params(net), params(ref)):
+        for p, q in zip(parameters(net), parameters(ref)):
             assert_parity(p, q, dtype, f"lam={net.lam}: parameters")
         assert_parity(history.loss, ref_history.loss, dtype, "history.loss")
 
@@ -130,7 +125,7 @@ def test_heavy_decay_agrees(cupy):
     ref, gpu = pair([5, 4, 3], "tanh", "softmax", "float64", lam=1.2 * 40 / 0.1)
     for net in (ref, gpu):
         net.fit(X, y, epochs=2, lr=0.1, batch_size=8)
-    for p, q in zip(params(gpu), params(ref)):
+    for p, q in zip(parameters(gpu), parameters(ref)):
         assert_parity(p, q, "float64", "parameters")
 
 
@@ -142,7 +137,7 @@ def test_cupy_arrays_are_used_in_place_and_predictions_keep_the_input_type(cupy)
     twin = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
     net.fit(X_gpu, y_gpu, epochs=2, batch_size=16)
     twin.fit(X, y, epochs=2, batch_size=16)
-    for p, q in zip(params(net), params(twin)):
+    for p, q in zip(parameters(net), parameters(twin)):
         np.testing.assert_array_equal(p, q)
     assert isinstance(net.predict(X_gpu), cupy.ndarray) and isinstance(net.predict(X), np.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(net.predict_proba(X_gpu)), net.predict_proba(X))
@@ -161,7 +156,7 @@ def test_torch_cuda_tensors_go_in_without_a_host_copy():
     twin = l2fast.Network([4, 5, 3], backend="cuda", dtype="float64", seed=0)
     net.fit(X_t, y_t, epochs=2, batch_size=16)
     twin.fit(X, y, epochs=2, batch_size=16)
-    for p, q in zip(params(net), params(twin)):
+    for p, q in zip(parameters(net), parameters(twin)):
         np.testing.assert_array_equal(p, q)
     out = net.predict_proba(X_t)
     assert isinstance(out, torch.Tensor) and out.is_cuda
@@ -177,7 +172,7 @@ def test_save_load_and_pickle_round_trips_from_the_gpu(cupy, tmp_path):
     net.save(tmp_path / "gpu.npz")
     for back in (l2fast.load(tmp_path / "gpu.npz"), pickle.loads(pickle.dumps(net))):
         assert back.backend == "cuda"
-        for p, q in zip(params(back), params(net)):
+        for p, q in zip(parameters(back), parameters(net)):
             np.testing.assert_array_equal(p, q)
         back.fit(X, y, epochs=1, batch_size=8, optimizer="adam")
     on_cpu = l2fast.load(tmp_path / "gpu.npz", backend="cpu")
@@ -189,10 +184,10 @@ def test_nan_input_on_the_gpu_is_refused_before_anything_changes(cupy):
     X_gpu = cupy.asarray(X)
     X_gpu[3, 1] = cupy.nan
     net = l2fast.Network([4, 3], backend="cuda", seed=0)
-    before = params(net)
+    before = parameters(net)
     with pytest.raises(ValueError, match="X: contains NaN or infinity"):
         net.fit(X_gpu, y)
-    for p, q in zip(params(net), before):
+    for p, q in zip(parameters(net), before):
         np.testing.assert_array_equal(p, q)
 
 

@@ -9,7 +9,7 @@ import l2fast
 from l2fast import _core, optim
 from l2fast.backends.cpu import core_options
 from l2fast.backends.numpy_ref import optimizer_step
-from l2fast.testing import assert_parity, make_problem
+from l2fast.testing import assert_parity, make_problem, parameters, twin_networks
 
 DTYPES = ["float64", "float32"]
 OPTIMIZERS = {
@@ -23,13 +23,6 @@ OPTIMIZERS = {
 }
 
 
-def params(net):
-    return net.weights + net.biases
-
-
-def twins(sizes, activation, loss, dtype, lam=2.0, seed=4, backends=("numpy", "cpu")):
-    return [l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend=b, dtype=dtype, seed=seed)
-            for b in backends]
 
 
 # -- the reference's update against the formulas ------------------------------------------------------
@@ -64,7 +57,7 @@ def test_coupled_and_decoupled_agree_without_lambda_and_differ_with_it(name):
         for spec in (coupled, decoupled):
             net = l2fast.Network([5, 6, 3], lam=lam, dtype="float64", seed=1)
             net.fit(X, y, epochs=3, lr=0.05, batch_size=8, optimizer=spec)
-            results[lam, spec.decoupled] = params(net)
+            results[lam, spec.decoupled] = parameters(net)
     for a, b in zip(results[0.0, False], results[0.0, True]):
         np.testing.assert_array_equal(a, b)
     assert max(np.abs(a - b).max() for a, b in zip(results[4.0, False], results[4.0, True])) > 1e-6
@@ -76,7 +69,7 @@ def test_plain_sgd_is_momentum_zero_and_decoupled_sgd():
     for spec in ("sgd", l2fast.Momentum(0.0), l2fast.Momentum(0.0, decoupled=True)):
         net = l2fast.Network([5, 6, 3], lam=3.0, dtype="float64", seed=1)
         net.fit(X, y, epochs=3, lr=0.1, batch_size=8, optimizer=spec)
-        runs.append(params(net))
+        runs.append(parameters(net))
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -101,11 +94,11 @@ def test_cpu_fit_matches_the_reference(loss_out, dtype, name):
     loss, n_out = loss_out
     X, y = make_problem(loss, 6, n_out, m=53, seed=23)  # 3 batches of 16 and a partial one of 5
     X_val, y_val = make_problem(loss, 6, n_out, m=11, seed=24)
-    ref, fast = twins([6, 7, 5, n_out], "tanh", loss, dtype)
+    ref, fast = twin_networks([6, 7, 5, n_out], "tanh", loss, dtype, "cpu", lam=2.0)
     fit = dict(epochs=4, lr=0.02, batch_size=16, validation_data=(X_val, y_val), optimizer=OPTIMIZERS[name],
                schedule=l2fast.ExponentialDecay(0.9))
     ref_history, history = ref.fit(X, y, **fit), fast.fit(X, y, **fit)
-    for p, p_ref in zip(params(fast), params(ref)):
+    for p, p_ref in zip(parameters(fast), parameters(ref)):
         assert p.dtype == np.dtype(dtype)
         assert_parity(p, p_ref, dtype, f"{name}: parameters after fit")
     state, ref_state = fast.optimizer_state, ref.optimizer_state
@@ -119,10 +112,10 @@ def test_cpu_fit_matches_the_reference(loss_out, dtype, name):
 @pytest.mark.parametrize("name", ["nesterov", "adamw"])
 def test_cpu_matches_the_reference_for_every_activation(activation, name):
     X, y = make_problem("softmax", 5, 3, m=37, seed=5)
-    ref, fast = twins([5, 8, 3], activation, "softmax", "float64")
+    ref, fast = twin_networks([5, 8, 3], activation, "softmax", "float64", "cpu", lam=2.0)
     for net in (ref, fast):
         net.fit(X, y, epochs=3, lr=0.01, batch_size=10, optimizer=OPTIMIZERS[name])
-    for p, p_ref in zip(params(fast), params(ref)):
+    for p, p_ref in zip(parameters(fast), parameters(ref)):
         assert_parity(p, p_ref, "float64", f"{activation}: parameters")
 
 
@@ -151,7 +144,7 @@ def test_fit_together_with_an_optimizer_equals_separate_fits():
         for net in alone:
             net.fit(X, y, epochs=3, lr=0.01, batch_size=10, optimizer="adam")
         for a, b in zip(together, alone):
-            for p, q in zip(params(a), params(b)):
+            for p, q in zip(parameters(a), parameters(b)):
                 np.testing.assert_array_equal(p, q)
 
 
@@ -193,7 +186,7 @@ def test_matches_pytorch_from_the_same_start(name, backend):
             opt.step()
     net.fit(X, y, epochs=epochs, lr=0.02, batch_size=batch, shuffle=False, optimizer=spec)
     theirs = [lin.weight.detach().numpy() for lin in linears] + [lin.bias.detach().numpy() for lin in linears]
-    for p, q in zip(params(net), theirs):
+    for p, q in zip(parameters(net), theirs):
         assert_parity(p, q, "float64", f"{name} against PyTorch")
 
 
@@ -223,7 +216,7 @@ def test_schedule_steps_change_the_training_as_the_reference_says():
     by_hand = l2fast.Network([4, 5, 3], lam=1.0, dtype="float64", seed=0)
     by_hand.fit(X, y, epochs=1, lr=0.2, batch_size=6)
     by_hand.fit(X, y, epochs=1, lr=0.1, batch_size=6)
-    for p, q in zip(params(scheduled), params(by_hand)):
+    for p, q in zip(parameters(scheduled), parameters(by_hand)):
         np.testing.assert_array_equal(p, q)
 
 
@@ -262,7 +255,7 @@ def test_training_resumes_exactly_after_a_second_fit_or_a_save_and_load(tmp_path
     assert first.lr + second.lr == whole.lr and third.lr == second.lr
     assert first.loss + second.loss == whole.loss and third.loss == second.loss
     for net in (halves, loaded):
-        for p, q in zip(params(net), params(straight)):
+        for p, q in zip(parameters(net), parameters(straight)):
             np.testing.assert_array_equal(p, q)
         assert net.optimizer_state.step == straight.optimizer_state.step == 42
 
@@ -315,10 +308,10 @@ def test_divergence_leaves_the_state_of_the_last_finite_epoch():
 def test_unknown_optimizers_and_schedules_are_refused_and_change_nothing(bad, message):
     X, y = make_problem("softmax", 4, 3, m=20, seed=0)
     net = l2fast.Network([4, 3], seed=0)
-    before = params(net)
+    before = parameters(net)
     with pytest.raises(ValueError, match=message):
         net.fit(X, y, **bad)
-    for p, q in zip(params(net), before):
+    for p, q in zip(parameters(net), before):
         np.testing.assert_array_equal(p, q)
     assert net.optimizer_state is None
 
@@ -438,6 +431,6 @@ def test_version_1_files_still_load(tmp_path):
     with open(tmp_path / "v1.npz", "wb") as file:
         np.savez(file, **contents)
     back = l2fast.load(tmp_path / "v1.npz")
-    for p, q in zip(params(back), params(net)):
+    for p, q in zip(parameters(back), parameters(net)):
         np.testing.assert_array_equal(p, q)
     assert back.optimizer_state is None

@@ -2,15 +2,13 @@
 import numpy as np
 import pytest
 
-import l2fast
-from l2fast.testing import assert_parity, make_problem
+from l2fast.testing import assert_parity, make_problem, twin_networks
 
 DTYPES = ["float64", "float32"]
 
 
-def pair(sizes, activation, loss, dtype, lam=0.8, seed=4):
-    return [l2fast.Network(sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
-                           seed=seed) for backend in ("numpy", "cpu")]
+def pair(sizes, activation, loss, dtype, lam=0.8):
+    return twin_networks(sizes, activation, loss, dtype, "cpu", lam=lam)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -60,3 +60,17 @@ def make_problem(loss, n_in, n_out, m, seed):
     else:
         y = rng.normal(size=(m, n_out)) if n_out > 1 else rng.normal(size=m)
     return X, y
+
+
+def twin_networks(sizes, activation, loss, dtype, backend, lam=0.8, seed=4):
+    """The same network (architecture, lam, seed, hence initial weights) twice: on the NumPy reference and
+    on `backend`. Returns (reference, other)."""
+    from l2fast.network import Network
+
+    return tuple(Network(sizes, activation=activation, loss=loss, lam=lam, backend=name, dtype=dtype, seed=seed)
+                 for name in ("numpy", backend))
+
+
+def parameters(net):
+    """A network's weights then biases, as NumPy arrays: W[0], ..., W[L-1], b[0], ..., b[L-1]."""
+    return net.weights + net.biases
