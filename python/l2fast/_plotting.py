@@ -12,3 +12,11 @@ def pyplot(who, extra):
     except ImportError as exc:
         raise SystemExit(f"{who} needs matplotlib: pip install \"l2fast[{extra}]\" ({exc})")
     return plt
+
+
+def save(plt, fig, path):
+    """Writes the figure as a PNG at `path` (laid out, 100 dpi) and frees it; returns path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -337,6 +337,12 @@ def bench_lambda_price(config, backends, repeats, out):
     return price
 
 
+def update_operands(n):
+    """The weights W (n,) and a small gradient dW (n,), float32, that U and O update."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+
+
 def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     """The L2 update alone: l2fast's one-pass kernel, naive NumPy, and OpenBLAS's in-place axpy."""
     from l2fast.backends.cpu import _core
@@ -346,9 +352,7 @@ def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     print(f"  {'parameters':>12} {'l2fast ms':>10} {'naive NumPy ms':>15} {'axpy ms':>9} {'l2fast GB/s':>12} "
           f"{'l2fast/axpy':>12} {'naive/axpy':>11}", file=out)
     for n in sizes:
-        rng = np.random.default_rng(0)
-        W = rng.standard_normal(n, dtype=np.float32)
-        dW = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+        W, dW = update_operands(n)
 
         def naive():
             W[...] -= lr * (dW + lam_over_m * W)
@@ -416,9 +420,7 @@ def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
     print(f"  {'parameters':>11} {'optimizer':>9} {'l2fast ms':>10} {'limit ms':>9} {'l2fast/limit':>13} "
           f"{'NumPy ref ms':>13} {'PyTorch ms':>14}", file=out)
     for n in sizes:
-        rng = np.random.default_rng(0)
-        W = rng.standard_normal(n, dtype=np.float32)
-        G = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+        W, G = update_operands(n)
         for name, streams in OPTIMIZER_STREAMS.items():
             spec = resolve_optimizer(name)
             slots = [np.zeros(n, np.float32) for _ in range(spec.n_slots)]
@@ -644,9 +646,7 @@ def plot(record, path):
                      fontsize=10)
         ax.set_xlabel("seconds per epoch (median, lower is better)", fontsize=8)
         ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plotting.save(plt, fig, path)
 
 
 def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, out=None):

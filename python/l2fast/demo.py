@@ -79,10 +79,7 @@ def _validation_curve(plt, sweep, path):
     ax.set_ylabel("data loss (cross-entropy, no penalty)")
     ax.set_title("Validation curve: the gap closes as lambda grows")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plotting.save(plt, fig, path)
 
 
 def _learning_curves(plt, zero, best, path):
@@ -96,7 +93,4 @@ def _learning_curves(plt, zero, best, path):
     ax.set_ylabel("data loss")
     ax.set_title("Learning curves with and without the chosen lambda")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plotting.save(plt, fig, path)
