@@ -447,6 +447,7 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
     for net, state in zip(networks, states):
         net._optimizer_state = state
     steps_per_epoch = -(-m // batch_size)
+    stepper = None if optimizer.name == "sgd" else optimizer  # backends: None is the fused SGD step
     classifier = first.loss != "squared_error"
     backend = first._backend
     histories = [History() for _ in networks]
@@ -472,7 +473,7 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
                         net, state = networks[k], states[k]
                         stats.append(backend.train_epoch(
                             net._weights, net._biases, X, y, order, batch_size, rates[k], net._lam / m,
-                            first.activation, first.loss, optimizer, state.slots, state.step))
+                            first.activation, first.loss, stepper, state.slots, state.step))
                 else:
                     stats = backend.train_epoch_stacked(
                         [networks[k]._weights for k in active], [networks[k]._biases for k in active], X, y, order,

@@ -29,7 +29,7 @@ class CpuBackend(HostArrays):
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                     optimizer=None, slots=(), step=0):
-        if optimizer is None or optimizer.name == "sgd":
+        if optimizer is None:
             return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
         return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                                  slots=[list(slot) for slot in slots], step=step, **core_options(optimizer))

@@ -386,8 +386,6 @@ class CudaBackend:
             self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots)
             self._graphs = {}
         ws = self._workspace
-        if optimizer is not None and optimizer.name == "sgd":
-            optimizer = None
         keep = [1.0 - lr * lam for lam in lam_over_m]
         cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "lr": lr, "keep": keep,
                "lam_over_m": lam_over_m, "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,

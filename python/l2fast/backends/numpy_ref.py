@@ -186,8 +186,8 @@ class NumpyBackend(HostArrays):
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                     optimizer=None, slots=(), step=0):
-        """One epoch of minibatch steps in place. ``optimizer`` None or SGD is the fused L2 step;
-        another ``l2fast.optim`` spec steps with its state ``slots`` (see ``OptimizerState``), the
+        """One epoch of minibatch steps in place. ``optimizer`` None is the fused L2 step; an
+        ``l2fast.optim`` spec (Momentum, Adam) steps with its state ``slots`` (see ``OptimizerState``), the
         epoch's first step being number step + 1. Returns (loss_sum, correct)."""
         n = len(X) if order is None else len(order)
         loss_sum, correct = 0.0, 0
@@ -195,7 +195,7 @@ class NumpyBackend(HostArrays):
         count = step
 
         def step_layer(layer, dZ, A_prev):
-            if optimizer is None or optimizer.name == "sgd":
+            if optimizer is None:
                 l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
                 return
             batch = len(dZ)
