@@ -19,7 +19,9 @@ namespace {
 
 // How long a helper waiting for work, or a caller waiting for its helpers, polls before it sleeps:
 // back-to-back jobs then start without a wake-up (tens of microseconds on a busy machine), and an
-// idle pool still leaves the cores to OpenBLAS's threads after 50 us.
+// idle pool still leaves the cores to OpenBLAS's threads after 50 us. Between rounds of polling it
+// yields: when the scheduler has put a helper on the caller's core (the other one busy elsewhere),
+// the caller's share then runs instead of waiting out the spin (U at 1M: 0.2 ms a call -> 0.1).
 constexpr auto kSpin = std::chrono::microseconds(50);
 
 template <class Ready>
@@ -32,6 +34,7 @@ bool spin_until(Ready ready) {
             __builtin_ia32_pause();
 #endif
         }
+        std::this_thread::yield();
     } while (std::chrono::steady_clock::now() < deadline);
     return ready();
 }

@@ -343,7 +343,24 @@ def update_operands(n):
     return rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
 
 
-def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
+def time_in_blocks(kernels, rounds, calls, pause):
+    """Seconds per call of each kernel (name -> callable), timed in blocks of `calls` back-to-back calls
+    after one untimed call, the kernels taking turns for `rounds` rounds. Each block starts after
+    `pause` seconds of quiet: thread pools (OpenBLAS's, l2fast's, PyTorch's) spin for a while after
+    their last job, and a kernel timed while another's threads still spin shares a core with them."""
+    times = {k: [] for k in kernels}
+    for _ in range(rounds):
+        for k, f in kernels.items():
+            time.sleep(pause)
+            f()
+            for _ in range(calls):
+                start = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - start)
+    return times
+
+
+def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5, pause=0.2):
     """The L2 update alone: l2fast's one-pass kernel, naive NumPy, and OpenBLAS's in-place axpy."""
     from l2fast.backends.cpu import _core
 
@@ -359,17 +376,10 @@ def bench_update(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
 
         kernels = {"l2fast": lambda: _core.l2_update(W, dW, lr, lam_over_m), "naive": naive,
                    "axpy": lambda: _core.axpy(-lr, dW, W)}
-        times = {k: [] for k in kernels}
-        # Each kernel back to back, as an update sweeps tensor after tensor, in rounds that alternate
-        # the kernels; one round of calls each interleaved would meet OpenBLAS's threads still spinning
-        # after its last call and l2fast's gone to sleep.
-        for r in range(1 + repeats):
-            for k, f in kernels.items():
-                for _ in range(3):
-                    start = time.perf_counter()
-                    f()
-                    if r:
-                        times[k].append(time.perf_counter() - start)
+        # Each kernel back to back, as an update sweeps tensor after tensor: called once between other
+        # work, each would pay for waking its threads, and interleaved, each would meet the others'
+        # threads still spinning.
+        times = time_in_blocks(kernels, repeats, 3, pause)
         med = {k: statistics.median(v) for k, v in times.items()}
         row = {"parameters": n, "median_s": med, "min_s": {k: min(v) for k, v in times.items()},
                "l2fast_over_axpy": med["l2fast"] / med["axpy"], "naive_over_axpy": med["naive"] / med["axpy"],
@@ -403,7 +413,7 @@ def _torch_optimizer(torch, name, params, lr, decay):
         return make(foreach=True), "foreach"
 
 
-def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
+def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5, pause=0.2):
     """O: one step of each optimizer's update on a tensor of n float32 parameters, against the
     memory-bandwidth limit: OpenBLAS's in-place axpy, scaled to the bytes the update must stream."""
     from l2fast.backends.cpu import _core, core_options
@@ -439,17 +449,7 @@ def bench_optimizers(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
                 param.grad = torch.from_numpy(G)
                 opt, torch_kind = _torch_optimizer(torch, name, [param], lr, lam_over_m)
                 kernels["torch"] = opt.step
-            # Timed in blocks, not interleaved: PyTorch's OpenMP threads keep spinning after each step
-            # and would slow the OpenBLAS axpy that follows; they get time to go idle after theirs.
-            times = {k: [] for k in kernels}
-            for k, f in kernels.items():
-                for r in range(2 + 2 * repeats):
-                    start = time.perf_counter()
-                    f()
-                    if r >= 2:
-                        times[k].append(time.perf_counter() - start)
-                if k == "torch":
-                    time.sleep(0.3)
+            times = time_in_blocks(kernels, 2, repeats, pause)
             med = {k: statistics.median(v) for k, v in times.items()}
             limit = med["axpy"] * streams / 3
             row = {"parameters": n, "optimizer": name, "streams": streams, "median_s": med, "limit_s": limit,
@@ -666,9 +666,11 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
     if configs is None or "S" in configs:
         record["sweep"] = bench_sweep(QUICK_SWEEP_CONFIGS if quick else SWEEP_CONFIGS, backends, repeats, out)
     if configs is None or "U" in configs:
-        record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out)
+        record["update"] = bench_update(QUICK_UPDATE_SIZES if quick else UPDATE_SIZES, repeats, out,
+                                        pause=0 if quick else 0.2)
     if configs is None or "O" in configs:
-        record["optimizers"] = bench_optimizers(QUICK_OPTIMIZER_SIZES if quick else OPTIMIZER_SIZES, repeats, out)
+        record["optimizers"] = bench_optimizers(QUICK_OPTIMIZER_SIZES if quick else OPTIMIZER_SIZES, repeats, out,
+                                                pause=0 if quick else 0.2)
         record["optimizer_epochs"] = {c.key: bench_optimizer_epochs(c, repeats, out) for c in
                                       (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"])}
         if "cuda" in backends:
