@@ -9,7 +9,7 @@ import pytest
 
 import l2fast
 from l2fast.backends import get_backend
-from l2fast.testing import assert_parity, make_problem, parameters, twin_networks
+from l2fast.testing import assert_network_parity, assert_parity, make_problem, parameters, twin_networks
 
 from cuda_emulation import FakeGraph, emulated_gpu
 
@@ -53,18 +53,7 @@ def test_cost_gradients_predictions_agree(cupy, activation, loss_out, dtype):
     loss, n_out = loss_out
     X, y = make_problem(loss, 6, n_out, m=41, seed=17)
     ref, gpu = pair([6, 7, 5, n_out], activation, loss, dtype)
-    assert_parity(gpu.cost(X, y), ref.cost(X, y), dtype, "cost")
-    (ref_dW, ref_db), (dW, db) = ref.gradients(X, y), gpu.gradients(X, y)
-    for layer in range(3):
-        assert isinstance(dW[layer], np.ndarray) and dW[layer].dtype == np.dtype(dtype)
-        assert_parity(dW[layer], ref_dW[layer], dtype, f"dJ/dW[{layer}]")
-        assert_parity(db[layer], ref_db[layer], dtype, f"dJ/db[{layer}]")
-    if loss == "squared_error":
-        assert_parity(gpu.predict(X), ref.predict(X), dtype, "predict")
-    else:
-        assert_parity(gpu.predict_proba(X), ref.predict_proba(X), dtype, "predict_proba")
-        np.testing.assert_array_equal(gpu.predict(X), ref.predict(X))
-    assert gpu.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-4)
+    assert_network_parity(gpu, ref, X, y, dtype)
 
 
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "eager"])

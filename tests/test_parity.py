@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from l2fast.testing import assert_parity, make_problem, twin_networks
+from l2fast.testing import assert_network_parity, assert_parity, make_problem, twin_networks
 
 DTYPES = ["float64", "float32"]
 
@@ -16,19 +16,7 @@ def test_cost_gradients_predictions_agree(activation, loss_out, dtype):
     loss, n_out = loss_out
     X, y = make_problem(loss, 6, n_out, m=41, seed=17)
     ref, fast = pair([6, 7, 5, n_out], activation, loss, dtype)
-    assert_parity(fast.cost(X, y), ref.cost(X, y), dtype, "cost")
-    assert_parity(fast.cost_parts(X, y), ref.cost_parts(X, y), dtype, "cost parts")
-    (ref_dW, ref_db), (dW, db) = ref.gradients(X, y), fast.gradients(X, y)
-    for layer in range(3):
-        assert dW[layer].dtype == np.dtype(dtype) and db[layer].dtype == np.dtype(dtype)
-        assert_parity(dW[layer], ref_dW[layer], dtype, f"dJ/dW[{layer}]")
-        assert_parity(db[layer], ref_db[layer], dtype, f"dJ/db[{layer}]")
-    if loss == "squared_error":
-        assert_parity(fast.predict(X), ref.predict(X), dtype, "predict")
-    else:
-        assert_parity(fast.predict_proba(X), ref.predict_proba(X), dtype, "predict_proba")
-        np.testing.assert_array_equal(fast.predict(X), ref.predict(X))
-    assert fast.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-4)
+    assert_network_parity(fast, ref, X, y, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

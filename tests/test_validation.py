@@ -130,27 +130,16 @@ def test_bad_softmax_labels_refused(backend, call, bad_y, error, match):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad_y, match", [
-    (np.full(10, 2), "y: logistic labels must be 0 or 1"),
-    (np.full(10, 0.5), "y: logistic labels must be 0 or 1"),
-    (np.zeros((10, 2)), r"y: expected shape \(10,\) or \(10, 1\)"),
+@pytest.mark.parametrize("loss, n_out, bad_y, match", [
+    ("logistic", 1, np.full(10, 2), "y: logistic labels must be 0 or 1"),
+    ("logistic", 1, np.full(10, 0.5), "y: logistic labels must be 0 or 1"),
+    ("logistic", 1, np.zeros((10, 2)), r"y: expected shape \(10,\) or \(10, 1\)"),
+    ("squared_error", 2, np.zeros(10), r"y: expected shape \(10, 2\)"),
+    ("squared_error", 2, np.zeros((9, 2)), r"y: expected shape \(10, 2\)"),
+    ("squared_error", 2, np.full((10, 2), np.inf), "y: contains NaN or infinity"),
 ])
-def test_bad_logistic_labels_refused(backend, bad_y, match):
-    net = l2fast.Network([4, 1], loss="logistic", backend=backend, seed=0)
-    before = snapshot(net)
-    with pytest.raises(ValueError, match=match):
-        net.fit(X_OK, bad_y)
-    assert_unchanged(net, before)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad_y, match", [
-    (np.zeros(10), r"y: expected shape \(10, 2\)"),
-    (np.zeros((9, 2)), r"y: expected shape \(10, 2\)"),
-    (np.full((10, 2), np.inf), "y: contains NaN or infinity"),
-])
-def test_bad_regression_targets_refused(backend, bad_y, match):
-    net = l2fast.Network([4, 2], loss="squared_error", backend=backend, seed=0)
+def test_bad_logistic_and_regression_targets_refused(backend, loss, n_out, bad_y, match):
+    net = l2fast.Network([4, n_out], loss=loss, backend=backend, seed=0)
     before = snapshot(net)
     with pytest.raises(ValueError, match=match):
         net.fit(X_OK, bad_y)

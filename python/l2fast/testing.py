@@ -71,6 +71,26 @@ def twin_networks(sizes, activation, loss, dtype, backend, lam=0.8, seed=4):
                  for name in ("numpy", backend))
 
 
+def assert_network_parity(net, ref, X, y, dtype):
+    """Asserts net answers as the reference network ref on (X, y): cost and its parts, the gradients
+    (NumPy arrays of dtype), predictions and score."""
+    assert_parity(net.cost(X, y), ref.cost(X, y), dtype, "cost")
+    assert_parity(net.cost_parts(X, y), ref.cost_parts(X, y), dtype, "cost parts")
+    (ref_dW, ref_db), (dW, db) = ref.gradients(X, y), net.gradients(X, y)
+    for layer, (g_W, g_b) in enumerate(zip(dW, db)):
+        for g in (g_W, g_b):
+            assert isinstance(g, np.ndarray) and g.dtype == np.dtype(dtype), f"gradient of layer {layer}: {g!r}"
+        assert_parity(g_W, ref_dW[layer], dtype, f"dJ/dW[{layer}]")
+        assert_parity(g_b, ref_db[layer], dtype, f"dJ/db[{layer}]")
+    if net.loss == "squared_error":
+        assert_parity(net.predict(X), ref.predict(X), dtype, "predict")
+    else:
+        assert_parity(net.predict_proba(X), ref.predict_proba(X), dtype, "predict_proba")
+        np.testing.assert_array_equal(net.predict(X), ref.predict(X))
+    score, ref_score = net.score(X, y), ref.score(X, y)
+    assert abs(score - ref_score) <= max(1e-4 * abs(ref_score), 1e-12), f"score {score} != reference {ref_score}"
+
+
 def parameters(net):
     """A network's weights then biases, as NumPy arrays: W[0], ..., W[L-1], b[0], ..., b[L-1]."""
     return net.weights + net.biases
