@@ -49,6 +49,7 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
     for (std::size_t i = 0; i < rows; ++i) {
         T* z = Z + i * cols;
         const std::size_t r = y.record(i);
+        double record_loss = 0.0;
         switch (loss) {
             case Loss::SquaredError: {
                 const T* target = y.values + r * cols;
@@ -57,7 +58,7 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
                     z[k] -= target[k];
                     l += z[k] * z[k];
                 }
-                stats.loss_sum += double(T(0.5) * l);
+                record_loss = double(T(0.5) * l);
                 break;
             }
             case Loss::Logistic: {
@@ -67,7 +68,7 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
                 const T e = std::exp(-std::abs(zi));
                 const T l = (zi > T(0) ? zi : T(0)) - t * zi + std::log1p(e);
                 const T p = zi >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-                stats.loss_sum += double(l);
+                record_loss = double(l);
                 stats.correct += (p >= T(0.5)) == (t == T(1));
                 z[0] = p - t;
                 break;
@@ -77,12 +78,18 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
                 const T z_label = z[label];
                 std::size_t best = 0;
                 const T lse = inplace_softmax_row(z, cols, &best);
-                stats.loss_sum += double(lse - z_label);
+                record_loss = double(lse - z_label);
                 stats.correct += best == label;
                 z[label] -= T(1);
                 break;
             }
         }
+        if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
+            const T w = y.weights[r];
+            record_loss *= double(w);
+            for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
+        }
+        stats.loss_sum += record_loss;
     }
     return stats;
 }

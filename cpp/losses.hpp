@@ -17,10 +17,12 @@ Loss parse_loss(const std::string& name);
 
 // Where the targets of a block of rows live: y_values (m x cols, T) for squared_error and logistic,
 // y_labels (m, int64) for softmax. Row i of the block is record rows[i], or row0 + i when rows is null.
+// weights, when not null, holds one sample weight w >= 0 per record (m): its loss and dL/dZ are scaled by w.
 template <class T>
 struct Targets {
     const T* values = nullptr;
     const std::int64_t* labels = nullptr;
+    const T* weights = nullptr;
     const std::int64_t* rows = nullptr;
     std::size_t row0 = 0;
 
@@ -28,8 +30,8 @@ struct Targets {
 };
 
 struct LossStats {
-    double loss_sum = 0.0;     // sum over records of L, accumulated in double
-    std::int64_t correct = 0;  // records classified right (0 for squared_error)
+    double loss_sum = 0.0;     // sum over records of w L (w = 1 without sample weights), accumulated in double
+    std::int64_t correct = 0;  // records classified right (0 for squared_error), not weighted
 
     LossStats& operator+=(const LossStats& o) {
         loss_sum += o.loss_sum;
@@ -38,7 +40,7 @@ struct LossStats {
     }
 };
 
-// Z (rows x cols logits) <- dL/dZ per record (not yet divided by the batch); returns the loss sum.
+// Z (rows x cols logits) <- w dL/dZ per record (not yet divided by the batch); returns the loss sum.
 template <class T>
 LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss loss, const Targets<T>& y);
 

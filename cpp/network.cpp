@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "blas.hpp"
 #include "dense.hpp"
@@ -110,6 +111,7 @@ Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::siz
     Targets<T> y;
     y.values = data.y_values;
     y.labels = data.y_labels;
+    y.weights = data.weights;
     y.rows = rows;
     y.row0 = row0;
     return y;
@@ -314,16 +316,25 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 }
 
 template <class T>
-LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T lam_over_m,
-                    Params<T>& grads) {
-    for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
+                    Params<double>& grads) {
+    // double networks sum straight into grads; float ones take each block's products in float and add them up
+    // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
+    // digits it can get).
+    constexpr bool direct = std::is_same_v<T, double>;
+    const std::size_t L = shape.n_layers();
+    std::vector<std::vector<T>> block_W(direct ? 0 : L), block_b(direct ? 0 : L);
+    for (std::size_t l = 0; l < L; ++l) {
         const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
-        for (std::size_t k = 0; k < n_w; ++k) grads.W[l][k] = lam_over_m * params.W[l][k];
-        std::fill(grads.b[l], grads.b[l] + shape.sizes[l + 1], T(0));
+        std::fill(grads.W[l], grads.W[l] + n_w, 0.0);
+        std::fill(grads.b[l], grads.b[l] + shape.sizes[l + 1], 0.0);
+        if constexpr (!direct) {
+            block_W[l].resize(n_w);
+            block_b[l].resize(shape.sizes[l + 1]);
+        }
     }
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
-    const T scale = T(1) / T(data.m);
     Workspace<T> ws(shape, rows_max, false, true);
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
@@ -332,9 +343,21 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, nullptr, start));
         backward_block(shape, params, nullptr, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
-            accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, shape.sizes[l + 1],
-                                shape.sizes[l], scale);
+            const std::size_t n_out = shape.sizes[l + 1], n_in = shape.sizes[l];
+            if constexpr (direct) {
+                accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, n_in, 1.0);
+            } else {
+                sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, ws.ones.data(), rows, n_out, n_in);
+                for (std::size_t i = 0; i < n_out * n_in; ++i) grads.W[l][i] += double(block_W[l][i]);
+                for (std::size_t i = 0; i < n_out; ++i) grads.b[l][i] += double(block_b[l][i]);
+            }
         });
+    }
+    const double inv_m = 1.0 / double(data.m);
+    for (std::size_t l = 0; l < L; ++l) {
+        const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
+        for (std::size_t i = 0; i < n_w; ++i) grads.W[l][i] = grads.W[l][i] * inv_m + lam_over_m * double(params.W[l][i]);
+        for (std::size_t i = 0; i < shape.sizes[l + 1]; ++i) grads.b[l][i] *= inv_m;
     }
     return total;
 }
@@ -348,7 +371,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
                                                     const std::vector<T>&, const std::function<bool()>&);      \
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
-    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, T, Params<T>&);
+    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

@@ -31,13 +31,15 @@ struct Params {
     std::vector<T*> b;
 };
 
-// X is (m x n_in) row-major; targets as in Targets<T>: values (m x n_out) or labels (m).
+// X is (m x n_in) row-major; targets as in Targets<T>: values (m x n_out) or labels (m); weights, when not
+// null, one sample weight >= 0 per record (m).
 template <class T>
 struct Dataset {
     const T* X = nullptr;
     std::size_t m = 0;
     const T* y_values = nullptr;
     const std::int64_t* y_labels = nullptr;
+    const T* weights = nullptr;
 };
 
 // Validation: each throws std::invalid_argument naming the offending argument.
@@ -96,9 +98,10 @@ void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_
 template <class T>
 LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>& data);
 
-// grads <- dJ/dW = (1/m) sum dL/dW + (lam/m) W and dJ/db over the whole data set; returns the loss sum.
+// grads <- dJ/dW = (1/m) sum_i w_i dL_i/dW + (lam/m) W and dJ/db over the whole data set, summed in double
+// whatever T (each block's products in T, added into double totals); returns the loss sum.
 template <class T>
-LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T lam_over_m,
-                    Params<T>& grads);
+LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
+                    Params<double>& grads);
 
 }  // namespace l2fast

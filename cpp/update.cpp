@@ -62,6 +62,12 @@ void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* on
 }
 
 template <class T>
+void sum_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+                  std::size_t n_in) {
+    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, T(1), T(0));
+}
+
+template <class T>
 void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
                    std::size_t n_in) {
     gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, T(1) / T(batch), T(0));
@@ -86,6 +92,7 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
     template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,        \
                                       std::size_t, T);                                                       \
     template void mean_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);   \
+    template void sum_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);    \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)

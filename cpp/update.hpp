@@ -38,6 +38,11 @@ template <class T>
 void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale);
 
+// dW <- dZ^T . A_prev and db <- sum_rows dZ: a block's gradient sums, for adding into wider sums elsewhere.
+template <class T>
+void sum_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+                  std::size_t n_in);
+
 // dW <- (1/batch) dZ^T . A_prev and db <- (1/batch) sum_rows dZ: a minibatch's mean gradient, for the
 // optimizers that need it in a buffer of its own (inplace_optimizer_step).
 template <class T>

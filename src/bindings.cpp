@@ -108,10 +108,11 @@ Net<T> take_network(const py::list& weights, const py::list& biases, const std::
     return net;
 }
 
-// X (m x n_in) and the targets in the layout the loss needs: int64 labels (m,) or T values (m, n_out).
+// X (m x n_in) and the targets in the layout the loss needs: int64 labels (m,) or T values (m, n_out),
+// with optional sample weights (m,) of T, finite and >= 0.
 template <class T>
 l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
-                             std::vector<py::array>& keep) {
+                             std::vector<py::array>& keep, const py::handle& weights_obj = py::none()) {
     py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
     if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
     l2fast::Dataset<T> data;
@@ -134,6 +135,15 @@ l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj
                     throw std::invalid_argument("y: logistic labels must be 0 or 1, found " +
                                                 std::to_string(data.y_values[i]) + " at index " + std::to_string(i));
         keep.push_back(y);
+    }
+    if (!weights_obj.is_none()) {
+        py::array w = checked<T>(weights_obj, "sample_weight", {m});
+        data.weights = cptr<T>(w);
+        for (std::size_t i = 0; i < data.m; ++i)
+            if (!std::isfinite(data.weights[i]) || data.weights[i] < T(0))
+                throw std::invalid_argument("sample_weight: weights must be finite and >= 0, found " +
+                                            std::to_string(data.weights[i]) + " at index " + std::to_string(i));
+        keep.push_back(w);
     }
     return data;
 }
@@ -159,10 +169,10 @@ struct Epoch {
 
 template <class T>
 Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::handle& y, const py::handle& order_obj,
-                    long long batch_size, double lr, std::vector<py::array>& keep) {
+                    long long batch_size, double lr, std::vector<py::array>& keep, const py::handle& sample_weight) {
     if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
     Epoch<T> epoch;
-    epoch.data = take_data<T>(shape, X, y, keep);
+    epoch.data = take_data<T>(shape, X, y, keep, sample_weight);
     epoch.n = epoch.data.m;
     if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
     if (std::min<long long>(batch_size, (long long)epoch.data.m) > std::numeric_limits<int>::max())
@@ -254,7 +264,7 @@ template <class T>
 py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                         const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
                         const std::string& activation, const std::string& loss, const OptimizerArgs& args,
-                        const py::list& slots, long long step) {
+                        const py::list& slots, long long step, const py::handle& sample_weight) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, true);
     finite_scalar(lam_over_m, "lam_over_m", false);
     l2fast::OptimizerRun<T> run;
@@ -264,7 +274,7 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     std::vector<py::array> written = net.keep;
     run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
     check_disjoint(written, "slots");
-    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, written);
+    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, written, sample_weight);
     l2fast::EpochResult result;
     {
         py::gil_scoped_release release;
@@ -279,7 +289,7 @@ template <class T>
 py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                                const py::handle& order_obj, long long batch_size, double lr,
                                const std::vector<double>& lam_over_m, const std::string& activation,
-                               const std::string& loss) {
+                               const std::string& loss, const py::handle& sample_weight) {
     if (weights.size() == 0) throw std::invalid_argument("weights: need at least one model");
     if (biases.size() != weights.size())
         throw std::invalid_argument("biases: expected " + std::to_string(weights.size()) + " models, got " +
@@ -305,7 +315,7 @@ py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, 
     check_disjoint(written, "weights");
     std::vector<py::array> keep;
     const l2fast::Shape& shape = nets.front().shape;
-    const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep);
+    const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep, sample_weight);
     l2fast::StackedEpochResult result;
     {
         py::gil_scoped_release release;
@@ -334,10 +344,10 @@ py::array predict_t(const py::list& weights, const py::list& biases, const py::h
 
 template <class T>
 py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-                     const std::string& activation, const std::string& loss) {
+                     const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight);
     l2fast::LossStats stats;
     {
         py::gil_scoped_release release;
@@ -348,16 +358,17 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
 
 template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-                      double lam_over_m, const std::string& activation, const std::string& loss) {
+                      double lam_over_m, const std::string& activation, const std::string& loss,
+                      const py::handle& sample_weight) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight);
     finite_scalar(lam_over_m, "lam_over_m", false);
     py::list dW, db;
-    l2fast::Params<T> grads;
+    l2fast::Params<double> grads;  // summed in double whatever T
     for (std::size_t l = 0; l < net.shape.n_layers(); ++l) {
-        py::array_t<T> w({py::ssize_t(net.shape.sizes[l + 1]), py::ssize_t(net.shape.sizes[l])});
-        py::array_t<T> b(py::ssize_t(net.shape.sizes[l + 1]));
+        py::array_t<double> w({py::ssize_t(net.shape.sizes[l + 1]), py::ssize_t(net.shape.sizes[l])});
+        py::array_t<double> b(py::ssize_t(net.shape.sizes[l + 1]));
         grads.W.push_back(w.mutable_data());
         grads.b.push_back(b.mutable_data());
         dW.append(w);
@@ -366,7 +377,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     l2fast::LossStats stats;
     {
         py::gil_scoped_release release;
-        stats = l2fast::gradients(net.shape, net.params, data, T(lam_over_m), grads);
+        stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads);
     }
     return py::make_tuple(dW, db, stats.loss_sum);
 }
@@ -476,18 +487,18 @@ PYBIND11_MODULE(_core, m) {
            const py::handle& order, long long batch_size, double lr, double lam_over_m,
            const std::string& activation, const std::string& loss, const std::string& optimizer,
            const py::list& slots, long long step, double momentum, bool nesterov, double beta1, double beta2,
-           double eps, bool decoupled) {
+           double eps, bool decoupled, const py::handle& sample_weight) {
             const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
             return by_dtype(
                 weights,
-                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step); },
-                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step); });
+                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight); },
+                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
         py::arg("optimizer") = "sgd", py::arg("slots") = py::list(), py::arg("step") = 0, py::arg("momentum") = 0.9,
         py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
-        py::arg("decoupled") = false,
+        py::arg("decoupled") = false, py::arg("sample_weight") = py::none(),
         "One epoch of minibatch steps in place on weights and biases: the fused L2 step of gradient descent,\n"
         "or another optimizer ('momentum', 'adam') with its state arrays slots (lists of 2L arrays, see\n"
         "l2fast.optim.OptimizerState) after step earlier steps. Returns (loss_sum, correct) over the\n"
@@ -498,16 +509,17 @@ PYBIND11_MODULE(_core, m) {
         "train_epoch_stacked",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            const py::handle& order, long long batch_size, double lr, const std::vector<double>& lam_over_m,
-           const std::string& activation, const std::string& loss) {
+           const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
             if (weights.size() == 0 || !py::isinstance<py::list>(weights[0]))
                 throw py::type_error("weights: expected a list with one list of arrays per model");
             return by_dtype(
                 weights[0].cast<py::list>(),
-                [&] { return train_epoch_stacked_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); },
-                [&] { return train_epoch_stacked_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss); });
+                [&] { return train_epoch_stacked_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight); },
+                [&] { return train_epoch_stacked_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
-        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"),
+        py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
+        py::arg("sample_weight") = py::none(),
         "train_epoch for K models of one shape at once (weights[k], biases[k], lam_over_m[k] per model), on one\n"
         "order and one gathered batch. Returns a list of (loss_sum, correct), one per model.");
 
@@ -525,25 +537,29 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "evaluate",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-           const std::string& activation, const std::string& loss) {
+           const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
             return by_dtype(
-                weights, [&] { return evaluate_t<float>(weights, biases, X, y, activation, loss); },
-                [&] { return evaluate_t<double>(weights, biases, X, y, activation, loss); });
+                weights, [&] { return evaluate_t<float>(weights, biases, X, y, activation, loss, sample_weight); },
+                [&] { return evaluate_t<double>(weights, biases, X, y, activation, loss, sample_weight); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("activation"), py::arg("loss"),
-        "(loss_sum, correct) over the whole data set.");
+        py::kw_only(), py::arg("sample_weight") = py::none(),
+        "(loss_sum, correct) over the whole data set; the loss sum weighted by sample_weight when given.");
 
     m.def(
         "gradients",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-           double lam_over_m, const std::string& activation, const std::string& loss) {
+           double lam_over_m, const std::string& activation, const std::string& loss,
+           const py::handle& sample_weight) {
             return by_dtype(
-                weights, [&] { return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss); },
-                [&] { return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss); });
+                weights,
+                [&] { return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight); },
+                [&] { return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
-        py::arg("activation"), py::arg("loss"),
-        "(dJ/dW list, dJ/db list, loss_sum) over the whole data set.");
+        py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
+        "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
+        "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.");
 
     m.def(
         "l2_update",

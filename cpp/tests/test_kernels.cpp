@@ -176,6 +176,63 @@ static void test_loss_gradient_is_the_derivative_of_the_loss() {
     }
 }
 
+static void test_sample_weights_scale_each_record() {
+    std::mt19937_64 rng(14);
+    const std::size_t rows = 4, cols = 3;
+    const std::vector<std::int64_t> labels = {2, 0, 1, 1};
+    const std::vector<double> binary = {1, 0, 0, 1}, weights = {0.5, 2.0, 0.0, 1.0}, ones(rows, 1.0);
+    auto values = randn(rows * cols, rng);
+    for (Loss loss : {Loss::SquaredError, Loss::Logistic, Loss::Softmax}) {
+        const std::size_t c = loss == Loss::Logistic ? 1 : cols;
+        Targets<double> y;
+        y.labels = labels.data();
+        y.values = loss == Loss::Logistic ? binary.data() : values.data();
+        const auto Z = randn(rows * c, rng);
+        std::vector<double> plain = Z, weighted = Z, unit = Z;
+        const LossStats s = inplace_loss_gradient(plain.data(), rows, c, loss, y);
+        Targets<double> yw = y;
+        yw.weights = weights.data();
+        const LossStats sw = inplace_loss_gradient(weighted.data(), rows, c, loss, yw);
+        yw.weights = ones.data();
+        const LossStats s1 = inplace_loss_gradient(unit.data(), rows, c, loss, yw);
+        CHECK(s1.loss_sum == s.loss_sum && unit == plain);  // weights of 1: bit-identical
+        CHECK(sw.correct == s.correct);                     // counts stay unweighted
+        double expected = 0.0;
+        for (std::size_t i = 0; i < rows; ++i) {
+            std::vector<double> one(Z.begin() + i * c, Z.begin() + (i + 1) * c);
+            Targets<double> yi = y;
+            yi.row0 = i;
+            expected += weights[i] * inplace_loss_gradient(one.data(), 1, c, loss, yi).loss_sum;
+            for (std::size_t k = 0; k < c; ++k) CHECK(weighted[i * c + k] == weights[i] * plain[i * c + k]);
+        }
+        CHECK(std::abs(sw.loss_sum - expected) < 1e-12);
+    }
+}
+
+static void test_float_gradients_are_summed_in_double() {
+    std::mt19937_64 rng(15);
+    const std::size_t m = 5000, n_in = 4;  // three blocks of rows
+    Shape shape{{n_in, 6, 1}, Activation::Tanh, Loss::Logistic};
+    auto X = randn(m * n_in, rng);
+    std::vector<double> y(m);
+    for (std::size_t i = 0; i < m; ++i) y[i] = X[i * n_in] > 0;
+    auto W0 = randn(6 * n_in, rng, 0.5), W1 = randn(6, rng, 0.5);
+    std::vector<double> b0(6, 0.1), b1(1, -0.2);
+    std::vector<float> Xf(X.begin(), X.end()), yf(y.begin(), y.end()), W0f(W0.begin(), W0.end()),
+        W1f(W1.begin(), W1.end()), b0f(b0.begin(), b0.end()), b1f(b1.begin(), b1.end());
+    Params<double> p64{{W0.data(), W1.data()}, {b0.data(), b1.data()}};
+    Params<float> p32{{W0f.data(), W1f.data()}, {b0f.data(), b1f.data()}};
+    std::vector<double> g[2][4];
+    for (auto& gs : g) gs[0].resize(W0.size()), gs[1].resize(W1.size()), gs[2].resize(6), gs[3].resize(1);
+    Params<double> g64{{g[0][0].data(), g[0][1].data()}, {g[0][2].data(), g[0][3].data()}};
+    Params<double> g32{{g[1][0].data(), g[1][1].data()}, {g[1][2].data(), g[1][3].data()}};
+    const double l64 = gradients(shape, p64, Dataset<double>{X.data(), m, y.data(), nullptr}, 0.01, g64).loss_sum;
+    const double l32 = gradients(shape, p32, Dataset<float>{Xf.data(), m, yf.data(), nullptr}, 0.01, g32).loss_sum;
+    CHECK(std::abs(l32 - l64) < 1e-5 * l64);
+    for (std::size_t t = 0; t < 4; ++t)
+        for (std::size_t k = 0; k < g[0][t].size(); ++k) CHECK(std::abs(g[1][t][k] - g[0][t][k]) < 1e-5);
+}
+
 static void test_checks_refuse_bad_input() {
     const std::vector<std::int64_t> labels = {0, 2, 3};
     check_labels(labels.data(), 3, 4);
@@ -336,6 +393,8 @@ int main() {
     test_training_stops_when_asked();
     test_stacked_training_equals_separate_runs();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
+    test_sample_weights_scale_each_record();
+    test_float_gradients_are_summed_in_double();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

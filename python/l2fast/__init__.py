@@ -7,10 +7,12 @@
 """
 from l2fast.backends import BackendUnavailableError, available_backends
 from l2fast.io import load
+from l2fast.monitor import ConvergenceWarning, DivergenceWarning
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
 from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
                           ReduceOnPlateau, StepDecay)
 from l2fast.selection import LambdaResult, Selection, select_lambda
+from l2fast.solvers import LBFGS
 
 __version__ = "0.1.0"
 
@@ -18,7 +20,7 @@ __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
     "LambdaResult",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
-    "ReduceOnPlateau",
+    "ReduceOnPlateau", "LBFGS", "ConvergenceWarning", "DivergenceWarning",
     "available_backends", "BackendUnavailableError",
     "__version__",
 ]

@@ -27,6 +27,7 @@ def train_epoch(
     beta2: float = 0.999,
     eps: float = 1e-8,
     decoupled: bool = False,
+    sample_weight: Optional[np.ndarray] = None,
 ) -> tuple[float, int]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],
@@ -39,12 +40,21 @@ def train_epoch_stacked(
     lam_over_m: list[float],
     activation: str,
     loss: str,
+    *,
+    sample_weight: Optional[np.ndarray] = None,
 ) -> list[tuple[float, int]]: ...
 def predict(
     weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, activation: str, loss: str
 ) -> np.ndarray: ...
 def evaluate(
-    weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, y: np.ndarray, activation: str, loss: str
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    activation: str,
+    loss: str,
+    *,
+    sample_weight: Optional[np.ndarray] = None,
 ) -> tuple[float, int]: ...
 def gradients(
     weights: list[np.ndarray],
@@ -54,7 +64,9 @@ def gradients(
     lam_over_m: float,
     activation: str,
     loss: str,
-) -> tuple[list[np.ndarray], list[np.ndarray], float]: ...
+    *,
+    sample_weight: Optional[np.ndarray] = None,
+) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float]: ...
 def blas_config() -> str: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

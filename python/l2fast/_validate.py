@@ -120,6 +120,28 @@ def targets(y, m, loss, n_out, dtype, name="y", xp=np):
     return values
 
 
+def sample_weight(w, m, dtype, name="sample_weight", xp=np):
+    """None, or the weights as a C-contiguous (m,) array of dtype: finite, >= 0, not all zero. A scalar
+    gives every record that weight."""
+    if w is None:
+        return None
+    array = _numeric_array(w, name, xp=xp)
+    if array.ndim == 0:
+        array = xp.full(m, array, dtype=dtype)
+    if array.shape != (m,):
+        raise ValueError(f"{name}: expected one weight per record, shape ({m},), got shape {array.shape}")
+    _finite(array, name, xp)
+    weights = xp.ascontiguousarray(array, dtype=dtype)
+    if not bool(xp.isfinite(weights).all()):
+        raise ValueError(f"{name}: a weight overflows {np.dtype(dtype).name}")
+    if bool((weights < 0).any()):
+        where = int(xp.argmax(weights < 0))
+        raise ValueError(f"{name}: weights must be >= 0, got {float(weights[where])} at index {where}")
+    if not bool((weights > 0).any()):
+        raise ValueError(f"{name}: every weight is zero; at least one record must count")
+    return weights
+
+
 def parameters(weights, biases, sizes, dtype):
     """Fresh C-contiguous copies of weights[l] (n_l, n_{l-1}) and biases[l] (n_l,), all finite."""
     n_layers = len(sizes) - 1

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from l2fast import _validate, optim
+from l2fast import _validate, monitor, optim, solvers
 from l2fast.backends import get_backend
 
 FloatArray = NDArray[np.floating]
@@ -43,6 +43,11 @@ class History:
     without the validation scoring. ``lr`` is the learning rate each epoch ran with (see the
     ``schedule`` of ``fit``). With early stopping, ``best_epoch`` (counted from 1) is the epoch
     of the lowest validation loss and ``stopped_early`` tells whether patience ran out.
+
+    ``n_iter`` counts the epochs run (L-BFGS: its iterations); ``converged`` is True when the stopping
+    rule ended the fit (``tol`` / ``patience``) or L-BFGS met its tolerance, False when the budget ran out
+    first or no rule was set. With L-BFGS every list holds one entry per iteration, ``accuracy`` and
+    ``lr`` stay empty, and ``message`` gives SciPy's reason for stopping.
     """
 
     loss: List[float] = field(default_factory=list)
@@ -55,6 +60,9 @@ class History:
     lr: List[float] = field(default_factory=list)
     best_epoch: Optional[int] = None
     stopped_early: bool = False
+    n_iter: int = 0
+    converged: bool = False
+    message: str = ""
 
 
 class DivergenceError(FloatingPointError):
@@ -235,30 +243,39 @@ class Network:
 
     # -- evaluation ---------------------------------------------------------------------------------
 
-    def _data(self, X, y):
+    def _data(self, X, y, sample_weight=None):
+        """X, y and sample_weight checked and converted in the backend's memory (sample_weight None: all ones)."""
         X = self._backend.features(X, self.layer_sizes[0], self.dtype)
-        return X, self._backend.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
+        y = self._backend.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
+        if sample_weight is None:
+            return X, y
+        return X, y, self._backend.sample_weights(sample_weight, len(X), self.dtype)
 
     @_serialised
-    def cost_parts(self, X: ArrayLike, y: ArrayLike) -> CostParts:
-        """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X)."""
-        X, y = self._data(X, y)
-        loss_sum, _ = self._backend.evaluate(self._weights, self._biases, X, y, self.activation, self.loss)
+    def cost_parts(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> CostParts:
+        """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X). With
+        ``sample_weight`` (m,) the data loss is (1/m) sum_i w_i L_i (m still the number of records)."""
+        X, y, *w = self._data(X, y, sample_weight)
+        loss_sum, _ = self._backend.evaluate(self._weights, self._biases, X, y, self.activation, self.loss, *w)
         return CostParts(loss_sum / len(X), self.penalty(len(X)))
 
     @_serialised
-    def cost(self, X: ArrayLike, y: ArrayLike) -> float:
-        """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float."""
-        return float(sum(self.cost_parts(X, y)))
+    def cost(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> float:
+        """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float; with
+        ``sample_weight`` (m,), J = (1/m) sum_i w_i L_i + (lam / 2m) sum ||W||_F^2."""
+        return float(sum(self.cost_parts(X, y, sample_weight)))
 
     @_serialised
-    def gradients(self, X: ArrayLike, y: ArrayLike) -> Tuple[List[FloatArray], List[FloatArray]]:
-        """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y): two lists of NumPy arrays."""
-        X, y = self._data(X, y)
+    def gradients(self, X: ArrayLike, y: ArrayLike,
+                  sample_weight: Optional[ArrayLike] = None) -> Tuple[List[FloatArray], List[FloatArray]]:
+        """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y) (weighted by ``sample_weight``
+        (m,) when given): two lists of NumPy arrays in the network's dtype, summed in float64."""
+        X, y, *w = self._data(X, y, sample_weight)
         dW, db, _ = self._backend.gradients(
-            self._weights, self._biases, X, y, self._lam / len(X), self.activation, self.loss
+            self._weights, self._biases, X, y, self._lam / len(X), self.activation, self.loss, *w
         )
-        return self._to_host(dW), self._to_host(db)
+        return ([np.asarray(self._backend.to_host(g), dtype=self.dtype) for g in dW],
+                [np.asarray(self._backend.to_host(g), dtype=self.dtype) for g in db])
 
     def _output(self, X):
         """The backend's output for X, in the backend's array type."""
@@ -290,17 +307,25 @@ class Network:
         return self._backend.like_input(out, X)
 
     @_serialised
-    def score(self, X: ArrayLike, y: ArrayLike) -> float:
-        """Accuracy for classification; R^2 (averaged over outputs) for regression."""
-        X, y_kernel = self._data(X, y)
-        if self.loss != "squared_error":
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> float:
+        """Accuracy for classification; R^2 (averaged over outputs) for regression; both weighted by
+        ``sample_weight`` (m,) when given, as scikit-learn's ``accuracy_score`` and ``r2_score`` do."""
+        X, y_kernel, *w = self._data(X, y, sample_weight)
+        if self.loss != "squared_error" and not w:
             _, correct = self._backend.evaluate(self._weights, self._biases, X, y_kernel, self.activation,
                                                 self.loss)
             return correct / len(X)
+        weights = np.ones(len(X)) if not w else self._backend.to_host(w[0]).astype(np.float64)
+        if self.loss != "squared_error":
+            truth = self._backend.to_host(y_kernel)
+            truth = truth if self.loss == "softmax" else truth[:, 0].astype(np.int64)
+            right = self._backend.to_host(self._backend.xp.asarray(self.predict(X))) == truth
+            return float(np.sum(weights * right) / np.sum(weights))
         pred = self._backend.to_host(self._output(X)).astype(np.float64)
         truth = self._backend.to_host(y_kernel).astype(np.float64)
-        residual = ((truth - pred) ** 2).sum(axis=0)
-        spread = ((truth - truth.mean(axis=0)) ** 2).sum(axis=0)
+        mean = np.average(truth, axis=0, weights=weights)
+        residual = (weights[:, None] * (truth - pred) ** 2).sum(axis=0)
+        spread = (weights[:, None] * (truth - mean) ** 2).sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             r2 = np.where(spread > 0, 1 - residual / spread, np.where(residual == 0, 1.0, 0.0))
         return float(r2.mean())
@@ -311,9 +336,10 @@ class Network:
     def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
             shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
             patience: Optional[int] = None, restore_best: bool = True, progress: bool = False,
-            optimizer: Union[str, optim.OptimizerSpec] = "sgd",
-            schedule: Union[None, str, optim.ScheduleSpec] = None) -> History:
-        """Minibatch gradient descent on J over X (m, n_x) and y.
+            optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
+            schedule: Union[None, str, optim.ScheduleSpec] = None, tol: Optional[float] = None,
+            n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None) -> History:
+        """Minibatch gradient descent on J over X (m, n_x) and y, or L-BFGS on J itself.
 
         Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
         m = len(X), the whole training set. ``optimizer`` ("sgd", "momentum", "nesterov", "adam",
@@ -327,19 +353,38 @@ class Network:
         epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
         an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
 
-        Early stopping: with ``patience`` (needs ``validation_data``), training stops once the
-        validation data loss has not improved for that many epochs, and with ``restore_best`` the
-        network goes back to the parameters of its best epoch (``History.best_epoch``).
-        ``progress=True`` shows a tqdm progress bar on stderr.
+        ``optimizer="lbfgs"`` (or an ``l2fast.LBFGS``) minimises J over the whole training set with
+        SciPy's L-BFGS-B instead (see ``l2fast.solvers``): ``epochs`` is then its iteration budget, ``tol``
+        its gradient tolerance, and ``lr``, ``batch_size``, ``shuffle``, ``schedule`` and ``patience`` do
+        not apply (a ``batch_size``, ``schedule`` or ``patience`` is refused). It converges to J's
+        minimum in far fewer passes over the data when the whole set fits in memory.
+
+        Stopping: with ``tol``, training stops once the training cost J (with ``validation_data``: the
+        validation loss) has not fallen below its best by more than ``tol`` for ``n_iter_no_change``
+        epochs in a row (scikit-learn's rule), and ``History.converged`` is set. ``patience`` (needs
+        ``validation_data``) is that rule with tol=0 on the validation loss. Watching validation data,
+        ``restore_best`` puts the network back to the parameters of its best epoch
+        (``History.best_epoch``). A fit with a stopping rule that runs out of epochs first emits
+        ``l2fast.ConvergenceWarning``; without ``tol`` or ``patience`` every epoch runs and nothing is
+        judged. Whatever the rule, a training cost that ends above where it started or grows tenfold
+        over its best emits ``l2fast.DivergenceWarning`` with advice. ``progress=True`` shows a tqdm
+        progress bar on stderr.
+
+        ``sample_weight`` (m,) weights each record's loss: J = (1/m) sum_i w_i L_i + (lam/2m) sum ||W||^2
+        with m still the number of records, so J has the minimiser of unweighted training on the records
+        repeated w_i times (J is only rescaled) and of scikit-learn's ``LogisticRegression(C=1/lam)``
+        with the same weights. A zero weight drops its record. Weights of 1 give the same result as no
+        weights, bit for bit on cpu.
 
         Every argument is checked before the first step: a refused call leaves the network unchanged.
         A NaN or infinite cost or weight raises ``DivergenceError`` and a Ctrl-C ``KeyboardInterrupt``
         (the cpu backend notices it within 10 ms); either way the network is left with the parameters
-        it had after the last complete epoch.
+        and optimizer state it had after the last complete epoch.
         """
         return fit_together([self], X, y, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
                             validation_data=validation_data, patience=patience, restore_best=restore_best,
-                            progress=progress, optimizer=optimizer, schedule=schedule)[0]
+                            progress=progress, optimizer=optimizer, schedule=schedule, tol=tol,
+                            n_iter_no_change=n_iter_no_change, sample_weight=sample_weight)[0]
 
     @_serialised
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -376,15 +421,17 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs
                  batch_size: Optional[int] = None, shuffle: bool = True,
                  validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, patience: Optional[int] = None,
                  restore_best: bool = True, progress: bool = False,
-                 optimizer: Union[str, optim.OptimizerSpec] = "sgd",
-                 schedule: Union[None, str, optim.ScheduleSpec] = None) -> List[History]:
+                 optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
+                 schedule: Union[None, str, optim.ScheduleSpec] = None, tol: Optional[float] = None,
+                 n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None) -> List[History]:
     """``Network.fit`` for several networks of one architecture, dtype and backend at once, which may
     differ in lam and in their parameters: one shuffled order per epoch (drawn from the first
     network's generator) and one gathered minibatch serve them all, and the backend trains them as
     one stacked model (``train_epoch_stacked``) while they step with plain SGD at one learning rate;
-    other optimizers train them one after another on the same batches. Each network ends where its
-    own ``fit`` with the same order would take it, up to rounding. Returns one History per network. With ``patience`` each
-    network stops on its own; a diverging network raises ``DivergenceError`` naming its lambda.
+    other optimizers train them one after another on the same batches (L-BFGS: one solve each). Each
+    network ends where its own ``fit`` with the same order would take it, up to rounding. Returns one
+    History per network. With ``tol`` or ``patience`` each network stops on its own; a diverging
+    network raises ``DivergenceError`` naming its lambda.
     """
     networks = list(networks)
     if not networks or not all(isinstance(n, Network) for n in networks):
@@ -399,8 +446,109 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs
     with contextlib.ExitStack() as locks:
         for net in sorted(networks, key=id):  # one order for every caller: no deadlock between two of them
             locks.enter_context(net._lock)
-        return _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best,
-                      progress, optimizer, schedule)
+        run = _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best,
+                           progress, optimizer, schedule, tol, n_iter_no_change, sample_weight)
+        if isinstance(run.optimizer, solvers.LBFGS):
+            return [_solve(net, run) for net in networks]
+        return _train(networks, run)
+
+
+@dataclass
+class _Run:
+    """One fit's arguments, checked and converted (data in the backend's memory)."""
+
+    X: object
+    y: object
+    sample_weight: object
+    epochs: int
+    lr: float
+    batch_size: int
+    shuffle: bool
+    validation: Optional[tuple]
+    restore_best: bool
+    progress: bool
+    optimizer: object
+    schedule: object
+    stopping: Optional[Tuple[float, int]]  # (tol, n) of the no-improvement rule, or None
+
+
+def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
+                 optimizer, schedule, tol, n_iter_no_change, sample_weight):
+    X, y, *w = first._data(X, y, sample_weight)
+    m = len(X)
+    epochs = _validate.integer(epochs, "epochs", 0)
+    lr = _validate.real(lr, "lr", positive=True)
+    lbfgs = optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, solvers.LBFGS)
+    if lbfgs and batch_size is not None:
+        raise ValueError("batch_size: L-BFGS works on the whole training set; leave batch_size=None")
+    batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
+    for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+    validation = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data: expected a pair (X_val, y_val)")
+        validation = first._data(*validation_data)
+    tol, n_iter_no_change = monitor.checked_tol(tol, n_iter_no_change)
+    stopping = None if tol is None else (tol, n_iter_no_change)
+    if patience is not None:
+        patience = _validate.integer(patience, "patience", 1)
+        if validation_data is None:
+            raise ValueError("patience: early stopping watches validation_data, which is missing")
+        if tol is not None:
+            raise ValueError("patience: give either patience (tol=0 on the validation loss) or tol, not both")
+        stopping = (0.0, patience)
+    if lbfgs:
+        if patience is not None or schedule is not None:
+            raise ValueError(f"{'patience' if patience is not None else 'schedule'}: L-BFGS is a full-batch solver "
+                             "with its own stopping rule (tol); it takes no patience or schedule")
+        optimizer = solvers.LBFGS() if isinstance(optimizer, str) else optimizer
+        if tol is not None:
+            optimizer = solvers.LBFGS(optimizer.memory, tol, optimizer.max_fun, optimizer.max_ls)
+    else:
+        optimizer = optim.resolve_optimizer(optimizer)
+        schedule = optim.resolve_schedule(schedule)
+        if isinstance(schedule, optim.ReduceOnPlateau) and validation_data is None:
+            raise ValueError("schedule: ReduceOnPlateau watches the validation cost; pass validation_data")
+    return _Run(X, y, w[0] if w else None, epochs, lr, batch_size, bool(shuffle), validation, bool(restore_best),
+                bool(progress), optimizer, schedule, stopping)
+
+
+def _solve(net, run):
+    """One network's fit with a full-batch solver (L-BFGS): its History, a ConvergenceWarning when the
+    solver stopped short of its tolerance."""
+    history = History()
+    if run.epochs == 0:
+        return history
+    net._optimizer_state = None  # the solver keeps no state between fits
+    saved = (net._weights, net._biases)
+    bar = _progress_bar(run.epochs, run.progress, unit="iteration")
+    try:
+        result = solvers.lbfgs(net, run.X, run.y, run.sample_weight, run.epochs, run.optimizer, run.validation, bar,
+                               history)
+    except FloatingPointError as exc:
+        net._weights, net._biases = saved
+        raise DivergenceError(f"fit: {exc}; the parameters are unchanged", history) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    history.n_iter = int(result.nit)
+    history.converged = result.status == 0
+    history.message = str(result.message)
+    if not net._backend.all_finite(net._weights + net._biases):
+        net._weights, net._biases = saved
+        raise DivergenceError("fit: L-BFGS produced a weight that is not finite; the parameters are unchanged",
+                              history)
+    if not history.converged:
+        budget = (f"its iteration budget (epochs={run.epochs})" if result.nit >= run.epochs
+                  else f"its evaluation budget (max_fun={run.optimizer.max_fun})" if result.status == 1
+                  else f"iteration {result.nit}")
+        monitor.warn_not_converged(
+            "fit (lbfgs)", budget, f"{history.message.strip()}; largest gradient entry still above "
+            f"tol={run.optimizer.tol:g}" if result.status == 1 else history.message.strip(),
+            "give it more epochs, standardise X, or raise tol")
+    return history
 
 
 def _optimizer_states(networks, optimizer, schedule):
@@ -420,104 +568,86 @@ def _optimizer_states(networks, optimizer, schedule):
     return states
 
 
-def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
-           optimizer, schedule):
+def _snapshot(net, state):
+    """A network's parameters and optimizer state, copied: what a roll-back or restore_best puts back."""
+    return [W.copy() for W in net._weights], [b.copy() for b in net._biases], state.copy()
+
+
+def _restore(net, snapshot):
+    net._weights, net._biases, net._optimizer_state = snapshot
+    return snapshot[2]
+
+
+def _run_epoch(networks, run, active, states, rates, m):
+    """One epoch's steps for the active networks: stacked when they all step with plain SGD at one rate.
+    Returns [(loss_sum, correct)] in the order of ``active``."""
     first = networks[0]
-    X, y = first._data(X, y)
-    m = len(X)
-    epochs = _validate.integer(epochs, "epochs", 0)
-    lr = _validate.real(lr, "lr", positive=True)
-    batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
-    for name, flag in (("shuffle", shuffle), ("restore_best", restore_best), ("progress", progress)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data: expected a pair (X_val, y_val)")
-        X_val, y_val = first._data(*validation_data)
-    if patience is not None:
-        patience = _validate.integer(patience, "patience", 1)
-        if validation_data is None:
-            raise ValueError("patience: early stopping watches validation_data, which is missing")
-    optimizer = optim.resolve_optimizer(optimizer)
-    schedule = optim.resolve_schedule(schedule)
-    if isinstance(schedule, optim.ReduceOnPlateau) and validation_data is None:
-        raise ValueError("schedule: ReduceOnPlateau watches the validation cost; pass validation_data")
-    states = _optimizer_states(networks, optimizer, schedule)
+    backend = first._backend
+    order = None
+    if run.shuffle and run.batch_size < m:  # one full batch: the order only changes the summation order
+        order = first._shuffle_rng.permutation(m)
+        for k in active[1:]:
+            networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
+    stepper = None if run.optimizer.name == "sgd" else run.optimizer  # backends: None is the fused SGD step
+    if len(active) == 1 or stepper is not None or len(set(rates.values())) > 1:
+        return [backend.train_epoch(networks[k]._weights, networks[k]._biases, run.X, run.y, order, run.batch_size,
+                                    rates[k], networks[k]._lam / m, first.activation, first.loss, stepper,
+                                    states[k].slots, states[k].step, sample_weight=run.sample_weight)
+                for k in active]
+    return backend.train_epoch_stacked(
+        [networks[k]._weights for k in active], [networks[k]._biases for k in active], run.X, run.y, order,
+        run.batch_size, rates[active[0]], [networks[k]._lam / m for k in active], first.activation, first.loss,
+        sample_weight=run.sample_weight)
+
+
+def _train(networks, run):
+    """The epoch loop: steps, bookkeeping, stopping, roll-back on Ctrl-C or divergence, warnings."""
+    first = networks[0]
+    m = len(run.X)
+    if run.epochs == 0:  # nothing to train: the optimizer state stays as it was
+        return [History() for _ in networks]
+    states = _optimizer_states(networks, run.optimizer, run.schedule)
     for net, state in zip(networks, states):
         net._optimizer_state = state
-    steps_per_epoch = -(-m // batch_size)
-    stepper = None if optimizer.name == "sgd" else optimizer  # backends: None is the fused SGD step
-    classifier = first.loss != "squared_error"
+    steps_per_epoch = -(-m // run.batch_size)
     backend = first._backend
     histories = [History() for _ in networks]
-    best = [None] * len(networks)  # per network: (validation loss, weights, biases, state) of its best epoch
+    start_penalty = [net.penalty(m) for net in networks]
+    watch_validation = run.validation is not None
+    rules = [None if run.stopping is None else monitor.NoImprovement(*run.stopping) for _ in networks]
+    best = [None] * len(networks)  # per network, watching validation data: the snapshot of its best epoch
     active = list(range(len(networks)))
-    bar = _progress_bar(epochs, progress)
+    bar = _progress_bar(run.epochs, run.progress)
     try:
-        for epoch in range(epochs):
+        for epoch in range(run.epochs):
             if not active:
                 break
-            # The epoch's starting point: a Ctrl-C or a divergence puts a network back to it.
-            saved = {k: ([W.copy() for W in networks[k]._weights], [b.copy() for b in networks[k]._biases],
-                         states[k].copy()) for k in active}
-            rates = {k: states[k].lr(lr) for k in active}
-            start = time.perf_counter()
+            # The epoch's starting point: a Ctrl-C (until the epoch is recorded) or a divergence puts a
+            # network back to it, optimizer state and schedule included.
+            saved = {k: _snapshot(networks[k], states[k]) for k in active}
+            rates = {k: states[k].lr(run.lr) for k in active}
             try:
-                order = first._shuffle_rng.permutation(m) if shuffle else None
-                for k in active[1:] if shuffle else ():
-                    networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
-                if len(active) == 1 or optimizer.name != "sgd" or len(set(rates.values())) > 1:
-                    stats = []
-                    for k in active:
-                        net, state = networks[k], states[k]
-                        stats.append(backend.train_epoch(
-                            net._weights, net._biases, X, y, order, batch_size, rates[k], net._lam / m,
-                            first.activation, first.loss, stepper, state.slots, state.step))
-                else:
-                    stats = backend.train_epoch_stacked(
-                        [networks[k]._weights for k in active], [networks[k]._biases for k in active], X, y, order,
-                        batch_size, rates[active[0]], [networks[k]._lam / m for k in active], first.activation,
-                        first.loss)
+                start = time.perf_counter()
+                stats = _run_epoch(networks, run, active, states, rates, m)
+                seconds = time.perf_counter() - start
+                for k, (loss_sum, correct) in zip(list(active), stats):
+                    _record_epoch(networks[k], histories[k], states[k], saved[k], run, epoch, loss_sum, correct,
+                                  seconds, rates[k], steps_per_epoch, len(networks) > 1)
             except KeyboardInterrupt:
                 for k in active:
-                    networks[k]._weights, networks[k]._biases, states[k] = saved[k]
-                    networks[k]._optimizer_state = states[k]
+                    states[k] = _restore(networks[k], saved[k])
                 raise
-            seconds = time.perf_counter() - start
-            for k, (loss_sum, correct) in zip(list(active), stats):
-                net, history = networks[k], histories[k]
-                history.seconds.append(seconds)
-                history.lr.append(rates[k])
-                if not (np.isfinite(loss_sum) and backend.all_finite(net._weights + net._biases)):
-                    net._weights, net._biases, states[k] = saved[k]
-                    net._optimizer_state = states[k]
-                    raise DivergenceError(
-                        f"fit: training diverged in epoch {epoch + 1} (the cost became "
-                        f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
-                        f"with lr={rates[k]}" + (f" for lam={net.lam}" if len(networks) > 1 else "") +
-                        f"; the parameters are those after epoch {epoch}. Try a smaller learning rate.", history)
-                history.loss.append(loss_sum / m)
-                history.cost.append(loss_sum / m + net.penalty(m))
-                if classifier:
-                    history.accuracy.append(correct / m)
-                if validation_data is not None:
-                    val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation,
-                                                            net.loss)
-                    history.val_loss.append(val_sum / len(X_val))
-                    history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
-                    if classifier:
-                        history.val_accuracy.append(val_correct / len(X_val))
-                states[k].step += steps_per_epoch
-                states[k].end_epoch(history.val_cost[-1] if validation_data is not None else None)
-                if patience is not None:
-                    if best[k] is None or history.val_loss[-1] < best[k][0]:
-                        best[k] = (history.val_loss[-1], [W.copy() for W in net._weights],
-                                   [b.copy() for b in net._biases], states[k].copy())
-                        history.best_epoch = epoch + 1
-                    elif epoch + 1 - history.best_epoch >= patience:
-                        history.stopped_early = True
-                        active.remove(k)
+            for k in list(active):
+                history, rule = histories[k], rules[k]
+                history.n_iter += 1
+                if rule is None:
+                    continue
+                if rule.update(history.val_loss[-1] if watch_validation else history.cost[-1]) and watch_validation:
+                    best[k] = _snapshot(networks[k], states[k])
+                    history.best_epoch = epoch + 1
+                if rule.done:
+                    history.stopped_early = history.converged = True
+                    active.remove(k)
             if bar is not None:
                 bar.update(1)
                 last = histories[0]
@@ -526,8 +656,47 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
     finally:
         if bar is not None:
             bar.close()
-    if restore_best:
-        for net, kept in zip(networks, best):
-            if kept is not None:
-                net._weights, net._biases, net._optimizer_state = kept[1], kept[2], kept[3]
+    for k, (net, history) in enumerate(zip(networks, histories)):
+        if run.restore_best and best[k] is not None:
+            states[k] = _restore(net, best[k])
+        who = "fit" + (f" (lam={net.lam:g})" if len(networks) > 1 else "")
+        if history.loss:
+            monitor.warn_if_rising(history, history.loss[0] + start_penalty[k], steps_per_epoch == 1, run.X,
+                                   backend.xp, who)
+        if rules[k] is not None and not history.converged and run.epochs > 0:
+            tol, n = run.stopping
+            watched = "validation loss" if watch_validation else "training cost"
+            monitor.warn_not_converged(
+                who, f"its epoch budget (epochs={run.epochs})",
+                f"the {watched} still fell by more than tol={tol:g} within the last n_iter_no_change={n} epochs",
+                "give it more epochs, a larger learning rate or another optimizer, or raise tol")
     return histories
+
+
+def _record_epoch(net, history, state, saved, run, epoch, loss_sum, correct, seconds, lr, steps, name_lam):
+    """Appends an epoch's figures to the history (scoring validation data), checks for divergence and moves
+    the optimizer's step and schedule on."""
+    m = len(run.X)
+    history.seconds.append(seconds)
+    history.lr.append(lr)
+    backend = net._backend
+    if not (np.isfinite(loss_sum) and backend.all_finite(net._weights + net._biases)):
+        _restore(net, saved)
+        raise DivergenceError(
+            f"fit: training diverged in epoch {epoch + 1} (the cost became "
+            f"{'NaN' if np.isnan(loss_sum) else loss_sum / m} or a weight stopped being finite) "
+            f"with lr={lr}" + (f" for lam={net.lam}" if name_lam else "") +
+            f"; the parameters are those after epoch {epoch}. Try a smaller learning rate.", history)
+    history.loss.append(loss_sum / m)
+    history.cost.append(loss_sum / m + net.penalty(m))
+    if net.loss != "squared_error":
+        history.accuracy.append(correct / m)
+    if run.validation is not None:
+        X_val, y_val = run.validation
+        val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation, net.loss)
+        history.val_loss.append(val_sum / len(X_val))
+        history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
+        if net.loss != "squared_error":
+            history.val_accuracy.append(val_correct / len(X_val))
+    state.step += steps
+    state.end_epoch(history.val_cost[-1] if run.validation is not None else None)

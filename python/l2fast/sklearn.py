@@ -10,20 +10,32 @@ size b instead, so the same steps need ``alpha = lam * b / m`` (on a short last 
 scikit-learn uses alpha / b', l2fast still lam / m). For ``L2LogisticRegression``,
 ``lam = 1 / C`` matches scikit-learn's ``LogisticRegression(C=...)`` (whose default C=1 is lam=1).
 
+Defaults follow scikit-learn's: ``L2LogisticRegression`` minimises J with L-BFGS to ``tol`` (at most
+``epochs`` = 100 iterations), the MLPs train with Adam (lr 0.001, batches of 200) until the training
+cost has not improved by ``tol`` = 1e-4 for ``n_iter_no_change`` = 10 epochs, at most ``epochs`` = 200.
+A fit that ends on its budget first, or whose cost rises, emits scikit-learn's ``ConvergenceWarning``.
+``fit`` takes ``sample_weight`` and the classifiers ``class_weight`` ("balanced" or {label: weight}),
+as scikit-learn's do.
+
 Needs scikit-learn (``pip install "l2fast[sklearn]"``).
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from l2fast import monitor
 from l2fast.network import History, Network
 
 __all__ = ["L2MLPClassifier", "L2MLPRegressor", "L2LogisticRegression"]
@@ -55,24 +67,47 @@ class _L2Estimator(BaseEstimator):
     def _activation(self):
         return self.activation
 
-    def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse):
-        """Trains self.network_ (made anew unless reuse allows and it fits the data) for epochs."""
+    def _lbfgs(self):
+        return isinstance(self.optimizer, str) and self.optimizer == "lbfgs" or \
+            type(self.optimizer).__name__ == "LBFGS"
+
+    def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse, sample_weight=None, stop=True):
+        """Trains self.network_ (made anew unless reuse allows and it fits the data) for at most epochs, with
+        the tolerance rule when ``stop``; l2fast's convergence warnings become scikit-learn's."""
         net = getattr(self, "network_", None)
         if not (reuse and net is not None and net.layer_sizes[0] == X.shape[1] and net.layer_sizes[-1] == n_outputs
                 and net.loss == loss):
             net = self._new_network(X.shape[1], n_outputs, loss, X)
         net.lam = self.lam
-        batch = None if self.batch_size is None else min(self.batch_size, len(X))
-        history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
-                          optimizer=self.optimizer)
+        lbfgs = self._lbfgs()
+        batch = None if self.batch_size is None or lbfgs else min(self.batch_size, len(X))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", monitor.ConvergenceWarning)
+            history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
+                              optimizer=self.optimizer, tol=self.tol if stop or lbfgs else None,
+                              n_iter_no_change=self.n_iter_no_change, sample_weight=sample_weight)
+        for w in caught:
+            if issubclass(w.category, monitor.ConvergenceWarning):
+                warnings.warn(f"{type(self).__name__}: {w.message}", ConvergenceWarning, stacklevel=3)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.network_ = net
         if not reuse or not hasattr(self, "loss_curve_"):
             self.loss_curve_ = []
             self.n_iter_ = 0
         self.loss_curve_ += history.cost
-        self.n_iter_ += epochs
+        self.n_iter_ += history.n_iter
         self.history_: History = history
         return self
+
+    def _stochastic(self):
+        if self._lbfgs():
+            raise AttributeError("partial_fit is only available for stochastic optimizers; "
+                                 f"optimizer={self.optimizer!r} is not one")
+        return True
+
+    def _sample_weight(self, X, sample_weight):
+        return None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=X.dtype)
 
     def _check_X(self, X):
         check_is_fitted(self)
@@ -82,11 +117,19 @@ class _L2Estimator(BaseEstimator):
 class _Classifier(ClassifierMixin, _L2Estimator):
     def _encode(self, y, classes=None, first=True):
         check_classification_targets(y)
+        if not first and classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"classes={list(np.unique(np.asarray(classes)))!r} is not the same as on the first "
+                             f"call to partial_fit, {list(self.classes_)!r}")
         if first:
-            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
-            if len(self.classes_) < 2:
+            classes = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if len(classes) < 2:
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, but "
-                                 f"the data contains only one class: {self.classes_[0]!r}")
+                                 f"the data contains only one class: {classes[0]!r}")
+            old = getattr(self, "classes_", None)
+            if self.warm_start and hasattr(self, "network_") and old is not None and not np.array_equal(old, classes):
+                raise ValueError(f"warm_start can only be used where y has the same classes as in the previous "
+                                 f"call to fit. Previously got {list(old)!r}, y has {list(classes)!r}")
+            self.classes_ = classes
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
             raise ValueError(f"y contains labels not in classes_: {np.unique(np.asarray(y)[unknown])[:5]!r}")
@@ -96,23 +139,37 @@ class _Classifier(ClassifierMixin, _L2Estimator):
         two = len(self.classes_) == 2
         return (1, "logistic") if two else (len(self.classes_), "softmax")
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "_Classifier":
-        """Trains on X (n_samples, n_features) and labels y (n_samples,) of any type; ``epochs`` epochs,
-        from fresh weights unless ``warm_start`` and a fitted network of the same shape."""
+    def _weights(self, X, y, sample_weight):
+        """sample_weight times the class_weight of each record's label, or None when both are absent."""
+        weights = self._sample_weight(X, sample_weight)
+        if self.class_weight is not None:
+            per_class = compute_sample_weight(self.class_weight, y)
+            weights = per_class.astype(X.dtype) if weights is None else weights * per_class
+        return weights
+
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "_Classifier":
+        """Trains on X (n_samples, n_features) and labels y (n_samples,) of any type, weighted by
+        ``sample_weight`` (n_samples,) and ``class_weight``; at most ``epochs`` epochs (L-BFGS: iterations)
+        until converged, from fresh weights unless ``warm_start`` and a fitted network of the same shape."""
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         codes = self._encode(y)
         n_outputs, loss = self._layout()
-        return self._train(X, codes, n_outputs, loss, self.epochs, reuse=self.warm_start)
+        return self._train(X, codes, n_outputs, loss, self.epochs, reuse=self.warm_start,
+                           sample_weight=self._weights(X, y, sample_weight))
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None) -> "_Classifier":
-        """One epoch over X, y; the first call needs ``classes``, every label there will ever be."""
-        first = not hasattr(self, "classes_")
+    @available_if(_L2Estimator._stochastic)
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None,
+                    sample_weight: Optional[ArrayLike] = None) -> "_Classifier":
+        """One epoch over X, y; the first call needs ``classes``, every label there will ever be (a later
+        call may repeat them, not change them)."""
+        first = not hasattr(self, "network_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
         codes = self._encode(y, classes, first)
         n_outputs, loss = self._layout()
-        return self._train(X, codes, n_outputs, loss, 1, reuse=not first)
+        return self._train(X, codes, n_outputs, loss, 1, reuse=not first,
+                           sample_weight=self._weights(X, y, sample_weight), stop=False)
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.floating]:
         """Probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
@@ -126,21 +183,24 @@ class _Classifier(ClassifierMixin, _L2Estimator):
 
 
 class L2MLPClassifier(_Classifier):
-    """A dense classifier trained on the L2-regularised cross-entropy by minibatch gradient descent.
+    """A dense classifier trained on the L2-regularised cross-entropy.
 
     Two classes get one logistic output unit, more get a softmax layer. Parameters: ``hidden_layer_sizes``
     (units per hidden layer), ``activation`` (relu, tanh, sigmoid, identity), ``lam`` (lambda of
-    (lam / 2m) sum ||W||^2), ``lr``, ``batch_size`` (None: full batch), ``epochs``, ``shuffle``,
-    ``backend`` ("cpu", "numpy" or "cuda"), ``dtype`` (None: float32 for float32 input, else float64),
-    ``random_state``, ``warm_start``, ``optimizer`` ("sgd", "momentum", "nesterov", "adam", "adamw" or an
-    ``l2fast.optim`` instance; its state carries over ``partial_fit`` and ``warm_start``). Fitted: ``classes_``, ``network_`` (the ``l2fast.Network``),
-    ``loss_curve_`` (J per epoch), ``n_iter_``, ``n_features_in_``.
+    (lam / 2m) sum ||W||^2), ``optimizer`` ("adam", "sgd", "momentum", "nesterov", "adamw", "lbfgs" or an
+    ``l2fast.optim`` / ``l2fast.LBFGS`` instance; its state carries over ``partial_fit`` and ``warm_start``),
+    ``lr``, ``batch_size`` (None: full batch), ``epochs`` (the budget; L-BFGS: iterations), ``tol`` and
+    ``n_iter_no_change`` (stop once the training cost has not improved by tol for that many epochs; None:
+    run every epoch), ``shuffle``, ``class_weight``, ``backend`` ("cpu", "numpy" or "cuda"), ``dtype``
+    (None: float32 for float32 input, else float64), ``random_state``, ``warm_start``. Fitted:
+    ``classes_``, ``network_`` (the ``l2fast.Network``), ``loss_curve_`` (J per epoch), ``n_iter_``,
+    ``history_``, ``n_features_in_``.
     """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
-                 lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
+                 lr: float = 0.001, batch_size: Optional[int] = 200, epochs: int = 200, shuffle: bool = True,
                  backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False,
-                 optimizer="sgd"):
+                 optimizer="adam", tol: Optional[float] = 1e-4, n_iter_no_change: int = 10, class_weight=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.lam = lam
@@ -153,17 +213,24 @@ class L2MLPClassifier(_Classifier):
         self.random_state = random_state
         self.warm_start = warm_start
         self.optimizer = optimizer
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
 
 
 class L2LogisticRegression(_Classifier):
     """Logistic regression (softmax regression for more than two classes) with the L2 penalty
-    (lam / 2m) ||W||^2, trained by minibatch gradient descent; lam = 1/C of scikit-learn's
-    ``LogisticRegression``. Parameters and fitted attributes as ``L2MLPClassifier``, without hidden
-    layers; ``coef_`` (n_classes or 1, n_features) and ``intercept_`` follow scikit-learn's layout."""
+    (lam / 2m) ||W||^2; lam = 1/C of scikit-learn's ``LogisticRegression``, whose optimum it reaches: by
+    default L-BFGS on J to ``tol`` in at most ``epochs`` = 100 iterations, as scikit-learn's lbfgs solver.
+    Another ``optimizer`` ("sgd", "adam", ...) trains by minibatches of ``batch_size`` with ``lr`` instead.
+    ``fit`` takes ``sample_weight``; ``class_weight`` as scikit-learn's. Other parameters and fitted
+    attributes as ``L2MLPClassifier``, without hidden layers; ``coef_`` (n_classes or 1, n_features) and
+    ``intercept_`` follow scikit-learn's layout."""
 
-    def __init__(self, lam: float = 1.0, lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 200,
+    def __init__(self, lam: float = 1.0, lr: float = 0.1, batch_size: Optional[int] = 32, epochs: int = 100,
                  shuffle: bool = True, backend: str = "cpu", dtype: Optional[str] = None, random_state=None,
-                 warm_start: bool = False, optimizer="sgd"):
+                 warm_start: bool = False, optimizer="lbfgs", tol: Optional[float] = 1e-4, n_iter_no_change: int = 10,
+                 class_weight=None):
         self.lam = lam
         self.lr = lr
         self.batch_size = batch_size
@@ -174,6 +241,9 @@ class L2LogisticRegression(_Classifier):
         self.random_state = random_state
         self.warm_start = warm_start
         self.optimizer = optimizer
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
 
     def _hidden(self):
         return ()
@@ -196,13 +266,13 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
     """A dense regressor trained on the L2-regularised squared error, L = 1/2 sum_k (yhat_k - y_k)^2.
 
     Targets (n_samples,) or (n_samples, n_targets); parameters and fitted attributes as
-    ``L2MLPClassifier`` (no ``classes_``). ``score`` is R^2.
+    ``L2MLPClassifier`` (no ``classes_`` or ``class_weight``). ``score`` is R^2.
     """
 
     def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), activation: str = "relu", lam: float = 1.0,
-                 lr: float = 0.001, batch_size: Optional[int] = 32, epochs: int = 200, shuffle: bool = True,
+                 lr: float = 0.001, batch_size: Optional[int] = 200, epochs: int = 200, shuffle: bool = True,
                  backend: str = "cpu", dtype: Optional[str] = None, random_state=None, warm_start: bool = False,
-                 optimizer="sgd"):
+                 optimizer="adam", tol: Optional[float] = 1e-4, n_iter_no_change: int = 10):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.lam = lam
@@ -215,6 +285,8 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
         self.random_state = random_state
         self.warm_start = warm_start
         self.optimizer = optimizer
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -233,16 +305,20 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
             raise ValueError(f"y has {n_targets} targets; this regressor was fitted with {self._n_targets}")
         return X, y.reshape(len(y), n_targets)
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> "L2MLPRegressor":
-        """Trains on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets)."""
+    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
+        """Trains on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets), weighted by
+        ``sample_weight`` (n_samples,) when given."""
         X, y = self._targets(X, y, first=True)
-        return self._train(X, y, y.shape[1], "squared_error", self.epochs, reuse=self.warm_start)
+        return self._train(X, y, y.shape[1], "squared_error", self.epochs, reuse=self.warm_start,
+                           sample_weight=self._sample_weight(X, sample_weight))
 
-    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> "L2MLPRegressor":
+    @available_if(_L2Estimator._stochastic)
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
         """One epoch over X, y."""
         first = not hasattr(self, "network_")
         X, y = self._targets(X, y, first=first)
-        return self._train(X, y, y.shape[1], "squared_error", 1, reuse=not first)
+        return self._train(X, y, y.shape[1], "squared_error", 1, reuse=not first,
+                           sample_weight=self._sample_weight(X, sample_weight), stop=False)
 
     def predict(self, X: ArrayLike) -> NDArray[np.floating]:
         """Predictions (n_samples,) for one target, (n_samples, n_targets) for several."""

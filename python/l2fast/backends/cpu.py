@@ -28,21 +28,24 @@ class CpuBackend(HostArrays):
     name = "cpu"
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0):
+                    optimizer=None, slots=(), step=0, sample_weight=None):
         if optimizer is None:
-            return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss)
+            return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                                     sample_weight=sample_weight)
         return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                                 slots=[list(slot) for slot in slots], step=step, **core_options(optimizer))
+                                 slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
+                                 **core_options(optimizer))
 
-    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                            sample_weight=None):
         return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m), activation,
-                                         loss)
+                                         loss, sample_weight=sample_weight)
 
     def predict(self, weights, biases, X, activation, loss):
         return _core.predict(weights, biases, X, activation, loss)
 
-    def evaluate(self, weights, biases, X, y, activation, loss):
-        return _core.evaluate(weights, biases, X, y, activation, loss)
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
+        return _core.evaluate(weights, biases, X, y, activation, loss, sample_weight=sample_weight)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
-        return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss)
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+        return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss, sample_weight=sample_weight)

@@ -438,11 +438,14 @@ class CudaBackend:
                 None if optimizer is None else (optimizer.name, tuple(sorted(vars(optimizer).items()))))
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0):
+                    optimizer=None, slots=(), step=0, sample_weight=None):
+        _no_weights(sample_weight)
         return self._epoch(weights, biases, X, y, order, batch_size, lr, [lam_over_m], activation, loss, 1,
                            optimizer, slots, step)[0]
 
-    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                            sample_weight=None):
+        _no_weights(sample_weight)
         K, L = len(weights), len(weights[0])
         with self._on_stream():
             Ws = [cupy.stack([weights[k][l] for k in range(K)]) for l in range(L)]
@@ -473,10 +476,12 @@ class CudaBackend:
                 out[s:e] = outs[-1][: (e - s) * sizes[-1]].reshape(e - s, sizes[-1])
         return out
 
-    def evaluate(self, weights, biases, X, y, activation, loss):
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
+        _no_weights(sample_weight)
         return self._whole_data(weights, biases, X, y, activation, loss, None)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+        _no_weights(sample_weight)
         with self._on_stream():
             dW = [W * W.dtype.type(lam_over_m) for W in weights]
             db = [cupy.zeros_like(b) for b in biases]
@@ -520,6 +525,11 @@ class CudaBackend:
                     self._launch(kernels, "column_sums", n_out,
                                  (db[l], dZ, np.int64(rows), np.int64(n_out), np.int64(1), T(1.0 / m), T(1)))
             return float(loss_sum.get(stream=self.stream)[0]), int(correct.get(stream=self.stream)[0])
+
+
+def _no_weights(sample_weight):
+    if sample_weight is not None:
+        raise NotImplementedError("sample_weight: not yet supported on backend='cuda'; use backend='cpu'")
 
 
 def device_summary():

@@ -66,22 +66,31 @@ def output_activation(Z, loss):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def loss_gradient(Z, y, loss):
+def loss_gradient(Z, y, loss, w=None):
     """Per-record loss of the logits Z (rows, n_out) against y, and dL/dZ = yhat - y per record.
 
     y is (rows,) int64 labels for softmax, (rows, n_out) values otherwise (logistic: 0/1, one column).
-    Returns (loss_sum as a Python float, number classified right, dL/dZ of Z's shape and dtype).
+    With sample weights w (rows,), each record's loss and dL/dZ are scaled by its weight.
+    Returns (loss_sum as a Python float, number classified right (unweighted), dL/dZ of Z's shape and dtype).
     """
+    loss_sum, correct, dZ, per_record = _loss_gradient(Z, y, loss)
+    if w is not None:
+        per_record = per_record * w
+        dZ *= w[:, None]
+    return float(per_record.sum(dtype=np.float64)), correct, dZ
+
+
+def _loss_gradient(Z, y, loss):
     if loss == "squared_error":
         dZ = Z - y
         per_record = 0.5 * np.sum(dZ * dZ, axis=1)
-        return float(per_record.sum(dtype=np.float64)), 0, dZ
+        return None, 0, dZ, per_record
     if loss == "logistic":
         z, t = Z[:, 0], y[:, 0]
         per_record = np.maximum(z, 0) - t * z + np.log1p(np.exp(-np.abs(z)))
         p = sigmoid(z)
         correct = int(np.count_nonzero((p >= 0.5) == (t == 1)))
-        return float(per_record.sum(dtype=np.float64)), correct, (p - t)[:, None]
+        return None, correct, (p - t)[:, None], per_record
     rows = np.arange(len(Z))
     z_max = Z.max(axis=1, keepdims=True)
     e = np.exp(Z - z_max)
@@ -90,7 +99,7 @@ def loss_gradient(Z, y, loss):
     correct = int(np.count_nonzero(Z.argmax(axis=1) == y))
     dZ = e / total[:, None]
     dZ[rows, y] -= 1
-    return float(per_record.sum(dtype=np.float64)), correct, dZ
+    return None, correct, dZ, per_record
 
 
 def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
@@ -159,6 +168,10 @@ class HostArrays:
         """y validated (see ``_validate.targets``) in this backend's memory."""
         return _validate.targets(y, m, loss, n_out, dtype)
 
+    def sample_weights(self, sample_weight, m, dtype):
+        """sample_weight validated (see ``_validate.sample_weight``) in this backend's memory, or None."""
+        return _validate.sample_weight(sample_weight, m, dtype)
+
     def from_host(self, array):
         """A validated NumPy array in this backend's memory (here: itself)."""
         return array
@@ -185,10 +198,11 @@ class NumpyBackend(HostArrays):
     name = "numpy"
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0):
+                    optimizer=None, slots=(), step=0, sample_weight=None):
         """One epoch of minibatch steps in place. ``optimizer`` None is the fused L2 step; an
         ``l2fast.optim`` spec (Momentum, Adam) steps with its state ``slots`` (see ``OptimizerState``), the
-        epoch's first step being number step + 1. Returns (loss_sum, correct)."""
+        epoch's first step being number step + 1. ``sample_weight`` (m,) scales each record's loss.
+        Returns (loss_sum, correct)."""
         n = len(X) if order is None else len(order)
         loss_sum, correct = 0.0, 0
         L = len(weights)
@@ -209,15 +223,17 @@ class NumpyBackend(HostArrays):
             for start in range(0, n, batch_size):
                 rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 X_batch, y_batch = X[rows], y[rows]
+                w_batch = None if sample_weight is None else sample_weight[rows]
                 outputs = forward_all(weights, biases, X_batch, activation)
-                batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss)
+                batch_loss, batch_correct, dZ = loss_gradient(outputs[-1], y_batch, loss, w_batch)
                 loss_sum += batch_loss
                 correct += batch_correct
                 count += 1
                 backward_all(weights, X_batch, outputs, dZ, activation, step_layer)
         return loss_sum, correct
 
-    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss):
+    def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                            sample_weight=None):
         """train_epoch for K models of one shape (weights[k], biases[k], lam_over_m[k]) on one order, as
         one stacked model: each layer's K weight matrices form a (K, n_out, n_in) array and every
         product is one batched matmul. Returns [(loss_sum, correct)] per model."""
@@ -231,6 +247,7 @@ class NumpyBackend(HostArrays):
             for start in range(0, n, batch_size):
                 rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 X_batch, y_batch = X[rows], y[rows]
+                w_batch = None if sample_weight is None else sample_weight[rows]
                 batch = len(X_batch)
                 outputs, A = [], X_batch
                 for layer in range(L):
@@ -239,7 +256,7 @@ class NumpyBackend(HostArrays):
                     outputs.append(A)
                 dZ = np.empty_like(outputs[-1])
                 for k in range(K):
-                    batch_loss, batch_correct, dZ[k] = loss_gradient(outputs[-1][k], y_batch, loss)
+                    batch_loss, batch_correct, dZ[k] = loss_gradient(outputs[-1][k], y_batch, loss, w_batch)
                     loss_sums[k] += batch_loss
                     corrects[k] += batch_correct
                 for layer in reversed(range(L)):
@@ -263,25 +280,35 @@ class NumpyBackend(HostArrays):
         ]
         return np.concatenate(blocks)
 
-    def evaluate(self, weights, biases, X, y, activation, loss):
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
         loss_sum, correct = 0.0, 0
         for s in range(0, len(X), BLOCK_ROWS):
             logits = forward_all(weights, biases, X[s : s + BLOCK_ROWS], activation)[-1]
-            block_loss, block_correct, _ = loss_gradient(logits, y[s : s + BLOCK_ROWS], loss)
+            w = None if sample_weight is None else sample_weight[s : s + BLOCK_ROWS]
+            block_loss, block_correct, _ = loss_gradient(logits, y[s : s + BLOCK_ROWS], loss, w)
             loss_sum += block_loss
             correct += block_correct
         return loss_sum, correct
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+        """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in
+        the network's dtype, summed in float64 (as the cpu kernel does)."""
         m = len(X)
-        outputs = forward_all(weights, biases, X, activation)
-        loss_sum, _, dZ = loss_gradient(outputs[-1], y, loss)
-        dW = [None] * len(weights)
-        db = [None] * len(weights)
+        dW = [np.zeros(W.shape) for W in weights]
+        db = [np.zeros(b.shape) for b in biases]
+        loss_sum = 0.0
 
         def collect(layer, dZ, A_prev):
-            dW[layer] = dZ.T @ A_prev / m + lam_over_m * weights[layer]
-            db[layer] = dZ.sum(axis=0) / m
+            dW[layer] += dZ.T @ A_prev
+            db[layer] += dZ.sum(axis=0)
 
-        backward_all(weights, X, outputs, dZ, activation, collect)
+        for s in range(0, m, BLOCK_ROWS):
+            X_block = X[s : s + BLOCK_ROWS]
+            w = None if sample_weight is None else sample_weight[s : s + BLOCK_ROWS]
+            outputs = forward_all(weights, biases, X_block, activation)
+            block_loss, _, dZ = loss_gradient(outputs[-1], y[s : s + BLOCK_ROWS], loss, w)
+            loss_sum += block_loss
+            backward_all(weights, X_block, outputs, dZ, activation, collect)
+        dW = [g / m + lam_over_m * W.astype(np.float64) for g, W in zip(dW, weights)]
+        db = [g / m for g in db]
         return dW, db, loss_sum
