@@ -1,0 +1,374 @@
+"""Training to the answer: L-BFGS on J, stopping on convergence, warnings when a fit fails, sample weights."""
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+import l2fast
+from l2fast import solvers
+from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier
+from l2fast.testing import assert_parity
+
+BACKENDS = ["numpy", "cpu"]
+
+
+def standardised(loader):
+    X, y = loader(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def sklearn_optimum(X, y, lam, **kwargs):
+    return LogisticRegression(C=1 / lam, tol=1e-12, max_iter=20000, **kwargs).fit(X, y)
+
+
+def l2fast_optimum(X, y, lam, backend, n_out, sample_weight=None, epochs=5000, tol=1e-10):
+    loss = "logistic" if n_out == 1 else "softmax"
+    net = l2fast.Network([X.shape[1], n_out], loss=loss, lam=lam, backend=backend, dtype="float64", seed=0)
+    history = net.fit(X, y, epochs=epochs, optimizer=l2fast.LBFGS(tol=tol), sample_weight=sample_weight)
+    return net, history
+
+
+def assert_close_to(net, theirs, rtol):
+    W, b = net.weights[0], net.biases[0]
+    scale = np.abs(theirs.coef_).max()
+    assert np.abs(W - theirs.coef_).max() <= rtol * scale, np.abs(W - theirs.coef_).max() / scale
+    assert np.abs(b - theirs.intercept_).max() <= rtol * max(np.abs(theirs.intercept_).max(), scale)
+
+
+# -- L-BFGS reaches scikit-learn's optimum ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loader, n_out", [(load_breast_cancer, 1), (load_digits, 10)])
+def test_lbfgs_reaches_scikit_learns_optimum(backend, loader, n_out):
+    X, y = standardised(loader)
+    lam = 1.0
+    net, history = l2fast_optimum(X, y, lam, backend, n_out)
+    assert history.converged and 0 < history.n_iter < 5000
+    assert_close_to(net, sklearn_optimum(X, y, lam), 1e-5)
+    assert len(history.cost) == history.n_iter and np.all(np.diff(history.cost) <= 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_lbfgs_numpy_and_cpu_agree_iteration_by_iteration(dtype):
+    X, y = standardised(load_breast_cancer)
+    nets = [l2fast.Network([30, 8, 1], activation="tanh", loss="logistic", lam=0.5, backend=b, dtype=dtype, seed=3)
+            for b in BACKENDS]
+    histories = []
+    for net in nets:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", l2fast.ConvergenceWarning)  # 10 iterations: not converged, on purpose
+            histories.append(net.fit(X, y, epochs=10, optimizer="lbfgs"))
+    assert histories[0].n_iter == histories[1].n_iter == 10
+    assert_parity(histories[1].cost, histories[0].cost, dtype, "costs")
+    for W_cpu, W_ref in zip(nets[1].weights, nets[0].weights):
+        assert_parity(W_cpu, W_ref, dtype, "weights")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_objective_lbfgs_sees_is_the_references_cost_and_gradient(backend):
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 5))
+    y = rng.integers(0, 3, size=300)
+    w = rng.uniform(0, 2, size=300)
+    net = l2fast.Network([5, 6, 3], activation="tanh", lam=2.0, backend=backend, dtype="float64", seed=1)
+    reference = l2fast.Network([5, 6, 3], activation="tanh", lam=2.0, backend="numpy", dtype="float64", seed=1)
+    objective = solvers.Objective(net, *net._data(X, y, w))
+    x = objective.flat.vector() + rng.normal(scale=0.1, size=objective.flat.vector().shape)
+    J, g = objective(x)
+    reference.set_parameters(*objective.flat.arrays(x))
+    assert J == pytest.approx(reference.cost(X, y, sample_weight=w), rel=1e-12)
+    dW, db = reference.gradients(X, y, sample_weight=w)
+    expected = np.concatenate([part for W, b in zip(dW, db) for part in (W.ravel(), b)])
+    np.testing.assert_allclose(g, expected, rtol=1e-10, atol=1e-12)
+    # and the gradient is J's: central differences along random directions
+    for _ in range(3):
+        d = rng.normal(size=x.shape)
+        h = 1e-5
+        slope = (objective(x + h * d)[0] - objective(x - h * d)[0]) / (2 * h)
+        assert slope == pytest.approx(g @ d, rel=1e-6, abs=1e-9)
+
+
+def test_float32_lbfgs_sums_in_float64_and_still_converges():
+    X, y = standardised(load_breast_cancer)
+    net = l2fast.Network([30, 1], loss="logistic", lam=1.0, backend="cpu", dtype="float32", seed=0)
+    dW, _ = net.gradients(X, y)
+    assert dW[0].dtype == np.float32
+    history = net.fit(X, y, epochs=500, optimizer=l2fast.LBFGS(tol=1e-6))
+    assert history.converged and net.weights[0].dtype == np.float32
+    assert_close_to(net, sklearn_optimum(X, y, 1.0), 1e-3)
+
+
+def test_lbfgs_refuses_what_does_not_apply_and_changes_nothing():
+    X, y = standardised(load_breast_cancer)
+    net = l2fast.Network([30, 1], loss="logistic", backend="cpu", seed=0)
+    before = net.weights[0]
+    for kwargs, name in ((dict(batch_size=32), "batch_size"), (dict(patience=3, validation_data=(X, y)), "patience"),
+                         (dict(schedule="step"), "schedule")):
+        with pytest.raises(ValueError, match=name):
+            net.fit(X, y, epochs=5, optimizer="lbfgs", **kwargs)
+    for bad, error in ((dict(memory=0), ValueError), (dict(tol=-1.0), ValueError), (dict(max_fun=1.5), TypeError)):
+        with pytest.raises(error):
+            l2fast.LBFGS(**bad)
+    np.testing.assert_array_equal(net.weights[0], before)
+
+
+def test_lbfgs_with_validation_data_records_every_iteration():
+    X, y = standardised(load_digits)
+    net = l2fast.Network([64, 10], lam=1.0, backend="cpu", dtype="float64", seed=0)
+    history = net.fit(X[:1200], y[:1200], epochs=300, optimizer="lbfgs", validation_data=(X[1200:], y[1200:]))
+    assert history.converged
+    assert len(history.val_loss) == len(history.val_accuracy) == len(history.cost) == history.n_iter
+    assert history.val_accuracy[-1] > 0.9
+    assert net.cost(X[1200:], y[1200:]) == pytest.approx(history.val_cost[-1], rel=1e-12)
+
+
+def test_fit_together_solves_each_network():
+    X, y = standardised(load_breast_cancer)
+    nets = [l2fast.Network([30, 1], loss="logistic", lam=lam, backend="cpu", dtype="float64", seed=0)
+            for lam in (0.1, 10.0)]
+    histories = l2fast.fit_together(nets, X, y, epochs=1000, optimizer=l2fast.LBFGS(tol=1e-10))
+    for net, history, lam in zip(nets, histories, (0.1, 10.0)):
+        assert history.converged
+        assert_close_to(net, sklearn_optimum(X, y, lam), 1e-5)
+
+
+# -- stopping on convergence ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tolerance_stops_a_converged_fit_early(backend):
+    X, y = standardised(load_breast_cancer)
+    net = l2fast.Network([30, 1], loss="logistic", lam=1.0, backend=backend, dtype="float64", seed=0)
+    history = net.fit(X, y, epochs=2000, lr=0.5, tol=1e-6, n_iter_no_change=5)
+    assert history.converged and history.stopped_early
+    assert history.n_iter == len(history.cost) < 2000
+    # the rule: none of the last 5 epochs improved on the best before it by more than tol
+    best = min(history.cost[:-5])
+    for cost in history.cost[-5:]:
+        assert cost > best - 1e-6
+        best = min(best, cost)
+
+
+def test_a_budget_too_small_warns():
+    X, y = standardised(load_breast_cancer)
+    net = l2fast.Network([30, 1], loss="logistic", lam=1.0, backend="cpu", seed=0)
+    with pytest.warns(l2fast.ConvergenceWarning, match="epochs=3"):
+        history = net.fit(X, y, epochs=3, lr=0.01, tol=1e-6)
+    assert not history.converged and history.n_iter == 3
+    with pytest.warns(l2fast.ConvergenceWarning, match="lbfgs"):
+        assert not net.fit(X, y, epochs=2, optimizer="lbfgs").converged
+
+
+def test_no_rule_no_warning_and_patience_is_tol_zero_on_validation():
+    X, y = standardised(load_digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = l2fast.Network([64, 10], backend="cpu", seed=0).fit(X, y, epochs=3, lr=0.1, batch_size=64)
+    assert not history.converged and history.n_iter == 3
+    runs = []
+    for kwargs in (dict(patience=2), dict(tol=0.0, n_iter_no_change=2)):
+        net = l2fast.Network([64, 32, 10], lam=0.0, backend="cpu", dtype="float64", seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", l2fast.ConvergenceWarning)
+            runs.append((net.fit(X[:300], y[:300], epochs=200, lr=0.5, batch_size=16,
+                                 validation_data=(X[300:], y[300:]), **kwargs), net.weights[0]))
+    (h1, W1), (h2, W2) = runs
+    assert h1.stopped_early and h1.converged and h1.n_iter < 200
+    assert (h1.n_iter, h1.best_epoch) == (h2.n_iter, h2.best_epoch)
+    np.testing.assert_array_equal(W1, W2)
+    with pytest.raises(ValueError, match="patience"):
+        l2fast.Network([64, 10], seed=0).fit(X, y, patience=2, tol=1e-3, validation_data=(X, y))
+
+
+def test_raw_data_default_fits_warn_instead_of_returning_silently():
+    X, y = load_breast_cancer(return_X_y=True)
+    with pytest.warns(SklearnConvergenceWarning):
+        L2LogisticRegression(random_state=0).fit(X, y)
+    X, y = load_digits(return_X_y=True)
+    with pytest.warns(SklearnConvergenceWarning):
+        L2MLPClassifier(epochs=5, random_state=0).fit(X, y)
+
+
+def test_a_diverging_learning_rate_warns_with_its_rate_and_the_wide_features():
+    X, y = load_breast_cancer(return_X_y=True)  # raw: some features are in the thousands
+    net = l2fast.Network([30, 1], loss="logistic", backend="cpu", dtype="float64", seed=0)
+    with pytest.warns(l2fast.DivergenceWarning, match=r"lr=100.*standardise X.*features 23, 3, 22") as caught:
+        net.fit(X, y, epochs=5, lr=100.0)
+    assert "smaller learning rate" in str(caught[0].message)
+    X = StandardScaler().fit_transform(X)
+    net = l2fast.Network([30, 1], loss="logistic", backend="cpu", dtype="float64", seed=0)
+    with pytest.warns(l2fast.DivergenceWarning, match="lr=100") as caught:
+        net.fit(X, y, epochs=5, lr=100.0)
+    assert "standardise" not in str(caught[0].message)
+    net = l2fast.Network([30, 1], loss="logistic", backend="cpu", dtype="float64", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.fit(X, y, epochs=5, lr=1.0)  # a sound rate: no warning
+
+
+def test_epochs_zero_keeps_the_optimizer_state():
+    X, y = standardised(load_digits)
+    net = l2fast.Network([64, 10], backend="cpu", seed=0)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer="momentum")
+    state = net.optimizer_state
+    net.fit(X, y, epochs=0, optimizer="adam")
+    assert net.optimizer_state.optimizer == l2fast.Momentum() and net.optimizer_state.step == state.step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_batch_epochs_need_no_shuffle(backend):
+    X, y = standardised(load_digits)
+    weights = []
+    for shuffle in (True, False):
+        net = l2fast.Network([64, 16, 10], backend=backend, dtype="float64", seed=0)
+        net.fit(X, y, epochs=3, lr=0.5, shuffle=shuffle)
+        weights.append(net.weights)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_ctrl_c_while_scoring_validation_rolls_the_whole_epoch_back(monkeypatch):
+    X, y = standardised(load_digits)
+    net = l2fast.Network([64, 10], backend="cpu", dtype="float64", seed=0)
+    net.fit(X, y, epochs=1, batch_size=64, optimizer="adam")
+    weights, state = net.weights, net.optimizer_state
+    backend = net._backend
+    monkeypatch.setattr(type(backend), "evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=2, batch_size=64, optimizer="adam", validation_data=(X, y))
+    after = net.optimizer_state
+    assert after.step == state.step and after.epoch == state.epoch
+    for a, b in zip(net.weights, weights):
+        np.testing.assert_array_equal(a, b)
+    for slot_after, slot_before in zip(after.slots, state.slots):
+        for a, b in zip(slot_after, slot_before):
+            np.testing.assert_array_equal(a, b)
+
+
+# -- sample weights ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integer_weights_reach_the_optimum_of_repeated_rows_and_scikit_learns(backend):
+    X, y = standardised(load_breast_cancer)
+    w = np.random.default_rng(0).integers(0, 4, size=len(X))
+    weighted, _ = l2fast_optimum(X, y, 1.0, backend, 1, sample_weight=w)
+    repeated, _ = l2fast_optimum(np.repeat(X, w, axis=0), np.repeat(y, w), 1.0, backend, 1)
+    np.testing.assert_allclose(weighted.weights[0], repeated.weights[0], rtol=1e-5, atol=1e-7)
+    assert_close_to(weighted, sklearn_optimum(X, y, 1.0).fit(X, y, sample_weight=w), 1e-5)
+
+
+def test_balanced_class_weight_matches_scikit_learn():
+    X, y = standardised(load_digits)
+    keep = (y < 3) | (np.arange(len(y)) % 5 == 0)  # unbalanced classes
+    X, y = X[keep], y[keep]
+    ours = L2LogisticRegression(lam=2.0, tol=1e-10, epochs=5000, class_weight="balanced").fit(X, y)
+    theirs = sklearn_optimum(X, y, 2.0, class_weight="balanced")
+    assert_close_to(ours.network_, theirs, 1e-5)
+    by_dict = L2LogisticRegression(lam=2.0, tol=1e-10, epochs=5000, class_weight={0: 3.0}).fit(X, y)
+    w = np.where(y == 0, 3.0, 1.0)
+    assert_close_to(by_dict.network_, sklearn_optimum(X, y, 2.0).fit(X, y, sample_weight=w), 1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weights_of_one_are_bit_identical_to_no_weights_on_cpu(optimizer):
+    X, y = standardised(load_digits)
+    results = []
+    for w in (None, np.ones(len(X))):
+        net = l2fast.Network([64, 16, 10], backend="cpu", seed=0)
+        history = net.fit(X, y, epochs=2, lr=0.01, batch_size=50, optimizer=optimizer, sample_weight=w)
+        results.append((history.cost, net.weights))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss, n_out", [("softmax", 3), ("logistic", 1), ("squared_error", 2)])
+def test_weighted_passes_agree_with_the_reference(dtype, loss, n_out):
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(150, 4))
+    y = {"softmax": rng.integers(0, 3, 150), "logistic": rng.integers(0, 2, 150),
+         "squared_error": rng.normal(size=(150, 2))}[loss]
+    w = rng.uniform(0, 3, size=150)
+    w[::7] = 0
+    nets = [l2fast.Network([4, 5, n_out], activation="tanh", loss=loss, lam=0.7, backend=b, dtype=dtype, seed=2)
+            for b in BACKENDS]
+    ref, cpu = nets
+    assert_parity(cpu.cost(X, y, sample_weight=w), ref.cost(X, y, sample_weight=w), dtype, "cost")
+    for g_cpu, g_ref in zip(cpu.gradients(X, y, w)[0], ref.gradients(X, y, w)[0]):
+        assert_parity(g_cpu, g_ref, dtype, "gradients")
+    for net in nets:
+        net.fit(X, y, epochs=2, lr=0.05, batch_size=32, sample_weight=w)
+    for W_cpu, W_ref in zip(cpu.weights, ref.weights):
+        assert_parity(W_cpu, W_ref, dtype, "weights after weighted training")
+    assert cpu.score(X, y, sample_weight=w) == pytest.approx(ref.score(X, y, sample_weight=w), abs=1e-6)
+
+
+def test_weighted_cost_is_the_definition_and_zero_weights_drop_records():
+    rng = np.random.default_rng(12)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    w = rng.uniform(0, 2, size=40)
+    w[:10] = 0
+    net = l2fast.Network([3, 1], loss="logistic", lam=1.5, backend="cpu", dtype="float64", seed=0)
+    per_record = np.array([net.cost_parts(X[i:i + 1], y[i:i + 1]).data_loss for i in range(40)])
+    parts = net.cost_parts(X, y, sample_weight=w)
+    assert parts.data_loss == pytest.approx((w * per_record).sum() / 40, rel=1e-12)
+    assert parts.penalty == net.penalty(40)
+    dropped = net.gradients(X, y, sample_weight=w)[0][0] - 1.5 / 40 * net.weights[0]
+    kept = net.gradients(X[10:], y[10:], sample_weight=w[10:])[0][0] - 1.5 / 30 * net.weights[0]
+    np.testing.assert_allclose(dropped * 40, kept * 30, rtol=1e-10, atol=1e-14)
+    assert net.score(X, y, sample_weight=w) == pytest.approx(
+        np.sum(w * (net.predict(X) == y)) / w.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (-np.ones(30), ">= 0"), (np.full(30, np.nan), "NaN"), (np.full(30, np.inf), "NaN or infinity"),
+    (np.zeros(30), "every weight is zero"), (np.ones(29), "shape"), (np.ones((30, 1)), "shape"),
+    (np.array(["a"] * 30), "real numbers")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_weights_are_refused_with_the_model_unchanged(backend, bad, message):
+    rng = np.random.default_rng(13)
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 2, 30)
+    net = l2fast.Network([3, 1], loss="logistic", backend=backend, seed=0)
+    before = net.weights[0]
+    for call in (lambda: net.fit(X, y, epochs=2, sample_weight=bad),
+                 lambda: net.fit(X, y, epochs=2, optimizer="lbfgs", sample_weight=bad),
+                 lambda: net.cost(X, y, sample_weight=bad), lambda: net.gradients(X, y, sample_weight=bad)):
+        with pytest.raises((ValueError, TypeError), match=message) as raised:
+            call()
+        assert "sample_weight" in str(raised.value)
+    np.testing.assert_array_equal(net.weights[0], before)
+    assert net.optimizer_state is None
+
+
+def test_the_core_refuses_bad_weights_itself():
+    from l2fast import _core
+
+    X, y = np.zeros((4, 2)), np.zeros(4, np.int64)
+    W, b = [np.zeros((3, 2))], [np.zeros(3)]
+    for bad in (np.array([1.0, -1.0, 1.0, 1.0]), np.array([1.0, np.nan, 1.0, 1.0]), np.ones(3),
+                np.ones(4, np.float32)):
+        with pytest.raises((ValueError, TypeError), match="sample_weight"):
+            _core.evaluate(W, b, X, y, "relu", "softmax", sample_weight=bad)
+
+
+# -- the estimators' two label bugs -----------------------------------------------------------------
+
+
+def test_partial_fit_refuses_other_classes_and_warm_start_another_label_set():
+    X, y = standardised(load_digits)
+    clf = L2MLPClassifier(hidden_layer_sizes=(8,), random_state=0, tol=None)
+    clf.partial_fit(X, y, classes=np.arange(10))
+    clf.partial_fit(X, y, classes=np.arange(10))  # the same classes again: fine
+    with pytest.raises(ValueError, match="not the same as on the first call"):
+        clf.partial_fit(X, y, classes=np.arange(11))
+    warm = L2LogisticRegression(warm_start=True).fit(X[y < 3], y[y < 3])
+    for labels in (y < 3) & (y > 0), (y < 4) & (y > 0):  # same count of classes, then another count
+        with pytest.raises(ValueError, match="warm_start"):
+            warm.fit(X[labels], y[labels])
