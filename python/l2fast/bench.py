@@ -676,6 +676,10 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         if "cuda" in backends:
             record["optimizers_gpu"] = bench_optimizers_gpu(QUICK_OPTIMIZER_SIZES if quick else
                                                             [1_000_000, 10_000_000, 100_000_000], repeats, out)
+    if configs is not None and "T" in configs or quick:
+        from l2fast import bench_solution
+
+        record["solution"] = bench_solution.run(backends, repeats, out, quick=quick)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)
