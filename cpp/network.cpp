@@ -10,6 +10,7 @@
 
 #include "blas.hpp"
 #include "dense.hpp"
+#include "linear.hpp"
 #include "update.hpp"
 
 namespace l2fast {
@@ -318,6 +319,7 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
                     Params<double>& grads) {
+    if (linear_pass_fits(shape)) return linear_gradients(shape, params, data, lam_over_m, grads);
     // double networks sum straight into grads; float ones take each block's products in float and add them up
     // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
     // digits it can get).

@@ -372,3 +372,19 @@ def test_partial_fit_refuses_other_classes_and_warm_start_another_label_set():
     for labels in (y < 3) & (y > 0), (y < 4) & (y > 0):  # same count of classes, then another count
         with pytest.raises(ValueError, match="warm_start"):
             warm.fit(X[labels], y[labels])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("m, n_out", [(5, 1), (9000, 1), (700, 4)])
+def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, n_out):
+    rng = np.random.default_rng(m)
+    X = rng.normal(size=(m, 13))
+    y = rng.integers(0, max(n_out, 2), size=m)
+    w = rng.uniform(0, 2, size=m)
+    loss = "logistic" if n_out == 1 else "softmax"
+    nets = [l2fast.Network([13, n_out], loss=loss, lam=0.3, backend=b, dtype=dtype, seed=4) for b in BACKENDS]
+    for weights in (None, w):
+        (dW_ref, db_ref), (dW_cpu, db_cpu) = [net.gradients(X, y, sample_weight=weights) for net in nets]
+        assert_parity(dW_cpu[0], dW_ref[0], dtype, "weight gradient")
+        assert_parity(db_cpu[0], db_ref[0], dtype, "bias gradient")
+        assert_parity(nets[1].cost(X, y, weights), nets[0].cost(X, y, weights), dtype, "cost")

@@ -108,6 +108,9 @@ class Objective:
         self._seen = {}
 
     def __call__(self, x):
+        seen = self._seen.get(x.tobytes())
+        if seen is not None:  # SciPy starts by evaluating the point lbfgs() has just checked
+            return seen[3], seen[4]
         net, backend = self.net, self.net._backend
         weights, biases = self.flat.arrays(x)
         dW, db, loss_sum = backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation,
@@ -118,13 +121,12 @@ class Objective:
         self.evaluations += 1
         if len(self._seen) > 8:
             self._seen.pop(next(iter(self._seen)))
-        self._seen[x.tobytes()] = (data_loss, weights, biases)
-        if not np.isfinite(J):
-            return np.inf, np.zeros_like(x)
-        return J, self.flat.flatten_gradients(dW, db)
+        J, g = (J, self.flat.flatten_gradients(dW, db)) if np.isfinite(J) else (np.inf, np.zeros_like(x))
+        self._seen[x.tobytes()] = (data_loss, weights, biases, J, g)
+        return J, g
 
     def at(self, x):
-        """(data_loss, weights, biases) of an evaluated point, or None."""
+        """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
         return self._seen.get(x.tobytes())
 
 
@@ -148,7 +150,7 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
         if seen is None:  # not the last point evaluated: one more pass (rare)
             objective(x)
             seen = objective.at(x)
-        data_loss, weights, biases = seen
+        data_loss, weights, biases = seen[:3]
         net._weights, net._biases = weights, biases
         now = time.perf_counter()
         history.seconds.append(now - last[0])
@@ -170,7 +172,7 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
                "gtol": spec.tol, "ftol": 64 * np.finfo(float).eps}
     result = optimize.minimize(objective, x0, method="L-BFGS-B", jac=True, callback=record, options=options)
     seen = objective.at(result.x)
-    if seen is not None and seen[0] is not None:
+    if seen is not None:
         net._weights, net._biases = seen[1], seen[2]
     else:
         net._weights, net._biases = objective.flat.arrays(result.x)
