@@ -497,6 +497,7 @@ def bench_optimizers_gpu(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
         W = cupy.random.default_rng(0).standard_normal(n, dtype=f32)
         G = W * f32(1e-3)
         counters = cupy.zeros(2, np.int64)
+        rates = cupy.asarray(np.array([lr, lam_over_m], f32))  # the kernels read lr and the decay on the GPU
         axpy = timed(lambda: cupy.cublas.axpy(f32(-lr), G, W))
         for name in ("momentum", "nesterov", "adam", "adamw"):
             spec, streams = resolve_optimizer(name), OPTIMIZER_STREAMS[name]
@@ -504,13 +505,12 @@ def bench_optimizers_gpu(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
             grid = ((n + THREADS - 1) // THREADS,)
             if spec.name == "momentum":
                 def ours():
-                    kernels["momentum_step"](grid, (THREADS,), (W, G, slots[0], np.int64(n), f32(lr), f32(lam_over_m),
-                                                                 f32(spec.momentum), np.int32(spec.nesterov),
-                                                                 np.int32(spec.decoupled)))
+                    kernels["momentum_step"](grid, (THREADS,), (W, G, slots[0], np.int64(n), rates, f32(spec.momentum),
+                                                                 np.int32(spec.nesterov), np.int32(spec.decoupled)))
             else:
                 def ours():
-                    kernels["adam_step"](grid, (THREADS,), (W, G, slots[0], slots[1], np.int64(n), f32(lr),
-                                                            f32(lam_over_m), np.float64(spec.beta1),
+                    kernels["adam_step"](grid, (THREADS,), (W, G, slots[0], slots[1], np.int64(n), rates,
+                                                            np.float64(spec.beta1),
                                                             np.float64(spec.beta2), f32(spec.eps),
                                                             np.int32(spec.decoupled), counters))
             row = {"parameters": n, "optimizer": name, "l2fast_s": timed(ours), "limit_s": axpy * streams / 3}
