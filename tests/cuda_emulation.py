@@ -408,6 +408,30 @@ class FakeDevice(_Synchronous):
         assert device_id == 0, "the stand-in has one device"
 
 
+class FakeEvent:
+    """cupy.cuda.Event: the host's clock when recorded (work on the host is done when it returns)."""
+
+    time = 0.0
+
+    def record(self, stream=None):
+        import time
+
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class FakeGenerator:
+    """cupy.random.default_rng(seed): NumPy's generator, answering in device arrays."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size, dtype=np.float64):
+        return self.rng.standard_normal(size, dtype=dtype).view(FakeArray)
+
+
 def fake_cupy(cuda_version=12080):
     """A module standing in for cupy, enough for l2fast.backends.cuda and the Network around it."""
     module = types.ModuleType("cupy")
@@ -432,9 +456,13 @@ def fake_cupy(cuda_version=12080):
         function = getattr(np, name)
         setattr(module, name, lambda *a, _f=function, **k: _device(_f(*a, **k)))
     module.RawModule = FakeRawModule
+    module.random = types.SimpleNamespace(default_rng=lambda seed: FakeGenerator(seed))
     module.cuda = types.SimpleNamespace(
-        Stream=FakeStream, Device=FakeDevice,
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: cuda_version))
+        Stream=FakeStream, Device=FakeDevice, Event=FakeEvent,
+        get_elapsed_time=lambda start, stop: (stop.time - start.time) * 1e3,
+        runtime=types.SimpleNamespace(
+            getDeviceCount=lambda: 1, runtimeGetVersion=lambda: cuda_version, driverGetVersion=lambda: cuda_version,
+            getDeviceProperties=lambda device: {"name": b"host stand-in", "totalGlobalMem": 0}))
     module.__getattr__ = lambda name: getattr(np, name)
     return module
 

@@ -392,3 +392,26 @@ def test_parity_allows_a_label_flipped_at_a_near_tie_only():
         assert_labels_agree(far.predict(X), ref.predict(X), near_ties(ref.predict_proba(X), "float64"))
     with pytest.raises(AssertionError, match="records apart"):
         assert_accuracy_parity([0.5, 0.75], [0.5, 0.25], 4)
+
+
+def test_the_gpu_benchmark_runs_and_records_its_targets(emulated, monkeypatch, tmp_path):
+    """benchmarks/gpu_check.sh's benchmark, end to end on the host stand-in with tiny C and D (the
+    real ones need a GPU): every contender timed, the targets' ratios and the device in the record."""
+    import json
+
+    from l2fast import bench
+
+    tiny = [bench.Config("C", "two wide hidden layers", [12, 16, 16, 3], 300, 32),
+            bench.Config("D", "small network, overhead-bound", [8, 8, 3], 200, 8)]
+    monkeypatch.setattr(bench, "CONFIGS", tiny)
+    path = tmp_path / "gpu-bench.json"
+    with open(tmp_path / "gpu-bench.txt", "w") as out:
+        record = bench.run_gpu(repeats=1, json_path=path, out=out)
+    assert json.loads(path.read_text())["gpu"]["gpu"] == "host stand-in"
+    assert set(record["configs"]) == {"C", "D"} and record["sweep"]["lambdas"] == 16
+    c = record["configs"]["C"]
+    assert {"l2fast cuda", bench.GpuGemmOnlyContender.name} <= set(c["results"])
+    assert c["cuda_graphs"]["used"] and c["cuda_graphs"]["captures"] == 1
+    assert record["targets"]["C"]["ratio"] == "l2fast cuda / GEMMs alone on the GPU (limit)"
+    assert record["targets"]["sweep"]["value"] > 0
+    assert "target: l2fast cuda / GEMMs alone" in (tmp_path / "gpu-bench.txt").read_text()

@@ -1,8 +1,11 @@
 """The cuda backend's parts that can be checked without a GPU: its errors when CuPy or a GPU is missing,
-its kernels compiled as C++ and run on the host one thread at a time against the NumPy reference, and
-its row-major-to-cuBLAS mapping against NumPy's matmul. tests/test_cuda.py runs it on a GPU."""
+its kernels compiled as C++ and run on the host (a block's threads in turn, as fibers between barriers)
+against the NumPy reference, its row-major-to-cuBLAS mapping against NumPy's matmul, the libcublas it
+loads, and benchmarks/gpu_check.sh where there is no GPU. tests/test_cuda.py runs it on a GPU."""
+import shutil
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,3 +350,44 @@ def test_probe_creates_a_cublas_handle_and_reports_its_failure(monkeypatch, tmp_
         monkeypatch.setattr(FakeCublasLibrary, "create_status", 3)  # CUBLAS_STATUS_ALLOC_FAILED
         with pytest.raises(l2fast.BackendUnavailableError, match="cuBLAS could not be started.*cublasCreate.*status 3"):
             l2fast.Network([2, 2], backend="cuda")
+
+
+# -- benchmarks/gpu_check.sh without a GPU -------------------------------------------------------------------
+
+GPU_CHECK = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def gpu_check(tmp_path, parts, seconds=450, path_first=None):
+    """Runs gpu_check.sh with OUT=tmp_path/out; returns (exit status, output, the record)."""
+    import json
+    import os
+    import subprocess
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_PARTS=parts, GPU_CHECK_SECONDS=str(seconds),
+               PATH=os.pathsep.join([*([str(path_first)] if path_first else []), str(bin_dir), os.environ["PATH"]]))
+    done = subprocess.run(["bash", str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=120)
+    record = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
+    return done.returncode, done.stdout + done.stderr, record
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_check_without_a_gpu_records_its_parts_as_skipped(tmp_path):
+    status, output, record = gpu_check(tmp_path, "device,tests,parity,bench")
+    assert status == 2, output
+    assert {name: part["status"] for name, part in record["parts"].items()} == \
+        dict.fromkeys(["device", "tests", "parity", "bench"], "skipped: no GPU")
+    assert "backend='cuda' is unavailable" in record["device"] and record["commit"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_check_cuts_a_part_that_hangs_and_still_writes_its_record(tmp_path):
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python3").write_text(f'#!/usr/bin/env bash\n[ "$1 $2" = "-m pip" ] && exec sleep 60\n'
+                                  f'exec "{sys.executable}" "$@"\n')
+    (stub / "python3").chmod(0o755)
+    status, output, record = gpu_check(tmp_path, "build,tests", seconds=6, path_first=stub)
+    assert status == 1, output
+    assert record["parts"]["build"]["status"].startswith("timed out after")
+    assert record["parts"]["build"]["seconds"] < 30 and record["parts"]["tests"]["status"] == "skipped: no GPU"
