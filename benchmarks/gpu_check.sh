@@ -50,7 +50,7 @@ run_part() {  # name limit_seconds log command...: runs it under timeout, its ou
   shift 3
   [[ ",$PARTS," == *",$name,"* ]] || return 0
   local left=$((DEADLINE - SECONDS))
-  if (( left < 5 )); then note "$name" "not run: out of time" 0; failed=1; return 0; fi
+  if (( left < 3 )); then note "$name" "not run: out of time" 0; failed=1; return 0; fi
   (( limit > left )) && limit=$left
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$log"
   rc=${PIPESTATUS[0]}

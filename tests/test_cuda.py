@@ -401,8 +401,8 @@ def test_the_gpu_benchmark_runs_and_records_its_targets(emulated, monkeypatch, t
 
     from l2fast import bench
 
-    tiny = [bench.Config("C", "two wide hidden layers", [12, 16, 16, 3], 300, 32),
-            bench.Config("D", "small network, overhead-bound", [8, 8, 3], 200, 8)]
+    tiny = [bench.Config("C", "two wide hidden layers", [12, 16, 16, 3], 100, 16),
+            bench.Config("D", "small network, overhead-bound", [8, 8, 3], 64, 8)]
     monkeypatch.setattr(bench, "CONFIGS", tiny)
     path = tmp_path / "gpu-bench.json"
     with open(tmp_path / "gpu-bench.txt", "w") as out:

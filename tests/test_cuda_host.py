@@ -387,7 +387,7 @@ def test_gpu_check_cuts_a_part_that_hangs_and_still_writes_its_record(tmp_path):
     (stub / "python3").write_text(f'#!/usr/bin/env bash\n[ "$1 $2" = "-m pip" ] && exec sleep 60\n'
                                   f'exec "{sys.executable}" "$@"\n')
     (stub / "python3").chmod(0o755)
-    status, output, record = gpu_check(tmp_path, "build,tests", seconds=6, path_first=stub)
+    status, output, record = gpu_check(tmp_path, "build,tests", seconds=4, path_first=stub)
     assert status == 1, output
     assert record["parts"]["build"]["status"].startswith("timed out after")
     assert record["parts"]["build"]["seconds"] < 30 and record["parts"]["tests"]["status"] == "skipped: no GPU"
