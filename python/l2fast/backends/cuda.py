@@ -494,10 +494,9 @@ class CudaBackend:
         blas, dtype, sizes, K = self._blas_for(), cfg["dtype"], cfg["sizes"], cfg["K"]
         Ws, bs, L, T = cfg["Ws"], cfg["bs"], len(cfg["Ws"]), dtype.type
         n0, n_out_last = sizes[0], sizes[-1]
-        full = rows == ws.batch
-        step_scale = ws.scalar(ws.STEP_FULL if full else ws.STEP_REST)
-        step_index = ws.STEP_FULL if full else ws.STEP_REST
-        mean_index = ws.MEAN_FULL if full else ws.MEAN_REST
+        full = rows == ws.batch  # -lr/rows and 1/rows of a full batch, or of the last, smaller one
+        step_index, mean_index = (ws.STEP_FULL, ws.MEAN_FULL) if full else (ws.STEP_REST, ws.MEAN_REST)
+        step_scale = ws.scalar(step_index)
         self._launch_indexed(kernels, "gather_rows", rows * n0,
                              lambda I: (cfg["X"], ws.order, ws.counters, ws.xb, I(rows), I(n0)))
         if cfg["loss"] == "softmax":
