@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run here, before a GPU session: downloads into .whl/ (ignored by git) the wheel that the GPU machine
-# lacks for benchmarks/gpu_run.sh. Its image has Python 3.12 with CuPy (cupy-cuda13x), pybind11,
+# lacks for benchmarks/gpu_check.sh. Its image has Python 3.12 with CuPy (cupy-cuda13x), pybind11,
 # scikit-build-core, CMake, ninja, PyTorch, pytest, hypothesis, tqdm and scikit-learn, but not
 # scipy-openblas32, where l2fast's cpu backend gets OpenBLAS (device tool: KINDS.md).
 set -euo pipefail

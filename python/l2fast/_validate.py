@@ -98,7 +98,7 @@ def targets(y, m, loss, n_out, dtype, name="y", xp=np):
         if array.ndim != 1 or len(array) != m:
             raise ValueError(f"{name}: expected {m} class labels of shape ({m},), got shape {array.shape}")
         _finite(array, name, xp)
-        labels = array.astype(np.int64)
+        labels = array.astype(np.int64, copy=False)  # no copy of int64 labels: a GPU graph keeps their address
         if array.dtype.kind == "f" and not bool(xp.array_equal(labels, array)):
             raise ValueError(f"{name}: class labels must be integers, got non-integer values")
         bad = (labels < 0) | (labels >= n_out)

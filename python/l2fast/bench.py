@@ -187,8 +187,8 @@ class GpuGemmOnlyContender:
         self.X = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
         self.W = [rng.standard_normal((n_out, n_in), dtype=np.float32) * 0.01
                   for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-        self.out = [cupy.empty((batch, n), np.float32) for n in sizes[1:]]
-        self.grad = [cupy.empty((batch, n), np.float32) for n in sizes[1:]]
+        self.out = [cupy.zeros((batch, n), np.float32) for n in sizes[1:]]  # finite: no NaN or overflow
+        self.grad = [cupy.zeros((batch, n), np.float32) for n in sizes[1:]]
         self._ptr = _ptr
         self.graph = None
 
@@ -497,6 +497,7 @@ def bench_optimizers_gpu(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
         W = cupy.random.default_rng(0).standard_normal(n, dtype=f32)
         G = W * f32(1e-3)
         counters = cupy.zeros(2, np.int64)
+        rates = cupy.asarray(np.array([lr, lam_over_m], f32))  # the kernels read lr and the decay on the GPU
         axpy = timed(lambda: cupy.cublas.axpy(f32(-lr), G, W))
         for name in ("momentum", "nesterov", "adam", "adamw"):
             spec, streams = resolve_optimizer(name), OPTIMIZER_STREAMS[name]
@@ -504,13 +505,12 @@ def bench_optimizers_gpu(sizes, repeats, out, lr=0.01, lam_over_m=1e-5):
             grid = ((n + THREADS - 1) // THREADS,)
             if spec.name == "momentum":
                 def ours():
-                    kernels["momentum_step"](grid, (THREADS,), (W, G, slots[0], np.int64(n), f32(lr), f32(lam_over_m),
-                                                                 f32(spec.momentum), np.int32(spec.nesterov),
-                                                                 np.int32(spec.decoupled)))
+                    kernels["momentum_step"](grid, (THREADS,), (W, G, slots[0], np.int64(n), rates, f32(spec.momentum),
+                                                                 np.int32(spec.nesterov), np.int32(spec.decoupled)))
             else:
                 def ours():
-                    kernels["adam_step"](grid, (THREADS,), (W, G, slots[0], slots[1], np.int64(n), f32(lr),
-                                                            f32(lam_over_m), np.float64(spec.beta1),
+                    kernels["adam_step"](grid, (THREADS,), (W, G, slots[0], slots[1], np.int64(n), rates,
+                                                            np.float64(spec.beta1),
                                                             np.float64(spec.beta2), f32(spec.eps),
                                                             np.int32(spec.decoupled), counters))
             row = {"parameters": n, "optimizer": name, "l2fast_s": timed(ours), "limit_s": axpy * streams / 3}
@@ -584,6 +584,82 @@ def bench_sweep(configs, backends, repeats, out):
                   f"stacked {med['stacked']:.3f} s, separate {med['separate']:.3f} s "
                   f"({row['separate_over_stacked']:.2f}x)", file=out)
     return rows
+
+
+GPU_CONFIGS = ("C", "D")  # the GPU check's configurations: GEMM-bound and overhead-bound
+GPU_SWEEP_LAMS = 16
+GPU_TARGETS = {"C": ("l2fast cuda / GEMMs alone on the GPU (limit)", "<=", 1.15),
+               "D": ("PyTorch {torch} cuda / l2fast cuda", ">=", 5.0)}
+
+
+def bench_gpu_sweep(config, repeats, out, n_lams=GPU_SWEEP_LAMS):
+    """A grid of n_lams values of lambda trained as one stacked model on the GPU (fit_together), one
+    epoch, against one network's epoch; the two interleaved, wall time after the epoch's sync."""
+    X, y = make_data(config)
+    lams = [0.0] + list(np.logspace(-2, 2, n_lams - 1))
+    make = lambda lam: l2fast.Network(config.sizes, activation=config.activation, loss=config.loss,  # noqa: E731
+                                      lam=lam, backend="cuda", dtype="float32", seed=0)
+    grid, one = [make(lam) for lam in lams], make(config.lam)
+    X, y = one._data(X, y)  # on the GPU once, as in bench_config
+    fits = {"grid": lambda: l2fast.fit_together(grid, X, y, epochs=1, lr=config.lr, batch_size=config.batch),
+            "one": lambda: one.fit(X, y, epochs=1, lr=config.lr, batch_size=config.batch)}
+    times = {name: [] for name in fits}
+    for r in range(1 + repeats):
+        for name, fit in fits.items():
+            start = time.perf_counter()
+            fit()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    row = {"config": config.key, "lambdas": n_lams, "median_s": med, "seconds": times,
+           "grid_over_one": med["grid"] / med["one"], "captures": one._backend.captures}
+    print(f"  sweep ({config.key}): {n_lams} lambdas stacked {med['grid']:.4f} s, one network {med['one']:.4f} s: "
+          f"{row['grid_over_one']:.2f} x one run (target <= 2)", file=out)
+    return row
+
+
+def run_gpu(repeats=5, json_path=None, out=None):
+    """The GPU check's benchmark: C and D with l2fast cuda, PyTorch on the same GPU and the cuBLAS GEMMs
+    alone, and a 16-lambda stacked sweep against one run; each target's ratio printed beside it."""
+    out = out or sys.stdout
+    record = environment()
+    record["repeats"] = repeats
+    if "cuda" not in record["backends"]:
+        raise l2fast.BackendUnavailableError("the GPU benchmark needs backend='cuda'")
+    print(f"l2fast GPU bench on {record['gpu']}, commit {record['commit']}", file=out)
+    record["configs"], record["targets"] = {}, {}
+    for config in (c for c in CONFIGS if c.key in GPU_CONFIGS):
+        X, y = make_data(config)
+        contenders = [L2fastContender(config, X, y, "cuda")]
+        contenders += [c for c in peers(config, X, y, ["cuda"]) if getattr(c, "device", None) == "cuda"]
+        contenders.append(GpuGemmOnlyContender(config))
+        results = summarise(interleaved(contenders, repeats), config.m)
+        ratios = ratios_for(results, "l2fast cuda")
+        print(config.describe(), file=out)
+        for name, r in results.items():
+            print(f"  {name:<40} {r['median_s']:>10.4g} s (min {r['min_s']:.4g} s)", file=out)
+        for key, value in ratios.items():
+            print(f"  {key:<52} {value:>7.2f}x", file=out)
+        gpu = contenders[0].net._backend
+        record["configs"][config.key] = {"config": config.__dict__, "results": results, "ratios": ratios,
+                                         "cuda_graphs": {"used": gpu.use_graphs and bool(gpu._graphs),
+                                                         "captures": gpu.captures, "error": gpu.graph_error}}
+        print(f"  l2fast cuda: CUDA graphs {'used' if gpu.use_graphs and gpu._graphs else 'NOT used'}, "
+              f"{gpu.captures} captured" + (f" ({gpu.graph_error})" if gpu.graph_error else ""), file=out)
+        name, sense, bound = GPU_TARGETS[config.key]
+        name = name.format(torch=record["versions"].get("torch", ""))
+        if name in ratios:
+            met = ratios[name] <= bound if sense == "<=" else ratios[name] >= bound
+            record["targets"][config.key] = {"ratio": name, "value": ratios[name], "target": f"{sense} {bound}",
+                                             "met": met}
+            print(f"  target: {name} {sense} {bound}: {ratios[name]:.2f} ({'met' if met else 'NOT met'})", file=out)
+    record["sweep"] = bench_gpu_sweep(next(c for c in CONFIGS if c.key == "D"), repeats, out)
+    record["targets"]["sweep"] = {"ratio": "16-lambda grid / one run", "value": record["sweep"]["grid_over_one"],
+                                  "target": "<= 2", "met": record["sweep"]["grid_over_one"] <= 2}
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=1))
+        print(f"wrote {json_path}", file=out)
+    return record
 
 
 def environment():

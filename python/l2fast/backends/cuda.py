@@ -10,18 +10,27 @@
 - X and y go to the GPU once per ``fit`` (CuPy arrays, and anything with ``__cuda_array_interface__``
   or a CUDA ``__dlpack__``, are used where they lie); the epoch's order goes up once per epoch; the
   loss and accuracy come back once per epoch, the only synchronisation.
-- Each step reads its batch offset and step number from counters on the device, so a training step
-  captured once as a CUDA graph (``STEPS_PER_GRAPH`` steps per graph) replays the whole epoch with one
-  launch per graph instead of one per kernel. ``L2FAST_CUDA_GRAPHS=0`` launches kernels one by one.
+- Each step reads its batch offset and step number from counters on the device, and its learning rate,
+  decay and the scales made of them from a few scalars there (the update GEMMs take alpha and beta by
+  device pointer), so a training step captured once as a CUDA graph (``STEPS_PER_GRAPH`` steps per
+  graph) replays the whole epoch with one launch per graph instead of one per kernel, and replays again
+  in later epochs and fits, whatever the schedule does to the rate. Graphs are kept in a small cache by
+  what they depend on (the arrays' addresses, the activation, the loss, the optimizer).
+  ``L2FAST_CUDA_GRAPHS=0`` launches kernels one by one.
+- Every backend on a GPU shares one stream, one cuBLAS handle bound to it with its workspace, and a lock
+  (``_DeviceContext``); the handles are destroyed at exit.
 
 Shapes as in ``numpy_ref``. Stacked models (``train_epoch_stacked``) are held as (K, n_out, n_in)
 arrays for the epoch; their products are strided-batched GEMMs.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +48,30 @@ def _bind_cupy():
 
 BLOCK_ROWS = 16384  # records per block in predict, evaluate and gradients
 STEPS_PER_GRAPH = 32
+GRAPH_CACHE = 8  # step graphs kept per backend, each for one set of arrays and settings
 THREADS = 256
+INT_INDEX_LIMIT = 2**31 - THREADS  # a launch of fewer threads than this indexes them all in an int
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 LOSS_CODES = {"squared_error": 0, "logistic": 1, "softmax": 2}
-KERNEL_NAMES = ("gather_rows", "gather_labels", "bias_activation", "activation_backward", "loss_gradient",
-                "output_activation", "column_sums", "scale_models", "momentum_step", "adam_step", "advance_counters")
+# extern "C" kernels, then the index-type templates (loaded as NVRTC name expressions, int and long long).
+PLAIN_KERNELS = ("gather_labels", "activation_backward", "loss_gradient", "output_activation", "column_sums",
+                 "momentum_step", "adam_step", "advance_counters")
+INDEXED_KERNELS = ("gather_rows", "bias_activation", "scale_models")
+INDEX_TYPES = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+NAME_EXPRESSIONS = tuple(f"{name}<{index}>" for name in INDEXED_KERNELS for index in INDEX_TYPES.values())
+KERNEL_NAMES = PLAIN_KERNELS + NAME_EXPRESSIONS
+NVRTC_OPTIONS = ("--std=c++14",)  # CuPy adds -ftz=true and -arch=sm_XX (tests/test_cuda_compile.py does too)
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
+CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 1
+CUBLAS_MAJOR_VERSION = 0  # libraryPropertyType MAJOR_VERSION
 CUBLAS_WORKSPACE_BYTES = 32 << 20
 
 
 def probe():
-    """None when a GPU can be used through CuPy, else the reason it cannot (for the error message)."""
+    """None when a GPU can be used through CuPy, else the reason it cannot (for the error message). It
+    creates the device's shared cuBLAS handle, so a cuBLAS that cannot start is found here, not at the
+    first fit."""
     _bind_cupy()
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -59,60 +80,87 @@ def probe():
     if count < 1:
         return f"CuPy {cupy.__version__} sees no CUDA device"
     try:
-        _cublas_library()
+        _context(cupy.cuda.Device().id)
     except OSError as exc:
         return f"the cuBLAS library could not be loaded ({exc})"
+    except Exception as exc:  # cublasCreate failed (driver and library apart, no memory), or CUDA did
+        return f"cuBLAS could not be started ({type(exc).__name__}: {exc})"
     return None
 
 
-def _cublas_library():
-    """libcublas: where NVIDIA's cuda-pathfinder (which recent CuPy uses) finds it, else the copy CuPy
-    has loaded (dlopen by soname finds a loaded library), else the nvidia-cublas wheel's."""
-    errors = []
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
+def _open_library(name):
+    return ctypes.CDLL(name)
 
-        loaded = load_nvidia_dynamic_lib("cublas")
-        if loaded.abs_path:
-            return ctypes.CDLL(loaded.abs_path)
-    except Exception as exc:  # not installed, or it found nothing: the other ways may still work
-        errors.append(f"cuda.pathfinder: {exc}")
-    try:
-        import cupy_backends.cuda.libs.cublas  # noqa: F401  (makes CuPy load libcublas)
-    except ImportError:
-        pass
-    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so", "cublas64_13.dll",
-                 "cublas64_12.dll"):
+
+def _cuda_major():
+    """The CUDA major version CuPy runs (12 for cupy-cuda12x): the libcublas to load is the same one."""
+    return cupy.cuda.runtime.runtimeGetVersion() // 1000
+
+
+def _cublas_library():
+    """libcublas of CuPy's CUDA major version: by soname (which finds the copy CuPy has loaded), else
+    where NVIDIA's cuda-pathfinder (which recent CuPy uses) finds it, else the nvidia-cublas wheel's.
+    A library of another major version is refused: its cublasCreate fails on the first fit."""
+    major = _cuda_major()
+    errors = []
+
+    def candidates():
         try:
-            return ctypes.CDLL(name)
+            import cupy_backends.cuda.libs.cublas  # noqa: F401  (makes CuPy load libcublas)
+        except ImportError:
+            pass
+        yield f"libcublas.so.{major}"
+        yield f"cublas64_{major}.dll"
+        try:
+            from cuda.pathfinder import load_nvidia_dynamic_lib
+
+            loaded = load_nvidia_dynamic_lib("cublas")
+            if loaded.abs_path:
+                yield loaded.abs_path
+        except Exception as exc:  # not installed, or it found nothing: the wheels may still have it
+            errors.append(f"cuda.pathfinder: {exc}")
+        try:
+            import nvidia
+        except ImportError:
+            return
+        for folder in nvidia.__path__:  # nvidia-cublas-cu12 (nvidia/cublas/lib) and nvidia-cublas (nvidia/cu13/lib)
+            for lib in (Path(folder, "cublas", "lib"), Path(folder, f"cu{major}", "lib")):
+                yield from map(str, sorted(lib.glob(f"libcublas.so.{major}*")))
+
+    for name in candidates():
+        try:
+            lib = _open_library(name)
         except OSError as exc:
             errors.append(str(exc))
-    try:  # the pip wheel nvidia-cublas-cu12 keeps it beside its package
-        import nvidia.cublas
+            continue
+        found = ctypes.c_int(-1)
+        if lib.cublasGetProperty(ctypes.c_int(CUBLAS_MAJOR_VERSION), ctypes.byref(found)) == 0 and \
+                found.value == major:
+            return lib
+        errors.append(f"{name} is cuBLAS {found.value}, but CuPy runs CUDA {major}")
+    raise OSError(f"no libcublas of CUDA {major}: " + "; ".join(errors))
 
-        for folder in nvidia.cublas.__path__:
-            for path in sorted(Path(folder, "lib").glob("libcublas.so*")):
-                return ctypes.CDLL(str(path))
-    except ImportError:
-        pass
-    raise OSError("; ".join(errors))
+
+class DeviceScalar(int):
+    """The device address of a GEMM's alpha or beta: cuBLAS reads it when the GEMM runs (pointer mode
+    device), so a captured GEMM follows a learning rate that changes between replays."""
 
 
 class _Cublas:
-    """Row-major GEMMs through cuBLAS on one handle bound to the backend's stream.
+    """Row-major GEMMs through cuBLAS on one handle bound to `stream`.
 
     cuBLAS is column-major: a row-major (r, c) array is a column-major (c, r) one, so the row-major
     C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T.
     """
 
-    def __init__(self, stream, tf32):
+    def __init__(self, stream):
         lib = _cublas_library()
         self._lib = lib
         self.handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
-        mode = CUBLAS_TF32_TENSOR_OP_MATH if tf32 else CUBLAS_DEFAULT_MATH
-        self._check(lib.cublasSetMathMode(self.handle, ctypes.c_int(mode)), "cublasSetMathMode")
+        self._math_mode = self._pointer_mode = None
+        self.set_tf32(False)
         # A workspace of its own: cuBLAS must not allocate while a graph is being captured.
         self._workspace = cupy.empty(CUBLAS_WORKSPACE_BYTES, dtype=cupy.uint8)
         if hasattr(lib, "cublasSetWorkspace_v2"):
@@ -128,12 +176,35 @@ class _Cublas:
         if status != 0:
             raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
+    def set_tf32(self, tf32):
+        mode = CUBLAS_TF32_TENSOR_OP_MATH if tf32 else CUBLAS_DEFAULT_MATH
+        if mode != self._math_mode:
+            self._check(self._lib.cublasSetMathMode(self.handle, ctypes.c_int(mode)), "cublasSetMathMode")
+            self._math_mode = mode
+
+    def destroy(self):
+        if self.handle:
+            self._check(self._lib.cublasDestroy_v2(self.handle), "cublasDestroy")
+            self.handle = ctypes.c_void_p()
+            self._workspace = None
+
     def gemm(self, dtype, trans_a, trans_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, batch=1, stride_a=0,
              stride_b=0, stride_c=0):
         """Row-major C (m, n) <- alpha op(A) op(B) + beta C for device pointers A, B, C; with batch > 1,
-        `batch` products whose operands lie stride_* elements apart (a stride of 0 shares the operand)."""
-        scalar = self._scalar[dtype]
-        a, b = ctypes.byref(scalar(alpha)), ctypes.byref(scalar(beta))
+        `batch` products whose operands lie stride_* elements apart (a stride of 0 shares the operand).
+        alpha and beta are numbers, or both DeviceScalar addresses of numbers of dtype on the device."""
+        on_device = isinstance(alpha, DeviceScalar)
+        if on_device != isinstance(beta, DeviceScalar):
+            raise TypeError("gemm: alpha and beta must both be DeviceScalar or both numbers")
+        mode = CUBLAS_POINTER_MODE_DEVICE if on_device else CUBLAS_POINTER_MODE_HOST
+        if mode != self._pointer_mode:
+            self._check(self._lib.cublasSetPointerMode_v2(self.handle, ctypes.c_int(mode)), "cublasSetPointerMode")
+            self._pointer_mode = mode
+        if on_device:
+            a, b = ctypes.c_void_p(alpha), ctypes.c_void_p(beta)
+        else:
+            scalar = self._scalar[dtype]
+            a, b = ctypes.byref(scalar(alpha)), ctypes.byref(scalar(beta))
         op_a, op_b = (CUBLAS_OP_T if trans_a else CUBLAS_OP_N), (CUBLAS_OP_T if trans_b else CUBLAS_OP_N)
         if batch == 1:
             status = self._gemm[dtype](self.handle, op_b, op_a, n, m, k, a, ctypes.c_void_p(B), ldb,
@@ -146,23 +217,82 @@ class _Cublas:
         self._check(status, "gemm")
 
 
+class _DeviceContext:
+    """What every backend on one GPU shares: the stream l2fast's work runs on, one cuBLAS handle bound
+    to it with its workspace, and a lock that keeps one thread at a time on them (a capture would record
+    another thread's launches into its graph)."""
+
+    def __init__(self, device_id):
+        with cupy.cuda.Device(device_id):
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self.blas = _Cublas(self.stream)
+        self.lock = threading.RLock()
+
+
+_CONTEXTS = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _context(device_id):
+    """The shared _DeviceContext of a GPU, created on first use."""
+    with _CONTEXTS_LOCK:
+        if device_id not in _CONTEXTS:
+            _CONTEXTS[device_id] = _DeviceContext(device_id)
+        return _CONTEXTS[device_id]
+
+
+@atexit.register
+def release():
+    """Destroys the shared cuBLAS handles and frees their workspaces (at exit; a backend used after
+    this starts a new context, dropping the graphs made with the old one)."""
+    with _CONTEXTS_LOCK:
+        contexts = list(_CONTEXTS.values())
+        _CONTEXTS.clear()
+    for context in contexts:
+        with context.lock:
+            try:
+                context.blas.destroy()
+            except RuntimeError:  # at exit, with the driver going away: the process's end frees it anyway
+                pass
+
+
 _MODULES = {}
 
 
+def kernel_source(dtype):
+    """cuda_kernels.cu as NVRTC compiles it for float32 or float64."""
+    ctype = "float" if np.dtype(dtype) == np.float32 else "double"
+    return f"typedef {ctype} T;\nconstexpr int THREADS = {THREADS};\n" + \
+        Path(__file__).with_name("cuda_kernels.cu").read_text()
+
+
 def _kernels(dtype):
-    """The compiled kernels for float32 or float64, every function loaded (so none loads mid-capture)."""
+    """The compiled kernels for float32 or float64, every function loaded (so none loads mid-capture),
+    by name: the templates as `name<int>` and `name<long long>`."""
     key = np.dtype(dtype)
     if key not in _MODULES:
-        source = Path(__file__).with_name("cuda_kernels.cu").read_text()
-        ctype = "float" if key == np.float32 else "double"
-        module = cupy.RawModule(code=f"typedef {ctype} T;\n" + source, options=("--std=c++14",))
+        module = cupy.RawModule(code=kernel_source(key), options=NVRTC_OPTIONS, name_expressions=NAME_EXPRESSIONS)
         _MODULES[key] = {name: module.get_function(name) for name in KERNEL_NAMES}
     return _MODULES[key]
+
+
+def _detached(obj):
+    """A torch tensor that requires grad, detached: torch refuses __cuda_array_interface__, DLPack and
+    NumPy to those (with a RuntimeError, which hasattr does not absorb)."""
+    if getattr(type(obj), "__module__", "").split(".")[0] == "torch" and getattr(obj, "requires_grad", False):
+        return obj.detach()
+    return obj
+
+
+def column_tile_width(n):
+    """Columns per block of column_sums: n rounded up to a power of two, at most 32."""
+    return min(32, 1 << max(n - 1, 0).bit_length())
 
 
 def as_device_array(obj):
     """obj as a CuPy array without a copy when it lives on a GPU (CuPy, __cuda_array_interface__, a
     CUDA __dlpack__); None for host objects."""
+    obj = _detached(obj)
     if isinstance(obj, cupy.ndarray):
         return obj
     if hasattr(obj, "__cuda_array_interface__"):
@@ -182,9 +312,16 @@ class _Workspace:
     """Every buffer one training step touches, allocated before any capture and kept while the
     shapes stay the same (a captured graph holds their addresses)."""
 
-    def __init__(self, sizes, batch, K, dtype, loss, n_slots):
+    # The step's scalars on the device, in `scalars`: the rates {lr, decay} of the weights and of the
+    # biases (the optimizers' kernels read them), -lr/rows and 1/rows for a full batch and for the last,
+    # smaller one, and a one (the beta of the stacked update GEMM).
+    LR_W, LR_B, STEP_FULL, MEAN_FULL, STEP_REST, MEAN_REST, ONE = 0, 2, 4, 5, 6, 7, 8
+
+    def __init__(self, sizes, batch, K, dtype, loss, n_slots, weighted=False):
         L = len(sizes) - 1
-        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots))
+        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted)
+        self.batch = batch
+        self.wb = cupy.empty(batch if weighted else 1, dtype)  # the batch's sample weights
         self.xb = cupy.empty((batch, sizes[0]), dtype)
         self.yb_labels = cupy.empty(batch, np.int64) if loss == "softmax" else cupy.empty(1, np.int64)
         self.yb_values = cupy.empty((batch, sizes[-1]), dtype) if loss != "softmax" else cupy.empty(1, dtype)
@@ -192,11 +329,30 @@ class _Workspace:
         self.grad = [cupy.empty(K * batch * sizes[l + 1], dtype) for l in range(L - 1)]
         self.gW = [cupy.empty(sizes[l + 1] * sizes[l], dtype) for l in range(L)] if n_slots else []
         self.gb = [cupy.empty(sizes[l + 1], dtype) for l in range(L)] if n_slots else []
+        # The stacked models' parameters for an epoch: kept, so that their addresses (and graphs) last.
+        self.stacked_W = [cupy.empty((K, sizes[l + 1], sizes[l]), dtype) for l in range(L)] if K > 1 else []
+        self.stacked_b = [cupy.empty((K, sizes[l + 1]), dtype) for l in range(L)] if K > 1 else []
         self.counters = cupy.zeros(2, np.int64)  # [offset of the next batch in the order, steps taken]
         self.loss_sum = cupy.zeros(K, np.float64)
         self.correct = cupy.zeros(K, np.uint64)
-        self.keep = cupy.ones(K, dtype)
+        self.keep = cupy.ones(K, dtype)  # each model's decay factor 1 - lr lam/m
+        self.scalars = cupy.zeros(9, dtype)
+        self.rates_W, self.rates_b = self.scalars[self.LR_W:self.LR_W + 2], self.scalars[self.LR_B:self.LR_B + 2]
         self.order = cupy.empty(0, np.int64)
+
+    def set_scalars(self, lr, lam_over_m, n, stream):
+        """This epoch's rates: lr and the decay lam/m of the first model, for n records in batches."""
+        rest = n % self.batch or self.batch
+        values = [0.0] * 9
+        values[self.LR_W:self.LR_W + 2] = lr, lam_over_m[0]
+        values[self.LR_B:self.LR_B + 2] = lr, 0.0
+        values[self.STEP_FULL:self.MEAN_REST + 1] = -lr / self.batch, 1 / self.batch, -lr / rest, 1 / rest
+        values[self.ONE] = 1.0
+        self.scalars.set(np.array(values, self.scalars.dtype), stream=stream)
+        self.keep.set(np.array([1.0 - lr * lam for lam in lam_over_m], self.keep.dtype), stream=stream)
+
+    def scalar(self, index):
+        return DeviceScalar(_ptr(self.scalars, index))
 
 
 class CudaBackend:
@@ -207,28 +363,44 @@ class CudaBackend:
     def __init__(self):
         _bind_cupy()
         self.xp = cupy
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.device_id = cupy.cuda.Device().id
         self.tf32 = os.environ.get("L2FAST_CUDA_TF32", "0") == "1"
         self.use_graphs = os.environ.get("L2FAST_CUDA_GRAPHS", "1") != "0"
         self.graph_error = None  # why graphs were turned off, if a capture failed
-        self._blas = None
+        self.captures = 0  # step graphs captured so far
+        self._context = None
         self._workspace = None
-        self._graphs = {}
-        self._graph_key = None
+        self._graphs = collections.OrderedDict()  # graph key -> {steps: graph}, least recently used first
+
+    def _shared(self):
+        """The device's shared context; a new one (after release()) invalidates every graph made before."""
+        context = _context(self.device_id)
+        if context is not self._context:
+            self._context, self._workspace = context, None
+            self._graphs.clear()
+        return context
+
+    @property
+    def stream(self):
+        return self._shared().stream
 
     @contextlib.contextmanager
     def _on_stream(self):
-        """Runs the body's work on the backend's stream, which does not wait on other streams by
-        itself: everything queued before (the caller's arrays, copies made on CuPy's default stream)
-        finishes first, and everything queued here finishes before the caller goes on."""
-        cupy.cuda.Device().synchronize()
-        with self.stream:
-            yield
-        self.stream.synchronize()
+        """Runs the body's work on the device's shared stream, one thread at a time. The stream does not
+        wait on other streams by itself: everything queued before (the caller's arrays, copies made on
+        CuPy's default stream) finishes first, and everything queued here finishes before the caller
+        goes on."""
+        context = self._shared()
+        with context.lock:
+            cupy.cuda.Device().synchronize()
+            with context.stream:
+                yield
+            context.stream.synchronize()
 
     # -- memory -----------------------------------------------------------------------------------
 
     def features(self, X, n_in, dtype):
+        X = _detached(X)
         device = as_device_array(X)
         if device is None:
             return self.from_host(_validate.features(X, n_in, dtype))
@@ -236,6 +408,7 @@ class CudaBackend:
             return _validate.features(device, n_in, dtype, xp=cupy)
 
     def targets(self, y, m, loss, n_out, dtype):
+        y = _detached(y)
         device = as_device_array(y)
         if device is None:
             return self.from_host(_validate.targets(y, m, loss, n_out, dtype))
@@ -276,12 +449,33 @@ class CudaBackend:
     # -- the pieces of a pass -----------------------------------------------------------------------
 
     def _blas_for(self):
-        if self._blas is None:
-            self._blas = _Cublas(self.stream, self.tf32)
-        return self._blas
+        blas = self._shared().blas
+        blas.set_tf32(self.tf32)
+        return blas
 
     def _launch(self, kernels, name, count, args):
         kernels[name](((max(count, 1) + THREADS - 1) // THREADS,), (THREADS,), args)
+
+    def _launch_indexed(self, kernels, name, count, args):
+        """A kernel template over count threads, in its 32-bit instantiation when every index fits one;
+        args(index type) gives the arguments."""
+        index = np.dtype(np.int32 if count < INT_INDEX_LIMIT else np.int64)
+        self._launch(kernels, f"{name}<{INDEX_TYPES[index]}>", count, args(index.type))
+
+    def _loss_gradient(self, kernels, out, values, labels, rows, K, n, loss, loss_sum, correct, weights=None):
+        """The loss kernel over K models' logits; weights (rows,), when given, scale each record."""
+        blocks_per_model = -(-rows // THREADS)
+        self._launch(kernels, "loss_gradient", K * blocks_per_model * THREADS,
+                     (out, values, labels, values if weights is None else weights, np.int32(weights is not None),
+                      np.int64(rows), np.int32(blocks_per_model), np.int64(n), np.int32(LOSS_CODES[loss]),
+                      loss_sum, correct))
+
+    def _column_sums(self, kernels, out, dZ, rows, n, K, scale, beta):
+        """out (K, n) <- beta out + scale[0] (sums over the rows of dZ (K, rows, n)); scale is a
+        one-element device array."""
+        width = column_tile_width(n)
+        self._launch(kernels, "column_sums", K * (-(-n // width)) * THREADS,
+                     (out, dZ, np.int64(rows), np.int32(n), np.int32(width), scale, beta))
 
     def _forward(self, kernels, Ws, bs, x_ptr, rows, K, sizes, outs, act, dtype):
         """Every layer's output for `rows` records at x_ptr (shared by the K models); outs[l] holds
@@ -292,28 +486,36 @@ class CudaBackend:
             a_ptr, stride_a = (x_ptr, 0) if l == 0 else (_ptr(outs[l - 1]), rows * n_in)
             blas.gemm(dtype, False, True, rows, n_out, n_in, 1.0, a_ptr, n_in, _ptr(Ws[l]), n_in, 0.0, _ptr(outs[l]),
                       n_out, batch=K, stride_a=stride_a, stride_b=n_out * n_in, stride_c=rows * n_out)
-            self._launch(kernels, "bias_activation", K * rows * n_out,
-                         (outs[l], bs[l], np.int64(rows), np.int64(n_out), np.int64(K * rows * n_out),
-                          np.int32(0 if l == L - 1 else act)))
+            total, code = K * rows * n_out, 0 if l == L - 1 else act
+            self._launch_indexed(kernels, "bias_activation", total,
+                                 lambda I: (outs[l], bs[l], I(rows), I(n_out), I(total), np.int32(code)))
 
     def _step(self, kernels, ws, cfg, rows):
         """One training step on `rows` records (the next ones of the order): forward, loss, backward
-        with each layer's update, counters moved on. Launches only; allocates nothing."""
+        with each layer's update, counters moved on. Launches only; allocates nothing. The learning
+        rate and decay come from ws.scalars and ws.keep on the device."""
         blas, dtype, sizes, K = self._blas_for(), cfg["dtype"], cfg["sizes"], cfg["K"]
         Ws, bs, L, T = cfg["Ws"], cfg["bs"], len(cfg["Ws"]), dtype.type
         n0, n_out_last = sizes[0], sizes[-1]
-        self._launch(kernels, "gather_rows", rows * n0,
-                     (cfg["X"], ws.order, ws.counters, ws.xb, np.int64(rows), np.int64(n0)))
+        full = rows == ws.batch  # -lr/rows and 1/rows of a full batch, or of the last, smaller one
+        step_index, mean_index = (ws.STEP_FULL, ws.MEAN_FULL) if full else (ws.STEP_REST, ws.MEAN_REST)
+        step_scale = ws.scalar(step_index)
+        self._launch_indexed(kernels, "gather_rows", rows * n0,
+                             lambda I: (cfg["X"], ws.order, ws.counters, ws.xb, I(rows), I(n0)))
         if cfg["loss"] == "softmax":
             self._launch(kernels, "gather_labels", rows, (cfg["y"], ws.order, ws.counters, ws.yb_labels, np.int64(rows)))
         else:
-            self._launch(kernels, "gather_rows", rows * n_out_last,
-                         (cfg["y"], ws.order, ws.counters, ws.yb_values, np.int64(rows), np.int64(n_out_last)))
+            self._launch_indexed(kernels, "gather_rows", rows * n_out_last,
+                                 lambda I: (cfg["y"], ws.order, ws.counters, ws.yb_values, I(rows), I(n_out_last)))
+        weights = None
+        if cfg["w"] is not None:
+            self._launch_indexed(kernels, "gather_rows", rows,
+                                 lambda I: (cfg["w"], ws.order, ws.counters, ws.wb, I(rows), I(1)))
+            weights = ws.wb
         self._forward(kernels, Ws, bs, _ptr(ws.xb), rows, K, sizes, ws.out, cfg["act"], dtype)
-        self._launch(kernels, "loss_gradient", K * rows,
-                     (ws.out[-1], ws.yb_values, ws.yb_labels, np.int64(rows), np.int64(K), np.int64(n_out_last),
-                      np.int32(LOSS_CODES[cfg["loss"]]), ws.loss_sum, ws.correct))
-        lr, optimizer = cfg["lr"], cfg["optimizer"]
+        self._loss_gradient(kernels, ws.out[-1], ws.yb_values, ws.yb_labels, rows, K, n_out_last, cfg["loss"],
+                            ws.loss_sum, ws.correct, weights)
+        optimizer = cfg["optimizer"]
         for l in reversed(range(L)):
             n_in, n_out = sizes[l], sizes[l + 1]
             dZ = ws.out[l] if l == L - 1 else ws.grad[l]
@@ -326,44 +528,45 @@ class CudaBackend:
                              (ws.grad[l - 1], ws.out[l - 1], np.int64(K * rows * n_in), np.int32(cfg["act"])))
             if optimizer is None:
                 if K == 1:  # W <- (1 - lr lam/m) W - (lr/rows) dZ^T A_prev: one GEMM, the decay its beta
-                    blas.gemm(dtype, True, False, n_out, n_in, rows, -lr / rows, _ptr(dZ), n_out, a_ptr, n_in,
-                              cfg["keep"][0], _ptr(Ws[l]), n_in)
+                    blas.gemm(dtype, True, False, n_out, n_in, rows, step_scale, _ptr(dZ), n_out, a_ptr, n_in,
+                              DeviceScalar(_ptr(ws.keep)), _ptr(Ws[l]), n_in)
                 else:  # each model's decay, then one batched GEMM for all
-                    self._launch(kernels, "scale_models", K * n_out * n_in,
-                                 (Ws[l], ws.keep, np.int64(n_out * n_in), np.int64(K * n_out * n_in)))
-                    blas.gemm(dtype, True, False, n_out, n_in, rows, -lr / rows, _ptr(dZ), n_out, a_ptr, n_in, 1.0,
-                              _ptr(Ws[l]), n_in, batch=K, stride_a=rows * n_out, stride_b=stride_a,
-                              stride_c=n_out * n_in)
-                self._launch(kernels, "column_sums", K * n_out,
-                             (bs[l], dZ, np.int64(rows), np.int64(n_out), np.int64(K), T(-lr / rows), T(1)))
+                    per_model, total = n_out * n_in, K * n_out * n_in
+                    self._launch_indexed(kernels, "scale_models", total,
+                                         lambda I: (Ws[l], ws.keep, I(per_model), I(total)))
+                    blas.gemm(dtype, True, False, n_out, n_in, rows, step_scale, _ptr(dZ), n_out, a_ptr, n_in,
+                              ws.scalar(ws.ONE), _ptr(Ws[l]), n_in, batch=K, stride_a=rows * n_out,
+                              stride_b=stride_a, stride_c=n_out * n_in)
+                self._column_sums(kernels, bs[l], dZ, rows, n_out, K, ws.scalars[step_index:step_index + 1], T(1))
                 continue
             blas.gemm(dtype, True, False, n_out, n_in, rows, 1.0 / rows, _ptr(dZ), n_out, a_ptr, n_in, 0.0,
                       _ptr(ws.gW[l]), n_in)
-            self._launch(kernels, "column_sums", n_out,
-                         (ws.gb[l], dZ, np.int64(rows), np.int64(n_out), np.int64(1), T(1.0 / rows), T(0)))
-            for P, G, slot_index, decay in ((Ws[l], ws.gW[l], l, cfg["lam_over_m"][0]), (bs[l], ws.gb[l], L + l, 0.0)):
+            self._column_sums(kernels, ws.gb[l], dZ, rows, n_out, 1, ws.scalars[mean_index:mean_index + 1], T(0))
+            for P, G, slot_index, rates in ((Ws[l], ws.gW[l], l, ws.rates_W), (bs[l], ws.gb[l], L + l, ws.rates_b)):
                 slots = [slot[slot_index] for slot in cfg["slots"]]
                 if optimizer.name == "momentum":
                     self._launch(kernels, "momentum_step", P.size,
-                                 (P, G, slots[0], np.int64(P.size), T(lr), T(decay), T(optimizer.momentum),
+                                 (P, G, slots[0], np.int64(P.size), rates, T(optimizer.momentum),
                                   np.int32(optimizer.nesterov), np.int32(optimizer.decoupled)))
                 else:
                     self._launch(kernels, "adam_step", P.size,
-                                 (P, G, slots[0], slots[1], np.int64(P.size), T(lr), T(decay),
-                                  np.float64(optimizer.beta1), np.float64(optimizer.beta2), T(optimizer.eps),
-                                  np.int32(optimizer.decoupled), ws.counters))
+                                 (P, G, slots[0], slots[1], np.int64(P.size), rates, np.float64(optimizer.beta1),
+                                  np.float64(optimizer.beta2), T(optimizer.eps), np.int32(optimizer.decoupled),
+                                  ws.counters))
         self._launch(kernels, "advance_counters", 1, (ws.counters, np.int64(rows)))
 
     def _capture(self, kernels, ws, cfg, rows, steps):
         """A CUDA graph of `steps` consecutive training steps, or None when capture fails (graphs are
         then off for this backend, and graph_error says why)."""
+        stream = self.stream
         try:
-            self.stream.begin_capture()
+            self.captures += 1
+            stream.begin_capture()
             try:
                 for _ in range(steps):
                     self._step(kernels, ws, cfg, rows)
             finally:
-                graph = self.stream.end_capture()
+                graph = stream.end_capture()
             graph.upload()
             return graph
         except Exception as exc:  # NotImplementedError, CUDARuntimeError: nothing ran, parameters untouched
@@ -371,86 +574,99 @@ class CudaBackend:
             self.graph_error = f"{type(exc).__name__}: {exc}"
             return None
 
+    def _graphs_for(self, cfg, ws):
+        """The step graphs ({steps: graph}) of this configuration, from the cache or new and empty: a
+        graph depends on every address it touches and on the settings baked into its launches."""
+        arrays = list(cfg["Ws"]) + list(cfg["bs"]) + [cfg["X"], cfg["y"], ws.order] + \
+            [a for slot in cfg["slots"] for a in slot] + ([] if cfg["w"] is None else [cfg["w"]])
+        key = (tuple(a.data.ptr for a in arrays), cfg["act"], cfg["loss"], cfg["optimizer"])
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            self._graphs[key] = {}
+            while len(self._graphs) > GRAPH_CACHE:
+                self._graphs.popitem(last=False)
+        return self._graphs[key]
+
+    def _workspace_for(self, sizes, batch, K, dtype, loss, n_slots, weighted=False):
+        self._shared()
+        key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted)
+        if self._workspace is None or self._workspace.key != key:
+            with self._on_stream():
+                self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots, weighted)
+            self._graphs.clear()  # they hold the old workspace's addresses
+        return self._workspace
+
     # -- the backend protocol -------------------------------------------------------------------------
 
     def _epoch(self, Ws, bs, X, y, order, batch_size, lr, lam_over_m, activation, loss, K, optimizer=None,
-               slots=(), step=0):
+               slots=(), step=0, sample_weight=None):
         dtype = np.dtype(Ws[0].dtype)
         sizes = [Ws[0].shape[-1]] + [W.shape[-2] for W in Ws]
         n = len(X) if order is None else len(order)
         batch = min(batch_size, n)
         kernels = _kernels(dtype)
-        n_slots = 0 if optimizer is None else optimizer.n_slots
-        key = (tuple(sizes), batch, K, dtype, loss, bool(n_slots))
-        if self._workspace is None or self._workspace.key != key:
-            self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots)
-            self._graphs = {}
-        ws = self._workspace
-        keep = [1.0 - lr * lam for lam in lam_over_m]
-        cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "lr": lr, "keep": keep,
-               "lam_over_m": lam_over_m, "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,
+        ws = self._workspace_for(sizes, batch, K, dtype, loss, 0 if optimizer is None else optimizer.n_slots,
+                                 sample_weight is not None)
+        cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "w": sample_weight,
+               "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,
                "slots": [list(slot) for slot in slots]}
         with self._on_stream():
+            stream = self.stream
             if len(ws.order) < n:
                 ws.order = cupy.empty(n, np.int64)
-                self._graphs = {}
             ws.order[:n].set(np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64),
-                             stream=self.stream)
-            ws.counters.set(np.array([0, step], np.int64), stream=self.stream)
+                             stream=stream)
+            ws.counters.set(np.array([0, step], np.int64), stream=stream)
             ws.loss_sum.fill(0)
             ws.correct.fill(0)
-            ws.keep.set(np.array(keep, dtype), stream=self.stream)
+            ws.set_scalars(lr, lam_over_m, n, stream)
             full, rest = divmod(n, batch)
             done = 0
             if full and self.use_graphs and full > 1:
                 self._step(kernels, ws, cfg, batch)  # eager first: every kernel is loaded before any capture
                 done = 1
-                graph_key = self._key(cfg, ws, batch)
-                if graph_key != self._graph_key:
-                    self._graphs, self._graph_key = {}, graph_key
+                graphs = self._graphs_for(cfg, ws)
                 for steps in (STEPS_PER_GRAPH, 1):
                     if not self.use_graphs:
                         break
                     if (full - done) // steps == 0:
                         continue
-                    if steps not in self._graphs:
-                        self._graphs[steps] = self._capture(kernels, ws, cfg, batch, steps)
-                    graph = self._graphs[steps]
+                    if steps not in graphs:
+                        graphs[steps] = self._capture(kernels, ws, cfg, batch, steps)
+                    graph = graphs[steps]
                     if graph is None:
                         break
                     for _ in range((full - done) // steps):
-                        graph.launch(stream=self.stream)
+                        graph.launch(stream=stream)
                         done += steps
             for _ in range(full - done):
                 self._step(kernels, ws, cfg, batch)
             if rest:
                 self._step(kernels, ws, cfg, rest)
-            loss_sum, correct = ws.loss_sum.get(stream=self.stream), ws.correct.get(stream=self.stream)
+            loss_sum, correct = ws.loss_sum.get(stream=stream), ws.correct.get(stream=stream)
         return [(float(loss_sum[k]), int(correct[k])) for k in range(K)]
-
-    @staticmethod
-    def _key(cfg, ws, batch):
-        """What a captured graph depends on: every address it touches and every scalar baked into it."""
-        arrays = list(cfg["Ws"]) + list(cfg["bs"]) + [cfg["X"], cfg["y"], ws.order] + \
-            [a for slot in cfg["slots"] for a in slot]
-        optimizer = cfg["optimizer"]
-        return (tuple(a.data.ptr for a in arrays), batch, cfg["lr"], tuple(cfg["keep"]), tuple(cfg["lam_over_m"]),
-                None if optimizer is None else (optimizer.name, tuple(sorted(vars(optimizer).items()))))
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                     optimizer=None, slots=(), step=0, sample_weight=None):
-        _no_weights(sample_weight)
         return self._epoch(weights, biases, X, y, order, batch_size, lr, [lam_over_m], activation, loss, 1,
-                           optimizer, slots, step)[0]
+                           optimizer, slots, step, sample_weight)[0]
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None):
-        _no_weights(sample_weight)
         K, L = len(weights), len(weights[0])
+        dtype = np.dtype(weights[0][0].dtype)
+        sizes = [weights[0][0].shape[1]] + [W.shape[0] for W in weights[0]]
+        batch = min(batch_size, len(X) if order is None else len(order))
+        ws = self._workspace_for(sizes, batch, K, dtype, loss, 0, sample_weight is not None)
+        Ws, bs = ws.stacked_W, ws.stacked_b
         with self._on_stream():
-            Ws = [cupy.stack([weights[k][l] for k in range(K)]) for l in range(L)]
-            bs = [cupy.stack([biases[k][l] for k in range(K)]) for l in range(L)]
-        stats = self._epoch(Ws, bs, X, y, order, batch_size, lr, list(lam_over_m), activation, loss, K)
+            for k in range(K):
+                for l in range(L):
+                    Ws[l][k] = weights[k][l]
+                    bs[l][k] = biases[k][l]
+        stats = self._epoch(Ws, bs, X, y, order, batch_size, lr, list(lam_over_m), activation, loss, K,
+                            sample_weight=sample_weight)
         with self._on_stream():
             for k in range(K):
                 for l in range(L):
@@ -477,20 +693,35 @@ class CudaBackend:
         return out
 
     def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
-        _no_weights(sample_weight)
-        return self._whole_data(weights, biases, X, y, activation, loss, None)
+        return self._whole_data(weights, biases, X, y, activation, loss, None, sample_weight)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
-        _no_weights(sample_weight)
+        """(dJ/dW, dJ/db, loss sum) as float64 CuPy arrays: each block's products in the network's dtype,
+        added up in float64."""
         with self._on_stream():
-            dW = [W * W.dtype.type(lam_over_m) for W in weights]
-            db = [cupy.zeros_like(b) for b in biases]
-        loss_sum, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db))
+            dW = [cupy.zeros(W.shape, np.float64) for W in weights]
+            db = [cupy.zeros(b.shape, np.float64) for b in biases]
+        loss_sum, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db), sample_weight)
+        with self._on_stream():
+            m = len(X)
+            dW = [g / m + lam_over_m * W.astype(np.float64) for g, W in zip(dW, weights)]
+            db = [g / m for g in db]
         return dW, db, loss_sum
 
-    def _whole_data(self, weights, biases, X, y, activation, loss, grads):
-        """Loss sum and correct count over (X, y) in blocks; with grads = (dW, db) also adds
-        (1/m) sum dL/dW and dL/db of every block into them."""
+    def sample_weights(self, sample_weight, m, dtype):
+        """sample_weight validated (see ``_validate.sample_weight``) on the GPU, or None."""
+        sample_weight = _detached(sample_weight)
+        device = as_device_array(sample_weight)
+        if device is None:
+            weights = _validate.sample_weight(sample_weight, m, dtype)
+            return None if weights is None else self.from_host(weights)
+        with self._on_stream():
+            return _validate.sample_weight(device, m, dtype, xp=cupy)
+
+    def _whole_data(self, weights, biases, X, y, activation, loss, grads, sample_weight=None):
+        """Loss sum and correct count over (X, y) in blocks (each record's loss weighted by sample_weight
+        when given); with grads = (dW, db), float64 arrays, also adds sum dL/dW and dL/db of every block
+        into them."""
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m, L, act = _kernels(dtype), len(X), len(weights), ACTIVATION_CODES[activation]
         blas, T = self._blas_for(), dtype.type
@@ -498,16 +729,18 @@ class CudaBackend:
             rows_max = min(m, BLOCK_ROWS)
             outs = [cupy.empty(rows_max * n, dtype) for n in sizes[1:]]
             below = [cupy.empty(rows_max * n, dtype) for n in sizes[1:-1]]
+            block_W = [cupy.empty(W.shape, dtype) for W in weights] if grads else []
+            block_b = [cupy.empty(b.shape, dtype) for b in biases] if grads else []
             loss_sum, correct = cupy.zeros(1, np.float64), cupy.zeros(1, np.uint64)
             dummy_values, dummy_labels = cupy.empty(1, dtype), cupy.empty(1, np.int64)
+            one = cupy.ones(1, dtype)
             for s, e in self._blocks(m):
                 rows = e - s
                 self._forward(kernels, weights, biases, _ptr(X, s * sizes[0]), rows, 1, sizes, outs, act, dtype)
                 labels = y[s:e] if loss == "softmax" else dummy_labels
                 values = y[s:e] if loss != "softmax" else dummy_values
-                self._launch(kernels, "loss_gradient", rows,
-                             (outs[-1], values, labels, np.int64(rows), np.int64(1), np.int64(sizes[-1]),
-                              np.int32(LOSS_CODES[loss]), loss_sum, correct))
+                self._loss_gradient(kernels, outs[-1], values, labels, rows, 1, sizes[-1], loss, loss_sum, correct,
+                                    None if sample_weight is None else sample_weight[s:e])
                 if grads is None:
                     continue
                 dW, db = grads
@@ -520,16 +753,12 @@ class CudaBackend:
                                   n_in, 0.0, _ptr(below[l - 1]), n_in)
                         self._launch(kernels, "activation_backward", rows * n_in,
                                      (below[l - 1], outs[l - 1], np.int64(rows * n_in), np.int32(act)))
-                    blas.gemm(dtype, True, False, n_out, n_in, rows, 1.0 / m, _ptr(dZ), n_out, a_ptr, n_in, 1.0,
-                              _ptr(dW[l]), n_in)
-                    self._launch(kernels, "column_sums", n_out,
-                                 (db[l], dZ, np.int64(rows), np.int64(n_out), np.int64(1), T(1.0 / m), T(1)))
+                    blas.gemm(dtype, True, False, n_out, n_in, rows, 1.0, _ptr(dZ), n_out, a_ptr, n_in, 0.0,
+                              _ptr(block_W[l]), n_in)
+                    self._column_sums(kernels, block_b[l], dZ, rows, n_out, 1, one, T(0))
+                    dW[l] += block_W[l]  # float64 totals of the block's products in T
+                    db[l] += block_b[l]
             return float(loss_sum.get(stream=self.stream)[0]), int(correct.get(stream=self.stream)[0])
-
-
-def _no_weights(sample_weight):
-    if sample_weight is not None:
-        raise NotImplementedError("sample_weight: not yet supported on backend='cuda'; use backend='cpu'")
 
 
 def device_summary():
