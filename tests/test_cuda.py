@@ -400,11 +400,12 @@ def test_the_gpu_benchmark_runs_and_records_its_targets(emulated, monkeypatch, t
     real ones need a GPU): every contender timed, the targets' ratios and the device in the record."""
     import json
 
-    from l2fast import bench
+    from l2fast import bench, bench_solution
 
     tiny = [bench.Config("C", "two wide hidden layers", [12, 16, 16, 3], 100, 16),
             bench.Config("D", "small network, overhead-bound", [8, 8, 3], 64, 8)]
     monkeypatch.setattr(bench, "CONFIGS", tiny)
+    monkeypatch.setattr(bench_solution, "GPU_LBFGS_SIZE", (300, 5))
     path = tmp_path / "gpu-bench.json"
     with open(tmp_path / "gpu-bench.txt", "w") as out:
         record = bench.run_gpu(repeats=1, json_path=path, out=out)
@@ -416,6 +417,9 @@ def test_the_gpu_benchmark_runs_and_records_its_targets(emulated, monkeypatch, t
     assert record["targets"]["C"]["ratio"] == "l2fast cuda / GEMMs alone on the GPU (limit)"
     assert record["targets"]["sweep"]["value"] > 0
     assert "target: l2fast cuda / GEMMs alone" in (tmp_path / "gpu-bench.txt").read_text()
+    lbfgs = record["lbfgs"]["results"]
+    assert set(lbfgs) == {f"l2fast {b} lbfgs {d}" for b in ("cuda", "cpu") for d in ("float64", "float32")}
+    assert all(0 <= r["relative_gap"] < 1e-6 for r in lbfgs.values())
 
 
 # -- training to the answer on the GPU: sample weights and L-BFGS ---------------------------------------

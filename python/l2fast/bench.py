@@ -656,6 +656,9 @@ def run_gpu(repeats=5, json_path=None, out=None):
     record["sweep"] = bench_gpu_sweep(next(c for c in CONFIGS if c.key == "D"), repeats, out)
     record["targets"]["sweep"] = {"ratio": "16-lambda grid / one run", "value": record["sweep"]["grid_over_one"],
                                   "target": "<= 2", "met": record["sweep"]["grid_over_one"] <= 2}
+    from l2fast import bench_solution
+
+    record["lbfgs"] = bench_solution.gpu_lbfgs(repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

@@ -21,19 +21,25 @@ TARGET = 1e-6
 TOLS = [10.0**-k for k in range(3, 12)]
 
 
+def synthetic(m, n):
+    """A seeded binary problem: labels drawn from a logistic model, 5% of them flipped."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(m, n))
+    p = 1 / (1 + np.exp(-(X @ (rng.normal(size=n) * 3 / np.sqrt(n)))))
+    y = (rng.uniform(size=m) < p).astype(np.int64)
+    flip = rng.uniform(size=m) < 0.05
+    y[flip] = 1 - y[flip]
+    return X, y
+
+
 def problems(quick):
     """(name, X, y, n_out): a seeded 50k x 100 binary problem with label noise, standardised breast_cancer
     and standardised digits (softmax)."""
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.preprocessing import StandardScaler
 
-    rng = np.random.default_rng(0)
     m, n = (2000, 20) if quick else (50_000, 100)
-    X = rng.normal(size=(m, n))
-    p = 1 / (1 + np.exp(-(X @ (rng.normal(size=n) * 3 / np.sqrt(n)))))
-    y = (rng.uniform(size=m) < p).astype(np.int64)
-    flip = rng.uniform(size=m) < 0.05
-    y[flip] = 1 - y[flip]
+    X, y = synthetic(m, n)
     out = [(f"synthetic {m} x {n}", X, y, 1)]
     for name, loader, n_out in (("breast_cancer", load_breast_cancer, 1), ("digits", load_digits, 10)):
         Xd, yd = loader(return_X_y=True)
@@ -160,3 +166,32 @@ def run(backends, repeats, out, quick=False):
             print(f"    {c:<40} " + (f"{s:8.4f} s" if s is not None else f"not within {budget:g} s"), file=out)
         rows.append(row)
     return rows
+
+
+GPU_LBFGS_SIZE = (50_000, 100)
+
+
+def gpu_lbfgs(repeats, out):
+    """For the GPU check: L-BFGS to tol 1e-6 on the synthetic problem, cuda against cpu (no scikit-learn
+    needed); seconds (median) and how close each lands to J*."""
+    m, n = GPU_LBFGS_SIZE
+    X, y = synthetic(m, n)
+    judge = Judge(X, y, 1)
+    star = _network(X, 1, "cpu", "float64")
+    star.fit(X, y, epochs=100_000, optimizer=l2fast.LBFGS(tol=1e-13))
+    J_star = star.cost(X, y)
+    rows = {}
+    print(f"T (GPU): L-BFGS to tol 1e-6 on synthetic {m} x {n}, J* = {J_star:.10g}", file=out)
+    contenders = {f"l2fast {b} lbfgs {d}": l2fast_fit(b, d) for b in ("cuda", "cpu") for d in ("float64", "float32")}
+    times = {c: [] for c in contenders}
+    answers = {}
+    for _ in range(repeats):
+        for c, fit in contenders.items():
+            start = time.perf_counter()
+            answers[c] = fit(X, y, 1, 1e-6)
+            times[c].append(time.perf_counter() - start)
+    for c in contenders:
+        gap = (judge.cost(*answers[c]) - J_star) / abs(J_star)
+        rows[c] = {"median_s": statistics.median(times[c]), "relative_gap": gap}
+        print(f"  {c:<30} {rows[c]['median_s']:8.4f} s, (J - J*)/|J*| = {gap:.2e}", file=out)
+    return {"J_star": J_star, "results": rows}
