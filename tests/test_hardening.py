@@ -342,3 +342,42 @@ def test_interpreter_exits_cleanly_with_a_daemon_thread_inside_a_cpu_kernel(call
         result = subprocess.run([sys.executable, str(script), call], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
         assert "main thread exits" in result.stdout
+
+
+FORK_EXIT_SCRIPT = textwrap.dedent("""
+    import os, sys, threading, time
+    import numpy as np
+    from l2fast import _core
+
+    # The other thread spends its time in a kernel, on one thread: forking while OpenBLAS or the helper
+    # pool runs a job on other threads may hang the child (see the README's Guarantees).
+    _core.set_num_threads(1)
+    W, dW = np.ones(1 << 23), np.full(1 << 23, 1e-9)
+
+    def work():
+        while True:
+            _core.l2_update(W, dW, 1e-3, 0.0)
+
+    threading.Thread(target=work, daemon=True).start()
+    time.sleep(0.2)
+    pid = os.fork()  # most likely while the other thread is inside a kernel
+    if pid == 0:
+        sys.exit(0)  # the child's interpreter exit waits for no kernel of the parent's
+    for _ in range(200):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("child exited", os.waitstatus_to_exitcode(status))
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        print("child hung at exit")
+""")
+
+
+def test_a_forked_child_exits_although_its_parent_was_inside_a_kernel(tmp_path):
+    script = tmp_path / "fork_exit.py"
+    script.write_text(FORK_EXIT_SCRIPT)
+    for _ in range(3):
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "child exited 0" in result.stdout, (result.stdout, result.stderr[-2000:])
