@@ -157,6 +157,7 @@ l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj
     } else {
         py::array y = checked<T>(y_obj, "y", {m, py::ssize_t(shape.n_out())});
         data.y_values = cptr<T>(y);
+        check_finite(data.y_values, std::size_t(y.size()), "y");
         if (shape.loss == Loss::Logistic)
             for (std::size_t i = 0; i < data.m; ++i)
                 if (data.y_values[i] != T(0) && data.y_values[i] != T(1))
@@ -259,7 +260,7 @@ private:
 
 // Ctrl-C: Python only runs its signal handler between bytecodes, so the epochs ask for it.
 bool interrupted() {
-    if (finalizing()) return true;  // the epoch ends; without_gil then parks the thread
+    if (finalizing()) return true;  // the epoch ends; ReleasedGil then parks the thread
     py::gil_scoped_acquire acquire;
     return PyErr_CheckSignals() != 0;
 }

@@ -282,6 +282,16 @@ def test_core_refuses_non_finite_X(call, bad):
     assert np.array_equal(weights[0], before)
 
 
+def test_core_refuses_non_finite_regression_targets():
+    from l2fast import _core
+
+    weights, biases = [np.ones((2, 3))], [np.zeros(2)]
+    y = np.zeros((4, 2))
+    y[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"y: contains NaN or infinity \(at flat index 6\)"):
+        _core.gradients(weights, biases, np.ones((4, 3)), y, 0.0, "identity", "squared_error")
+
+
 def test_core_refuses_a_step_count_that_would_overflow():
     from l2fast import _core
 
