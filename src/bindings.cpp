@@ -4,13 +4,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include <pthread.h>
 
 #include "blas.hpp"
 #include "limits.hpp"
@@ -108,6 +114,28 @@ Net<T> take_network(const py::list& weights, const py::list& biases, const std::
     return net;
 }
 
+// The README's promise that NaN and infinity never reach a kernel holds at this layer too.
+// One branch-free pass (x - x is 0 for a finite x, NaN otherwise), then a second only to name the index.
+template <class T>
+void check_finite(const T* values, std::size_t n, const char* name) {
+    unsigned all_finite = 1;
+    for (std::size_t i = 0; i < n; ++i) all_finite &= unsigned(values[i] - values[i] == T(0));
+    if (all_finite) return;
+    for (std::size_t i = 0; i < n; ++i)
+        if (!std::isfinite(values[i]))
+            throw std::invalid_argument(std::string(name) + ": contains NaN or infinity (at flat index " +
+                                        std::to_string(i) + ")");
+}
+
+// Arrays the kernels index with (labels, order) are copied while the GIL is held: checked once, they
+// can then change under no one's hands during the call, whoever else writes the caller's buffer (another
+// thread, or a kernel stepping the parameters or optimizer state the buffer is a view of).
+py::array private_copy(const py::array& a) {
+    py::array copy(a.dtype(), std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+    std::memcpy(copy.mutable_data(), a.data(), std::size_t(a.nbytes()));
+    return copy;
+}
+
 // X (m x n_in) and the targets in the layout the loss needs: int64 labels (m,) or T values (m, n_out),
 // with optional sample weights (m,) of T, finite and >= 0.
 template <class T>
@@ -115,6 +143,7 @@ l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj
                              std::vector<py::array>& keep, const py::handle& weights_obj = py::none()) {
     py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
     if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
+    check_finite(cptr<T>(X), std::size_t(X.size()), "X");
     l2fast::Dataset<T> data;
     data.X = cptr<T>(X);
     data.m = std::size_t(X.shape(0));
@@ -122,13 +151,14 @@ l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj
     if (y_obj.is_none()) return data;
     const py::ssize_t m = X.shape(0);
     if (shape.loss == Loss::Softmax) {
-        py::array y = checked<std::int64_t>(y_obj, "y", {m});
+        py::array y = private_copy(checked<std::int64_t>(y_obj, "y", {m}));
         data.y_labels = cptr<std::int64_t>(y);
         l2fast::check_labels(data.y_labels, data.m, shape.n_out());
         keep.push_back(y);
     } else {
         py::array y = checked<T>(y_obj, "y", {m, py::ssize_t(shape.n_out())});
         data.y_values = cptr<T>(y);
+        check_finite(data.y_values, std::size_t(y.size()), "y");
         if (shape.loss == Loss::Logistic)
             for (std::size_t i = 0; i < data.m; ++i)
                 if (data.y_values[i] != T(0) && data.y_values[i] != T(1))
@@ -179,7 +209,7 @@ Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::h
         throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
     finite_scalar(lr, "lr", true);
     if (!order_obj.is_none()) {
-        py::array o = checked<std::int64_t>(order_obj, "order", {-1});
+        py::array o = private_copy(checked<std::int64_t>(order_obj, "order", {-1}));
         epoch.order = cptr<std::int64_t>(o);
         epoch.n = std::size_t(o.shape(0));
         l2fast::check_order(epoch.order, epoch.n, epoch.data.m);
@@ -188,8 +218,59 @@ Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::h
     return epoch;
 }
 
+// Interpreter exit with a daemon thread inside a kernel: a thread that re-takes the GIL once CPython is
+// finalizing is ended by pthread_exit, whose unwinding through the C++ frames (a destructor re-taking
+// the GIL on the way) aborts the process. So the module's atexit handler (run before finalizing starts)
+// raises `shutting_down` and waits until no kernel is in flight; a kernel thread that finds the flag up
+// ends its epoch early and parks for good without the GIL, as CPython 3.14 parks its own daemon threads.
+std::atomic<bool> shutting_down{false};
+std::atomic<int> in_flight{0};
+
+bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return shutting_down.load() || Py_IsFinalizing();
+#else
+    return shutting_down.load() || _Py_IsFinalizing();
+#endif
+}
+
+[[noreturn]] void park_forever() {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
+}
+
+void wait_for_kernels_at_exit() {
+    shutting_down.store(true);
+    py::gil_scoped_release release;  // the kernels in flight may need the GIL for their stop checks
+    while (in_flight.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+// Releases the GIL for a kernel call (take every pointer before), in place of pybind11's
+// gil_scoped_release: at interpreter exit it parks the thread instead of re-taking the GIL.
+class ReleasedGil {
+public:
+    ReleasedGil() {
+        if (shutting_down.load()) throw std::runtime_error("l2fast: the interpreter is shutting down");
+        in_flight.fetch_add(1);
+        saved_ = PyEval_SaveThread();
+    }
+    ~ReleasedGil() {
+        if (finalizing()) {
+            in_flight.fetch_sub(1);
+            park_forever();
+        }
+        PyEval_RestoreThread(saved_);
+        in_flight.fetch_sub(1);
+    }
+    ReleasedGil(const ReleasedGil&) = delete;
+    ReleasedGil& operator=(const ReleasedGil&) = delete;
+
+private:
+    PyThreadState* saved_ = nullptr;
+};
+
 // Ctrl-C: Python only runs its signal handler between bytecodes, so the epochs ask for it.
 bool interrupted() {
+    if (finalizing()) return true;  // the epoch ends; ReleasedGil then parks the thread
     py::gil_scoped_acquire acquire;
     return PyErr_CheckSignals() != 0;
 }
@@ -207,6 +288,19 @@ void check_disjoint(const std::vector<py::array>& arrays, const char* what) {
         if (spans[i].first < spans[i - 1].second)
             throw std::invalid_argument(std::string(what) +
                                         ": two arrays written in place share memory; each needs its own");
+}
+
+// Refuses data (X, target values) that shares memory with an array the epoch writes: the steps would
+// change the records under the products reading them. (Labels and order are private copies already.)
+void check_not_written(const std::vector<py::array>& read, const std::vector<py::array>& written) {
+    for (const py::array& r : read) {
+        const char* r0 = static_cast<const char*>(r.data());
+        for (const py::array& w : written) {
+            const char* w0 = static_cast<const char*>(w.data());
+            if (r0 < w0 + w.nbytes() && w0 < r0 + r.nbytes())
+                throw std::invalid_argument("X, y: the training data shares memory with an array written in place");
+        }
+    }
 }
 
 // The optimizer's hyperparameters as the bindings receive them (see l2fast.optim).
@@ -274,10 +368,16 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     std::vector<py::array> written = net.keep;
     run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
     check_disjoint(written, "slots");
-    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, written, sample_weight);
+    std::vector<py::array> read;
+    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, read, sample_weight);
+    check_not_written(read, written);
+    const std::int64_t steps = std::int64_t(epoch.n / std::size_t(batch_size) + (epoch.n % std::size_t(batch_size) != 0));
+    if (step > std::numeric_limits<std::int64_t>::max() - steps)
+        throw std::invalid_argument("step: " + std::to_string(step) + " plus this epoch's " + std::to_string(steps) +
+                                    " steps overflows a 64-bit count");
     l2fast::EpochResult result;
     {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
                                      std::size_t(batch_size), T(lr), T(lam_over_m), interrupted, &run);
     }
@@ -316,9 +416,10 @@ py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, 
     std::vector<py::array> keep;
     const l2fast::Shape& shape = nets.front().shape;
     const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep, sample_weight);
+    check_not_written(keep, written);
     l2fast::StackedEpochResult result;
     {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         result = l2fast::train_epoch_stacked(shape, models, epoch.data, epoch.order, epoch.n, std::size_t(batch_size),
                                              T(lr), lams, interrupted);
     }
@@ -336,7 +437,7 @@ py::array predict_t(const py::list& weights, const py::list& biases, const py::h
     py::array_t<T> out({py::ssize_t(data.m), py::ssize_t(net.shape.n_out())});
     T* out_ptr = out.mutable_data();
     {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         l2fast::predict(net.shape, net.params, data.X, data.m, out_ptr);
     }
     return out;
@@ -350,7 +451,7 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
     const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight);
     l2fast::LossStats stats;
     {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         stats = l2fast::evaluate(net.shape, net.params, data);
     }
     return stats_tuple(stats);
@@ -376,7 +477,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     }
     l2fast::LossStats stats;
     {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads);
     }
     return py::make_tuple(dW, db, stats.loss_sum);
@@ -406,7 +507,7 @@ void l2_update_t(const py::handle& W_obj, const py::handle& dW_obj, double lr, d
     T* w = ptr<T>(W);
     const T* d = cptr<T>(dW);
     const std::size_t n = std::size_t(W.size());
-    py::gil_scoped_release release;
+    ReleasedGil release;
     l2fast::inplace_l2_update(w, d, n, T(lr), T(lam_over_m));
 }
 
@@ -439,7 +540,7 @@ void optimizer_step_t(const py::handle& P_obj, const py::handle& G_obj, const py
     T* p = ptr<T>(P);
     const T* g = cptr<T>(G);
     const std::size_t n = std::size_t(P.size());
-    py::gil_scoped_release release;
+    ReleasedGil release;
     l2fast::inplace_optimizer_step(opt, step, p, g, S[0], S[1], n, T(lr), T(decay));
 }
 
@@ -452,7 +553,7 @@ void axpy_t(double alpha, const py::handle& x_obj, const py::handle& y_obj) {
     T* yp = ptr<T>(y);
     const T* xp = cptr<T>(x);
     const int n = int(y.size());
-    py::gil_scoped_release release;
+    ReleasedGil release;
     l2fast::blas::axpy(n, T(alpha), xp, yp);
 }
 
@@ -480,6 +581,9 @@ auto by_dtype(const py::list& weights, F32 f32, F64 f64) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "l2fast's compiled kernels (private: use l2fast.Network with backend='cpu').";
     m.attr("build_commit") = L2FAST_COMMIT;
+    py::module_::import("atexit").attr("register")(py::cpp_function(wait_for_kernels_at_exit));
+    // A forked child has only the forking thread, which holds the GIL: no kernel of its is in flight.
+    pthread_atfork(nullptr, nullptr, [] { in_flight.store(0); });
 
     m.def(
         "train_epoch",
@@ -605,9 +709,14 @@ PYBIND11_MODULE(_core, m) {
             l2fast::check_shape(shape);
             if (m == 0) throw std::invalid_argument("m must be >= 1");
             if (batch_size == 0) throw std::invalid_argument("batch_size must be >= 1");
+            for (std::size_t size : layer_sizes)
+                if (size > std::size_t(std::numeric_limits<int>::max()))
+                    throw std::invalid_argument("layer_sizes: a layer of more than 2^31 - 1 units is beyond BLAS's int sizes");
+            if (std::min(batch_size, m) > std::size_t(std::numeric_limits<int>::max()))
+                throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
             if (dtype != "float32" && dtype != "float64")
                 throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
-            py::gil_scoped_release release;
+            ReleasedGil release;
             return dtype == "float32" ? l2fast::gemm_only_epoch_seconds<float>(shape, m, batch_size)
                                       : l2fast::gemm_only_epoch_seconds<double>(shape, m, batch_size);
         },

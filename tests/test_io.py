@@ -1,6 +1,9 @@
 """Saving and loading: exact round trips, and clear refusals of files that are not ours."""
 import json
 import pickle
+import subprocess
+import sys
+import textwrap
 import zipfile
 
 import numpy as np
@@ -102,7 +105,7 @@ def test_loading_never_unpickles(tmp_path):
     path = rewrite_metadata(tmp_path, lambda m, c: c.update(W0=np.array([Trap(str(marker))], dtype=object)))
     with zipfile.ZipFile(path) as archive:
         assert "W0.npy" in archive.namelist()
-    with pytest.raises(ValueError, match="not a readable l2fast network file"):
+    with pytest.raises(ValueError, match="W0 should be float32 of shape"):
         l2fast.load(path)
     assert not marker.exists()
 
@@ -112,3 +115,131 @@ def test_package_ships_its_type_marker():
 
     assert files("l2fast").joinpath("py.typed").is_file()
     assert files("l2fast").joinpath("_core.pyi").is_file()
+
+
+# -- what a file may make load do (issue 18, items 4 and 7) ----------------------------------------
+
+def saved_with_adam(tmp_path):
+    X, y = make_problem("softmax", 3, 2, m=10, seed=0)
+    net = l2fast.Network([3, 4, 2], seed=0)
+    net.fit(X, y, optimizer="adam", schedule="exponential")
+    path = tmp_path / "adam.npz"
+    net.save(path)
+    return path
+
+
+def rewrite(path, change, raw_metadata=None):
+    """A copy of the file at path with change(metadata, contents) applied; raw_metadata(text) may edit
+    the JSON text afterwards."""
+    with np.load(path) as archive:
+        contents = {name: archive[name] for name in archive.files}
+    metadata = json.loads(contents["metadata"].tobytes())
+    change(metadata, contents)
+    text = json.dumps(metadata)
+    if raw_metadata is not None:
+        text = raw_metadata(text)
+    contents["metadata"] = np.frombuffer(text.encode(), dtype=np.uint8)
+    edited = path.with_name("edited.npz")
+    with open(edited, "wb") as file:
+        np.savez(file, **contents)
+    return edited
+
+
+def deep(text):
+    return text[:-1] + ', "deep": ' + "[" * 200000 + "]" * 200000 + "}"
+
+
+def set_optimizer(**fields):
+    return lambda m, c: m["optimizer"].update(fields)
+
+
+BAD_STATES = [
+    (lambda m, c: m.update(lam=10**400), None, "lam"),
+    (lambda m, c: None, deep, "metadata is not valid JSON"),
+    (lambda m, c: m.update(layer_sizes=[3, 10**400, 2]), None, "too large to load"),
+    (lambda m, c: m.update(layer_sizes=[3, 0, 2]), None, "layer_sizes"),
+    (lambda m, c: m.update(dtype=">f4"), None, "native byte order"),
+    (set_optimizer(step=2**70), None, r"step, epoch and bad_epochs must be integers in \[0, 2\*\*53\]"),
+    (set_optimizer(epoch=10**30), None, "must be integers in"),
+    (set_optimizer(best=0.5), lambda t: t.replace('"best": 0.5', '"best": NaN'), "NaN is not a number JSON allows"),
+    (set_optimizer(hyperparameters={"beta1": 10**400, "beta2": 0.999, "eps": 1e-8, "decoupled": False}), None,
+     "beta1"),
+    (lambda m, c: m["shuffle_state"]["state"].update(state=10**400), None, "invalid network"),
+    (lambda m, c: m.update(shuffle_state={"bit_generator": "MT19937", "state": {}}), None, "invalid network"),
+    (lambda m, c: c.update(slot0_W0=c["slot0_W0"].astype(">f4")), None, "slot0_W0 should be float32"),
+    (lambda m, c: c.update(W1=c["W1"].astype(">f4")), None, "W1 should be float32"),
+    (lambda m, c: c.update(slot1_b1=-np.ones_like(c["slot1_b1"])), None, r"second moments \(slot1\) must be >= 0"),
+    (lambda m, c: c.update(slot0_W1=np.full_like(c["slot0_W1"], np.nan)), None, "slot0 contains NaN"),
+    (lambda m, c: c.update(W0=np.asfortranarray(c["W0"].T.copy().T)), None, "in C order"),
+]
+
+
+@pytest.mark.parametrize("change, raw, match", BAD_STATES)
+def test_every_malformed_file_is_a_value_error(tmp_path, change, raw, match):
+    path = rewrite(saved_with_adam(tmp_path), change, raw)
+    with pytest.raises(ValueError, match=match):
+        l2fast.load(path)
+
+
+def test_a_loaded_adam_state_trains_on(tmp_path):
+    net = l2fast.load(saved_with_adam(tmp_path), backend="cpu")
+    state = net.optimizer_state
+    assert state.step == 1 and (state.slots[1][0] >= 0).all()
+    X, y = make_problem("softmax", 3, 2, m=10, seed=0)
+    net.fit(X, y, optimizer="adam", schedule="exponential")
+    assert net.optimizer_state.step == 2
+
+
+BOMB_SCRIPT = textwrap.dedent("""
+    import resource, sys, zipfile
+    import numpy as np
+    import l2fast
+
+    good, bomb, case = sys.argv[1:4]
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            if case == "huge_W0" and info.filename == "W0.npy":
+                continue
+            out.writestr(info.filename, source.read(info.filename))
+        name = {"extra_member": "junk.npy", "huge_W0": "W0.npy"}[case]
+        if name is not None:
+            with out.open(name, "w", force_zip64=True) as member:
+                # A header that declares 400 MB, then the 400 MB, deflated to well under 1 MB.
+                np.lib.format.write_array_header_1_0(
+                    member, {"descr": "<f4", "fortran_order": False, "shape": (100_000_000,)})
+                zeros = bytes(1 << 20)
+                for _ in range(400):
+                    member.write(zeros)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        l2fast.load(bomb)
+    except ValueError as exc:
+        print("refused:", exc)
+    print("grew", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+""")
+
+
+@pytest.mark.parametrize("case, match", [("extra_member", "unexpected entries"),
+                                         ("huge_W0", r"W0 should be float32 of shape \(4, 3\)")])
+def test_load_checks_names_and_headers_before_reading(tmp_path, case, match):
+    good = tmp_path / "good.npz"
+    l2fast.Network([3, 4, 2], seed=0).save(good)
+    bomb = tmp_path / "bomb.npz"
+    result = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(good), str(bomb), case], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused:") and __import__("re").search(match, lines[0]), result.stdout
+    assert int(lines[1].split()[1]) < 50 * 2**20  # the 400 MB member is never read
+
+
+def test_load_reads_no_more_than_the_header_declares(tmp_path):
+    good = tmp_path / "good.npz"
+    l2fast.Network([3, 4, 2], seed=0).save(good)
+    padded = tmp_path / "padded.npz"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(padded, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            out.writestr(info.filename, data + bytes(1000) if info.filename == "b1.npy" else data)
+    with pytest.raises(ValueError, match="b1 holds more bytes than its header declares"):
+        l2fast.load(padded)

@@ -2,6 +2,7 @@
 // Exits non-zero when any check fails, printing each failure.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "dense.hpp"
 #include "losses.hpp"
 #include "network.hpp"
+#include "optim.hpp"
 #include "parallel.hpp"
 #include "update.hpp"
 
@@ -306,24 +308,31 @@ static void test_parallel_for_back_to_back_jobs() {
     }
 }
 
-static void test_training_stops_when_asked() {
+// An epoch of 40000 one-record steps (well over 10 ms of work) asking should_stop between them; W0 of
+// the network after it.
+static EpochResult train_long_epoch(const std::function<bool()>& should_stop, std::vector<double>& W0) {
     std::mt19937_64 rng(7);
     const std::size_t m = 40000, n_in = 8;
     Shape shape{{n_in, 32, 3}, Activation::Relu, Loss::Softmax};
     auto X = randn(m * n_in, rng);
     std::vector<std::int64_t> y(m, 1);
-    auto W0 = randn(32 * n_in, rng, 0.3), W1 = randn(3 * 32, rng, 0.3);
+    W0 = randn(32 * n_in, rng, 0.3);
+    auto W1 = randn(3 * 32, rng, 0.3);
     std::vector<double> b0(32, 0.0), b1(3, 0.0);
     Params<double> params{{W0.data(), W1.data()}, {b0.data(), b1.data()}};
     Dataset<double> data{X.data(), m, nullptr, y.data()};
+    return train_epoch<double>(shape, params, data, nullptr, m, 1, 0.01, 0.1, should_stop);
+}
+
+static void test_training_stops_when_asked() {
     int asked = 0;
-    // A batch of one record makes 40000 steps (well over 10 ms of work); the first answer is yes.
-    const EpochResult r = train_epoch<double>(shape, params, data, nullptr, m, 1, 0.01, 0.1, [&] {
+    std::vector<double> W0;
+    const EpochResult r = train_long_epoch([&] {  // the first answer is yes
         ++asked;
         return true;
-    });
+    }, W0);
     CHECK(r.stopped && asked == 1);
-    CHECK(r.steps >= 1 && r.steps < m);
+    CHECK(r.steps >= 1 && r.steps < 40000);
 }
 
 // Three models with their own lambda (one past the scale path's threshold) trained stacked, against
@@ -381,6 +390,84 @@ static void test_stacked_training_equals_separate_runs() {
     }
 }
 
+// Callers on several threads at once (networks trained side by side in Python threads): every job
+// still covers its own indexes exactly once. tests/test_cpp_kernels.py runs this under ThreadSanitizer.
+static void test_parallel_for_from_several_threads_at_once() {
+    std::atomic<int> bad{0};
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 3; ++t) {
+        callers.emplace_back([&bad, t] {
+            std::vector<int> hits(2000);
+            for (int job = 0; job < 200; ++job) {
+                const std::size_t n = 1000 + std::size_t(t * 300 + job);
+                std::fill(hits.begin(), hits.end(), 0);
+                parallel_for(n, 3, 100, [&](std::size_t begin, std::size_t end) {
+                    for (std::size_t i = begin; i < end; ++i) ++hits[i];
+                });
+                for (std::size_t i = 0; i < hits.size(); ++i)
+                    if (hits[i] != (i < n ? 1 : 0)) ++bad;
+            }
+        });
+    }
+    for (std::thread& c : callers) c.join();
+    CHECK(bad.load() == 0);
+}
+
+// The stop check reads a flag another thread raises (in the bindings: the GIL and Python's signal
+// state); the epoch ends soon after, with W whole.
+static void test_training_stops_when_another_thread_asks() {
+    std::atomic<bool> stop{false};
+    std::thread asker([&stop] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        stop.store(true);
+    });
+    std::vector<double> W0;
+    const EpochResult r = train_long_epoch([&stop] { return stop.load(); }, W0);
+    asker.join();
+    CHECK(r.stopped && r.steps >= 1 && r.steps < 40000);
+    CHECK(std::all_of(W0.begin(), W0.end(), [](double w) { return std::isfinite(w); }));
+}
+
+// Two networks trained with Adam in two threads at once, their steps large enough for the helper pool:
+// each ends where it ends trained alone.
+static void test_two_adam_trainings_in_two_threads_match_one_after_the_other() {
+    std::mt19937_64 rng(10);
+    const std::size_t m = 64, n_in = 600, n_hidden = 512;  // W0: 307200 entries, past the pool's threshold
+    Shape shape{{n_in, n_hidden, 3}, Activation::Tanh, Loss::Softmax};
+    const auto X = randn(m * n_in, rng);
+    std::vector<std::int64_t> y(m);
+    for (std::size_t i = 0; i < m; ++i) y[i] = std::int64_t(i % 3);
+    const auto W0 = randn(n_hidden * n_in, rng, 0.05), W1 = randn(3 * n_hidden, rng, 0.05);
+    struct Model {
+        std::vector<double> W0, W1, b0, b1;
+        std::vector<std::vector<double>> state;
+    };
+    auto fresh = [&] {
+        Model model{W0, W1, std::vector<double>(n_hidden), std::vector<double>(3), {}};
+        for (std::size_t s = 0; s < 2; ++s)
+            for (std::size_t size : {n_hidden * n_in, 3 * n_hidden, n_hidden, std::size_t(3)})
+                model.state.emplace_back(size, 0.0);
+        return model;
+    };
+    auto train = [&](Model& model) {
+        Params<double> params{{model.W0.data(), model.W1.data()}, {model.b0.data(), model.b1.data()}};
+        OptimizerRun<double> run;
+        run.opt.method = Method::Adam;
+        for (std::size_t s = 0; s < 2; ++s)
+            run.slots.push_back({{model.state[4 * s].data(), model.state[4 * s + 1].data()},
+                                 {model.state[4 * s + 2].data(), model.state[4 * s + 3].data()}});
+        Dataset<double> data{X.data(), m, nullptr, y.data()};
+        train_epoch<double>(shape, params, data, nullptr, m, 16, 0.001, 0.01, {}, &run);
+    };
+    Model alone = fresh(), first = fresh(), second = fresh();
+    train(alone);
+    std::thread other([&] { train(second); });
+    train(first);
+    other.join();
+    CHECK(max_abs_diff(first.W0, alone.W0) < 1e-12 && max_abs_diff(second.W0, alone.W0) < 1e-12);
+    CHECK(max_abs_diff(first.state[0], alone.state[0]) < 1e-12);
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -391,6 +478,9 @@ int main() {
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
     test_training_stops_when_asked();
+    test_parallel_for_from_several_threads_at_once();
+    test_training_stops_when_another_thread_asks();
+    test_two_adam_trainings_in_two_threads_match_one_after_the_other();
     test_stacked_training_equals_separate_runs();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     test_sample_weights_scale_each_record();

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -28,6 +29,8 @@ def float_dtype(dtype):
         resolved = None
     if resolved is None or resolved.name not in DTYPES:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    if not resolved.isnative:
+        raise ValueError(f"dtype: expected the machine's native byte order, got {dtype!r}")
     return resolved
 
 
@@ -43,7 +46,10 @@ def real(value, name, *, positive):
     """A finite real number, > 0 when positive else >= 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float64's range
+        value = math.inf
     if not math.isfinite(value) or (value <= 0 if positive else value < 0):
         raise ValueError(f"{name}: must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
     return value
@@ -55,6 +61,36 @@ def layer_sizes(sizes):
     if len(sizes) < 2:
         raise ValueError(f"layer_sizes: need at least [n_in, n_out], got {list(sizes)}")
     return tuple(integer(s, f"layer_sizes[{i}]", 1) for i, s in enumerate(sizes))
+
+
+def parameter_count(sizes):
+    """Weights and biases of a dense network with these layer sizes."""
+    return sum(n_out * (n_in + 1) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def available_memory():
+    """Bytes of memory the system can still hand out: Linux's MemAvailable, else all physical memory,
+    else None (unknown)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def fits_in_memory(n_bytes, what):
+    """Refuses, before anything is allocated, n_bytes that the machine's free memory cannot hold."""
+    available = available_memory()
+    if available is not None and n_bytes > available:
+        gib = n_bytes / 2**30 if n_bytes < 2**1000 else math.inf  # layer sizes are Python ints of any size
+        raise MemoryError(f"{what} need {gib:.3g} GiB, more than the {available / 2**30:.3g} GiB of "
+                          f"memory available")
 
 
 def _numeric_array(values, name, *, allow_bool=False, xp=np):
@@ -77,6 +113,18 @@ def _finite(array, name, xp=np):
         raise ValueError(f"{name}: contains NaN or infinity")
 
 
+def _finite_as(array, dtype, name, xp=np):
+    """array as a C-contiguous array of dtype, every value finite after the cast: a float64 value
+    beyond float32's range becomes infinity in a float32 network, and is refused as such."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = xp.ascontiguousarray(array, dtype=dtype)
+    if not bool(xp.isfinite(cast).all()):
+        _finite(array, name, xp)
+        raise ValueError(f"{name}: has values beyond the range of {np.dtype(dtype).name} "
+                         f"(+-{float(np.finfo(dtype).max):.3g})")
+    return cast
+
+
 def features(X, n_in, dtype, name="X", xp=np):
     """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite. ``xp`` is the array module
     (NumPy, or CuPy for arrays already on a GPU, which are then checked there)."""
@@ -87,8 +135,7 @@ def features(X, n_in, dtype, name="X", xp=np):
         raise ValueError(f"{name}: no records (0 rows)")
     if array.shape[1] != n_in:
         raise ValueError(f"{name}: expected {n_in} features per record, got {array.shape[1]}")
-    _finite(array, name, xp)
-    return xp.ascontiguousarray(array, dtype=dtype)
+    return _finite_as(array, dtype, name, xp)
 
 
 def targets(y, m, loss, n_out, dtype, name="y", xp=np):
@@ -98,23 +145,24 @@ def targets(y, m, loss, n_out, dtype, name="y", xp=np):
         if array.ndim != 1 or len(array) != m:
             raise ValueError(f"{name}: expected {m} class labels of shape ({m},), got shape {array.shape}")
         _finite(array, name, xp)
+        # Range first, on the labels as given: a cast to int64 would wrap 2**64 - 1 to -1 (and 1e30 to anything).
+        bad = (array < 0) | (array >= n_out)
+        if bool(bad.any()):
+            where = int(xp.argmax(bad))
+            got = array[where].item()
+            raise ValueError(f"{name}: class labels must lie in [0, {n_out - 1}], got {got:g} at index {where}"
+                             if isinstance(got, float) else
+                             f"{name}: class labels must lie in [0, {n_out - 1}], got {got} at index {where}")
         labels = array.astype(np.int64, copy=False)  # no copy of int64 labels: a GPU graph keeps their address
         if array.dtype.kind == "f" and not bool(xp.array_equal(labels, array)):
             raise ValueError(f"{name}: class labels must be integers, got non-integer values")
-        bad = (labels < 0) | (labels >= n_out)
-        if bool(bad.any()):
-            where = int(xp.argmax(bad))
-            raise ValueError(
-                f"{name}: class labels must lie in [0, {n_out - 1}], got {int(labels[where])} at index {where}"
-            )
         return xp.ascontiguousarray(labels)
     if array.ndim == 1 and n_out == 1:
         array = array[:, None]
     if array.shape != (m, n_out):
         want = f"({m},) or ({m}, 1)" if n_out == 1 else f"({m}, {n_out})"
         raise ValueError(f"{name}: expected shape {want}, got {array.shape}")
-    _finite(array, name, xp)
-    values = xp.ascontiguousarray(array, dtype=dtype)
+    values = _finite_as(array, dtype, name, xp)
     if loss == "logistic" and not bool(((values == 0) | (values == 1)).all()):
         raise ValueError(f"{name}: logistic labels must be 0 or 1")
     return values
@@ -130,10 +178,7 @@ def sample_weight(w, m, dtype, name="sample_weight", xp=np):
         array = xp.full(m, array, dtype=dtype)
     if array.shape != (m,):
         raise ValueError(f"{name}: expected one weight per record, shape ({m},), got shape {array.shape}")
-    _finite(array, name, xp)
-    weights = xp.ascontiguousarray(array, dtype=dtype)
-    if not bool(xp.isfinite(weights).all()):
-        raise ValueError(f"{name}: a weight overflows {np.dtype(dtype).name}")
+    weights = _finite_as(array, dtype, name, xp)
     if bool((weights < 0).any()):
         where = int(xp.argmax(weights < 0))
         raise ValueError(f"{name}: weights must be >= 0, got {float(weights[where])} at index {where}")
@@ -157,6 +202,6 @@ def parameters(weights, biases, sizes, dtype):
             array = _numeric_array(values, name)
             if array.shape != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
-            _finite(array, name)
-            out.append(np.array(array, dtype=dtype, order="C", copy=True))
+            cast = _finite_as(array, dtype, name)
+            out.append(cast.copy() if np.may_share_memory(cast, array) else cast)
     return new_weights, new_biases

@@ -27,12 +27,13 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import fields
 from typing import Optional, Union
 
 import numpy as np
 
-from l2fast import optim
+from l2fast import _validate, optim
 
 FORMAT = "l2fast.Network"
 VERSION = 2
@@ -60,17 +61,57 @@ def save(net, path: PathLike) -> None:
 
 
 def load(path: PathLike, backend: Optional[str] = None):
-    """Reads a network written by ``Network.save``; ``backend`` overrides the one it was saved from."""
+    """Reads a network written by ``Network.save``; ``backend`` overrides the one it was saved from.
+
+    Nothing is read into memory before the metadata has said what to expect: member names, then each
+    array's header (dtype, shape, layout) are checked against it, and no member is read past the size
+    it should have. Any malformed file raises ``ValueError``."""
     from l2fast.network import Network
 
     where = os.fspath(path)
     with open(where, "rb") as file:  # FileNotFoundError as it is; opened here so it is always closed
         try:
-            with np.load(file, allow_pickle=False) as archive:
-                contents = {name: archive[name] for name in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as exc:
+            with zipfile.ZipFile(file) as archive:
+                metadata, arrays = _read_archive(archive, where)
+        except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+                ValueError) as exc:
+            if isinstance(exc, ValueError) and str(exc).startswith(f"path: {where!r}"):
+                raise
             raise ValueError(f"path: {where!r} is not a readable l2fast network file ({exc})") from exc
-    metadata = _metadata(contents, where)
+    sizes = metadata["layer_sizes"]
+    L = len(sizes) - 1
+    state_meta = metadata.get("optimizer")
+    try:
+        net = Network(sizes, activation=metadata["activation"], loss=metadata["loss"], lam=metadata["lam"],
+                      backend=backend or metadata["backend"], dtype=metadata["dtype"])
+        net.set_parameters([arrays[f"W{layer}"] for layer in range(L)], [arrays[f"b{layer}"] for layer in range(L)])
+        if "shuffle_state" in metadata:
+            net._shuffle_rng.bit_generator.state = metadata["shuffle_state"]
+        if state_meta is not None:
+            slots = [[arrays[f"slot{s}_{k}{layer}"] for k in "Wb" for layer in range(L)]
+                     for s in range(_spec(state_meta, where).n_slots)]
+            net._restore_optimizer_state(_state(state_meta, slots, where))
+    except (ValueError, TypeError, KeyError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"path: {where!r} holds an invalid network: {exc}") from exc
+    return net
+
+
+_MAX_METADATA = 1 << 20  # bytes of JSON; a saved network's are a few hundred
+_MAX_COUNT = 2**53  # step and epoch counts: exact as floats, far from int64's end
+
+
+def _read_archive(archive, where):
+    """(metadata, {name: array}) from an open zip, each member checked before it is read."""
+    members = {}
+    for info in archive.infolist():
+        name = info.filename
+        if not name.endswith(".npy") or name[:-4] in members:
+            raise ValueError(f"path: {where!r}: unexpected or repeated entry {name!r}")
+        members[name[:-4]] = info
+    if "metadata" not in members:
+        raise ValueError(f"path: {where!r} is not an l2fast network file (no metadata)")
+    raw = _read_npy(archive, members["metadata"], where, np.dtype(np.uint8), None)
+    metadata = _metadata(raw, where)
     sizes = metadata["layer_sizes"]
     L = len(sizes) - 1
     state_meta = metadata.get("optimizer")
@@ -80,29 +121,50 @@ def load(path: PathLike, backend: Optional[str] = None):
         for layer in range(L):
             expected[f"{prefix}W{layer}"] = (sizes[layer + 1], sizes[layer])
             expected[f"{prefix}b{layer}"] = (sizes[layer + 1],)
-    for name, shape in expected.items():
-        array = contents.get(name)
-        if array is None or array.shape != shape or array.dtype.name != metadata["dtype"]:
-            found = "missing" if array is None else f"shape {array.shape}, dtype {array.dtype}"
-            raise ValueError(f"path: {where!r}: {name} should be {metadata['dtype']} of shape {shape}, "
-                             f"found {found}")
-    extra = set(contents) - {"metadata"} - set(expected)
+    extra = set(members) - {"metadata"} - set(expected)
     if extra:
         raise ValueError(f"path: {where!r}: unexpected entries {sorted(extra)}")
-    weights = [contents[f"W{layer}"] for layer in range(L)]
-    biases = [contents[f"b{layer}"] for layer in range(L)]
+    dtype = np.dtype(metadata["dtype"])
+    total = sum(math.prod(shape) for shape in expected.values()) * dtype.itemsize
     try:
-        net = Network(sizes, activation=metadata["activation"], loss=metadata["loss"], lam=metadata["lam"],
-                      backend=backend or metadata["backend"], dtype=metadata["dtype"])
-        net.set_parameters(weights, biases)
-        if "shuffle_state" in metadata:
-            net._shuffle_rng.bit_generator.state = metadata["shuffle_state"]
-        if state_meta is not None:
-            slots = [[contents[f"slot{s}_{k}{layer}"] for k in "Wb" for layer in range(L)] for s in range(n_slots)]
-            net._restore_optimizer_state(_state(state_meta, slots, where))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"path: {where!r} holds an invalid network: {exc}") from exc
-    return net
+        _validate.fits_in_memory(total, "its arrays")
+    except MemoryError as exc:
+        raise ValueError(f"path: {where!r} declares a network too large to load: {exc}") from exc
+    arrays = {}
+    for name, shape in expected.items():
+        if name not in members:
+            raise ValueError(f"path: {where!r}: {name} should be {dtype.name} of shape {shape}, found missing")
+        arrays[name] = _read_npy(archive, members[name], where, dtype, shape)
+    return metadata, arrays
+
+
+def _read_npy(archive, info, where, dtype, shape):
+    """The array in one .npy member, read only if its header shows ``dtype`` (native byte order) in C
+    order and ``shape`` (None: any 1-D up to _MAX_METADATA entries), and never more bytes than that."""
+    name = info.filename[:-4]
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            found_shape, fortran, found_dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            found_shape, fortran, found_dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"path: {where!r}: {name} has .npy format version {version}, not 1.0 or 2.0")
+        if shape is None:
+            fits = len(found_shape) == 1 and found_shape[0] <= _MAX_METADATA
+            want = f"a 1-D array of at most {_MAX_METADATA} entries"
+        else:
+            fits = found_shape == shape
+            want = f"of shape {shape}"
+        if found_dtype != dtype or not fits or (fortran and len(found_shape) > 1):
+            raise ValueError(f"path: {where!r}: {name} should be {dtype.name} {want} in C order, found shape "
+                             f"{found_shape}, dtype {found_dtype}{', Fortran order' if fortran else ''}")
+        n_bytes = math.prod(found_shape) * dtype.itemsize
+        data = member.read(n_bytes)
+        if len(data) != n_bytes or member.read(1):
+            raise ValueError(f"path: {where!r}: {name} holds {'fewer' if len(data) < n_bytes else 'more'} bytes "
+                             f"than its header declares")
+    return np.frombuffer(data, dtype=dtype).reshape(found_shape).copy()
 
 
 def _state_metadata(state):
@@ -136,26 +198,37 @@ def _spec(state_meta, where):
 def _state(meta, slots, where):
     schedule = _build(optim.SCHEDULES, meta.get("schedule"), "schedule", where)
     counts = {key: meta.get(key) for key in ("step", "epoch", "bad_epochs")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
-        raise ValueError(f"path: {where!r}: the optimizer's step, epoch and bad_epochs must be integers >= 0")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _MAX_COUNT for v in counts.values()):
+        raise ValueError(f"path: {where!r}: the optimizer's step, epoch and bad_epochs must be integers in "
+                         f"[0, 2**53]")
     best, lr_scale = meta.get("best"), meta.get("lr_scale")
     for name, value in (("best", best), ("lr_scale", lr_scale)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
             raise ValueError(f"path: {where!r}: the optimizer's {name} is malformed")
     if lr_scale is None or not 0 < lr_scale <= 1:
         raise ValueError(f"path: {where!r}: the optimizer's lr_scale must be in (0, 1]")
-    return optim.OptimizerState(_spec(meta, where), schedule, [[a.copy() for a in slot] for slot in slots],
+    spec = _spec(meta, where)
+    for s, slot in enumerate(slots):
+        for a in slot:
+            if not np.isfinite(a).all():
+                raise ValueError(f"path: {where!r}: the optimizer's state slot{s} contains NaN or infinity")
+            if spec.name == "adam" and s == 1 and (a < 0).any():
+                raise ValueError(f"path: {where!r}: Adam's second moments (slot1) must be >= 0")
+    return optim.OptimizerState(spec, schedule, [[a.copy() for a in slot] for slot in slots],
                                 counts["step"], counts["epoch"], math.inf if best is None else float(best),
                                 counts["bad_epochs"], float(lr_scale))
 
 
-def _metadata(contents, where):
-    raw = contents.get("metadata")
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"path: {where!r} is not an l2fast network file (no metadata)")
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _metadata(raw, where):
+    """The metadata JSON from its uint8 array, each field's type and range checked."""
     try:
-        metadata = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        metadata = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"path: {where!r}: its metadata is not valid JSON ({exc})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ValueError(f"path: {where!r} is not an l2fast network file (format "
@@ -173,8 +246,12 @@ def _metadata(contents, where):
     for key, kind in expected.items():
         if not isinstance(metadata.get(key), kind) or isinstance(metadata.get(key), bool):
             raise ValueError(f"path: {where!r}: metadata field {key!r} is missing or malformed")
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in metadata["layer_sizes"]):
-        raise ValueError(f"path: {where!r}: metadata field 'layer_sizes' is malformed")
+    try:
+        metadata["layer_sizes"] = list(_validate.layer_sizes(metadata["layer_sizes"]))
+        _validate.float_dtype(metadata["dtype"])
+        _validate.real(metadata["lam"], "lam", positive=False)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"path: {where!r}: malformed metadata: {exc}") from exc
     return metadata
 
 

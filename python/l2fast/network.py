@@ -95,19 +95,29 @@ def _progress_bar(total, show, unit="epoch"):
     return tqdm(total=total, unit=unit, leave=False)
 
 
+_DRAW_CHUNK = 1 << 20  # float64 entries drawn at a time: initialisation peaks at the parameters + 8 MiB
+
+
 def initial_parameters(sizes, activation, dtype, rng):
     """He-normal weights N(0, 2/n_in) before relu layers, Glorot-uniform U(+-sqrt(6/(n_in+n_out)))
     elsewhere (tanh, sigmoid, identity and the output layer); zero biases. Drawn in float64 from rng,
-    then cast, so that a seed gives the same network on every backend."""
+    then cast, so that a seed gives the same network on every backend. The draws go a block of rows at
+    a time into the dtype's array (a generator's stream does not depend on how it is split), so no
+    float64 copy of a whole layer is ever held."""
     weights, biases = [], []
     for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         hidden = layer < len(sizes) - 2
         if hidden and activation == "relu":
-            W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_out, n_in))
+            draw = functools.partial(rng.normal, 0.0, np.sqrt(2.0 / n_in))
         else:
             limit = np.sqrt(6.0 / (n_in + n_out))
-            W = rng.uniform(-limit, limit, size=(n_out, n_in))
-        weights.append(np.ascontiguousarray(W, dtype=dtype))
+            draw = functools.partial(rng.uniform, -limit, limit)
+        W = np.empty((n_out, n_in), dtype=dtype)
+        rows = max(1, _DRAW_CHUNK // n_in)
+        for start in range(0, n_out, rows):
+            block = W[start:start + rows]
+            block[...] = draw(size=block.shape)
+        weights.append(W)
         biases.append(np.zeros(n_out, dtype=dtype))
     return weights, biases
 
@@ -140,19 +150,21 @@ class Network:
     def __init__(self, layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
                  lam: float = 0.0, backend: str = "numpy", dtype: DTypeLike = "float32",
                  seed: Optional[int] = None) -> None:
-        self.layer_sizes = _validate.layer_sizes(layer_sizes)
-        self.activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)
-        self.loss = _validate.choice(loss, "loss", _validate.LOSSES)
+        self._layer_sizes = _validate.layer_sizes(layer_sizes)
+        self._activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)
+        self._loss = _validate.choice(loss, "loss", _validate.LOSSES)
         if loss == "logistic" and self.layer_sizes[-1] != 1:
             raise ValueError(f"layer_sizes: the logistic loss needs one output unit, got {self.layer_sizes[-1]}")
         if loss == "softmax" and self.layer_sizes[-1] < 2:
             raise ValueError("layer_sizes: the softmax loss needs at least two output units; "
                              "use loss='logistic' for two classes with one unit")
         self.lam = lam
-        self.dtype = _validate.float_dtype(dtype)
+        self._dtype = _validate.float_dtype(dtype)
         if seed is not None:
             _validate.integer(seed, "seed", 0)
         self.seed = seed
+        _validate.fits_in_memory(_validate.parameter_count(self.layer_sizes) * self._dtype.itemsize,
+                                 "layer_sizes: the parameters")
         self._backend = get_backend(backend)
         init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
         weights, biases = initial_parameters(self.layer_sizes, self.activation, self.dtype,
@@ -163,6 +175,28 @@ class Network:
         self._lock = threading.RLock()
 
     # -- parameters -------------------------------------------------------------------------------
+
+    # The architecture is fixed at construction: changing one of these would leave parameters, optimizer
+    # state and backend arrays that no longer fit it. Build a new Network instead.
+    @property
+    def layer_sizes(self) -> Tuple[int, ...]:
+        """``(n_x, n_1, ..., n_out)``, fixed at construction."""
+        return self._layer_sizes
+
+    @property
+    def activation(self) -> str:
+        """The hidden layers' activation, fixed at construction."""
+        return self._activation
+
+    @property
+    def loss(self) -> str:
+        """The loss, fixed at construction."""
+        return self._loss
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of parameters and computation, fixed at construction."""
+        return self._dtype
 
     @property
     def backend(self) -> str:
@@ -405,6 +439,9 @@ class Network:
         return state
 
     def __setstate__(self, state):
+        for name in ("layer_sizes", "activation", "loss", "dtype"):  # pickles from before these were read-only
+            if name in state:
+                state["_" + name] = state.pop(name)
         state["_backend"] = get_backend(state["_backend"])
         optimizer_state = state.pop("_optimizer_state", None)
         self.__dict__.update(state)
@@ -569,8 +606,9 @@ def _optimizer_states(networks, optimizer, schedule):
 
 
 def _snapshot(net, state):
-    """A network's parameters and optimizer state, copied: what a roll-back or restore_best puts back."""
-    return [W.copy() for W in net._weights], [b.copy() for b in net._biases], state.copy()
+    """A network's parameters and optimizer state (None: none), copied: what a roll-back or restore_best
+    puts back."""
+    return [W.copy() for W in net._weights], [b.copy() for b in net._biases], None if state is None else state.copy()
 
 
 def _restore(net, snapshot):
@@ -606,6 +644,7 @@ def _train(networks, run):
     m = len(run.X)
     if run.epochs == 0:  # nothing to train: the optimizer state stays as it was
         return [History() for _ in networks]
+    previous = [net._optimizer_state for net in networks]  # what a roll-back in the first epoch puts back
     states = _optimizer_states(networks, run.optimizer, run.schedule)
     for net, state in zip(networks, states):
         net._optimizer_state = state
@@ -624,7 +663,7 @@ def _train(networks, run):
                 break
             # The epoch's starting point: a Ctrl-C (until the epoch is recorded) or a divergence puts a
             # network back to it, optimizer state and schedule included.
-            saved = {k: _snapshot(networks[k], states[k]) for k in active}
+            saved = {k: _snapshot(networks[k], states[k] if epoch else previous[k]) for k in active}
             rates = {k: states[k].lr(run.lr) for k in active}
             try:
                 start = time.perf_counter()

@@ -21,7 +21,10 @@ Schedules change lr between epochs (epoch e counted from 0 over all of a network
 schedule): ``Constant()``, ``InverseScaling(power)``: lr / (e + 1)^power, ``StepDecay(step_size,
 gamma)``: lr gamma^floor(e / step_size), ``ExponentialDecay(gamma)``: lr gamma^e, and
 ``ReduceOnPlateau(factor, patience, threshold, min_lr)``: lr is multiplied by factor once the
-validation cost has not improved by a relative threshold for more than patience epochs.
+validation cost has not improved by a relative threshold for more than patience epochs. Decay factors
+(gamma) lie in (0, 1], so no schedule ever raises the rate; one that would take it below ``MIN_LR``
+(float32's smallest normal number, 1.2e-38; or below lr itself where lr is smaller) gives that floor
+instead, on every backend, however many epochs have passed.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from typing import ClassVar, List, Optional, Union
 
 import numpy as np
 
+MIN_LR = float(np.finfo(np.float32).tiny)  # a schedule's floor: positive, and still normal in float32
+
 
 def _check_unit(value, name, *, allow_zero):
     """A float in [0, 1) (or (0, 1) without allow_zero), named in the error."""
@@ -39,6 +44,16 @@ def _check_unit(value, name, *, allow_zero):
     value = _validate.real(value, name, positive=not allow_zero)
     if value >= 1:
         raise ValueError(f"{name}: must be < 1, got {value}")
+    return value
+
+
+def _check_gamma(value):
+    """A decay factor in (0, 1]: a growing rate would overflow after enough epochs."""
+    from l2fast import _validate
+
+    value = _validate.real(value, "gamma", positive=True)
+    if value > 1:
+        raise ValueError(f"gamma: must be <= 1 (a decay), got {value}")
     return value
 
 
@@ -140,7 +155,10 @@ class InverseScaling:
         object.__setattr__(self, "power", _validate.real(self.power, "power", positive=True))
 
     def factor(self, epoch: int) -> float:
-        return 1.0 / (epoch + 1) ** self.power
+        try:
+            return 1.0 / (epoch + 1) ** self.power
+        except OverflowError:  # (epoch + 1)^power beyond float64: the rate is at its floor
+            return 0.0
 
 
 @dataclass(frozen=True)
@@ -155,10 +173,10 @@ class StepDecay:
         from l2fast import _validate
 
         object.__setattr__(self, "step_size", _validate.integer(self.step_size, "step_size", 1))
-        object.__setattr__(self, "gamma", _validate.real(self.gamma, "gamma", positive=True))
+        object.__setattr__(self, "gamma", _check_gamma(self.gamma))
 
     def factor(self, epoch: int) -> float:
-        return self.gamma ** (epoch // self.step_size)
+        return _power(self.gamma, epoch // self.step_size)
 
 
 @dataclass(frozen=True)
@@ -171,10 +189,10 @@ class ExponentialDecay:
     def __post_init__(self):
         from l2fast import _validate
 
-        object.__setattr__(self, "gamma", _validate.real(self.gamma, "gamma", positive=True))
+        object.__setattr__(self, "gamma", _check_gamma(self.gamma))
 
     def factor(self, epoch: int) -> float:
-        return self.gamma ** epoch
+        return _power(self.gamma, epoch)
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,14 @@ class ReduceOnPlateau:
         object.__setattr__(self, "patience", _validate.integer(self.patience, "patience", 0))
         object.__setattr__(self, "threshold", _check_unit(self.threshold, "threshold", allow_zero=True))
         object.__setattr__(self, "min_lr", _validate.real(self.min_lr, "min_lr", positive=False))
+
+
+def _power(gamma, n):
+    """gamma^n for gamma in (0, 1] and an integer n >= 0 of any size (0.0 once it underflows)."""
+    try:
+        return gamma ** n
+    except OverflowError:  # n beyond float64's range
+        return 1.0 if gamma == 1 else 0.0
 
 
 ScheduleSpec = Union[Constant, InverseScaling, StepDecay, ExponentialDecay, ReduceOnPlateau]
@@ -251,10 +277,10 @@ class OptimizerState:
                               self.step, self.epoch, self.best, self.bad_epochs, self.lr_scale)
 
     def lr(self, lr0: float) -> float:
-        """The learning rate of the coming epoch for a base rate lr0."""
+        """The learning rate of the coming epoch for a base rate lr0, never below MIN_LR."""
         if isinstance(self.schedule, ReduceOnPlateau):
-            return max(lr0 * self.lr_scale, self.schedule.min_lr)
-        return lr0 * self.schedule.factor(self.epoch)
+            return max(lr0 * self.lr_scale, self.schedule.min_lr, min(lr0, MIN_LR))
+        return max(lr0 * self.schedule.factor(self.epoch), min(lr0, MIN_LR))
 
     def end_epoch(self, val_cost: Optional[float]) -> None:
         """Moves the schedule on past an epoch that ended with this validation cost."""
