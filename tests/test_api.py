@@ -174,7 +174,7 @@ def test_public_names():
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
                                    "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS",
-                                   "ConvergenceWarning", "DivergenceWarning"}
+                                   "ConvergenceWarning", "DivergenceWarning", "Dataset"}
     assert l2fast.available_backends()[:2] == ["numpy", "cpu"]
     assert "backend='cpu'" in repr(l2fast.Network([2, 2], backend="cpu"))
 

@@ -388,3 +388,45 @@ def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, 
         assert_parity(dW_cpu[0], dW_ref[0], dtype, "weight gradient")
         assert_parity(db_cpu[0], db_ref[0], dtype, "bias gradient")
         assert_parity(nets[1].cost(X, y, weights), nets[0].cost(X, y, weights), dtype, "cost")
+
+
+# -- l2fast.Dataset: inputs checked once ------------------------------------------------------------
+
+
+def test_a_dataset_is_checked_once_and_trains_like_its_arrays(monkeypatch):
+    from l2fast import _validate
+
+    X, y = standardised(load_digits)
+    w = np.random.default_rng(5).uniform(0.5, 1.5, size=len(X))
+    data = l2fast.Dataset(X, y, sample_weight=w)
+    nets = [l2fast.Network([64, 16, 10], backend="cpu", seed=0) for _ in range(2)]
+    checks = []
+    real = _validate.features
+    monkeypatch.setattr(_validate, "features", lambda *a, **k: checks.append(1) or real(*a, **k))
+    for _ in range(3):
+        nets[0].fit(data, epochs=1, lr=0.1, batch_size=64, validation_data=l2fast.Dataset(X[:100], y[:100]))
+    assert len(checks) == 1 + 3  # the training data once; each new validation Dataset once
+    for _ in range(3):
+        nets[1].fit(X, y, epochs=1, lr=0.1, batch_size=64, sample_weight=w, validation_data=(X[:100], y[:100]))
+    for a, b in zip(nets[0].weights, nets[1].weights):
+        np.testing.assert_array_equal(a, b)
+    assert nets[0].cost(data) == nets[0].cost(X, y, sample_weight=w)
+    assert nets[0].score(data) == nets[0].score(X, y, sample_weight=w)
+    np.testing.assert_array_equal(nets[0].predict(data), nets[0].predict(X))
+
+
+def test_a_dataset_never_reads_a_changed_array():
+    X, y = standardised(load_breast_cancer)
+    data = l2fast.Dataset(X, y)
+    net = l2fast.Network([30, 1], loss="logistic", backend="cpu", dtype="float64", seed=0)
+    before = net.cost(data)
+    X[:] = 0.0  # the caller's array changes: the Dataset is a snapshot of its own
+    assert net.cost(data) == before and net.cost(X, y) != before  # and plain arrays honour the change
+    with pytest.raises(ValueError, match="read-only"):
+        data.X[0, 0] = 1.0
+    with pytest.raises(ValueError, match="Dataset brings its own"):
+        net.fit(data, y)
+    with pytest.raises(TypeError, match="targets are required"):
+        net.fit(X)
+    with pytest.raises(ValueError, match="no y"):
+        net.fit(l2fast.Dataset(X))

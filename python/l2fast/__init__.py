@@ -6,6 +6,7 @@
     net.fit(X, y, epochs=10, lr=1e-3, batch_size=128, optimizer="adamw", schedule=l2fast.StepDecay(5, 0.5))
 """
 from l2fast.backends import BackendUnavailableError, available_backends
+from l2fast.dataset import Dataset
 from l2fast.io import load
 from l2fast.monitor import ConvergenceWarning, DivergenceWarning
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
@@ -20,7 +21,7 @@ __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
     "LambdaResult",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
-    "ReduceOnPlateau", "LBFGS", "ConvergenceWarning", "DivergenceWarning",
+    "ReduceOnPlateau", "LBFGS", "ConvergenceWarning", "DivergenceWarning", "Dataset",
     "available_backends", "BackendUnavailableError",
     "__version__",
 ]

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from l2fast import _validate, monitor, optim, solvers
 from l2fast.backends import get_backend
+from l2fast.dataset import Dataset
 
 FloatArray = NDArray[np.floating]
 
@@ -278,7 +279,14 @@ class Network:
     # -- evaluation ---------------------------------------------------------------------------------
 
     def _data(self, X, y, sample_weight=None):
-        """X, y and sample_weight checked and converted in the backend's memory (sample_weight None: all ones)."""
+        """X, y and sample_weight checked and converted in the backend's memory (sample_weight None: all ones);
+        a ``Dataset`` in place of X brings its own, converted once."""
+        if isinstance(X, Dataset):
+            if y is not None or sample_weight is not None:
+                raise ValueError("y: a Dataset brings its own y and sample_weight; pass neither beside it")
+            return X.data_for(self._backend, self.layer_sizes[0], self.loss, self.layer_sizes[-1], self.dtype)
+        if y is None:
+            raise TypeError("y: targets are required (or pass an l2fast.Dataset(X, y) as X)")
         X = self._backend.features(X, self.layer_sizes[0], self.dtype)
         y = self._backend.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
         if sample_weight is None:
@@ -286,7 +294,7 @@ class Network:
         return X, y, self._backend.sample_weights(sample_weight, len(X), self.dtype)
 
     @_serialised
-    def cost_parts(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> CostParts:
+    def cost_parts(self, X: ArrayLike, y: Optional[ArrayLike] = None, sample_weight: Optional[ArrayLike] = None) -> CostParts:
         """J's two terms on (X (m, n_x), y): CostParts(data_loss, penalty), m = len(X). With
         ``sample_weight`` (m,) the data loss is (1/m) sum_i w_i L_i (m still the number of records)."""
         X, y, *w = self._data(X, y, sample_weight)
@@ -294,13 +302,13 @@ class Network:
         return CostParts(loss_sum / len(X), self.penalty(len(X)))
 
     @_serialised
-    def cost(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> float:
+    def cost(self, X: ArrayLike, y: Optional[ArrayLike] = None, sample_weight: Optional[ArrayLike] = None) -> float:
         """J = mean data loss + (lam / 2m) sum ||W||_F^2 over (X (m, n_x), y), as a Python float; with
         ``sample_weight`` (m,), J = (1/m) sum_i w_i L_i + (lam / 2m) sum ||W||_F^2."""
         return float(sum(self.cost_parts(X, y, sample_weight)))
 
     @_serialised
-    def gradients(self, X: ArrayLike, y: ArrayLike,
+    def gradients(self, X: ArrayLike, y: Optional[ArrayLike] = None,
                   sample_weight: Optional[ArrayLike] = None) -> Tuple[List[FloatArray], List[FloatArray]]:
         """dJ/dW[l] (n_l, n_{l-1}) and dJ/db[l] (n_l,) over all of (X, y) (weighted by ``sample_weight``
         (m,) when given): two lists of NumPy arrays in the network's dtype, summed in float64."""
@@ -313,7 +321,10 @@ class Network:
 
     def _output(self, X):
         """The backend's output for X, in the backend's array type."""
-        X = self._backend.features(X, self.layer_sizes[0], self.dtype)
+        if isinstance(X, Dataset):
+            X = X.features_for(self._backend, self.layer_sizes[0], self.dtype)
+        else:
+            X = self._backend.features(X, self.layer_sizes[0], self.dtype)
         return self._backend.predict(self._weights, self._biases, X, self.activation, self.loss)
 
     @_serialised
@@ -341,7 +352,7 @@ class Network:
         return self._backend.like_input(out, X)
 
     @_serialised
-    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> float:
+    def score(self, X: ArrayLike, y: Optional[ArrayLike] = None, sample_weight: Optional[ArrayLike] = None) -> float:
         """Accuracy for classification; R^2 (averaged over outputs) for regression; both weighted by
         ``sample_weight`` (m,) when given, as scikit-learn's ``accuracy_score`` and ``r2_score`` do."""
         X, y_kernel, *w = self._data(X, y, sample_weight)
@@ -367,7 +378,7 @@ class Network:
     # -- training -----------------------------------------------------------------------------------
 
     @_serialised
-    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
+    def fit(self, X: ArrayLike, y: Optional[ArrayLike] = None, epochs: int = 1, lr: float = 0.1, batch_size: Optional[int] = None,
             shuffle: bool = True, validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
             patience: Optional[int] = None, restore_best: bool = True, progress: bool = False,
             optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
@@ -403,6 +414,9 @@ class Network:
         judged. Whatever the rule, a training cost that ends above where it started or grows tenfold
         over its best emits ``l2fast.DivergenceWarning`` with advice. ``progress=True`` shows a tqdm
         progress bar on stderr.
+
+        X may be an ``l2fast.Dataset`` (then without y and sample_weight): its arrays are checked and
+        converted once for all the calls that use it (``validation_data`` may be one too).
 
         ``sample_weight`` (m,) weights each record's loss: J = (1/m) sum_i w_i L_i + (lam/2m) sum ||W||^2
         with m still the number of records, so J has the minimiser of unweighted training on the records
@@ -454,7 +468,7 @@ class Network:
                 f"lam={self._lam}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
 
-def fit_together(networks: Sequence[Network], X: ArrayLike, y: ArrayLike, epochs: int = 1, lr: float = 0.1,
+def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLike] = None, epochs: int = 1, lr: float = 0.1,
                  batch_size: Optional[int] = None, shuffle: bool = True,
                  validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None, patience: Optional[int] = None,
                  restore_best: bool = True, progress: bool = False,
@@ -523,9 +537,11 @@ def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, 
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name}: expected True or False, got {flag!r}")
     validation = None
-    if validation_data is not None:
+    if isinstance(validation_data, Dataset):
+        validation = first._data(validation_data, None)[:2]
+    elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data: expected a pair (X_val, y_val)")
+            raise TypeError("validation_data: expected a pair (X_val, y_val) or an l2fast.Dataset")
         validation = first._data(*validation_data)
     tol, n_iter_no_change = monitor.checked_tol(tol, n_iter_no_change)
     stopping = None if tol is None else (tol, n_iter_no_change)
