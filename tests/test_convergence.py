@@ -430,3 +430,13 @@ def test_a_dataset_never_reads_a_changed_array():
         net.fit(X)
     with pytest.raises(ValueError, match="no y"):
         net.fit(l2fast.Dataset(X))
+
+
+def test_default_estimators_converge_on_standardised_data_and_say_so():
+    X, y = standardised(load_digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlp = L2MLPClassifier(random_state=0).fit(X, y)
+        logistic = L2LogisticRegression().fit(X, y)
+    for clf in (mlp, logistic):
+        assert clf.history_.converged and clf.n_iter_ < clf.epochs and clf.score(X, y) > 0.97

@@ -309,17 +309,18 @@ def test_a_stacked_sweep_captures_once(cupy):
 
 @pytest.mark.parametrize("what", ["activation", "loss"])
 def test_a_changed_activation_or_loss_replays_no_stale_graph(cupy, what):
-    """The same arrays on the device (so the same addresses) trained again after net.activation (or
-    net.loss) changed: the step graph of the old settings must not be replayed."""
+    """The same arrays on the device (so the same addresses) trained again with another activation (or
+    loss): the step graph of the old settings must not be replayed. The public attributes are read-only
+    now; the private ones stand in for any network that reuses those arrays with other settings."""
     X, y = make_problem("logistic", 6, 1, m=197, seed=23)
     X_dev, y_dev = cupy.asarray(X), cupy.asarray(y.astype(np.float64))
     ref, gpu = pair([6, 7, 1], "relu", "logistic", "float64")
     for net, data in ((ref, (X, y.astype(np.float64))), (gpu, (X_dev, y_dev))):
         net.fit(*data, epochs=1, lr=0.05, batch_size=16)
         if what == "activation":
-            net.activation = "tanh"
+            net._activation = "tanh"
         else:  # the single output trained as a regression: same shapes, another loss code
-            net.loss = "squared_error"
+            net._loss = "squared_error"
         net.fit(*data, epochs=1, lr=0.05, batch_size=16)
     for p, p_ref in zip(parameters(gpu), parameters(ref)):
         assert_parity(p, p_ref, "float64", f"parameters after the {what} changed")
