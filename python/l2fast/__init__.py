@@ -5,12 +5,14 @@
     history = net.fit(X, y, epochs=10, lr=0.1, batch_size=128)
     net.fit(X, y, epochs=10, lr=1e-3, batch_size=128, optimizer="adamw", schedule=l2fast.StepDecay(5, 0.5))
 """
+from l2fast import threads  # first: loads the compiled module with OpenBLAS configured (see threads.py)
 from l2fast.backends import BackendUnavailableError, available_backends
 from l2fast.io import load
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
 from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
                           ReduceOnPlateau, StepDecay)
 from l2fast.selection import LambdaResult, Selection, select_lambda
+from l2fast.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -19,6 +21,6 @@ __all__ = [
     "LambdaResult",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
     "ReduceOnPlateau",
-    "available_backends", "BackendUnavailableError",
+    "available_backends", "BackendUnavailableError", "set_num_threads", "get_num_threads",
     "__version__",
 ]
