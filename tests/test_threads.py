@@ -299,3 +299,37 @@ def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypat
     assert _core.get_num_threads() == 2  # the cap is back after the call
     with threads.call_threads([64, 64, 10], 32, np.dtype("float32")) as n:  # too small for two
         assert n == 1
+
+
+def test_busy_loops_of_other_processes_are_seen():
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        import time
+        time.sleep(0.3)
+        assert threads.read_busy_cpus() >= 2  # (others may be busy too on a shared machine)
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+def test_using_puts_the_settings_back(restore_threads):
+    l2fast.set_num_threads(2)
+    with threads.using(1, adaptive=False):
+        assert l2fast.get_num_threads() == 1 and not threads._adaptive
+    assert l2fast.get_num_threads() == 2 and threads._adaptive
+
+
+def test_load_benchmark_runs_each_contender_quiet_and_beside_a_busy_loop():
+    import io
+
+    from l2fast import bench
+
+    record = bench.run({"K"}, repeats=1, quick=True, out=io.StringIO())
+    levels = record["load"]["levels"]
+    assert [level["load"]["busy_loops"] for level in levels] == [0, 1]
+    for level in levels:
+        results = level["results"]["B epoch"]
+        assert {"l2fast cpu", "l2fast cpu 1 thread", "l2fast numpy"} <= set(results)
+        assert all(r["median_s"] > 0 and r["over_quiet"] > 0 for r in results.values())
+    assert all(r["over_quiet"] == 1.0 for r in levels[0]["results"]["B epoch"].values())

@@ -7,10 +7,12 @@ an update.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -586,6 +588,91 @@ def bench_sweep(configs, backends, repeats, out):
     return rows
 
 
+LOAD_LEVELS = (0, 1, 2)  # busy-loop processes running beside the benchmark
+
+
+@contextlib.contextmanager
+def busy_loops(n):
+    """Runs the block with `n` other processes each spinning on a core (a browser tab, a compile, a
+    neighbour's job); yields the load average and the runnable tasks when they have started."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0.0)
+        yield {"busy_loops": n, "loadavg": Path("/proc/loadavg").read_text().split()[:4]}
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+class ThreadsContender:
+    """Another contender run with l2fast's threads set for it: a fixed count (adaptive=False) or the policy."""
+
+    def __init__(self, inner, n, adaptive, label):
+        self.inner, self.n, self.adaptive = inner, n, adaptive
+        self.name = f"{inner.name} {label}"
+
+    def epoch(self):
+        with l2fast.threads.using(self.n, adaptive=self.adaptive):
+            return self.inner.epoch()
+
+
+class DemoContender:
+    """The whole of ``l2fast demo --quick`` (the data, a stacked sweep of 4 lambdas, plots), timed as one run."""
+
+    def __init__(self, backend):
+        self.backend, self.name = backend, f"l2fast {backend}"
+
+    def epoch(self):
+        import io
+        import tempfile
+
+        from l2fast import demo
+
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            demo.run(self.backend, quick=True, out_dir=folder, progress=False, out=io.StringIO())
+            return time.perf_counter() - start
+
+
+def bench_load(quick, repeats, out):
+    """K: B's and D's epochs and the demo's --quick run, quiet and beside 1 and 2 busy-loop processes, for
+    l2fast cpu (its thread policy; on one thread; on every thread, the policy off), the NumPy reference and
+    PyTorch; each figure also as a slowdown over its own quiet time."""
+    cap = l2fast.get_num_threads()
+    workloads = {}
+    for config in (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"]):
+        X, y = make_data(config)
+        ours = L2fastContender(config, X, y, "cpu")
+        contenders = [ours, ThreadsContender(L2fastContender(config, X, y, "cpu"), 1, False, "1 thread"),
+                      ThreadsContender(L2fastContender(config, X, y, "cpu"), cap, False, f"{cap} threads fixed"),
+                      L2fastContender(config, X, y, "numpy")]
+        contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, TorchContender)]
+        workloads[f"{config.key} epoch"] = contenders
+    if not quick:
+        workloads["demo --quick"] = [DemoContender("cpu"),
+                                     ThreadsContender(DemoContender("cpu"), 1, False, "1 thread"),
+                                     DemoContender("numpy")]
+    rows = {"levels": []}
+    print(f"K: under load; l2fast's cap {cap} threads, machine {os.cpu_count()} cores", file=out)
+    for level in (LOAD_LEVELS[:2] if quick else LOAD_LEVELS):
+        with busy_loops(level) as load:
+            entry = {"load": load, "results": {}}
+            for name, contenders in workloads.items():
+                entry["results"][name] = summarise(interleaved(contenders, repeats), 1)
+            load["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:4]
+        rows["levels"].append(entry)
+        print(f"  {level} busy loop(s); load average before {' '.join(load['loadavg'][:3])} (runnable "
+              f"{load['loadavg'][3]}), after {' '.join(load['loadavg_after'][:3])}", file=out)
+        quiet = rows["levels"][0]["results"]
+        for name, results in entry["results"].items():
+            for contender, r in results.items():
+                slowdown = r["median_s"] / quiet[name][contender]["median_s"]
+                r["over_quiet"] = slowdown
+                print(f"    {name:<13} {contender:<40} {r['median_s']:>9.4f} s  {slowdown:>6.2f}x quiet", file=out)
+    return rows
+
+
 def environment():
     """Machine, versions, thread counts and commit, for the JSON record."""
     from l2fast.backends.cpu import _core
@@ -676,6 +763,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         if "cuda" in backends:
             record["optimizers_gpu"] = bench_optimizers_gpu(QUICK_OPTIMIZER_SIZES if quick else
                                                             [1_000_000, 10_000_000, 100_000_000], repeats, out)
+    if configs is not None and "K" in configs:
+        record["load"] = bench_load(quick, repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

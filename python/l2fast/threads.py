@@ -30,10 +30,12 @@ import numpy as np
 # variable once, when the library loads; it is set for that moment only, unless the user set it.
 _OPENBLAS_THREAD_TIMEOUT = "20"
 
-# A product of batch x n_in x n_out multiply-adds below this runs on one thread: measured on the 2-core
-# development machine (benchmarks/README.md, "Threads"), two threads first gain at about 2M for the
-# products of a training step; below that the hand-off costs what the second thread saves.
-MIN_THREADED_PRODUCT = 2_000_000
+# A network whose largest product (batch x n_in x n_out multiply-adds) is below this runs on one thread.
+# OpenBLAS itself gives a GEMM of fewer than 2 x 262144 multiply-adds one thread; measured on the 2-core
+# development machine (best of 150 calls, one thread against two, benchmarks/README.md "Threads"), two
+# threads gain 1.06-1.14x from there (0.52M-1.05M) and 1.3x at 1.3M (the demo's 20 x 256 x 256), so the
+# threshold is OpenBLAS's: l2fast only skips reading the load for networks that could not use a second thread.
+MIN_THREADED_PRODUCT = 2 * 262_144
 
 
 def _load_core():
@@ -182,7 +184,20 @@ def _own_running_threads() -> int:
     return max(running, 1)
 
 
-def busy_cpus(samples: int = 3, interval: float = 2e-4) -> int:
+_busy_seen = (-1.0, 0)  # (time.monotonic() of the last reading, its value)
+BUSY_READING_LIFETIME = 0.05  # seconds a reading serves the calls that follow (evaluations between epochs)
+
+
+def busy_cpus() -> int:
+    """CPUs kept busy by other processes now (see `read_busy_cpus`), read at most every 50 ms."""
+    global _busy_seen
+    now = time.monotonic()
+    if now - _busy_seen[0] > BUSY_READING_LIFETIME:
+        _busy_seen = (now, read_busy_cpus())
+    return _busy_seen[1]
+
+
+def read_busy_cpus(samples: int = 3, interval: float = 1e-4) -> int:
     """CPUs kept busy by other processes: the runnable tasks of the machine less this process's own, the
     least of a few readings a fraction of a millisecond apart (a task that was runnable for a moment is
     not load). 0 where /proc/loadavg cannot be read."""
@@ -281,6 +296,17 @@ def set_num_threads(n: Optional[int] = None, *, adaptive: bool = True) -> None:
         raise ValueError(f"n must be a whole number >= 1 or None, got {n!r}")
     _core.set_num_threads(n)
     _adaptive = bool(adaptive)
+
+
+@contextlib.contextmanager
+def using(n: int, adaptive: bool = True):
+    """Runs the block with `set_num_threads(n, adaptive=adaptive)`, then puts the settings back."""
+    before = get_num_threads(), _adaptive
+    set_num_threads(n, adaptive=adaptive)
+    try:
+        yield
+    finally:
+        set_num_threads(before[0], adaptive=before[1])
 
 
 def get_num_threads() -> int:
