@@ -185,11 +185,11 @@ def _own_running_threads() -> int:
 
 
 _busy_seen = (-1.0, 0)  # (time.monotonic() of the last reading, its value)
-BUSY_READING_LIFETIME = 0.05  # seconds a reading serves the calls that follow (evaluations between epochs)
+BUSY_READING_LIFETIME = 0.2  # seconds a reading (about 1 ms on a busy machine) serves the calls that follow
 
 
 def busy_cpus() -> int:
-    """CPUs kept busy by other processes now (see `read_busy_cpus`), read at most every 50 ms."""
+    """CPUs kept busy by other processes now (see `read_busy_cpus`), read at most every 0.2 s."""
     global _busy_seen
     now = time.monotonic()
     if now - _busy_seen[0] > BUSY_READING_LIFETIME:
@@ -197,11 +197,11 @@ def busy_cpus() -> int:
     return _busy_seen[1]
 
 
-def read_busy_cpus(samples: int = 3, interval: float = 1e-4) -> int:
+def read_busy_cpus(samples: int = 5, interval: float = 1e-4) -> int:
     """CPUs kept busy by other processes: the runnable tasks of the machine less this process's own, the
-    least of a few readings a fraction of a millisecond apart (a task that was runnable for a moment is
-    not load). 0 where /proc/loadavg cannot be read."""
-    least = None
+    median of a few readings a fraction of a millisecond apart (a task runnable for a moment is not load;
+    one that is runnable in most readings is). 0 where /proc/loadavg cannot be read."""
+    readings = []
     for i in range(samples):
         text = _read("/proc/loadavg")
         if text is None:
@@ -209,12 +209,10 @@ def read_busy_cpus(samples: int = 3, interval: float = 1e-4) -> int:
         others = parse_loadavg_running(text) - 1
         if others > 0:  # only then is it worth counting our own runnable threads
             others = parse_loadavg_running(text) - _own_running_threads()
-        least = others if least is None else min(least, others)
-        if least <= 0:
-            return 0
+        readings.append(max(others, 0))
         if i + 1 < samples:
             time.sleep(interval)
-    return max(least or 0, 0)
+    return sorted(readings)[len(readings) // 2]
 
 
 def choose_threads(cap: int, largest_product: int, busy: int, online: int, min_product: int = MIN_THREADED_PRODUCT) -> int:
