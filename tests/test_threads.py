@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import l2fast
 from l2fast import _core, threads
@@ -167,7 +170,6 @@ def cpu_ticks_by_thread():
 def fit_observed(monkeypatch):
     """Fits a network whose products OpenBLAS splits over threads; returns the OpenBLAS thread counts that
     threadpoolctl reported at each kernel call, and the threads other than the caller that ran meanwhile."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
     seen = []
     train_epoch = _core.train_epoch
 
@@ -179,16 +181,16 @@ def fit_observed(monkeypatch):
     monkeypatch.setattr(cpu._core, "train_epoch", observed)
     X, y = make_problem("softmax", 784, 10, m=4096, seed=0)
     net = l2fast.Network([784, 256, 10], backend="cpu", seed=0)
+    time.sleep(0.3)  # threads of other pools (NumPy's OpenBLAS after an earlier test) stop spinning first
     before = cpu_ticks_by_thread()
     net.fit(X, y, epochs=3, batch_size=256)
     after = cpu_ticks_by_thread()
-    me = str(__import__("threading").get_native_id())
+    me = str(threading.get_native_id())
     helpers = [t for t in after if t != me and after[t] - before.get(t, 0) >= 2]
     return seen, helpers
 
 
 def test_threadpool_limits_controls_l2fasts_openblas_inside_a_fit(monkeypatch, restore_threads):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
     l2fast.set_num_threads(2, adaptive=False)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
         seen, helpers = fit_observed(monkeypatch)
@@ -304,7 +306,6 @@ def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypat
 def test_busy_loops_of_other_processes_are_seen():
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        import time
         time.sleep(0.3)
         assert threads.read_busy_cpus() >= 2  # (others may be busy too on a shared machine)
     finally:

@@ -637,15 +637,15 @@ class DemoContender:
 
 def bench_load(quick, repeats, out):
     """K: B's and D's epochs and the demo's --quick run, quiet and beside 1 and 2 busy-loop processes, for
-    l2fast cpu (its thread policy; on one thread; on every thread, the policy off), the NumPy reference and
-    PyTorch; each figure also as a slowdown over its own quiet time."""
+    l2fast cpu (its thread policy, and on one thread), the NumPy reference and PyTorch (no demo: it has no
+    such sweep); each figure also as a slowdown over its own quiet time. The demo runs once untimed first
+    (its imports), then without a warm-up round."""
     cap = l2fast.get_num_threads()
     workloads = {}
     for config in (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"]):
         X, y = make_data(config)
         ours = L2fastContender(config, X, y, "cpu")
         contenders = [ours, ThreadsContender(L2fastContender(config, X, y, "cpu"), 1, False, "1 thread"),
-                      ThreadsContender(L2fastContender(config, X, y, "cpu"), cap, False, f"{cap} threads fixed"),
                       L2fastContender(config, X, y, "numpy")]
         contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, TorchContender)]
         workloads[f"{config.key} epoch"] = contenders
@@ -653,23 +653,25 @@ def bench_load(quick, repeats, out):
         workloads["demo --quick"] = [DemoContender("cpu"),
                                      ThreadsContender(DemoContender("cpu"), 1, False, "1 thread"),
                                      DemoContender("numpy")]
+        workloads["demo --quick"][0].epoch()
     rows = {"levels": []}
     print(f"K: under load; l2fast's cap {cap} threads, machine {os.cpu_count()} cores", file=out)
     for level in (LOAD_LEVELS[:2] if quick else LOAD_LEVELS):
         with busy_loops(level) as load:
             entry = {"load": load, "results": {}}
+            print(f"  {level} busy loop(s); load average {' '.join(load['loadavg'][:3])} (runnable "
+                  f"{load['loadavg'][3]}) as they start", file=out, flush=True)
+            quiet = rows["levels"][0]["results"] if rows["levels"] else entry["results"]
             for name, contenders in workloads.items():
-                entry["results"][name] = summarise(interleaved(contenders, repeats), 1)
+                results = summarise(interleaved(contenders, repeats, warmup=0 if name.startswith("demo") else 1), 1)
+                entry["results"][name] = results
+                for contender, r in results.items():
+                    r["over_quiet"] = r["median_s"] / quiet[name][contender]["median_s"]
+                    print(f"    {name:<13} {contender:<32} {r['median_s']:>9.4f} s  {r['over_quiet']:>6.2f}x quiet",
+                          file=out, flush=True)
             load["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:4]
         rows["levels"].append(entry)
-        print(f"  {level} busy loop(s); load average before {' '.join(load['loadavg'][:3])} (runnable "
-              f"{load['loadavg'][3]}), after {' '.join(load['loadavg_after'][:3])}", file=out)
-        quiet = rows["levels"][0]["results"]
-        for name, results in entry["results"].items():
-            for contender, r in results.items():
-                slowdown = r["median_s"] / quiet[name][contender]["median_s"]
-                r["over_quiet"] = slowdown
-                print(f"    {name:<13} {contender:<40} {r['median_s']:>9.4f} s  {slowdown:>6.2f}x quiet", file=out)
+        print(f"    load average at the end {' '.join(load['loadavg_after'][:3])}", file=out, flush=True)
     return rows
 
 
