@@ -173,7 +173,8 @@ def test_public_names():
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
-                                   "StepDecay", "ExponentialDecay", "ReduceOnPlateau"}
+                                   "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "set_num_threads",
+                                   "get_num_threads"}
     assert l2fast.available_backends()[:2] == ["numpy", "cpu"]
     assert "backend='cpu'" in repr(l2fast.Network([2, 2], backend="cpu"))
 
