@@ -96,6 +96,9 @@ def test_default_thread_count_from_the_environment():
     assert threads.default_num_threads({"OPENBLAS_NUM_THREADS": "1"}) is None  # OpenBLAS's own choice stands
     assert threads.default_num_threads({"OMP_NUM_THREADS": "1"}) is None  # what Dask and Ray workers set
     assert threads.default_num_threads({}) == threads.available_cpus()
+    assert threads.openblas_variable_threads({"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1"}) == 1
+    assert threads.openblas_variable_threads({"OMP_NUM_THREADS": "4,2"}) == 4
+    assert threads.openblas_variable_threads({}) is None
     for bad in ("0", "-2", "two", "1.5"):
         with pytest.raises(ValueError, match="L2FAST_NUM_THREADS"):
             threads.default_num_threads({"L2FAST_NUM_THREADS": bad})
@@ -150,7 +153,8 @@ def test_set_num_threads_sets_the_cap_and_refuses_bad_counts(restore_threads):
             l2fast.set_num_threads(bad)
         assert l2fast.get_num_threads() == 1
     l2fast.set_num_threads(None)
-    assert l2fast.get_num_threads() == (threads.default_num_threads() or threads.available_cpus())
+    assert l2fast.get_num_threads() == (threads.default_num_threads() or threads.openblas_variable_threads()
+                                        or threads.available_cpus())
 
 
 # -- threadpoolctl, observed from inside a fit ----------------------------------------------------

@@ -32,7 +32,7 @@ _OPENBLAS_THREAD_TIMEOUT = "20"
 
 # A network whose largest product (batch x n_in x n_out multiply-adds) is below this runs on one thread.
 # OpenBLAS itself gives a GEMM of fewer than 2 x 262144 multiply-adds one thread; measured on the 2-core
-# development machine (best of 150 calls, one thread against two, benchmarks/README.md "Threads"), two
+# development machine (best of 150 calls, one thread against two, benchmarks/README.md "Under load"), two
 # threads gain 1.06-1.14x from there (0.52M-1.05M) and 1.3x at 1.3M (the demo's 20 x 256 x 256), so the
 # threshold is OpenBLAS's: l2fast only skips reading the load for networks that could not use a second thread.
 MIN_THREADED_PRODUCT = 2 * 262_144
@@ -157,9 +157,24 @@ def default_num_threads(environ=os.environ) -> Optional[int]:
         if n < 1:
             raise ValueError(f"L2FAST_NUM_THREADS must be a whole number >= 1, got {value!r}")
         return n
-    if any(environ.get(name, "").strip() for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")):
+    if any(environ.get(name, "").strip() for name in _OPENBLAS_VARIABLES):
         return None
     return available_cpus()
+
+
+_OPENBLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")  # in OpenBLAS's order
+
+
+def openblas_variable_threads(environ=os.environ) -> Optional[int]:
+    """The thread count OpenBLAS takes from its variables (the first set of them, if a whole number >= 1)."""
+    for name in _OPENBLAS_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                return max(int(value.split(",")[0]), 1)
+            except ValueError:
+                return None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,7 +304,7 @@ def set_num_threads(n: Optional[int] = None, *, adaptive: bool = True) -> None:
     if _core is None:
         raise RuntimeError("l2fast's compiled module is not available, so there are no cpu threads to set")
     if n is None:
-        n = default_num_threads() or available_cpus()
+        n = default_num_threads() or openblas_variable_threads() or available_cpus()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number >= 1 or None, got {n!r}")
     _core.set_num_threads(n)
