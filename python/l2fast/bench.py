@@ -261,11 +261,13 @@ def peers(config, X, y, backends):
     return found
 
 
-def interleaved(contenders, repeats, warmup=1):
-    """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times."""
+def interleaved(contenders, repeats, warmup=1, pause=0.0):
+    """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times, each
+    after `pause` seconds (the thread pools of the one before, PyTorch's and NumPy's, spin on a while)."""
     times = {c.name: [] for c in contenders}
     for r in range(warmup + repeats):
         for c in contenders:
+            time.sleep(pause)
             t = c.epoch()
             if r >= warmup:
                 times[c.name].append(t)
@@ -663,7 +665,8 @@ def bench_load(quick, repeats, out):
                   f"{load['loadavg'][3]}) as they start", file=out, flush=True)
             quiet = rows["levels"][0]["results"] if rows["levels"] else entry["results"]
             for name, contenders in workloads.items():
-                results = summarise(interleaved(contenders, repeats, warmup=0 if name.startswith("demo") else 1), 1)
+                results = summarise(interleaved(contenders, repeats, warmup=0 if name.startswith("demo") else 1,
+                                                pause=0.3), 1)
                 entry["results"][name] = results
                 for contender, r in results.items():
                     r["over_quiet"] = r["median_s"] / quiet[name][contender]["median_s"]
