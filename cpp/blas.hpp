@@ -36,6 +36,26 @@ inline void gemm_call(Op op_a, Op op_b, int m, int n, int k, double alpha, const
     scipy_cblas_dgemm(CblasRowMajor, cblas_op(op_a), cblas_op(op_b), m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// OpenBLAS cuts an inner dimension k longer than its GEMM_Q (384 to 512 on x86) into blocks whose sizes
+// depend on its thread count, and with them the last bits of C (measured: k = 513, 600, 777 in float32,
+// 385 in float64, one thread against two). l2fast changes the thread count with the load of the machine,
+// so a longer k is cut here instead, into near-equal slices of at most kMaxInner, each a product of its
+// own accumulated into C: the same bits on any thread count, for about the price of OpenBLAS's own cut.
+constexpr int kMaxInner = 256;
+
+template <class T>
+void gemm_sliced(Op op_a, Op op_b, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+                 T* C, int ldc) {
+    const int slices = (k + kMaxInner - 1) / kMaxInner;
+    for (int s = 0; s < slices; ++s) {
+        const int k0 = int(std::size_t(k) * s / slices), k1 = int(std::size_t(k) * (s + 1) / slices);
+        // Columns k0..k1 of op(A) and rows k0..k1 of op(B), wherever they lie in memory.
+        const T* A_s = op_a == Op::N ? A + k0 : A + std::size_t(k0) * lda;
+        const T* B_s = op_b == Op::N ? B + std::size_t(k0) * ldb : B + k0;
+        gemm_call(op_a, op_b, m, n, k1 - k0, alpha, A_s, lda, B_s, ldb, s == 0 ? beta : T(1), C, ldc);
+    }
+}
+
 // C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C, all row-major.
 template <class T>
 void gemm(Op op_a, Op op_b, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
@@ -52,6 +72,8 @@ void gemm(Op op_a, Op op_b, int m, int n, int k, T alpha, const T* A, int lda, c
             gemv(true, k, n, alpha, B, ldb, A, op_a == Op::N ? 1 : lda, beta, C, 1);
         else
             gemv(false, n, k, alpha, B, ldb, A, op_a == Op::N ? 1 : lda, beta, C, 1);
+    } else if (k > kMaxInner) {
+        gemm_sliced(op_a, op_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     } else {
         gemm_call(op_a, op_b, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
     }

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
 #include <unistd.h>
 
 namespace l2fast {
@@ -125,6 +126,19 @@ std::mutex pool_mutex;
 std::unique_ptr<Pool> pool;
 pid_t pool_pid = 0;
 
+// A fork waits for the job in progress to finish (its caller holds pool_mutex), so the child never
+// inherits pool_mutex locked by a thread that does not exist there; the child drops the parent's pool
+// (its threads, and its own mutex, which a helper may have held, are not the child's) and makes a new
+// one on first use.
+void before_fork() { pool_mutex.lock(); }
+void after_fork_in_parent() { pool_mutex.unlock(); }
+void after_fork_in_child() {
+    (void)pool.release();
+    pool_pid = 0;
+    pool_mutex.unlock();
+}
+const int fork_handlers = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+
 }  // namespace
 
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
@@ -138,6 +152,7 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
     std::lock_guard<std::mutex> lock(pool_mutex);
     if (!pool || pool_pid != getpid() || pool->helpers() + 1 < shares) {
         if (pool && pool_pid != getpid()) (void)pool.release();  // the parent's threads are not ours to join
+        (void)fork_handlers;
         pool = std::make_unique<Pool>(shares - 1);
         pool_pid = getpid();
     }

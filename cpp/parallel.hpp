@@ -1,5 +1,6 @@
 // A parallel loop for memory-bound passes outside the GEMM loop (the standalone update).
-// Helpers sleep between jobs, so they never spin against OpenBLAS's own threads.
+// Helpers sleep between jobs, so they never spin against OpenBLAS's own threads; a fork waits for the job
+// in progress, and the child makes helpers of its own.
 #pragma once
 
 #include <cstddef>

@@ -174,7 +174,8 @@ def test_public_names():
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
                                    "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS",
-                                   "ConvergenceWarning", "DivergenceWarning", "Dataset"}
+                                   "ConvergenceWarning", "DivergenceWarning", "Dataset", "set_num_threads",
+                                   "get_num_threads"}
     assert l2fast.available_backends()[:2] == ["numpy", "cpu"]
     assert "backend='cpu'" in repr(l2fast.Network([2, 2], backend="cpu"))
 

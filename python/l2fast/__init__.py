@@ -5,6 +5,7 @@
     history = net.fit(X, y, epochs=10, lr=0.1, batch_size=128)
     net.fit(X, y, epochs=10, lr=1e-3, batch_size=128, optimizer="adamw", schedule=l2fast.StepDecay(5, 0.5))
 """
+from l2fast import threads  # first: loads the compiled module with OpenBLAS configured (see threads.py)
 from l2fast.backends import BackendUnavailableError, available_backends
 from l2fast.dataset import Dataset
 from l2fast.io import load
@@ -14,6 +15,7 @@ from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling,
                           ReduceOnPlateau, StepDecay)
 from l2fast.selection import LambdaResult, Selection, select_lambda
 from l2fast.solvers import LBFGS
+from l2fast.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,6 @@ __all__ = [
     "LambdaResult",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
     "ReduceOnPlateau", "LBFGS", "ConvergenceWarning", "DivergenceWarning", "Dataset",
-    "available_backends", "BackendUnavailableError",
+    "available_backends", "BackendUnavailableError", "set_num_threads", "get_num_threads",
     "__version__",
 ]

@@ -7,10 +7,12 @@ an update.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -259,11 +261,13 @@ def peers(config, X, y, backends):
     return found
 
 
-def interleaved(contenders, repeats, warmup=1):
-    """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times."""
+def interleaved(contenders, repeats, warmup=1, pause=0.0):
+    """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times, each
+    after `pause` seconds (the thread pools of the one before, PyTorch's and NumPy's, spin on a while)."""
     times = {c.name: [] for c in contenders}
     for r in range(warmup + repeats):
         for c in contenders:
+            time.sleep(pause)
             t = c.epoch()
             if r >= warmup:
                 times[c.name].append(t)
@@ -665,6 +669,94 @@ def run_gpu(repeats=5, json_path=None, out=None):
     return record
 
 
+LOAD_LEVELS = (0, 1, 2)  # busy-loop processes running beside the benchmark
+
+
+@contextlib.contextmanager
+def busy_loops(n):
+    """Runs the block with `n` other processes each spinning on a core (a browser tab, a compile, a
+    neighbour's job); yields the load average and the runnable tasks when they have started."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0.0)
+        yield {"busy_loops": n, "loadavg": Path("/proc/loadavg").read_text().split()[:4]}
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+class ThreadsContender:
+    """Another contender run with l2fast's threads set for it: a fixed count (adaptive=False) or the policy."""
+
+    def __init__(self, inner, n, adaptive, label):
+        self.inner, self.n, self.adaptive = inner, n, adaptive
+        self.name = f"{inner.name} {label}"
+
+    def epoch(self):
+        with l2fast.threads.using(self.n, adaptive=self.adaptive):
+            return self.inner.epoch()
+
+
+class DemoContender:
+    """The whole of ``l2fast demo --quick`` (the data, a stacked sweep of 4 lambdas, plots), timed as one run."""
+
+    def __init__(self, backend):
+        self.backend, self.name = backend, f"l2fast {backend}"
+
+    def epoch(self):
+        import io
+        import tempfile
+
+        from l2fast import demo
+
+        with tempfile.TemporaryDirectory() as folder:
+            start = time.perf_counter()
+            demo.run(self.backend, quick=True, out_dir=folder, progress=False, out=io.StringIO())
+            return time.perf_counter() - start
+
+
+def bench_load(quick, repeats, out):
+    """K: B's and D's epochs and the demo's --quick run, quiet and beside 1 and 2 busy-loop processes, for
+    l2fast cpu (its thread policy, and on one thread), the NumPy reference and PyTorch (no demo: it has no
+    such sweep); each figure also as a slowdown over its own quiet time. The demo runs once untimed first
+    (its imports), then without a warm-up round."""
+    cap = l2fast.get_num_threads()
+    workloads = {}
+    for config in (QUICK_CONFIGS[1:] if quick else [c for c in CONFIGS if c.key in "BD"]):
+        X, y = make_data(config)
+        ours = L2fastContender(config, X, y, "cpu")
+        contenders = [ours, ThreadsContender(L2fastContender(config, X, y, "cpu"), 1, False, "1 thread"),
+                      L2fastContender(config, X, y, "numpy")]
+        contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, TorchContender)]
+        workloads[f"{config.key} epoch"] = contenders
+    if not quick:
+        workloads["demo --quick"] = [DemoContender("cpu"),
+                                     ThreadsContender(DemoContender("cpu"), 1, False, "1 thread"),
+                                     DemoContender("numpy")]
+        workloads["demo --quick"][0].epoch()
+    rows = {"levels": []}
+    print(f"K: under load; l2fast's cap {cap} threads, machine {os.cpu_count()} cores", file=out)
+    for level in (LOAD_LEVELS[:2] if quick else LOAD_LEVELS):
+        with busy_loops(level) as load:
+            entry = {"load": load, "results": {}}
+            print(f"  {level} busy loop(s); load average {' '.join(load['loadavg'][:3])} (runnable "
+                  f"{load['loadavg'][3]}) as they start", file=out, flush=True)
+            quiet = rows["levels"][0]["results"] if rows["levels"] else entry["results"]
+            for name, contenders in workloads.items():
+                results = summarise(interleaved(contenders, repeats, warmup=0 if name.startswith("demo") else 1,
+                                                pause=0.3), 1)
+                entry["results"][name] = results
+                for contender, r in results.items():
+                    r["over_quiet"] = r["median_s"] / quiet[name][contender]["median_s"]
+                    print(f"    {name:<13} {contender:<32} {r['median_s']:>9.4f} s  {r['over_quiet']:>6.2f}x quiet",
+                          file=out, flush=True)
+            load["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:4]
+        rows["levels"].append(entry)
+        print(f"    load average at the end {' '.join(load['loadavg_after'][:3])}", file=out, flush=True)
+    return rows
+
+
 def environment():
     """Machine, versions, thread counts and commit, for the JSON record."""
     from l2fast.backends.cpu import _core
@@ -759,6 +851,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         from l2fast import bench_solution
 
         record["solution"] = bench_solution.run(backends, repeats, out, quick=quick)
+    if configs is not None and "K" in configs:
+        record["load"] = bench_load(quick, repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

@@ -1,14 +1,18 @@
 """backend="cpu": the C++ kernels of ``cpp/`` through ``l2fast._core``, OpenBLAS for every GEMM.
 
-Each call runs a whole epoch (or a whole-data pass) in C++ with the GIL released.
+Each call runs a whole epoch (or a whole-data pass) in C++ with the GIL released, on the threads that
+``l2fast.threads`` chooses for its products and the load of the machine at that moment.
 """
 from __future__ import annotations
 
 # Loads libscipy_openblas.so into the process before _core needs it (editable builds rely on this).
 import scipy_openblas32  # noqa: F401
 
-from l2fast import _core
+from l2fast import _core, threads  # threads loads _core first, with OpenBLAS's thread timeout
 from l2fast.backends.numpy_ref import HostArrays
+
+# Rows per block of the whole-data passes (predict, evaluate, gradients): cpp/network.cpp's kBlockRows.
+_BLOCK_ROWS = 2048
 
 
 def core_options(optimizer):
@@ -22,6 +26,11 @@ def core_options(optimizer):
     return options
 
 
+def _sizes(weights):
+    """[n_in, n_1, ..., n_out] of a network given as its weight matrices (n_out, n_in)."""
+    return [weights[0].shape[1]] + [W.shape[0] for W in weights]
+
+
 class CpuBackend(HostArrays):
     """backend="cpu": parameters are NumPy arrays that the C++ kernels update in place."""
 
@@ -29,23 +38,28 @@ class CpuBackend(HostArrays):
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                     optimizer=None, slots=(), step=0, sample_weight=None):
-        if optimizer is None:
+        with threads.call_threads(_sizes(weights), batch_size, X.dtype):
+            if optimizer is None:
+                return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                                         sample_weight=sample_weight)
             return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                                     sample_weight=sample_weight)
-        return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                                 slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
-                                 **core_options(optimizer))
+                                     slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
+                                     **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None):
-        return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m), activation,
-                                         loss, sample_weight=sample_weight)
+        with threads.call_threads(_sizes(weights[0]), batch_size, X.dtype, models=len(weights)):
+            return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m),
+                                             activation, loss, sample_weight=sample_weight)
 
     def predict(self, weights, biases, X, activation, loss):
-        return _core.predict(weights, biases, X, activation, loss)
+        with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.predict(weights, biases, X, activation, loss)
 
     def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
-        return _core.evaluate(weights, biases, X, y, activation, loss, sample_weight=sample_weight)
+        with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.evaluate(weights, biases, X, y, activation, loss, sample_weight=sample_weight)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
-        return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss, sample_weight=sample_weight)
+        with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss, sample_weight=sample_weight)

@@ -1,0 +1,340 @@
+"""The thread policy: what the process may use (affinity, cgroup quotas, from fixture files), the choice for
+one call, threadpoolctl's control of l2fast's OpenBLAS, results that do not depend on the thread count, and a
+fork while the helper threads work."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import l2fast
+from l2fast import _core, threads
+from l2fast.backends import cpu
+from l2fast.testing import make_problem
+
+# -- what the process may use ---------------------------------------------------------------------
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("text, cpus", [
+    ("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000", 1.5), ("50000 100000\n", 0.5),
+    ("400000\n", 4.0), ("", None),
+])
+def test_cgroup_v2_cpu_max_is_parsed(text, cpus):
+    assert threads.parse_cpu_max(text) == cpus
+
+
+@pytest.mark.parametrize("quota, period, cpus", [("-1\n", "100000\n", None), ("300000\n", "100000\n", 3.0),
+                                                 ("50000", "100000", 0.5)])
+def test_cgroup_v1_cfs_quota_is_parsed(quota, period, cpus):
+    assert threads.parse_cfs_quota(quota, period) == cpus
+
+
+def test_proc_self_cgroup_gives_the_unified_and_the_cpu_paths():
+    hybrid = "9:name=systemd:/\n4:memory:/jobs/7\n2:cpuacct:/\n1:cpu,cpuacct:/docker/abc\n0::/user.slice/job\n"
+    assert threads.parse_proc_cgroup(hybrid) == ("/user.slice/job", "/docker/abc")
+    assert threads.parse_proc_cgroup("0::/\n") == ("/", None)
+    assert threads.parse_proc_cgroup("") == (None, None)
+
+
+def test_cgroup_v2_limit_is_the_tightest_on_the_way_to_the_root(tmp_path):
+    root = tmp_path / "sys"
+    write(tmp_path / "cgroup", "0::/outer/inner\n")
+    write(root / "outer" / "inner" / "cpu.max", "max 100000\n")
+    write(root / "outer" / "cpu.max", "250000 100000\n")
+    write(root / "cpu.max", "max 100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(root)) == 2.5
+    write(root / "outer" / "inner" / "cpu.max", "120000 100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(root)) == 1.2
+
+
+def test_cgroup_v2_inside_a_container_reads_the_root(tmp_path):
+    # The path names the host's hierarchy, which the container does not see: its own root holds the limit.
+    root = tmp_path / "sys"
+    write(tmp_path / "cgroup", "0::/kubepods/burstable/pod1/abc\n")
+    write(root / "cpu.max", "150000 100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(root)) == 1.5
+
+
+def test_cgroup_v1_cfs_quota_is_found_under_the_cpu_controller(tmp_path):
+    root = tmp_path / "sys"
+    write(tmp_path / "cgroup", "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    write(root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us", "300000\n")
+    write(root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_period_us", "100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(root)) == 3.0
+    write(root / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us", "-1\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(root)) is None
+
+
+def test_no_cgroup_files_means_no_limit(tmp_path):
+    assert threads.cgroup_cpu_limit(str(tmp_path / "missing"), str(tmp_path)) is None
+    write(tmp_path / "cgroup", "0::/\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path / "cgroup"), str(tmp_path / "sys")) is None
+
+
+@pytest.mark.parametrize("affinity, quota, cpus", [(8, None, 8), (8, 2.5, 2), (8, 0.5, 1), (2, 16.0, 2),
+                                                   (4, 3.0, 3)])
+def test_available_cpus_is_the_affinity_lowered_by_the_quota(affinity, quota, cpus):
+    assert threads.available_cpus(affinity, quota) == cpus
+
+
+def test_available_cpus_on_this_machine_respects_the_affinity_mask():
+    assert 1 <= threads.available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_default_thread_count_from_the_environment():
+    assert threads.default_num_threads({"L2FAST_NUM_THREADS": "3", "OMP_NUM_THREADS": "1"}) == 3
+    assert threads.default_num_threads({"OPENBLAS_NUM_THREADS": "1"}) is None  # OpenBLAS's own choice stands
+    assert threads.default_num_threads({"OMP_NUM_THREADS": "1"}) is None  # what Dask and Ray workers set
+    assert threads.default_num_threads({}) == threads.available_cpus()
+    assert threads.openblas_variable_threads({"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1"}) == 1
+    assert threads.openblas_variable_threads({"OMP_NUM_THREADS": "4,2"}) == 4
+    assert threads.openblas_variable_threads({}) is None
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ValueError, match="L2FAST_NUM_THREADS"):
+            threads.default_num_threads({"L2FAST_NUM_THREADS": bad})
+
+
+def test_the_environment_variable_sets_the_count_at_import():
+    code = "import l2fast; print(l2fast.get_num_threads())"
+    env = dict(os.environ, L2FAST_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+# -- the choice for one call ----------------------------------------------------------------------
+
+def test_loadavg_gives_the_runnable_tasks():
+    assert threads.parse_loadavg_running("0.50 0.40 0.30 3/123 4567\n") == 3
+    assert threads.parse_loadavg_running("8.77 4.52 1.83 12/143 16094") == 12
+    assert threads.busy_cpus() >= 0
+
+
+@pytest.mark.parametrize("cap, product, busy, online, n", [
+    (2, 10**5, 0, 2, 1),      # too small to gain from a second thread
+    (2, 10**8, 0, 2, 2),      # large, machine quiet
+    (2, 10**8, 1, 2, 1),      # one core of two busy elsewhere: threads would wait on each other
+    (2, 10**8, 5, 2, 1),
+    (4, 10**8, 0, 16, 4),     # the cap holds on a large machine
+    (4, 10**8, 14, 16, 2),    # what the others leave
+    (1, 10**8, 0, 16, 1),
+])
+def test_choose_threads(cap, product, busy, online, n):
+    assert threads.choose_threads(cap, product, busy, online) == n
+
+
+def test_largest_product_of_a_step():
+    assert threads.largest_product([784, 256, 10], 128) == 128 * 784 * 256
+    assert threads.largest_product([100, 1], 256) == 25600
+
+
+@pytest.fixture
+def restore_threads():
+    before = l2fast.get_num_threads()
+    yield
+    l2fast.set_num_threads(before)
+
+
+def test_set_num_threads_sets_the_cap_and_refuses_bad_counts(restore_threads):
+    l2fast.set_num_threads(1)
+    assert l2fast.get_num_threads() == 1 == _core.get_num_threads()
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n must be"):
+            l2fast.set_num_threads(bad)
+        assert l2fast.get_num_threads() == 1
+    l2fast.set_num_threads(None)
+    assert l2fast.get_num_threads() == (threads.default_num_threads() or threads.openblas_variable_threads()
+                                        or threads.available_cpus())
+
+
+# -- threadpoolctl, observed from inside a fit ----------------------------------------------------
+
+def cpu_ticks_by_thread():
+    ticks = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[task] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def fit_observed(monkeypatch):
+    """Fits a network whose products OpenBLAS splits over threads; returns the OpenBLAS thread counts that
+    threadpoolctl reported at each kernel call, and the threads other than the caller that ran meanwhile."""
+    seen = []
+    train_epoch = _core.train_epoch
+
+    def observed(*args, **kwargs):
+        info = [lib for lib in threadpoolctl.threadpool_info() if "scipy_openblas32" in lib["filepath"]]
+        seen.append([lib["num_threads"] for lib in info])
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cpu._core, "train_epoch", observed)
+    X, y = make_problem("softmax", 784, 10, m=4096, seed=0)
+    net = l2fast.Network([784, 256, 10], backend="cpu", seed=0)
+    time.sleep(0.3)  # threads of other pools (NumPy's OpenBLAS after an earlier test) stop spinning first
+    before = cpu_ticks_by_thread()
+    net.fit(X, y, epochs=3, batch_size=256)
+    after = cpu_ticks_by_thread()
+    me = str(threading.get_native_id())
+    helpers = [t for t in after if t != me and after[t] - before.get(t, 0) >= 2]
+    return seen, helpers
+
+
+def test_threadpool_limits_controls_l2fasts_openblas_inside_a_fit(monkeypatch, restore_threads):
+    l2fast.set_num_threads(2, adaptive=False)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        seen, helpers = fit_observed(monkeypatch)
+    assert seen == [[1]] * 3
+    assert helpers == []  # no OpenBLAS worker and no l2fast helper ran beside the caller
+    assert l2fast.get_num_threads() == 2  # threadpoolctl put the count back
+    seen, helpers = fit_observed(monkeypatch)
+    assert seen == [[2]] * 3
+    assert helpers  # and without the limit OpenBLAS's worker did share the products
+
+
+# -- results do not depend on the thread count ----------------------------------------------------
+
+@pytest.mark.parametrize("sizes, loss, batch, optimizer", [
+    ([784, 256, 10], "softmax", 128, "sgd"),
+    ([300, 512, 64, 1], "logistic", 256, "adam"),      # a 154K-entry tensor, and GEMV for the output layer
+    ([784, 512, 10], "softmax", 64, "momentum"),       # 401K entries: the optimizer step uses the helpers
+    ([777, 300, 10], "softmax", 600, "sgd"),           # inner dimensions above OpenBLAS's block: sliced
+    ([64, 256, 256, 10], "softmax", 20, "sgd"),        # the demo's network
+])
+def test_float32_results_are_bit_identical_on_one_thread_and_on_two(restore_threads, sizes, loss, batch, optimizer):
+    # (float64 calls always run on the cap: OpenBLAS's float64 kernels differ in the last bits across counts.)
+    dtype = "float32"
+    X, y = make_problem(loss, sizes[0], sizes[-1], m=1024, seed=3)
+    results = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        net = l2fast.Network(sizes, loss=loss, lam=1.0, backend="cpu", dtype=dtype, seed=0)
+        net.fit(X, y, epochs=2, lr=0.01, batch_size=batch, optimizer=optimizer)
+        results.append((net.weights + net.biases, net.predict_proba(X), net.gradients(X, y)))
+    (p1, proba1, (dW1, db1)), (p2, proba2, (dW2, db2)) = results
+    assert all(np.array_equal(a, b) for a, b in zip(p1 + dW1 + db1, p2 + dW2 + db2))
+    assert np.array_equal(proba1, proba2)
+
+
+@pytest.mark.parametrize("sizes", [[64, 64, 10], [600, 64, 10]])
+def test_stacked_sweep_is_bit_identical_on_one_thread_and_on_two(restore_threads, sizes):
+    X, y = make_problem("softmax", sizes[0], 10, m=2000, seed=4)
+    results = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        nets = [l2fast.Network(sizes, lam=lam, backend="cpu", seed=0) for lam in (0.0, 0.1, 1.0, 10.0)]
+        l2fast.fit_together(nets, X, y, epochs=2, lr=0.05, batch_size=32)
+        results.append([p for net in nets for p in net.weights + net.biases])
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
+# -- fork ---------------------------------------------------------------------------------------------
+
+FORK_WHILE_HELPERS_WORK = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    import numpy as np
+    from l2fast import _core
+
+    _core.set_num_threads(2)  # the optimizer step of a 1M-entry tensor then uses l2fast's helper threads
+    n = 1 << 20
+    P, G, M, V = (np.full(n, 0.5, np.float32) for _ in range(4))
+    stop = threading.Event()
+
+    def steps():
+        step = 0
+        while not stop.is_set():
+            step += 1
+            _core.optimizer_step(P, G, [M, V], 1e-3, 0.0, step, optimizer="adam")
+
+    worker = threading.Thread(target=steps)
+    worker.start()
+    hung = 0
+    for _ in range(12):
+        time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:  # the child uses the helper pool at once
+            Q = np.ones(n, np.float32)
+            _core.optimizer_step(Q, Q.copy(), [np.zeros(n, np.float32), np.zeros(n, np.float32)], 1e-3, 0.0, 1,
+                                 optimizer="adam")
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                hung += 1
+                break
+            time.sleep(0.005)
+    stop.set()
+    worker.join()
+    print("hung", hung)
+    sys.exit(3 if hung else 0)
+""")
+
+
+def test_fork_while_another_thread_runs_an_optimizer_step_does_not_hang_the_child(tmp_path):
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_WHILE_HELPERS_WORK)
+    result = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", str(script)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hung 0" in result.stdout
+
+
+def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypatch):
+    l2fast.set_num_threads(2)
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 5)  # as if the machine were overloaded
+    with threads.call_threads([784, 256, 10], 128, np.dtype("float64")) as n:
+        assert n == 2 == _core.get_num_threads()
+    with threads.call_threads([784, 256, 10], 128, np.dtype("float32")) as n:
+        assert n == 1 == _core.get_num_threads()
+    assert _core.get_num_threads() == 2  # the cap is back after the call
+    with threads.call_threads([64, 64, 10], 32, np.dtype("float32")) as n:  # too small for two
+        assert n == 1
+
+
+def test_busy_loops_of_other_processes_are_seen():
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        assert threads.read_busy_cpus() >= 2  # (others may be busy too on a shared machine)
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
+
+
+def test_using_puts_the_settings_back(restore_threads):
+    l2fast.set_num_threads(2)
+    with threads.using(1, adaptive=False):
+        assert l2fast.get_num_threads() == 1 and not threads._adaptive
+    assert l2fast.get_num_threads() == 2 and threads._adaptive
+
+
+def test_load_benchmark_runs_each_contender_quiet_and_beside_a_busy_loop():
+    import io
+
+    from l2fast import bench
+
+    record = bench.run({"K"}, repeats=1, quick=True, out=io.StringIO())
+    levels = record["load"]["levels"]
+    assert [level["load"]["busy_loops"] for level in levels] == [0, 1]
+    for level in levels:
+        results = level["results"]["B epoch"]
+        assert {"l2fast cpu", "l2fast cpu 1 thread", "l2fast numpy"} <= set(results)
+        assert all(r["median_s"] > 0 and r["over_quiet"] > 0 for r in results.values())
+    assert all(r["over_quiet"] == 1.0 for r in levels[0]["results"]["B epoch"].values())
