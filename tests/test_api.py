@@ -192,3 +192,11 @@ def test_core_stub_matches_the_module():
         signature = inspect.getdoc(getattr(_core, name)).splitlines()[0]
         assert [p.split(":")[0].strip() for p in signature[signature.index("(") + 1:
                 signature.index(")")].split(",") if p.strip()] == params, name
+
+
+def test_the_compiled_backend_is_the_default_and_the_reference_one_string_away():
+    assert l2fast.Network([3, 2]).backend == "cpu"
+    assert l2fast.Network([3, 2], backend="numpy").backend == "numpy"
+    X, y = make_problem("softmax", 3, 2, m=20, seed=0)
+    sweep = l2fast.select_lambda(X, y, X, y, [0.0, 1.0], layer_sizes=[3, 2], epochs=1, progress=False)
+    assert all(net.backend == "cpu" for net in sweep.networks)

@@ -121,8 +121,9 @@ class Network:
         logistic: one sigmoid output, labels 0/1. squared_error: L = 1/2 sum_k (yhat_k - y_k)^2.
     lam : float
         lambda >= 0 of the penalty (lam / 2m) sum ||W||_F^2.
-    backend : {"numpy", "cpu", "cuda"}
-        Where the work runs; all compute the same thing.
+    backend : {"cpu", "numpy", "cuda"}
+        Where the work runs; all compute the same thing. "cpu" (the default) is the compiled C++/OpenBLAS
+        backend; "numpy" is the plain reference it is checked against.
     dtype : {"float32", "float64"}
         The dtype of parameters, computation and results.
     seed : int or None
@@ -130,7 +131,7 @@ class Network:
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
-                 lam: float = 0.0, backend: str = "numpy", dtype: DTypeLike = "float32",
+                 lam: float = 0.0, backend: str = "cpu", dtype: DTypeLike = "float32",
                  seed: Optional[int] = None) -> None:
         self.layer_sizes = _validate.layer_sizes(layer_sizes)
         self.activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)

@@ -78,7 +78,7 @@ def _hold_out(X, y, fraction, seed):
 def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayLike] = None,
                   y_dev: Optional[ArrayLike] = None, lams: Sequence[float] = (0.0, 0.01, 0.1, 1.0, 10.0), *,
                   layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
-                  backend: str = "numpy", dtype: str = "float32", seed: int = 0, epochs: int = 100,
+                  backend: str = "cpu", dtype: str = "float32", seed: int = 0, epochs: int = 100,
                   lr: float = 0.1, batch_size: Optional[int] = None, shuffle: bool = True,
                   patience: Optional[int] = None, validation_fraction: float = 0.2, criterion: str = "loss",
                   stacked: bool = True, progress: bool = True) -> Selection:
