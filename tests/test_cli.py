@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import l2fast
 from l2fast import demo
 from l2fast.__main__ import main
 
@@ -50,3 +51,10 @@ def test_ci_runs_the_readme_commands():
     demo_command, test_command = block[0], block[1]
     assert block[2] == "```" and "l2fast demo" in demo_command and "pytest" in test_command
     assert test_command in (root / ".ci" / "run").read_text().splitlines()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"l2fast {l2fast.__version__}"

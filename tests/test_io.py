@@ -20,9 +20,9 @@ def test_round_trip_is_exact(tmp_path, backend, dtype, loss, n_out):
     net = l2fast.Network([4, 6, n_out], activation="tanh", loss=loss, lam=0.25, backend=backend, dtype=dtype,
                          seed=1)
     net.fit(X, y, epochs=2, lr=0.1, batch_size=8)
-    path = tmp_path / "model.l2fast"
+    path = tmp_path / "model.npz"
     net.save(path)
-    assert path.exists()  # written under the name given, no extension appended
+    assert path.exists() and len(list(tmp_path.iterdir())) == 1  # a name ending in .npz is kept as given
     back = l2fast.load(path)
     assert (back.layer_sizes, back.activation, back.loss, back.lam, back.dtype, back.backend) == \
         (net.layer_sizes, net.activation, net.loss, net.lam, net.dtype, net.backend)
@@ -112,3 +112,15 @@ def test_package_ships_its_type_marker():
 
     assert files("l2fast").joinpath("py.typed").is_file()
     assert files("l2fast").joinpath("_core.pyi").is_file()
+
+
+def test_save_appends_npz_as_numpy_does_and_load_takes_either_name(tmp_path):
+    net = l2fast.Network([3, 4, 2], lam=0.5, seed=0)
+    net.save(tmp_path / "model")
+    net.save(str(tmp_path / "plain"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "plain.npz"]
+    for name in ("model.npz", "model", "plain"):
+        back = l2fast.load(tmp_path / name)
+        assert back.lam == 0.5 and all(np.array_equal(p, q) for p, q in zip(back.weights, net.weights))
+    with pytest.raises(FileNotFoundError):
+        l2fast.load(tmp_path / "absent")
