@@ -10,13 +10,13 @@ from l2fast.io import load
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
 from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
                           ReduceOnPlateau, StepDecay)
-from l2fast.selection import LambdaResult, Selection, select_lambda
+from l2fast.selection import LambdaResult, NoisyChoiceWarning, Selection, lambda_grid, select_lambda
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
-    "LambdaResult",
+    "LambdaResult", "lambda_grid", "NoisyChoiceWarning",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
     "ReduceOnPlateau",
     "available_backends", "BackendUnavailableError",

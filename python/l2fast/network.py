@@ -84,7 +84,13 @@ def _progress_bar(total, show, unit="epoch"):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, leave=False)
+    return tqdm(total=total, unit=unit)  # left on its own line when done: a log file reads cleanly after it
+
+
+def _best_so_far(networks, histories):
+    """The progress bar's figures for several networks: the lowest latest validation loss and its lambda."""
+    loss, lam = min((h.val_loss[-1], net.lam) for net, h in zip(networks, histories) if h.val_loss)
+    return {"best val_loss": f"{loss:.4g}", "at lam": f"{lam:g}"}
 
 
 def initial_parameters(sizes, activation, dtype, rng):
@@ -522,8 +528,11 @@ def _train(networks, X, y, epochs, lr, batch_size, shuffle, validation_data, pat
             if bar is not None:
                 bar.update(1)
                 last = histories[0]
-                bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
-                                **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
+                if len(networks) > 1 and last.val_loss:
+                    bar.set_postfix(_best_so_far(networks, histories))
+                else:
+                    bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
+                                    **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
     finally:
         if bar is not None:
             bar.close()
