@@ -169,7 +169,7 @@ def test_regression_score_is_r2(backend):
 
 def test_public_names():
     assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
-                                   "select_lambda",
+                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning",
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
@@ -194,6 +194,7 @@ def test_core_stub_matches_the_module():
                 signature.index(")")].split(",") if p.strip()] == params, name
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # one epoch: a flat grid
 def test_the_compiled_backend_is_the_default_and_the_reference_one_string_away():
     assert l2fast.Network([3, 2]).backend == "cpu"
     assert l2fast.Network([3, 2], backend="numpy").backend == "numpy"

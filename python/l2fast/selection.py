@@ -12,15 +12,14 @@ the penalty: the penalty is part of training, not of how well a network generali
 
 The penalty is (lambda / 2m) sum ||W||^2, so what a lambda does depends on lambda / m: the same grid
 of lambdas means less and less as the training set grows. Without ``lams``, the grid is
-``lambda_grid(m)``, 0 and m times 1e-4 .. 0.1. When no lambda of the grid is better than the best
-by more than the noise of the development loss, ``select_lambda`` warns (``NoisyChoiceWarning``).
+``lambda_grid(m)``, 0 and m times 1e-4 .. 0.1. When the development losses of the whole grid lie
+within their noise of the best one, ``select_lambda`` warns (``NoisyChoiceWarning``).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
-
-import warnings
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -86,7 +85,8 @@ class Selection:
         head += f" {'train acc':>10} {'dev acc':>8}" if classify else ""
         lines = [head]
         for r in self.results:
-            line = f"{r.lam:>10.4g} {r.train_loss:>11.4f} {r.dev_loss:>9.4f} {f'({r.dev_loss_se:.4f})':>8} {r.gap:>8.4f}"
+            se = f"({r.dev_loss_se:.4f})"
+            line = f"{r.lam:>10.4g} {r.train_loss:>11.4f} {r.dev_loss:>9.4f} {se:>8} {r.gap:>8.4f}"
             line += f" {r.train_accuracy:>10.3f} {r.dev_accuracy:>8.3f}" if classify else ""
             lines.append(line + (" *" if r.lam == self.best_lam else ""))
         return "\n".join(lines)
@@ -195,8 +195,10 @@ def _measure_noise(networks, results, best, X_dev, y_dev):
     """Sets each result's dev_loss_se, the standard error of its development loss, from the spread of
     the loss over NOISE_CHUNKS parts of the development set; returns whether some lambda's loss is
     above the best one by more than NOISE_SE of its standard errors."""
-    X_dev, y_dev = np.asarray(X_dev), np.asarray(y_dev)
-    parts = np.array_split(np.arange(len(X_dev)), min(NOISE_CHUNKS, len(X_dev)))
+    # Row slices of the arrays as given: NumPy, or GPU arrays where they lie; pandas as NumPy.
+    X_dev, y_dev = (a if hasattr(a, "__cuda_array_interface__") else np.asarray(a) for a in (X_dev, y_dev))
+    bounds = np.linspace(0, len(X_dev), min(NOISE_CHUNKS, len(X_dev)) + 1).astype(int)
+    parts = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
     if len(parts) < 2:
         return True  # one development record: no noise to measure
     meaningful = False
