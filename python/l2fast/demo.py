@@ -40,6 +40,8 @@ def digits_splits(seed=0):
 
 
 class DemoResult(NamedTuple):
+    """What ``run`` returns: the sweep, the test accuracies, the plots and the data drawn in them."""
+
     sweep: "l2fast.Selection"
     test_best: float  # test accuracy of the chosen lambda
     test_zero: float  # test accuracy of lambda = 0
@@ -123,7 +125,7 @@ def _validation_curve(plt, sweep, path, plotted):
     above = [f"lambda = {lams[i]:g}: train {train[i]:.2f}, dev {dev[i]:.2f}" for i in np.flatnonzero(~fits)]
     if above:
         ax.text(0.99, 0.98, "\n".join(["above the axis \u2191"] + above), transform=ax.transAxes, ha="right",
-                va="top", fontsize=8)
+                va="top", fontsize=8, bbox=dict(facecolor="white", alpha=0.9, edgecolor="none"))
     ax.annotate("learns the training\nset by heart", (x[0], train[0]), xytext=(8, 14), textcoords="offset points",
                 fontsize=8)
     ax.set_ylim(0, top)
@@ -144,15 +146,15 @@ def _learning_curves(plt, zero, best, path, plotted):
             (best, f"lambda = {best.lam:g} (chosen): the lowest development loss"))
     # Linear losses from 0: the development losses are in view after the first few epochs.
     settled = [v for r, _ in runs for v in r.history.val_loss[len(r.history.val_loss) // 20:]]
-    for ax, (result, title) in zip(axes, runs):
+    for panel, (ax, (result, title)) in enumerate(zip(axes, runs)):
         epochs = np.arange(1, len(result.history.loss) + 1)
         ax.plot(epochs, result.history.loss, color="tab:blue", label=f"training, lambda = {result.lam:g}")
         ax.plot(epochs, result.history.val_loss, color="tab:orange", label=f"development, lambda = {result.lam:g}")
         low = int(np.argmin(result.history.val_loss))
         ax.plot([epochs[low]], [result.history.val_loss[low]], "v", color="black",
                 label=f"lowest development loss, lambda = {result.lam:g}")
-        ax.axhline(best.dev_loss, color="gray", linestyle=":", linewidth=1,
-                   label=f"_final development loss of lambda = {best.lam:g}")
+        ax.axhline(best.dev_loss, color="gray", linestyle=":", linewidth=1,  # in the first legend only
+                   label=f"{'' if panel == 0 else '_'}final development loss, lambda = {best.lam:g}")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8, loc="upper right")
