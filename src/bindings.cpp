@@ -37,7 +37,7 @@ std::string shape_str(const py::array& a) {
 
 py::array as_array(const py::handle& obj, const std::string& name) {
     if (!py::isinstance<py::array>(obj))
-        throw py::type_error(name + ": expected a numpy.ndarray, got " + std::string(py::str(obj.get_type())));
+        throw py::type_error(name + ": expected a numpy.ndarray, got " + std::string(py::str(py::type::handle_of(obj))));
     return py::reinterpret_borrow<py::array>(obj);
 }
 

@@ -169,7 +169,7 @@ def test_regression_score_is_r2(backend):
 
 def test_public_names():
     assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
-                                   "select_lambda",
+                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning",
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
@@ -194,3 +194,47 @@ def test_core_stub_matches_the_module():
         signature = inspect.getdoc(getattr(_core, name)).splitlines()[0]
         assert [p.split(":")[0].strip() for p in signature[signature.index("(") + 1:
                 signature.index(")")].split(",") if p.strip()] == params, name
+
+
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # one epoch: a flat grid
+def test_the_compiled_backend_is_the_default_and_the_reference_one_string_away():
+    assert l2fast.Network([3, 2]).backend == "cpu"
+    assert l2fast.Network([3, 2], backend="numpy").backend == "numpy"
+    X, y = make_problem("softmax", 3, 2, m=20, seed=0)
+    sweep = l2fast.select_lambda(X, y, X, y, [0.0, 1.0], layer_sizes=[3, 2], epochs=1, progress=False)
+    assert all(net.backend == "cpu" for net in sweep.networks)
+
+
+def half_precision_inputs():
+    """X and y of a regression in float16 and bfloat16 forms, and the same values in float32."""
+    X, y = make_problem("squared_error", 4, 1, m=16, seed=0)
+    X16, y16 = X.astype(np.float16), y.astype(np.float16)
+    forms = {"float16": (X16, y16)}
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    forms["ml_dtypes.bfloat16"] = (X.astype(ml_dtypes.bfloat16), y.astype(ml_dtypes.bfloat16))
+    exact = {name: (np.asarray(Xh).astype(np.float32), np.asarray(yh).astype(np.float32))
+             for name, (Xh, yh) in forms.items()}
+    return forms, exact
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_half_precision_inputs_are_converted(backend):
+    forms, exact = half_precision_inputs()
+    for name, (X, y) in forms.items():
+        X32, y32 = exact[name]
+        net = l2fast.Network([4, 3, 1], loss="squared_error", backend=backend, seed=0)
+        twin = l2fast.Network([4, 3, 1], loss="squared_error", backend=backend, seed=0)
+        assert net.cost(X, y) == twin.cost(X32, y32), name
+        net.fit(X, y, epochs=2, batch_size=4)
+        twin.fit(X32, y32, epochs=2, batch_size=4)
+        assert all(np.array_equal(p, q) for p, q in zip(net.weights, twin.weights)), name
+        assert net.predict(X).dtype == np.float32
+
+
+def test_torch_bfloat16_tensors_are_converted():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install \".[test-peers]\")")
+    X, y = make_problem("softmax", 4, 3, m=16, seed=0)
+    X_bf16 = torch.from_numpy(X).to(torch.bfloat16)
+    net = l2fast.Network([4, 3], seed=0)
+    assert net.cost(X_bf16, y) == net.cost(X_bf16.float().numpy(), y)
+    assert np.array_equal(net.predict(X_bf16), net.predict(X_bf16.float().numpy()))

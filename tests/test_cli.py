@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import l2fast
 from l2fast import demo
 from l2fast.__main__ import main
 
@@ -16,16 +17,37 @@ def png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
-def test_quick_demo_closes_the_gap_beats_lambda_zero_and_plots(tmp_path):
-    sweep, test_best, test_zero, paths = demo.run("cpu", quick=True, out_dir=tmp_path, progress=False)
+def test_quick_demo_tells_the_story_of_l2_in_its_numbers_and_its_plots(tmp_path):
+    result = demo.run("cpu", quick=True, out_dir=tmp_path, progress=False)
+    sweep = result.sweep
     by_lam = {r.lam: r for r in sweep.results}
     assert by_lam[max(by_lam)].gap < by_lam[0.0].gap / 2  # the gap shrinks as lambda grows
     assert sweep.best_lam > 0 and by_lam[sweep.best_lam].dev_loss < by_lam[0.0].dev_loss
     assert by_lam[0.0].train_accuracy == 1.0  # lambda = 0 learns the 100 training digits by heart
-    assert 0.8 < test_best <= 1.0
-    for path in paths:
+    assert 0.8 < result.test_best <= 1.0
+    for path in result.paths:
         width, height = png_size(path)
         assert width >= 400 and height >= 300
+
+    # What the validation curve draws: the chosen lambda's development loss is the lowest, marked;
+    # lambda = 0's training loss lies far below its development loss; the largest lambda underfits.
+    curve = result.plotted["validation_curve.png"]
+    _, train = curve["training loss"]
+    _, dev = curve["development loss (\u00b1 2 standard errors)"]
+    chosen_x, chosen_y = curve[f"chosen lambda = {sweep.best_lam:g}"]
+    assert chosen_y[0] == dev.min() and dev[int(chosen_x[0])] == dev.min()
+    assert list(dev) == [r.dev_loss for r in sweep.results] and list(train) == [r.train_loss for r in sweep.results]
+    assert dev[0] - train[0] > 0.3 and train[0] < 0.01  # memorised: a gap of a third of a nat
+    assert train[-1] > 2 * dev.min()  # too large a lambda: even the training loss is high
+
+    # The learning curves: lambda = 0's training loss goes to 0 while its development loss stays high;
+    # the chosen lambda ends lower on the development data.
+    learning = result.plotted["learning_curves.png"]
+    _, train_zero = learning["training, lambda = 0"]
+    _, dev_zero = learning["development, lambda = 0"]
+    _, dev_best = learning[f"development, lambda = {sweep.best_lam:g}"]
+    assert train_zero[-1] < 0.01 and dev_zero[-1] - train_zero[-1] > 0.3
+    assert dev_best[-1] < dev_zero[-1]
 
 
 def test_demo_command_runs(tmp_path):
@@ -43,10 +65,8 @@ def test_demo_with_cuda_on_a_machine_without_it_exits_with_the_reason(capsys, tm
     assert "cuda" in capsys.readouterr().err
 
 
-def test_ci_runs_the_readme_commands():
-    root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text().splitlines()
-    block = readme[readme.index("```") + 1:]
-    demo_command, test_command = block[0], block[1]
-    assert block[2] == "```" and "l2fast demo" in demo_command and "pytest" in test_command
-    assert test_command in (root / ".ci" / "run").read_text().splitlines()
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"l2fast {l2fast.__version__}"

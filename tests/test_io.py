@@ -23,9 +23,9 @@ def test_round_trip_is_exact(tmp_path, backend, dtype, loss, n_out):
     net = l2fast.Network([4, 6, n_out], activation="tanh", loss=loss, lam=0.25, backend=backend, dtype=dtype,
                          seed=1)
     net.fit(X, y, epochs=2, lr=0.1, batch_size=8)
-    path = tmp_path / "model.l2fast"
+    path = tmp_path / "model.npz"
     net.save(path)
-    assert path.exists()  # written under the name given, no extension appended
+    assert path.exists() and len(list(tmp_path.iterdir())) == 1  # a name ending in .npz is kept as given
     back = l2fast.load(path)
     assert (back.layer_sizes, back.activation, back.loss, back.lam, back.dtype, back.backend) == \
         (net.layer_sizes, net.activation, net.loss, net.lam, net.dtype, net.backend)
@@ -243,3 +243,15 @@ def test_load_reads_no_more_than_the_header_declares(tmp_path):
             out.writestr(info.filename, data + bytes(1000) if info.filename == "b1.npy" else data)
     with pytest.raises(ValueError, match="b1 holds more bytes than its header declares"):
         l2fast.load(padded)
+
+
+def test_save_appends_npz_as_numpy_does_and_load_takes_either_name(tmp_path):
+    net = l2fast.Network([3, 4, 2], lam=0.5, seed=0)
+    net.save(tmp_path / "model")
+    net.save(str(tmp_path / "plain"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz", "plain.npz"]
+    for name in ("model.npz", "model", "plain"):
+        back = l2fast.load(tmp_path / name)
+        assert back.lam == 0.5 and all(np.array_equal(p, q) for p, q in zip(back.weights, net.weights))
+    with pytest.raises(FileNotFoundError):
+        l2fast.load(tmp_path / "absent")

@@ -55,7 +55,7 @@ def test_coupled_and_decoupled_agree_without_lambda_and_differ_with_it(name):
     results = {}
     for lam in (0.0, 4.0):
         for spec in (coupled, decoupled):
-            net = l2fast.Network([5, 6, 3], lam=lam, dtype="float64", seed=1)
+            net = l2fast.Network([5, 6, 3], lam=lam, backend="numpy", dtype="float64", seed=1)
             net.fit(X, y, epochs=3, lr=0.05, batch_size=8, optimizer=spec)
             results[lam, spec.decoupled] = parameters(net)
     for a, b in zip(results[0.0, False], results[0.0, True]):
@@ -67,7 +67,7 @@ def test_plain_sgd_is_momentum_zero_and_decoupled_sgd():
     X, y = make_problem("softmax", 5, 3, m=40, seed=2)
     runs = []
     for spec in ("sgd", l2fast.Momentum(0.0), l2fast.Momentum(0.0, decoupled=True)):
-        net = l2fast.Network([5, 6, 3], lam=3.0, dtype="float64", seed=1)
+        net = l2fast.Network([5, 6, 3], lam=3.0, backend="numpy", dtype="float64", seed=1)
         net.fit(X, y, epochs=3, lr=0.1, batch_size=8, optimizer=spec)
         runs.append(parameters(net))
     for other in runs[1:]:
@@ -79,7 +79,7 @@ def test_plain_sgd_is_momentum_zero_and_decoupled_sgd():
 def test_coupled_optimizers_find_the_minimum_of_j(spec):
     # A convex J (logistic regression): coupled L2 drives dJ/dW, penalty included, to zero.
     X, y = make_problem("logistic", 4, 1, m=60, seed=3)
-    net = l2fast.Network([4, 1], loss="logistic", lam=5.0, dtype="float64", seed=0)
+    net = l2fast.Network([4, 1], loss="logistic", lam=5.0, backend="numpy", dtype="float64", seed=0)
     net.fit(X, y, epochs=1500, lr=0.02, shuffle=False, optimizer=spec)
     dW, db = net.gradients(X, y)
     assert np.abs(dW[0]).max() < 1e-6 and np.abs(db[0]).max() < 1e-6
@@ -211,9 +211,9 @@ def test_schedule_steps_change_the_training_as_the_reference_says():
     # Epoch e of StepDecay runs with lr gamma^(e // step): two constant-lr fits, lr then lr/2, take a
     # network to the same place as one fit of 2 epochs with StepDecay(1, 0.5).
     X, y = make_problem("softmax", 4, 3, m=20, seed=0)
-    scheduled = l2fast.Network([4, 5, 3], lam=1.0, dtype="float64", seed=0)
+    scheduled = l2fast.Network([4, 5, 3], lam=1.0, backend="numpy", dtype="float64", seed=0)
     scheduled.fit(X, y, epochs=2, lr=0.2, batch_size=6, schedule=l2fast.StepDecay(1, 0.5))
-    by_hand = l2fast.Network([4, 5, 3], lam=1.0, dtype="float64", seed=0)
+    by_hand = l2fast.Network([4, 5, 3], lam=1.0, backend="numpy", dtype="float64", seed=0)
     by_hand.fit(X, y, epochs=1, lr=0.2, batch_size=6)
     by_hand.fit(X, y, epochs=1, lr=0.1, batch_size=6)
     for p, q in zip(parameters(scheduled), parameters(by_hand)):

@@ -27,6 +27,7 @@ def test_development_labels_unrelated_to_inputs_prefer_the_largest_penalty():
     assert sweep.results[0].gap > sweep.results[2].gap
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not whether the choice means much
 def test_results_are_those_of_separate_runs():
     X, y = make_problem("softmax", 6, 3, m=90, seed=4)
     X_dev, y_dev = make_problem("softmax", 6, 3, m=40, seed=5)
@@ -42,6 +43,7 @@ def test_results_are_those_of_separate_runs():
     assert "lambda" in table and table.count("*") == 1
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not whether the choice means much
 def test_hold_out_and_accuracy_criterion():
     X, y = make_problem("logistic", 6, 1, m=100, seed=6)
     sweep = l2fast.select_lambda(X, y, lams=[0.0, 1.0], loss="logistic", validation_fraction=0.25,
@@ -52,6 +54,7 @@ def test_hold_out_and_accuracy_criterion():
     assert len(sweep.results[0].history.val_loss) == 5
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not whether the choice means much
 def test_regression_sweep():
     X, y = make_problem("squared_error", 6, 1, m=80, seed=8)
     sweep = l2fast.select_lambda(X, y, lams=[0.0, 5.0], loss="squared_error", activation="tanh",
@@ -77,6 +80,52 @@ def test_bad_arguments_are_refused_before_training(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         l2fast.select_lambda(**args, **{k: v for k, v in OPTIONS.items()})
+
+
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not whether the choice means much
+def test_default_grid_scales_with_the_records_trained_on():
+    assert l2fast.lambda_grid(1000) == [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+    small, large = l2fast.lambda_grid(100), l2fast.lambda_grid(10_000)
+    assert all(b == pytest.approx(100 * a) for a, b in zip(small, large))  # lambda / m is what acts
+    X, y = make_problem("softmax", 6, 3, m=150, seed=12)
+    sweep = l2fast.select_lambda(X, y, validation_fraction=0.2, backend="cpu", **OPTIONS)
+    assert [r.lam for r in sweep.results] == l2fast.lambda_grid(120)  # the 120 records left for training
+    with pytest.raises(ValueError, match="m: must be >= 1"):
+        l2fast.lambda_grid(0)
+
+
+def test_a_grid_within_its_noise_warns_and_a_clear_one_does_not():
+    X = np.random.default_rng(13).normal(size=(400, 6))
+    y = np.argmax(X[:, :3], axis=1)  # learnable: the largest of the first three features
+    X, y, X_dev, y_dev = X[:200], y[:200], X[200:], y[200:]
+    options = {**OPTIONS, "epochs": 1, "lr": 1e-4}  # hardly trained: lambda cannot matter yet
+    with pytest.warns(l2fast.NoisyChoiceWarning, match="not meaningful"):
+        flat = l2fast.select_lambda(X, y, X_dev, y_dev, [0.0, 0.1, 1.0], backend="cpu", **options)
+    assert not flat.meaningful
+    best = min(r.dev_loss for r in flat.results)
+    assert all(0 <= r.dev_loss - best <= 2 * r.dev_loss_se for r in flat.results)
+    clear = l2fast.select_lambda(X, y, X_dev, y_dev, [0.0, 1000.0], backend="cpu", **OPTIONS)  # no warning
+    assert clear.meaningful and clear.best_lam == 0.0
+    worst = clear.results[1]
+    assert worst.dev_loss - clear.results[0].dev_loss > 2 * worst.dev_loss_se > 0
+    # The standard error is that of a mean over 200 records: about their spread / sqrt(200).
+    losses = [clear.networks[0].cost_parts(X_dev[i:i + 1], y_dev[i:i + 1]).data_loss for i in range(200)]
+    assert clear.results[0].dev_loss_se == pytest.approx(np.std(losses) / np.sqrt(200), rel=0.5)
+
+
+@pytest.mark.parametrize("stacked", [True, False])
+def test_progress_shows_the_best_development_loss_and_its_lambda_and_ends_the_line(capsys, stacked):
+    X, y = make_problem("softmax", 6, 3, m=100, seed=15)
+    X_dev, y_dev = make_problem("softmax", 6, 3, m=60, seed=16)
+    sweep = l2fast.select_lambda(X, y, X_dev, y_dev, [0.0, 10.0], backend="cpu", stacked=stacked,
+                                 **{**OPTIONS, "progress": True})
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\r")[-1]
+    best = min(sweep.results, key=lambda r: r.dev_loss)
+    if stacked:  # the final figures of the last epoch are those measured afterwards
+        assert f"best val_loss={best.dev_loss:.4g}" in last
+    assert f"at lam={best.lam:g}" in last
+    assert err.endswith("\n")  # what is printed next starts on a line of its own
 
 
 # -- early stopping and progress in fit ----------------------------------------------------------

@@ -1,4 +1,7 @@
 """The scikit-learn estimators: scikit-learn's own checks, pipelines, searches, and the lam/alpha rule."""
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +160,12 @@ def test_estimators_take_an_optimizer_and_keep_its_state_across_partial_fit():
     clf.partial_fit(X[:64], y[:64])
     assert clf.network_.optimizer_state.step == steps + 2
     assert clone(clf).get_params()["optimizer"] == "adam"
+
+
+def test_without_scikit_learn_the_import_names_the_extra():
+    # A machine without scikit-learn, even where it is installed: None in sys.modules blocks the import.
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "try:\n    import l2fast.sklearn\nexcept ModuleNotFoundError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert 'l2fast.sklearn needs scikit-learn' in result.stdout and 'pip install "l2fast[sklearn]"' in result.stdout

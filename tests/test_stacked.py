@@ -55,6 +55,7 @@ def test_stacked_early_stopping_stops_each_network_on_its_own(backend):
             np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not whether the choice means much
 def test_select_lambda_stacked_or_not_gives_the_same_sweep():
     X, y = make_problem("softmax", 6, 3, m=80, seed=5)
     X_dev, y_dev = make_problem("softmax", 6, 3, m=40, seed=6)

@@ -8,7 +8,10 @@ from l2fast.backends import BACKENDS, BackendUnavailableError
 
 
 def main(argv=None):
+    from l2fast import __version__
+
     parser = argparse.ArgumentParser(prog="l2fast", description="L2-regularised dense networks, fast.")
+    parser.add_argument("--version", action="version", version=f"l2fast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="L2 at work on handwritten digits: choose lambda, plot the curves")

@@ -94,6 +94,8 @@ def fits_in_memory(n_bytes, what):
 
 
 def _numeric_array(values, name, *, allow_bool=False, xp=np):
+    if str(getattr(values, "dtype", "")) == "torch.bfloat16":
+        values = values.float()  # torch cannot hand NumPy a bfloat16 tensor; float32 holds it exactly
     try:
         array = xp.asarray(values)
     except Exception as exc:  # a ragged list, an object that refuses __array__
@@ -101,10 +103,10 @@ def _numeric_array(values, name, *, allow_bool=False, xp=np):
     kind = array.dtype.kind
     if kind == "b" and allow_bool:
         return array
-    if kind not in "iuf" or array.dtype == np.float16:
-        raise TypeError(
-            f"{name}: expected real numbers (float32, float64 or integers), got dtype {array.dtype}"
-        )
+    if (kind == "f" and array.dtype.itemsize < 4) or array.dtype.name == "bfloat16":
+        return array.astype(np.float32)  # half precision (float16, ml_dtypes' bfloat16): widened exactly
+    if kind not in "iuf":
+        raise TypeError(f"{name}: expected real numbers (floats or integers), got dtype {array.dtype}")
     return array
 
 

@@ -42,7 +42,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save(net, path: PathLike) -> None:
-    """Writes ``net`` to ``path`` (a ``.npz`` file; the name is used as given)."""
+    """Writes ``net`` to ``path``, a ``.npz`` file; ".npz" is appended to a name without it, as
+    ``np.savez`` does."""
+    path = os.fsdecode(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
     weights, biases, state = net.weights, net.biases, net._host_optimizer_state()
     metadata = {"format": FORMAT, "version": VERSION, "l2fast_version": _version(),
                 "layer_sizes": list(net.layer_sizes), "activation": net.activation, "loss": net.loss,
@@ -65,10 +69,13 @@ def load(path: PathLike, backend: Optional[str] = None):
 
     Nothing is read into memory before the metadata has said what to expect: member names, then each
     array's header (dtype, shape, layout) are checked against it, and no member is read past the size
-    it should have. Any malformed file raises ``ValueError``."""
+    it should have. Any malformed file raises ``ValueError``. A ``path`` that does not exist is tried with
+    ".npz" appended, the name ``save`` gave it."""
     from l2fast.network import Network
 
     where = os.fspath(path)
+    if not os.path.exists(where) and os.path.exists(os.fsdecode(where) + ".npz"):
+        where = os.fsdecode(where) + ".npz"
     with open(where, "rb") as file:  # FileNotFoundError as it is; opened here so it is always closed
         try:
             with zipfile.ZipFile(file) as archive:

@@ -93,7 +93,13 @@ def _progress_bar(total, show, unit="epoch"):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, leave=False)
+    return tqdm(total=total, unit=unit)  # left on its own line when done: a log file reads cleanly after it
+
+
+def _best_so_far(networks, histories):
+    """The progress bar's figures for several networks: the lowest latest validation loss and its lambda."""
+    loss, lam = min((h.val_loss[-1], net.lam) for net, h in zip(networks, histories) if h.val_loss)
+    return {"best val_loss": f"{loss:.4g}", "at lam": f"{lam:g}"}
 
 
 _DRAW_CHUNK = 1 << 20  # float64 entries drawn at a time: initialisation peaks at the parameters + 8 MiB
@@ -140,8 +146,9 @@ class Network:
         logistic: one sigmoid output, labels 0/1. squared_error: L = 1/2 sum_k (yhat_k - y_k)^2.
     lam : float
         lambda >= 0 of the penalty (lam / 2m) sum ||W||_F^2.
-    backend : {"numpy", "cpu", "cuda"}
-        Where the work runs; all compute the same thing.
+    backend : {"cpu", "numpy", "cuda"}
+        Where the work runs; all compute the same thing. "cpu" (the default) is the compiled C++/OpenBLAS
+        backend; "numpy" is the plain reference it is checked against.
     dtype : {"float32", "float64"}
         The dtype of parameters, computation and results.
     seed : int or None
@@ -149,7 +156,7 @@ class Network:
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str = "relu", loss: str = "softmax",
-                 lam: float = 0.0, backend: str = "numpy", dtype: DTypeLike = "float32",
+                 lam: float = 0.0, backend: str = "cpu", dtype: DTypeLike = "float32",
                  seed: Optional[int] = None) -> None:
         self._layer_sizes = _validate.layer_sizes(layer_sizes)
         self._activation = _validate.choice(activation, "activation", _validate.ACTIVATIONS)
@@ -706,8 +713,11 @@ def _train(networks, run):
             if bar is not None:
                 bar.update(1)
                 last = histories[0]
-                bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
-                                **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
+                if len(networks) > 1 and last.val_loss:
+                    bar.set_postfix(_best_so_far(networks, histories))
+                else:
+                    bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
+                                    **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
     finally:
         if bar is not None:
             bar.close()
