@@ -440,3 +440,12 @@ def test_default_estimators_converge_on_standardised_data_and_say_so():
         logistic = L2LogisticRegression().fit(X, y)
     for clf in (mlp, logistic):
         assert clf.history_.converged and clf.n_iter_ < clf.epochs and clf.score(X, y) > 0.97
+
+
+def test_select_lambda_trains_each_run_until_its_tolerance():
+    X, y = standardised(load_digits)
+    sweep = l2fast.select_lambda(X[:600], y[:600], X[600:1200], y[600:1200], lams=[0.0, 1.0, 30.0],
+                                 layer_sizes=[64, 16, 10], epochs=300, lr=0.1, batch_size=32, tol=1e-3,
+                                 n_iter_no_change=3, progress=False)
+    for result in sweep.results:
+        assert result.history.converged and result.history.n_iter < 300

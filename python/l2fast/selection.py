@@ -109,14 +109,17 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
                   backend: str = "cpu", dtype: str = "float32", seed: int = 0, epochs: int = 100,
                   lr: float = 0.1, batch_size: Optional[int] = None, shuffle: bool = True,
                   patience: Optional[int] = None, validation_fraction: float = 0.2, criterion: str = "loss",
-                  stacked: bool = True, progress: bool = True) -> Selection:
+                  stacked: bool = True, progress: bool = True, tol: Optional[float] = None,
+                  n_iter_no_change: int = 10) -> Selection:
     """Trains one network per lambda in ``lams`` and picks the best on the development data.
 
     X_train (m, n_x) and y_train train every network; X_dev, y_dev judge them. Without a development
     set, a seeded ``validation_fraction`` of the training records is held out for it. ``lams=None`` is
     ``lambda_grid(m)`` for the m records trained on: 0 and m times 1e-4 .. 0.1. The network and
     training options are those of ``Network`` and ``Network.fit``; ``patience`` stops each run early on
-    its development loss and keeps its best epoch. ``criterion`` "loss" picks the lowest development
+    its development loss and keeps its best epoch; ``tol`` (with ``n_iter_no_change``) trains each run
+    until its development loss has stopped improving by more than tol, within ``epochs`` (``fit``'s rule,
+    which warns for a run that runs out of epochs first). ``criterion`` "loss" picks the lowest development
     data loss, "accuracy" the highest development accuracy (ties: the lower loss).
 
     ``stacked=True`` trains the networks together as one stacked model (``l2fast.fit_together``: one
@@ -155,9 +158,9 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
         return Network(layer_sizes, activation=activation, loss=loss, lam=lam, backend=backend, dtype=dtype,
                        seed=seed)
 
-    # Every network trains with the same options: a new option of fit (a tolerance) joins them here.
+    # Every network trains with the same options.
     fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle, validation_data=(X_dev, y_dev),
-               patience=patience)
+               patience=patience, tol=tol, n_iter_no_change=n_iter_no_change)
     if not isinstance(stacked, bool):
         raise TypeError(f"stacked: expected True or False, got {stacked!r}")
     if stacked:
