@@ -55,6 +55,11 @@ for _name, _module in _modules.items():
             globals()[f"{_test}__{_name.rsplit('.', 1)[1]}"] = _function
 
 
+# the upstream modules' own marks (warning filters) hold for their tests here
+pytestmark = [mark for module in _modules.values()
+              for mark in (lambda marks: marks if isinstance(marks, list) else [marks])(getattr(module, "pytestmark", []))]
+
+
 @pytest.fixture
 def global_random_seed():
     """scikit-learn's conftest fixture, at its default seed."""

@@ -33,6 +33,7 @@ import scipy.sparse
 from sklearn import linear_model, neural_network
 from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 from sklearn.utils import shuffle as shuffled
@@ -369,6 +370,7 @@ class LogisticRegression(linear_model.LogisticRegression):
         """Fits on X (n_samples, n_features) and labels y (n_samples,) with ``sample_weight`` (n_samples,)
         and ``class_weight``: L-BFGS-B on l2fast's J with lam from C."""
         self._validate_params()
+        _check_solver(self.solver, self._penalty(), self.dual)  # scikit-learn's errors for its own combinations
         reason, refused = self._unserved(X)
         if reason is not None:
             if refused and self._refuse:
@@ -422,15 +424,28 @@ class LogisticRegression(linear_model.LogisticRegression):
                 grad[n_W:] = 0.0
             return value, grad
 
-        options = _lbfgs_options(15000, self.max_iter, self.tol, self.verbose)
-        options.update(maxls=50, ftol=64 * np.finfo(float).eps)
-        result = scipy.optimize.minimize(J, objective.flat.vector(), method="L-BFGS-B", jac=True, options=options)
-        n_iter = _check_optimize_result(
-            "lbfgs", result, self.max_iter,
-            extra_warning_msg="Please also refer to the documentation for alternative solver options:\n"
-                              "    https://scikit-learn.org/stable/modules/linear_model.html#logistic-regression")
+        x, n_iter = objective.flat.vector(), 0
+        if self.max_iter > 0:
+            options = _lbfgs_options(15000, self.max_iter, self.tol, self.verbose)
+            options.update(maxls=50, ftol=64 * np.finfo(float).eps)
+            result = scipy.optimize.minimize(J, x, method="L-BFGS-B", jac=True, options=options)
+            x, n_iter = result.x, result.nit
+        if self.max_iter == 0 or result.status != 0:
+            warnings.warn(self._not_converged(n_iter, "" if self.max_iter == 0 else result.message),
+                          ConvergenceWarning, stacklevel=2)
         self.n_iter_ = np.asarray([n_iter], dtype=np.int32)
-        W = result.x[:n_W].reshape(n_out, X.shape[1])
-        self.coef_ = W.astype(X.dtype)
-        self.intercept_ = result.x[n_W:].astype(X.dtype)
+        self.coef_ = x[:n_W].reshape(n_out, X.shape[1]).astype(X.dtype)
+        self.intercept_ = x[n_W:].astype(X.dtype)
         return self
+
+    def _not_converged(self, n_iter, message):
+        """scikit-learn's warning text for the solver asked for, saying that L-BFGS-B ran."""
+        served = "" if self.solver == "lbfgs" else f" (l2fast serves solver={self.solver!r} with L-BFGS-B)"
+        if self.solver in ("sag", "saga"):
+            return f"The max_iter was reached which means the coef_ did not converge{served}"
+        if self.solver == "newton-cholesky":
+            return f"Newton solver did not converge after {n_iter} iterations{served}"
+        return (f"{self.solver} failed to converge after {n_iter} iteration(s): {message}{served}\n"
+                f"Increase the number of iterations to improve the convergence (max_iter={self.max_iter}).\n"
+                "You might also want to scale the data as shown in:\n"
+                "    https://scikit-learn.org/stable/modules/preprocessing.html")
