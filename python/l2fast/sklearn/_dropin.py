@@ -366,27 +366,40 @@ class LogisticRegression(linear_model.LogisticRegression):
             return "sparse X", False
         return None, False
 
+
+    def _warn_like_scikit_learn(self, penalty):
+        """scikit-learn's warnings about penalty, l1_ratio, C and n_jobs, as its fit gives them."""
+        if self.penalty != "deprecated":
+            warnings.warn("'penalty' was deprecated in version 1.8 and will be removed in 1.10. To avoid this "
+                          "warning, leave 'penalty' set to its default value and use 'l1_ratio' or 'C' instead.",
+                          FutureWarning)
+        if penalty != "elasticnet" and self.l1_ratio is not None and 0 < self.l1_ratio < 1:
+            warnings.warn(f"l1_ratio parameter is only used when penalty is 'elasticnet'. Got (penalty={penalty})")
+        if (self.penalty == "l2" and self.l1_ratio != 0) or (self.penalty == "l1" and self.l1_ratio != 1):
+            warnings.warn(f"Inconsistent values: penalty={self.penalty} with l1_ratio={self.l1_ratio}. penalty is "
+                          "deprecated. Please use l1_ratio only.")
+        if self.penalty == "deprecated" and self.l1_ratio is None:
+            warnings.warn("'l1_ratio=None' was deprecated in version 1.8 and will trigger an error in 1.10. Use "
+                          "0<=l1_ratio<=1 instead.", FutureWarning)
+        if self.penalty is None and self.C != 1.0:
+            warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters")
+        if self.n_jobs is not None:
+            warnings.warn(f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
+                          f"'n_jobs={self.n_jobs}', please leave it unspecified.", FutureWarning)
+
     def fit(self, X, y, sample_weight=None):
         """Fits on X (n_samples, n_features) and labels y (n_samples,) with ``sample_weight`` (n_samples,)
         and ``class_weight``: L-BFGS-B on l2fast's J with lam from C."""
         self._validate_params()
         _check_solver(self.solver, self._penalty(), self.dual)  # scikit-learn's errors for its own combinations
         reason, refused = self._unserved(X)
-        if reason is not None:
-            if refused and self._refuse:
-                raise ValueError(f"{type(self).__name__}: {reason}")
+        if reason is not None and not (refused and self._refuse):
             say_once(type(self).__name__, reason)
             return super().fit(X, y, sample_weight=sample_weight)
         penalty = self._penalty()
-        if self.penalty != "deprecated":
-            warnings.warn("'penalty' was deprecated in version 1.8 and will be removed in 1.10. To avoid this "
-                          "warning, leave 'penalty' set to its default value and use 'l1_ratio' or 'C' instead.",
-                          FutureWarning)
-        if self.penalty is None and self.C != 1.0:
-            warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters")
-        if self.n_jobs is not None:
-            warnings.warn(f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
-                          f"'n_jobs={self.n_jobs}', please leave it unspecified.", FutureWarning)
+        self._warn_like_scikit_learn(penalty)
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__}: {reason}")
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
         check_classification_targets(y)
         self.classes_ = np.unique(y)
@@ -445,6 +458,8 @@ class LogisticRegression(linear_model.LogisticRegression):
             return f"The max_iter was reached which means the coef_ did not converge{served}"
         if self.solver == "newton-cholesky":
             return f"Newton solver did not converge after {n_iter} iterations{served}"
+        if self.solver == "newton-cg":
+            return f"newton-cg failed to converge{served}. Increase the number of iterations."
         return (f"{self.solver} failed to converge after {n_iter} iteration(s): {message}{served}\n"
                 f"Increase the number of iterations to improve the convergence (max_iter={self.max_iter}).\n"
                 "You might also want to scale the data as shown in:\n"
