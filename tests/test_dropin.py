@@ -225,7 +225,7 @@ def test_logistic_regression_warns_like_scikit_learn_at_max_iter():
 
 
 @parametrize_with_checks([dropin.MLPClassifier(hidden_layer_sizes=(16,)),
-                          dropin.MLPRegressor(hidden_layer_sizes=(5,), max_iter=30),
+                          dropin.MLPRegressor(hidden_layer_sizes=(16,)),
                           dropin.LogisticRegression()])
 def test_scikit_learn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
