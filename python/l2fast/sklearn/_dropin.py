@@ -1,0 +1,466 @@
+"""Drop-in replacements for scikit-learn's ``MLPClassifier``, ``MLPRegressor`` and ``LogisticRegression``.
+
+Each class is a subclass of scikit-learn's own, with its exact constructor (names, order, defaults) plus
+``backend=`` ("cpu", "numpy" or "cuda") as the last keyword. scikit-learn's code still validates the
+arguments, initialises the weights from ``random_state``, shuffles, splits off the early-stopping set, keeps
+the learning-rate schedule, the stopping rule and every fitted attribute; l2fast runs the training itself:
+
+- MLP, ``solver="sgd"``/``"adam"``: each epoch's minibatch steps run in the backend's ``train_epoch`` in
+  scikit-learn's order of records, with ``alpha`` as the decay alpha/b of each batch of b records (the
+  short last batch too, see ``_penalty``). From the same weights the steps are scikit-learn's, but for
+  Adam's epsilon, which l2fast adds to sqrt(v_hat) (PyTorch's placement) where scikit-learn adds it to
+  sqrt(v) (a relative difference of at most eps / sqrt(v) per step), and for momentum under a changing
+  learning rate (l2fast's velocity holds gradients, scikit-learn's holds steps: the same at constant rate).
+- MLP, ``solver="lbfgs"``: SciPy's L-BFGS-B with scikit-learn's options on l2fast's J and gradient.
+- ``LogisticRegression``: L-BFGS-B on J with lam from ``C`` (``_penalty``), scikit-learn's lbfgs
+  options; newton-cg, newton-cholesky, sag and saga minimise the same strictly convex J, so they are
+  served by the same solver (same optimum, other iteration counts). L1 and elastic-net penalties and the
+  liblinear solver (which penalises the intercept) are refused with a ``ValueError``.
+
+What l2fast does not compute (multilabel targets, the Poisson loss, sparse X) runs scikit-learn's own
+code, and one line on stderr says so. ``predict`` and the other methods are scikit-learn's, on the
+fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+from sklearn import linear_model, neural_network
+from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model._logistic import _check_solver
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+from sklearn.utils import shuffle as shuffled
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import _check_sample_weight, validate_data
+
+from l2fast import optim, solvers
+from l2fast.backends import BACKENDS
+from l2fast.network import Network
+from l2fast.sklearn import _penalty
+
+__all__ = ["MLPClassifier", "MLPRegressor", "LogisticRegression"]
+
+_ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_BACKEND_CONSTRAINT = {"backend": [StrOptions(set(BACKENDS)), None]}
+_said = set()
+
+
+def say_once(who: str, what: str) -> None:
+    """One line on stderr per (who, what) and process: where scikit-learn's own code runs instead."""
+    if (who, what) not in _said:
+        _said.add((who, what))
+        print(f"l2fast: {who} runs scikit-learn's own code: {what}", file=sys.stderr)
+
+
+def backend_name(est) -> str:
+    """The estimator's backend: its ``backend``, else the environment's ``L2FAST_BACKEND``, else "cpu"."""
+    return est.backend if est.backend is not None else os.environ.get("L2FAST_BACKEND", "cpu")
+
+
+def _network(sizes, activation, loss, backend, dtype, weights, biases):
+    """A Network holding the given weights (n_out, n_in) and biases."""
+    net = Network(sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=0)
+    net.set_parameters(weights, biases)
+    return net
+
+
+def _lbfgs_options(max_fun, max_iter, tol, verbose):
+    iprint = 1 if verbose is True or verbose >= 1 else -1
+    return {"maxfun": max_fun, "maxiter": max_iter, "gtol": tol,
+            **_get_additional_lbfgs_options_dict("iprint", iprint)}
+
+
+class _Trainer:
+    """The l2fast side of one MLP: a Network mirroring ``coefs_``/``intercepts_`` and the optimizer's state
+    (velocities or moments and the step count), kept across ``partial_fit`` calls."""
+
+    def __init__(self, est, dtype):
+        sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
+        self.loss = _l2fast_loss(est)
+        self.net = _network(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
+                            [W.T for W in est.coefs_], est.intercepts_)
+        if est.solver == "adam":
+            self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon)
+        elif est.momentum > 0:
+            self.spec = optim.Momentum(est.momentum, nesterov=est.nesterovs_momentum)
+        else:
+            self.spec = optim.SGD()
+        xp = self.net._backend.xp
+        self.state = optim.OptimizerState.fresh(self.spec, optim.Constant(), self.net._weights, self.net._biases,
+                                                xp.zeros_like)
+
+    def fits(self, est, dtype):
+        sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
+        net = self.net
+        return (list(net.layer_sizes) == sizes and net.dtype == dtype and net.backend == backend_name(est)
+                and net.activation == _ACTIVATIONS[est.activation] and net.loss == _l2fast_loss(est))
+
+    def load(self, est):
+        """The estimator's coefs_ and intercepts_ (perhaps set by hand) into the network; state kept."""
+        net = self.net
+        weights, biases = net._to_backend([np.ascontiguousarray(W.T, dtype=net.dtype) for W in est.coefs_]), \
+            net._to_backend([np.ascontiguousarray(b, dtype=net.dtype) for b in est.intercepts_])
+        net._weights, net._biases = weights, biases
+
+    def store(self, est):
+        """The network's parameters back into the estimator's arrays, (n_in, n_out) layout."""
+        est.coefs_ = [np.ascontiguousarray(W.T) for W in self.net._to_host(self.net._weights)]
+        est.intercepts_ = self.net._to_host(self.net._biases)
+
+    def data(self, X, y, sample_weight):
+        """X, y (scikit-learn's binarized targets) and unit-mean weights in the backend; m / s."""
+        net = self.net
+        backend = net._backend
+        if self.loss == "softmax":
+            y = np.argmax(y, axis=1)
+        weights, scale = _penalty.unit_mean_weights(sample_weight)
+        X = backend.features(X, net.layer_sizes[0], net.dtype)
+        y = backend.targets(y, len(X), self.loss, net.layer_sizes[-1], net.dtype)
+        weights = None if weights is None else backend.sample_weights(weights, len(X), net.dtype)
+        return X, y, weights, scale
+
+    def squared_norm(self):
+        return sum(self.net._backend.sum_squares(W) for W in self.net._weights)
+
+    def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
+        """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
+        short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss."""
+        net, state = self.net, self.state
+        stepper = None if self.spec.name == "sgd" else self.spec
+        n_full = len(order) // batch * batch
+        loss_sum = 0.0
+        for rows, b in ((order[:n_full], batch), (order[n_full:], len(order) - n_full)):
+            if len(rows) == 0:
+                continue
+            part, _ = net._backend.train_epoch(
+                net._weights, net._biases, X, y, rows, batch, lr, _penalty.lam_over_m_from_alpha(alpha, b, scale),
+                net.activation, net.loss, stepper, state.slots, state.step, sample_weight=weights)
+            state.step += -(-len(rows) // batch)
+            loss_sum += part
+        return loss_sum
+
+
+def _l2fast_loss(est):
+    if not is_classifier(est):
+        return "squared_error"
+    return "softmax" if est.out_activation_ == "softmax" else "logistic"
+
+
+class _L2fastMLP:
+    """The training loops of scikit-learn's MLP run by l2fast; everything else is inherited."""
+
+    _parameter_constraints: dict = {**neural_network.MLPClassifier._parameter_constraints, **_BACKEND_CONSTRAINT}
+
+    def _unserved(self, X):
+        """Why l2fast cannot train this fit (then scikit-learn's own code does), or None."""
+        if scipy.sparse.issparse(X):
+            return "sparse X"
+        if is_classifier(self) and self.out_activation_ == "logistic" and self.n_outputs_ > 1:
+            return "multilabel targets"
+        if not is_classifier(self) and self.loss != "squared_error":
+            return f"loss={self.loss!r}"
+        return None
+
+    def _trainer(self, X, fresh):
+        dtype = np.dtype(X.dtype)
+        trainer = getattr(self, "_l2fast_trainer", None)
+        if fresh or trainer is None or not trainer.fits(self, dtype):
+            trainer = _Trainer(self, dtype)
+        else:
+            trainer.load(self)
+        self._l2fast_trainer = trainer
+        return trainer
+
+    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
+        reason = self._unserved(X)
+        if reason is not None:
+            say_once(type(self).__name__, reason)
+            return super()._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                                      layer_units)
+        trainer = self._trainer(X, fresh=True)
+        X, y, weights, scale = trainer.data(X, y, sample_weight)
+        net = trainer.net
+        net.lam = _penalty.lam_from_alpha(self.alpha, len(X), len(X), scale)
+        objective = solvers.Objective(net, X, y, weights)
+        result = scipy.optimize.minimize(objective, objective.flat.vector(), method="L-BFGS-B", jac=True,
+                                         options=_lbfgs_options(self.max_fun, self.max_iter, self.tol, self.verbose))
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
+        net._weights, net._biases = objective.flat.arrays(result.x)
+        trainer.store(self)
+        data_loss = float(result.fun) - net.penalty(len(X))
+        self.loss_ = data_loss / self._loss_outputs() + net.penalty(len(X))
+
+    def _loss_outputs(self):
+        """scikit-learn's squared loss is a mean over outputs too; l2fast's sums them."""
+        return 1 if is_classifier(self) else self.n_outputs_
+
+    def _fit_stochastic(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units,
+                        incremental):
+        reason = self._unserved(X)
+        if reason is not None:
+            say_once(type(self).__name__, reason)
+            return super()._fit_stochastic(X, y, sample_weight, activations, deltas, coef_grads, intercept_grads,
+                                           layer_units, incremental)
+        fresh = not incremental or not hasattr(self, "_optimizer")
+        if fresh:  # scikit-learn's optimizer object keeps the learning-rate schedule; l2fast does the steps
+            params = self.coefs_ + self.intercepts_
+            self._optimizer = (SGDOptimizer(params, self.learning_rate_init, self.learning_rate, self.momentum,
+                                            self.nesterovs_momentum, self.power_t) if self.solver == "sgd" else
+                               AdamOptimizer(params, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon))
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X_train, y_train, w_train, X_val, y_val, w_val = self._split(X, y, sample_weight)
+        m = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch = min(200, m)
+        else:
+            if self.batch_size > m:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            batch = int(np.clip(self.batch_size, 1, m))
+        trainer = self._trainer(X, fresh)
+        X_l2, y_l2, w_l2, scale = trainer.data(X_train, y_train, w_train)
+        order = np.arange(m, dtype=np.int64)
+        n_batches = -(-m // batch)
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:  # the same draws from random_state as scikit-learn: the same order
+                    order = shuffled(order, random_state=self._random_state)
+                start_norm = trainer.squared_norm()
+                lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
+                loss_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
+                # scikit-learn adds alpha/2 ||W||^2 before each batch's step; l2fast sees the norms at the
+                # epoch's two ends only and interpolates the n batches' linearly (exact for one batch)
+                norm = start_norm + (trainer.squared_norm() - start_norm) * (n_batches - 1) / (2 * n_batches)
+                self.loss_ = loss_sum / m / self._loss_outputs() + n_batches * 0.5 * self.alpha * scale * norm / m
+                self.n_iter_ += 1
+                self.t_ += m
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                if self.early_stopping:
+                    trainer.store(self)  # the validation score and the best snapshot read coefs_
+                self._update_no_improvement_count(self.early_stopping, X_val, y_val, w_val)
+                self._optimizer.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    watched = "Validation score" if self.early_stopping else "Training loss"
+                    msg = (f"{watched} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                    if self._optimizer.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        trainer.store(self)
+        if self.early_stopping:
+            self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
+
+    def _split(self, X, y, sample_weight):
+        """(X, y, w) to train on and (X, y, w) to validate on (None without early stopping), split as
+        scikit-learn splits them: stratified for one-output classifiers, from random_state."""
+        if not self.early_stopping:
+            return X, y, sample_weight, None, None, None
+        stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+        arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+        parts = train_test_split(*arrays, random_state=self._random_state, test_size=self.validation_fraction,
+                                 stratify=stratify)
+        X_train, X_val, y_train, y_val = parts[:4]
+        w_train, w_val = (None, None) if sample_weight is None else parts[4:]
+        if X_val.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        if is_classifier(self):
+            y_val = self._label_binarizer.inverse_transform(y_val)
+        return X_train, y_train, w_train, X_val, y_val, w_val
+
+
+class MLPClassifier(_L2fastMLP, neural_network.MLPClassifier):
+    """scikit-learn's ``MLPClassifier``, trained by l2fast on ``backend`` (see the module's docstring)."""
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend=None):
+        super().__init__(hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
+                         batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
+                         power_t=power_t, max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+        self.backend = backend
+
+
+class MLPRegressor(_L2fastMLP, neural_network.MLPRegressor):
+    """scikit-learn's ``MLPRegressor``, trained by l2fast on ``backend`` (see the module's docstring)."""
+
+    _parameter_constraints: dict = {**neural_network.MLPRegressor._parameter_constraints, **_BACKEND_CONSTRAINT}
+
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000, backend=None):
+        super().__init__(loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
+                         alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+                         learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter, shuffle=shuffle,
+                         random_state=random_state, tol=tol, verbose=verbose, warm_start=warm_start,
+                         momentum=momentum, nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+                         n_iter_no_change=n_iter_no_change, max_fun=max_fun)
+        self.backend = backend
+
+
+class LogisticRegression(linear_model.LogisticRegression):
+    """scikit-learn's ``LogisticRegression`` with the L2 penalty or none, fitted by l2fast on ``backend``
+    (see the module's docstring)."""
+
+    _parameter_constraints: dict = {**linear_model.LogisticRegression._parameter_constraints, **_BACKEND_CONSTRAINT}
+    _refuse = True  # l2fast.sklearn.patch() installs a subclass that hands these cases to scikit-learn
+
+    def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4, fit_intercept=True,
+                 intercept_scaling=1, class_weight=None, random_state=None, solver="lbfgs", max_iter=100, verbose=0,
+                 warm_start=False, n_jobs=None, backend=None):
+        super().__init__(penalty=penalty, C=C, l1_ratio=l1_ratio, dual=dual, tol=tol, fit_intercept=fit_intercept,
+                         intercept_scaling=intercept_scaling, class_weight=class_weight, random_state=random_state,
+                         solver=solver, max_iter=max_iter, verbose=verbose, warm_start=warm_start, n_jobs=n_jobs)
+        self.backend = backend
+
+    def _penalty(self):
+        """"l2" or None (no penalty) as scikit-learn resolves penalty, l1_ratio and C; or the refused one."""
+        if self.penalty == "deprecated":
+            if self.C == np.inf:
+                return None
+            return "l2" if self.l1_ratio in (0, None) else "l1" if self.l1_ratio == 1 else "elasticnet"
+        return self.penalty
+
+    def _unserved(self, X):
+        """(reason, refused): why l2fast does not fit this, and whether that is an error; (None, False)."""
+        penalty = self._penalty()
+        if penalty in ("l1", "elasticnet"):
+            return (f"penalty={penalty!r}: l2fast fits the L2 penalty or none; use scikit-learn's "
+                    "LogisticRegression for L1 and elastic-net"), True
+        if self.solver == "liblinear":
+            return ("solver='liblinear' penalises the intercept, another problem than l2fast's; use solver='lbfgs' "
+                    "(the same optimum as newton-cg, newton-cholesky, sag and saga)"), True
+        if self.dual:
+            return "dual=True (liblinear's dual formulation)", True
+        if scipy.sparse.issparse(X):
+            return "sparse X", False
+        return None, False
+
+
+    def _warn_like_scikit_learn(self, penalty):
+        """scikit-learn's warnings about penalty, l1_ratio, C and n_jobs, as its fit gives them."""
+        if self.penalty != "deprecated":
+            warnings.warn("'penalty' was deprecated in version 1.8 and will be removed in 1.10. To avoid this "
+                          "warning, leave 'penalty' set to its default value and use 'l1_ratio' or 'C' instead.",
+                          FutureWarning)
+        if penalty != "elasticnet" and self.l1_ratio is not None and 0 < self.l1_ratio < 1:
+            warnings.warn(f"l1_ratio parameter is only used when penalty is 'elasticnet'. Got (penalty={penalty})")
+        if (self.penalty == "l2" and self.l1_ratio != 0) or (self.penalty == "l1" and self.l1_ratio != 1):
+            warnings.warn(f"Inconsistent values: penalty={self.penalty} with l1_ratio={self.l1_ratio}. penalty is "
+                          "deprecated. Please use l1_ratio only.")
+        if self.penalty == "deprecated" and self.l1_ratio is None:
+            warnings.warn("'l1_ratio=None' was deprecated in version 1.8 and will trigger an error in 1.10. Use "
+                          "0<=l1_ratio<=1 instead.", FutureWarning)
+        if self.penalty is None and self.C != 1.0:
+            warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters")
+        if self.n_jobs is not None:
+            warnings.warn(f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
+                          f"'n_jobs={self.n_jobs}', please leave it unspecified.", FutureWarning)
+
+    def fit(self, X, y, sample_weight=None):
+        """Fits on X (n_samples, n_features) and labels y (n_samples,) with ``sample_weight`` (n_samples,)
+        and ``class_weight``: L-BFGS-B on l2fast's J with lam from C."""
+        self._validate_params()
+        _check_solver(self.solver, self._penalty(), self.dual)  # scikit-learn's errors for its own combinations
+        reason, refused = self._unserved(X)
+        if reason is not None and not (refused and self._refuse):
+            say_once(type(self).__name__, reason)
+            return super().fit(X, y, sample_weight=sample_weight)
+        penalty = self._penalty()
+        self._warn_like_scikit_learn(penalty)
+        if reason is not None:
+            raise ValueError(f"{type(self).__name__}: {reason}")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError("This solver needs samples of at least 2 classes in the data, but the data contains "
+                             f"only one class: {self.classes_[0]!r}")
+        codes = np.searchsorted(self.classes_, y)
+        weights = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if self.class_weight is not None:
+            per_class = compute_class_weight(self.class_weight, classes=self.classes_, y=y, sample_weight=weights)
+            weights = weights * per_class[codes].astype(X.dtype)
+        weights, scale = _penalty.unit_mean_weights(weights)
+        binary = len(self.classes_) == 2
+        n_out = 1 if binary else len(self.classes_)
+        C = np.inf if penalty is None else self.C
+        start_W = np.zeros((n_out, X.shape[1]), dtype=X.dtype)
+        start_b = np.zeros(n_out, dtype=X.dtype)
+        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == start_W.shape:
+            start_W[...] = self.coef_
+            start_b[...] = self.intercept_
+        net = _network([X.shape[1], n_out], "identity", "logistic" if binary else "softmax", backend_name(self),
+                       X.dtype,
+                       [start_W], [start_b])
+        net.lam = _penalty.lam_from_C(C, scale)
+        backend = net._backend
+        X_l2 = backend.features(X, X.shape[1], net.dtype)
+        y_l2 = backend.targets(codes, len(X), net.loss, n_out, net.dtype)
+        w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, len(X), net.dtype)
+        objective = solvers.Objective(net, X_l2, y_l2, w_l2)
+        n_W = X.shape[1] * n_out
+
+        def J(x):  # without an intercept its gradient is held at 0: L-BFGS never moves it from 0
+            value, grad = objective(x)
+            if not self.fit_intercept:
+                grad[n_W:] = 0.0
+            return value, grad
+
+        x, n_iter = objective.flat.vector(), 0
+        if self.max_iter > 0:
+            options = _lbfgs_options(15000, self.max_iter, self.tol, self.verbose)
+            options.update(maxls=50, ftol=64 * np.finfo(float).eps)
+            result = scipy.optimize.minimize(J, x, method="L-BFGS-B", jac=True, options=options)
+            x, n_iter = result.x, result.nit
+        if self.max_iter == 0 or result.status != 0:
+            warnings.warn(self._not_converged(n_iter, "" if self.max_iter == 0 else result.message),
+                          ConvergenceWarning, stacklevel=2)
+        self.n_iter_ = np.asarray([n_iter], dtype=np.int32)
+        self.coef_ = x[:n_W].reshape(n_out, X.shape[1]).astype(X.dtype)
+        self.intercept_ = x[n_W:].astype(X.dtype)
+        return self
+
+    def _not_converged(self, n_iter, message):
+        """scikit-learn's warning text for the solver asked for, saying that L-BFGS-B ran."""
+        served = "" if self.solver == "lbfgs" else f" (l2fast serves solver={self.solver!r} with L-BFGS-B)"
+        if self.solver in ("sag", "saga"):
+            return f"The max_iter was reached which means the coef_ did not converge{served}"
+        if self.solver == "newton-cholesky":
+            return f"Newton solver did not converge after {n_iter} iterations{served}"
+        if self.solver == "newton-cg":
+            return f"newton-cg failed to converge{served}. Increase the number of iterations."
+        return (f"{self.solver} failed to converge after {n_iter} iteration(s): {message}{served}\n"
+                f"Increase the number of iterations to improve the convergence (max_iter={self.max_iter}).\n"
+                "You might also want to scale the data as shown in:\n"
+                "    https://scikit-learn.org/stable/modules/preprocessing.html")

@@ -1,0 +1,300 @@
+"""The drop-ins against scikit-learn's own classes: signatures, step-by-step trajectories, optima, refusals,
+fall-backs, patch() and python -m l2fast.accel."""
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import linear_model, neural_network
+from sklearn.datasets import make_classification, make_multilabel_classification
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import l2fast.sklearn as dropin
+from l2fast.sklearn import _penalty
+
+PAIRS = [(dropin.MLPClassifier, neural_network.MLPClassifier), (dropin.MLPRegressor, neural_network.MLPRegressor),
+         (dropin.LogisticRegression, linear_model.LogisticRegression)]
+
+
+def data(n_classes=3, m=103, seed=0):
+    return make_classification(n_samples=m, n_features=6, n_informative=4, n_classes=n_classes, random_state=seed)
+
+
+def assert_same_parameters(ours, theirs, rtol, atol):
+    for name in ("coefs_", "intercepts_"):
+        for a, b in zip(getattr(ours, name), getattr(theirs, name)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS, ids=lambda c: c.__name__)
+def test_signature_is_scikit_learns_plus_backend(ours, theirs):
+    mine = list(inspect.signature(ours).parameters.values())
+    assert mine[:-1] == list(inspect.signature(theirs).parameters.values())
+    assert mine[-1].name == "backend" and mine[-1].kind is inspect.Parameter.KEYWORD_ONLY and mine[-1].default is None
+
+
+def test_penalty_conversions():
+    assert _penalty.lam_from_alpha(0.5, m=100, batch=20) == pytest.approx(2.5)  # alpha m / b
+    assert _penalty.lam_over_m_from_alpha(0.5, batch=3) == pytest.approx(0.5 / 3)  # the short last batch
+    assert _penalty.lam_from_C(4.0) == 0.25 and _penalty.lam_from_C(np.inf) == 0.0
+    w, scale = _penalty.unit_mean_weights(np.array([1.0, 3.0]))
+    assert np.allclose(w, [0.5, 1.5]) and scale == 0.5
+
+
+STOCHASTIC = {
+    "sgd": dict(solver="sgd", momentum=0.0),
+    "nesterov": dict(solver="sgd"),
+    "momentum": dict(solver="sgd", nesterovs_momentum=False),
+    "invscaling": dict(solver="sgd", momentum=0.0, learning_rate="invscaling", power_t=0.3),
+    "adam": dict(solver="adam"),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("settings", list(STOCHASTIC), ids=list(STOCHASTIC))
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "regression"])
+def test_stochastic_trajectory_is_scikit_learns(problem, settings, backend):
+    # Same random_state: scikit-learn's initial weights and shuffling order; 103 records in batches of 20 end
+    # each epoch on a short batch of 3, whose decay alpha/3 must be exact too (alpha is large to show it).
+    X, y = data(2 if problem == "binary" else 3)
+    ours_cls, theirs_cls = (dropin.MLPRegressor, neural_network.MLPRegressor) if problem == "regression" else \
+        (dropin.MLPClassifier, neural_network.MLPClassifier)
+    if problem == "regression":
+        y = np.c_[y, X[:, 0]].astype(float)
+    params = dict(hidden_layer_sizes=(7, 4), batch_size=20, max_iter=4, random_state=0, alpha=0.3,
+                  learning_rate_init=0.02, **STOCHASTIC[settings])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = theirs_cls(**params).fit(X, y)
+        ours = ours_cls(backend=backend, **params).fit(X, y)
+    # Adam: l2fast adds eps to sqrt(v_hat), scikit-learn to sqrt(v): close, not equal
+    exact = settings != "adam"
+    assert_same_parameters(ours, theirs, rtol=1e-10 if exact else 1e-3, atol=1e-12 if exact else 1e-4)
+    assert ours.n_iter_ == theirs.n_iter_ == 4 and ours.t_ == theirs.t_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=2e-3)  # penalty part interpolated
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6 if exact else 1e-2, atol=1e-6)
+
+
+def test_data_loss_curve_is_exact_without_penalty():
+    X, y = data()
+    params = dict(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=3, random_state=1, alpha=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["classifier", "regressor"])
+def test_early_stopping_scores_and_best_weights_are_scikit_learns(estimator):
+    X, y = data(m=200)
+    pair = (dropin.MLPClassifier, neural_network.MLPClassifier) if estimator == "classifier" else \
+        (dropin.MLPRegressor, neural_network.MLPRegressor)
+    params = dict(hidden_layer_sizes=(8,), solver="sgd", momentum=0.0, early_stopping=True, validation_fraction=0.2,
+                  n_iter_no_change=3, max_iter=60, random_state=3, learning_rate_init=0.01, learning_rate="adaptive")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours, theirs = (cls(**params).fit(X, y.astype(float) if estimator == "regressor" else y) for cls in pair)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-8)
+    assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_, rel=1e-8)
+    assert ours.best_loss_ is None and ours.n_iter_ == theirs.n_iter_
+    assert_same_parameters(ours, theirs, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("estimator", ["classifier", "regressor"])
+def test_lbfgs_reaches_scikit_learns_point(estimator):
+    X, y = data()
+    pair = (dropin.MLPClassifier, neural_network.MLPClassifier) if estimator == "classifier" else \
+        (dropin.MLPRegressor, neural_network.MLPRegressor)
+    y = y if estimator == "classifier" else y.astype(float)
+    params = dict(hidden_layer_sizes=(5,), solver="lbfgs", alpha=0.1, max_iter=40, random_state=0, activation="tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours, theirs = (cls(**params).fit(X, y) for cls in pair)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-8)
+    assert_same_parameters(ours, theirs, rtol=1e-6, atol=1e-8)
+
+
+def test_coefs_set_by_hand_are_trained_from():
+    X, y = data(2)
+    nets = [cls(hidden_layer_sizes=(3,), solver="sgd", random_state=0, max_iter=1, batch_size=32)
+            for cls in (dropin.MLPClassifier, neural_network.MLPClassifier)]
+    for net in nets:
+        net.partial_fit(X, y, classes=[0, 1])
+        net.coefs_[0][...] = 0.1  # writable, in scikit-learn's (n_in, n_out) layout
+        net.intercepts_[1] = np.array([0.5])
+        net.partial_fit(X, y)
+    assert_same_parameters(*nets, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_stays_float32():
+    X, y = data()
+    clf = dropin.MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X.astype(np.float32), y)
+    assert all(W.dtype == np.float32 for W in clf.coefs_ + clf.intercepts_)
+    assert clf._l2fast_trainer.net.dtype == np.float32 and clf._l2fast_trainer.net.backend == "cpu"
+
+
+def test_label_errors_of_partial_fit_and_warm_start():
+    X, y = data()
+    clf = dropin.MLPClassifier(solver="sgd", hidden_layer_sizes=(3,), random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(ValueError, match="classes"):
+        clf.partial_fit(X, y, classes=[0, 1, 5])
+    warm = dropin.MLPClassifier(solver="lbfgs", hidden_layer_sizes=(3,), warm_start=True, max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warm.fit(X, y)
+    with pytest.raises(ValueError, match="warm_start"):
+        warm.fit(X, np.where(y == 2, 7, y))
+
+
+def test_multilabel_runs_scikit_learns_code_and_says_so_once(capsys):
+    X, Y = make_multilabel_classification(n_samples=40, n_classes=3, random_state=0)
+    params = dict(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=30, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params).fit(X, Y)
+        dropin.MLPClassifier(**params).fit(X, Y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, Y)
+    assert_same_parameters(ours, theirs, rtol=0, atol=0)
+    assert capsys.readouterr().err.count("multilabel targets") <= 1  # once per process (maybe said before)
+
+
+# -- LogisticRegression ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("case", ["binary", "multiclass", "weights", "balanced", "no-intercept", "C-inf", "saga"])
+def test_logistic_regression_reaches_scikit_learns_optimum(case, backend):
+    X, y = data(2 if case in ("binary", "C-inf") else 3, m=300)
+    params = dict(C=0.5, tol=1e-10, max_iter=1000)
+    fit = {}
+    if case == "weights":
+        fit["sample_weight"] = np.random.default_rng(0).uniform(0.1, 3.0, len(y))
+    if case == "balanced":
+        params["class_weight"] = "balanced"
+        y = np.where(np.arange(len(y)) % 5 == 0, 2, np.minimum(y, 1))
+    if case == "no-intercept":
+        params["fit_intercept"] = False
+    if case == "C-inf":
+        params["C"] = np.inf
+        X = X + np.random.default_rng(1).normal(0, 2.0, X.shape)  # not separable: a finite optimum
+    if case == "saga":
+        params["solver"] = "saga"  # served by L-BFGS: the same optimum of the same strictly convex J
+    ours = dropin.LogisticRegression(backend=backend, **params).fit(X, y, **fit)
+    theirs = linear_model.LogisticRegression(**{**params, "solver": "lbfgs"}).fit(X, y, **fit)
+    assert ours.coef_.shape == theirs.coef_.shape and ours.intercept_.shape == theirs.intercept_.shape
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-6)
+    assert ours.n_iter_.shape == (1,)
+    if case == "no-intercept":
+        assert np.all(ours.intercept_ == 0)
+
+
+@pytest.mark.parametrize("params, match", [(dict(l1_ratio=1.0, solver="saga"), "penalty='l1'"),
+                                           (dict(l1_ratio=0.5, solver="saga"), "elasticnet"),
+                                           (dict(solver="liblinear"), "liblinear")])
+def test_logistic_regression_refuses_what_it_does_not_solve(params, match):
+    X, y = data(2)
+    clf = dropin.LogisticRegression(**params)
+    with pytest.raises(ValueError, match=match):
+        clf.fit(X, y)
+    assert not hasattr(clf, "coef_")
+
+
+def test_logistic_regression_warns_like_scikit_learn_at_max_iter():
+    X, y = data(3, m=300)
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        clf = dropin.LogisticRegression(max_iter=2).fit(X, y)
+    assert clf.n_iter_[0] == 2
+
+
+# -- scikit-learn's estimator checks -------------------------------------------------------------
+
+
+@parametrize_with_checks([dropin.MLPClassifier(hidden_layer_sizes=(16,)),
+                          dropin.MLPRegressor(hidden_layer_sizes=(16,)),
+                          dropin.LogisticRegression()])
+def test_scikit_learn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# -- patch() and python -m l2fast.accel ---------------------------------------------------------------
+
+
+def test_patch_and_unpatch():
+    import sklearn.linear_model
+    import sklearn.neural_network
+
+    original = sklearn.neural_network.MLPClassifier
+    dropin.patch()
+    try:
+        assert sklearn.neural_network.MLPClassifier is dropin.MLPClassifier
+        patched = sklearn.linear_model.LogisticRegression
+        assert issubclass(patched, dropin.LogisticRegression)
+        X, y = data(2)
+        # the patched class hands what l2fast refuses to scikit-learn's own code
+        clf = patched(l1_ratio=1.0, solver="saga", max_iter=500, random_state=0).fit(X, y)
+        ref = linear_model.LogisticRegression(l1_ratio=1.0, solver="saga", max_iter=500, random_state=0).fit(X, y)
+        np.testing.assert_allclose(clf.coef_, ref.coef_)
+    finally:
+        dropin.unpatch()
+    assert sklearn.neural_network.MLPClassifier is original
+
+
+SCRIPT = """
+import json, sys, warnings
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+warnings.simplefilter("ignore", ConvergenceWarning)
+X, y = load_digits(return_X_y=True)
+X, y = X[:600], y[:600]
+pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32,), max_iter=15, random_state=0))
+search = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-1]}, cv=3).fit(X, y)
+logreg = LogisticRegression(C=0.1, max_iter=500).fit(StandardScaler().fit_transform(X), y)
+print(json.dumps({"cv": list(search.cv_results_["mean_test_score"]), "loss": search.best_estimator_[-1].loss_,
+                  "coef": logreg.coef_[:2, :5].tolist(), "classes": [type(search.best_estimator_[-1]).__module__,
+                  type(logreg).__module__]}))
+"""
+
+
+def test_accel_runs_an_unchanged_scikit_learn_script(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    env = {**os.environ, "L2FAST_BACKEND": "cpu"}
+    runs = [subprocess.run([sys.executable, *prefix, str(script)], capture_output=True, text=True, env=env, timeout=600)
+            for prefix in ([], ["-m", "l2fast.accel"])]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    plain, accel = (json.loads(run.stdout) for run in runs)
+    assert all(module.startswith("sklearn.") for module in plain["classes"])
+    assert all(module.startswith("l2fast.sklearn") for module in accel["classes"])
+    np.testing.assert_allclose(accel["cv"], plain["cv"], atol=0.02)  # Adam's eps placement only
+    assert accel["loss"] == pytest.approx(plain["loss"], rel=1e-2)
+    np.testing.assert_allclose(accel["coef"], plain["coef"], rtol=1e-3, atol=1e-4)
+
+
+def test_accel_without_a_script_shows_usage():
+    run = subprocess.run([sys.executable, "-m", "l2fast.accel"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "usage" in run.stderr
