@@ -76,8 +76,10 @@ def test_training_on_sparse_x_ends_where_dense_training_does(backend, dtype, opt
     w = np.random.default_rng(7).uniform(0.5, 1.5, 130)
     nets = [l2fast.Network([60, 12, 3], activation="tanh", lam=0.5, backend=backend, dtype=dtype, seed=8)
             for _ in range(2)]
-    for net, data in zip(nets, (X, dense)):
-        net.fit(data, y, epochs=4, lr=0.05, batch_size=batch_size, optimizer=optimizer, sample_weight=w)
+    histories = [net.fit(data, y, epochs=4, lr=0.05, batch_size=batch_size, optimizer=optimizer, sample_weight=w,
+                         validation_data=(data[:40], y[:40])) for net, data in zip(nets, (X, dense))]
+    assert_parity(histories[0].val_loss, histories[1].val_loss, dtype, "validation loss")
+    assert_parity(histories[0].cost, histories[1].cost, dtype, "training cost")
     for p_sparse, p_dense in zip(parameters(nets[0]), parameters(nets[1])):
         assert_parity(p_sparse, p_dense, dtype, "parameters after training")
     assert np.abs(nets[0].weights[0] - l2fast.Network([60, 12, 3], seed=8, dtype=dtype).weights[0]).max() > 1e-3
@@ -223,7 +225,10 @@ def test_the_bindings_check_every_csr_array_before_reading_it():
     def call(data, indices, indptr, shape=(10, 8)):
         return _core.gradients(W, b, (data, indices, indptr, shape), y, 0.0, "relu", "logistic")
 
-    call(X.data, X.indices, X.indptr)
+    dW, db, loss_sum = call(X.data, X.indices, X.indptr)
+    dW64, db64, loss_sum64 = call(X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64))
+    np.testing.assert_array_equal(dW64[0], dW[0])
+    assert loss_sum64 == loss_sum and np.abs(dW[0]).max() > 0
     spoilt = [
         (lambda d, i, p: (d, i, np.concatenate([[1], p[1:]]).astype(p.dtype)), ValueError, "indptr\\[0\\] must be 0"),
         (lambda d, i, p: (d, i, p[::-1].copy()), ValueError, "X: indptr"),
