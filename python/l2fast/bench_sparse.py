@@ -2,9 +2,9 @@
 
 (a) Seconds per SGD epoch (batch 256) on the CSR matrix against the same rows densified, on a block of rows
     whose dense copy stays under DENSE_BYTES (the whole matrix dense would not fit), and on the whole matrix sparse.
-(b) Seconds until J - J* <= 1e-6 |J*| (lambda 1, scikit-learn's C = 1) for l2fast's L-BFGS against
-    scikit-learn's ``LogisticRegression`` lbfgs and saga on the same CSR matrix, by the method of
-    ``bench_solution`` (each solver at the loosest tol of 1e-3, 1e-4, ... whose answer is that close; J* from an
+(b) Seconds until J - J* <= 1e-6 |J*| (lambda 1, scikit-learn's C = 1) for l2fast's L-BFGS (from zero weights, as
+    scikit-learn starts) against scikit-learn's ``LogisticRegression`` lbfgs and saga on the same CSR matrix, by the
+    method of ``bench_solution`` (each solver at the loosest tol of 1e-3, 1e-4, ... whose answer is that close; J* from an
     L-BFGS solve at tol 1e-12), each run in a fresh process that reports the seconds of its fit, its peak RSS and
     the RSS it had with the data loaded before the fit (the difference is the solver's own memory).
 
@@ -71,11 +71,16 @@ def problems(quick):
             (f"TF-IDF-like {m} x {n}, 10 classes", m, n, density, 10, 1)]
 
 
-def _network(n, n_out, backend, dtype):
+def _network(n, n_out, backend, dtype, zero=False):
+    """The linear model; ``zero``: all parameters 0, the start of scikit-learn's solvers (from random weights the
+    many rarely seen columns, whose curvature is little more than lambda / m, take L-BFGS far longer to settle)."""
     import l2fast
 
-    return l2fast.Network([n, n_out], loss="logistic" if n_out == 1 else "softmax", lam=1.0, backend=backend,
-                          dtype=dtype, seed=0)
+    net = l2fast.Network([n, n_out], loss="logistic" if n_out == 1 else "softmax", lam=1.0, backend=backend,
+                         dtype=dtype, seed=0)
+    if zero:
+        net.set_parameters([np.zeros((n_out, n))], [np.zeros(n_out)])
+    return net
 
 
 def epoch_seconds(X, y, n_out, backend, repeats):
@@ -114,7 +119,14 @@ def bench_epochs(X, y, n_out, backends, repeats, out):
 # -- (b): each solve in a child process: `python -m l2fast.bench_sparse CHILD problem.npz spec.json out.npz` --
 
 def _rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    """This process's peak RSS in MiB: VmHWM, which starts afresh at exec (ru_maxrss keeps the forking parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(problem_path, spec_path, out_path):
@@ -129,7 +141,7 @@ def child(problem_path, spec_path, out_path):
         import l2fast
 
         X = X.astype(spec["dtype"])
-        net = _network(X.shape[1], n_out, spec["backend"], spec["dtype"])
+        net = _network(X.shape[1], n_out, spec["backend"], spec["dtype"], zero=True)
         rss_loaded = _rss_mib()
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -183,7 +195,7 @@ def bench_solution(X, y, n_out, backends, repeats, out, quick):
     import l2fast
 
     judge = Judge(X, y, n_out)
-    tight = _network(X.shape[1], n_out, "cpu", "float64")
+    tight = _network(X.shape[1], n_out, "cpu", "float64", zero=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tight.fit(X, y, epochs=100_000, optimizer=l2fast.LBFGS(tol=1e-12))
