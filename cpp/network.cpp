@@ -37,6 +37,16 @@ struct Workspace {
     }
 };
 
+// The rows of X one block works on: dense rows, or (sparse X) ranges of X's CSR entries.
+template <class T>
+struct BlockX {
+    const T* dense = nullptr;
+    SparseRows<T> sparse;
+    const T* W0_t = nullptr;  // whole-data passes: W[0] transposed (n_in x n_1), see first_layer_transposed
+
+    bool is_sparse() const { return sparse.X != nullptr; }
+};
+
 // The layer's true weights are scale[l] * W[l]; a null scale means every scale is 1.
 template <class T>
 T scale_of(const double* scale, std::size_t l) {
@@ -44,27 +54,32 @@ T scale_of(const double* scale, std::size_t l) {
 }
 
 template <class T>
-void forward_block(const Shape& shape, const Params<T>& params, const double* scale, const T* X, std::size_t rows,
-                   Workspace<T>& ws) {
-    const T* in = X;
+void forward_block(const Shape& shape, const Params<T>& params, const double* scale, const BlockX<T>& X,
+                   std::size_t rows, Workspace<T>& ws) {
+    const T* in = X.dense;
     const std::size_t L = shape.n_layers();
     for (std::size_t l = 0; l < L; ++l) {
         const Activation act = l + 1 == L ? Activation::Identity : shape.act;
-        dense_forward(in, rows, shape.sizes[l], params.W[l], scale_of<T>(scale, l), params.b[l], shape.sizes[l + 1],
-                      act, ws.out[l].data());
+        if (l == 0 && X.is_sparse())
+            sparse_dense_forward(X.sparse, X.W0_t ? X.W0_t : params.W[0],
+                                 X.W0_t ? WeightLayout::Transposed : WeightLayout::Rows, scale_of<T>(scale, 0),
+                                 params.b[0], shape.sizes[1], act, ws.out[0].data());
+        else
+            dense_forward(in, rows, shape.sizes[l], params.W[l], scale_of<T>(scale, l), params.b[l],
+                          shape.sizes[l + 1], act, ws.out[l].data());
         in = ws.out[l].data();
     }
 }
 
 // Walks the layers from the output back; consume(l, dZ, A_prev) sees each layer's dL/dZ after the
-// gradient for the layer below has been taken with the old W[l].
+// gradient for the layer below has been taken with the old W[l]. A_prev is null for sparse X.
 template <class T, class Consume>
-void backward_block(const Shape& shape, const Params<T>& params, const double* scale, const T* X,
+void backward_block(const Shape& shape, const Params<T>& params, const double* scale, const BlockX<T>& X,
                     std::size_t rows, Workspace<T>& ws, Consume consume) {
     const std::size_t L = shape.n_layers();
     for (std::size_t l = L; l-- > 0;) {
         T* dZ = l + 1 == L ? ws.out[l].data() : ws.grad[l].data();
-        const T* A_prev = l == 0 ? X : ws.out[l - 1].data();
+        const T* A_prev = l == 0 ? X.dense : ws.out[l - 1].data();
         if (l > 0) {
             T* dZ_below = ws.grad[l - 1].data();
             dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], scale_of<T>(scale, l), shape.sizes[l],
@@ -88,6 +103,44 @@ void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::
         }
         std::memcpy(dst + i * n_in, X + std::size_t(picked[i]) * n_in, row_bytes);
     }
+}
+
+// The block's rows of X: picked (a shuffled order) or start..start+rows-1. Picked dense rows are copied into
+// gathered; sparse ones are only listed as ranges of X's entries.
+template <class T>
+void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* picked, std::size_t start,
+                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X) {
+    if (data.sparse) {
+        gather_sparse_rows(data.X_csr, picked, start, rows, X.sparse);
+    } else if (picked) {
+        gather_rows(data.X, n_in, picked, rows, gathered.data());
+        X.dense = gathered.data();
+    } else {
+        X.dense = data.X + start * n_in;
+    }
+}
+
+// The first layer's products on sparse rows: W <- beta W + alpha dZ^T X and b <- bias_beta b + bias_alpha
+// sum_rows dZ (the dense layers' gradient_product, fused step and sums in one). W in the layer's own layout
+// unless said otherwise.
+template <class T>
+void sparse_layer_product(T* W, T* b, const T* dZ, const SparseRows<T>& X, const T* ones, std::size_t n_out,
+                          T alpha, T beta, T bias_alpha, T bias_beta, WeightLayout layout = WeightLayout::Rows) {
+    sparse_gradient_product(W, layout, dZ, X, n_out, alpha, beta);
+    blas::gemv(true, int(X.rows()), int(n_out), bias_alpha, dZ, int(n_out), ones, 1, bias_beta, b, 1);
+}
+
+// A whole-data pass on sparse X with several first-layer units reads W[0] through a transposed copy (n_in x n_1):
+// each stored entry of X then meets its n_1 weights side by side (see WeightLayout). Empty otherwise. Minibatch
+// steps keep W[0] as it is: a copy per step would cost more than the step.
+template <class T>
+std::vector<T> first_layer_transposed(const Shape& shape, const Params<T>& params, const Dataset<T>& data) {
+    const std::size_t n_out = shape.sizes[1], n_in = shape.n_in();
+    if (!data.sparse || n_out == 1) return {};
+    std::vector<T> W_t(n_in * n_out);
+    for (std::size_t o = 0; o < n_out; ++o)
+        for (std::size_t j = 0; j < n_in; ++j) W_t[j * n_out + o] = params.W[0][o * n_in + j];
+    return W_t;
 }
 
 // Passes on should_stop's answer at most every 10 ms: asking means taking the GIL.
@@ -145,7 +198,8 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     if (n == 0) return result;
     batch = std::min(batch, n);
     const std::size_t n_in = shape.n_in();
-    Workspace<T> ws(shape, batch, order != nullptr, true);
+    Workspace<T> ws(shape, batch, order != nullptr && !data.sparse, true);
+    BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
     const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
@@ -167,24 +221,31 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
-        const T* X = data.X + start * n_in;
         const std::int64_t* picked = order ? order + start : nullptr;
-        if (picked) {
-            gather_rows(data.X, n_in, picked, rows, ws.x.data());
-            X = ws.x.data();
-        }
-        forward_block(shape, params, scale.data(), X, rows, ws);
+        take_block(data, n_in, picked, start, rows, ws.x, block);
+        forward_block(shape, params, scale.data(), block, rows, ws);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
         if (!fused_sgd) ++run->step;
-        backward_block(shape, params, scale.data(), X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+        backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
+            const bool sparse = l == 0 && block.is_sparse();
+            if (fused_sgd && sparse) {
+                const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, lam_over_m);
+                sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, ws.ones.data(), n_out, c.alpha,
+                                     c.beta, -lr / T(rows), T(1));
+                return;
+            }
             if (fused_sgd) {
                 inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows, n_out,
                                       shape.sizes[l], lr, lam_over_m);
                 return;
             }
-            mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
+            if (sparse)
+                sparse_layer_product(grad.W[0], grad.b[0], dZ, block.sparse, ws.ones.data(), n_out, T(1) / T(rows),
+                                     T(0), T(1) / T(rows), T(0));
+            else
+                mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
             inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
                                    n_w, lr, lam_over_m);
             inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
@@ -213,7 +274,8 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     std::vector<Workspace<T>> ws;
     ws.reserve(K);
     for (std::size_t k = 0; k < K; ++k) ws.emplace_back(shape, batch, false, true);
-    std::vector<T> x(order ? batch * n_in : 0);
+    std::vector<T> x(order && !data.sparse ? batch * n_in : 0);
+    BlockX<T> block;
     std::vector<double> scale(K * L, 1.0);  // scale[k * L + l]: model k's layer l, as in train_epoch
     blas::Batch<T> products(K);
     std::vector<const T*> A(K), B(K);
@@ -222,14 +284,18 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const int rows = int(std::min(batch, n - start));
-        const T* X = data.X + start * n_in;
         const std::int64_t* picked = order ? order + start : nullptr;
-        if (picked) {
-            gather_rows(data.X, n_in, picked, std::size_t(rows), x.data());
-            X = x.data();
-        }
+        take_block(data, n_in, picked, start, std::size_t(rows), x, block);  // one gathered batch for all K
+        const T* X = block.dense;
         for (std::size_t l = 0; l < L; ++l) {
             const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);
+            const Activation act = l + 1 == L ? Activation::Identity : shape.act;
+            if (l == 0 && block.is_sparse()) {
+                for (std::size_t k = 0; k < K; ++k)
+                    sparse_dense_forward(block.sparse, models[k].W[0], WeightLayout::Rows, T(scale[k * L]),
+                                         models[k].b[0], std::size_t(fan_out), act, ws[k].out[0].data());
+                continue;
+            }
             for (std::size_t k = 0; k < K; ++k) {
                 A[k] = l == 0 ? X : ws[k].out[l - 1].data();
                 B[k] = models[k].W[l];
@@ -239,7 +305,6 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
             }
             products.gemm(blas::Op::N, blas::Op::T, rows, fan_out, fan_in, alpha.data(), A.data(), fan_in, B.data(),
                           fan_in, beta.data(), C.data(), fan_out, K);
-            const Activation act = l + 1 == L ? Activation::Identity : shape.act;
             for (std::size_t k = 0; k < K; ++k)
                 inplace_bias_activation(C[k], models[k].b[l], std::size_t(rows), std::size_t(fan_out), act);
         }
@@ -261,6 +326,15 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
                               B.data(), fan_in, beta.data(), C.data(), fan_in, K);
                 for (std::size_t k = 0; k < K; ++k)
                     inplace_activation_backward(C[k], ws[k].out[l - 1].data(), std::size_t(rows) * fan_in, shape.act);
+            }
+            if (l == 0 && block.is_sparse()) {
+                for (std::size_t k = 0; k < K; ++k) {
+                    const StepCoefficients<T> c = fused_step_coefficients(scale[k * L], std::size_t(rows), lr,
+                                                                          lam_over_m[k]);
+                    sparse_layer_product(models[k].W[0], models[k].b[0], dZ(k), block.sparse, ws[k].ones.data(),
+                                         std::size_t(fan_out), c.alpha, c.beta, -lr / T(rows), T(1));
+                }
+                continue;
             }
             for (std::size_t k = 0; k < K; ++k) {
                 const StepCoefficients<T> c =
@@ -291,11 +365,24 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
 
 template <class T>
 void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out) {
-    const std::size_t rows_max = std::min(m, kBlockRows);
+    Dataset<T> data;
+    data.X = X;
+    data.m = m;
+    predict(shape, params, data, out);
+}
+
+template <class T>
+void predict(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T* out) {
+    const std::size_t m = data.m, rows_max = std::min(m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, false);
+    std::vector<T> unused;
+    const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
+    BlockX<T> block;
+    block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
     for (std::size_t start = 0; start < m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, m - start);
-        forward_block(shape, params, nullptr, X + start * shape.n_in(), rows, ws);
+        take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
+        forward_block(shape, params, nullptr, block, rows, ws);
         T* logits = ws.out.back().data();
         inplace_output_activation(logits, rows, shape.n_out(), shape.loss);
         std::memcpy(out + start * shape.n_out(), logits, rows * shape.n_out() * sizeof(T));
@@ -307,9 +394,14 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, false);
+    std::vector<T> unused;
+    const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
+    BlockX<T> block;
+    block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
-        forward_block(shape, params, nullptr, data.X + start * shape.n_in(), rows, ws);
+        take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
+        forward_block(shape, params, nullptr, block, rows, ws);
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, nullptr, start));
     }
@@ -319,7 +411,7 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
                     Params<double>& grads) {
-    if (linear_pass_fits(shape)) return linear_gradients(shape, params, data, lam_over_m, grads);
+    if (!data.sparse && linear_pass_fits(shape)) return linear_gradients(shape, params, data, lam_over_m, grads);
     // double networks sum straight into grads; float ones take each block's products in float and add them up
     // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
     // digits it can get).
@@ -338,23 +430,54 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, true);
+    std::vector<T> unused;
+    // Sparse X with several first-layer units: W[0] read, and its gradient summed, transposed (in double).
+    const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
+    const std::size_t n_w0 = shape.sizes[1] * shape.n_in();
+    std::vector<double> sum0_t(W0_t.empty() ? 0 : n_w0);
+    std::vector<T> block0_t(W0_t.empty() || direct ? 0 : n_w0);
+    BlockX<T> block;
+    block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
-        const T* X = data.X + start * shape.n_in();
-        forward_block(shape, params, nullptr, X, rows, ws);
+        take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
+        forward_block(shape, params, nullptr, block, rows, ws);
         total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                        targets_of(data, nullptr, start));
-        backward_block(shape, params, nullptr, X, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+        backward_block(shape, params, nullptr, block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_in = shape.sizes[l];
+            const bool sparse = l == 0 && block.is_sparse();
             if constexpr (direct) {
-                accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, n_in, 1.0);
+                if (sparse && block.W0_t)
+                    sparse_layer_product(sum0_t.data(), grads.b[0], dZ, block.sparse, ws.ones.data(), n_out, 1.0, 1.0,
+                                         1.0, 1.0, WeightLayout::Transposed);
+                else if (sparse)
+                    sparse_layer_product(grads.W[0], grads.b[0], dZ, block.sparse, ws.ones.data(), n_out, 1.0, 1.0,
+                                         1.0, 1.0);
+                else
+                    accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, n_in, 1.0);
             } else {
-                sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, ws.ones.data(), rows, n_out, n_in);
+                if (sparse && block.W0_t) {
+                    sparse_layer_product(block0_t.data(), block_b[0].data(), dZ, block.sparse, ws.ones.data(), n_out,
+                                         T(1), T(0), T(1), T(0), WeightLayout::Transposed);
+                    for (std::size_t i = 0; i < n_w0; ++i) sum0_t[i] += double(block0_t[i]);
+                    for (std::size_t i = 0; i < n_out; ++i) grads.b[0][i] += double(block_b[0][i]);
+                    return;
+                }
+                if (sparse)
+                    sparse_layer_product(block_W[0].data(), block_b[0].data(), dZ, block.sparse, ws.ones.data(), n_out,
+                                         T(1), T(0), T(1), T(0));
+                else
+                    sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, ws.ones.data(), rows, n_out, n_in);
                 for (std::size_t i = 0; i < n_out * n_in; ++i) grads.W[l][i] += double(block_W[l][i]);
                 for (std::size_t i = 0; i < n_out; ++i) grads.b[l][i] += double(block_b[l][i]);
             }
         });
     }
+    if (!sum0_t.empty())
+        for (std::size_t o = 0; o < shape.sizes[1]; ++o)
+            for (std::size_t j = 0; j < shape.n_in(); ++j)
+                grads.W[0][o * shape.n_in() + j] = sum0_t[j * shape.sizes[1] + o];
     const double inv_m = 1.0 / double(data.m);
     for (std::size_t l = 0; l < L; ++l) {
         const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
@@ -372,6 +495,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
                                                     const std::int64_t*, std::size_t, std::size_t, T,          \
                                                     const std::vector<T>&, const std::function<bool()>&);      \
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
+    template void predict(const Shape&, const Params<T>&, const Dataset<T>&, T*);                              \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
     template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&);
 L2FAST_INSTANTIATE(float)

@@ -10,6 +10,7 @@
 #include "activations.hpp"
 #include "losses.hpp"
 #include "optim.hpp"
+#include "sparse.hpp"
 
 namespace l2fast {
 
@@ -32,7 +33,8 @@ struct Params {
 };
 
 // X is (m x n_in) row-major; targets as in Targets<T>: values (m x n_out) or labels (m); weights, when not
-// null, one sample weight >= 0 per record (m).
+// null, one sample weight >= 0 per record (m). Sparse X: `sparse` set, X null and X_csr (m x n_in) instead; only
+// the first layer's two products differ (sparse.hpp), and a shuffled minibatch is a list of X_csr's row ranges.
 template <class T>
 struct Dataset {
     const T* X = nullptr;
@@ -40,6 +42,8 @@ struct Dataset {
     const T* y_values = nullptr;
     const std::int64_t* y_labels = nullptr;
     const T* weights = nullptr;
+    Csr<T> X_csr;
+    bool sparse = false;
 };
 
 // Validation: each throws std::invalid_argument naming the offending argument.
@@ -93,6 +97,10 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
 // out (m x n_out) <- yhat for each row of X (m x n_in).
 template <class T>
 void predict(const Shape& shape, const Params<T>& params, const T* X, std::size_t m, T* out);
+
+// The same for data.X or data.X_csr (data.m rows); targets are not read.
+template <class T>
+void predict(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T* out);
 
 // Loss sum and correct count over the whole data set, parameters unchanged.
 template <class T>

@@ -136,20 +136,63 @@ py::array private_copy(const py::array& a) {
     return copy;
 }
 
+// Sparse X as the tuple (data, indices, indptr, shape) of a CSR matrix: data of T, indices and indptr both int32
+// or both int64, shape (m, n_in); the whole structure is checked (l2fast::check_csr) before the kernels see it.
+template <class T>
+void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dataset<T>& data,
+                   std::vector<py::array>& keep) {
+    if (csr.size() != 4) throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
+    const auto dims = csr[3].cast<std::vector<long long>>();
+    if (dims.size() != 2 || dims[0] < 0 || dims[1] != (long long)shape.n_in())
+        throw std::invalid_argument("X: expected a sparse shape (m, " + std::to_string(shape.n_in()) + ")");
+    if (dims[0] == 0) throw std::invalid_argument("X: no records (0 rows)");
+    py::array values = checked<T>(csr[0], "X.data", {-1});
+    py::array indices = as_array(csr[1], "X.indices");
+    l2fast::Csr<T>& X = data.X_csr;
+    X.data = cptr<T>(values);
+    X.rows = std::size_t(dims[0]);
+    X.cols = shape.n_in();
+    X.nnz = std::size_t(values.shape(0));
+    const py::ssize_t n_ptr = py::ssize_t(dims[0]) + 1;
+    py::array indptr;
+    if (indices.dtype().equal(py::dtype::of<std::int64_t>())) {
+        indices = checked<std::int64_t>(indices, "X.indices", {values.shape(0)});
+        indptr = checked<std::int64_t>(csr[2], "X.indptr", {n_ptr});
+        X.indices64 = cptr<std::int64_t>(indices);
+        X.indptr64 = cptr<std::int64_t>(indptr);
+    } else if (indices.dtype().equal(py::dtype::of<std::int32_t>())) {
+        indices = checked<std::int32_t>(indices, "X.indices", {values.shape(0)});
+        indptr = checked<std::int32_t>(csr[2], "X.indptr", {n_ptr});
+        X.indices32 = cptr<std::int32_t>(indices);
+        X.indptr32 = cptr<std::int32_t>(indptr);
+    } else {
+        throw py::type_error("X.indices: expected dtype int32 or int64, got " + std::string(py::str(indices.dtype())));
+    }
+    l2fast::check_csr(X, "X");
+    check_finite(X.data, X.nnz, "X");
+    data.sparse = true;
+    data.m = X.rows;
+    keep.insert(keep.end(), {values, indices, indptr});
+}
+
 // X (m x n_in) and the targets in the layout the loss needs: int64 labels (m,) or T values (m, n_out),
 // with optional sample weights (m,) of T, finite and >= 0.
 template <class T>
 l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
                              std::vector<py::array>& keep, const py::handle& weights_obj = py::none()) {
-    py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
-    if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
-    check_finite(cptr<T>(X), std::size_t(X.size()), "X");
     l2fast::Dataset<T> data;
-    data.X = cptr<T>(X);
-    data.m = std::size_t(X.shape(0));
-    keep.push_back(X);
+    if (py::isinstance<py::tuple>(X_obj)) {
+        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep);
+    } else {
+        py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
+        if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
+        check_finite(cptr<T>(X), std::size_t(X.size()), "X");
+        data.X = cptr<T>(X);
+        data.m = std::size_t(X.shape(0));
+        keep.push_back(X);
+    }
     if (y_obj.is_none()) return data;
-    const py::ssize_t m = X.shape(0);
+    const py::ssize_t m = py::ssize_t(data.m);
     if (shape.loss == Loss::Softmax) {
         py::array y = private_copy(checked<std::int64_t>(y_obj, "y", {m}));
         data.y_labels = cptr<std::int64_t>(y);
@@ -438,7 +481,7 @@ py::array predict_t(const py::list& weights, const py::list& biases, const py::h
     T* out_ptr = out.mutable_data();
     {
         ReleasedGil release;
-        l2fast::predict(net.shape, net.params, data.X, data.m, out_ptr);
+        l2fast::predict(net.shape, net.params, data, out_ptr);
     }
     return out;
 }

@@ -19,6 +19,7 @@
 #include "network.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
+#include "sparse.hpp"
 #include "update.hpp"
 
 using namespace l2fast;
@@ -468,6 +469,154 @@ static void test_two_adam_trainings_in_two_threads_match_one_after_the_other() {
     CHECK(max_abs_diff(first.state[0], alone.state[0]) < 1e-12);
 }
 
+// A random CSR matrix (sorted, no duplicates, every fifth row empty) and the same matrix dense.
+template <class I>
+struct RandomCsr {
+    std::vector<double> data, dense;
+    std::vector<I> indices, indptr{0};
+    Csr<double> view;
+
+    RandomCsr(std::size_t rows, std::size_t cols, double density, std::mt19937_64& rng) : dense(rows * cols, 0.0) {
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        for (std::size_t i = 0; i < rows; ++i) {
+            for (std::size_t j = 0; i % 5 != 4 && j < cols; ++j)
+                if (u(rng) < density) {
+                    const double v = u(rng) * 2 - 1;
+                    data.push_back(v);
+                    indices.push_back(I(j));
+                    dense[i * cols + j] = v;
+                }
+            indptr.push_back(I(data.size()));
+        }
+        view.data = data.data();
+        if constexpr (sizeof(I) == 8) {
+            view.indices64 = reinterpret_cast<const std::int64_t*>(indices.data());
+            view.indptr64 = reinterpret_cast<const std::int64_t*>(indptr.data());
+        } else {
+            view.indices32 = reinterpret_cast<const std::int32_t*>(indices.data());
+            view.indptr32 = reinterpret_cast<const std::int32_t*>(indptr.data());
+        }
+        view.rows = rows;
+        view.cols = cols;
+        view.nnz = data.size();
+    }
+};
+
+template <class I>
+static void sparse_products_equal_dense() {
+    std::mt19937_64 rng(21);
+    const std::size_t rows = 300, cols = 3000, n_out = 7;  // big enough for the threaded paths
+    RandomCsr<I> X(rows, cols, 0.01, rng);
+    check_csr(X.view, "X");
+    std::vector<std::int64_t> picked(120);
+    for (std::size_t r = 0; r < picked.size(); ++r) picked[r] = std::int64_t((r * 37) % rows);
+    const std::int64_t* in_turn = nullptr;
+    for (const std::int64_t* order : {in_turn, static_cast<const std::int64_t*>(picked.data())}) {
+        const std::size_t n = order ? picked.size() : rows;
+        SparseRows<double> block;
+        gather_sparse_rows(X.view, order, 0, n, block);
+        std::vector<double> A(n * cols);
+        for (std::size_t r = 0; r < n; ++r)
+            std::copy_n(X.dense.begin() + std::ptrdiff_t((order ? std::size_t(order[r]) : r) * cols), cols,
+                        A.begin() + std::ptrdiff_t(r * cols));
+        auto W = randn(n_out * cols, rng), b = randn(n_out, rng), dZ = randn(n * n_out, rng);
+        std::vector<double> out(n * n_out), want(n * n_out);
+        sparse_dense_forward(block, W.data(), WeightLayout::Rows, 0.75, b.data(), n_out, Activation::Tanh, out.data());
+        dense_forward(A.data(), n, cols, W.data(), 0.75, b.data(), n_out, Activation::Tanh, want.data());
+        CHECK(max_abs_diff(out, want) < 1e-12);
+        auto transpose = [&](const std::vector<double>& M, std::size_t r, std::size_t c) {
+            std::vector<double> M_t(M.size());
+            for (std::size_t i = 0; i < r; ++i)
+                for (std::size_t j = 0; j < c; ++j) M_t[j * r + i] = M[i * c + j];
+            return M_t;
+        };
+        const std::vector<double> W_t = transpose(W, n_out, cols);
+        sparse_dense_forward(block, W_t.data(), WeightLayout::Transposed, 0.75, b.data(), n_out, Activation::Tanh,
+                             out.data());
+        CHECK(max_abs_diff(out, want) < 1e-12);
+        for (double beta : {1.0, 0.6, 0.0}) {
+            std::vector<double> dW = randn(n_out * cols, rng), expect = dW, dW_t = transpose(dW, n_out, cols);
+            for (std::size_t o = 0; o < n_out; ++o)
+                for (std::size_t j = 0; j < cols; ++j) {
+                    double sum = 0;
+                    for (std::size_t r = 0; r < n; ++r) sum += dZ[r * n_out + o] * A[r * cols + j];
+                    expect[o * cols + j] = beta * expect[o * cols + j] - 0.3 * sum;
+                }
+            sparse_gradient_product(dW.data(), WeightLayout::Rows, dZ.data(), block, n_out, -0.3, beta);
+            CHECK(max_abs_diff(dW, expect) < 1e-12);
+            sparse_gradient_product(dW_t.data(), WeightLayout::Transposed, dZ.data(), block, n_out, -0.3, beta);
+            CHECK(max_abs_diff(transpose(dW_t, cols, n_out), expect) < 1e-12);
+        }
+    }
+}
+
+static void test_sparse_products_equal_dense() {
+    sparse_products_equal_dense<std::int32_t>();
+    sparse_products_equal_dense<std::int64_t>();
+}
+
+static void test_check_csr_refuses_malformed_matrices() {
+    std::mt19937_64 rng(22);
+    RandomCsr<std::int32_t> good(10, 20, 0.3, rng);
+    check_csr(good.view, "X");
+    auto bad = [&](auto spoil, const char* what) {
+        RandomCsr<std::int32_t> X = good;
+        X.view.data = X.data.data();
+        X.view.indices32 = X.indices.data();
+        X.view.indptr32 = X.indptr.data();
+        spoil(X);
+        expect_throws([&] { check_csr(X.view, "X"); }, what);
+    };
+    bad([](auto& X) { X.indptr[0] = 1; }, "indptr[0] = 1");
+    bad([](auto& X) { X.indptr[3] = X.indptr[2] - 1; }, "a decreasing indptr");
+    bad([](auto& X) { X.indptr.back() += 1; }, "indptr beyond nnz");
+    bad([](auto& X) { X.indices[0] = 20; }, "a column index = cols");
+    bad([](auto& X) { X.indices[0] = -1; }, "a negative column index");
+    bad([](auto& X) { X.indices[1] = X.indices[0]; }, "a repeated column index");
+}
+
+// Training, gradients, evaluation and prediction on sparse X equal those on the same X dense.
+static void test_network_on_sparse_x_equals_dense() {
+    std::mt19937_64 rng(23);
+    const std::size_t m = 60, cols = 40;
+    RandomCsr<std::int64_t> X(m, cols, 0.1, rng);
+    Shape shape{{cols, 5, 3}, Activation::Relu, Loss::Softmax};
+    std::vector<std::int64_t> labels(m), order(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t(i % 3), order[i] = std::int64_t((i * 7) % m);
+    Dataset<double> dense{X.dense.data(), m, nullptr, labels.data()};
+    Dataset<double> sparse{nullptr, m, nullptr, labels.data()};
+    sparse.X_csr = X.view;
+    sparse.sparse = true;
+    const auto start = randn(5 * cols + 15 + 5 + 3, rng, 0.3);
+    std::vector<std::vector<double>> stores(4, start);
+    auto carve = [&](std::vector<double>& v) {
+        return Params<double>{{v.data(), v.data() + 5 * cols}, {v.data() + 5 * cols + 15, v.data() + 5 * cols + 20}};
+    };
+    Params<double> p_dense = carve(stores[0]), p_sparse = carve(stores[1]);
+    std::vector<Params<double>> stacked{carve(stores[2]), carve(stores[3])};
+    for (int epoch = 0; epoch < 3; ++epoch) {
+        const EpochResult a = train_epoch<double>(shape, p_dense, dense, order.data(), m, 8, 0.3, 0.05);
+        const EpochResult b = train_epoch<double>(shape, p_sparse, sparse, order.data(), m, 8, 0.3, 0.05);
+        CHECK(std::abs(a.stats.loss_sum - b.stats.loss_sum) < 1e-12 * a.stats.loss_sum);
+        train_epoch_stacked<double>(shape, stacked, sparse, order.data(), m, 8, 0.3, {0.05, 0.05});
+    }
+    CHECK(max_abs_diff(stores[0], stores[1]) < 1e-12);
+    CHECK(max_abs_diff(stores[0], stores[2]) < 1e-12 && max_abs_diff(stores[0], stores[3]) < 1e-12);
+    CHECK(max_abs_diff(stores[0], start) > 1e-3);  // it trained
+    std::vector<double> g[2];
+    for (auto& gs : g) gs.resize(start.size());
+    auto grads = [&](std::vector<double>& v) { return carve(v); };
+    Params<double> g_dense = grads(g[0]), g_sparse = grads(g[1]);
+    const double l_dense = gradients(shape, p_dense, dense, 0.1, g_dense).loss_sum;
+    const double l_sparse = gradients(shape, p_dense, sparse, 0.1, g_sparse).loss_sum;
+    CHECK(std::abs(l_dense - l_sparse) < 1e-12 * l_dense && max_abs_diff(g[0], g[1]) < 1e-12);
+    CHECK(evaluate(shape, p_dense, dense).correct == evaluate(shape, p_dense, sparse).correct);
+    std::vector<double> out_dense(m * 3), out_sparse(m * 3);
+    predict(shape, p_dense, dense, out_dense.data());
+    predict(shape, p_dense, sparse, out_sparse.data());
+    CHECK(max_abs_diff(out_dense, out_sparse) < 1e-12);
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -485,6 +634,9 @@ int main() {
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     test_sample_weights_scale_each_record();
     test_float_gradients_are_summed_in_double();
+    test_sparse_products_equal_dense();
+    test_check_csr_refuses_malformed_matrices();
+    test_network_on_sparse_x_equals_dense();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

@@ -1,15 +1,19 @@
 # Type stub for the compiled module l2fast._core (src/bindings.cpp); tests/test_api.py checks it agrees.
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 build_commit: str
 
+# X: a C-contiguous (m, n_in) array, or a canonical CSR matrix's (data, indices, indptr, (m, n_in)) with indices
+# and indptr both int32 or both int64, checked whole (indptr monotone, indices sorted and in range) before use.
+Features = Union[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int, int]]]
+
 def train_epoch(
     weights: list[np.ndarray],
     biases: list[np.ndarray],
-    X: np.ndarray,
+    X: Features,
     y: np.ndarray,
     order: Optional[npt.NDArray[np.int64]],
     batch_size: int,
@@ -32,7 +36,7 @@ def train_epoch(
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],
     biases: list[list[np.ndarray]],
-    X: np.ndarray,
+    X: Features,
     y: np.ndarray,
     order: Optional[npt.NDArray[np.int64]],
     batch_size: int,
@@ -44,12 +48,12 @@ def train_epoch_stacked(
     sample_weight: Optional[np.ndarray] = None,
 ) -> list[tuple[float, int]]: ...
 def predict(
-    weights: list[np.ndarray], biases: list[np.ndarray], X: np.ndarray, activation: str, loss: str
+    weights: list[np.ndarray], biases: list[np.ndarray], X: Features, activation: str, loss: str
 ) -> np.ndarray: ...
 def evaluate(
     weights: list[np.ndarray],
     biases: list[np.ndarray],
-    X: np.ndarray,
+    X: Features,
     y: np.ndarray,
     activation: str,
     loss: str,
@@ -59,7 +63,7 @@ def evaluate(
 def gradients(
     weights: list[np.ndarray],
     biases: list[np.ndarray],
-    X: np.ndarray,
+    X: Features,
     y: np.ndarray,
     lam_over_m: float,
     activation: str,

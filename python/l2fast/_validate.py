@@ -127,17 +127,82 @@ def _finite_as(array, dtype, name, xp=np):
     return cast
 
 
+def _records_of_width(shape, n_in, name):
+    if len(shape) != 2:
+        raise ValueError(f"{name}: expected a 2-D array (records, features), got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{name}: no records (0 rows)")
+    if shape[1] != n_in:
+        raise ValueError(f"{name}: expected {n_in} features per record, got {shape[1]}")
+
+
 def features(X, n_in, dtype, name="X", xp=np):
     """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite. ``xp`` is the array module
     (NumPy, or CuPy for arrays already on a GPU, which are then checked there)."""
+    if is_sparse(X):  # the host backends take it through sparse_features first
+        raise TypeError(f"{name}: scipy.sparse input is taken by the numpy and cpu backends, not by this one yet; "
+                        f"densify it with {name}.toarray() or use backend='cpu'")
     array = _numeric_array(X, name, xp=xp)
-    if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (records, features), got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name}: no records (0 rows)")
-    if array.shape[1] != n_in:
-        raise ValueError(f"{name}: expected {n_in} features per record, got {array.shape[1]}")
+    _records_of_width(array.shape, n_in, name)
     return _finite_as(array, dtype, name, xp)
+
+
+def is_sparse(X):
+    """Whether X is a scipy.sparse matrix or array (SciPy is imported only when X comes from it)."""
+    if isinstance(X, SparseFeatures):
+        return True
+    if not type(X).__module__.startswith("scipy.sparse"):
+        return False
+    import scipy.sparse
+
+    return scipy.sparse.issparse(X)
+
+
+class SparseFeatures:
+    """Marker base of the CSR type ``sparse_features`` returns (see there)."""
+
+
+def _sparse_features_type():
+    import scipy.sparse
+
+    class CSRFeatures(SparseFeatures, scipy.sparse.csr_array):
+        """A canonical CSR array whose len() is its number of rows, as a dense X's is (scipy.sparse refuses
+        len()), so that X flows through the model's code as a dense X does."""
+
+        def __len__(self):
+            return self.shape[0]
+
+    return CSRFeatures
+
+
+_CSR_FEATURES = None
+
+
+def sparse_features(X, n_in, dtype, name="X"):
+    """A scipy.sparse X (CSR, CSC, COO, ... matrix or array; m >= 1 rows, n_in columns) converted once to
+    canonical CSR in dtype: column indices sorted within each row, duplicates summed, int32 or int64 indices
+    (indptr of the same type), every stored value finite; empty rows are fine. X itself is never changed."""
+    global _CSR_FEATURES
+    if _CSR_FEATURES is None:
+        _CSR_FEATURES = _sparse_features_type()
+    _records_of_width(X.shape, n_in, name)
+    if X.dtype.kind not in "iuf" or X.dtype == np.float16:
+        raise TypeError(f"{name}: expected real numbers (float32, float64 or integers), got dtype {X.dtype}")
+    csr = X.tocsr()  # X itself when it is CSR already
+    if csr.dtype != dtype:
+        csr = csr.astype(dtype)
+    if not csr.has_canonical_format:
+        if csr is X:
+            csr = csr.copy()  # sum_duplicates works in place
+        csr.sum_duplicates()  # also sorts each row's indices
+    if not bool(np.isfinite(csr.data).all()):
+        raise ValueError(f"{name}: contains NaN or infinity" + ("" if X.dtype == csr.dtype else
+                                                                  f" (or a value beyond {np.dtype(dtype).name})"))
+    index_dtype = np.int32 if csr.indices.dtype == np.int32 and csr.indptr.dtype == np.int32 else np.int64
+    out = _CSR_FEATURES((np.ascontiguousarray(csr.data),
+                         np.ascontiguousarray(csr.indices, dtype=index_dtype),
+                         np.ascontiguousarray(csr.indptr, dtype=index_dtype)), shape=csr.shape, copy=False)
+    return out
 
 
 def targets(y, m, loss, n_out, dtype, name="y", xp=np):

@@ -853,6 +853,10 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         record["solution"] = bench_solution.run(backends, repeats, out, quick=quick)
     if configs is not None and "K" in configs:
         record["load"] = bench_load(quick, repeats, out)
+    if configs is not None and "P" in configs:
+        from l2fast import bench_sparse
+
+        record["sparse"] = bench_sparse.run(backends, repeats, out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

@@ -19,9 +19,12 @@ from numpy.typing import ArrayLike
 
 
 def _frozen_copy(array):
-    """A private copy: read-only for host data; a GPU array (CuPy, torch) is copied where it lies."""
+    """A private copy: read-only for dense host data; a GPU array (CuPy, torch) is copied where it lies, a
+    scipy.sparse matrix as itself."""
     if hasattr(array, "__cuda_array_interface__") or type(array).__module__.split(".")[0] in ("cupy", "torch"):
         return array.detach().clone() if hasattr(array, "detach") else array.copy()
+    if hasattr(array, "tocsr"):  # scipy.sparse: a copy, converted once per network like any sparse X
+        return array.copy()
     copy = np.array(array, copy=True)
     copy.flags.writeable = False
     return copy

@@ -51,8 +51,16 @@ class NoImprovement:
 def extreme_features(X, xp=np, limit: float = 10.0, most: int = 5):
     """Indices (at most ``most``, largest first) of the columns of X (m, n) whose mean or spread exceeds
     ``limit`` in absolute value: features that make gradient steps of one lr too large for them."""
-    X = X[: min(len(X), 100_000)]  # a sample is enough to see the scale
-    scale = xp.maximum(xp.abs(X.mean(axis=0, dtype=np.float64)), X.std(axis=0, dtype=np.float64))
+    from l2fast import _validate
+
+    X = X[: min(X.shape[0], 100_000)]  # a sample is enough to see the scale
+    if _validate.is_sparse(X):  # the spread from E[x^2] - E[x]^2, zeros included, without densifying
+        X = X.astype(np.float64)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        spread = np.sqrt(np.maximum(np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean * mean, 0))
+        scale = np.maximum(np.abs(mean), spread)
+    else:
+        scale = xp.maximum(xp.abs(X.mean(axis=0, dtype=np.float64)), X.std(axis=0, dtype=np.float64))
     scale = np.asarray(scale.get() if hasattr(scale, "get") else scale)
     order = np.argsort(-scale)
     return [int(j) for j in order[:most] if scale[j] > limit]

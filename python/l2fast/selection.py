@@ -94,7 +94,7 @@ class Selection:
 
 def _hold_out(X, y, fraction, seed):
     """A seeded split of (X, y) into training and development parts, fraction going to development."""
-    m = len(X)
+    m = X.shape[0]
     n_dev = int(round(fraction * m))
     if not 1 <= n_dev < m:
         raise ValueError(f"validation_fraction: {fraction} of {m} records leaves no training or no "
@@ -141,7 +141,7 @@ def select_lambda(X_train: ArrayLike, y_train: ArrayLike, X_dev: Optional[ArrayL
     if (X_dev is None) != (y_dev is None):
         raise ValueError("X_dev, y_dev: give both or neither")
     template = Network(layer_sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=seed)
-    X_train, y_train = np.asarray(X_train), np.asarray(y_train)
+    X_train, y_train = X_train if _validate.is_sparse(X_train) else np.asarray(X_train), np.asarray(y_train)
     if X_dev is None:
         _validate.real(validation_fraction, "validation_fraction", positive=True)
         X_train, y_train, X_dev, y_dev = _hold_out(X_train, y_train, validation_fraction, seed)

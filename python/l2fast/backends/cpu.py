@@ -8,11 +8,18 @@ from __future__ import annotations
 # Loads libscipy_openblas.so into the process before _core needs it (editable builds rely on this).
 import scipy_openblas32  # noqa: F401
 
-from l2fast import _core, threads  # threads loads _core first, with OpenBLAS's thread timeout
+from l2fast import _core, _validate, threads  # threads loads _core first, with OpenBLAS's thread timeout
 from l2fast.backends.numpy_ref import HostArrays
 
 # Rows per block of the whole-data passes (predict, evaluate, gradients): cpp/network.cpp's kBlockRows.
 _BLOCK_ROWS = 2048
+
+
+def core_X(X):
+    """X as ``_core`` takes it: the array itself, or a sparse X's CSR arrays (data, indices, indptr, shape)."""
+    if isinstance(X, _validate.SparseFeatures):
+        return X.data, X.indices, X.indptr, X.shape
+    return X
 
 
 def core_options(optimizer):
@@ -40,26 +47,26 @@ class CpuBackend(HostArrays):
                     optimizer=None, slots=(), step=0, sample_weight=None):
         with threads.call_threads(_sizes(weights), batch_size, X.dtype):
             if optimizer is None:
-                return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+                return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                          sample_weight=sample_weight)
-            return _core.train_epoch(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
+            return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                      slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
                                      **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None):
         with threads.call_threads(_sizes(weights[0]), batch_size, X.dtype, models=len(weights)):
-            return _core.train_epoch_stacked(weights, biases, X, y, order, batch_size, lr, list(lam_over_m),
+            return _core.train_epoch_stacked(weights, biases, core_X(X), y, order, batch_size, lr, list(lam_over_m),
                                              activation, loss, sample_weight=sample_weight)
 
     def predict(self, weights, biases, X, activation, loss):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.predict(weights, biases, X, activation, loss)
+            return _core.predict(weights, biases, core_X(X), activation, loss)
 
     def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.evaluate(weights, biases, X, y, activation, loss, sample_weight=sample_weight)
+            return _core.evaluate(weights, biases, core_X(X), y, activation, loss, sample_weight=sample_weight)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.gradients(weights, biases, X, y, lam_over_m, activation, loss, sample_weight=sample_weight)
+            return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss, sample_weight=sample_weight)

@@ -102,10 +102,15 @@ def _loss_gradient(Z, y, loss):
     return None, correct, dZ, per_record
 
 
+def weight_product(dZ, A_prev):
+    """dZ^T A_prev (n_out, n_in), for A_prev (rows, n_in) dense or scipy.sparse (then sparse x dense)."""
+    return (A_prev.T @ dZ).T if _validate.is_sparse(A_prev) else dZ.T @ A_prev
+
+
 def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
     """In place: W <- W - lr (mean dL/dW + (lam/m) W), b <- b - lr mean dL/db, over a batch of rows."""
     batch = len(dZ)
-    W -= lr * (dZ.T @ A_prev / batch + lam_over_m * W)
+    W -= lr * (weight_product(dZ, A_prev) / batch + lam_over_m * W)
     b -= lr * (dZ.sum(axis=0) / batch)
 
 
@@ -161,7 +166,10 @@ class HostArrays:
     xp = np
 
     def features(self, X, n_in, dtype):
-        """X validated (see ``_validate.features``) in this backend's memory."""
+        """X validated (see ``_validate.features``) in this backend's memory; a scipy.sparse X as the canonical
+        CSR of ``_validate.sparse_features``."""
+        if _validate.is_sparse(X):
+            return _validate.sparse_features(X, n_in, dtype)
         return _validate.features(X, n_in, dtype)
 
     def targets(self, y, m, loss, n_out, dtype):
@@ -213,7 +221,7 @@ class NumpyBackend(HostArrays):
                 l2_step(weights[layer], biases[layer], dZ, A_prev, lr, lam_over_m)
                 return
             batch = len(dZ)
-            optimizer_step(weights[layer], dZ.T @ A_prev / batch, [s[layer] for s in slots], lr, lam_over_m,
+            optimizer_step(weights[layer], weight_product(dZ, A_prev) / batch, [s[layer] for s in slots], lr, lam_over_m,
                            optimizer, count)
             optimizer_step(biases[layer], dZ.sum(axis=0) / batch, [s[L + layer] for s in slots], lr, 0.0,
                            optimizer, count)
@@ -248,10 +256,13 @@ class NumpyBackend(HostArrays):
                 rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 X_batch, y_batch = X[rows], y[rows]
                 w_batch = None if sample_weight is None else sample_weight[rows]
-                batch = len(X_batch)
+                batch = len(y_batch)
                 outputs, A = [], X_batch
                 for layer in range(L):
-                    Z = A @ np.swapaxes(Ws[layer], 1, 2) + bs[layer][:, None, :]  # (K, batch, n_out)
+                    if layer == 0 and _validate.is_sparse(A):  # one sparse batch, K products
+                        Z = np.stack([A @ W.T for W in Ws[0]]) + bs[0][:, None, :]
+                    else:
+                        Z = A @ np.swapaxes(Ws[layer], 1, 2) + bs[layer][:, None, :]  # (K, batch, n_out)
                     A = activate(Z, "identity" if layer == L - 1 else activation)
                     outputs.append(A)
                 dZ = np.empty_like(outputs[-1])
@@ -264,7 +275,11 @@ class NumpyBackend(HostArrays):
                     dZ_below = None
                     if layer > 0:
                         dZ_below = activation_backward(dZ @ Ws[layer], A_prev, activation)
-                    Ws[layer] -= lr * (np.swapaxes(dZ, 1, 2) @ A_prev / batch + lam * Ws[layer])
+                    if _validate.is_sparse(A_prev):
+                        dW = np.stack([weight_product(dZ_k, A_prev) for dZ_k in dZ])
+                    else:
+                        dW = np.swapaxes(dZ, 1, 2) @ A_prev
+                    Ws[layer] -= lr * (dW / batch + lam * Ws[layer])
                     bs[layer] -= lr * (dZ.sum(axis=1) / batch)
                     dZ = dZ_below
         for k in range(K):
@@ -299,7 +314,7 @@ class NumpyBackend(HostArrays):
         loss_sum = 0.0
 
         def collect(layer, dZ, A_prev):
-            dW[layer] += dZ.T @ A_prev
+            dW[layer] += weight_product(dZ, A_prev)
             db[layer] += dZ.sum(axis=0)
 
         for s in range(0, m, BLOCK_ROWS):

@@ -48,11 +48,18 @@ from l2fast.network import History, Network
 
 __all__ = ["L2MLPClassifier", "L2MLPRegressor", "L2LogisticRegression"]
 
+_SPARSE = ("csr", "csc", "coo")  # scipy.sparse X: the network converts it to CSR once (see Network)
+
 
 class _L2Estimator(BaseEstimator):
     """What the three estimators share: data checks, the network's life cycle, one epoch per partial_fit."""
 
     _loss_for_outputs = None  # set by the subclasses
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     def _hidden(self):
         return tuple(self.hidden_layer_sizes)
@@ -88,7 +95,7 @@ class _L2Estimator(BaseEstimator):
             net = self._new_network(X.shape[1], n_outputs, loss, X)
         net.lam = self.lam
         lbfgs = self._lbfgs()
-        batch = None if self.batch_size is None or lbfgs else min(self.batch_size, len(X))
+        batch = None if self.batch_size is None or lbfgs else min(self.batch_size, X.shape[0])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", monitor.ConvergenceWarning)
             history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
@@ -119,7 +126,7 @@ class _L2Estimator(BaseEstimator):
 
     def _check_X(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse=_SPARSE)
 
 
 class _Classifier(ClassifierMixin, _L2Estimator):
@@ -159,7 +166,7 @@ class _Classifier(ClassifierMixin, _L2Estimator):
         """Trains on X (n_samples, n_features) and labels y (n_samples,) of any type, weighted by
         ``sample_weight`` (n_samples,) and ``class_weight``; at most ``epochs`` epochs (L-BFGS: iterations)
         until converged, from fresh weights unless ``warm_start`` and a fitted network of the same shape."""
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE)
         codes = self._encode(y)
         n_outputs, loss = self._layout()
         return self._train(X, codes, n_outputs, loss, self.epochs, reuse=self.warm_start,
@@ -173,7 +180,7 @@ class _Classifier(ClassifierMixin, _L2Estimator):
         first = not hasattr(self, "network_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE, reset=first)
         codes = self._encode(y, classes, first)
         n_outputs, loss = self._layout()
         return self._train(X, codes, n_outputs, loss, 1, reuse=not first,
@@ -303,7 +310,7 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
         return tags
 
     def _targets(self, X, y, first):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE, multi_output=True, y_numeric=True,
                              reset=first)
         y = np.asarray(y, dtype=X.dtype)
         if first:
