@@ -311,9 +311,10 @@ static void test_parallel_for_back_to_back_jobs() {
 
 // An epoch of 40000 one-record steps (well over 10 ms of work) asking should_stop between them; W0 of
 // the network after it.
-static EpochResult train_long_epoch(const std::function<bool()>& should_stop, std::vector<double>& W0) {
+static EpochResult train_long_epoch(const std::function<bool()>& should_stop, std::vector<double>& W0,
+                                    std::size_t m = 40000) {
     std::mt19937_64 rng(7);
-    const std::size_t m = 40000, n_in = 8;
+    const std::size_t n_in = 8;
     Shape shape{{n_in, 32, 3}, Activation::Relu, Loss::Softmax};
     auto X = randn(m * n_in, rng);
     std::vector<std::int64_t> y(m, 1);
@@ -417,15 +418,20 @@ static void test_parallel_for_from_several_threads_at_once() {
 // The stop check reads a flag another thread raises (in the bindings: the GIL and Python's signal
 // state); the epoch ends soon after, with W whole.
 static void test_training_stops_when_another_thread_asks() {
-    std::atomic<bool> stop{false};
-    std::thread asker([&stop] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // The asker raises the flag once the epoch has asked at least once (so the epoch is surely running,
+    // however fast the machine), and gives up after 5 s so that a broken stop check fails, not hangs.
+    std::atomic<bool> stop{false}, asked{false};
+    std::thread asker([&stop, &asked] {
+        for (int i = 0; i < 5000 && !asked.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
         stop.store(true);
     });
     std::vector<double> W0;
-    const EpochResult r = train_long_epoch([&stop] { return stop.load(); }, W0);
+    const EpochResult r = train_long_epoch([&stop, &asked] {
+        asked.store(true);
+        return stop.load();
+    }, W0, 400000);
     asker.join();
-    CHECK(r.stopped && r.steps >= 1 && r.steps < 40000);
+    CHECK(r.stopped && r.steps >= 1 && r.steps < 400000);
     CHECK(std::all_of(W0.begin(), W0.end(), [](double w) { return std::isfinite(w); }));
 }
 
