@@ -96,6 +96,7 @@ def test_cpu_training_on_sparse_x_matches_the_reference(dtype):
         assert_parity(p, p_ref, dtype, "cpu against numpy on sparse X")
 
 
+@pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # a short sweep: the choice is not the point
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_stacked_sweep_on_sparse_x_matches_separate_dense_fits(backend):
     X, dense = messy_csr(120, 50, seed=11)

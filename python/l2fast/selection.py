@@ -198,9 +198,11 @@ def _measure_noise(networks, results, best, X_dev, y_dev):
     """Sets each result's dev_loss_se, the standard error of its development loss, from the spread of
     the loss over NOISE_CHUNKS parts of the development set; returns whether some lambda's loss is
     above the best one by more than NOISE_SE of its standard errors."""
-    # Row slices of the arrays as given: NumPy, or GPU arrays where they lie; pandas as NumPy.
-    X_dev, y_dev = (a if hasattr(a, "__cuda_array_interface__") else np.asarray(a) for a in (X_dev, y_dev))
-    bounds = np.linspace(0, len(X_dev), min(NOISE_CHUNKS, len(X_dev)) + 1).astype(int)
+    # Row slices of the arrays as given: NumPy, GPU arrays where they lie, scipy.sparse as CSR; pandas as NumPy.
+    X_dev, y_dev = (a.tocsr() if _validate.is_sparse(a) else a if hasattr(a, "__cuda_array_interface__")
+                    else np.asarray(a) for a in (X_dev, y_dev))
+    rows = X_dev.shape[0]
+    bounds = np.linspace(0, rows, min(NOISE_CHUNKS, rows) + 1).astype(int)
     parts = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
     if len(parts) < 2:
         return True  # one development record: no noise to measure
