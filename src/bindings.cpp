@@ -22,6 +22,7 @@
 #include "limits.hpp"
 #include "network.hpp"
 #include "optim.hpp"
+#include "parallel.hpp"
 #include "update.hpp"
 
 namespace py = pybind11;
@@ -114,13 +115,33 @@ Net<T> take_network(const py::list& weights, const py::list& biases, const std::
     return net;
 }
 
-// The README's promise that NaN and infinity never reach a kernel holds at this layer too.
-// One branch-free pass (x - x is 0 for a finite x, NaN otherwise), then a second only to name the index.
+// x * 0 is 0 for a finite x and NaN for an infinite or NaN one, so a range is finite when the sum of those
+// products is 0. Sixteen partial sums, so that the loop vectorises without any reordering the compiler was
+// not told to make: this check reads every byte of X on every call, and ran at a third of the memory's speed
+// as a scalar loop.
+template <class T>
+L2FAST_VECTOR_CLONES bool finite_range(const T* values, std::size_t n) {
+    constexpr std::size_t kLanes = 16;
+    T lanes[kLanes] = {};
+    std::size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (std::size_t l = 0; l < kLanes; ++l) lanes[l] += values[i + l] * T(0);
+    T sum = T(0);
+    for (; i < n; ++i) sum += values[i] * T(0);
+    for (std::size_t l = 0; l < kLanes; ++l) sum += lanes[l];
+    return sum == T(0);
+}
+
+// The README's promise that NaN and infinity never reach a kernel holds at this layer too: one vectorised
+// pass shared by l2fast's helper threads, then a second only to name the index.
 template <class T>
 void check_finite(const T* values, std::size_t n, const char* name) {
-    unsigned all_finite = 1;
-    for (std::size_t i = 0; i < n; ++i) all_finite &= unsigned(values[i] - values[i] == T(0));
-    if (all_finite) return;
+    std::atomic<bool> all_finite{true};
+    l2fast::parallel_for(n, std::size_t(std::max(l2fast::blas::num_threads(), 1)), std::size_t(1) << 20,
+                         [&](std::size_t begin, std::size_t end) {
+                             if (!finite_range(values + begin, end - begin)) all_finite.store(false);
+                         });
+    if (all_finite.load()) return;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(values[i]))
             throw std::invalid_argument(std::string(name) + ": contains NaN or infinity (at flat index " +

@@ -449,3 +449,20 @@ def test_select_lambda_trains_each_run_until_its_tolerance():
                                  n_iter_no_change=3, progress=False)
     for result in sweep.results:
         assert result.history.converged and result.history.n_iter < 300
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 17, -1])
+def test_the_cores_vectorised_finite_check_finds_any_bad_value(bad, where):
+    from l2fast import _core
+
+    X = np.random.default_rng(3).normal(size=(300_001, 10))  # 3M values: shared by the helper threads
+    y = np.zeros(len(X), np.int64)
+    W, b = [np.zeros((2, 10))], [np.zeros(2)]
+    _core.evaluate(W, b, X, y, "relu", "softmax")  # all finite: accepted
+    X.flat[where] = bad
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        _core.evaluate(W, b, X, y, "relu", "softmax")
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        _core.gradients([W[0].astype(np.float32)], [b[0].astype(np.float32)], X.astype(np.float32), y, 0.0, "relu",
+                        "softmax")
