@@ -12,7 +12,7 @@ import functools
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -536,7 +536,7 @@ def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, 
     m = len(X)
     epochs = _validate.integer(epochs, "epochs", 0)
     lr = _validate.real(lr, "lr", positive=True)
-    lbfgs = optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, solvers.LBFGS)
+    lbfgs = solvers.requested(optimizer)
     if lbfgs and batch_size is not None:
         raise ValueError("batch_size: L-BFGS works on the whole training set; leave batch_size=None")
     batch_size = m if batch_size is None else min(_validate.integer(batch_size, "batch_size", 1), m)
@@ -565,7 +565,7 @@ def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, 
                              "with its own stopping rule (tol); it takes no patience or schedule")
         optimizer = solvers.LBFGS() if isinstance(optimizer, str) else optimizer
         if tol is not None:
-            optimizer = solvers.LBFGS(optimizer.memory, tol, optimizer.max_fun, optimizer.max_ls)
+            optimizer = replace(optimizer, tol=tol)
     else:
         optimizer = optim.resolve_optimizer(optimizer)
         schedule = optim.resolve_schedule(schedule)

@@ -53,6 +53,11 @@ class LBFGS:
         object.__setattr__(self, "max_ls", _validate.integer(self.max_ls, "max_ls", 1))
 
 
+def requested(optimizer) -> bool:
+    """Whether an ``optimizer=`` argument asks for L-BFGS: the name "lbfgs" or an ``LBFGS`` instance."""
+    return optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, LBFGS)
+
+
 def _scipy_optimize():
     try:
         from scipy import optimize

@@ -43,7 +43,7 @@ except ImportError as exc:
     raise ModuleNotFoundError(f"l2fast.sklearn needs scikit-learn >= 1.6: pip install \"l2fast[sklearn]\" ({exc})",
                               name=exc.name) from exc
 
-from l2fast import monitor
+from l2fast import monitor, solvers
 from l2fast.network import History, Network
 
 __all__ = ["L2MLPClassifier", "L2MLPRegressor", "L2LogisticRegression"]
@@ -83,8 +83,7 @@ class _L2Estimator(BaseEstimator):
         return self.activation
 
     def _lbfgs(self):
-        return isinstance(self.optimizer, str) and self.optimizer == "lbfgs" or \
-            type(self.optimizer).__name__ == "LBFGS"
+        return solvers.requested(self.optimizer)
 
     def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse, sample_weight=None, stop=True):
         """Trains self.network_ (made anew unless reuse allows and it fits the data) for at most epochs, with
