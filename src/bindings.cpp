@@ -135,13 +135,18 @@ L2FAST_VECTOR_CLONES bool finite_range(const T* values, std::size_t n) {
 // The README's promise that NaN and infinity never reach a kernel holds at this layer too: one vectorised
 // pass shared by l2fast's helper threads, then a second only to name the index.
 template <class T>
-void check_finite(const T* values, std::size_t n, const char* name) {
-    std::atomic<bool> all_finite{true};
+bool all_finite(const T* values, std::size_t n) {
+    std::atomic<bool> finite{true};
     l2fast::parallel_for(n, std::size_t(std::max(l2fast::blas::num_threads(), 1)), std::size_t(1) << 20,
                          [&](std::size_t begin, std::size_t end) {
-                             if (!finite_range(values + begin, end - begin)) all_finite.store(false);
+                             if (!finite_range(values + begin, end - begin)) finite.store(false);
                          });
-    if (all_finite.load()) return;
+    return finite.load();
+}
+
+template <class T>
+void check_finite(const T* values, std::size_t n, const char* name) {
+    if (all_finite(values, n)) return;
     for (std::size_t i = 0; i < n; ++i)
         if (!std::isfinite(values[i]))
             throw std::invalid_argument(std::string(name) + ": contains NaN or infinity (at flat index " +
@@ -161,7 +166,7 @@ py::array private_copy(const py::array& a) {
 // or both int64, shape (m, n_in); the whole structure is checked (l2fast::check_csr) before the kernels see it.
 template <class T>
 void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dataset<T>& data,
-                   std::vector<py::array>& keep) {
+                   std::vector<py::array>& keep, bool check_finite_values = true) {
     if (csr.size() != 4) throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
     const auto dims = csr[3].cast<std::vector<long long>>();
     if (dims.size() != 2 || dims[0] < 0 || dims[1] != (long long)shape.n_in())
@@ -190,7 +195,7 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
         throw py::type_error("X.indices: expected dtype int32 or int64, got " + std::string(py::str(indices.dtype())));
     }
     l2fast::check_csr(X, "X");
-    check_finite(X.data, X.nnz, "X");
+    if (check_finite_values) check_finite(X.data, X.nnz, "X");
     data.sparse = true;
     data.m = X.rows;
     keep.insert(keep.end(), {values, indices, indptr});
@@ -200,14 +205,15 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
 // with optional sample weights (m,) of T, finite and >= 0.
 template <class T>
 l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
-                             std::vector<py::array>& keep, const py::handle& weights_obj = py::none()) {
+                             std::vector<py::array>& keep, const py::handle& weights_obj = py::none(),
+                             bool check_X_finite = true) {
     l2fast::Dataset<T> data;
     if (py::isinstance<py::tuple>(X_obj)) {
-        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep);
+        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep, check_X_finite);
     } else {
         py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
         if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
-        check_finite(cptr<T>(X), std::size_t(X.size()), "X");
+        if (check_X_finite) check_finite(cptr<T>(X), std::size_t(X.size()), "X");
         data.X = cptr<T>(X);
         data.m = std::size_t(X.shape(0));
         keep.push_back(X);
@@ -524,10 +530,10 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
 template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                       double lam_over_m, const std::string& activation, const std::string& loss,
-                      const py::handle& sample_weight) {
+                      const py::handle& sample_weight, bool check_X_finite) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight, check_X_finite);
     finite_scalar(lam_over_m, "lam_over_m", false);
     py::list dW, db;
     l2fast::Params<double> grads;  // summed in double whatever T
@@ -715,19 +721,50 @@ PYBIND11_MODULE(_core, m) {
         "(loss_sum, correct) over the whole data set; the loss sum weighted by sample_weight when given.");
 
     m.def(
+        "all_finite",
+        [](const py::handle& values) {
+            py::array a = as_array(values, "values");
+            const bool is_double = a.dtype().is(py::dtype::of<double>());
+            if (!is_double && !a.dtype().is(py::dtype::of<float>()))
+                throw py::type_error("values: expected float32 or float64, got " + std::string(py::str(a.dtype())));
+            std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
+            if (is_double) {
+                a = checked<double>(a, "values", shape);
+                ReleasedGil release;
+                return all_finite(cptr<double>(a), std::size_t(a.size()));
+            }
+            a = checked<float>(a, "values", shape);
+            ReleasedGil release;
+            return all_finite(cptr<float>(a), std::size_t(a.size()));
+        },
+        py::arg("values"),
+        "Whether every value of a C-contiguous float32 or float64 array is finite: one vectorised pass shared by\n"
+        "l2fast's threads, with no temporary array (NumPy's isfinite(a).all() writes a boolean array first).");
+
+    m.def(
         "gradients",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            double lam_over_m, const std::string& activation, const std::string& loss,
-           const py::handle& sample_weight) {
+           const py::handle& sample_weight, bool check_finite) {
             return by_dtype(
                 weights,
-                [&] { return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight); },
-                [&] { return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight); });
+                [&] {
+                    return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
+                                              check_finite);
+                },
+                [&] {
+                    return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
+                                               check_finite);
+                });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
+        py::arg("check_finite") = true,
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
-        "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.");
+        "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.\n"
+        "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
+        "labels): for a solver's repeated passes over an X it has already checked; a non-finite X then gives a\n"
+        "non-finite loss, never a crash.");
 
     m.def(
         "l2_update",

@@ -375,19 +375,50 @@ def test_partial_fit_refuses_other_classes_and_warm_start_another_label_set():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("m, n_out", [(5, 1), (9000, 1), (700, 4)])
-def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, n_out):
+@pytest.mark.parametrize("m, n_in, n_out", [(5, 13, 1), (9000, 13, 1), (700, 13, 4), (3, 7, 1), (1001, 64, 3)])
+def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, n_in, n_out):
+    # records four at a time and then one by one, features eight at a time and then one by one
     rng = np.random.default_rng(m)
-    X = rng.normal(size=(m, 13))
+    X = rng.normal(size=(m, n_in))
     y = rng.integers(0, max(n_out, 2), size=m)
     w = rng.uniform(0, 2, size=m)
     loss = "logistic" if n_out == 1 else "softmax"
-    nets = [l2fast.Network([13, n_out], loss=loss, lam=0.3, backend=b, dtype=dtype, seed=4) for b in BACKENDS]
+    nets = [l2fast.Network([n_in, n_out], loss=loss, lam=0.3, backend=b, dtype=dtype, seed=4) for b in BACKENDS]
     for weights in (None, w):
         (dW_ref, db_ref), (dW_cpu, db_cpu) = [net.gradients(X, y, sample_weight=weights) for net in nets]
         assert_parity(dW_cpu[0], dW_ref[0], dtype, "weight gradient")
         assert_parity(db_cpu[0], db_ref[0], dtype, "bias gradient")
         assert_parity(nets[1].cost(X, y, weights), nets[0].cost(X, y, weights), dtype, "cost")
+
+
+def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
+    from l2fast.backends import cpu
+
+    X, y = standardised(load_breast_cancer)
+    scans, passes = [], []
+    all_finite, gradients = cpu._core.all_finite, cpu._core.gradients
+    monkeypatch.setattr(cpu._core, "all_finite", lambda a: scans.append(a.shape) or all_finite(a))
+    monkeypatch.setattr(cpu._core, "gradients", lambda *a, **k: passes.append(k["check_finite"]) or gradients(*a, **k))
+    history = l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64").fit(
+        X, y, epochs=100, optimizer="lbfgs")
+    assert history.converged and len(passes) > 5
+    assert scans == [X.shape] and not any(passes)
+
+
+def test_a_pass_without_the_scan_gives_the_same_answer_and_a_nan_gives_a_nan_not_a_crash():
+    from l2fast import _core
+
+    rng = np.random.default_rng(2)
+    for dtype in (np.float64, np.float32):
+        X, y = rng.normal(size=(301, 9)).astype(dtype), rng.integers(0, 2, size=(301, 1)).astype(dtype)
+        weights, biases = [rng.normal(size=(1, 9)).astype(dtype)], [np.zeros(1, dtype)]
+        checked = _core.gradients(weights, biases, X, y, 0.1, "relu", "logistic")
+        unchecked = _core.gradients(weights, biases, X, y, 0.1, "relu", "logistic", check_finite=False)
+        assert np.array_equal(checked[0][0], unchecked[0][0]) and checked[2] == unchecked[2]
+        X[7, 3] = np.nan
+        with pytest.raises(ValueError, match="X: contains NaN"):
+            _core.gradients(weights, biases, X, y, 0.1, "relu", "logistic")
+        assert np.isnan(_core.gradients(weights, biases, X, y, 0.1, "relu", "logistic", check_finite=False)[2])
 
 
 # -- l2fast.Dataset: inputs checked once ------------------------------------------------------------

@@ -281,6 +281,21 @@ def test_core_refuses_non_finite_X(call, bad):
     assert np.array_equal(weights[0], before)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_core_all_finite_finds_every_non_finite_value(dtype):
+    from l2fast import _core
+
+    values = np.random.default_rng(1).normal(size=3_000_017).astype(dtype)
+    assert _core.all_finite(values) and _core.all_finite(values.reshape(-1, 1)) and _core.all_finite(values[:0])
+    for at in (0, 17, 1 << 20, len(values) - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            spoilt = values.copy()
+            spoilt[at] = bad
+            assert not _core.all_finite(spoilt), (at, bad)
+    with pytest.raises(TypeError, match="values: expected float32 or float64"):
+        _core.all_finite(np.arange(3))
+
+
 def test_core_refuses_non_finite_regression_targets():
     from l2fast import _core
 

@@ -115,12 +115,14 @@ def _finite(array, name, xp=np):
         raise ValueError(f"{name}: contains NaN or infinity")
 
 
-def _finite_as(array, dtype, name, xp=np):
+def _finite_as(array, dtype, name, xp=np, all_finite=None):
     """array as a C-contiguous array of dtype, every value finite after the cast: a float64 value
-    beyond float32's range becomes infinity in a float32 network, and is refused as such."""
+    beyond float32's range becomes infinity in a float32 network, and is refused as such.
+    ``all_finite(cast)`` tells whether the cast is finite (default: xp.isfinite(cast).all())."""
     with np.errstate(over="ignore", invalid="ignore"):
         cast = xp.ascontiguousarray(array, dtype=dtype)
-    if not bool(xp.isfinite(cast).all()):
+    finite = bool(xp.isfinite(cast).all()) if all_finite is None else all_finite(cast)
+    if not finite:
         _finite(array, name, xp)
         raise ValueError(f"{name}: has values beyond the range of {np.dtype(dtype).name} "
                          f"(+-{float(np.finfo(dtype).max):.3g})")
@@ -136,15 +138,16 @@ def _records_of_width(shape, n_in, name):
         raise ValueError(f"{name}: expected {n_in} features per record, got {shape[1]}")
 
 
-def features(X, n_in, dtype, name="X", xp=np):
+def features(X, n_in, dtype, name="X", xp=np, all_finite=None):
     """X as a C-contiguous (m, n_in) array of dtype, m >= 1, all finite. ``xp`` is the array module
-    (NumPy, or CuPy for arrays already on a GPU, which are then checked there)."""
+    (NumPy, or CuPy for arrays already on a GPU, which are then checked there); ``all_finite`` a faster
+    test of the converted array than NumPy's, if the backend has one."""
     if is_sparse(X):  # the host backends take it through sparse_features first
         raise TypeError(f"{name}: scipy.sparse input is taken by the numpy and cpu backends, not by this one yet; "
                         f"densify it with {name}.toarray() or use backend='cpu'")
     array = _numeric_array(X, name, xp=xp)
     _records_of_width(array.shape, n_in, name)
-    return _finite_as(array, dtype, name, xp)
+    return _finite_as(array, dtype, name, xp, all_finite)
 
 
 def is_sparse(X):

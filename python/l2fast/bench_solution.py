@@ -87,7 +87,7 @@ def sklearn_fit(solver):
 def l2fast_fit(backend, dtype):
     def fit(X, y, n_out, tol):
         net = _network(X, n_out, backend, dtype)
-        net.fit(X.astype(dtype), y, epochs=100_000, optimizer=l2fast.LBFGS(tol=tol))
+        net.fit(X.astype(dtype, copy=False), y, epochs=100_000, optimizer=l2fast.LBFGS(tol=tol))
         return net.weights[0], net.biases[0]
 
     return fit

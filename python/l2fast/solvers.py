@@ -118,8 +118,11 @@ class Objective:
             return seen[3], seen[4]
         net, backend = self.net, self.net._backend
         weights, biases = self.flat.arrays(x)
+        # X is not scanned for NaN and infinity again on each pass: it came through the backend's features()
+        # or a Dataset, which checked it (a NaN written into it since by another thread makes J infinite,
+        # which L-BFGS-B backs away from, never a crash)
         dW, db, loss_sum = backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation,
-                                             net.loss, self.sample_weight)
+                                             net.loss, self.sample_weight, check_finite=False)
         penalty = net.lam / (2 * self.m) * sum(backend.sum_squares(W) for W in weights)
         data_loss = loss_sum / self.m
         J = data_loss + penalty

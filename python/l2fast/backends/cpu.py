@@ -43,6 +43,13 @@ class CpuBackend(HostArrays):
 
     name = "cpu"
 
+    def features(self, X, n_in, dtype):
+        """As the numpy backend's, with X's scan for NaN and infinity done by ``_core.all_finite`` (one
+        threaded pass, no temporary array)."""
+        if _validate.is_sparse(X):
+            return _validate.sparse_features(X, n_in, dtype)
+        return _validate.features(X, n_in, dtype, all_finite=_core.all_finite)
+
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                     optimizer=None, slots=(), step=0, sample_weight=None):
         with threads.call_threads(_sizes(weights), batch_size, X.dtype):
@@ -67,6 +74,9 @@ class CpuBackend(HostArrays):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.evaluate(weights, biases, core_X(X), y, activation, loss, sample_weight=sample_weight)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
+        """check_finite=False skips _core's scan of X for NaN and infinity: for a solver's repeated passes
+        over the X it checked on its first (see ``_core.gradients``)."""
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss, sample_weight=sample_weight)
+            return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
+                                   sample_weight=sample_weight, check_finite=check_finite)

@@ -695,9 +695,9 @@ class CudaBackend:
     def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
         return self._whole_data(weights, biases, X, y, activation, loss, None, sample_weight)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
         """(dJ/dW, dJ/db, loss sum) as float64 CuPy arrays: each block's products in the network's dtype,
-        added up in float64."""
+        added up in float64. X was checked when it came to the GPU; ``check_finite`` changes nothing here."""
         with self._on_stream():
             dW = [cupy.zeros(W.shape, np.float64) for W in weights]
             db = [cupy.zeros(b.shape, np.float64) for b in biases]

@@ -305,9 +305,10 @@ class NumpyBackend(HostArrays):
             correct += block_correct
         return loss_sum, correct
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
         """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in
-        the network's dtype, summed in float64 (as the cpu kernel does)."""
+        the network's dtype, summed in float64 (as the cpu kernel does). X is not scanned for NaN here
+        (``features`` did it), so ``check_finite`` changes nothing; the cpu backend's scan it turns off."""
         m = len(X)
         dW = [np.zeros(W.shape) for W in weights]
         db = [np.zeros(b.shape) for b in biases]
