@@ -114,50 +114,54 @@ struct Slice {
     LossStats stats;
 };
 
-// Records [begin, end): kRows at a time (z for the group, then the loss and dL/dz of the group, then the
-// group's share of dW while its rows are in cache), the last few one by one.
+// Records [begin, end) in blocks of kBlock: z for the block (four records at a time, then one by one), the
+// block's losses and dL/dz in one call (which vectorises across records), then the block's share of dW
+// while its rows are still in cache.
+constexpr std::size_t kBlock = 32;
+
 template <class T>
 void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& data, std::size_t begin,
                 std::size_t end, Slice<T>& out) {
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
     out.dW.assign(n_out * n_in, 0.0);
     out.db.assign(n_out, 0.0);
-    std::vector<T> z(kRows * n_out);
-    T zk[kRows];
-    double d[kRows];
+    std::vector<T> z(kBlock * n_out);
     Targets<T> y;
     y.values = data.y_values;
     y.labels = data.y_labels;
     y.weights = data.weights;
-    std::size_t i = begin;
-    for (; i + kRows <= end; i += kRows) {
-        const T* x[kRows];
-        for (std::size_t r = 0; r < kRows; ++r) x[r] = data.X + (i + r) * n_in;
-        for (std::size_t k = 0; k < n_out; ++k) {
-            dot_rows(params.W[0] + k * n_in, x, n_in, zk);
-            for (std::size_t r = 0; r < kRows; ++r) z[r * n_out + k] = zk[r] + params.b[0][k];
-        }
-        y.row0 = i;
-        out.stats += inplace_loss_gradient(z.data(), kRows, n_out, shape.loss, y);
-        for (std::size_t k = 0; k < n_out; ++k) {
-            double db = 0.0;
-            for (std::size_t r = 0; r < kRows; ++r) {
-                d[r] = double(z[r * n_out + k]);
-                db += d[r];
+    for (std::size_t first = begin; first < end; first += kBlock) {
+        const std::size_t rows = std::min(kBlock, end - first), grouped = rows - rows % kRows;
+        const T* X = data.X + first * n_in;
+        for (std::size_t r = 0; r < grouped; r += kRows) {
+            const T* x[kRows] = {X + r * n_in, X + (r + 1) * n_in, X + (r + 2) * n_in, X + (r + 3) * n_in};
+            T zk[kRows];
+            for (std::size_t k = 0; k < n_out; ++k) {
+                dot_rows(params.W[0] + k * n_in, x, n_in, zk);
+                for (std::size_t q = 0; q < kRows; ++q) z[(r + q) * n_out + k] = zk[q] + params.b[0][k];
             }
-            add_scaled_rows(out.dW.data() + k * n_in, d, x, n_in);
-            out.db[k] += db;
         }
-    }
-    for (; i < end; ++i) {
-        const T* x = data.X + i * n_in;
-        for (std::size_t k = 0; k < n_out; ++k) z[k] = dot(params.W[0] + k * n_in, x, n_in) + params.b[0][k];
-        y.row0 = i;
-        out.stats += inplace_loss_gradient(z.data(), 1, n_out, shape.loss, y);
+        for (std::size_t r = grouped; r < rows; ++r)
+            for (std::size_t k = 0; k < n_out; ++k)
+                z[r * n_out + k] = dot(params.W[0] + k * n_in, X + r * n_in, n_in) + params.b[0][k];
+        y.row0 = first;
+        out.stats += inplace_loss_gradient(z.data(), rows, n_out, shape.loss, y);
         for (std::size_t k = 0; k < n_out; ++k) {
-            const double dk = double(z[k]);
-            add_scaled(out.dW.data() + k * n_in, dk, x, n_in);
-            out.db[k] += dk;
+            double* g = out.dW.data() + k * n_in;
+            for (std::size_t r = 0; r < grouped; r += kRows) {
+                const T* x[kRows] = {X + r * n_in, X + (r + 1) * n_in, X + (r + 2) * n_in, X + (r + 3) * n_in};
+                double d[kRows];
+                for (std::size_t q = 0; q < kRows; ++q) {
+                    d[q] = double(z[(r + q) * n_out + k]);
+                    out.db[k] += d[q];
+                }
+                add_scaled_rows(g, d, x, n_in);
+            }
+            for (std::size_t r = grouped; r < rows; ++r) {
+                const double d = double(z[r * n_out + k]);
+                add_scaled(g, d, X + r * n_in, n_in);
+                out.db[k] += d;
+            }
         }
     }
 }

@@ -1,10 +1,13 @@
 // Output layer: loss + gradient (training) and output activation (prediction).
 #include "losses.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 #include "activations.hpp"
+#include "parallel.hpp"
+#include "vector_math.hpp"
 
 namespace l2fast {
 
@@ -26,25 +29,66 @@ void check_labels(const std::int64_t* labels, std::size_t m, std::size_t n_class
     }
 }
 
-// Softmax row in place: returns log(sum exp(z - max)) and the index of the largest logit.
+// Softmax row in place: returns log(sum exp(z - max)) and the index of the largest logit. The exponentials
+// in a loop of their own, which vectorises (see vector_math.hpp); their sum in order, in the next.
 template <class T>
 static T inplace_softmax_row(T* z, std::size_t cols, std::size_t* argmax) {
     std::size_t best = 0;
     for (std::size_t k = 1; k < cols; ++k)
         if (z[k] > z[best]) best = k;
     const T zmax = z[best];
+    for (std::size_t k = 0; k < cols; ++k) z[k] = std::exp(z[k] - zmax);
     T total = 0;
-    for (std::size_t k = 0; k < cols; ++k) {
-        z[k] = std::exp(z[k] - zmax);
-        total += z[k];
-    }
+    for (std::size_t k = 0; k < cols; ++k) total += z[k];
     for (std::size_t k = 0; k < cols; ++k) z[k] /= total;
     *argmax = best;
     return std::log(total) + zmax;  // log-sum-exp of the original logits
 }
 
+// The logistic loss of n records at once: softplus(z) - t z, sigmoid(z) >= 1/2 (as 0 or 1) and dL/dz =
+// sigmoid(z) - t, from one exp of -|z| that never overflows. One loop with no reduction, so that it runs
+// on vectors of records (exp and log1p from glibc's libmvec where the build found it).
+template <class T>
+L2FAST_VECTOR_CLONES void logistic_records(T* z, const T* t, T* loss, T* positive, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const T zi = z[i];
+        const T e = std::exp(-std::fabs(zi));
+        loss[i] = (zi > T(0) ? zi : T(0)) - t[i] * zi + std::log1p(e);
+        const T numerator = zi >= T(0) ? T(1) : e;
+        const T p = numerator / (T(1) + e);
+        positive[i] = T(p >= T(0.5));
+        z[i] = p - t[i];
+    }
+}
+
+// The logistic rows of a block, kChunk records at a time through logistic_records; the losses are added
+// up in double in record order, as the other losses are.
+template <class T>
+LossStats logistic_loss_gradient(T* z, std::size_t rows, const Targets<T>& y) {
+    constexpr std::size_t kChunk = 256;
+    T t[kChunk], loss[kChunk], positive[kChunk];
+    LossStats stats;
+    for (std::size_t start = 0; start < rows; start += kChunk) {
+        const std::size_t n = std::min(kChunk, rows - start);
+        for (std::size_t i = 0; i < n; ++i) t[i] = y.values[y.record(start + i)];
+        logistic_records(z + start, t, loss, positive, n);
+        for (std::size_t i = 0; i < n; ++i) {
+            stats.correct += (positive[i] == T(1)) == (t[i] == T(1));
+            double record_loss = double(loss[i]);
+            if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
+                const T w = y.weights[y.record(start + i)];
+                record_loss *= double(w);
+                z[start + i] *= w;
+            }
+            stats.loss_sum += record_loss;
+        }
+    }
+    return stats;
+}
+
 template <class T>
 LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss loss, const Targets<T>& y) {
+    if (loss == Loss::Logistic) return logistic_loss_gradient(Z, rows, y);
     LossStats stats;
     for (std::size_t i = 0; i < rows; ++i) {
         T* z = Z + i * cols;
@@ -61,18 +105,8 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
                 record_loss = double(T(0.5) * l);
                 break;
             }
-            case Loss::Logistic: {
-                const T t = y.values[r];
-                const T zi = z[0];
-                // softplus(z) - t z and sigmoid(z) from one exp of -|z|, which never overflows
-                const T e = std::exp(-std::abs(zi));
-                const T l = (zi > T(0) ? zi : T(0)) - t * zi + std::log1p(e);
-                const T p = zi >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-                record_loss = double(l);
-                stats.correct += (p >= T(0.5)) == (t == T(1));
-                z[0] = p - t;
-                break;
-            }
+            case Loss::Logistic:
+                break;  // logistic_loss_gradient
             case Loss::Softmax: {
                 const std::size_t label = std::size_t(y.labels[r]);
                 const T z_label = z[label];
