@@ -269,10 +269,11 @@ struct Epoch {
 
 template <class T>
 Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::handle& y, const py::handle& order_obj,
-                    long long batch_size, double lr, std::vector<py::array>& keep, const py::handle& sample_weight) {
+                    long long batch_size, double lr, std::vector<py::array>& keep, const py::handle& sample_weight,
+                    bool check_X_finite) {
     if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
     Epoch<T> epoch;
-    epoch.data = take_data<T>(shape, X, y, keep, sample_weight);
+    epoch.data = take_data<T>(shape, X, y, keep, sample_weight, check_X_finite);
     epoch.n = epoch.data.m;
     if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
     if (std::min<long long>(batch_size, (long long)epoch.data.m) > std::numeric_limits<int>::max())
@@ -428,7 +429,7 @@ template <class T>
 py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                         const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
                         const std::string& activation, const std::string& loss, const OptimizerArgs& args,
-                        const py::list& slots, long long step, const py::handle& sample_weight) {
+                        const py::list& slots, long long step, const py::handle& sample_weight, bool check_X_finite) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, true);
     finite_scalar(lam_over_m, "lam_over_m", false);
     l2fast::OptimizerRun<T> run;
@@ -439,7 +440,7 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
     check_disjoint(written, "slots");
     std::vector<py::array> read;
-    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, read, sample_weight);
+    const Epoch<T> epoch = take_epoch<T>(net.shape, X, y, order_obj, batch_size, lr, read, sample_weight, check_X_finite);
     check_not_written(read, written);
     const std::int64_t steps = std::int64_t(epoch.n / std::size_t(batch_size) + (epoch.n % std::size_t(batch_size) != 0));
     if (step > std::numeric_limits<std::int64_t>::max() - steps)
@@ -459,7 +460,7 @@ template <class T>
 py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                                const py::handle& order_obj, long long batch_size, double lr,
                                const std::vector<double>& lam_over_m, const std::string& activation,
-                               const std::string& loss, const py::handle& sample_weight) {
+                               const std::string& loss, const py::handle& sample_weight, bool check_X_finite) {
     if (weights.size() == 0) throw std::invalid_argument("weights: need at least one model");
     if (biases.size() != weights.size())
         throw std::invalid_argument("biases: expected " + std::to_string(weights.size()) + " models, got " +
@@ -485,7 +486,7 @@ py::list train_epoch_stacked_t(const py::list& weights, const py::list& biases, 
     check_disjoint(written, "weights");
     std::vector<py::array> keep;
     const l2fast::Shape& shape = nets.front().shape;
-    const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep, sample_weight);
+    const Epoch<T> epoch = take_epoch<T>(shape, X, y, order_obj, batch_size, lr, keep, sample_weight, check_X_finite);
     check_not_written(keep, written);
     l2fast::StackedEpochResult result;
     {
@@ -515,10 +516,11 @@ py::array predict_t(const py::list& weights, const py::list& biases, const py::h
 
 template <class T>
 py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-                     const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
+                     const std::string& activation, const std::string& loss, const py::handle& sample_weight,
+                     bool check_X_finite) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight, check_X_finite);
     l2fast::LossStats stats;
     {
         ReleasedGil release;
@@ -661,39 +663,41 @@ PYBIND11_MODULE(_core, m) {
            const py::handle& order, long long batch_size, double lr, double lam_over_m,
            const std::string& activation, const std::string& loss, const std::string& optimizer,
            const py::list& slots, long long step, double momentum, bool nesterov, double beta1, double beta2,
-           double eps, bool decoupled, const py::handle& sample_weight) {
+           double eps, bool decoupled, const py::handle& sample_weight, bool check_finite) {
             const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
             return by_dtype(
                 weights,
-                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight); },
-                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight); });
+                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite); },
+                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
         py::arg("optimizer") = "sgd", py::arg("slots") = py::list(), py::arg("step") = 0, py::arg("momentum") = 0.9,
         py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
-        py::arg("decoupled") = false, py::arg("sample_weight") = py::none(),
+        py::arg("decoupled") = false, py::arg("sample_weight") = py::none(), py::arg("check_finite") = true,
         "One epoch of minibatch steps in place on weights and biases: the fused L2 step of gradient descent,\n"
         "or another optimizer ('momentum', 'adam') with its state arrays slots (lists of 2L arrays, see\n"
         "l2fast.optim.OptimizerState) after step earlier steps. Returns (loss_sum, correct) over the\n"
         "minibatches, each measured before its own update. A signal (Ctrl-C) ends the epoch after the step\n"
-        "in hand and raises its exception; the parameters are then those after that step.");
+        "in hand and raises its exception; the parameters are then those after that step. check_finite=False\n"
+        "skips the scan of X for NaN and infinity (as in gradients).");
 
     m.def(
         "train_epoch_stacked",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            const py::handle& order, long long batch_size, double lr, const std::vector<double>& lam_over_m,
-           const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
+           const std::string& activation, const std::string& loss, const py::handle& sample_weight,
+           bool check_finite) {
             if (weights.size() == 0 || !py::isinstance<py::list>(weights[0]))
                 throw py::type_error("weights: expected a list with one list of arrays per model");
             return by_dtype(
                 weights[0].cast<py::list>(),
-                [&] { return train_epoch_stacked_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight); },
-                [&] { return train_epoch_stacked_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight); });
+                [&] { return train_epoch_stacked_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight, check_finite); },
+                [&] { return train_epoch_stacked_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, sample_weight, check_finite); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
-        py::arg("sample_weight") = py::none(),
+        py::arg("sample_weight") = py::none(), py::arg("check_finite") = true,
         "train_epoch for K models of one shape at once (weights[k], biases[k], lam_over_m[k] per model), on one\n"
         "order and one gathered batch. Returns a list of (loss_sum, correct), one per model.");
 
@@ -711,13 +715,14 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "evaluate",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
-           const std::string& activation, const std::string& loss, const py::handle& sample_weight) {
+           const std::string& activation, const std::string& loss, const py::handle& sample_weight,
+           bool check_finite) {
             return by_dtype(
-                weights, [&] { return evaluate_t<float>(weights, biases, X, y, activation, loss, sample_weight); },
-                [&] { return evaluate_t<double>(weights, biases, X, y, activation, loss, sample_weight); });
+                weights, [&] { return evaluate_t<float>(weights, biases, X, y, activation, loss, sample_weight, check_finite); },
+                [&] { return evaluate_t<double>(weights, biases, X, y, activation, loss, sample_weight, check_finite); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("activation"), py::arg("loss"),
-        py::kw_only(), py::arg("sample_weight") = py::none(),
+        py::kw_only(), py::arg("sample_weight") = py::none(), py::arg("check_finite") = true,
         "(loss_sum, correct) over the whole data set; the loss sum weighted by sample_weight when given.");
 
     m.def(

@@ -405,6 +405,21 @@ def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
     assert scans == [X.shape] and not any(passes)
 
 
+def test_epochs_scan_X_for_nan_once_per_fit_not_once_per_epoch(monkeypatch):
+    from l2fast.backends import cpu
+
+    X, y = standardised(load_digits)
+    scans, epochs, scores = [], [], []
+    all_finite, train_epoch, evaluate = cpu._core.all_finite, cpu._core.train_epoch, cpu._core.evaluate
+    monkeypatch.setattr(cpu._core, "all_finite", lambda a: scans.append(a.shape) or all_finite(a))
+    monkeypatch.setattr(cpu._core, "train_epoch", lambda *a, **k: epochs.append(k["check_finite"]) or train_epoch(*a, **k))
+    monkeypatch.setattr(cpu._core, "evaluate", lambda *a, **k: scores.append(k["check_finite"]) or evaluate(*a, **k))
+    net = l2fast.Network([64, 10], lam=1.0, seed=0)
+    net.fit(X[:1000], y[:1000], epochs=4, lr=0.1, batch_size=100, validation_data=(X[1000:], y[1000:]))
+    assert scans == [(1000, 64), (len(X) - 1000, 64)]
+    assert epochs == [False] * 4 and scores == [False] * 4
+
+
 def test_a_pass_without_the_scan_gives_the_same_answer_and_a_nan_gives_a_nan_not_a_crash():
     from l2fast import _core
 
@@ -419,6 +434,9 @@ def test_a_pass_without_the_scan_gives_the_same_answer_and_a_nan_gives_a_nan_not
         with pytest.raises(ValueError, match="X: contains NaN"):
             _core.gradients(weights, biases, X, y, 0.1, "relu", "logistic")
         assert np.isnan(_core.gradients(weights, biases, X, y, 0.1, "relu", "logistic", check_finite=False)[2])
+        assert np.isnan(_core.evaluate(weights, biases, X, y, "relu", "logistic", check_finite=False)[0])
+        assert np.isnan(_core.train_epoch(weights, biases, X, y, None, 301, 0.1, 0.0, "relu", "logistic",
+                                          check_finite=False)[0])
 
 
 # -- l2fast.Dataset: inputs checked once ------------------------------------------------------------

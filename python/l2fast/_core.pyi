@@ -32,6 +32,7 @@ def train_epoch(
     eps: float = 1e-8,
     decoupled: bool = False,
     sample_weight: Optional[np.ndarray] = None,
+    check_finite: bool = True,
 ) -> tuple[float, int]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],
@@ -46,6 +47,7 @@ def train_epoch_stacked(
     loss: str,
     *,
     sample_weight: Optional[np.ndarray] = None,
+    check_finite: bool = True,
 ) -> list[tuple[float, int]]: ...
 def predict(
     weights: list[np.ndarray], biases: list[np.ndarray], X: Features, activation: str, loss: str
@@ -59,6 +61,7 @@ def evaluate(
     loss: str,
     *,
     sample_weight: Optional[np.ndarray] = None,
+    check_finite: bool = True,
 ) -> tuple[float, int]: ...
 def gradients(
     weights: list[np.ndarray],
@@ -72,6 +75,7 @@ def gradients(
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
 ) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float]: ...
+def all_finite(values: np.ndarray) -> bool: ...
 def blas_config() -> str: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

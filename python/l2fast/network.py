@@ -650,15 +650,19 @@ def _run_epoch(networks, run, active, states, rates, m):
         for k in active[1:]:
             networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
     stepper = None if run.optimizer.name == "sgd" else run.optimizer  # backends: None is the fused SGD step
+    # run.X came through features() or a Dataset, which scanned it for NaN and infinity: not again per epoch
+    # (a NaN written into the caller's array meanwhile by another thread makes the cost non-finite, which
+    # ends the fit with DivergenceError, never a crash)
     if len(active) == 1 or stepper is not None or len(set(rates.values())) > 1:
         return [backend.train_epoch(networks[k]._weights, networks[k]._biases, run.X, run.y, order, run.batch_size,
                                     rates[k], networks[k]._lam / m, first.activation, first.loss, stepper,
-                                    states[k].slots, states[k].step, sample_weight=run.sample_weight)
+                                    states[k].slots, states[k].step, sample_weight=run.sample_weight,
+                                    check_finite=False)
                 for k in active]
     return backend.train_epoch_stacked(
         [networks[k]._weights for k in active], [networks[k]._biases for k in active], run.X, run.y, order,
         run.batch_size, rates[active[0]], [networks[k]._lam / m for k in active], first.activation, first.loss,
-        sample_weight=run.sample_weight)
+        sample_weight=run.sample_weight, check_finite=False)
 
 
 def _train(networks, run):
@@ -758,7 +762,8 @@ def _record_epoch(net, history, state, saved, run, epoch, loss_sum, correct, sec
         history.accuracy.append(correct / m)
     if run.validation is not None:
         X_val, y_val = run.validation
-        val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation, net.loss)
+        val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation, net.loss,
+                                                check_finite=False)  # checked by the fit's _data, as run.X
         history.val_loss.append(val_sum / len(X_val))
         history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
         if net.loss != "squared_error":

@@ -167,7 +167,8 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
         history.cost.append(J)
         if validation is not None:
             X_val, y_val = validation
-            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss)
+            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss,
+                                                    check_finite=False)
             history.val_loss.append(val_sum / len(X_val))
             history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
             if classifier:

@@ -50,33 +50,36 @@ class CpuBackend(HostArrays):
             return _validate.sparse_features(X, n_in, dtype)
         return _validate.features(X, n_in, dtype, all_finite=_core.all_finite)
 
+    # check_finite=False (train_epoch, train_epoch_stacked, evaluate, gradients) skips _core's scan of X for
+    # NaN and infinity: for the training loop's and the solver's calls, whose X came through features() or a
+    # Dataset and was scanned there, once per fit rather than once per epoch.
+
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
         with threads.call_threads(_sizes(weights), batch_size, X.dtype):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
-                                         sample_weight=sample_weight)
+                                         sample_weight=sample_weight, check_finite=check_finite)
             return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                      slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
-                                     **core_options(optimizer))
+                                     check_finite=check_finite, **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                            sample_weight=None):
+                            sample_weight=None, check_finite=True):
         with threads.call_threads(_sizes(weights[0]), batch_size, X.dtype, models=len(weights)):
             return _core.train_epoch_stacked(weights, biases, core_X(X), y, order, batch_size, lr, list(lam_over_m),
-                                             activation, loss, sample_weight=sample_weight)
+                                             activation, loss, sample_weight=sample_weight, check_finite=check_finite)
 
     def predict(self, weights, biases, X, activation, loss):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.predict(weights, biases, core_X(X), activation, loss)
 
-    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None, check_finite=True):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.evaluate(weights, biases, core_X(X), y, activation, loss, sample_weight=sample_weight)
+            return _core.evaluate(weights, biases, core_X(X), y, activation, loss, sample_weight=sample_weight,
+                                  check_finite=check_finite)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
-        """check_finite=False skips _core's scan of X for NaN and infinity: for a solver's repeated passes
-        over the X it checked on its first (see ``_core.gradients``)."""
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
                                    sample_weight=sample_weight, check_finite=check_finite)

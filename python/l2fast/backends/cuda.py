@@ -648,12 +648,12 @@ class CudaBackend:
         return [(float(loss_sum[k]), int(correct[k])) for k in range(K)]
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
         return self._epoch(weights, biases, X, y, order, batch_size, lr, [lam_over_m], activation, loss, 1,
                            optimizer, slots, step, sample_weight)[0]
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                            sample_weight=None):
+                            sample_weight=None, check_finite=True):
         K, L = len(weights), len(weights[0])
         dtype = np.dtype(weights[0][0].dtype)
         sizes = [weights[0][0].shape[1]] + [W.shape[0] for W in weights[0]]
@@ -692,12 +692,13 @@ class CudaBackend:
                 out[s:e] = outs[-1][: (e - s) * sizes[-1]].reshape(e - s, sizes[-1])
         return out
 
-    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None, check_finite=True):
         return self._whole_data(weights, biases, X, y, activation, loss, None, sample_weight)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
         """(dJ/dW, dJ/db, loss sum) as float64 CuPy arrays: each block's products in the network's dtype,
-        added up in float64. X was checked when it came to the GPU; ``check_finite`` changes nothing here."""
+        added up in float64. X was checked when it came to the GPU: ``check_finite`` (as in train_epoch,
+        train_epoch_stacked and evaluate) changes nothing here."""
         with self._on_stream():
             dW = [cupy.zeros(W.shape, np.float64) for W in weights]
             db = [cupy.zeros(b.shape, np.float64) for b in biases]

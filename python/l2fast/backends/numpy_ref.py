@@ -206,7 +206,7 @@ class NumpyBackend(HostArrays):
     name = "numpy"
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
         """One epoch of minibatch steps in place. ``optimizer`` None is the fused L2 step; an
         ``l2fast.optim`` spec (Momentum, Adam) steps with its state ``slots`` (see ``OptimizerState``), the
         epoch's first step being number step + 1. ``sample_weight`` (m,) scales each record's loss.
@@ -241,7 +241,7 @@ class NumpyBackend(HostArrays):
         return loss_sum, correct
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                            sample_weight=None):
+                            sample_weight=None, check_finite=True):
         """train_epoch for K models of one shape (weights[k], biases[k], lam_over_m[k]) on one order, as
         one stacked model: each layer's K weight matrices form a (K, n_out, n_in) array and every
         product is one batched matmul. Returns [(loss_sum, correct)] per model."""
@@ -295,7 +295,7 @@ class NumpyBackend(HostArrays):
         ]
         return np.concatenate(blocks)
 
-    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None):
+    def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None, check_finite=True):
         loss_sum, correct = 0.0, 0
         for s in range(0, len(X), BLOCK_ROWS):
             logits = forward_all(weights, biases, X[s : s + BLOCK_ROWS], activation)[-1]
@@ -308,7 +308,8 @@ class NumpyBackend(HostArrays):
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
         """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in
         the network's dtype, summed in float64 (as the cpu kernel does). X is not scanned for NaN here
-        (``features`` did it), so ``check_finite`` changes nothing; the cpu backend's scan it turns off."""
+        (``features`` did it): ``check_finite`` (as in train_epoch, train_epoch_stacked and evaluate) turns off
+        the cpu backend's second scan and changes nothing here."""
         m = len(X)
         dW = [np.zeros(W.shape) for W in weights]
         db = [np.zeros(b.shape) for b in biases]
