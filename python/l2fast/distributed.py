@@ -119,6 +119,8 @@ def checked_run(comm, sharded, batch_size, networks, check):
             raise ValueError("optimizer: L-BFGS does not run data-parallel; use a minibatch optimizer with comm")
         if isinstance(run.X, _validate.SparseFeatures):
             raise ValueError("X: data-parallel training takes dense X; pass X.toarray() or train without comm")
+        if networks[0].backend == "cuda":
+            nccl_module()
         report = (_settings(networks, run), len(run.X))
     except Exception as exc:
         failure = exc
@@ -172,13 +174,13 @@ class Communicator:
     ``seconds_reducing`` adds up the time steps spent starting and waiting for gradient allreduces (with
     overlap, only what the backward pass did not hide); ``steps`` counts them."""
 
-    def __init__(self, comm, backend, sharded, sizes, bucket_bytes=BUCKET_BYTES):
+    def __init__(self, comm, backend, sharded, sizes):
         self.comm, self.backend, self.sharded = comm, backend, sharded
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.m = sum(sizes) if sharded else sizes[0]
         self.lo = sum(sizes[:self.rank]) if sharded else 0  # this rank's shard in the concatenation
         self.hi = self.lo + sizes[self.rank]
-        self.bucket_bytes = bucket_bytes if backend.name == "numpy" else 1 << 62  # one bucket without layer hooks
+        self.bucket_bytes = BUCKET_BYTES if backend.name == "numpy" else 1 << 62  # one bucket without layer hooks
         self.nccl = _Nccl(comm) if backend.name == "cuda" else None
         self.seconds_reducing, self.steps = 0.0, 0
         self._buffers = {}
@@ -397,9 +399,8 @@ class _Nccl:
 
     def __init__(self, comm):
         import cupy
-        from cupy.cuda import nccl
 
-        self.cupy, self.nccl = cupy, nccl
+        self.cupy, self.nccl = cupy, nccl_module()
         uid = nccl.get_unique_id() if comm.Get_rank() == 0 else None
         uid = comm.bcast(uid, root=0)
         self.communicator = nccl.NcclCommunicator(comm.Get_size(), uid, comm.Get_rank())
@@ -412,6 +413,21 @@ class _Nccl:
 
     def wait(self):
         self.stream.synchronize()
+
+
+def nccl_module():
+    """CuPy's NCCL binding (``cupy.cuda.nccl``); ImportError with the install hint where CuPy has none."""
+    import cupy
+
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        nccl = getattr(cupy.cuda, "nccl", None)
+    if nccl is None or not getattr(nccl, "available", True):
+        raise ImportError("comm: data-parallel training on backend='cuda' sends the gradients through NCCL, which "
+                          "CuPy cannot load here; install it (pip install nvidia-nccl-cu12, or "
+                          "python -m cupyx.tools.install_library --library nccl --cuda 12.x)")
+    return nccl
 
 
 def shard(n: int, ranks: int, rank: int) -> slice:
