@@ -4,6 +4,7 @@ rank left waiting fails the test instead of hanging it."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -32,8 +33,15 @@ def launch(tmp_path, body, ranks=2, check=True):
                       "comm = MPI.COMM_WORLD\nOUT = Path(sys.argv[1])\n" + textwrap.dedent(body))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(HERE))
     env.pop("L2FAST_NUM_THREADS", None)
-    result = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, str(script), str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, str(script), str(tmp_path)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # mpiexec and every rank it started
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the ranks were still running after {TIMEOUT} s:\n{stdout}{stderr}")
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -243,6 +251,32 @@ def test_a_rank_that_raises_stops_the_others_with_its_error(tmp_path):
     assert "RankError: rank 1 of 2 raised RuntimeError: injected kernel failure" in result.stderr
 
 
+UNILATERAL = """
+X = np.random.default_rng(0).normal(size=(64, 4))
+y = (X[:, 0] > 0).astype(int)
+net = l2fast.Network([4, 3, 2], dtype="float64", seed=0)
+if comm.Get_rank() == 1:  # fails scoring the validation data after the first epoch, outside any collective
+    evaluate = net._backend.evaluate
+
+    def failing(weights, biases, X, *args, **kwargs):
+        if len(X) == 64:  # the validation data (the steps score their batches with it too)
+            raise MemoryError("injected validation failure")
+        return evaluate(weights, biases, X, *args, **kwargs)
+
+    net._backend.evaluate = failing
+net.fit(X, y, epochs=3, batch_size=16, comm=comm, validation_data=(X, y), sharded=True)
+(OUT / f"finished{comm.Get_rank()}").write_text("")
+"""
+
+
+def test_a_failure_the_others_cannot_learn_of_aborts_the_job(tmp_path):
+    result = launch(tmp_path, UNILATERAL, check=False)
+    assert result.returncode != 0
+    assert "l2fast: rank 1 raised during a data-parallel fit (MemoryError: injected validation failure)" in result.stderr
+    assert "aborting the MPI job" in result.stderr
+    assert not list(tmp_path.glob("finished*"))
+
+
 def test_data_parallel_arguments_are_checked_before_anything_starts():
     X, y = problem(20)
     net = l2fast.Network([6, 3], dtype="float64", seed=0)
@@ -282,3 +316,97 @@ def test_local_rows_split_each_batch_between_the_ranks():
     sharded = [distributed.Communicator(Comm(r), backend, True, [5, 3, 5]) for r in range(3)]
     assert [list(c.local_rows(chunk)) for c in sharded] == [[0, 4, 1], [2, 0], [1, 4]]
     assert [c.m for c in sharded] == [13] * 3
+
+
+# -- cuda: NCCL through CuPy ---------------------------------------------------------------------------------
+
+EMULATED_CUDA = """
+import ctypes
+import types
+
+import pytest
+from cuda_emulation import emulated_gpu
+
+rank, results, calls = comm.Get_rank(), {}, []
+
+
+class HostNccl:
+    # cupy.cuda.nccl.NcclCommunicator's calls as l2fast makes them, the sum done by MPI on the host buffer.
+    def __init__(self, ranks, uid, rank):
+        assert (ranks, uid, rank) == (comm.Get_size(), b"unique id from rank 0", comm.Get_rank())
+
+    def allReduce(self, send, receive, count, dtype, op, stream):
+        assert send == receive and dtype == nccl.NCCL_FLOAT64 and op == nccl.NCCL_SUM
+        buffer = np.ctypeslib.as_array((ctypes.c_double * count).from_address(receive))
+        comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        calls.append(count)
+
+
+nccl = types.SimpleNamespace(available=True, NCCL_FLOAT64=8, NCCL_SUM=0, NcclCommunicator=HostNccl,
+                             get_unique_id=lambda: b"unique id from rank 0" if rank == 0 else b"wrong")
+data = np.load(OUT / "data.npz")
+folder = OUT / f"kernels{rank}"
+folder.mkdir(exist_ok=True)
+with pytest.MonkeyPatch.context() as monkeypatch, emulated_gpu(monkeypatch, folder):
+    import sys as _sys
+
+    _sys.modules["cupy"].cuda.nccl = nccl
+    for optimizer in ("sgd", "adam"):
+        net = l2fast.Network([6, 8, 3], lam=0.5, backend="cuda", dtype="float64", seed=1)
+        net.fit(data["X"], data["y"], epochs=2, lr=0.05, batch_size=32, optimizer=optimizer, comm=comm)
+        results.update({f"{optimizer}-W{l}": W for l, W in enumerate(net.weights)})
+        results.update({f"{optimizer}-b{l}": b for l, b in enumerate(net.biases)})
+results["allreduce_counts"] = np.array(calls)
+if rank == 0:
+    np.savez(OUT / "result.npz", **results)
+"""
+
+
+def test_the_cuda_path_with_nccl_runs_on_the_host_stand_in(tmp_path):
+    """The cuda backend's data-parallel path (gradient sums on the "device", NCCL's calls, the update on device
+    arrays) on tests/cuda_emulation.py's host stand-in, with NCCL's allreduce done by MPI: two ranks equal one
+    emulated process with the global batch. CuPy, NCCL and a GPU take no part: see test_nccl_on_a_gpu."""
+    X, y = problem(100)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    launch(tmp_path, EMULATED_CUDA)
+    result = np.load(tmp_path / "result.npz")
+    n_parameters = 6 * 8 + 8 + 8 * 3 + 3
+    steps = 2 * -(-len(X) // 32)
+    np.testing.assert_array_equal(result["allreduce_counts"], [n_parameters + 1] * (2 * steps))  # + the status
+    for optimizer in ("sgd", "adam"):
+        net = l2fast.Network([6, 8, 3], lam=0.5, backend="numpy", dtype="float64", seed=1)
+        net.fit(X, y, epochs=2, lr=0.05, batch_size=32, optimizer=optimizer)
+        assert_same_network(net, [result[f"{optimizer}-W{l}"] for l in range(2)],
+                            [result[f"{optimizer}-b{l}"] for l in range(2)], 1e-10)
+
+
+def gpu_missing():
+    """None where backend='cuda' runs on a real GPU with NCCL, else why not."""
+    try:
+        l2fast.backends.get_backend("cuda")
+        distributed.nccl_module()
+    except (l2fast.BackendUnavailableError, ImportError) as exc:
+        return str(exc)
+    return None
+
+
+GPU_NCCL = """
+X, y = np.load(OUT / "data.npz")["X"], np.load(OUT / "data.npz")["y"]
+net = l2fast.Network([6, 8, 3], lam=0.5, backend="cuda", dtype="float64", seed=1)
+net.fit(X, y, epochs=2, lr=0.05, batch_size=32, optimizer="adam", comm=comm)
+np.savez(OUT / "result.npz", *net.weights, *net.biases)
+"""
+
+
+def test_nccl_on_a_gpu(tmp_path):
+    """The NCCL path on a real GPU at world size 1 (one rank: NCCL's allreduce is then a copy)."""
+    reason = gpu_missing()
+    if reason is not None:
+        pytest.skip(f"no GPU with NCCL here, so NCCL never ran: {reason}")
+    X, y = problem(100)
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    launch(tmp_path, GPU_NCCL, ranks=1)
+    result = np.load(tmp_path / "result.npz")
+    net = l2fast.Network([6, 8, 3], lam=0.5, backend="cuda", dtype="float64", seed=1)
+    net.fit(X, y, epochs=2, lr=0.05, batch_size=32, optimizer="adam")
+    assert_same_network(net, [result[f"arr_{i}"] for i in range(2)], [result[f"arr_{i}"] for i in range(2, 4)], 1e-10)

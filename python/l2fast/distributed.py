@@ -83,13 +83,27 @@ def _describe(exc):
     return f"{type(exc).__name__}: {exc}"
 
 
-def _raise_for(messages, failure, rank):
+def _raise_for(messages, failure, rank, agreed=None):
     """After a collective in which some rank reported a failure: this rank's own exception if it failed,
-    else RankError naming the first rank that did."""
-    if failure is not None:
-        raise failure
-    failed = next(r for r, message in enumerate(messages) if message is not None)
-    raise RankError(f"rank {failed} of {len(messages)} raised {messages[failed]}; rank {rank} stopped with it")
+    else RankError naming the first rank that did. ``agreed`` (a list) records the exception: every rank
+    raises together, so it needs no abort."""
+    if failure is None:
+        failed = next(r for r, message in enumerate(messages) if message is not None)
+        failure = RankError(f"rank {failed} of {len(messages)} raised {messages[failed]}; rank {rank} stopped with it")
+    if agreed is not None:
+        agreed.append(failure)
+    raise failure
+
+
+def _abort(comm, exc, what):
+    """Ends the whole MPI job after an exception on this rank alone, which would leave the others waiting."""
+    import sys
+    import traceback
+
+    sys.stderr.write(f"l2fast: rank {comm.Get_rank()} {what} ({_describe(exc)}), where the other ranks cannot "
+                     "learn of it; aborting the MPI job\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    sys.stderr.flush()
+    comm.Abort(1)
 
 
 def _settings(networks, run):
@@ -185,20 +199,28 @@ class Communicator:
         self.seconds_reducing, self.steps = 0.0, 0
         self._buffers = {}
         self._requests = []
+        self._agreed = []  # exceptions that every rank raised together
 
     # -- the fit around the epochs ---------------------------------------------------------------------------
 
     def train(self, networks, run, train):
         """``train(networks, run)`` (network._train) after rank 0's state is broadcast, on this rank's share of
         the BLAS threads, with warnings and the progress bar on rank 0 only."""
-        self._broadcast_state(networks)
-        with contextlib.ExitStack() as stack:
-            if self.backend.name == "cpu":
-                stack.enter_context(threads.using(threads_per_rank(self._local_ranks())))
-            if self.rank != 0:
-                stack.enter_context(warnings.catch_warnings())
-                warnings.simplefilter("ignore")
-            return train(networks, run)
+        try:
+            self._broadcast_state(networks)
+            with contextlib.ExitStack() as stack:
+                if self.backend.name == "cpu":
+                    stack.enter_context(threads.using(threads_per_rank(self._local_ranks())))
+                if self.rank != 0:
+                    stack.enter_context(warnings.catch_warnings())
+                    warnings.simplefilter("ignore")
+                return train(networks, run)
+        except BaseException as exc:
+            # Raised on every rank at once: a failure the ranks agreed on, a divergence (seen in the summed loss
+            # and in parameters that are the same everywhere). Anything else may leave the others waiting.
+            if not (any(exc is e for e in self._agreed) or isinstance(exc, FloatingPointError)):
+                _abort(self.comm, exc, "raised during a data-parallel fit")
+            raise
 
     def _local_ranks(self):
         MPI = _mpi()
@@ -281,14 +303,16 @@ class Communicator:
                     self._start(grads, b)
             self._wait(grads)
             if self._status(grads) != 0:
-                _raise_for(self.comm.allgather(None if failure is None else _describe(failure)), failure, self.rank)
+                _raise_for(self.comm.allgather(None if failure is None else _describe(failure)), failure, self.rank,
+                           self._agreed)
             try:
                 self._update(net, grads, state, lr, step, len(chunk))
             except Exception as exc:  # the others learn of it at the next collective
                 failure = exc
         totals = self._sum_scalars([loss_sum, correct, failure is not None])
         if totals[2] != 0:
-            _raise_for(self.comm.allgather(None if failure is None else _describe(failure)), failure, self.rank)
+            _raise_for(self.comm.allgather(None if failure is None else _describe(failure)), failure, self.rank,
+                           self._agreed)
         return float(totals[0]), int(totals[1])
 
     def _local_sums(self, net, run, rows, grads, started):
@@ -401,10 +425,21 @@ class _Nccl:
         import cupy
 
         self.cupy, self.nccl = cupy, nccl_module()
-        uid = nccl.get_unique_id() if comm.Get_rank() == 0 else None
-        uid = comm.bcast(uid, root=0)
-        self.communicator = nccl.NcclCommunicator(comm.Get_size(), uid, comm.Get_rank())
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        rank, size = comm.Get_rank(), comm.Get_size()
+        uid = failure = None
+        if rank == 0:
+            try:
+                uid = self.nccl.get_unique_id()
+            except Exception as exc:
+                failure = exc
+        uid, message = comm.bcast((uid, None if failure is None else _describe(failure)), root=0)
+        if message is not None:
+            _raise_for([message] + [None] * (size - 1), failure, rank)
+        try:
+            self.communicator = self.nccl.NcclCommunicator(size, uid, rank)
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+        except Exception as exc:  # the other ranks wait inside NCCL's set-up for this one: only an abort frees them
+            _abort(comm, exc, "could not start NCCL")
 
     def allreduce(self, buffer):
         self.cupy.cuda.Device().synchronize()  # the zeroing and the status flag, queued on CuPy's stream
