@@ -29,8 +29,8 @@ def mpiexec():
 def launch(tmp_path, body, ranks=2, check=True):
     """Runs the script `body` on `ranks` ranks in tmp_path (the script sees OUT, that folder, and comm)."""
     script = tmp_path / "ranks.py"
-    script.write_text("import sys\nfrom pathlib import Path\nimport numpy as np\nfrom mpi4py import MPI\nimport l2fast\n"
-                      "comm = MPI.COMM_WORLD\nOUT = Path(sys.argv[1])\n" + textwrap.dedent(body))
+    script.write_text("import sys\nfrom pathlib import Path\nimport numpy as np\nfrom mpi4py import MPI\n"
+                      "import l2fast\ncomm = MPI.COMM_WORLD\nOUT = Path(sys.argv[1])\n" + textwrap.dedent(body))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(HERE))
     env.pop("L2FAST_NUM_THREADS", None)
     process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, str(script), str(tmp_path)], env=env,
@@ -272,7 +272,8 @@ net.fit(X, y, epochs=3, batch_size=16, comm=comm, validation_data=(X, y), sharde
 def test_a_failure_the_others_cannot_learn_of_aborts_the_job(tmp_path):
     result = launch(tmp_path, UNILATERAL, check=False)
     assert result.returncode != 0
-    assert "l2fast: rank 1 raised during a data-parallel fit (MemoryError: injected validation failure)" in result.stderr
+    assert ("l2fast: rank 1 raised during a data-parallel fit (MemoryError: injected validation failure)"
+            in result.stderr)
     assert "aborting the MPI job" in result.stderr
     assert not list(tmp_path.glob("finished*"))
 
@@ -410,3 +411,38 @@ def test_nccl_on_a_gpu(tmp_path):
     net = l2fast.Network([6, 8, 3], lam=0.5, backend="cuda", dtype="float64", seed=1)
     net.fit(X, y, epochs=2, lr=0.05, batch_size=32, optimizer="adam")
     assert_same_network(net, [result[f"arr_{i}"] for i in range(2)], [result[f"arr_{i}"] for i in range(2, 4)], 1e-10)
+
+
+# -- the scaling benchmark (l2fast bench --configs M) ------------------------------------------------------------
+
+
+def test_the_ring_model_and_its_fit():
+    from l2fast import bench_mpi
+
+    alpha, beta, n = 3e-6, 2e-10, 1 << 20
+    assert bench_mpi.ring_allreduce_seconds(n, 1, alpha, beta) == 0
+    assert bench_mpi.ring_allreduce_seconds(n, 2, alpha, beta) == pytest.approx(2 * alpha + n * beta)
+    assert bench_mpi.ring_allreduce_seconds(n, 4, alpha, beta) == pytest.approx(6 * alpha + 1.5 * n * beta)
+    points = [(b, bench_mpi.ring_allreduce_seconds(b, 2, alpha, beta)) for b in (8, 8 << 20)]
+    assert bench_mpi.fit_alpha_beta(*points) == pytest.approx((alpha, beta))
+    efficiency = [bench_mpi.predicted_efficiency(1e-3, n, N, alpha, beta) for N in bench_mpi.RANKS]
+    assert all(0 < e < 1 for e in efficiency) and efficiency == sorted(efficiency, reverse=True)
+    assert bench_mpi.predicted_efficiency(1e-3, n, 2, 0, 0) == pytest.approx(1.0)
+
+
+def test_the_scaling_benchmark_runs_its_layouts():
+    import io
+
+    from l2fast import bench_mpi
+
+    out = io.StringIO()
+    record = bench_mpi.run(repeats=1, out=out, quick=True, rounds=1)
+    summary = record["configs"]["B"]
+    assert set(summary) == {name for name, *_ in bench_mpi.LAYOUTS}
+    two = summary["2 ranks x 1 thread"]
+    assert two["epoch_seconds"] > 0 and two["allreduce_seconds"] > 0 and two["threads"] == 1
+    assert summary["1 process x 2 threads"]["threads"] == 2
+    assert summary["1 process x 1 thread"]["allreduce_seconds"] == 0
+    assert record["shared_memory"]["alpha"] >= 0 and record["shared_memory"]["beta"] > 0
+    assert len(record["model"]["B"]["efficiency"]["10 GbE"]) == len(bench_mpi.RANKS)
+    assert "2 ranks x 1 thread" in out.getvalue() and "N=64" in out.getvalue()

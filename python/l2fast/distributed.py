@@ -27,10 +27,12 @@ Two layouts of the data:
   ``shuffle=True``; with ``shuffle=False`` the batches go through the shards one after another (rank 0's rows
   first), which is exact but leaves the other ranks idle, so keep shuffling on.
 
-A rank that raises (a bad argument, a kernel error) does not leave the others waiting: every collective of a
-fit carries a status flag, and once one is set every rank raises -- the failing rank its own exception, the
-others ``RankError`` naming it. An exception outside ``fit`` is beyond l2fast's reach: run the script with
-``mpiexec -n N python -m mpi4py train.py``, which aborts the whole job on an uncaught exception.
+A rank that raises (a bad argument, a kernel error) does not leave the others waiting: the argument check and
+every allreduce of a step or an epoch carry a status flag, and once one is set every rank raises -- the failing
+rank its own exception, the others ``RankError`` naming it. A rank that raises anywhere else in the fit (say,
+scoring its validation data) aborts the MPI job, since the others could only wait for it. An exception outside
+``fit`` is beyond l2fast's reach: run the script with ``mpiexec -n N python -m mpi4py train.py``, which aborts
+the whole job on an uncaught exception.
 
 Each rank uses cores / (ranks on its node) BLAS threads during the fit (``threads_per_rank``), unless
 ``L2FAST_NUM_THREADS`` or OpenBLAS's own variables say otherwise. Only rank 0 shows a progress bar and
@@ -42,6 +44,7 @@ import contextlib
 import os
 import time
 import warnings
+
 import numpy as np
 
 from l2fast import _validate, solvers, threads
@@ -101,7 +104,8 @@ def _abort(comm, exc, what):
     import traceback
 
     sys.stderr.write(f"l2fast: rank {comm.Get_rank()} {what} ({_describe(exc)}), where the other ranks cannot "
-                     "learn of it; aborting the MPI job\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                     "learn of it; aborting the MPI job\n" +
+                     "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     sys.stderr.flush()
     comm.Abort(1)
 
@@ -116,7 +120,7 @@ def _settings(networks, run):
 
 _SETTING_NAMES = ("the number of networks", "layer_sizes", "activation", "loss", "dtype", "backend", "lam",
                   "epochs", "lr", "shuffle", "validation_data", "sample_weight", "restore_best", "optimizer",
-                  "schedule", "tol/patience")
+                  "schedule", "tol/patience", "batch_size")
 
 
 def checked_run(comm, sharded, batch_size, networks, check):
@@ -135,7 +139,7 @@ def checked_run(comm, sharded, batch_size, networks, check):
             raise ValueError("X: data-parallel training takes dense X; pass X.toarray() or train without comm")
         if networks[0].backend == "cuda":
             nccl_module()
-        report = (_settings(networks, run), len(run.X))
+        report = (_settings(networks, run) + (batch_size,), len(run.X))
     except Exception as exc:
         failure = exc
     reports = comm.allgather((None if failure is None else _describe(failure), report))
@@ -178,6 +182,7 @@ class _Gradients:
             layers.append(l)
         self.buckets.append((start, total + 1, layers))
         self.status = self.flat[total:]
+        self.means = [xp.empty(P.shape, P.dtype) for P in list(weights) + list(biases)]  # in the parameters' dtype
 
 
 class Communicator:
@@ -210,7 +215,8 @@ class Communicator:
             self._broadcast_state(networks)
             with contextlib.ExitStack() as stack:
                 if self.backend.name == "cpu":
-                    stack.enter_context(threads.using(threads_per_rank(self._local_ranks())))
+                    share = threads_per_rank(self._local_ranks())
+                    stack.enter_context(threads.using(share, adaptive=threads._adaptive))
                 if self.rank != 0:
                     stack.enter_context(warnings.catch_warnings())
                     warnings.simplefilter("ignore")
@@ -288,7 +294,7 @@ class Communicator:
             chunk = np.arange(start, min(start + run.batch_size, self.m)) if order is None else \
                 order[start:start + run.batch_size]
             step += 1
-            self._zero(grads)
+            grads.status.fill(0)
             started = [False] * len(grads.buckets)
             if failure is None:
                 try:
@@ -319,6 +325,8 @@ class Communicator:
         """Writes sum over this rank's rows of dL/dW and dL/db into grads (starting each bucket's allreduce once
         its layers are in); returns (loss_sum, correct) of the rows, scored before the step."""
         backend = net._backend
+        if len(rows) == 0 or backend.name == "cuda":  # the others write every layer's sums
+            grads.flat.fill(0)
         if len(rows) == 0:
             return 0.0, 0
         index = rows if backend.xp is np else backend.xp.asarray(rows)
@@ -368,8 +376,8 @@ class Communicator:
         params = list(net._weights) + list(net._biases)
         context = backend._on_stream() if backend.name == "cuda" else contextlib.nullcontext()
         with context, np.errstate(over="ignore", invalid="ignore"):
-            for i, (P, total) in enumerate(zip(params, grads.dW + grads.db)):
-                G = (total / batch).astype(P.dtype)
+            for i, (P, total, G) in enumerate(zip(params, grads.dW + grads.db, grads.means)):
+                backend.xp.divide(total, batch, out=G, casting="unsafe")
                 slots = [slot[i] for slot in state.slots]
                 d = decay if i < L else 0.0
                 if backend.name == "cpu":
@@ -383,9 +391,6 @@ class Communicator:
                     optimizer_step(P, G, slots, lr, d, optimizer, step)
 
     # -- the allreduce ----------------------------------------------------------------------------------------
-
-    def _zero(self, grads):
-        grads.flat.fill(0)
 
     def _fill_status(self, grads):
         grads.status.fill(1)
