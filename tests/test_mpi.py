@@ -278,6 +278,22 @@ def test_a_failure_the_others_cannot_learn_of_aborts_the_job(tmp_path):
     assert not list(tmp_path.glob("finished*"))
 
 
+OUTPUT = """
+import warnings
+X = np.random.default_rng(0).normal(size=(64, 4))
+y = (X[:, 0] > 0).astype(int)
+warnings.simplefilter("always")
+net = l2fast.Network([4, 3, 2], dtype="float64", seed=0)
+net.fit(X, y, epochs=2, batch_size=16, comm=comm, progress=True, tol=1e-12, n_iter_no_change=5)
+"""
+
+
+def test_rank_0_alone_shows_the_progress_bar_and_the_warnings(tmp_path):
+    result = launch(tmp_path, OUTPUT)
+    assert result.stderr.count("ConvergenceWarning") == 1, result.stderr
+    assert result.stderr.count("0/2 [") == 1, result.stderr  # the one bar's first state
+
+
 def test_data_parallel_arguments_are_checked_before_anything_starts():
     X, y = problem(20)
     net = l2fast.Network([6, 3], dtype="float64", seed=0)
