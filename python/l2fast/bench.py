@@ -857,6 +857,10 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         from l2fast import bench_sparse
 
         record["sparse"] = bench_sparse.run(backends, repeats, out)
+    if configs is not None and "M" in configs:
+        from l2fast import bench_mpi
+
+        record["mpi"] = bench_mpi.run(repeats, out, quick=quick)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

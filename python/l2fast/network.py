@@ -390,7 +390,8 @@ class Network:
             patience: Optional[int] = None, restore_best: bool = True, progress: bool = False,
             optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
             schedule: Union[None, str, optim.ScheduleSpec] = None, tol: Optional[float] = None,
-            n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None) -> History:
+            n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None, comm=None,
+            sharded: bool = False) -> History:
         """Minibatch gradient descent on J over X (m, n_x) and y, or L-BFGS on J itself.
 
         Each step: W <- W - lr (mean over the batch of dL/dW + (lam/m) W), b <- b - lr mean dL/db, with
@@ -431,6 +432,12 @@ class Network:
         with the same weights. A zero weight drops its record. Weights of 1 give the same result as no
         weights, bit for bit on cpu.
 
+        ``comm`` (an mpi4py communicator such as ``MPI.COMM_WORLD``, with every rank of ``mpiexec -n N``
+        calling ``fit``) trains data-parallel: each rank works out the gradient of its part of every minibatch
+        and the ranks add them up (see ``l2fast.distributed``). Every rank holds all of X and y, or, with
+        ``sharded=True``, its own shard of them (the fit then equals one on the shards concatenated in rank
+        order). Rank 0's parameters are broadcast first; every rank ends with the same network.
+
         Every argument is checked before the first step: a refused call leaves the network unchanged.
         A NaN or infinite cost or weight raises ``DivergenceError`` and a Ctrl-C ``KeyboardInterrupt``
         (the cpu backend notices it within 10 ms); either way the network is left with the parameters
@@ -439,7 +446,8 @@ class Network:
         return fit_together([self], X, y, epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle,
                             validation_data=validation_data, patience=patience, restore_best=restore_best,
                             progress=progress, optimizer=optimizer, schedule=schedule, tol=tol,
-                            n_iter_no_change=n_iter_no_change, sample_weight=sample_weight)[0]
+                            n_iter_no_change=n_iter_no_change, sample_weight=sample_weight, comm=comm,
+                            sharded=sharded)[0]
 
     @_serialised
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -481,7 +489,8 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
                  restore_best: bool = True, progress: bool = False,
                  optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
                  schedule: Union[None, str, optim.ScheduleSpec] = None, tol: Optional[float] = None,
-                 n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None) -> List[History]:
+                 n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None, comm=None,
+                 sharded: bool = False) -> List[History]:
     """``Network.fit`` for several networks of one architecture, dtype and backend at once, which may
     differ in lam and in their parameters: one shuffled order per epoch (drawn from the first
     network's generator) and one gathered minibatch serve them all, and the backend trains them as
@@ -489,7 +498,8 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
     other optimizers train them one after another on the same batches (L-BFGS: one solve each). Each
     network ends where its own ``fit`` with the same order would take it, up to rounding. Returns one
     History per network. With ``tol`` or ``patience`` each network stops on its own; a diverging
-    network raises ``DivergenceError`` naming its lambda.
+    network raises ``DivergenceError`` naming its lambda. ``comm`` and ``sharded`` train data-parallel over
+    MPI as in ``Network.fit`` (each network with its own steps, on the same batches).
     """
     networks = list(networks)
     if not networks or not all(isinstance(n, Network) for n in networks):
@@ -504,8 +514,18 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
     with contextlib.ExitStack() as locks:
         for net in sorted(networks, key=id):  # one order for every caller: no deadlock between two of them
             locks.enter_context(net._lock)
-        run = _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best,
-                           progress, optimizer, schedule, tol, n_iter_no_change, sample_weight)
+        check = functools.partial(_checked_run, first, X, y, epochs, lr, batch_size, shuffle, validation_data,
+                                  patience, restore_best, progress, optimizer, schedule, tol, n_iter_no_change,
+                                  sample_weight)
+        if comm is None:
+            if sharded is not False:
+                raise ValueError("sharded: a sharded data set needs comm, the MPI communicator of its ranks")
+            run = check()
+        else:  # data-parallel: see l2fast.distributed
+            from l2fast import distributed
+
+            run = distributed.checked_run(comm, sharded, batch_size, networks, check)
+            return run.comm.train(networks, run, _train)
         if isinstance(run.optimizer, solvers.LBFGS):
             return [_solve(net, run) for net in networks]
         return _train(networks, run)
@@ -528,6 +548,12 @@ class _Run:
     optimizer: object
     schedule: object
     stopping: Optional[Tuple[float, int]]  # (tol, n) of the no-improvement rule, or None
+    comm: object = None  # a data-parallel fit's distributed.Communicator
+
+    @property
+    def m(self) -> int:
+        """The training set's records: X's, or all the ranks' together in a sharded data-parallel fit."""
+        return len(self.X) if self.comm is None else self.comm.m
 
 
 def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
@@ -649,6 +675,8 @@ def _run_epoch(networks, run, active, states, rates, m):
         order = first._shuffle_rng.permutation(m)
         for k in active[1:]:
             networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
+    if run.comm is not None:
+        return run.comm.run_epoch(networks, run, active, states, rates, order)
     stepper = None if run.optimizer.name == "sgd" else run.optimizer  # backends: None is the fused SGD step
     # run.X came through features() or a Dataset, which scanned it for NaN and infinity: not again per epoch
     # (a NaN written into the caller's array meanwhile by another thread makes the cost non-finite, which
@@ -668,7 +696,7 @@ def _run_epoch(networks, run, active, states, rates, m):
 def _train(networks, run):
     """The epoch loop: steps, bookkeeping, stopping, roll-back on Ctrl-C or divergence, warnings."""
     first = networks[0]
-    m = len(run.X)
+    m = run.m
     if run.epochs == 0:  # nothing to train: the optimizer state stays as it was
         return [History() for _ in networks]
     previous = [net._optimizer_state for net in networks]  # what a roll-back in the first epoch puts back
@@ -683,7 +711,7 @@ def _train(networks, run):
     rules = [None if run.stopping is None else monitor.NoImprovement(*run.stopping) for _ in networks]
     best = [None] * len(networks)  # per network, watching validation data: the snapshot of its best epoch
     active = list(range(len(networks)))
-    bar = _progress_bar(run.epochs, run.progress)
+    bar = _progress_bar(run.epochs, run.progress if run.comm is None else run.comm.show_progress(run.progress))
     try:
         for epoch in range(run.epochs):
             if not active:
@@ -745,7 +773,7 @@ def _train(networks, run):
 def _record_epoch(net, history, state, saved, run, epoch, loss_sum, correct, seconds, lr, steps, name_lam):
     """Appends an epoch's figures to the history (scoring validation data), checks for divergence and moves
     the optimizer's step and schedule on."""
-    m = len(run.X)
+    m = run.m
     history.seconds.append(seconds)
     history.lr.append(lr)
     backend = net._backend
@@ -764,9 +792,12 @@ def _record_epoch(net, history, state, saved, run, epoch, loss_sum, correct, sec
         X_val, y_val = run.validation
         val_sum, val_correct = backend.evaluate(net._weights, net._biases, X_val, y_val, net.activation, net.loss,
                                                 check_finite=False)  # checked by the fit's _data, as run.X
-        history.val_loss.append(val_sum / len(X_val))
-        history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
+        n_val = len(X_val)
+        if run.comm is not None:
+            val_sum, val_correct, n_val = run.comm.validation_sums(val_sum, val_correct, n_val)
+        history.val_loss.append(val_sum / n_val)
+        history.val_cost.append(val_sum / n_val + net.penalty(n_val))
         if net.loss != "squared_error":
-            history.val_accuracy.append(val_correct / len(X_val))
+            history.val_accuracy.append(val_correct / n_val)
     state.step += steps
     state.end_epoch(history.val_cost[-1] if run.validation is not None else None)
