@@ -7,11 +7,17 @@ import subprocess
 import sys
 import textwrap
 
+import joblib
 import numpy as np
 import pytest
 from dask.distributed import Client, LocalCluster
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 import l2fast
+from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier
 from l2fast.testing import make_problem
 
 OPTIONS = dict(layer_sizes=[6, 12, 3], epochs=15, lr=0.1, batch_size=16, progress=False)  # float32, the default
@@ -102,6 +108,23 @@ def test_a_task_that_raises_on_a_dask_worker_raises_here(dask_client):
         **{**OPTIONS, "lr": 1e9})
     with pytest.raises(l2fast.DivergenceError, match="training diverged"):
         future.result(timeout=60)  # an error, not a hang
+
+
+def test_grid_search_under_joblibs_dask_backend_equals_a_sequential_search(dask_client):
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X[:400])
+    y = y[:400]
+    searches = [(L2MLPClassifier(hidden_layer_sizes=(16,), tol=1e-3, random_state=0), X.astype(np.float32)),
+                (L2LogisticRegression(random_state=0), X)]  # float32: any thread count; float64: one BLAS thread
+    for estimator, data in searches:
+        with threadpool_limits(1):  # here too for the refit of the best, which runs here
+            sequential = GridSearchCV(estimator, {"lam": [0.1, 10.0]}, cv=3).fit(data, y)
+            with joblib.parallel_backend("dask"):
+                on_dask = GridSearchCV(estimator, {"lam": [0.1, 10.0]}, cv=3, n_jobs=-1).fit(data, y)
+        assert list(on_dask.cv_results_["mean_test_score"]) == list(sequential.cv_results_["mean_test_score"]), estimator
+        assert on_dask.best_params_ == sequential.best_params_
+        best, again = sequential.best_estimator_.network_, on_dask.best_estimator_.network_
+        assert all(np.array_equal(p, q) for p, q in zip(best.weights + best.biases, again.weights + again.biases))
 
 
 def test_an_executor_of_another_kind_is_refused_before_training():
