@@ -75,6 +75,17 @@ def test_process_pool_sweep_equals_the_local_one(process_pool):
     assert all(r.history.converged for r in pooled.results)
 
 
+def test_progress_over_the_tasks_shows_the_best_development_loss_so_far(process_pool, capsys):
+    X, y, X_dev, y_dev = problem()
+    sweep = l2fast.select_lambda(X, y, X_dev, y_dev, LAMS, chunk_size=1, executor=process_pool,
+                                 **{**OPTIONS, "progress": True})
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\r")[-1]
+    best = min(sweep.results, key=lambda r: r.dev_loss)
+    assert "4/4" in last and "task" in last and f"best dev_loss={best.dev_loss:.4g}" in last
+    assert f"at lam={best.lam:g}" in last and err.endswith("\n")
+
+
 def test_a_task_that_raises_on_a_process_raises_here(process_pool):
     X, y, _, _ = problem()
     with pytest.raises(l2fast.DivergenceError, match="training diverged .* for lam="):  # the network named
