@@ -3,6 +3,7 @@ local sweep's results bit for bit, a task that raises on a worker raises here, a
 process that starts the cluster stay l2fast's."""
 import concurrent.futures
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -53,11 +54,23 @@ def process_pool():
         yield pool
 
 
+# What a Dask Nanny sets in the environment of the process that starts it, for its workers: put back afterwards,
+# so that the tests after these (and the subprocesses they start) see this process's own environment.
+NANNY_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_",
+                   "PYTHONHASHSEED")
+
+
 @pytest.fixture(scope="module")
 def dask_client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
-        yield client
+    with pytest.MonkeyPatch.context() as patch:
+        for name in NANNY_VARIABLES:  # recorded now, restored when the context ends
+            original = os.environ.get(name)
+            patch.setenv(name, original or "")  # records the original, put back at the end (absent: deleted)
+            if original is None:
+                patch.delenv(name)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                          host="127.0.0.1") as cluster, Client(cluster) as client:
+            yield client
 
 
 def test_process_pool_sweep_equals_the_local_one(process_pool):
@@ -165,8 +178,7 @@ if __name__ == "__main__":
 def test_threads_of_the_process_that_starts_a_local_cluster(tmp_path, user_setting):
     script = tmp_path / "cluster_threads.py"
     script.write_text(textwrap.dedent(THREADS))
-    env = {k: v for k, v in __import__("os").environ.items()
-           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "L2FAST_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in NANNY_VARIABLES + ("GOTO_NUM_THREADS", "L2FAST_NUM_THREADS")}
     if user_setting is not None:
         env["OPENBLAS_NUM_THREADS"] = user_setting
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
