@@ -1,6 +1,7 @@
 """The README as a user meets it: its first commands are those CI runs, and its Python blocks run as pasted."""
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,11 @@ def test_every_python_block_runs_as_pasted(tmp_path, monkeypatch):
     python = ["\n".join(lines) for language, lines in BLOCKS if language == "python"]
     assert len(python) >= 5
     monkeypatch.chdir(tmp_path)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"):
+        original = os.environ.get(name)  # a block's Dask LocalCluster sets these here for its workers
+        monkeypatch.setenv(name, original or "")  # records the original, put back at the end (absent: deleted)
+        if original is None:
+            monkeypatch.delenv(name)
     namespace = {"__name__": "__readme__"}
     printed = io.StringIO()
     for k, source in enumerate(python):

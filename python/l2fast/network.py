@@ -74,6 +74,9 @@ class DivergenceError(FloatingPointError):
         super().__init__(message)
         self.history = history
 
+    def __reduce__(self):  # pickled whole, so that it crosses from a worker process to the caller as itself
+        return type(self), (self.args[0], self.history)
+
 
 def _serialised(method):
     """Runs the method under the network's lock: calls on one network from several threads take
@@ -489,8 +492,8 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
                  restore_best: bool = True, progress: bool = False,
                  optimizer: Union[str, optim.OptimizerSpec, solvers.LBFGS] = "sgd",
                  schedule: Union[None, str, optim.ScheduleSpec] = None, tol: Optional[float] = None,
-                 n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None, comm=None,
-                 sharded: bool = False) -> List[History]:
+                 n_iter_no_change: int = 10, sample_weight: Optional[ArrayLike] = None,
+                 watch: Optional[str] = None, comm=None, sharded: bool = False) -> List[History]:
     """``Network.fit`` for several networks of one architecture, dtype and backend at once, which may
     differ in lam and in their parameters: one shuffled order per epoch (drawn from the first
     network's generator) and one gathered minibatch serve them all, and the backend trains them as
@@ -498,7 +501,9 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
     other optimizers train them one after another on the same batches (L-BFGS: one solve each). Each
     network ends where its own ``fit`` with the same order would take it, up to rounding. Returns one
     History per network. With ``tol`` or ``patience`` each network stops on its own; a diverging
-    network raises ``DivergenceError`` naming its lambda. ``comm`` and ``sharded`` train data-parallel over
+    network raises ``DivergenceError`` naming its lambda. ``watch`` is the figure ``tol`` watches: None
+    is ``fit``'s rule (the validation loss with ``validation_data``, else the training cost J), "cost" the
+    training cost J even with validation data (which is then only recorded): training to convergence. ``comm`` and ``sharded`` train data-parallel over
     MPI as in ``Network.fit`` (each network with its own steps, on the same batches).
     """
     networks = list(networks)
@@ -517,6 +522,11 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
         check = functools.partial(_checked_run, first, X, y, epochs, lr, batch_size, shuffle, validation_data,
                                   patience, restore_best, progress, optimizer, schedule, tol, n_iter_no_change,
                                   sample_weight)
+        if watch is not None:
+            _validate.choice(watch, "watch", ("cost",))
+            if patience is not None:
+                raise ValueError("watch: patience watches the validation loss; give tol to watch the cost")
+            check = functools.partial(_watching_cost, check)
         if comm is None:
             if sharded is not False:
                 raise ValueError("sharded: a sharded data set needs comm, the MPI communicator of its ranks")
@@ -554,6 +564,12 @@ class _Run:
     def m(self) -> int:
         """The training set's records: X's, or all the ranks' together in a sharded data-parallel fit."""
         return len(self.X) if self.comm is None else self.comm.m
+    watch_cost: bool = False  # the rule watches the training cost even with validation data
+
+
+def _watching_cost(check):
+    """check()'s run, its stopping rule watching the training cost even with validation data."""
+    return replace(check(), watch_cost=True)
 
 
 def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
@@ -707,7 +723,7 @@ def _train(networks, run):
     backend = first._backend
     histories = [History() for _ in networks]
     start_penalty = [net.penalty(m) for net in networks]
-    watch_validation = run.validation is not None
+    watch_validation = run.validation is not None and not run.watch_cost
     rules = [None if run.stopping is None else monitor.NoImprovement(*run.stopping) for _ in networks]
     best = [None] * len(networks)  # per network, watching validation data: the snapshot of its best epoch
     active = list(range(len(networks)))

@@ -5,7 +5,8 @@ OpenBLAS's GEMMs and l2fast's own helper threads alike, and it is what ``threadp
 ``l2fast.set_num_threads`` change. Its default is the CPUs the process may run on (its affinity mask, and the
 CPU quota of its cgroup: a container's ``--cpus``), not the cores present; ``L2FAST_NUM_THREADS`` sets it, and
 OpenBLAS's own variables (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, which Dask and Ray workers set to 1) are
-respected when it is unset.
+respected when it is unset, except where a Dask ``Nanny`` running in this process put them there (see
+``set_by_dask_nanny``).
 
 Each kernel call may then use fewer (``call_threads``): one when the network's products are too small to gain
 from a second thread, and no more than the CPUs that other processes leave free when the machine is busy, since
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 from typing import Iterator, Optional, Sequence
@@ -157,9 +159,28 @@ def default_num_threads(environ=os.environ) -> Optional[int]:
         if n < 1:
             raise ValueError(f"L2FAST_NUM_THREADS must be a whole number >= 1, got {value!r}")
         return n
-    if any(environ.get(name, "").strip() for name in _OPENBLAS_VARIABLES):
+    if any(environ.get(name, "").strip() and not set_by_dask_nanny(name, environ) for name in _OPENBLAS_VARIABLES):
         return None
     return available_cpus()
+
+
+def set_by_dask_nanny(name: str, environ=os.environ) -> bool:
+    """Whether the variable `name` was put into this process's environment by a Dask ``Nanny`` running here.
+
+    A ``LocalCluster`` (processes=True) starts a Nanny per worker in the calling process, and the Nanny sets
+    ``distributed.nanny.pre-spawn-environ`` (OMP/MKL/OPENBLAS_NUM_THREADS=1) in this process's own
+    environment before it spawns its worker, for the worker's sake. Such a variable is not the user's
+    choice for this process: it is absent from the environment the process started with
+    (/proc/self/environ), and a Nanny lives here. Workers themselves start with it, so they keep it."""
+    nanny = sys.modules.get("distributed.nanny")
+    if environ is not os.environ or nanny is None or not len(getattr(nanny.Nanny, "_instances", ())):
+        return False
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            initial = f.read().split(b"\0")
+    except OSError:
+        return False
+    return not any(entry.startswith(name.encode() + b"=") for entry in initial)
 
 
 _OPENBLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")  # in OpenBLAS's order
