@@ -48,12 +48,47 @@ def test_penalty_conversions():
     assert np.allclose(w, [0.5, 1.5]) and scale == 0.5
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_adam_eps_on_v_steps_are_scikit_learns_adam_optimizer(backend):
+    # eps = 1e-3 is near sqrt(v): where l2fast's default Adam (eps on sqrt(v_hat)) takes other steps
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    from l2fast import optim
+    from l2fast.backends import numpy_ref
+    from l2fast.backends.cpu import _core, core_options
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 5)) * 1e-2
+    theirs = [start.copy()]
+    adam = AdamOptimizer(theirs, learning_rate_init=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-3)
+    results = {}
+    for eps_on_v in (True, False):
+        spec = optim.Adam(0.8, 0.95, 1e-3, eps_on_v=eps_on_v)
+        P, slots = start.copy(), [np.zeros_like(start), np.zeros_like(start)]
+        for t in range(1, 8):
+            G = np.sin(t * start) * 1e-2
+            if eps_on_v:
+                adam.update_params(theirs, [G])
+            if backend == "numpy":
+                numpy_ref.optimizer_step(P, G, slots, 0.01, 0.0, spec, t)
+            else:
+                _core.optimizer_step(P, G, slots, 0.01, 0.0, t, **core_options(spec))
+        results[eps_on_v] = P
+    np.testing.assert_allclose(results[True], theirs[0], rtol=1e-14, atol=1e-16)
+    assert np.abs(results[False] - theirs[0]).max() > 1e-4  # the default places eps elsewhere
+
+
 STOCHASTIC = {
     "sgd": dict(solver="sgd", momentum=0.0),
     "nesterov": dict(solver="sgd"),
     "momentum": dict(solver="sgd", nesterovs_momentum=False),
     "invscaling": dict(solver="sgd", momentum=0.0, learning_rate="invscaling", power_t=0.3),
+    "invscaling-momentum": dict(solver="sgd", nesterovs_momentum=False, learning_rate="invscaling", power_t=0.3),
+    "invscaling-nesterov": dict(solver="sgd", learning_rate="invscaling", power_t=0.7),
+    # tol so large that every epoch is "no improvement": the rate is divided by 5 at epochs 3 and 5
+    "adaptive-nesterov": dict(solver="sgd", learning_rate="adaptive", tol=10.0, n_iter_no_change=1),
     "adam": dict(solver="adam"),
+    "adam-eps": dict(solver="adam", epsilon=1e-3, beta_1=0.8, beta_2=0.95),  # eps near sqrt(v): its placement shows
 }
 
 
@@ -68,18 +103,18 @@ def test_stochastic_trajectory_is_scikit_learns(problem, settings, backend):
         (dropin.MLPClassifier, neural_network.MLPClassifier)
     if problem == "regression":
         y = np.c_[y, X[:, 0]].astype(float)
-    params = dict(hidden_layer_sizes=(7, 4), batch_size=20, max_iter=4, random_state=0, alpha=0.3,
+    params = dict(hidden_layer_sizes=(7, 4), batch_size=20, max_iter=6, random_state=0, alpha=0.3,
                   learning_rate_init=0.02, **STOCHASTIC[settings])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         theirs = theirs_cls(**params).fit(X, y)
         ours = ours_cls(backend=backend, **params).fit(X, y)
-    # Adam: l2fast adds eps to sqrt(v_hat), scikit-learn to sqrt(v): close, not equal
-    exact = settings != "adam"
-    assert_same_parameters(ours, theirs, rtol=1e-10 if exact else 1e-3, atol=1e-12 if exact else 1e-4)
-    assert ours.n_iter_ == theirs.n_iter_ == 4 and ours.t_ == theirs.t_
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert ours.n_iter_ == theirs.n_iter_ == 6 and ours.t_ == theirs.t_
+    if settings == "adaptive-nesterov":
+        assert ours._optimizer.learning_rate == theirs._optimizer.learning_rate == pytest.approx(0.02 / 5**2, rel=1e-15)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=2e-3)  # penalty part interpolated
-    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6 if exact else 1e-2, atol=1e-6)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9, atol=1e-12)
 
 
 def test_data_loss_curve_is_exact_without_penalty():
@@ -290,8 +325,8 @@ def test_accel_runs_an_unchanged_scikit_learn_script(tmp_path):
     plain, accel = (json.loads(run.stdout) for run in runs)
     assert all(module.startswith("sklearn.") for module in plain["classes"])
     assert all(module.startswith("l2fast.sklearn") for module in accel["classes"])
-    np.testing.assert_allclose(accel["cv"], plain["cv"], atol=0.02)  # Adam's eps placement only
-    assert accel["loss"] == pytest.approx(plain["loss"], rel=1e-2)
+    np.testing.assert_allclose(accel["cv"], plain["cv"], atol=1e-9)  # the same steps, to rounding
+    assert accel["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     np.testing.assert_allclose(accel["coef"], plain["coef"], rtol=1e-3, atol=1e-4)
 
 

@@ -20,6 +20,7 @@ OPTIMIZERS = {
     "momentum-decoupled": l2fast.Momentum(0.9, decoupled=True),
     "nesterov-decoupled": l2fast.Momentum(0.7, nesterov=True, decoupled=True),
     "adamw": l2fast.Adam(beta1=0.8, beta2=0.99, eps=1e-6, decoupled=True),
+    "adam-eps-on-v": l2fast.Adam(eps=1e-3, eps_on_v=True),  # scikit-learn's placement; eps large to tell
 }
 
 

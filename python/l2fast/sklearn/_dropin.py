@@ -7,10 +7,10 @@ the learning-rate schedule, the stopping rule and every fitted attribute; l2fast
 
 - MLP, ``solver="sgd"``/``"adam"``: each epoch's minibatch steps run in the backend's ``train_epoch`` in
   scikit-learn's order of records, with ``alpha`` as the decay alpha/b of each batch of b records (the
-  short last batch too, see ``_penalty``). From the same weights the steps are scikit-learn's, but for
-  Adam's epsilon, which l2fast adds to sqrt(v_hat) (PyTorch's placement) where scikit-learn adds it to
-  sqrt(v) (a relative difference of at most eps / sqrt(v) per step), and for momentum under a changing
-  learning rate (l2fast's velocity holds gradients, scikit-learn's holds steps: the same at constant rate).
+  short last batch too, see ``_penalty``). From the same weights the steps are scikit-learn's, to
+  rounding: Adam runs as ``l2fast.Adam(eps_on_v=True)`` (eps added to sqrt(v), scikit-learn's placement),
+  and momentum's velocity, which holds gradients in l2fast and steps (-lr g) in scikit-learn, is rescaled
+  by old rate / new rate when ``learning_rate`` ("invscaling", "adaptive") changes the rate.
 - MLP, ``solver="lbfgs"``: SciPy's L-BFGS-B with scikit-learn's options on l2fast's J and gradient.
 - ``LogisticRegression``: L-BFGS-B on J with lam from ``C`` (``_penalty``), scikit-learn's lbfgs
   options; newton-cg, newton-cholesky, sag and saga minimise the same strictly convex J, so they are
@@ -91,7 +91,7 @@ class _Trainer:
         self.net = _network(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
                             [W.T for W in est.coefs_], est.intercepts_)
         if est.solver == "adam":
-            self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon)
+            self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon, eps_on_v=True)
         elif est.momentum > 0:
             self.spec = optim.Momentum(est.momentum, nesterov=est.nesterovs_momentum)
         else:
@@ -99,6 +99,7 @@ class _Trainer:
         xp = self.net._backend.xp
         self.state = optim.OptimizerState.fresh(self.spec, optim.Constant(), self.net._weights, self.net._biases,
                                                 xp.zeros_like)
+        self.lr = None  # the rate of the last epoch: momentum's velocity is rescaled when the next one differs
 
     def fits(self, est, dtype):
         sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
@@ -138,6 +139,12 @@ class _Trainer:
         short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss."""
         net, state = self.net, self.state
         stepper = None if self.spec.name == "sgd" else self.spec
+        if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
+            # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
+            # a change of rate when l2fast's velocity is rescaled by the old rate over the new
+            for V in state.slots[0]:
+                V *= self.lr / lr
+        self.lr = lr
         n_full = len(order) // batch * batch
         loss_sum = 0.0
         for rows, b in ((order[:n_full], batch), (order[n_full:], len(order) - n_full)):

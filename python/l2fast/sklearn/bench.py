@@ -1,7 +1,7 @@
 """The drop-ins against scikit-learn's own classes on the same settings: ``python -m l2fast.sklearn.bench``.
 
 Each case fits scikit-learn's class and l2fast's drop-in with the same arguments and random_state, so both
-take the same steps (plain SGD exactly; Adam up to its epsilon placement) and end at the same loss; the
+take the same steps (to rounding) and end at the same loss; the
 table gives each one's seconds (median of ``--repeat`` fits, contenders alternating), the ratio and both
 final losses, which show that the two did the same work. LogisticRegression: lbfgs to the same tol.
 """
