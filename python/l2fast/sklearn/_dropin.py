@@ -23,6 +23,7 @@ fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -36,7 +37,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
-from sklearn.utils import shuffle as shuffled
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -44,7 +44,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from l2fast import optim, solvers
+from l2fast import optim, solvers, threads
 from l2fast.backends import BACKENDS
 from l2fast.network import Network
 from l2fast.sklearn import _penalty
@@ -54,6 +54,11 @@ __all__ = ["MLPClassifier", "MLPRegressor", "LogisticRegression"]
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _BACKEND_CONSTRAINT = {"backend": [StrOptions(set(BACKENDS)), None]}
 _said = set()
+# float64 epochs whose largest product (batch x n_in x n_out) is below this run on one thread. float64 cannot
+# follow the machine's load as float32 does (threads.call_threads: its last bits depend on the thread count),
+# so the count is chosen by shape alone: below ~1M multiply-adds a second thread gains 1.06-1.14x on a quiet
+# 2-core machine (benchmarks/README.md, "Under load") and costs 2-3x when other processes hold the cores.
+_ONE_THREAD_PRODUCT = 1 << 20
 
 
 def say_once(who: str, what: str) -> None:
@@ -134,9 +139,21 @@ class _Trainer:
     def squared_norm(self):
         return sum(self.net._backend.sum_squares(W) for W in self.net._weights)
 
+    def threads(self, batch):
+        """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``)."""
+        net = self.net
+        if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
+                or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT):
+            return contextlib.nullcontext()
+        return threads._limit(threads._core, 1)
+
     def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
         short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss."""
+        with self.threads(batch):
+            return self._epoch(X, y, weights, order, batch, lr, alpha, scale)
+
+    def _epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         net, state = self.net, self.state
         stepper = None if self.spec.name == "sgd" else self.spec
         if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
@@ -156,6 +173,14 @@ class _Trainer:
             state.step += -(-len(rows) // batch)
             loss_sum += part
         return loss_sum
+
+
+def _shuffled(order, random_state):
+    """``sklearn.utils.shuffle(order, random_state=random_state)``: the same draws, so the same order, without
+    its checks of the arguments (1.3 ms an epoch)."""
+    permutation = np.arange(len(order))
+    random_state.shuffle(permutation)
+    return order[permutation]
 
 
 def _l2fast_loss(est):
@@ -239,18 +264,19 @@ class _L2fastMLP:
         X_l2, y_l2, w_l2, scale = trainer.data(X_train, y_train, w_train)
         order = np.arange(m, dtype=np.int64)
         n_batches = -(-m // batch)
+        loss_outputs = self._loss_outputs()
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
-                if self.shuffle:  # the same draws from random_state as scikit-learn: the same order
-                    order = shuffled(order, random_state=self._random_state)
+                if self.shuffle:
+                    order = _shuffled(order, self._random_state)
                 start_norm = trainer.squared_norm()
                 lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
                 loss_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
                 # scikit-learn adds alpha/2 ||W||^2 before each batch's step; l2fast sees the norms at the
                 # epoch's two ends only and interpolates the n batches' linearly (exact for one batch)
                 norm = start_norm + (trainer.squared_norm() - start_norm) * (n_batches - 1) / (2 * n_batches)
-                self.loss_ = loss_sum / m / self._loss_outputs() + n_batches * 0.5 * self.alpha * scale * norm / m
+                self.loss_ = loss_sum / m / loss_outputs + n_batches * 0.5 * self.alpha * scale * norm / m
                 self.n_iter_ += 1
                 self.t_ += m
                 self.loss_curve_.append(self.loss_)
