@@ -333,3 +333,27 @@ def test_accel_runs_an_unchanged_scikit_learn_script(tmp_path):
 def test_accel_without_a_script_shows_usage():
     run = subprocess.run([sys.executable, "-m", "l2fast.accel"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+# -- the benchmark (l2fast bench --configs R) ------------------------------------------------------------
+
+
+def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
+    import io
+
+    from l2fast import bench
+    from l2fast.sklearn import bench as bench_dropin
+
+    X, y = data(m=120)
+    mlp = dict(hidden_layer_sizes=(5,), max_iter=3, tol=0.0, n_iter_no_change=10**6, random_state=0)
+    cases = [("tiny adam", "MLPClassifier", dict(solver="adam", **mlp), X, y, "small"),
+             ("tiny sgd", "MLPClassifier", dict(solver="sgd", **mlp), X, y, "small"),
+             ("tiny logistic", "LogisticRegression", dict(tol=1e-8), X, y, "logistic")]
+    monkeypatch.setattr(bench_dropin, "_cases", lambda quick: cases)
+    out = io.StringIO()
+    record = bench.run({"R"}, repeats=2, out=out)["dropin"]  # what `l2fast bench --configs R` runs
+    assert [case["case"] for case in record["cases"]] == ["tiny adam", "tiny sgd", "tiny logistic"]
+    for case in record["cases"]:
+        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0
+        assert case["l2fast_loss"] == pytest.approx(case["sklearn_loss"], rel=1e-6), case["case"]
+    assert "tiny logistic" in out.getvalue() and "load average after" in out.getvalue()
