@@ -117,6 +117,59 @@ def test_stochastic_trajectory_is_scikit_learns(problem, settings, backend):
     np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("form", ["csr", "csc"])
+def test_sparse_X_is_trained_by_l2fast_as_scikit_learn_trains_it(form, solver, backend, capsys):
+    import scipy.sparse
+
+    X, y = data(m=90)
+    X[np.abs(X) < 0.8] = 0.0  # about 40% of the entries stored
+    X_sparse = scipy.sparse.csr_matrix(X).asformat(form)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=16, max_iter=5, random_state=0, alpha=0.05,
+                  learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
+        ours = dropin.MLPClassifier(backend=backend, **params).fit(X_sparse, y)
+    assert "scikit-learn's own code" not in capsys.readouterr().err
+    assert ours._l2fast_trainer.net.backend == backend  # trained by l2fast, not handed back
+    assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(ours.predict_proba(X_sparse), theirs.predict_proba(X_sparse), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_sparse_X_in_logistic_regression(backend, capsys):
+    import scipy.sparse
+
+    X, y = data(3, m=200)
+    X[np.abs(X) < 0.5] = 0.0
+    X_sparse = scipy.sparse.csc_matrix(X)
+    params = dict(C=0.5, tol=1e-10, max_iter=1000)
+    ours = dropin.LogisticRegression(backend=backend, **params).fit(X_sparse, y)
+    theirs = linear_model.LogisticRegression(**params).fit(X_sparse, y)
+    assert "scikit-learn's own code" not in capsys.readouterr().err
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_X_on_cuda_runs_scikit_learns_code_and_says_so(capsys, monkeypatch):
+    import scipy.sparse
+
+    from l2fast.sklearn import _dropin
+
+    monkeypatch.setattr(_dropin, "_said", set())
+    X, y = data(m=60)
+    X_sparse = scipy.sparse.csr_matrix(X)
+    params = dict(hidden_layer_sizes=(4,), solver="sgd", max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(backend="cuda", **params).fit(X_sparse, y)  # never reaches the GPU
+        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
+    assert "sparse X on backend='cuda'" in capsys.readouterr().err
+    assert_same_parameters(ours, theirs, rtol=0, atol=0)
+
+
 def test_data_loss_curve_is_exact_without_penalty():
     X, y = data()
     params = dict(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=3, random_state=1, alpha=0.0)

@@ -17,8 +17,9 @@ the learning-rate schedule, the stopping rule and every fitted attribute; l2fast
   served by the same solver (same optimum, other iteration counts). L1 and elastic-net penalties and the
   liblinear solver (which penalises the intercept) are refused with a ``ValueError``.
 
-What l2fast does not compute (multilabel targets, the Poisson loss, sparse X) runs scikit-learn's own
-code, and one line on stderr says so. ``predict`` and the other methods are scikit-learn's, on the
+A scipy.sparse X is trained on as CSR by the numpy and cpu backends. What l2fast does not compute
+(multilabel targets, the Poisson loss, sparse X on cuda) runs scikit-learn's own code, and one line on
+stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = ["MLPClassifier", "MLPRegressor", "LogisticRegression"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _BACKEND_CONSTRAINT = {"backend": [StrOptions(set(BACKENDS)), None]}
+_SPARSE_BACKENDS = ("numpy", "cpu")  # the backends that take a scipy.sparse X (as CSR, converted once per fit)
 _said = set()
 # float64 epochs whose largest product (batch x n_in x n_out) is below this run on one thread. float64 cannot
 # follow the machine's load as float32 does (threads.call_threads: its last bits depend on the thread count),
@@ -196,8 +198,8 @@ class _L2fastMLP:
 
     def _unserved(self, X):
         """Why l2fast cannot train this fit (then scikit-learn's own code does), or None."""
-        if scipy.sparse.issparse(X):
-            return "sparse X"
+        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
+            return f"sparse X on backend={backend_name(self)!r}"
         if is_classifier(self) and self.out_activation_ == "logistic" and self.n_outputs_ > 1:
             return "multilabel targets"
         if not is_classifier(self) and self.loss != "squared_error":
@@ -395,8 +397,8 @@ class LogisticRegression(linear_model.LogisticRegression):
                     "(the same optimum as newton-cg, newton-cholesky, sag and saga)"), True
         if self.dual:
             return "dual=True (liblinear's dual formulation)", True
-        if scipy.sparse.issparse(X):
-            return "sparse X", False
+        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
+            return f"sparse X on backend={backend_name(self)!r}", False
         return None, False
 
 
@@ -433,7 +435,7 @@ class LogisticRegression(linear_model.LogisticRegression):
         self._warn_like_scikit_learn(penalty)
         if reason is not None:
             raise ValueError(f"{type(self).__name__}: {reason}")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C", accept_sparse="csr")
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
@@ -459,8 +461,8 @@ class LogisticRegression(linear_model.LogisticRegression):
         net.lam = _penalty.lam_from_C(C, scale)
         backend = net._backend
         X_l2 = backend.features(X, X.shape[1], net.dtype)
-        y_l2 = backend.targets(codes, len(X), net.loss, n_out, net.dtype)
-        w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, len(X), net.dtype)
+        y_l2 = backend.targets(codes, X.shape[0], net.loss, n_out, net.dtype)
+        w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, X.shape[0], net.dtype)
         objective = solvers.Objective(net, X_l2, y_l2, w_l2)
         n_W = X.shape[1] * n_out
 
