@@ -133,7 +133,12 @@ class _Trainer:
         if self.loss == "softmax":
             y = np.argmax(y, axis=1)
         weights, scale = _penalty.unit_mean_weights(sample_weight)
-        X = backend.features(X, net.layer_sizes[0], net.dtype)
+        if backend.name in _SPARSE_BACKENDS and isinstance(X, np.ndarray) and X.dtype == net.dtype:
+            # scikit-learn's validation has just read every value (2-D, float, finite): host backends take it as
+            # it is (C order), without a second pass over X; sparse X is converted to CSR once per fit
+            X = np.ascontiguousarray(X)
+        else:
+            X = backend.features(X, net.layer_sizes[0], net.dtype)
         y = backend.targets(y, len(X), self.loss, net.layer_sizes[-1], net.dtype)
         weights = None if weights is None else backend.sample_weights(weights, len(X), net.dtype)
         return X, y, weights, scale
