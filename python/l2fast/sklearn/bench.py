@@ -65,17 +65,18 @@ def _final_loss(est, X, y):
 
 
 def run(quick=False, repeats=3, backend="cpu"):
-    """One row per case: (name, scikit-learn s, l2fast s, speed-up, scikit-learn loss, l2fast loss, target)."""
+    """Yields one row per case as it is measured: (name, scikit-learn s, l2fast s, speed-up, scikit-learn loss,
+    l2fast loss, target)."""
     import sklearn.linear_model
     import sklearn.neural_network
 
     from l2fast.sklearn import _dropin
 
-    rows = []
     for name, cls, params, X, y, target in _cases(quick):
         theirs_cls = getattr(sklearn.neural_network if cls.startswith("MLP") else sklearn.linear_model, cls)
         ours_cls = getattr(_dropin, cls)
-        contenders = {"scikit-learn": lambda: theirs_cls(**params), "l2fast": lambda: ours_cls(**params, backend=backend)}
+        contenders = {"scikit-learn": lambda: theirs_cls(**params),
+                      "l2fast": lambda: ours_cls(**params, backend=backend)}
         times = {who: [] for who in contenders}
         losses = {}
         with warnings.catch_warnings():
@@ -90,21 +91,23 @@ def run(quick=False, repeats=3, backend="cpu"):
                     times[who].append(time.perf_counter() - start)
                     losses[who] = _final_loss(est, X, y)
         sk, l2 = statistics.median(times["scikit-learn"]), statistics.median(times["l2fast"])
-        rows.append((name, sk, l2, sk / l2, losses["scikit-learn"], losses["l2fast"], TARGETS[target]))
-    return rows
+        yield name, sk, l2, sk / l2, losses["scikit-learn"], losses["l2fast"], TARGETS[target]
 
 
 def report(quick=False, repeats=3, backend="cpu", out=None):
     """Runs the cases, prints the table with the load average before and after; returns a JSON-able record."""
     out = out or sys.stdout
     load_before = os.getloadavg()[0]
-    print(f"\nscikit-learn drop-ins (R), backend {backend}, median of {repeats}; load average before: {load_before:.1f}",
-          file=out)
+    print(f"\nscikit-learn drop-ins (R), backend {backend}, median of {repeats}; load average before: "
+          f"{load_before:.1f}", file=out)
     print(f"{'case':58} {'sklearn s':>10} {'l2fast s':>9} {'speed-up':>9} {'target':>7} {'sklearn loss':>13} "
           f"{'l2fast loss':>12}", file=out)
-    rows = run(quick, repeats, backend)
-    for name, sk, l2, ratio, loss_sk, loss_l2, target in rows:
-        print(f"{name:58} {sk:10.3f} {l2:9.3f} {ratio:8.1f}x {target:6.1f}x {loss_sk:13.6f} {loss_l2:12.6f}", file=out)
+    rows = []
+    for row in run(quick, repeats, backend):
+        name, sk, l2, ratio, loss_sk, loss_l2, target = row
+        print(f"{name:58} {sk:10.3f} {l2:9.3f} {ratio:8.1f}x {target:6.1f}x {loss_sk:13.6f} {loss_l2:12.6f}", file=out,
+              flush=True)
+        rows.append(row)
     load_after = os.getloadavg()[0]
     print(f"load average after: {load_after:.1f}", file=out)
     return {"backend": backend, "load_average": [load_before, load_after],
