@@ -75,6 +75,15 @@ def backend_name(est) -> str:
     return est.backend if est.backend is not None else os.environ.get("L2FAST_BACKEND", "cpu")
 
 
+def _features(backend, X, n_in, dtype):
+    """X (validated by scikit-learn) in the backend. scikit-learn's checks have just read every value (2-D,
+    float, finite), so the host backends take a dense X of the network's dtype as it is (C order), without a
+    second pass; anything else (sparse X: to CSR once per fit; cuda) goes through the backend's conversion."""
+    if backend.name in _SPARSE_BACKENDS and isinstance(X, np.ndarray) and X.dtype == dtype:
+        return np.ascontiguousarray(X)
+    return backend.features(X, n_in, dtype)
+
+
 def _network(sizes, activation, loss, backend, dtype, weights, biases):
     """A Network holding the given weights (n_out, n_in) and biases."""
     net = Network(sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=0)
@@ -156,12 +165,7 @@ class _Trainer:
         if self.loss == "softmax":
             y = np.argmax(y, axis=1)
         weights, scale = _penalty.unit_mean_weights(sample_weight)
-        if backend.name in _SPARSE_BACKENDS and isinstance(X, np.ndarray) and X.dtype == net.dtype:
-            # scikit-learn's validation has just read every value (2-D, float, finite): host backends take it as
-            # it is (C order), without a second pass over X; sparse X is converted to CSR once per fit
-            X = np.ascontiguousarray(X)
-        else:
-            X = backend.features(X, net.layer_sizes[0], net.dtype)
+        X = _features(backend, X, net.layer_sizes[0], net.dtype)
         y = backend.targets(y, len(X), self.loss, net.layer_sizes[-1], net.dtype)
         weights = None if weights is None else backend.sample_weights(weights, len(X), net.dtype)
         return X, y, weights, scale
@@ -488,7 +492,7 @@ class LogisticRegression(linear_model.LogisticRegression):
                        [start_W], [start_b])
         net.lam = _penalty.lam_from_C(C, scale)
         backend = net._backend
-        X_l2 = backend.features(X, X.shape[1], net.dtype)
+        X_l2 = _features(backend, X, X.shape[1], net.dtype)
         y_l2 = backend.targets(codes, X.shape[0], net.loss, n_out, net.dtype)
         w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, X.shape[0], net.dtype)
         objective = solvers.Objective(net, X_l2, y_l2, w_l2)
