@@ -410,3 +410,56 @@ def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
         assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0
         assert case["l2fast_loss"] == pytest.approx(case["sklearn_loss"], rel=1e-6), case["case"]
     assert "tiny logistic" in out.getvalue() and "load average after" in out.getvalue()
+
+
+# -- threads on the cpu backend --------------------------------------------------------------------------
+
+
+def test_small_float64_networks_train_on_one_thread_and_wide_ones_keep_the_cap(monkeypatch):
+    from l2fast import threads
+    from l2fast.backends import cpu
+
+    if threads.get_num_threads() < 2:
+        pytest.skip("l2fast's OpenBLAS has one thread here: nothing to lower")
+    counts = []
+    train_epoch = cpu.CpuBackend.train_epoch
+
+    def recording(self, *args, **kwargs):
+        counts.append(threads._core.get_num_threads())
+        return train_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(cpu.CpuBackend, "train_epoch", recording)
+    X, y = data(m=300)
+    params = dict(solver="sgd", max_iter=1, batch_size=200, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dropin.MLPClassifier(hidden_layer_sizes=(8,), **params).fit(X, y)  # 200 x 6 x 8: one thread
+        small = list(counts)
+        counts.clear()
+        X_wide = np.random.default_rng(0).normal(size=(300, 100))
+        dropin.MLPClassifier(hidden_layer_sizes=(64,), **params).fit(X_wide, y)  # 200 x 100 x 64 = 1.28M: the cap
+    assert small and set(small) == {1}
+    assert counts and set(counts) == {threads.get_num_threads()}
+
+
+def test_lbfgs_solves_run_the_other_blas_libraries_on_one_thread(monkeypatch):
+    import scipy.optimize
+    import scipy_openblas32
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    minimize = scipy.optimize.minimize
+
+    def recording(*args, **kwargs):
+        seen.append({info["filepath"]: info["num_threads"] for info in threadpool_info()})
+        return minimize(*args, **kwargs)
+
+    before = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    X, y = data(2)
+    monkeypatch.setattr(scipy.optimize, "minimize", recording)
+    dropin.LogisticRegression().fit(X, y)
+    assert len(seen) == 1
+    ours = os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
+    for path, n in seen[0].items():
+        assert n == (before[path] if os.path.realpath(path).startswith(ours) else 1), path
+    assert {info["filepath"]: info["num_threads"] for info in threadpool_info()} == before  # put back

@@ -21,6 +21,9 @@ A scipy.sparse X is trained on as CSR by the numpy and cpu backends. What l2fast
 (multilabel targets, the Poisson loss, sparse X on cuda) runs scikit-learn's own code, and one line on
 stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
+
+Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), and an
+L-BFGS-B solve runs the process's other BLAS libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
 
