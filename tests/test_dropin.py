@@ -170,6 +170,20 @@ def test_sparse_X_on_cuda_runs_scikit_learns_code_and_says_so(capsys, monkeypatc
     assert_same_parameters(ours, theirs, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_training_loss_stopping_rule_stops_where_scikit_learns_does(backend, solver):
+    # the default alpha: the penalty part of loss_curve_ (interpolated within an epoch) is far below tol's scale
+    X, y = data(m=150)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=32, max_iter=300, tol=1e-3, n_iter_no_change=3,
+                  random_state=2, learning_rate_init=0.05)
+    theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours = dropin.MLPClassifier(backend=backend, **params).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_ < 300
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)  # 2e-7: the interpolated penalty
+    assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
+
+
 def test_data_loss_curve_is_exact_without_penalty():
     X, y = data()
     params = dict(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=3, random_state=1, alpha=0.0)
@@ -180,13 +194,16 @@ def test_data_loss_curve_is_exact_without_penalty():
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
+@pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0, learning_rate="adaptive"),
+                                    dict(solver="sgd", learning_rate="adaptive"), dict(solver="adam")],
+                         ids=["sgd-adaptive", "nesterov-adaptive", "adam"])
 @pytest.mark.parametrize("estimator", ["classifier", "regressor"])
-def test_early_stopping_scores_and_best_weights_are_scikit_learns(estimator):
+def test_early_stopping_scores_and_best_weights_are_scikit_learns(estimator, solver):
     X, y = data(m=200)
     pair = (dropin.MLPClassifier, neural_network.MLPClassifier) if estimator == "classifier" else \
         (dropin.MLPRegressor, neural_network.MLPRegressor)
-    params = dict(hidden_layer_sizes=(8,), solver="sgd", momentum=0.0, early_stopping=True, validation_fraction=0.2,
-                  n_iter_no_change=3, max_iter=60, random_state=3, learning_rate_init=0.01, learning_rate="adaptive")
+    params = dict(hidden_layer_sizes=(8,), early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
+                  max_iter=60, random_state=3, learning_rate_init=0.01, **solver)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours, theirs = (cls(**params).fit(X, y.astype(float) if estimator == "regressor" else y) for cls in pair)
