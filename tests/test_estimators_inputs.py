@@ -145,3 +145,41 @@ def test_drop_in_partial_fit_reads_X_once_per_call_and_honours_a_changed_array(r
     theirs.partial_fit(X_before * 0.5, y)
     for p, q in zip(parameters(ours), parameters(theirs)):
         np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+
+
+# -- sparse X in the L2* estimators ----------------------------------------------------------------------
+
+
+def sparse_data(m=200):
+    import scipy.sparse
+
+    X, y = data(m)
+    X[np.abs(X) < 0.7] = 0.0  # about half the entries stored
+    return X, scipy.sparse.csr_matrix(X), y
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_l2_logistic_regression_on_sparse_X_reaches_scikit_learns_optimum(backend):
+    from sklearn.linear_model import LogisticRegression
+
+    _, X_sparse, y = sparse_data()
+    ours = est.L2LogisticRegression(lam=2.0, tol=1e-10, epochs=1000, backend=backend, dtype="float64",
+                                    random_state=0).fit(X_sparse, y)
+    theirs = LogisticRegression(C=0.5, tol=1e-10, max_iter=1000).fit(X_sparse, y)
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.predict_proba(X_sparse), theirs.predict_proba(X_sparse), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_l2_mlps_train_on_sparse_X_as_on_the_same_values_dense(kind, backend):
+    import scipy.sparse
+
+    X, X_sparse, y = sparse_data()
+    y = y.astype(float) if kind == "regressor" else y
+    dense, sparse = MODELS[kind](backend).fit(X, y), MODELS[kind](backend).fit(X_sparse.tocsc(), y)
+    assert scipy.sparse.issparse(X_sparse)
+    for p, q in zip(parameters(sparse), parameters(dense)):
+        np.testing.assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sparse.predict(X_sparse), dense.predict(X), rtol=1e-10, atol=1e-12)
