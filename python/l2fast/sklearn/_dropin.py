@@ -61,8 +61,8 @@ _SPARSE_BACKENDS = ("numpy", "cpu")  # the backends that take a scipy.sparse X (
 _said = set()
 # float64 epochs whose largest product (batch x n_in x n_out) is below this run on one thread. float64 cannot
 # follow the machine's load as float32 does (threads.call_threads: its last bits depend on the thread count),
-# so the count is chosen by shape alone: below ~1M multiply-adds a second thread gains 1.06-1.14x on a quiet
-# 2-core machine (benchmarks/README.md, "Under load") and costs 2-3x when other processes hold the cores.
+# so the count is chosen by shape alone: below ~1M multiply-adds a second thread gained nothing on the quiet
+# 2-core machine (64-64-10, batch 200) and cost 2-3x when other processes held the cores (benchmarks/README.md).
 _ONE_THREAD_PRODUCT = 1 << 20
 
 
