@@ -89,8 +89,10 @@ void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const
         case Method::Adam: {
             const double t = double(step);
             const double bc2_sqrt = std::sqrt(1.0 - std::pow(opt.beta2, t));
-            const T scaled_step = T(double(lr) / (1.0 - std::pow(opt.beta1, t)) * bc2_sqrt);
-            const T scaled_eps = T(opt.eps * bc2_sqrt);
+            // eps_on_v: scikit-learn's rate lr sqrt(1 - b2^t) / (1 - b1^t), multiplied in its order, and eps as given
+            const T scaled_step = opt.eps_on_v ? T(double(lr) * bc2_sqrt / (1.0 - std::pow(opt.beta1, t)))
+                                               : T(double(lr) / (1.0 - std::pow(opt.beta1, t)) * bc2_sqrt);
+            const T scaled_eps = opt.eps_on_v ? T(opt.eps) : T(opt.eps * bc2_sqrt);
             const T keep = opt.decoupled ? T(1) - lr * decay : T(1);
             parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {
                 adam_range(P, G, S1, S2, begin, end, decay, keep, T(opt.beta1), T(1.0 - opt.beta1), T(opt.beta2),

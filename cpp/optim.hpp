@@ -21,6 +21,9 @@ struct Optimizer {
     double beta2 = 0.999;
     double eps = 1e-8;
     bool decoupled = false;
+    // Adam's eps added to sqrt(S2) rather than to sqrt(S2 / (1 - b2^t)) (scikit-learn's and Keras' placement,
+    // the Adam paper's epsilon-hat): P <- keep P - lr sqrt(1 - b2^t) / (1 - b1^t) S1 / (sqrt(S2) + eps).
+    bool eps_on_v = false;
 
     // State arrays per parameter: none (SGD), a velocity (momentum), two moments (Adam).
     std::size_t n_slots() const { return method == Method::Sgd ? 0 : method == Method::Momentum ? 1 : 2; }

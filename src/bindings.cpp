@@ -381,6 +381,7 @@ struct OptimizerArgs {
     bool nesterov = false;
     double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
     bool decoupled = false;
+    bool eps_on_v = false;
 
     l2fast::Optimizer parse() const {
         l2fast::Optimizer opt;
@@ -391,6 +392,7 @@ struct OptimizerArgs {
         opt.beta2 = beta2;
         opt.eps = eps;
         opt.decoupled = decoupled;
+        opt.eps_on_v = eps_on_v;
         l2fast::check_optimizer(opt);
         return opt;
     }
@@ -663,8 +665,8 @@ PYBIND11_MODULE(_core, m) {
            const py::handle& order, long long batch_size, double lr, double lam_over_m,
            const std::string& activation, const std::string& loss, const std::string& optimizer,
            const py::list& slots, long long step, double momentum, bool nesterov, double beta1, double beta2,
-           double eps, bool decoupled, const py::handle& sample_weight, bool check_finite) {
-            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
+           double eps, bool decoupled, bool eps_on_v, const py::handle& sample_weight, bool check_finite) {
+            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled, eps_on_v};
             return by_dtype(
                 weights,
                 [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite); },
@@ -674,7 +676,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
         py::arg("optimizer") = "sgd", py::arg("slots") = py::list(), py::arg("step") = 0, py::arg("momentum") = 0.9,
         py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
-        py::arg("decoupled") = false, py::arg("sample_weight") = py::none(), py::arg("check_finite") = true,
+        py::arg("decoupled") = false, py::arg("eps_on_v") = false, py::arg("sample_weight") = py::none(),
+        py::arg("check_finite") = true,
         "One epoch of minibatch steps in place on weights and biases: the fused L2 step of gradient descent,\n"
         "or another optimizer ('momentum', 'adam') with its state arrays slots (lists of 2L arrays, see\n"
         "l2fast.optim.OptimizerState) after step earlier steps. Returns (loss_sum, correct) over the\n"
@@ -785,15 +788,15 @@ PYBIND11_MODULE(_core, m) {
         "optimizer_step",
         [](const py::handle& P, const py::handle& G, const py::list& slots, double lr, double decay, long long step,
            const std::string& optimizer, double momentum, bool nesterov, double beta1, double beta2, double eps,
-           bool decoupled) {
-            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled};
+           bool decoupled, bool eps_on_v) {
+            const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled, eps_on_v};
             by_array_dtype(
                 P, "P", [&] { optimizer_step_t<float>(P, G, slots, lr, decay, step, args); },
                 [&] { optimizer_step_t<double>(P, G, slots, lr, decay, step, args); });
         },
         py::arg("P"), py::arg("G"), py::arg("slots"), py::arg("lr"), py::arg("decay"), py::arg("step"), py::kw_only(),
         py::arg("optimizer") = "sgd", py::arg("momentum") = 0.9, py::arg("nesterov") = false, py::arg("beta1") = 0.9,
-        py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("decoupled") = false,
+        py::arg("beta2") = 0.999, py::arg("eps") = 1e-8, py::arg("decoupled") = false, py::arg("eps_on_v") = false,
         "In place: step number `step` of the optimizer on parameter P from its mean gradient G, with its state\n"
         "arrays slots and decay = lam/m, one fused pass over P, G and the state.");
 

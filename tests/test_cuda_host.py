@@ -214,8 +214,9 @@ def test_scale_models_decays_each_model_by_its_own_factor(host_kernels):
 
 
 @pytest.mark.parametrize("spec", [l2fast.Momentum(0.9), l2fast.Momentum(0.8, nesterov=True, decoupled=True),
-                                  l2fast.Adam(), l2fast.Adam(0.8, 0.99, 1e-6, decoupled=True)],
-                         ids=["momentum", "nesterov-decoupled", "adam", "adamw"])
+                                  l2fast.Adam(), l2fast.Adam(0.8, 0.99, 1e-6, decoupled=True),
+                                  l2fast.Adam(eps=1e-2, eps_on_v=True)],
+                         ids=["momentum", "nesterov-decoupled", "adam", "adamw", "adam-eps-on-v"])
 def test_optimizer_steps_match_the_reference(host_kernels, spec):
     dt, T = host_kernels.dtype, host_kernels.dtype.type
     rng = np.random.default_rng(6)
@@ -230,7 +231,7 @@ def test_optimizer_steps_match_the_reference(host_kernels, spec):
                      int(spec.decoupled))
     else:
         host_kernels("adam_step", 50, P, G, slots[0], slots[1], 50, rates, spec.beta1, spec.beta2,
-                     T(spec.eps), int(spec.decoupled), counters)
+                     T(spec.eps), int(spec.decoupled), int(spec.eps_on_v), counters)
     assert_parity(P, P_ref, dt, f"{spec.name} parameters")
     for s, s_ref in zip(slots, slots_ref):
         assert_parity(s, s_ref, dt, f"{spec.name} state")

@@ -48,12 +48,47 @@ def test_penalty_conversions():
     assert np.allclose(w, [0.5, 1.5]) and scale == 0.5
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_adam_eps_on_v_steps_are_scikit_learns_adam_optimizer(backend):
+    # eps = 1e-3 is near sqrt(v): where l2fast's default Adam (eps on sqrt(v_hat)) takes other steps
+    from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+    from l2fast import optim
+    from l2fast.backends import numpy_ref
+    from l2fast.backends.cpu import _core, core_options
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 5)) * 1e-2
+    theirs = [start.copy()]
+    adam = AdamOptimizer(theirs, learning_rate_init=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-3)
+    results = {}
+    for eps_on_v in (True, False):
+        spec = optim.Adam(0.8, 0.95, 1e-3, eps_on_v=eps_on_v)
+        P, slots = start.copy(), [np.zeros_like(start), np.zeros_like(start)]
+        for t in range(1, 8):
+            G = np.sin(t * start) * 1e-2
+            if eps_on_v:
+                adam.update_params(theirs, [G])
+            if backend == "numpy":
+                numpy_ref.optimizer_step(P, G, slots, 0.01, 0.0, spec, t)
+            else:
+                _core.optimizer_step(P, G, slots, 0.01, 0.0, t, **core_options(spec))
+        results[eps_on_v] = P
+    np.testing.assert_allclose(results[True], theirs[0], rtol=1e-14, atol=1e-16)
+    assert np.abs(results[False] - theirs[0]).max() > 1e-4  # the default places eps elsewhere
+
+
 STOCHASTIC = {
     "sgd": dict(solver="sgd", momentum=0.0),
     "nesterov": dict(solver="sgd"),
     "momentum": dict(solver="sgd", nesterovs_momentum=False),
     "invscaling": dict(solver="sgd", momentum=0.0, learning_rate="invscaling", power_t=0.3),
+    "invscaling-momentum": dict(solver="sgd", nesterovs_momentum=False, learning_rate="invscaling", power_t=0.3),
+    "invscaling-nesterov": dict(solver="sgd", learning_rate="invscaling", power_t=0.7),
+    # tol so large that every epoch is "no improvement": the rate is divided by 5 at epochs 3 and 5
+    "adaptive-nesterov": dict(solver="sgd", learning_rate="adaptive", tol=10.0, n_iter_no_change=1),
     "adam": dict(solver="adam"),
+    "adam-eps": dict(solver="adam", epsilon=1e-3, beta_1=0.8, beta_2=0.95),  # eps near sqrt(v): its placement shows
 }
 
 
@@ -68,18 +103,85 @@ def test_stochastic_trajectory_is_scikit_learns(problem, settings, backend):
         (dropin.MLPClassifier, neural_network.MLPClassifier)
     if problem == "regression":
         y = np.c_[y, X[:, 0]].astype(float)
-    params = dict(hidden_layer_sizes=(7, 4), batch_size=20, max_iter=4, random_state=0, alpha=0.3,
+    params = dict(hidden_layer_sizes=(7, 4), batch_size=20, max_iter=6, random_state=0, alpha=0.3,
                   learning_rate_init=0.02, **STOCHASTIC[settings])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         theirs = theirs_cls(**params).fit(X, y)
         ours = ours_cls(backend=backend, **params).fit(X, y)
-    # Adam: l2fast adds eps to sqrt(v_hat), scikit-learn to sqrt(v): close, not equal
-    exact = settings != "adam"
-    assert_same_parameters(ours, theirs, rtol=1e-10 if exact else 1e-3, atol=1e-12 if exact else 1e-4)
-    assert ours.n_iter_ == theirs.n_iter_ == 4 and ours.t_ == theirs.t_
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert ours.n_iter_ == theirs.n_iter_ == 6 and ours.t_ == theirs.t_
+    if settings == "adaptive-nesterov":
+        assert ours._optimizer.learning_rate == theirs._optimizer.learning_rate == pytest.approx(0.02 / 5**2, rel=1e-15)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=2e-3)  # penalty part interpolated
-    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6 if exact else 1e-2, atol=1e-6)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+@pytest.mark.parametrize("form", ["csr", "csc"])
+def test_sparse_X_is_trained_by_l2fast_as_scikit_learn_trains_it(form, solver, backend, capsys):
+    import scipy.sparse
+
+    X, y = data(m=90)
+    X[np.abs(X) < 0.8] = 0.0  # about 40% of the entries stored
+    X_sparse = scipy.sparse.csr_matrix(X).asformat(form)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=16, max_iter=5, random_state=0, alpha=0.05,
+                  learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
+        ours = dropin.MLPClassifier(backend=backend, **params).fit(X_sparse, y)
+    assert "scikit-learn's own code" not in capsys.readouterr().err
+    assert ours._l2fast_trainer.net.backend == backend  # trained by l2fast, not handed back
+    assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(ours.predict_proba(X_sparse), theirs.predict_proba(X_sparse), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_sparse_X_in_logistic_regression(backend, capsys):
+    import scipy.sparse
+
+    X, y = data(3, m=200)
+    X[np.abs(X) < 0.5] = 0.0
+    X_sparse = scipy.sparse.csc_matrix(X)
+    params = dict(C=0.5, tol=1e-10, max_iter=1000)
+    ours = dropin.LogisticRegression(backend=backend, **params).fit(X_sparse, y)
+    theirs = linear_model.LogisticRegression(**params).fit(X_sparse, y)
+    assert "scikit-learn's own code" not in capsys.readouterr().err
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_X_on_cuda_runs_scikit_learns_code_and_says_so(capsys, monkeypatch):
+    import scipy.sparse
+
+    from l2fast.sklearn import _dropin
+
+    monkeypatch.setattr(_dropin, "_said", set())
+    X, y = data(m=60)
+    X_sparse = scipy.sparse.csr_matrix(X)
+    params = dict(hidden_layer_sizes=(4,), solver="sgd", max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(backend="cuda", **params).fit(X_sparse, y)  # never reaches the GPU
+        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
+    assert "sparse X on backend='cuda'" in capsys.readouterr().err
+    assert_same_parameters(ours, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_training_loss_stopping_rule_stops_where_scikit_learns_does(backend, solver):
+    # the default alpha: the penalty part of loss_curve_ (interpolated within an epoch) is far below tol's scale
+    X, y = data(m=150)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=32, max_iter=300, tol=1e-3, n_iter_no_change=3,
+                  random_state=2, learning_rate_init=0.05)
+    theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours = dropin.MLPClassifier(backend=backend, **params).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_ < 300
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)  # 2e-7: the interpolated penalty
+    assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
 
 
 def test_data_loss_curve_is_exact_without_penalty():
@@ -92,13 +194,16 @@ def test_data_loss_curve_is_exact_without_penalty():
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
+@pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0, learning_rate="adaptive"),
+                                    dict(solver="sgd", learning_rate="adaptive"), dict(solver="adam")],
+                         ids=["sgd-adaptive", "nesterov-adaptive", "adam"])
 @pytest.mark.parametrize("estimator", ["classifier", "regressor"])
-def test_early_stopping_scores_and_best_weights_are_scikit_learns(estimator):
+def test_early_stopping_scores_and_best_weights_are_scikit_learns(estimator, solver):
     X, y = data(m=200)
     pair = (dropin.MLPClassifier, neural_network.MLPClassifier) if estimator == "classifier" else \
         (dropin.MLPRegressor, neural_network.MLPRegressor)
-    params = dict(hidden_layer_sizes=(8,), solver="sgd", momentum=0.0, early_stopping=True, validation_fraction=0.2,
-                  n_iter_no_change=3, max_iter=60, random_state=3, learning_rate_init=0.01, learning_rate="adaptive")
+    params = dict(hidden_layer_sizes=(8,), early_stopping=True, validation_fraction=0.2, n_iter_no_change=3,
+                  max_iter=60, random_state=3, learning_rate_init=0.01, **solver)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ours, theirs = (cls(**params).fit(X, y.astype(float) if estimator == "regressor" else y) for cls in pair)
@@ -290,11 +395,88 @@ def test_accel_runs_an_unchanged_scikit_learn_script(tmp_path):
     plain, accel = (json.loads(run.stdout) for run in runs)
     assert all(module.startswith("sklearn.") for module in plain["classes"])
     assert all(module.startswith("l2fast.sklearn") for module in accel["classes"])
-    np.testing.assert_allclose(accel["cv"], plain["cv"], atol=0.02)  # Adam's eps placement only
-    assert accel["loss"] == pytest.approx(plain["loss"], rel=1e-2)
+    np.testing.assert_allclose(accel["cv"], plain["cv"], atol=1e-9)  # the same steps, to rounding
+    assert accel["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     np.testing.assert_allclose(accel["coef"], plain["coef"], rtol=1e-3, atol=1e-4)
 
 
 def test_accel_without_a_script_shows_usage():
     run = subprocess.run([sys.executable, "-m", "l2fast.accel"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "usage" in run.stderr
+
+
+# -- the benchmark (l2fast bench --configs R) ------------------------------------------------------------
+
+
+def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
+    import io
+
+    from l2fast import bench
+    from l2fast.sklearn import bench as bench_dropin
+
+    X, y = data(m=120)
+    mlp = dict(hidden_layer_sizes=(5,), max_iter=3, tol=0.0, n_iter_no_change=10**6, random_state=0)
+    cases = [("tiny adam", "MLPClassifier", dict(solver="adam", **mlp), X, y, "small"),
+             ("tiny sgd", "MLPClassifier", dict(solver="sgd", **mlp), X, y, "small"),
+             ("tiny logistic", "LogisticRegression", dict(tol=1e-8), X, y, "logistic")]
+    monkeypatch.setattr(bench_dropin, "_cases", lambda quick: cases)
+    out = io.StringIO()
+    record = bench.run({"R"}, repeats=2, out=out)["dropin"]  # what `l2fast bench --configs R` runs
+    assert [case["case"] for case in record["cases"]] == ["tiny adam", "tiny sgd", "tiny logistic"]
+    for case in record["cases"]:
+        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0
+        assert case["l2fast_loss"] == pytest.approx(case["sklearn_loss"], rel=1e-6), case["case"]
+    assert "tiny logistic" in out.getvalue() and "load average after" in out.getvalue()
+
+
+# -- threads on the cpu backend --------------------------------------------------------------------------
+
+
+def test_small_float64_networks_train_on_one_thread_and_wide_ones_keep_the_cap(monkeypatch):
+    from l2fast import threads
+    from l2fast.backends import cpu
+
+    if threads.get_num_threads() < 2:
+        pytest.skip("l2fast's OpenBLAS has one thread here: nothing to lower")
+    counts = []
+    train_epoch = cpu.CpuBackend.train_epoch
+
+    def recording(self, *args, **kwargs):
+        counts.append(threads._core.get_num_threads())
+        return train_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(cpu.CpuBackend, "train_epoch", recording)
+    X, y = data(m=300)
+    params = dict(solver="sgd", max_iter=1, batch_size=200, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        dropin.MLPClassifier(hidden_layer_sizes=(8,), **params).fit(X, y)  # 200 x 6 x 8: one thread
+        small = list(counts)
+        counts.clear()
+        X_wide = np.random.default_rng(0).normal(size=(300, 100))
+        dropin.MLPClassifier(hidden_layer_sizes=(64,), **params).fit(X_wide, y)  # 200 x 100 x 64 = 1.28M: the cap
+    assert small and set(small) == {1}
+    assert counts and set(counts) == {threads.get_num_threads()}
+
+
+def test_lbfgs_solves_run_the_other_blas_libraries_on_one_thread(monkeypatch):
+    import scipy.optimize
+    import scipy_openblas32
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    minimize = scipy.optimize.minimize
+
+    def recording(*args, **kwargs):
+        seen.append({info["filepath"]: info["num_threads"] for info in threadpool_info()})
+        return minimize(*args, **kwargs)
+
+    before = {info["filepath"]: info["num_threads"] for info in threadpool_info()}
+    X, y = data(2)
+    monkeypatch.setattr(scipy.optimize, "minimize", recording)
+    dropin.LogisticRegression().fit(X, y)
+    assert len(seen) == 1
+    ours = os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
+    for path, n in seen[0].items():
+        assert n == (before[path] if os.path.realpath(path).startswith(ours) else 1), path
+    assert {info["filepath"]: info["num_threads"] for info in threadpool_info()} == before  # put back

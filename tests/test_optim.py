@@ -20,6 +20,7 @@ OPTIMIZERS = {
     "momentum-decoupled": l2fast.Momentum(0.9, decoupled=True),
     "nesterov-decoupled": l2fast.Momentum(0.7, nesterov=True, decoupled=True),
     "adamw": l2fast.Adam(beta1=0.8, beta2=0.99, eps=1e-6, decoupled=True),
+    "adam-eps-on-v": l2fast.Adam(eps=1e-3, eps_on_v=True),  # scikit-learn's placement; eps large to tell
 }
 
 
@@ -414,6 +415,27 @@ def test_saved_optimizer_state_is_checked_on_load(tmp_path):
     with open(tmp_path / "bad.npz", "wb") as file:
         np.savez(file, **missing)
     with pytest.raises(ValueError, match="slot1_b0 should be float32 of shape"):
+        l2fast.load(tmp_path / "bad.npz")
+
+
+def test_adam_eps_on_v_is_saved_and_files_from_before_it_load_as_the_default(tmp_path):
+    X, y = make_problem("softmax", 3, 2, m=10, seed=0)
+    net = l2fast.Network([3, 2], seed=0)
+    net.fit(X, y, epochs=2, optimizer=l2fast.Adam(eps_on_v=True))
+    path = tmp_path / "adam.npz"
+    net.save(path)
+    assert l2fast.load(path).optimizer_state.optimizer == l2fast.Adam(eps_on_v=True)
+    with np.load(path) as archive:
+        contents = {name: archive[name] for name in archive.files}
+    metadata = json.loads(contents["metadata"].tobytes())
+    del metadata["optimizer"]["hyperparameters"]["eps_on_v"]  # as written before the field existed
+    with open(tmp_path / "old.npz", "wb") as file:
+        np.savez(file, **dict(contents, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)))
+    assert l2fast.load(tmp_path / "old.npz").optimizer_state.optimizer == l2fast.Adam()
+    del metadata["optimizer"]["hyperparameters"]["beta1"]  # an older field is still required
+    with open(tmp_path / "bad.npz", "wb") as file:
+        np.savez(file, **dict(contents, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)))
+    with pytest.raises(ValueError, match="the optimizer's parameters should be"):
         l2fast.load(tmp_path / "bad.npz")
 
 

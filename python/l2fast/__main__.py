@@ -28,8 +28,9 @@ def main(argv=None):
     bench.add_argument("--configs", default=None,
                        help="comma-separated subset of A,B,C,D,O,S,U (default: all; L runs with B and D), "
                             "or K (under load), T (seconds to the optimum of convex problems against "
-                            "scikit-learn's solvers), P (the same and epoch times on sparse, TF-IDF-like X) and M "
-                            "(data-parallel scaling over MPI, 1 and 2 ranks, and its cost model), run only when named")
+                            "scikit-learn's solvers), P (the same and epoch times on sparse, TF-IDF-like X), M "
+                            "(data-parallel scaling over MPI, 1 and 2 ranks, and its cost model) and R (the "
+                            "scikit-learn drop-ins against scikit-learn's classes), run only when named")
     bench.add_argument("--repeats", type=int, default=5, help="timed epochs per contender after one warm-up")
     bench.add_argument("--quick", action="store_true", help="tiny configurations, for a smoke test")
     bench.add_argument("--json", default=None, help="write the record to this JSON file")

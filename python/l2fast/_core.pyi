@@ -31,6 +31,7 @@ def train_epoch(
     beta2: float = 0.999,
     eps: float = 1e-8,
     decoupled: bool = False,
+    eps_on_v: bool = False,
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
 ) -> tuple[float, int]: ...
@@ -95,6 +96,7 @@ def optimizer_step(
     beta2: float = 0.999,
     eps: float = 1e-8,
     decoupled: bool = False,
+    eps_on_v: bool = False,
 ) -> None: ...
 def axpy(alpha: float, x: np.ndarray, y: np.ndarray) -> None: ...
 def gemm_only_epoch_seconds(layer_sizes: list[int], m: int, batch_size: int, dtype: str) -> float: ...

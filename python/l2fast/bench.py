@@ -861,6 +861,10 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         from l2fast import bench_mpi
 
         record["mpi"] = bench_mpi.run(repeats, out, quick=quick)
+    if configs is not None and "R" in configs:
+        from l2fast.sklearn import bench as bench_dropin
+
+        record["dropin"] = bench_dropin.report(quick, repeats, out=out)
     if json_path:
         Path(json_path).write_text(json.dumps(record, indent=1))
         print(f"wrote {json_path}", file=out)

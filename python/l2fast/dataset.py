@@ -51,6 +51,18 @@ class Dataset:
         return (f"Dataset(X {self.X.shape} {self.X.dtype}, y {None if self.y is None else self.y.shape}, "
                 f"sample_weight {'given' if self.sample_weight is not None else 'none'})")
 
+    def with_targets(self, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "Dataset":
+        """A Dataset of this X with other y (and sample weights): X is shared, not copied, and so are the
+        conversions of it made so far. (The estimators hand ``Network.fit`` encoded labels this way.)"""
+        other = Dataset.__new__(Dataset)
+        other.X = self.X
+        other.y = _frozen_copy(y)
+        other.sample_weight = None if sample_weight is None else _frozen_copy(sample_weight)
+        with self._lock:
+            other._converted = {key: value for key, value in self._converted.items() if key[0] == "X"}
+        other._lock = threading.Lock()
+        return other
+
     def features_for(self, backend, n_in, dtype):
         """X checked and converted for a backend and dtype: the same array on every call."""
         key = ("X", backend.name, np.dtype(dtype).str, n_in)

@@ -182,6 +182,9 @@ def _state_metadata(state):
             "bad_epochs": state.bad_epochs, "lr_scale": state.lr_scale}
 
 
+_ADDED_FIELDS = {"eps_on_v"}  # fields newer than the format: files written before them load with the default
+
+
 def _build(kinds, meta, what, where):
     """An instance of kinds[meta["name"]] from meta["<params key>"], every field checked by its class."""
     if not isinstance(meta, dict) or meta.get("name") not in kinds:
@@ -189,7 +192,7 @@ def _build(kinds, meta, what, where):
     kind = kinds[meta["name"]]
     params = meta.get("hyperparameters" if what == "optimizer" else "parameters")
     names = {f.name for f in fields(kind)}
-    if not isinstance(params, dict) or set(params) != names:
+    if not isinstance(params, dict) or not names - _ADDED_FIELDS <= set(params) <= names:
         raise ValueError(f"path: {where!r}: the {what}'s parameters should be {sorted(names)}")
     try:
         return kind(**params)

@@ -8,6 +8,8 @@ no lam term), with m the training-set size. Per weight tensor W, with state V (a
   W <- W - lr (g + mu V). These are PyTorch's ``SGD(momentum=mu, nesterov=..., weight_decay=lam/m)``.
 - ``Adam(beta1, beta2, eps)``: M <- b1 M + (1 - b1) g, V <- b2 V + (1 - b2) g*g, then
   W <- W - lr/(1 - b1^t) M / (sqrt(V)/sqrt(1 - b2^t) + eps): PyTorch's ``Adam(weight_decay=lam/m)``.
+  ``Adam(eps_on_v=True)`` adds eps to sqrt(V) instead: W <- W - lr sqrt(1 - b2^t)/(1 - b1^t) M / (sqrt(V) + eps),
+  scikit-learn's and Keras' Adam (the paper's epsilon-hat form); the two differ once sqrt(V) is near eps.
 
 ``decoupled=True`` (Momentum and Adam) takes the L2 term out of g and applies it straight to W as
 weight decay: g = mean dL/dW, and the step ends W <- (1 - lr lam/m) W - lr (update from g). Adam so
@@ -96,6 +98,7 @@ class Adam:
     beta2: float = 0.999
     eps: float = 1e-8
     decoupled: bool = False
+    eps_on_v: bool = False
     name: ClassVar[str] = "adam"
     n_slots: ClassVar[int] = 2
 
@@ -106,6 +109,7 @@ class Adam:
         object.__setattr__(self, "beta2", _check_unit(self.beta2, "beta2", allow_zero=True))
         object.__setattr__(self, "eps", _validate.real(self.eps, "eps", positive=True))
         object.__setattr__(self, "decoupled", _check_flag(self.decoupled, "decoupled"))
+        object.__setattr__(self, "eps_on_v", _check_flag(self.eps_on_v, "eps_on_v"))
 
 
 OptimizerSpec = Union[SGD, Momentum, Adam]

@@ -29,7 +29,7 @@ def core_options(optimizer):
     if optimizer.name == "momentum":
         options.update(momentum=optimizer.momentum, nesterov=optimizer.nesterov)
     elif optimizer.name == "adam":
-        options.update(beta1=optimizer.beta1, beta2=optimizer.beta2, eps=optimizer.eps)
+        options.update(beta1=optimizer.beta1, beta2=optimizer.beta2, eps=optimizer.eps, eps_on_v=optimizer.eps_on_v)
     return options
 
 

@@ -552,7 +552,7 @@ class CudaBackend:
                     self._launch(kernels, "adam_step", P.size,
                                  (P, G, slots[0], slots[1], np.int64(P.size), rates, np.float64(optimizer.beta1),
                                   np.float64(optimizer.beta2), T(optimizer.eps), np.int32(optimizer.decoupled),
-                                  ws.counters))
+                                  np.int32(optimizer.eps_on_v), ws.counters))
         self._launch(kernels, "advance_counters", 1, (ws.counters, np.int64(rows)))
 
     def _capture(self, kernels, ws, cfg, rows, steps):

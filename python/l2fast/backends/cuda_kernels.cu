@@ -204,9 +204,10 @@ extern "C" __global__ void momentum_step(T* P, const T* G, T* V, long long n, co
 }
 
 // One Adam step on P (n) with rates = {lr, decay}; its number t is counters[1] + 1, read on the device so
-// that a replayed step counts on.
+// that a replayed step counts on. eps_on_v: eps is added to sqrt(V), not to sqrt(V / (1 - b2^t)) (scikit-learn's
+// Adam, l2fast.optim.Adam(eps_on_v=True)), which is eps / sqrt(1 - b2^t) in this form.
 extern "C" __global__ void adam_step(T* P, const T* G, T* M, T* V, long long n, const T* rates, double beta1,
-                                     double beta2, T eps, int decoupled, const long long* counters) {
+                                     double beta2, T eps, int decoupled, int eps_on_v, const long long* counters) {
     const long long i = thread_index<long long>();
     if (i >= n) return;
     const T lr = rates[0], decay = rates[1];
@@ -219,7 +220,8 @@ extern "C" __global__ void adam_step(T* P, const T* G, T* M, T* V, long long n, 
     M[i] = m;
     V[i] = v;
     const T keep = decoupled ? T(1) - lr * decay : T(1);
-    P[i] = keep * P[i] - step_size * m / (sqrt(v) / bc2_sqrt + eps);
+    const T eps_t = eps_on_v ? eps / bc2_sqrt : eps;
+    P[i] = keep * P[i] - step_size * m / (sqrt(v) / bc2_sqrt + eps_t);
 }
 
 // After each step: the next batch starts rows further on, and one more step has been taken.

@@ -131,8 +131,11 @@ def optimizer_step(P, G, slots, lr, decay, optimizer, step):
         M, V = slots
         M[...] = optimizer.beta1 * M + (1 - optimizer.beta1) * g
         V[...] = optimizer.beta2 * V + (1 - optimizer.beta2) * (g * g)
-        step_size = lr / (1 - optimizer.beta1**step)
         bc2_sqrt = math.sqrt(1 - optimizer.beta2**step)
+        if optimizer.eps_on_v:  # scikit-learn's form, in its order of operations
+            P[...] = keep * P - lr * bc2_sqrt / (1 - optimizer.beta1**step) * M / (np.sqrt(V) + optimizer.eps)
+            return
+        step_size = lr / (1 - optimizer.beta1**step)
         P[...] = keep * P - step_size * M / (np.sqrt(V) / bc2_sqrt + optimizer.eps)
 
 

@@ -7,22 +7,27 @@ the learning-rate schedule, the stopping rule and every fitted attribute; l2fast
 
 - MLP, ``solver="sgd"``/``"adam"``: each epoch's minibatch steps run in the backend's ``train_epoch`` in
   scikit-learn's order of records, with ``alpha`` as the decay alpha/b of each batch of b records (the
-  short last batch too, see ``_penalty``). From the same weights the steps are scikit-learn's, but for
-  Adam's epsilon, which l2fast adds to sqrt(v_hat) (PyTorch's placement) where scikit-learn adds it to
-  sqrt(v) (a relative difference of at most eps / sqrt(v) per step), and for momentum under a changing
-  learning rate (l2fast's velocity holds gradients, scikit-learn's holds steps: the same at constant rate).
+  short last batch too, see ``_penalty``). From the same weights the steps are scikit-learn's, to
+  rounding: Adam runs as ``l2fast.Adam(eps_on_v=True)`` (eps added to sqrt(v), scikit-learn's placement),
+  and momentum's velocity, which holds gradients in l2fast and steps (-lr g) in scikit-learn, is rescaled
+  by old rate / new rate when ``learning_rate`` ("invscaling", "adaptive") changes the rate.
 - MLP, ``solver="lbfgs"``: SciPy's L-BFGS-B with scikit-learn's options on l2fast's J and gradient.
 - ``LogisticRegression``: L-BFGS-B on J with lam from ``C`` (``_penalty``), scikit-learn's lbfgs
   options; newton-cg, newton-cholesky, sag and saga minimise the same strictly convex J, so they are
   served by the same solver (same optimum, other iteration counts). L1 and elastic-net penalties and the
   liblinear solver (which penalises the intercept) are refused with a ``ValueError``.
 
-What l2fast does not compute (multilabel targets, the Poisson loss, sparse X) runs scikit-learn's own
-code, and one line on stderr says so. ``predict`` and the other methods are scikit-learn's, on the
+A scipy.sparse X is trained on as CSR by the numpy and cpu backends. What l2fast does not compute
+(multilabel targets, the Poisson loss, sparse X on cuda) runs scikit-learn's own code, and one line on
+stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
+
+Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), and an
+L-BFGS-B solve runs the process's other BLAS libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -36,7 +41,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
-from sklearn.utils import shuffle as shuffled
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -44,7 +48,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
-from l2fast import optim, solvers
+from l2fast import optim, solvers, threads
 from l2fast.backends import BACKENDS
 from l2fast.network import Network
 from l2fast.sklearn import _penalty
@@ -53,7 +57,13 @@ __all__ = ["MLPClassifier", "MLPRegressor", "LogisticRegression"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _BACKEND_CONSTRAINT = {"backend": [StrOptions(set(BACKENDS)), None]}
+_SPARSE_BACKENDS = ("numpy", "cpu")  # the backends that take a scipy.sparse X (as CSR, converted once per fit)
 _said = set()
+# float64 epochs whose largest product (batch x n_in x n_out) is below this run on one thread. float64 cannot
+# follow the machine's load as float32 does (threads.call_threads: its last bits depend on the thread count),
+# so the count is chosen by shape alone: below ~1M multiply-adds a second thread gained nothing on the quiet
+# 2-core machine (64-64-10, batch 200) and cost 2-3x when other processes held the cores (benchmarks/README.md).
+_ONE_THREAD_PRODUCT = 1 << 20
 
 
 def say_once(who: str, what: str) -> None:
@@ -68,11 +78,43 @@ def backend_name(est) -> str:
     return est.backend if est.backend is not None else os.environ.get("L2FAST_BACKEND", "cpu")
 
 
+def _features(backend, X, n_in, dtype):
+    """X (validated by scikit-learn) in the backend. scikit-learn's checks have just read every value (2-D,
+    float, finite), so the host backends take a dense X of the network's dtype as it is (C order), without a
+    second pass; anything else (sparse X: to CSR once per fit; cuda) goes through the backend's conversion."""
+    if backend.name in _SPARSE_BACKENDS and isinstance(X, np.ndarray) and X.dtype == dtype:
+        return np.ascontiguousarray(X)
+    return backend.features(X, n_in, dtype)
+
+
 def _network(sizes, activation, loss, backend, dtype, weights, biases):
     """A Network holding the given weights (n_out, n_in) and biases."""
     net = Network(sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=0)
     net.set_parameters(weights, biases)
     return net
+
+
+_other_blas = None  # threadpoolctl's controller of the BLAS libraries other than l2fast's own, made once
+
+
+def _lbfgs(backend, fun, x0, options):
+    """SciPy's L-BFGS-B on fun (J and its gradient). With the cpu backend every other BLAS in the process
+    (NumPy's, SciPy's) runs on one thread meanwhile: L-BFGS-B's own BLAS calls work on vectors of the
+    parameters' size, where threads gain nothing, and their pools' threads, spinning after each call, took
+    the cores from l2fast's gradient passes (2.2x slower on the loaded 2-core machine, 50k x 100)."""
+    global _other_blas
+    limit = contextlib.nullcontext()
+    if backend == "cpu":
+        if _other_blas is None:
+            import scipy_openblas32  # l2fast's own OpenBLAS, which keeps its threads
+            from threadpoolctl import ThreadpoolController
+
+            controller, ours = ThreadpoolController(), os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
+            _other_blas = controller.select(filepath=[lib.filepath for lib in controller.lib_controllers
+                                                      if not os.path.realpath(lib.filepath).startswith(ours)])
+        limit = _other_blas.limit(limits=1)
+    with limit:
+        return scipy.optimize.minimize(fun, x0, method="L-BFGS-B", jac=True, options=options)
 
 
 def _lbfgs_options(max_fun, max_iter, tol, verbose):
@@ -91,7 +133,7 @@ class _Trainer:
         self.net = _network(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
                             [W.T for W in est.coefs_], est.intercepts_)
         if est.solver == "adam":
-            self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon)
+            self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon, eps_on_v=True)
         elif est.momentum > 0:
             self.spec = optim.Momentum(est.momentum, nesterov=est.nesterovs_momentum)
         else:
@@ -99,6 +141,7 @@ class _Trainer:
         xp = self.net._backend.xp
         self.state = optim.OptimizerState.fresh(self.spec, optim.Constant(), self.net._weights, self.net._biases,
                                                 xp.zeros_like)
+        self.lr = None  # the rate of the last epoch: momentum's velocity is rescaled when the next one differs
 
     def fits(self, est, dtype):
         sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
@@ -125,7 +168,7 @@ class _Trainer:
         if self.loss == "softmax":
             y = np.argmax(y, axis=1)
         weights, scale = _penalty.unit_mean_weights(sample_weight)
-        X = backend.features(X, net.layer_sizes[0], net.dtype)
+        X = _features(backend, X, net.layer_sizes[0], net.dtype)
         y = backend.targets(y, len(X), self.loss, net.layer_sizes[-1], net.dtype)
         weights = None if weights is None else backend.sample_weights(weights, len(X), net.dtype)
         return X, y, weights, scale
@@ -133,11 +176,29 @@ class _Trainer:
     def squared_norm(self):
         return sum(self.net._backend.sum_squares(W) for W in self.net._weights)
 
+    def threads(self, batch):
+        """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``)."""
+        net = self.net
+        if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
+                or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT):
+            return contextlib.nullcontext()
+        return threads._limit(threads._core, 1)
+
     def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
         short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss."""
+        with self.threads(batch):
+            return self._epoch(X, y, weights, order, batch, lr, alpha, scale)
+
+    def _epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         net, state = self.net, self.state
         stepper = None if self.spec.name == "sgd" else self.spec
+        if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
+            # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
+            # a change of rate when l2fast's velocity is rescaled by the old rate over the new
+            for V in state.slots[0]:
+                V *= self.lr / lr
+        self.lr = lr
         n_full = len(order) // batch * batch
         loss_sum = 0.0
         for rows, b in ((order[:n_full], batch), (order[n_full:], len(order) - n_full)):
@@ -149,6 +210,14 @@ class _Trainer:
             state.step += -(-len(rows) // batch)
             loss_sum += part
         return loss_sum
+
+
+def _shuffled(order, random_state):
+    """``sklearn.utils.shuffle(order, random_state=random_state)``: the same draws, so the same order, without
+    its checks of the arguments (1.3 ms an epoch)."""
+    permutation = np.arange(len(order))
+    random_state.shuffle(permutation)
+    return order[permutation]
 
 
 def _l2fast_loss(est):
@@ -164,8 +233,8 @@ class _L2fastMLP:
 
     def _unserved(self, X):
         """Why l2fast cannot train this fit (then scikit-learn's own code does), or None."""
-        if scipy.sparse.issparse(X):
-            return "sparse X"
+        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
+            return f"sparse X on backend={backend_name(self)!r}"
         if is_classifier(self) and self.out_activation_ == "logistic" and self.n_outputs_ > 1:
             return "multilabel targets"
         if not is_classifier(self) and self.loss != "squared_error":
@@ -193,8 +262,8 @@ class _L2fastMLP:
         net = trainer.net
         net.lam = _penalty.lam_from_alpha(self.alpha, len(X), len(X), scale)
         objective = solvers.Objective(net, X, y, weights)
-        result = scipy.optimize.minimize(objective, objective.flat.vector(), method="L-BFGS-B", jac=True,
-                                         options=_lbfgs_options(self.max_fun, self.max_iter, self.tol, self.verbose))
+        result = _lbfgs(net.backend, objective, objective.flat.vector(),
+                        _lbfgs_options(self.max_fun, self.max_iter, self.tol, self.verbose))
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         net._weights, net._biases = objective.flat.arrays(result.x)
         trainer.store(self)
@@ -232,18 +301,19 @@ class _L2fastMLP:
         X_l2, y_l2, w_l2, scale = trainer.data(X_train, y_train, w_train)
         order = np.arange(m, dtype=np.int64)
         n_batches = -(-m // batch)
+        loss_outputs = self._loss_outputs()
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
-                if self.shuffle:  # the same draws from random_state as scikit-learn: the same order
-                    order = shuffled(order, random_state=self._random_state)
+                if self.shuffle:
+                    order = _shuffled(order, self._random_state)
                 start_norm = trainer.squared_norm()
                 lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
                 loss_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
                 # scikit-learn adds alpha/2 ||W||^2 before each batch's step; l2fast sees the norms at the
                 # epoch's two ends only and interpolates the n batches' linearly (exact for one batch)
                 norm = start_norm + (trainer.squared_norm() - start_norm) * (n_batches - 1) / (2 * n_batches)
-                self.loss_ = loss_sum / m / self._loss_outputs() + n_batches * 0.5 * self.alpha * scale * norm / m
+                self.loss_ = loss_sum / m / loss_outputs + n_batches * 0.5 * self.alpha * scale * norm / m
                 self.n_iter_ += 1
                 self.t_ += m
                 self.loss_curve_.append(self.loss_)
@@ -362,8 +432,8 @@ class LogisticRegression(linear_model.LogisticRegression):
                     "(the same optimum as newton-cg, newton-cholesky, sag and saga)"), True
         if self.dual:
             return "dual=True (liblinear's dual formulation)", True
-        if scipy.sparse.issparse(X):
-            return "sparse X", False
+        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
+            return f"sparse X on backend={backend_name(self)!r}", False
         return None, False
 
 
@@ -400,7 +470,7 @@ class LogisticRegression(linear_model.LogisticRegression):
         self._warn_like_scikit_learn(penalty)
         if reason is not None:
             raise ValueError(f"{type(self).__name__}: {reason}")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C", accept_sparse="csr")
         check_classification_targets(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
@@ -425,9 +495,9 @@ class LogisticRegression(linear_model.LogisticRegression):
                        [start_W], [start_b])
         net.lam = _penalty.lam_from_C(C, scale)
         backend = net._backend
-        X_l2 = backend.features(X, X.shape[1], net.dtype)
-        y_l2 = backend.targets(codes, len(X), net.loss, n_out, net.dtype)
-        w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, len(X), net.dtype)
+        X_l2 = _features(backend, X, X.shape[1], net.dtype)
+        y_l2 = backend.targets(codes, X.shape[0], net.loss, n_out, net.dtype)
+        w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, X.shape[0], net.dtype)
         objective = solvers.Objective(net, X_l2, y_l2, w_l2)
         n_W = X.shape[1] * n_out
 
@@ -441,7 +511,7 @@ class LogisticRegression(linear_model.LogisticRegression):
         if self.max_iter > 0:
             options = _lbfgs_options(15000, self.max_iter, self.tol, self.verbose)
             options.update(maxls=50, ftol=64 * np.finfo(float).eps)
-            result = scipy.optimize.minimize(J, x, method="L-BFGS-B", jac=True, options=options)
+            result = _lbfgs(net.backend, J, x, options)
             x, n_iter = result.x, result.nit
         if self.max_iter == 0 or result.status != 0:
             warnings.warn(self._not_converged(n_iter, "" if self.max_iter == 0 else result.message),

@@ -44,6 +44,7 @@ except ImportError as exc:
                               name=exc.name) from exc
 
 from l2fast import monitor, solvers
+from l2fast.dataset import Dataset
 from l2fast.network import History, Network
 
 __all__ = ["L2MLPClassifier", "L2MLPRegressor", "L2LogisticRegression"]
@@ -85,9 +86,27 @@ class _L2Estimator(BaseEstimator):
     def _lbfgs(self):
         return solvers.requested(self.optimizer)
 
-    def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse, sample_weight=None, stop=True):
+    def _inputs(self, X, y, sample_weight, reset, **checks):
+        """(X, y, sample_weight, dataset) of one fit or partial_fit call. X and y pass scikit-learn's checks of
+        shape, dtype and feature names but not its pass over every value of X: the network's conversion of X
+        makes that one (``Network.fit``), so that a call reads X once. An ``l2fast.Dataset`` in X brings y and
+        sample_weight and comes back as ``dataset``: its X is checked and converted once, for all the calls
+        that pass it (a snapshot: changes to the arrays it was made from do not reach it)."""
+        dataset = None
+        if isinstance(X, Dataset):
+            if y is not None or sample_weight is not None:
+                raise ValueError("y: an l2fast.Dataset brings its own y and sample_weight; pass neither beside it")
+            if X.y is None:
+                raise ValueError("X: this Dataset has no y; build it as l2fast.Dataset(X, y)")
+            dataset, X, y, sample_weight = X, X.X, X.y, X.sample_weight
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE, reset=reset,
+                             ensure_all_finite=False, **checks)
+        return X, y, sample_weight, dataset
+
+    def _train(self, X, y_kernel, n_outputs, loss, epochs, reuse, sample_weight=None, stop=True, dataset=None):
         """Trains self.network_ (made anew unless reuse allows and it fits the data) for at most epochs, with
-        the tolerance rule when ``stop``; l2fast's convergence warnings become scikit-learn's."""
+        the tolerance rule when ``stop``; l2fast's convergence warnings become scikit-learn's. ``dataset``: the
+        ``l2fast.Dataset`` X came in, whose conversion of X is used (and kept) instead of converting X."""
         net = getattr(self, "network_", None)
         if not (reuse and net is not None and net.layer_sizes[0] == X.shape[1] and net.layer_sizes[-1] == n_outputs
                 and net.loss == loss):
@@ -95,6 +114,9 @@ class _L2Estimator(BaseEstimator):
         net.lam = self.lam
         lbfgs = self._lbfgs()
         batch = None if self.batch_size is None or lbfgs else min(self.batch_size, X.shape[0])
+        if dataset is not None:  # X converted in the Dataset (once), handed on with the encoded targets
+            dataset.features_for(net._backend, X.shape[1], net.dtype)
+            X, y_kernel, sample_weight = dataset.with_targets(y_kernel, sample_weight), None, None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", monitor.ConvergenceWarning)
             history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
@@ -161,29 +183,32 @@ class _Classifier(ClassifierMixin, _L2Estimator):
             weights = per_class.astype(X.dtype) if weights is None else weights * per_class
         return weights
 
-    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "_Classifier":
+    def fit(self, X: ArrayLike, y: Optional[ArrayLike] = None,
+            sample_weight: Optional[ArrayLike] = None) -> "_Classifier":
         """Trains on X (n_samples, n_features) and labels y (n_samples,) of any type, weighted by
         ``sample_weight`` (n_samples,) and ``class_weight``; at most ``epochs`` epochs (L-BFGS: iterations)
-        until converged, from fresh weights unless ``warm_start`` and a fitted network of the same shape."""
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE)
+        until converged, from fresh weights unless ``warm_start`` and a fitted network of the same shape.
+        X may be an ``l2fast.Dataset`` bringing y and sample_weight."""
+        X, y, sample_weight, dataset = self._inputs(X, y, sample_weight, reset=True)
         codes = self._encode(y)
         n_outputs, loss = self._layout()
         return self._train(X, codes, n_outputs, loss, self.epochs, reuse=self.warm_start,
-                           sample_weight=self._weights(X, y, sample_weight))
+                           sample_weight=self._weights(X, y, sample_weight), dataset=dataset)
 
     @available_if(_L2Estimator._stochastic)
-    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: Optional[ArrayLike] = None,
+    def partial_fit(self, X: ArrayLike, y: Optional[ArrayLike] = None, classes: Optional[ArrayLike] = None,
                     sample_weight: Optional[ArrayLike] = None) -> "_Classifier":
         """One epoch over X, y; the first call needs ``classes``, every label there will ever be (a later
-        call may repeat them, not change them)."""
+        call may repeat them, not change them). X may be an ``l2fast.Dataset`` bringing y and sample_weight:
+        its X is then checked and converted on the first call only."""
         first = not hasattr(self, "network_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE, reset=first)
+        X, y, sample_weight, dataset = self._inputs(X, y, sample_weight, reset=first)
         codes = self._encode(y, classes, first)
         n_outputs, loss = self._layout()
         return self._train(X, codes, n_outputs, loss, 1, reuse=not first,
-                           sample_weight=self._weights(X, y, sample_weight), stop=False)
+                           sample_weight=self._weights(X, y, sample_weight), stop=False, dataset=dataset)
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.floating]:
         """Probabilities (n_samples, n_classes), columns in the order of ``classes_``."""
@@ -308,31 +333,32 @@ class L2MLPRegressor(RegressorMixin, _L2Estimator):
         tags.target_tags.single_output = True
         return tags
 
-    def _targets(self, X, y, first):
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], accept_sparse=_SPARSE, multi_output=True, y_numeric=True,
-                             reset=first)
+    def _targets(self, X, y, sample_weight, first):
+        X, y, sample_weight, dataset = self._inputs(X, y, sample_weight, reset=first, multi_output=True, y_numeric=True)
         y = np.asarray(y, dtype=X.dtype)
         if first:
             self._n_targets = 1 if y.ndim == 1 else y.shape[1]
         n_targets = 1 if y.ndim == 1 else y.shape[1]
         if n_targets != self._n_targets:
             raise ValueError(f"y has {n_targets} targets; this regressor was fitted with {self._n_targets}")
-        return X, y.reshape(len(y), n_targets)
+        return X, y.reshape(len(y), n_targets), self._sample_weight(X, sample_weight), dataset
 
-    def fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
+    def fit(self, X: ArrayLike, y: Optional[ArrayLike] = None,
+            sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
         """Trains on X (n_samples, n_features) and y (n_samples,) or (n_samples, n_targets), weighted by
-        ``sample_weight`` (n_samples,) when given."""
-        X, y = self._targets(X, y, first=True)
+        ``sample_weight`` (n_samples,) when given; or on an ``l2fast.Dataset`` in X."""
+        X, y, sample_weight, dataset = self._targets(X, y, sample_weight, first=True)
         return self._train(X, y, y.shape[1], "squared_error", self.epochs, reuse=self.warm_start,
-                           sample_weight=self._sample_weight(X, sample_weight))
+                           sample_weight=sample_weight, dataset=dataset)
 
     @available_if(_L2Estimator._stochastic)
-    def partial_fit(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
-        """One epoch over X, y."""
+    def partial_fit(self, X: ArrayLike, y: Optional[ArrayLike] = None,
+                    sample_weight: Optional[ArrayLike] = None) -> "L2MLPRegressor":
+        """One epoch over X, y (or an ``l2fast.Dataset`` in X, checked and converted once for every call)."""
         first = not hasattr(self, "network_")
-        X, y = self._targets(X, y, first=first)
-        return self._train(X, y, y.shape[1], "squared_error", 1, reuse=not first,
-                           sample_weight=self._sample_weight(X, sample_weight), stop=False)
+        X, y, sample_weight, dataset = self._targets(X, y, sample_weight, first=first)
+        return self._train(X, y, y.shape[1], "squared_error", 1, reuse=not first, sample_weight=sample_weight,
+                           stop=False, dataset=dataset)
 
     def predict(self, X: ArrayLike) -> NDArray[np.floating]:
         """Predictions (n_samples,) for one target, (n_samples, n_targets) for several."""
