@@ -732,8 +732,8 @@ PYBIND11_MODULE(_core, m) {
         "all_finite",
         [](const py::handle& values) {
             py::array a = as_array(values, "values");
-            const bool is_double = a.dtype().is(py::dtype::of<double>());
-            if (!is_double && !a.dtype().is(py::dtype::of<float>()))
+            const bool is_double = a.dtype().equal(py::dtype::of<double>());
+            if (!is_double && !a.dtype().equal(py::dtype::of<float>()))
                 throw py::type_error("values: expected float32 or float64, got " + std::string(py::str(a.dtype())));
             std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
             if (is_double) {
