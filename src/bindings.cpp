@@ -21,6 +21,7 @@
 #include "blas.hpp"
 #include "limits.hpp"
 #include "network.hpp"
+#include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
 #include "update.hpp"
@@ -547,6 +548,41 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     return py::make_tuple(dW, db, stats.loss_sum);
 }
 
+// HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
+// curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
+template <class T>
+py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_obj, const py::handle& v_b_obj,
+                                   const py::handle& c_obj, const py::handle& P_obj, double lam_over_m) {
+    py::array V = checked<double>(V_obj, "V", {-1, -1});
+    const py::ssize_t n_out = V.shape(0), n_in = V.shape(1);
+    if (n_out < 1 || n_in < 1) throw std::invalid_argument("V: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(V));
+    py::array v_b = checked<double>(v_b_obj, "v_b", {n_out});
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
+    std::vector<py::array> keep{V, v_b};
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep);
+    const py::ssize_t m = py::ssize_t(data.m);
+    py::array c = checked<double>(c_obj, "c", {m});
+    l2fast::Curvature curvature;
+    curvature.c = cptr<double>(c);
+    py::array P;
+    if (!P_obj.is_none()) {
+        P = checked<double>(P_obj, "P", {m, n_out});
+        curvature.P = cptr<double>(P);
+    }
+    py::array_t<double> HV({n_out, n_in});
+    py::array_t<double> Hv_b(n_out);
+    double* hv = HV.mutable_data();
+    double* hb = Hv_b.mutable_data();
+    {
+        ReleasedGil release;
+        l2fast::linear_hessian_product(data, std::size_t(n_in), std::size_t(n_out), curvature, cptr<double>(V),
+                                       cptr<double>(v_b), lam_over_m, hv, hb);
+    }
+    return py::make_tuple(HV, Hv_b);
+}
+
 // y and x of one dtype and shape, y written in place; partly overlapping buffers are refused.
 template <class T>
 std::pair<py::array, py::array> same_shape_pair(const py::handle& y_obj, const char* y_name, const py::handle& x_obj,
@@ -728,6 +764,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.");
+
+    m.def(
+        "linear_hessian_product",
+        [](const py::handle& X, const py::handle& V, const py::handle& v_b, const py::handle& c, const py::handle& P,
+           double lam_over_m) {
+            const py::handle values = py::isinstance<py::tuple>(X) ? py::handle(X.cast<py::tuple>()[0]) : X;
+            return by_array_dtype(
+                values, "X", [&] { return linear_hessian_product_t<float>(X, V, v_b, c, P, lam_over_m); },
+                [&] { return linear_hessian_product_t<double>(X, V, v_b, c, P, lam_over_m); });
+        },
+        py::arg("X"), py::arg("V"), py::arg("v_b"), py::arg("c"), py::arg("P"), py::arg("lam_over_m"),
+        "(HV, Hv_b), float64: the Hessian of a one-layer network's J times the direction (V (n_out, n_in), v_b\n"
+        "(n_out,)), float64, given the curvature c (m,) and softmax probabilities P (m, n_out) or None at the\n"
+        "current point: (1/m) sum_i R_i x_i^T + lam_over_m V and (1/m) sum_i R_i, one read of X (dense or CSR).");
 
     m.def(
         "l2_update",

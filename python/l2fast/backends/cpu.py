@@ -70,3 +70,8 @@ class CpuBackend(HostArrays):
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss, sample_weight=sample_weight)
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """(HV, Hv_b), float64, of a one-layer network (see ``numpy_ref.linear_hessian_product``): one read of X."""
+        with threads.call_threads([V.shape[1], V.shape[0]], min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.linear_hessian_product(core_X(X), V, v_b, c, P, lam_over_m)

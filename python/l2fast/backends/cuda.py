@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from l2fast import _validate
+from l2fast.backends import numpy_ref
 
 cupy = None  # bound by _bind_cupy(): backends.get_backend checks first that CuPy imports
 
@@ -707,6 +708,12 @@ class CudaBackend:
             dW = [g / m + lam_over_m * W.astype(np.float64) for g, W in zip(dW, weights)]
             db = [g / m for g in db]
         return dW, db, loss_sum
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """(HV, Hv_b) as float64 CuPy arrays: the reference's array code (``numpy_ref.linear_hessian_product``)
+        on the GPU, its products through CuPy (cuBLAS)."""
+        with self._on_stream():
+            return numpy_ref.linear_hessian_product(X, c, P, V, v_b, lam_over_m, xp=cupy)
 
     def sample_weights(self, sample_weight, m, dtype):
         """sample_weight validated (see ``_validate.sample_weight``) on the GPU, or None."""

@@ -136,6 +136,29 @@ def optimizer_step(P, G, slots, lr, decay, optimizer, step):
         P[...] = keep * P - step_size * M / (np.sqrt(V) / bc2_sqrt + optimizer.eps)
 
 
+def curvature_rows(U, c, P):
+    """R (rows, n_out), float64: each record's loss curvature applied to U (rows, n_out), given c (rows,) and the
+    softmax probabilities P (rows, n_out) or None: c_i u_i, or c_i (p_i * u_i - p_i (p_i . u_i))."""
+    if P is None:
+        return c[:, None] * U
+    return c[:, None] * P * (U - (P * U).sum(axis=1, keepdims=True))
+
+
+def linear_hessian_product(X, c, P, V, v_b, lam_over_m, xp=np):
+    """(HV (n_out, n_in), Hv_b (n_out,)), float64: the Hessian of a one-layer network's J at the point of curvature
+    (c, P) (see ``curvature_rows``) times the direction (V, v_b), float64, over X (m, n_in) dense or sparse:
+    (1/m) sum_i R_i x_i^T + (lam/m) V and (1/m) sum_i R_i with R_i the curvature applied to u_i = V x_i + v_b.
+    ``xp`` is the array module of X and V (NumPy, or CuPy for the cuda backend)."""
+    m = X.shape[0]
+    HV, Hv_b = xp.zeros(V.shape), xp.zeros(v_b.shape)
+    for s in range(0, m, BLOCK_ROWS):
+        X_block = X[s : s + BLOCK_ROWS]
+        R = curvature_rows(X_block @ V.T + v_b, c[s : s + BLOCK_ROWS], None if P is None else P[s : s + BLOCK_ROWS])
+        HV += weight_product(R, X_block)
+        Hv_b += R.sum(axis=0)
+    return HV / m + lam_over_m * V, Hv_b / m
+
+
 def forward_all(weights, biases, X, activation):
     """Every layer's output for the rows of X; the last entry holds the logits."""
     outputs = []
@@ -304,6 +327,10 @@ class NumpyBackend(HostArrays):
             loss_sum += block_loss
             correct += block_correct
         return loss_sum, correct
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """See the module's ``linear_hessian_product``; c, P from ``l2fast.solvers.curvature``."""
+        return linear_hessian_product(X, c, P, V, v_b, lam_over_m)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
         """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in
