@@ -162,7 +162,7 @@ py::array private_copy(const py::array& a) {
 // or both int64, shape (m, n_in); the whole structure is checked (l2fast::check_csr) before the kernels see it.
 template <class T>
 void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dataset<T>& data,
-                   std::vector<py::array>& keep) {
+                   std::vector<py::array>& keep, bool check = true) {
     if (csr.size() != 4) throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
     const auto dims = csr[3].cast<std::vector<long long>>();
     if (dims.size() != 2 || dims[0] < 0 || dims[1] != (long long)shape.n_in())
@@ -190,8 +190,10 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
     } else {
         throw py::type_error("X.indices: expected dtype int32 or int64, got " + std::string(py::str(indices.dtype())));
     }
-    l2fast::check_csr(X, "X");
-    check_finite(X.data, X.nnz, "X");
+    if (check) {  // unchecked: only for kernels that stay within X's arrays whatever they hold (newton.hpp)
+        l2fast::check_csr(X, "X");
+        check_finite(X.data, X.nnz, "X");
+    }
     data.sparse = true;
     data.m = X.rows;
     keep.insert(keep.end(), {values, indices, indptr});
@@ -201,14 +203,15 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
 // with optional sample weights (m,) of T, finite and >= 0.
 template <class T>
 l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
-                             std::vector<py::array>& keep, const py::handle& weights_obj = py::none()) {
+                             std::vector<py::array>& keep, const py::handle& weights_obj = py::none(),
+                             bool check_X = true) {
     l2fast::Dataset<T> data;
     if (py::isinstance<py::tuple>(X_obj)) {
-        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep);
+        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep, check_X);
     } else {
         py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
         if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
-        check_finite(cptr<T>(X), std::size_t(X.size()), "X");
+        if (check_X) check_finite(cptr<T>(X), std::size_t(X.size()), "X");
         data.X = cptr<T>(X);
         data.m = std::size_t(X.shape(0));
         keep.push_back(X);
@@ -548,11 +551,49 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     return py::make_tuple(dW, db, stats.loss_sum);
 }
 
+// (dW, db, loss_sum, c, P) of a one-layer network at (W, b): J's gradient (float64) and the loss's curvature there
+// (c (m,), P (m, n_out) for softmax, else None), in one read of X (l2fast.solvers.NewtonCG).
+template <class T>
+py::tuple linear_gradient_curvature_t(const py::handle& W_obj, const py::handle& b_obj, const py::handle& X_obj,
+                                      const py::handle& y_obj, double lam_over_m, const std::string& loss,
+                                      const py::handle& sample_weight, bool check_X) {
+    py::array W = checked<T>(W_obj, "W", {-1, -1});
+    const py::ssize_t n_out = W.shape(0), n_in = W.shape(1);
+    if (n_out < 1 || n_in < 1) throw std::invalid_argument("W: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(W));
+    py::array b = checked<T>(b_obj, "b", {n_out});
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
+    shape.loss = l2fast::parse_loss(loss);
+    l2fast::check_shape(shape);
+    std::vector<py::array> keep{W, b};
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, y_obj, keep, sample_weight, check_X);
+    const py::ssize_t m = py::ssize_t(data.m);
+    py::array_t<double> dW({n_out, n_in}), db(n_out), c(m);
+    py::object P = py::none();
+    double* p = nullptr;
+    if (shape.loss == Loss::Softmax) {
+        py::array_t<double> probabilities({m, n_out});
+        p = probabilities.mutable_data();
+        P = probabilities;
+    }
+    double* gw = dW.mutable_data();
+    double* gb = db.mutable_data();
+    double* cv = c.mutable_data();
+    double loss_sum;
+    {
+        ReleasedGil release;
+        loss_sum = l2fast::linear_gradient_curvature(data, shape.loss, std::size_t(n_in), std::size_t(n_out),
+                                                     cptr<T>(W), cptr<T>(b), lam_over_m, gw, gb, cv, p);
+    }
+    return py::make_tuple(dW, db, loss_sum, c, P);
+}
+
 // HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
 // curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
 template <class T>
 py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_obj, const py::handle& v_b_obj,
-                                   const py::handle& c_obj, const py::handle& P_obj, double lam_over_m) {
+                                   const py::handle& c_obj, const py::handle& P_obj, double lam_over_m, bool check_X) {
     py::array V = checked<double>(V_obj, "V", {-1, -1});
     const py::ssize_t n_out = V.shape(0), n_in = V.shape(1);
     if (n_out < 1 || n_in < 1) throw std::invalid_argument("V: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(V));
@@ -561,7 +602,7 @@ py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_
     l2fast::Shape shape;
     shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
     std::vector<py::array> keep{V, v_b};
-    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep);
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(), check_X);
     const py::ssize_t m = py::ssize_t(data.m);
     py::array c = checked<double>(c_obj, "c", {m});
     l2fast::Curvature curvature;
@@ -766,18 +807,35 @@ PYBIND11_MODULE(_core, m) {
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.");
 
     m.def(
+        "linear_gradient_curvature",
+        [](const py::handle& W, const py::handle& b, const py::handle& X, const py::handle& y, double lam_over_m,
+           const std::string& loss, const py::handle& sample_weight, bool check_X) {
+            return by_array_dtype(
+                W, "W",
+                [&] { return linear_gradient_curvature_t<float>(W, b, X, y, lam_over_m, loss, sample_weight, check_X); },
+                [&] { return linear_gradient_curvature_t<double>(W, b, X, y, lam_over_m, loss, sample_weight, check_X); });
+        },
+        py::arg("W"), py::arg("b"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"), py::arg("loss"), py::kw_only(),
+        py::arg("sample_weight") = py::none(), py::arg("check_X") = true,
+        "(dW, db, loss_sum, c, P) of a one-layer network (W (n_out, n_in), b (n_out,)) over X (dense or CSR) and y:\n"
+        "J's gradient (float64) and the loss's curvature at (W, b), c (m,) and for softmax the probabilities P\n"
+        "(m, n_out), else None, in one read of X. check_X=False skips the O(nnz) checks of an X checked before.");
+
+    m.def(
         "linear_hessian_product",
         [](const py::handle& X, const py::handle& V, const py::handle& v_b, const py::handle& c, const py::handle& P,
-           double lam_over_m) {
+           double lam_over_m, bool check_X) {
             const py::handle values = py::isinstance<py::tuple>(X) ? py::handle(X.cast<py::tuple>()[0]) : X;
             return by_array_dtype(
-                values, "X", [&] { return linear_hessian_product_t<float>(X, V, v_b, c, P, lam_over_m); },
-                [&] { return linear_hessian_product_t<double>(X, V, v_b, c, P, lam_over_m); });
+                values, "X", [&] { return linear_hessian_product_t<float>(X, V, v_b, c, P, lam_over_m, check_X); },
+                [&] { return linear_hessian_product_t<double>(X, V, v_b, c, P, lam_over_m, check_X); });
         },
-        py::arg("X"), py::arg("V"), py::arg("v_b"), py::arg("c"), py::arg("P"), py::arg("lam_over_m"),
+        py::arg("X"), py::arg("V"), py::arg("v_b"), py::arg("c"), py::arg("P"), py::arg("lam_over_m"), py::kw_only(),
+        py::arg("check_X") = true,
         "(HV, Hv_b), float64: the Hessian of a one-layer network's J times the direction (V (n_out, n_in), v_b\n"
         "(n_out,)), float64, given the curvature c (m,) and softmax probabilities P (m, n_out) or None at the\n"
-        "current point: (1/m) sum_i R_i x_i^T + lam_over_m V and (1/m) sum_i R_i, one read of X (dense or CSR).");
+        "current point: (1/m) sum_i R_i x_i^T + lam_over_m V and (1/m) sum_i R_i, one read of X (dense or CSR).\n"
+        "check_X=False skips the O(nnz) checks of an X checked before (the kernel never reads outside it).");
 
     m.def(
         "l2_update",

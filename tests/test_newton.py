@@ -1,6 +1,8 @@
 """NewtonCG, the truncated Newton solver for linear models: the reference Hessian-vector product against finite
 differences of the gradient, the cpu and cuda (host stand-in) products against the reference, dense and CSR X,
 and the optimum against scikit-learn's LogisticRegression."""
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -46,11 +48,9 @@ def flat_gradient(net, X, y, w, x):
 
 
 def reference_hessian(net, X, y, w):
-    """A LinearHessian of the network over (X, y, w) on its own backend, with X and w as the backend takes them."""
-    backend = net._backend
-    X_b = backend.features(X, net.layer_sizes[0], net.dtype)
-    w_b = None if w is None else backend.sample_weights(w, len(y), net.dtype)
-    return solvers.LinearHessian(net, X_b, w_b)
+    """A LinearHessian of the network over (X, y, w) on its own backend, with the data as the backend takes them."""
+    X_b, y_b, *w_b = net._data(X, y, w)
+    return solvers.LinearHessian(solvers.LinearObjective(net, X_b, y_b, w_b[0] if w_b else None))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -60,7 +60,7 @@ def test_reference_product_matches_finite_differences_of_the_gradient(loss, spar
     net, X, y, w = problem(loss, sparse=sparse)
     w = w if weighted else None
     hessian = reference_hessian(net, X, y, w)
-    x = hessian.flat.vector()
+    x = hessian.objective.flat.vector()
     rng = np.random.default_rng(5)
     for _ in range(3):
         v = rng.normal(size=x.shape)
@@ -79,7 +79,7 @@ def test_cpu_product_matches_the_reference(loss, sparse, index, dtype):
         X.sort_indices()
         X = sp.csr_matrix((X.data, X.indices.astype(index), X.indptr.astype(index)), shape=X.shape)
     reference = reference_hessian(net, X, y, w)
-    x = reference.flat.vector()
+    x = reference.objective.flat.vector()
     fast_net = l2fast.Network(net.layer_sizes, loss=loss, lam=net.lam, backend="cpu", dtype=dtype)
     fast_net.set_parameters(net.weights, net.biases)
     fast = reference_hessian(fast_net, X, y, w)
@@ -88,6 +88,11 @@ def test_cpu_product_matches_the_reference(loss, sparse, index, dtype):
         v = rng.normal(size=x.shape)
         assert_parity(fast(x, v), reference(x, v), "float64" if dtype == "float64" else "float32", "Hv")
     assert fast.products == 2
+    for a, b in zip(fast.objective(x), reference.objective(x)):  # J and its gradient, from the fused pass on cpu
+        assert_parity(a, b, dtype, "J and gradient")
+    for a, b in zip(fast.objective.curvature_at(x), reference.objective.curvature_at(x)):
+        if b is not None:
+            assert_parity(a, b, dtype, "curvature")
 
 
 def test_cpu_product_splits_rows_between_threads_to_the_same_sums():
@@ -131,6 +136,58 @@ def test_core_product_refuses_bad_arguments():
         _core.linear_hessian_product((bad.data, bad.indices, bad.indptr[::-1].copy(), (4, 3)), V, v_b, c, None, 0.1)
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_hessian_diagonal_is_the_diagonal_of_the_products(loss, sparse):
+    """The diagonal that scales NewtonCG's parameters: e_k . H e_k for every unit vector, on numpy and cpu."""
+    net, X, y, w = problem(loss, m=80, n=7, sparse=sparse)
+    for backend in ("numpy", "cpu"):
+        other = l2fast.Network(net.layer_sizes, loss=loss, lam=net.lam, backend=backend, dtype="float64")
+        other.set_parameters(net.weights, net.biases)
+        hessian = reference_hessian(other, X, y, w)
+        x = hessian.objective.flat.vector()
+        unit = np.eye(len(x))
+        expected = np.array([hessian(x, e) @ e for e in unit])
+        np.testing.assert_allclose(hessian.diagonal(x), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_unchecked_calls_stay_within_a_malformed_csr():
+    """check_X=False skips X's O(nnz) checks; column indices out of range and row pointers beyond the entries are
+    then skipped and clamped, never followed: the process survives (run in a child) and the answers are finite."""
+    code = """
+import numpy as np
+from l2fast import _core
+data = np.ones(6)
+indices = np.array([0, 99, -5, 2, 1, 2**31 - 1], dtype=np.int32)
+indptr = np.array([0, 3, 2, 60, 6], dtype=np.int32)  # decreasing, beyond nnz
+X = (data, indices, indptr, (4, 3))
+V, v_b, c = np.ones((2, 3)), np.ones(2), np.ones(4)
+HV, Hv_b = _core.linear_hessian_product(X, V, v_b, c, np.full((4, 2), 0.5), 0.1, check_X=False)
+dW, db, loss, c2, P = _core.linear_gradient_curvature(np.ones((2, 3)), np.zeros(2), X, np.array([0, 1, 1, 0]), 0.1,
+                                                      "softmax", check_X=False)
+assert np.isfinite(HV).all() and np.isfinite(dW).all() and np.isfinite(loss) and P.shape == (4, 2)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_core_gradient_curvature_refuses_bad_arguments():
+    X, y = np.ones((4, 3)), np.array([0, 1, 2, 1])
+    W, b = np.ones((3, 3)), np.zeros(3)
+    with pytest.raises(ValueError, match="label"):
+        _core.linear_gradient_curvature(W, b, X, np.array([0, 1, 3, 1]), 0.1, "softmax")
+    with pytest.raises(TypeError, match="b: expected dtype float64"):
+        _core.linear_gradient_curvature(W, b.astype(np.float32), X, y, 0.1, "softmax")
+    with pytest.raises(ValueError, match="X: expected shape"):
+        _core.linear_gradient_curvature(W, b, np.ones((4, 2)), y, 0.1, "softmax")
+    with pytest.raises(ValueError, match="X"):
+        _core.linear_gradient_curvature(W, b, np.full((4, 3), np.nan), y, 0.1, "softmax")
+    with pytest.raises(ValueError, match="sample_weight"):
+        _core.linear_gradient_curvature(W, b, X, y, 0.1, "softmax", sample_weight=-np.ones(4))
+
+
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("n_classes", [2, 4])
 @pytest.mark.parametrize("sparse", [False, True])
@@ -143,7 +200,7 @@ def test_newton_cg_reaches_scikit_learns_optimum(backend, n_classes, sparse):
     binary = n_classes == 2
     net = l2fast.Network([n, 1 if binary else n_classes], loss="logistic" if binary else "softmax", lam=lam,
                          backend=backend, dtype="float64", seed=0)
-    history = net.fit(X_in, y, epochs=100, optimizer=l2fast.NewtonCG(tol=1e-10))
+    history = net.fit(X_in, y, epochs=100, optimizer=l2fast.NewtonCG(tol=1e-9))
     assert history.converged and 0 < history.n_iter < 100
     assert len(history.cost) == history.n_iter and history.cost[-1] <= history.cost[0]
     model = LogisticRegression(C=1 / lam, tol=1e-12, max_iter=10_000).fit(X, y)
@@ -198,7 +255,7 @@ def test_cuda_backend_product_and_fit_on_the_host_stand_in(monkeypatch, tmp_path
     on the host stand-in of the GPU match the reference. Never run on a GPU here."""
     net, X, y, w = problem("softmax", m=120, n=16, seed=9, dtype=dtype)
     reference = reference_hessian(net, X, y, w)
-    x = reference.flat.vector()
+    x = reference.objective.flat.vector()
     v = np.random.default_rng(1).normal(size=x.shape)
     with emulated_gpu(monkeypatch, tmp_path):
         gpu = l2fast.Network(net.layer_sizes, loss="softmax", lam=net.lam, backend="cuda", dtype=dtype)
@@ -209,3 +266,16 @@ def test_cuda_backend_product_and_fit_on_the_host_stand_in(monkeypatch, tmp_path
         net.fit(X, y, epochs=50, optimizer=l2fast.NewtonCG(tol=1e-7 if dtype == "float64" else 1e-4),
                 sample_weight=w)
         assert_parity(gpu.weights[0], net.weights[0], "float32", "weights after newton-cg")
+
+
+def test_l2_logistic_regression_takes_newton_cg_on_sparse_x():
+    from l2fast.sklearn import L2LogisticRegression
+
+    rng = np.random.default_rng(11)
+    X = sp.random(300, 40, density=0.2, format="csr", random_state=11)
+    y = (X @ rng.normal(size=(40, 3))).argmax(axis=1)
+    ours = L2LogisticRegression(lam=0.5, optimizer="newton-cg", tol=1e-9, dtype="float64").fit(X, y)
+    theirs = LogisticRegression(C=2.0, tol=1e-12, max_iter=10_000).fit(X, y)
+    # max |gradient| <= 1e-9 with curvature lam/m = 0.0017 at the least leaves coefficients within ~6e-7
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-6, atol=2e-6)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))

@@ -71,6 +71,18 @@ def gradients(
     *,
     sample_weight: Optional[np.ndarray] = None,
 ) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float]: ...
+def linear_gradient_curvature(
+    W: np.ndarray,
+    b: np.ndarray,
+    X: Features,
+    y: np.ndarray,
+    lam_over_m: float,
+    loss: str,
+    *,
+    sample_weight: Optional[np.ndarray] = None,
+    check_X: bool = True,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, npt.NDArray[np.float64],
+           Optional[npt.NDArray[np.float64]]]: ...
 def linear_hessian_product(
     X: Features,
     V: npt.NDArray[np.float64],
@@ -78,6 +90,8 @@ def linear_hessian_product(
     c: npt.NDArray[np.float64],
     P: Optional[npt.NDArray[np.float64]],
     lam_over_m: float,
+    *,
+    check_X: bool = True,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def blas_config() -> str: ...
 def get_num_threads() -> int: ...

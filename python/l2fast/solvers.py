@@ -62,12 +62,16 @@ class NewtonCG:
     ``solver="newton-cg"`` is the line-search form). On an ill-conditioned problem, such as sparse TF-IDF
     features with a small lam/m, it needs far fewer passes over X than L-BFGS.
 
+    The problem is solved in parameters scaled by the inverse square root of the Hessian's diagonal at the start
+    (one more read of X), so that the trust region and the conjugate gradients see a problem whose curvature is
+    about 1 in every direction, the diagonal (Jacobi) preconditioning that makes rare sparse columns cheap.
+
     tol : float
-        Converged when the Euclidean norm of the gradient of J is at most tol (SciPy's ``gtol``).
+        Converged when the largest entry of the gradient of J is at most tol, as for ``LBFGS``.
     method : str
         "trust-ncg" or "trust-krylov".
     initial_trust_radius : float
-        The first step's largest length (the region grows as steps succeed).
+        The first step's largest length in the scaled parameters (the region grows as steps succeed).
 
     ``fit``'s ``epochs`` is the iteration budget; a ``tol`` given to ``fit`` replaces this one.
     """
@@ -175,17 +179,24 @@ class Objective:
             return seen[3], seen[4]
         net, backend = self.net, self.net._backend
         weights, biases = self.flat.arrays(x)
-        dW, db, loss_sum = backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation,
-                                             net.loss, self.sample_weight)
+        dW, db, loss_sum = self._gradients(weights, biases)
         penalty = net.lam / (2 * self.m) * sum(backend.sum_squares(W) for W in weights)
         data_loss = loss_sum / self.m
         J = data_loss + penalty
         self.evaluations += 1
-        if len(self._seen) > 8:
+        if len(self._seen) > self.keep:
             self._seen.pop(next(iter(self._seen)))
         J, g = (J, self.flat.flatten_gradients(dW, db)) if np.isfinite(J) else (np.inf, np.zeros_like(x))
         self._seen[x.tobytes()] = (data_loss, weights, biases, J, g)
         return J, g
+
+    keep = 8  # evaluations remembered beyond the newest
+
+    def _gradients(self, weights, biases):
+        """(dJ/dW list, dJ/db list, loss_sum) at these parameters: one backend pass."""
+        net = self.net
+        return net._backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation, net.loss,
+                                      self.sample_weight)
 
     def at(self, x):
         """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
@@ -243,53 +254,78 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     return result
 
 
-def curvature(backend, weights, biases, X, loss, sample_weight):
-    """(c (m,), P (m, n_out) or None), float64 in the backend's memory: the loss's curvature per record at these
-    parameters of a one-layer network, as ``linear_hessian_product`` takes it. Logistic: c = w p (1 - p);
-    softmax: c = w and P the probabilities; squared error: c = w (w the sample weights, 1 without)."""
-    xp = backend.xp
-    yhat = backend.predict(weights, biases, X, "identity", loss).astype(np.float64)
-    w = xp.ones(len(yhat)) if sample_weight is None else sample_weight.astype(np.float64)
-    if loss == "logistic":
-        return w * yhat[:, 0] * (1 - yhat[:, 0]), None
-    if loss == "softmax":
-        return w, xp.ascontiguousarray(yhat)
-    return w, None
+class LinearObjective(Objective):
+    """The Objective of a one-layer network whose every evaluation also keeps the loss's curvature at its point,
+    from the same read of X (the backend's ``linear_gradient_curvature``), for ``LinearHessian``."""
+
+    keep = 2  # a trust-region step needs the current point and the trial one
+
+    def __init__(self, net, X, y, sample_weight):
+        super().__init__(net, X, y, sample_weight)
+        self._curvature = {}
+        self._last = None
+
+    def _gradients(self, weights, biases):
+        net = self.net
+        dW, db, loss_sum, c, P = net._backend.linear_gradient_curvature(
+            weights[0], biases[0], self.X, self.y, net.lam / self.m, net.loss, self.sample_weight)
+        self._last = (c, P)
+        return [dW], [db], loss_sum
+
+    def __call__(self, x):
+        self._last = None
+        result = super().__call__(x)
+        if self._last is not None:
+            if len(self._curvature) > self.keep:
+                self._curvature.pop(next(iter(self._curvature)))
+            self._curvature[x.tobytes()] = self._last
+        return result
+
+    def curvature_at(self, x):
+        """(c, P) at x (see ``numpy_ref.curvature_rows``), evaluating J there first if it was not."""
+        if x.tobytes() not in self._curvature:
+            self(x)
+        return self._curvature[x.tobytes()]
 
 
 class LinearHessian:
     """SciPy's ``hessp(x, v)`` for a one-layer network: the Hessian of J at x times v, both flat float64
-    vectors. The curvature is taken once per new x (one pass over X), each product is one backend call."""
+    vectors, from the curvature its LinearObjective kept at x; each product is one backend call."""
 
-    def __init__(self, net, X, sample_weight):
-        self.net, self.X, self.sample_weight = net, X, sample_weight
-        self.flat = FlatParameters(net)
-        self.n_out, self.n_in = self.flat.shapes[0][0]
+    def __init__(self, objective):
+        self.objective = objective
+        self.n_out, self.n_in = objective.flat.shapes[0][0]
         self.products = 0
-        self._x = self._curvature = None
+
+    def diagonal(self, x):
+        """The diagonal of J's Hessian at x as a flat float64 vector (one more read of X)."""
+        net, backend = self.objective.net, self.objective.net._backend
+        m = self.objective.m
+        diag_W, diag_b = backend.linear_hessian_diagonal(self.objective.X, *self.objective.curvature_at(x))
+        shape = (self.n_out, self.n_in)  # without P the outputs share one diagonal: (1, n_in), (1,)
+        diag_W = np.broadcast_to(np.asarray(backend.to_host(diag_W)), shape)
+        diag_b = np.broadcast_to(np.asarray(backend.to_host(diag_b)), shape[:1])
+        return np.concatenate([diag_W.ravel() / m + net.lam / m, diag_b / m])
 
     def __call__(self, x, v):
-        net, backend = self.net, self.net._backend
-        if self._x is None or not np.array_equal(x, self._x):
-            weights, biases = self.flat.arrays(x)
-            self._curvature = curvature(backend, weights, biases, self.X, net.loss, self.sample_weight)
-            self._x = np.array(x)
+        net = self.objective.net
+        backend = net._backend
+        c, P = self.objective.curvature_at(x)
         size = self.n_out * self.n_in
         V = backend.from_host(np.ascontiguousarray(v[:size], dtype=np.float64).reshape(self.n_out, self.n_in))
         v_b = backend.from_host(np.ascontiguousarray(v[size:], dtype=np.float64))
-        HV, Hv_b = backend.linear_hessian_product(self.X, *self._curvature, V, v_b, net.lam / len(self.X))
+        HV, Hv_b = backend.linear_hessian_product(self.objective.X, c, P, V, v_b, net.lam / self.objective.m)
         self.products += 1
         return np.concatenate([np.asarray(backend.to_host(HV)).ravel(), np.asarray(backend.to_host(Hv_b))])
 
 
 def _recorder(net, objective, validation, bar, history):
-    """SciPy's per-iteration callback: puts the accepted iterate into the network and records it in history."""
+    """record(x, J) for each iteration: puts the accepted iterate x into the network and records it in history."""
     backend = net._backend
     classifier = net.loss != "squared_error"
     last = [time.perf_counter()]
 
-    def record(intermediate_result):
-        x, J = intermediate_result.x, float(intermediate_result.fun)
+    def record(x, J):
         seen = objective.at(x)
         if seen is None:
             objective(x)
@@ -317,20 +353,52 @@ def _recorder(net, objective, validation, bar, history):
 
 def newton_cg(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     """Minimises a one-layer network's J over (X, y) with SciPy's trust-region Newton-CG (``spec.method``) from
-    its current parameters, recording each iteration in ``history``; returns SciPy's OptimizeResult (with
-    ``evaluations`` and ``hessian_products`` added). The network holds the accepted iterate after every
-    iteration."""
+    its current parameters, in parameters scaled by the Hessian's diagonal there (see ``NewtonCG``), recording each
+    iteration in ``history``; returns SciPy's OptimizeResult (with ``evaluations`` and ``hessian_products`` added).
+    The network holds the accepted iterate after every iteration."""
     optimize = _scipy_optimize()
-    objective = Objective(net, X, y, sample_weight)
-    hessian = LinearHessian(net, X, sample_weight)
+    objective = LinearObjective(net, X, y, sample_weight)
+    hessian = LinearHessian(objective)
     x0 = objective.flat.vector()
-    J0, _ = objective(x0)
+    J0, g0 = objective(x0)
     if not np.isfinite(J0):
         raise FloatingPointError("the cost is not finite at the starting parameters")
-    options = {"gtol": spec.tol, "maxiter": max_iter, "initial_trust_radius": spec.initial_trust_radius,
-               "max_trust_radius": max(1000.0, spec.initial_trust_radius)}
-    result = optimize.minimize(objective, x0, method=spec.method, jac=True, hessp=hessian,
-                               callback=_recorder(net, objective, validation, bar, history), options=options)
+    diagonal = hessian.diagonal(x0)
+    # One scale for all biases: J does not change when a softmax's biases move together, and its gradient has
+    # no part along that move; scaled alike, the steps keep none either, so the biases stay where scikit-learn's
+    # (and an unscaled solve's) end, rather than drifting along a direction of zero curvature.
+    diagonal[-hessian.n_out:] = diagonal[-hessian.n_out:].mean()
+    scale = np.where(diagonal > 0, 1 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
+
+    def fun(z):
+        J, g = objective(scale * z)
+        return J, scale * g
+
+    def hessp(z, v):
+        return scale * hessian(scale * z, scale * v)
+
+    record = _recorder(net, objective, validation, bar, history)
+    converged = []
+
+    def callback(intermediate_result):  # the stopping rule is tol on J's own gradient, not on the scaled one
+        x = scale * intermediate_result.x
+        record(x, float(intermediate_result.fun))
+        if np.max(np.abs(objective.at(x)[4])) <= spec.tol:
+            converged.append(True)
+            raise StopIteration
+
+    if np.max(np.abs(g0)) <= spec.tol:
+        result = optimize.OptimizeResult(x=x0, fun=J0, status=0, success=True, nit=0,
+                                         message="the gradient is within tol at the start")
+    else:
+        options = {"gtol": 0.0, "maxiter": max_iter, "initial_trust_radius": spec.initial_trust_radius,
+                   "max_trust_radius": max(1000.0, 10 * spec.initial_trust_radius)}
+        result = optimize.minimize(fun, x0 / scale, method=spec.method, jac=True, hessp=hessp, callback=callback,
+                                   options=options)
+        result.x = scale * result.x
+        if converged:  # SciPy's own test (gtol 0) never ends it; the callback's StopIteration does
+            result.status, result.success = 0, True
+            result.message = f"converged: the largest entry of the gradient is at most tol={spec.tol:g}"
     seen = objective.at(result.x)
     net._weights, net._biases = (seen[1], seen[2]) if seen is not None else objective.flat.arrays(result.x)
     result.start_cost = float(J0)

@@ -709,6 +709,16 @@ class CudaBackend:
             db = [g / m for g in db]
         return dW, db, loss_sum
 
+    def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
+        """(dW, db, loss_sum, c, P) as CuPy arrays (see ``numpy_ref.linear_gradient_curvature``): two passes."""
+        with self._on_stream():
+            return numpy_ref.linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight)
+
+    def linear_hessian_diagonal(self, X, c, P):
+        """See ``numpy_ref.linear_hessian_diagonal``; CuPy arrays."""
+        with self._on_stream():
+            return numpy_ref.linear_hessian_diagonal(X, c, P, xp=cupy)
+
     def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
         """(HV, Hv_b) as float64 CuPy arrays: the reference's array code (``numpy_ref.linear_hessian_product``)
         on the GPU, its products through CuPy (cuBLAS)."""

@@ -159,6 +159,36 @@ def linear_hessian_product(X, c, P, V, v_b, lam_over_m, xp=np):
     return HV / m + lam_over_m * V, Hv_b / m
 
 
+def linear_gradient_curvature(backend, W, b, X, y, lam_over_m, loss, sample_weight):
+    """(dW, db, loss_sum, c, P) of a one-layer network (W (n_out, n_in), b (n_out,)) over (X, y): J's gradient, float64,
+    from ``backend.gradients``, and the loss's curvature at (W, b) (see ``curvature_rows``) from ``backend.predict``;
+    c (m,) and P (m, n_out) for softmax, else None, float64 in the backend's memory. Logistic: c = w p (1 - p);
+    softmax: c = w, P the probabilities; squared error: c = w (w the sample weights, 1 without)."""
+    xp = backend.xp
+    dW, db, loss_sum = backend.gradients([W], [b], X, y, lam_over_m, "identity", loss, sample_weight)
+    yhat = backend.predict([W], [b], X, "identity", loss).astype(np.float64)
+    c = xp.ones(len(yhat)) if sample_weight is None else sample_weight.astype(np.float64)
+    P = xp.ascontiguousarray(yhat) if loss == "softmax" else None
+    if loss == "logistic":
+        c = c * yhat[:, 0] * (1 - yhat[:, 0])
+    return dW[0], db[0], loss_sum, c, P
+
+
+def linear_hessian_diagonal(X, c, P, xp=np):
+    """(diag_W (n_out, n_in), diag_b (n_out,)), float64: sum_i d_ik x_ij^2 and sum_i d_ik over X (m, n_in) dense or
+    sparse, with d_ik = c_i, or c_i p_ik (1 - p_ik) given P: m times the diagonal of the data part of J's Hessian at
+    the point of curvature (c, P) (see ``curvature_rows``). Without P every output has the same diagonal, returned
+    once: (1, n_in) and (1,)."""
+    D = c[:, None] if P is None else c[:, None] * P * (1 - P)
+    diag_W, diag_b = 0.0, D.sum(axis=0)
+    for s in range(0, X.shape[0], BLOCK_ROWS):
+        X_block = X[s : s + BLOCK_ROWS]
+        squares = X_block.multiply(X_block) if _validate.is_sparse(X_block) else X_block * X_block
+        D_block = xp.broadcast_to(D[s : s + BLOCK_ROWS], (X_block.shape[0], D.shape[1]))
+        diag_W = diag_W + weight_product(xp.ascontiguousarray(D_block, dtype=np.float64), squares)
+    return diag_W, diag_b
+
+
 def forward_all(weights, biases, X, activation):
     """Every layer's output for the rows of X; the last entry holds the logits."""
     outputs = []
@@ -217,6 +247,10 @@ class HostArrays:
 
     def all_finite(self, arrays):
         return all(bool(np.isfinite(a).all()) for a in arrays)
+
+    def linear_hessian_diagonal(self, X, c, P):
+        """See the module's ``linear_hessian_diagonal``."""
+        return linear_hessian_diagonal(X, c, P)
 
     def sum_squares(self, array):
         """sum of squares of the entries, in float64, as a Python float."""
@@ -328,8 +362,12 @@ class NumpyBackend(HostArrays):
             correct += block_correct
         return loss_sum, correct
 
+    def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
+        """See the module's ``linear_gradient_curvature``."""
+        return linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight)
+
     def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
-        """See the module's ``linear_hessian_product``; c, P from ``l2fast.solvers.curvature``."""
+        """See the module's ``linear_hessian_product``; c, P from ``linear_gradient_curvature``."""
         return linear_hessian_product(X, c, P, V, v_b, lam_over_m)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None):
