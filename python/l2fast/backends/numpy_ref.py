@@ -7,6 +7,7 @@ same dtype, written for reading rather than speed. Shapes: ``X`` (m, n_in), ``W`
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -102,9 +103,17 @@ def _loss_gradient(Z, y, loss):
     return None, correct, dZ, per_record
 
 
+def is_sparse(X):
+    """Whether X is a sparse matrix: scipy.sparse, or cupyx.scipy.sparse on the GPU (the cuda backend's sparse X)."""
+    if _validate.is_sparse(X):
+        return True
+    device_sparse = sys.modules.get("cupyx.scipy.sparse")  # imported by the cuda backend when it made one
+    return device_sparse is not None and bool(device_sparse.issparse(X))
+
+
 def weight_product(dZ, A_prev):
-    """dZ^T A_prev (n_out, n_in), for A_prev (rows, n_in) dense or scipy.sparse (then sparse x dense)."""
-    return (A_prev.T @ dZ).T if _validate.is_sparse(A_prev) else dZ.T @ A_prev
+    """dZ^T A_prev (n_out, n_in), for A_prev (rows, n_in) dense or sparse (then sparse x dense)."""
+    return (A_prev.T @ dZ).T if is_sparse(A_prev) else dZ.T @ A_prev
 
 
 def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
@@ -174,6 +183,48 @@ def linear_gradient_curvature(backend, W, b, X, y, lam_over_m, loss, sample_weig
     return dW[0], db[0], loss_sum, c, P
 
 
+def linear_pass(W, b, X, y, lam_over_m, loss, sample_weight, xp=np):
+    """``linear_gradient_curvature`` in whole-array operations of xp (NumPy, or CuPy with X a cupyx.scipy.sparse or
+    CuPy matrix), block by block: Z = X W^T + b and dW = dZ^T X are one sparse-dense product each (cuSPARSE SpMM on
+    the GPU), taken in float64. The cuda backend's pass for sparse X; tested against the reference above."""
+    m, n_out = X.shape[0], W.shape[0]
+    W64, b64 = W.astype(np.float64), b.astype(np.float64)
+    dW, db, loss_sum = xp.zeros(W.shape), xp.zeros(n_out), 0.0
+    c = xp.empty(m)
+    P = xp.empty((m, n_out)) if loss == "softmax" else None
+    for s in range(0, m, BLOCK_ROWS):
+        e = min(s + BLOCK_ROWS, m)
+        X_block = X[s:e]
+        Z = X_block @ W64.T + b64
+        w = xp.ones(e - s) if sample_weight is None else sample_weight[s:e].astype(np.float64)
+        if loss == "logistic":
+            z, t = Z[:, 0], y[s:e, 0].astype(np.float64)
+            small = xp.exp(-xp.abs(z))
+            L = xp.maximum(z, 0) - t * z + xp.log1p(small)
+            p = xp.where(z >= 0, 1 / (1 + small), small / (1 + small))
+            dZ = (w * (p - t))[:, None]
+            c[s:e] = w * p * (1 - p)
+        elif loss == "softmax":
+            onehot = xp.zeros(Z.shape)
+            onehot[xp.arange(e - s), y[s:e]] = 1.0
+            z_max = Z.max(axis=1, keepdims=True)
+            E = xp.exp(Z - z_max)
+            total = E.sum(axis=1)
+            L = xp.log(total) + z_max[:, 0] - (Z * onehot).sum(axis=1)
+            P[s:e] = E / total[:, None]
+            dZ = w[:, None] * (P[s:e] - onehot)
+            c[s:e] = w
+        else:
+            D = Z - y[s:e].astype(np.float64)
+            L = 0.5 * (D * D).sum(axis=1)
+            dZ = w[:, None] * D
+            c[s:e] = w
+        loss_sum += float((w * L).sum())
+        dW += weight_product(dZ, X_block)
+        db += dZ.sum(axis=0)
+    return dW / m + lam_over_m * W64, db / m, loss_sum, c, P
+
+
 def linear_hessian_diagonal(X, c, P, xp=np):
     """(diag_W (n_out, n_in), diag_b (n_out,)), float64: sum_i d_ik x_ij^2 and sum_i d_ik over X (m, n_in) dense or
     sparse, with d_ik = c_i, or c_i p_ik (1 - p_ik) given P: m times the diagonal of the data part of J's Hessian at
@@ -183,7 +234,7 @@ def linear_hessian_diagonal(X, c, P, xp=np):
     diag_W, diag_b = 0.0, D.sum(axis=0)
     for s in range(0, X.shape[0], BLOCK_ROWS):
         X_block = X[s : s + BLOCK_ROWS]
-        squares = X_block.multiply(X_block) if _validate.is_sparse(X_block) else X_block * X_block
+        squares = X_block.multiply(X_block) if is_sparse(X_block) else X_block * X_block
         D_block = xp.broadcast_to(D[s : s + BLOCK_ROWS], (X_block.shape[0], D.shape[1]))
         diag_W = diag_W + weight_product(xp.ascontiguousarray(D_block, dtype=np.float64), squares)
     return diag_W, diag_b
