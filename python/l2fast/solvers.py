@@ -8,6 +8,11 @@ added in the same pass); the parameters travel as one flat float64 vector
 float32 network still computes in float32 with float64 sums. With the cuda backend the data stay on
 the GPU and only that vector and the gradient cross per evaluation.
 
+``NewtonCG`` (linear models only) hands the same J and gradient, and Hessian-vector products, to SciPy's
+trust-region Newton-CG: the backend computes J's gradient with the loss's curvature at a point in one pass
+(``linear_gradient_curvature``) and each product in another (``linear_hessian_product``), in parameters scaled by
+the Hessian's diagonal at the start (``linear_hessian_diagonal``).
+
 SciPy is imported here only, when a solver runs (``pip install scipy``, or the ``l2fast[lbfgs]`` extra).
 """
 from __future__ import annotations
