@@ -289,6 +289,7 @@ class LinearObjective(Objective):
     def curvature_at(self, x):
         """(c, P) at x (see ``numpy_ref.curvature_rows``), evaluating J there first if it was not."""
         if x.tobytes() not in self._curvature:
+            self._seen.pop(x.tobytes(), None)  # a fresh evaluation, not the remembered J and gradient alone
             self(x)
         return self._curvature[x.tobytes()]
 
