@@ -263,7 +263,7 @@ class LinearObjective(Objective):
     """The Objective of a one-layer network whose every evaluation also keeps the loss's curvature at its point,
     from the same read of X (the backend's ``linear_gradient_curvature``), for ``LinearHessian``."""
 
-    keep = 2  # a trust-region step needs the current point and the trial one
+    keep = 1  # two points remembered: a trust-region step needs the current one and the trial one
 
     def __init__(self, net, X, y, sample_weight):
         super().__init__(net, X, y, sample_weight)

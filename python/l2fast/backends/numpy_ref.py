@@ -230,13 +230,14 @@ def linear_hessian_diagonal(X, c, P, xp=np):
     sparse, with d_ik = c_i, or c_i p_ik (1 - p_ik) given P: m times the diagonal of the data part of J's Hessian at
     the point of curvature (c, P) (see ``curvature_rows``). Without P every output has the same diagonal, returned
     once: (1, n_in) and (1,)."""
-    D = c[:, None] if P is None else c[:, None] * P * (1 - P)
-    diag_W, diag_b = 0.0, D.sum(axis=0)
-    for s in range(0, X.shape[0], BLOCK_ROWS):
+    diag_W = diag_b = 0.0
+    for s in range(0, X.shape[0], BLOCK_ROWS):  # block by block: no (m, n_out) temporaries
         X_block = X[s : s + BLOCK_ROWS]
+        c_block = c[s : s + BLOCK_ROWS, None]
+        D = c_block if P is None else c_block * P[s : s + BLOCK_ROWS] * (1 - P[s : s + BLOCK_ROWS])
         squares = X_block.multiply(X_block) if is_sparse(X_block) else X_block * X_block
-        D_block = xp.broadcast_to(D[s : s + BLOCK_ROWS], (X_block.shape[0], D.shape[1]))
-        diag_W = diag_W + weight_product(xp.ascontiguousarray(D_block, dtype=np.float64), squares)
+        diag_W = diag_W + weight_product(xp.ascontiguousarray(D, dtype=np.float64), squares)
+        diag_b = diag_b + D.sum(axis=0)
     return diag_W, diag_b
 
 
