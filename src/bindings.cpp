@@ -21,6 +21,7 @@
 #include "blas.hpp"
 #include "limits.hpp"
 #include "network.hpp"
+#include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
 #include "update.hpp"
@@ -162,11 +163,16 @@ py::array private_copy(const py::array& a) {
     return copy;
 }
 
+// What take_data checks of X beyond its dtype and shape: everything (All); a sparse X's structure but not that its
+// values are finite (Structure: X came through features() or a Dataset, which scanned it); nothing (None: only for
+// kernels that never read outside X's arrays, whatever they hold: newton.hpp's).
+enum class XChecks { All, Structure, None };
+
 // Sparse X as the tuple (data, indices, indptr, shape) of a CSR matrix: data of T, indices and indptr both int32
 // or both int64, shape (m, n_in); the whole structure is checked (l2fast::check_csr) before the kernels see it.
 template <class T>
 void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dataset<T>& data,
-                   std::vector<py::array>& keep, bool check_finite_values = true) {
+                   std::vector<py::array>& keep, XChecks checks = XChecks::All) {
     if (csr.size() != 4) throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
     const auto dims = csr[3].cast<std::vector<long long>>();
     if (dims.size() != 2 || dims[0] < 0 || dims[1] != (long long)shape.n_in())
@@ -194,8 +200,8 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
     } else {
         throw py::type_error("X.indices: expected dtype int32 or int64, got " + std::string(py::str(indices.dtype())));
     }
-    l2fast::check_csr(X, "X");
-    if (check_finite_values) check_finite(X.data, X.nnz, "X");
+    if (checks != XChecks::None) l2fast::check_csr(X, "X");  // None: only for kernels that stay within X's arrays
+    if (checks == XChecks::All) check_finite(X.data, X.nnz, "X");  // whatever they hold (newton.hpp)
     data.sparse = true;
     data.m = X.rows;
     keep.insert(keep.end(), {values, indices, indptr});
@@ -206,14 +212,14 @@ void take_sparse_X(const l2fast::Shape& shape, const py::tuple& csr, l2fast::Dat
 template <class T>
 l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj, const py::handle& y_obj,
                              std::vector<py::array>& keep, const py::handle& weights_obj = py::none(),
-                             bool check_X_finite = true) {
+                             XChecks checks = XChecks::All) {
     l2fast::Dataset<T> data;
     if (py::isinstance<py::tuple>(X_obj)) {
-        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep, check_X_finite);
+        take_sparse_X(shape, X_obj.cast<py::tuple>(), data, keep, checks);
     } else {
         py::array X = checked<T>(X_obj, "X", {-1, py::ssize_t(shape.n_in())});
         if (X.shape(0) == 0) throw std::invalid_argument("X: no records (0 rows)");
-        if (check_X_finite) check_finite(cptr<T>(X), std::size_t(X.size()), "X");
+        if (checks == XChecks::All) check_finite(cptr<T>(X), std::size_t(X.size()), "X");
         data.X = cptr<T>(X);
         data.m = std::size_t(X.shape(0));
         keep.push_back(X);
@@ -273,7 +279,7 @@ Epoch<T> take_epoch(const l2fast::Shape& shape, const py::handle& X, const py::h
                     bool check_X_finite) {
     if (y.is_none()) throw std::invalid_argument("y: targets are required for training");
     Epoch<T> epoch;
-    epoch.data = take_data<T>(shape, X, y, keep, sample_weight, check_X_finite);
+    epoch.data = take_data<T>(shape, X, y, keep, sample_weight, check_X_finite ? XChecks::All : XChecks::Structure);
     epoch.n = epoch.data.m;
     if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1, got " + std::to_string(batch_size));
     if (std::min<long long>(batch_size, (long long)epoch.data.m) > std::numeric_limits<int>::max())
@@ -522,7 +528,8 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
                      bool check_X_finite) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight, check_X_finite);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight,
+                                                 check_X_finite ? XChecks::All : XChecks::Structure);
     l2fast::LossStats stats;
     {
         ReleasedGil release;
@@ -537,7 +544,8 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
                       const py::handle& sample_weight, bool check_X_finite) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight, check_X_finite);
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight,
+                                                 check_X_finite ? XChecks::All : XChecks::Structure);
     finite_scalar(lam_over_m, "lam_over_m", false);
     py::list dW, db;
     l2fast::Params<double> grads;  // summed in double whatever T
@@ -555,6 +563,81 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads);
     }
     return py::make_tuple(dW, db, stats.loss_sum);
+}
+
+// (dW, db, loss_sum, c, P) of a one-layer network at (W, b): J's gradient (float64) and the loss's curvature there
+// (c (m,), P (m, n_out) for softmax, else None), in one read of X (l2fast.solvers.NewtonCG).
+template <class T>
+py::tuple linear_gradient_curvature_t(const py::handle& W_obj, const py::handle& b_obj, const py::handle& X_obj,
+                                      const py::handle& y_obj, double lam_over_m, const std::string& loss,
+                                      const py::handle& sample_weight, bool check_X) {
+    py::array W = checked<T>(W_obj, "W", {-1, -1});
+    const py::ssize_t n_out = W.shape(0), n_in = W.shape(1);
+    if (n_out < 1 || n_in < 1) throw std::invalid_argument("W: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(W));
+    py::array b = checked<T>(b_obj, "b", {n_out});
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
+    shape.loss = l2fast::parse_loss(loss);
+    l2fast::check_shape(shape);
+    std::vector<py::array> keep{W, b};
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, y_obj, keep, sample_weight,
+                                                 check_X ? XChecks::All : XChecks::None);
+    const py::ssize_t m = py::ssize_t(data.m);
+    py::array_t<double> dW({n_out, n_in}), db(n_out), c(m);
+    py::object P = py::none();
+    double* p = nullptr;
+    if (shape.loss == Loss::Softmax) {
+        py::array_t<double> probabilities({m, n_out});
+        p = probabilities.mutable_data();
+        P = probabilities;
+    }
+    double* gw = dW.mutable_data();
+    double* gb = db.mutable_data();
+    double* cv = c.mutable_data();
+    double loss_sum;
+    {
+        ReleasedGil release;
+        loss_sum = l2fast::linear_gradient_curvature(data, shape.loss, std::size_t(n_in), std::size_t(n_out),
+                                                     cptr<T>(W), cptr<T>(b), lam_over_m, gw, gb, cv, p);
+    }
+    return py::make_tuple(dW, db, loss_sum, c, P);
+}
+
+// HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
+// curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
+template <class T>
+py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_obj, const py::handle& v_b_obj,
+                                   const py::handle& c_obj, const py::handle& P_obj, double lam_over_m, bool check_X) {
+    py::array V = checked<double>(V_obj, "V", {-1, -1});
+    const py::ssize_t n_out = V.shape(0), n_in = V.shape(1);
+    if (n_out < 1 || n_in < 1) throw std::invalid_argument("V: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(V));
+    py::array v_b = checked<double>(v_b_obj, "v_b", {n_out});
+    finite_scalar(lam_over_m, "lam_over_m", false);
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
+    std::vector<py::array> keep{V, v_b};
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
+                                                 check_X ? XChecks::All : XChecks::None);
+    const py::ssize_t m = py::ssize_t(data.m);
+    py::array c = checked<double>(c_obj, "c", {m});
+    l2fast::Curvature curvature;
+    curvature.c = cptr<double>(c);
+    py::array P;
+    if (!P_obj.is_none()) {
+        P = checked<double>(P_obj, "P", {m, n_out});
+        curvature.P = cptr<double>(P);
+    }
+    py::array_t<double> HV({n_out, n_in});
+    py::array_t<double> Hv_b(n_out);
+    double* hv = HV.mutable_data();
+    double* hb = Hv_b.mutable_data();
+    {
+        ReleasedGil release;
+        l2fast::linear_hessian_product(data, std::size_t(n_in), std::size_t(n_out), curvature, cptr<double>(V),
+                                       cptr<double>(v_b), lam_over_m, hv, hb);
+    }
+    return py::make_tuple(HV, Hv_b);
 }
 
 // y and x of one dtype and shape, y written in place; partly overlapping buffers are refused.
@@ -773,6 +856,37 @@ PYBIND11_MODULE(_core, m) {
         "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
         "labels): for a solver's repeated passes over an X it has already checked; a non-finite X then gives a\n"
         "non-finite loss, never a crash.");
+
+    m.def(
+        "linear_gradient_curvature",
+        [](const py::handle& W, const py::handle& b, const py::handle& X, const py::handle& y, double lam_over_m,
+           const std::string& loss, const py::handle& sample_weight, bool check_X) {
+            return by_array_dtype(
+                W, "W",
+                [&] { return linear_gradient_curvature_t<float>(W, b, X, y, lam_over_m, loss, sample_weight, check_X); },
+                [&] { return linear_gradient_curvature_t<double>(W, b, X, y, lam_over_m, loss, sample_weight, check_X); });
+        },
+        py::arg("W"), py::arg("b"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"), py::arg("loss"), py::kw_only(),
+        py::arg("sample_weight") = py::none(), py::arg("check_X") = true,
+        "(dW, db, loss_sum, c, P) of a one-layer network (W (n_out, n_in), b (n_out,)) over X (dense or CSR) and y:\n"
+        "J's gradient (float64) and the loss's curvature at (W, b), c (m,) and for softmax the probabilities P\n"
+        "(m, n_out), else None, in one read of X. check_X=False skips the O(nnz) checks of an X checked before.");
+
+    m.def(
+        "linear_hessian_product",
+        [](const py::handle& X, const py::handle& V, const py::handle& v_b, const py::handle& c, const py::handle& P,
+           double lam_over_m, bool check_X) {
+            const py::handle values = py::isinstance<py::tuple>(X) ? py::handle(X.cast<py::tuple>()[0]) : X;
+            return by_array_dtype(
+                values, "X", [&] { return linear_hessian_product_t<float>(X, V, v_b, c, P, lam_over_m, check_X); },
+                [&] { return linear_hessian_product_t<double>(X, V, v_b, c, P, lam_over_m, check_X); });
+        },
+        py::arg("X"), py::arg("V"), py::arg("v_b"), py::arg("c"), py::arg("P"), py::arg("lam_over_m"), py::kw_only(),
+        py::arg("check_X") = true,
+        "(HV, Hv_b), float64: the Hessian of a one-layer network's J times the direction (V (n_out, n_in), v_b\n"
+        "(n_out,)), float64, given the curvature c (m,) and softmax probabilities P (m, n_out) or None at the\n"
+        "current point: (1/m) sum_i R_i x_i^T + lam_over_m V and (1/m) sum_i R_i, one read of X (dense or CSR).\n"
+        "check_X=False skips the O(nnz) checks of an X checked before (the kernel never reads outside it).");
 
     m.def(
         "l2_update",

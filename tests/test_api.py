@@ -173,7 +173,7 @@ def test_public_names():
                                    "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
-                                   "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS",
+                                   "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS", "NewtonCG",
                                    "ConvergenceWarning", "DivergenceWarning", "Dataset", "set_num_threads",
                                    "get_num_threads"}
     assert l2fast.available_backends()[:2] == ["numpy", "cpu"]

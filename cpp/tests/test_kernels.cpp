@@ -17,6 +17,7 @@
 #include "dense.hpp"
 #include "losses.hpp"
 #include "network.hpp"
+#include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
 #include "sparse.hpp"
@@ -623,6 +624,69 @@ static void test_network_on_sparse_x_equals_dense() {
     CHECK(max_abs_diff(out_dense, out_sparse) < 1e-12);
 }
 
+// The Newton passes of a linear model: dense and CSR X give the same answers, the gradient is gradients()'s, and
+// the Hessian-vector product is the central difference of the gradient (threaded: rows x n_out big enough).
+template <class I>
+static void newton_passes_agree() {
+    std::mt19937_64 rng(29);
+    const std::size_t m = 400, cols = 2000, n_out = 4;
+    RandomCsr<I> X(m, cols, 0.02, rng);
+    std::vector<std::int64_t> labels(m);
+    std::vector<double> weights(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t(i % n_out), weights[i] = 0.5 + double(i % 3);
+    Dataset<double> dense{X.dense.data(), m, nullptr, labels.data(), weights.data()};
+    Dataset<double> sparse{nullptr, m, nullptr, labels.data(), weights.data()};
+    sparse.X_csr = X.view;
+    sparse.sparse = true;
+    auto W = randn(n_out * cols, rng), b = randn(n_out, rng), V = randn(n_out * cols, rng), v_b = randn(n_out, rng);
+    const double lam_over_m = 0.01;
+    auto pass = [&](const Dataset<double>& data, const std::vector<double>& at, std::vector<double>& dW,
+                    std::vector<double>& c, std::vector<double>& P) {
+        dW.assign(n_out * cols + n_out, 0.0);
+        c.assign(m, 0.0);
+        P.assign(m * n_out, 0.0);
+        return linear_gradient_curvature(data, Loss::Softmax, cols, n_out, at.data(), b.data(), lam_over_m, dW.data(),
+                                         dW.data() + n_out * cols, c.data(), P.data());
+    };
+    std::vector<double> g_dense, g_sparse, c, P, c_s, P_s;
+    const double l_dense = pass(dense, W, g_dense, c, P), l_sparse = pass(sparse, W, g_sparse, c_s, P_s);
+    CHECK(std::abs(l_dense - l_sparse) < 1e-12 * l_dense && max_abs_diff(g_dense, g_sparse) < 1e-12);
+    CHECK(max_abs_diff(P, P_s) < 1e-12 && max_abs_diff(c, c_s) == 0.0);
+    Shape shape{{cols, n_out}, Activation::Identity, Loss::Softmax};
+    std::vector<double> g(n_out * cols + n_out);
+    Params<double> params{{W.data()}, {b.data()}}, grads{{g.data()}, {g.data() + n_out * cols}};
+    const double l_net = gradients(shape, params, dense, lam_over_m, grads).loss_sum;
+    CHECK(std::abs(l_net - l_dense) < 1e-10 * l_dense && max_abs_diff(g, g_dense) < 1e-12);
+    const Curvature curvature{c.data(), P.data()};
+    std::vector<double> Hv_dense(n_out * cols + n_out), Hv_sparse(n_out * cols + n_out);
+    linear_hessian_product(dense, cols, n_out, curvature, V.data(), v_b.data(), lam_over_m, Hv_dense.data(),
+                           Hv_dense.data() + n_out * cols);
+    linear_hessian_product(sparse, cols, n_out, curvature, V.data(), v_b.data(), lam_over_m, Hv_sparse.data(),
+                           Hv_sparse.data() + n_out * cols);
+    CHECK(max_abs_diff(Hv_dense, Hv_sparse) < 1e-12);
+    // The weights' part against a central difference of the gradient along (V, 0).
+    const double eps = 1e-5;
+    std::vector<double> W_plus(W), W_minus(W), g_plus, g_minus;
+    for (std::size_t j = 0; j < W.size(); ++j) W_plus[j] += eps * V[j], W_minus[j] -= eps * V[j];
+    const std::vector<double> zero_b(n_out, 0.0);
+    std::vector<double> Hv_w(n_out * cols + n_out);
+    linear_hessian_product(sparse, cols, n_out, curvature, V.data(), zero_b.data(), lam_over_m, Hv_w.data(),
+                           Hv_w.data() + n_out * cols);
+    pass(sparse, W_plus, g_plus, c_s, P_s);
+    pass(sparse, W_minus, g_minus, c_s, P_s);
+    double worst = 0.0, scale = 0.0;
+    for (std::size_t j = 0; j < g_plus.size(); ++j) {
+        worst = std::max(worst, std::abs((g_plus[j] - g_minus[j]) / (2 * eps) - Hv_w[j]));
+        scale = std::max(scale, std::abs(Hv_w[j]));
+    }
+    CHECK(worst < 1e-6 * scale);
+}
+
+static void test_newton_passes_agree() {
+    newton_passes_agree<std::int32_t>();
+    newton_passes_agree<std::int64_t>();
+}
+
 int main() {
     test_dense_forward();
     test_activation_backward_is_the_derivative();
@@ -643,6 +707,7 @@ int main() {
     test_sparse_products_equal_dense();
     test_check_csr_refuses_malformed_matrices();
     test_network_on_sparse_x_equals_dense();
+    test_newton_passes_agree();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

@@ -14,7 +14,7 @@ from l2fast.network import CostParts, DivergenceError, History, Network, fit_tog
 from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
                           ReduceOnPlateau, StepDecay)
 from l2fast.selection import LambdaResult, NoisyChoiceWarning, Selection, lambda_grid, select_lambda
-from l2fast.solvers import LBFGS
+from l2fast.solvers import LBFGS, NewtonCG
 from l2fast.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -23,7 +23,7 @@ __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
     "LambdaResult", "lambda_grid", "NoisyChoiceWarning",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
-    "ReduceOnPlateau", "LBFGS", "ConvergenceWarning", "DivergenceWarning", "Dataset",
+    "ReduceOnPlateau", "LBFGS", "NewtonCG", "ConvergenceWarning", "DivergenceWarning", "Dataset",
     "available_backends", "BackendUnavailableError", "set_num_threads", "get_num_threads",
     "__version__",
 ]

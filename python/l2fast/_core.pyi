@@ -77,6 +77,28 @@ def gradients(
     check_finite: bool = True,
 ) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float]: ...
 def all_finite(values: np.ndarray) -> bool: ...
+def linear_gradient_curvature(
+    W: np.ndarray,
+    b: np.ndarray,
+    X: Features,
+    y: np.ndarray,
+    lam_over_m: float,
+    loss: str,
+    *,
+    sample_weight: Optional[np.ndarray] = None,
+    check_X: bool = True,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, npt.NDArray[np.float64],
+           Optional[npt.NDArray[np.float64]]]: ...
+def linear_hessian_product(
+    X: Features,
+    V: npt.NDArray[np.float64],
+    v_b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    P: Optional[npt.NDArray[np.float64]],
+    lam_over_m: float,
+    *,
+    check_X: bool = True,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def blas_config() -> str: ...
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...

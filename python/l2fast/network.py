@@ -536,7 +536,7 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
 
             run = distributed.checked_run(comm, sharded, batch_size, networks, check)
             return run.comm.train(networks, run, _train)
-        if isinstance(run.optimizer, solvers.LBFGS):
+        if isinstance(run.optimizer, solvers.FULL_BATCH):
             return [_solve(net, run) for net in networks]
         return _train(networks, run)
 
@@ -605,7 +605,7 @@ def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, 
         if patience is not None or schedule is not None:
             raise ValueError(f"{'patience' if patience is not None else 'schedule'}: L-BFGS is a full-batch solver "
                              "with its own stopping rule (tol); it takes no patience or schedule")
-        optimizer = solvers.LBFGS() if isinstance(optimizer, str) else optimizer
+        optimizer = solvers.resolve(optimizer, first)
         if tol is not None:
             optimizer = replace(optimizer, tol=tol)
     else:
@@ -627,7 +627,7 @@ def _solve(net, run):
     saved = (net._weights, net._biases)
     bar = _progress_bar(run.epochs, run.progress, unit="iteration")
     try:
-        result = solvers.lbfgs(net, run.X, run.y, run.sample_weight, run.epochs, run.optimizer, run.validation, bar,
+        result = solvers.solve(net, run.X, run.y, run.sample_weight, run.epochs, run.optimizer, run.validation, bar,
                                history)
     except FloatingPointError as exc:
         net._weights, net._biases = saved
@@ -647,7 +647,7 @@ def _solve(net, run):
                   else f"its evaluation budget (max_fun={run.optimizer.max_fun})" if result.status == 1
                   else f"iteration {result.nit}")
         monitor.warn_not_converged(
-            "fit (lbfgs)", budget, f"{history.message.strip()}; largest gradient entry still above "
+            f"fit ({run.optimizer.name})", budget, f"{history.message.strip()}; largest gradient entry still above "
             f"tol={run.optimizer.tol:g}" if result.status == 1 else history.message.strip(),
             "give it more epochs, standardise X, or raise tol")
     return history

@@ -8,6 +8,11 @@ added in the same pass); the parameters travel as one flat float64 vector
 float32 network still computes in float32 with float64 sums. With the cuda backend the data stay on
 the GPU and only that vector and the gradient cross per evaluation.
 
+``NewtonCG`` (linear models only) hands the same J and gradient, and Hessian-vector products, to SciPy's
+trust-region Newton-CG: the backend computes J's gradient with the loss's curvature at a point in one pass
+(``linear_gradient_curvature``) and each product in another (``linear_hessian_product``), in parameters scaled by
+the Hessian's diagonal at the start (``linear_hessian_diagonal``).
+
 SciPy is imported here only, when a solver runs (``pip install scipy``, or the ``l2fast[lbfgs]`` extra).
 """
 from __future__ import annotations
@@ -53,9 +58,70 @@ class LBFGS:
         object.__setattr__(self, "max_ls", _validate.integer(self.max_ls, "max_ls", 1))
 
 
+@dataclass(frozen=True)
+class NewtonCG:
+    """Truncated Newton on J over the whole training set, for linear models (no hidden layer): SciPy's
+    trust-region Newton-CG (``minimize(method="trust-ncg")``, Steihaug's conjugate gradients inside a trust
+    region, as liblinear's TRON) or ``"trust-krylov"``, fed with Hessian-vector products of J that the backend
+    computes in one read of X (``linear_hessian_product``) at curvature taken once per iterate (scikit-learn's
+    ``solver="newton-cg"`` is the line-search form). On an ill-conditioned problem, such as sparse TF-IDF
+    features with a small lam/m, it needs far fewer passes over X than L-BFGS.
+
+    The problem is solved in parameters scaled by the inverse square root of the Hessian's diagonal at the start
+    (one more read of X), so that the trust region and the conjugate gradients see a problem whose curvature is
+    about 1 in every direction, the diagonal (Jacobi) preconditioning that makes rare sparse columns cheap.
+
+    tol : float
+        Converged when the largest entry of the gradient of J is at most tol, as for ``LBFGS``.
+    method : str
+        "trust-ncg" or "trust-krylov".
+    initial_trust_radius : float
+        The first step's largest length in the scaled parameters (the region grows as steps succeed).
+
+    ``fit``'s ``epochs`` is the iteration budget; a ``tol`` given to ``fit`` replaces this one.
+    """
+
+    tol: float = 1e-4
+    method: str = "trust-ncg"
+    initial_trust_radius: float = 1.0
+    name: ClassVar[str] = "newton-cg"
+
+    def __post_init__(self):
+        from l2fast import _validate
+
+        object.__setattr__(self, "tol", _validate.real(self.tol, "tol", positive=False))
+        if self.method not in ("trust-ncg", "trust-krylov"):
+            raise ValueError(f"method: expected 'trust-ncg' or 'trust-krylov', got {self.method!r}")
+        object.__setattr__(self, "initial_trust_radius",
+                           _validate.real(self.initial_trust_radius, "initial_trust_radius", positive=True))
+
+
+FULL_BATCH = (LBFGS, NewtonCG)  # the solver specs that fit runs in place of the epoch loop
+
+
 def requested(optimizer) -> bool:
-    """Whether an ``optimizer=`` argument asks for L-BFGS: the name "lbfgs" or an ``LBFGS`` instance."""
-    return optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, LBFGS)
+    """Whether an ``optimizer=`` argument asks for a full-batch solver: the name "lbfgs" or "newton-cg", or an
+    ``LBFGS`` or ``NewtonCG`` instance."""
+    if isinstance(optimizer, str):
+        return optimizer in ("lbfgs", "newton-cg")
+    return isinstance(optimizer, FULL_BATCH)
+
+
+def resolve(optimizer, net):
+    """The solver spec of an ``optimizer=`` argument that ``requested`` accepts; a NewtonCG for a network with a
+    hidden layer is refused (ValueError) before anything changes."""
+    if isinstance(optimizer, str):
+        optimizer = LBFGS() if optimizer == "lbfgs" else NewtonCG()
+    if isinstance(optimizer, NewtonCG) and len(net.layer_sizes) != 2:
+        raise ValueError(f"optimizer: newton-cg serves linear models (layer_sizes [n_in, n_out]), not "
+                         f"{list(net.layer_sizes)}; use 'lbfgs' for a network with hidden layers")
+    return optimizer
+
+
+def solve(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
+    """The full-batch solve that ``spec`` names (``lbfgs`` or ``newton_cg``); returns SciPy's OptimizeResult."""
+    run = newton_cg if isinstance(spec, NewtonCG) else lbfgs
+    return run(net, X, y, sample_weight, max_iter, spec, validation, bar, history)
 
 
 def _scipy_optimize():
@@ -118,20 +184,27 @@ class Objective:
             return seen[3], seen[4]
         net, backend = self.net, self.net._backend
         weights, biases = self.flat.arrays(x)
-        # X is not scanned for NaN and infinity again on each pass: it came through the backend's features()
-        # or a Dataset, which checked it (a NaN written into it since by another thread makes J infinite,
-        # which L-BFGS-B backs away from, never a crash)
-        dW, db, loss_sum = backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation,
-                                             net.loss, self.sample_weight, check_finite=False)
+        dW, db, loss_sum = self._gradients(weights, biases)
         penalty = net.lam / (2 * self.m) * sum(backend.sum_squares(W) for W in weights)
         data_loss = loss_sum / self.m
         J = data_loss + penalty
         self.evaluations += 1
-        if len(self._seen) > 8:
+        if len(self._seen) > self.keep:
             self._seen.pop(next(iter(self._seen)))
         J, g = (J, self.flat.flatten_gradients(dW, db)) if np.isfinite(J) else (np.inf, np.zeros_like(x))
         self._seen[x.tobytes()] = (data_loss, weights, biases, J, g)
         return J, g
+
+    keep = 8  # evaluations remembered beyond the newest
+
+    def _gradients(self, weights, biases):
+        """(dJ/dW list, dJ/db list, loss_sum) at these parameters: one backend pass. X is not scanned for NaN
+        and infinity again on each pass: it came through the backend's features() or a Dataset, which checked it
+        (a NaN written into it since by another thread makes J infinite, which the solver backs away from, never
+        a crash)."""
+        net = self.net
+        return net._backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation, net.loss,
+                                      self.sample_weight, check_finite=False)
 
     def at(self, x):
         """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
@@ -187,4 +260,158 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
         net._weights, net._biases = objective.flat.arrays(result.x)
     result.start_cost = float(J0)
     result.evaluations = objective.evaluations
+    return result
+
+
+class LinearObjective(Objective):
+    """The Objective of a one-layer network whose every evaluation also keeps the loss's curvature at its point,
+    from the same read of X (the backend's ``linear_gradient_curvature``), for ``LinearHessian``."""
+
+    keep = 1  # two points remembered: a trust-region step needs the current one and the trial one
+
+    def __init__(self, net, X, y, sample_weight):
+        super().__init__(net, X, y, sample_weight)
+        self._curvature = {}
+        self._last = None
+
+    def _gradients(self, weights, biases):
+        net = self.net
+        dW, db, loss_sum, c, P = net._backend.linear_gradient_curvature(
+            weights[0], biases[0], self.X, self.y, net.lam / self.m, net.loss, self.sample_weight)
+        self._last = (c, P)
+        return [dW], [db], loss_sum
+
+    def __call__(self, x):
+        self._last = None
+        result = super().__call__(x)
+        if self._last is not None:
+            if len(self._curvature) > self.keep:
+                self._curvature.pop(next(iter(self._curvature)))
+            self._curvature[x.tobytes()] = self._last
+        return result
+
+    def curvature_at(self, x):
+        """(c, P) at x (see ``numpy_ref.curvature_rows``), evaluating J there first if it was not."""
+        if x.tobytes() not in self._curvature:
+            self._seen.pop(x.tobytes(), None)  # a fresh evaluation, not the remembered J and gradient alone
+            self(x)
+        return self._curvature[x.tobytes()]
+
+
+class LinearHessian:
+    """SciPy's ``hessp(x, v)`` for a one-layer network: the Hessian of J at x times v, both flat float64
+    vectors, from the curvature its LinearObjective kept at x; each product is one backend call."""
+
+    def __init__(self, objective):
+        self.objective = objective
+        self.n_out, self.n_in = objective.flat.shapes[0][0]
+        self.products = 0
+
+    def diagonal(self, x):
+        """The diagonal of J's Hessian at x as a flat float64 vector (one more read of X)."""
+        net, backend = self.objective.net, self.objective.net._backend
+        m = self.objective.m
+        diag_W, diag_b = backend.linear_hessian_diagonal(self.objective.X, *self.objective.curvature_at(x))
+        shape = (self.n_out, self.n_in)  # without P the outputs share one diagonal: (1, n_in), (1,)
+        diag_W = np.broadcast_to(np.asarray(backend.to_host(diag_W)), shape)
+        diag_b = np.broadcast_to(np.asarray(backend.to_host(diag_b)), shape[:1])
+        return np.concatenate([diag_W.ravel() / m + net.lam / m, diag_b / m])
+
+    def __call__(self, x, v):
+        net = self.objective.net
+        backend = net._backend
+        c, P = self.objective.curvature_at(x)
+        size = self.n_out * self.n_in
+        V = backend.from_host(np.ascontiguousarray(v[:size], dtype=np.float64).reshape(self.n_out, self.n_in))
+        v_b = backend.from_host(np.ascontiguousarray(v[size:], dtype=np.float64))
+        HV, Hv_b = backend.linear_hessian_product(self.objective.X, c, P, V, v_b, net.lam / self.objective.m)
+        self.products += 1
+        return np.concatenate([np.asarray(backend.to_host(HV)).ravel(), np.asarray(backend.to_host(Hv_b))])
+
+
+def _recorder(net, objective, validation, bar, history):
+    """record(x, J) for each iteration: puts the accepted iterate x into the network and records it in history."""
+    backend = net._backend
+    classifier = net.loss != "squared_error"
+    last = [time.perf_counter()]
+
+    def record(x, J):
+        seen = objective.at(x)
+        if seen is None:
+            objective(x)
+            seen = objective.at(x)
+        data_loss, weights, biases = seen[:3]
+        net._weights, net._biases = weights, biases
+        now = time.perf_counter()
+        history.seconds.append(now - last[0])
+        last[0] = now
+        history.loss.append(data_loss)
+        history.cost.append(J)
+        if validation is not None:
+            X_val, y_val = validation
+            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss)
+            history.val_loss.append(val_sum / len(X_val))
+            history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
+            if classifier:
+                history.val_accuracy.append(val_correct / len(X_val))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(cost=f"{J:.6g}")
+
+    return record
+
+
+def newton_cg(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
+    """Minimises a one-layer network's J over (X, y) with SciPy's trust-region Newton-CG (``spec.method``) from
+    its current parameters, in parameters scaled by the Hessian's diagonal there (see ``NewtonCG``), recording each
+    iteration in ``history``; returns SciPy's OptimizeResult (with ``evaluations`` and ``hessian_products`` added).
+    The network holds the accepted iterate after every iteration."""
+    optimize = _scipy_optimize()
+    objective = LinearObjective(net, X, y, sample_weight)
+    hessian = LinearHessian(objective)
+    x0 = objective.flat.vector()
+    J0, g0 = objective(x0)
+    if not np.isfinite(J0):
+        raise FloatingPointError("the cost is not finite at the starting parameters")
+    diagonal = hessian.diagonal(x0)
+    # One scale for all biases: J does not change when a softmax's biases move together, and its gradient has
+    # no part along that move; scaled alike, the steps keep none either, so the biases stay where scikit-learn's
+    # (and an unscaled solve's) end, rather than drifting along a direction of zero curvature.
+    diagonal[-hessian.n_out:] = diagonal[-hessian.n_out:].mean()
+    scale = np.where(diagonal > 0, 1 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
+
+    def fun(z):
+        J, g = objective(scale * z)
+        return J, scale * g
+
+    def hessp(z, v):
+        return scale * hessian(scale * z, scale * v)
+
+    record = _recorder(net, objective, validation, bar, history)
+    converged = []
+
+    def callback(intermediate_result):  # the stopping rule is tol on J's own gradient, not on the scaled one
+        x = scale * intermediate_result.x
+        record(x, float(intermediate_result.fun))
+        if np.max(np.abs(objective.at(x)[4])) <= spec.tol:
+            converged.append(True)
+            raise StopIteration
+
+    if np.max(np.abs(g0)) <= spec.tol:
+        result = optimize.OptimizeResult(x=x0, fun=J0, status=0, success=True, nit=0,
+                                         message="the gradient is within tol at the start")
+    else:
+        options = {"gtol": 0.0, "maxiter": max_iter, "initial_trust_radius": spec.initial_trust_radius,
+                   "max_trust_radius": max(1000.0, 10 * spec.initial_trust_radius)}
+        result = optimize.minimize(fun, x0 / scale, method=spec.method, jac=True, hessp=hessp, callback=callback,
+                                   options=options)
+        result.x = scale * result.x
+        if converged:  # SciPy's own test (gtol 0) never ends it; the callback's StopIteration does
+            result.status, result.success = 0, True
+            result.message = f"converged: the largest entry of the gradient is at most tol={spec.tol:g}"
+    seen = objective.at(result.x)
+    net._weights, net._biases = (seen[1], seen[2]) if seen is not None else objective.flat.arrays(result.x)
+    result.start_cost = float(J0)
+    result.evaluations = objective.evaluations
+    result.hessian_products = hessian.products
     return result

@@ -83,3 +83,17 @@ class CpuBackend(HostArrays):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
                                    sample_weight=sample_weight, check_finite=check_finite)
+
+    # The two passes of l2fast.NewtonCG, each one read of X. X has passed ``features`` (checked there), and these
+    # kernels never read outside its arrays whatever they hold, so its O(nnz) checks are not repeated per call.
+
+    def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
+        """(dW, db, loss_sum, c, P) of a one-layer network (see ``numpy_ref.linear_gradient_curvature``)."""
+        with threads.call_threads([W.shape[1], W.shape[0]], min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.linear_gradient_curvature(W, b, core_X(X), y, lam_over_m, loss, sample_weight=sample_weight,
+                                                   check_X=False)
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """(HV, Hv_b), float64, of a one-layer network (see ``numpy_ref.linear_hessian_product``)."""
+        with threads.call_threads([V.shape[1], V.shape[0]], min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.linear_hessian_product(core_X(X), V, v_b, c, P, lam_over_m, check_X=False)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from l2fast import _validate
+from l2fast.backends import numpy_ref
 
 cupy = None  # bound by _bind_cupy(): backends.get_backend checks first that CuPy imports
 
@@ -304,6 +305,32 @@ def as_device_array(obj):
     return None
 
 
+_DEVICE_CSR = []  # the class, made once cupyx is imported
+
+
+def _device_csr(X):
+    """A canonical host CSR (``_validate.sparse_features``) as a cupyx.scipy.sparse CSR matrix on the GPU whose
+    len() is its number of rows, as the host one's is. Its products go through cuSPARSE (SpMM), outside the captured
+    graphs: CuPy allocates each product's output and workspace and makes its descriptors at every call."""
+    if not _DEVICE_CSR:
+        import cupyx.scipy.sparse
+
+        class DeviceCSR(cupyx.scipy.sparse.csr_matrix):
+            def __len__(self):
+                return self.shape[0]
+
+        _DEVICE_CSR.append(DeviceCSR)
+    return _DEVICE_CSR[0]((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
+
+
+def _dense_only(X):
+    """Refuses a sparse X where the backend's kernels read X through raw pointers (the captured training steps and
+    the whole-data passes): they would read its stored values as dense rows."""
+    if numpy_ref.is_sparse(X):
+        raise TypeError("X: backend='cuda' takes scipy.sparse X in the linear solver optimizer='newton-cg' only so "
+                        "far (cupyx products); train, predict and score on sparse X with backend='cpu'")
+
+
 def _ptr(array, offset_elements=0):
     return array.data.ptr + offset_elements * array.itemsize
 
@@ -401,6 +428,8 @@ class CudaBackend:
 
     def features(self, X, n_in, dtype):
         X = _detached(X)
+        if _validate.is_sparse(X):  # checked and made canonical on the host, then resident on the GPU
+            return _device_csr(_validate.sparse_features(X, n_in, dtype))
         device = as_device_array(X)
         if device is None:
             return self.from_host(_validate.features(X, n_in, dtype))
@@ -601,6 +630,7 @@ class CudaBackend:
 
     def _epoch(self, Ws, bs, X, y, order, batch_size, lr, lam_over_m, activation, loss, K, optimizer=None,
                slots=(), step=0, sample_weight=None):
+        _dense_only(X)
         dtype = np.dtype(Ws[0].dtype)
         sizes = [Ws[0].shape[-1]] + [W.shape[-2] for W in Ws]
         n = len(X) if order is None else len(order)
@@ -678,6 +708,7 @@ class CudaBackend:
         return [(s, min(s + BLOCK_ROWS, m)) for s in range(0, m, BLOCK_ROWS)]
 
     def predict(self, weights, biases, X, activation, loss):
+        _dense_only(X)
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m = _kernels(dtype), len(X)
         with self._on_stream():
@@ -709,6 +740,25 @@ class CudaBackend:
             db = [g / m for g in db]
         return dW, db, loss_sum
 
+    def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
+        """(dW, db, loss_sum, c, P) as CuPy arrays (see ``numpy_ref.linear_gradient_curvature``): the gradients
+        and predict passes for dense X, ``numpy_ref.linear_pass`` (cuSPARSE SpMM through cupyx) for sparse X."""
+        with self._on_stream():
+            if numpy_ref.is_sparse(X):
+                return numpy_ref.linear_pass(W, b, X, y, lam_over_m, loss, sample_weight, xp=cupy)
+            return numpy_ref.linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight)
+
+    def linear_hessian_diagonal(self, X, c, P):
+        """See ``numpy_ref.linear_hessian_diagonal``; CuPy arrays."""
+        with self._on_stream():
+            return numpy_ref.linear_hessian_diagonal(X, c, P, xp=cupy)
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """(HV, Hv_b) as float64 CuPy arrays: the reference's array code (``numpy_ref.linear_hessian_product``)
+        on the GPU, its products through CuPy (cuBLAS)."""
+        with self._on_stream():
+            return numpy_ref.linear_hessian_product(X, c, P, V, v_b, lam_over_m, xp=cupy)
+
     def sample_weights(self, sample_weight, m, dtype):
         """sample_weight validated (see ``_validate.sample_weight``) on the GPU, or None."""
         sample_weight = _detached(sample_weight)
@@ -723,6 +773,7 @@ class CudaBackend:
         """Loss sum and correct count over (X, y) in blocks (each record's loss weighted by sample_weight
         when given); with grads = (dW, db), float64 arrays, also adds sum dL/dW and dL/db of every block
         into them."""
+        _dense_only(X)
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m, L, act = _kernels(dtype), len(X), len(weights), ACTIVATION_CODES[activation]
         blas, T = self._blas_for(), dtype.type

@@ -7,6 +7,7 @@ same dtype, written for reading rather than speed. Shapes: ``X`` (m, n_in), ``W`
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -102,9 +103,17 @@ def _loss_gradient(Z, y, loss):
     return None, correct, dZ, per_record
 
 
+def is_sparse(X):
+    """Whether X is a sparse matrix: scipy.sparse, or cupyx.scipy.sparse on the GPU (the cuda backend's sparse X)."""
+    if _validate.is_sparse(X):
+        return True
+    device_sparse = sys.modules.get("cupyx.scipy.sparse")  # imported by the cuda backend when it made one
+    return device_sparse is not None and bool(device_sparse.issparse(X))
+
+
 def weight_product(dZ, A_prev):
-    """dZ^T A_prev (n_out, n_in), for A_prev (rows, n_in) dense or scipy.sparse (then sparse x dense)."""
-    return (A_prev.T @ dZ).T if _validate.is_sparse(A_prev) else dZ.T @ A_prev
+    """dZ^T A_prev (n_out, n_in), for A_prev (rows, n_in) dense or sparse (then sparse x dense)."""
+    return (A_prev.T @ dZ).T if is_sparse(A_prev) else dZ.T @ A_prev
 
 
 def l2_step(W, b, dZ, A_prev, lr, lam_over_m):
@@ -137,6 +146,102 @@ def optimizer_step(P, G, slots, lr, decay, optimizer, step):
             return
         step_size = lr / (1 - optimizer.beta1**step)
         P[...] = keep * P - step_size * M / (np.sqrt(V) / bc2_sqrt + optimizer.eps)
+
+
+def curvature_rows(U, c, P):
+    """R (rows, n_out), float64: each record's loss curvature applied to U (rows, n_out), given c (rows,) and the
+    softmax probabilities P (rows, n_out) or None: c_i u_i, or c_i (p_i * u_i - p_i (p_i . u_i))."""
+    if P is None:
+        return c[:, None] * U
+    return c[:, None] * P * (U - (P * U).sum(axis=1, keepdims=True))
+
+
+def linear_hessian_product(X, c, P, V, v_b, lam_over_m, xp=np):
+    """(HV (n_out, n_in), Hv_b (n_out,)), float64: the Hessian of a one-layer network's J at the point of curvature
+    (c, P) (see ``curvature_rows``) times the direction (V, v_b), float64, over X (m, n_in) dense or sparse:
+    (1/m) sum_i R_i x_i^T + (lam/m) V and (1/m) sum_i R_i with R_i the curvature applied to u_i = V x_i + v_b.
+    ``xp`` is the array module of X and V (NumPy, or CuPy for the cuda backend)."""
+    m = X.shape[0]
+    HV, Hv_b = xp.zeros(V.shape), xp.zeros(v_b.shape)
+    for s in range(0, m, BLOCK_ROWS):
+        X_block = X[s : s + BLOCK_ROWS]
+        R = curvature_rows(X_block @ V.T + v_b, c[s : s + BLOCK_ROWS], None if P is None else P[s : s + BLOCK_ROWS])
+        HV += weight_product(R, X_block)
+        Hv_b += R.sum(axis=0)
+    return HV / m + lam_over_m * V, Hv_b / m
+
+
+def linear_gradient_curvature(backend, W, b, X, y, lam_over_m, loss, sample_weight):
+    """(dW, db, loss_sum, c, P) of a one-layer network (W (n_out, n_in), b (n_out,)) over (X, y): J's gradient, float64,
+    from ``backend.gradients``, and the loss's curvature at (W, b) (see ``curvature_rows``) from ``backend.predict``;
+    c (m,) and P (m, n_out) for softmax, else None, float64 in the backend's memory. Logistic: c = w p (1 - p);
+    softmax: c = w, P the probabilities; squared error: c = w (w the sample weights, 1 without)."""
+    xp = backend.xp
+    dW, db, loss_sum = backend.gradients([W], [b], X, y, lam_over_m, "identity", loss, sample_weight)
+    yhat = backend.predict([W], [b], X, "identity", loss).astype(np.float64)
+    c = xp.ones(len(yhat)) if sample_weight is None else sample_weight.astype(np.float64)
+    P = xp.ascontiguousarray(yhat) if loss == "softmax" else None
+    if loss == "logistic":
+        c = c * yhat[:, 0] * (1 - yhat[:, 0])
+    return dW[0], db[0], loss_sum, c, P
+
+
+def linear_pass(W, b, X, y, lam_over_m, loss, sample_weight, xp=np):
+    """``linear_gradient_curvature`` in whole-array operations of xp (NumPy, or CuPy with X a cupyx.scipy.sparse or
+    CuPy matrix), block by block: Z = X W^T + b and dW = dZ^T X are one sparse-dense product each (cuSPARSE SpMM on
+    the GPU), taken in float64. The cuda backend's pass for sparse X; tested against the reference above."""
+    m, n_out = X.shape[0], W.shape[0]
+    W64, b64 = W.astype(np.float64), b.astype(np.float64)
+    dW, db, loss_sum = xp.zeros(W.shape), xp.zeros(n_out), 0.0
+    c = xp.empty(m)
+    P = xp.empty((m, n_out)) if loss == "softmax" else None
+    for s in range(0, m, BLOCK_ROWS):
+        e = min(s + BLOCK_ROWS, m)
+        X_block = X[s:e]
+        Z = X_block @ W64.T + b64
+        w = xp.ones(e - s) if sample_weight is None else sample_weight[s:e].astype(np.float64)
+        if loss == "logistic":
+            z, t = Z[:, 0], y[s:e, 0].astype(np.float64)
+            small = xp.exp(-xp.abs(z))
+            L = xp.maximum(z, 0) - t * z + xp.log1p(small)
+            p = xp.where(z >= 0, 1 / (1 + small), small / (1 + small))
+            dZ = (w * (p - t))[:, None]
+            c[s:e] = w * p * (1 - p)
+        elif loss == "softmax":
+            onehot = xp.zeros(Z.shape)
+            onehot[xp.arange(e - s), y[s:e]] = 1.0
+            z_max = Z.max(axis=1, keepdims=True)
+            E = xp.exp(Z - z_max)
+            total = E.sum(axis=1)
+            L = xp.log(total) + z_max[:, 0] - (Z * onehot).sum(axis=1)
+            P[s:e] = E / total[:, None]
+            dZ = w[:, None] * (P[s:e] - onehot)
+            c[s:e] = w
+        else:
+            D = Z - y[s:e].astype(np.float64)
+            L = 0.5 * (D * D).sum(axis=1)
+            dZ = w[:, None] * D
+            c[s:e] = w
+        loss_sum += float((w * L).sum())
+        dW += weight_product(dZ, X_block)
+        db += dZ.sum(axis=0)
+    return dW / m + lam_over_m * W64, db / m, loss_sum, c, P
+
+
+def linear_hessian_diagonal(X, c, P, xp=np):
+    """(diag_W (n_out, n_in), diag_b (n_out,)), float64: sum_i d_ik x_ij^2 and sum_i d_ik over X (m, n_in) dense or
+    sparse, with d_ik = c_i, or c_i p_ik (1 - p_ik) given P: m times the diagonal of the data part of J's Hessian at
+    the point of curvature (c, P) (see ``curvature_rows``). Without P every output has the same diagonal, returned
+    once: (1, n_in) and (1,)."""
+    diag_W = diag_b = 0.0
+    for s in range(0, X.shape[0], BLOCK_ROWS):  # block by block: no (m, n_out) temporaries
+        X_block = X[s : s + BLOCK_ROWS]
+        c_block = c[s : s + BLOCK_ROWS, None]
+        D = c_block if P is None else c_block * P[s : s + BLOCK_ROWS] * (1 - P[s : s + BLOCK_ROWS])
+        squares = X_block.multiply(X_block) if is_sparse(X_block) else X_block * X_block
+        diag_W = diag_W + weight_product(xp.ascontiguousarray(D, dtype=np.float64), squares)
+        diag_b = diag_b + D.sum(axis=0)
+    return diag_W, diag_b
 
 
 def forward_all(weights, biases, X, activation):
@@ -197,6 +302,10 @@ class HostArrays:
 
     def all_finite(self, arrays):
         return all(bool(np.isfinite(a).all()) for a in arrays)
+
+    def linear_hessian_diagonal(self, X, c, P):
+        """See the module's ``linear_hessian_diagonal``."""
+        return linear_hessian_diagonal(X, c, P)
 
     def sum_squares(self, array):
         """sum of squares of the entries, in float64, as a Python float."""
@@ -307,6 +416,14 @@ class NumpyBackend(HostArrays):
             loss_sum += block_loss
             correct += block_correct
         return loss_sum, correct
+
+    def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
+        """See the module's ``linear_gradient_curvature``."""
+        return linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight)
+
+    def linear_hessian_product(self, X, c, P, V, v_b, lam_over_m):
+        """See the module's ``linear_hessian_product``; c, P from ``linear_gradient_curvature``."""
+        return linear_hessian_product(X, c, P, V, v_b, lam_over_m)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
         """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in

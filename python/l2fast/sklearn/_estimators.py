@@ -261,7 +261,9 @@ class L2LogisticRegression(_Classifier):
     """Logistic regression (softmax regression for more than two classes) with the L2 penalty
     (lam / 2m) ||W||^2; lam = 1/C of scikit-learn's ``LogisticRegression``, whose optimum it reaches: by
     default L-BFGS on J to ``tol`` in at most ``epochs`` = 100 iterations, as scikit-learn's lbfgs solver.
-    Another ``optimizer`` ("sgd", "adam", ...) trains by minibatches of ``batch_size`` with ``lr`` instead.
+    ``optimizer="newton-cg"`` (``l2fast.NewtonCG``) is a trust-region Newton solver instead, far quicker on
+    ill-conditioned (sparse TF-IDF-like) data. Another ``optimizer`` ("sgd", "adam", ...) trains by minibatches
+    of ``batch_size`` with ``lr`` instead.
     ``fit`` takes ``sample_weight``; ``class_weight`` as scikit-learn's. Other parameters and fitted
     attributes as ``L2MLPClassifier``, without hidden layers; ``coef_`` (n_classes or 1, n_features) and
     ``intercept_`` follow scikit-learn's layout."""
