@@ -19,6 +19,9 @@ namespace {
 
 // Rows per block in the whole-data passes: large enough for efficient GEMMs, small enough for cache.
 constexpr std::size_t kBlockRows = 2048;
+// The most bytes of the next minibatch a step prefetches (half a typical L2): larger ones would push out the
+// step's own operands, and their steps are long enough for the hardware prefetcher.
+constexpr std::size_t kPrefetchBytes = std::size_t(1) << 19;
 
 template <class T>
 struct Workspace {
@@ -90,16 +93,55 @@ void backward_block(const Shape& shape, const Params<T>& params, const double* s
     }
 }
 
-// Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
-// reads X at random and each row would otherwise wait on memory in turn.
+// Where the next step's records are (its rows of the order, and how many), for a step to ask for them early.
+struct NextRows {
+    const std::int64_t* picked = nullptr;
+    std::size_t rows = 0;
+};
+
+// Asks for rows begin..end-1 of the next step's records. A step spreads these over its passes: asked for all at
+// once, they would queue for the core's few line-fill buffers and hold up the instructions behind them. The empty
+// asm keeps the loop, which the compiler could otherwise drop as one without effects.
 template <class T>
-void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::size_t rows, T* dst) {
+void prefetch_rows(const T* X, std::size_t n_in, const NextRows& next, std::size_t begin, std::size_t end) {
+    constexpr std::size_t kLine = 64;
+    const std::size_t row_bytes = n_in * sizeof(T);
+    for (std::size_t i = begin; i < std::min(end, next.rows); ++i) {
+        const char* row = reinterpret_cast<const char*>(X + std::size_t(next.picked[i]) * n_in);
+        for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(row + off);
+        asm volatile("" ::: "memory");
+    }
+}
+
+// The next step's records, when this step gathers and the next one's rows are few enough to prefetch.
+template <class T>
+NextRows next_rows(const std::int64_t* picked, std::size_t start, std::size_t rows, std::size_t n, std::size_t batch,
+                   std::size_t n_in) {
+    if (!picked || start + rows >= n || n_in * sizeof(T) * batch > kPrefetchBytes) return {};
+    return {picked + rows, std::min(batch, n - start - rows)};
+}
+
+// Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
+// reads X at random and each row would otherwise wait on memory in turn. The next step's rows and targets
+// are asked for too, so that they arrive while this step computes: a small network's step is shorter than
+// the waits for its rows and labels from memory, one after the other. (The prefetches ride in this loop: a
+// loop of prefetches alone has no effect the compiler must keep.)
+template <class T>
+void gather_rows(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, const std::int64_t* picked,
+                 std::size_t rows, T* dst, NextRows next) {
     constexpr std::size_t kAhead = 8, kLine = 64;
     const std::size_t row_bytes = n_in * sizeof(T);
+    const T* X = data.X;
     for (std::size_t i = 0; i < rows; ++i) {
         if (i + kAhead < rows) {
             const char* ahead = reinterpret_cast<const char*>(X + std::size_t(picked[i + kAhead]) * n_in);
             for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(ahead + off);
+        }
+        if (i < next.rows) {
+            const std::size_t r = std::size_t(next.picked[i]);
+            if (data.y_labels) __builtin_prefetch(data.y_labels + r);
+            if (data.y_values) __builtin_prefetch(data.y_values + r * n_out);
+            if (data.weights) __builtin_prefetch(data.weights + r);
         }
         std::memcpy(dst + i * n_in, X + std::size_t(picked[i]) * n_in, row_bytes);
     }
@@ -109,11 +151,11 @@ void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::
 // gathered; sparse ones are only listed as ranges of X's entries.
 template <class T>
 void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* picked, std::size_t start,
-                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X) {
+                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X, std::size_t n_out = 0, NextRows next = {}) {
     if (data.sparse) {
         gather_sparse_rows(data.X_csr, picked, start, rows, X.sparse);
     } else if (picked) {
-        gather_rows(data.X, n_in, picked, rows, gathered.data());
+        gather_rows(data, n_in, n_out, picked, rows, gathered.data(), next);
         X.dense = gathered.data();
     } else {
         X.dense = data.X + start * n_in;
@@ -222,10 +264,13 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const std::int64_t* picked = order ? order + start : nullptr;
-        take_block(data, n_in, picked, start, rows, ws.x, block);
+        const NextRows next = next_rows<T>(picked, start, rows, n, batch, n_in);
+        take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
         forward_block(shape, params, scale.data(), block, rows, ws);
+        prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
+        prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         if (!fused_sgd) ++run->step;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
@@ -285,7 +330,8 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     for (std::size_t start = 0; start < n; start += batch) {
         const int rows = int(std::min(batch, n - start));
         const std::int64_t* picked = order ? order + start : nullptr;
-        take_block(data, n_in, picked, start, std::size_t(rows), x, block);  // one gathered batch for all K
+        take_block(data, n_in, picked, start, std::size_t(rows), x, block, shape.n_out(),  // one batch for all K
+                   next_rows<T>(picked, start, std::size_t(rows), n, batch, n_in));
         const T* X = block.dense;
         for (std::size_t l = 0; l < L; ++l) {
             const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);
