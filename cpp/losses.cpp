@@ -46,6 +46,15 @@ static T inplace_softmax_row(T* z, std::size_t cols, std::size_t* argmax) {
     return std::log(total) + zmax;  // log-sum-exp of the original logits
 }
 
+// Record r's loss and dL/dZ (z, cols) scaled by its sample weight, if any; returns the loss.
+template <class T>
+double weighted(T* z, std::size_t cols, const Targets<T>& y, std::size_t r, double record_loss) {
+    if (!y.weights) return record_loss;
+    const T w = y.weights[r];  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
+    for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
+    return record_loss * double(w);
+}
+
 // e^x for x <= 0 (the shifted logits of a softmax), float: Cephes' expf, 2^n p(r) with |r| <= ln2/2, written
 // for the compiler to vectorise (std::exp is a call per value); within 2 ulp of std::exp, and exactly 0 for the
 // values whose e^x is below float's smallest normal. Non-finite z never gets here (inputs are checked).
@@ -102,12 +111,7 @@ LossStats softmax_loss_gradient(T* Z, std::size_t rows, std::size_t cols, const 
             for (std::size_t k = 0; k < cols; ++k) z[k] /= total;
             double record_loss = double(std::log(total) + z_max[i] - z_label[i]);
             z[std::size_t(y.labels[r])] -= T(1);
-            if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
-                const T w = y.weights[r];
-                record_loss *= double(w);
-                for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
-            }
-            stats.loss_sum += record_loss;
+            stats.loss_sum += weighted(z, cols, y, r, record_loss);
         }
     }
     return stats;
@@ -146,12 +150,7 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
             }
             case Loss::Softmax: break;  // softmax_loss_gradient
         }
-        if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
-            const T w = y.weights[r];
-            record_loss *= double(w);
-            for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
-        }
-        stats.loss_sum += record_loss;
+        stats.loss_sum += weighted(z, cols, y, r, record_loss);
     }
     return stats;
 }

@@ -60,7 +60,10 @@ def test_bench_writes_its_record(tmp_path, capsys):
     assert all(row["l2fast_over_limit"] > 0 and row["median_s"]["axpy"] > 0 for row in record["optimizers"])
     assert set(record["optimizer_epochs"]["B"]) == {"sgd", "momentum", "nesterov", "adam", "adamw"}
     assert record["optimizer_epochs"]["B"]["sgd"]["over_sgd"] == 1.0
+    (small,) = record["small"]
+    assert small["ratios"][f"l2fast cpu / {bench.GemmOnlyContender.name}"] > 0 and len(small["loadavg"]) == 2
     printed = capsys.readouterr().out
+    assert "N: small networks" in printed
     assert "U: the L2 update alone" in printed and "O: one optimizer step alone" in printed
 
 

@@ -53,6 +53,15 @@ QUICK_CONFIGS = [
     Config("A", "logistic regression", [10, 1], 600, 64, activation="identity", loss="logistic"),
     Config("B", "one hidden layer", [20, 16, 4], 500, 32),
 ]
+SMALL_CONFIGS = [  # N: overhead-bound networks, widths 64-128 and batches 8-64 (only when named: --configs N)
+    Config("N", "small network", [64, 64, 10], 50_000, 32),
+    Config("N", "small network", [64, 64, 10], 50_000, 8),
+    Config("N", "small network", [64, 64, 10], 50_000, 64),
+    Config("N", "small network", [64, 128, 10], 50_000, 32),
+    Config("N", "small network, wide input", [784, 64, 10], 20_000, 32),
+    Config("N", "small network, wide input", [784, 128, 10], 20_000, 64),
+]
+QUICK_SMALL_CONFIGS = [Config("N", "small network", [16, 16, 4], 400, 8)]
 UPDATE_SIZES = [1_000_000, 10_000_000, 100_000_000]
 QUICK_UPDATE_SIZES = [10_000]
 LAMBDA_PRICE_CONFIGS = ("B", "D")
@@ -411,6 +420,28 @@ def bench_config(config, backends, repeats, out):
             print(f"  l2fast cuda: CUDA graphs {'used' if entry['cuda_graphs']['used'] else 'NOT used'}"
                   + (f" ({gpu.graph_error})" if gpu.graph_error else ""), file=out)
     return entry
+
+
+def bench_small(configs, repeats, out):
+    """N: small networks, where the time beyond the matrix products shows: l2fast cpu against its GEMMs alone and
+    JAX's jitted epoch (when installed), interleaved; the load average with each row."""
+    rows = []
+    print("N: small networks, l2fast cpu against its GEMMs alone and JAX's jitted epoch (median s per epoch)",
+          file=out)
+    for config in configs:
+        X, y = make_data(config)
+        contenders = [L2fastContender(config, X, y, "cpu"), GemmOnlyContender(config)]
+        contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, JaxContender)]
+        load = os.getloadavg()
+        results = summarise(interleaved(contenders, repeats), config.m)
+        ratios = ratios_for(results, "l2fast cpu")
+        rows.append({"config": config.__dict__, "results": results, "ratios": ratios,
+                     "loadavg": [load, os.getloadavg()]})
+        line = "  ".join(f"{name} {r['median_s']:.4g}" for name, r in results.items())
+        shown = "  ".join(f"{key} {value:.2f}x" for key, value in ratios.items())
+        print(f"  {'-'.join(map(str, config.sizes)):>11} batch {config.batch:<3} {line}\n      {shown}  "
+              f"(load {load[0]:.1f} -> {os.getloadavg()[0]:.1f})", file=out, flush=True)
+    return rows
 
 
 def bench_lambda_price(config, backends, repeats, out):
@@ -931,6 +962,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         if "cuda" in backends:
             record["optimizers_gpu"] = bench_optimizers_gpu(QUICK_OPTIMIZER_SIZES if quick else
                                                             [1_000_000, 10_000_000, 100_000_000], repeats, out)
+    if configs is not None and "N" in configs or quick:
+        record["small"] = bench_small(QUICK_SMALL_CONFIGS if quick else SMALL_CONFIGS, repeats, out)
     if configs is not None and "T" in configs or quick:
         from l2fast import bench_solution
 
