@@ -126,19 +126,18 @@ void prefetch_rows(const T* X, std::size_t n_in, const NextRows& next, std::size
     }
 }
 
-// The next step's records, when this step gathers and the next one's rows are few enough to prefetch.
+// The next step's records, when this step gathers dense rows and the next one's are few enough to prefetch.
 template <class T>
-NextRows next_rows(const std::int64_t* picked, std::size_t start, std::size_t rows, std::size_t n, std::size_t batch,
-                   std::size_t n_in) {
-    if (!picked || start + rows >= n || n_in * sizeof(T) * batch > kPrefetchBytes) return {};
+NextRows next_rows(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
+                   std::size_t n, std::size_t batch, std::size_t n_in) {
+    if (data.sparse || !picked || start + rows >= n || n_in * sizeof(T) * batch > kPrefetchBytes) return {};
     return {picked + rows, std::min(batch, n - start - rows)};
 }
 
 // Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
-// reads X at random and each row would otherwise wait on memory in turn. The next step's rows and targets
-// are asked for too, so that they arrive while this step computes: a small network's step is shorter than
-// the waits for its rows and labels from memory, one after the other. (The prefetches ride in this loop: a
-// loop of prefetches alone has no effect the compiler must keep.)
+// reads X at random and each row would otherwise wait on memory in turn. The next step's targets are asked for
+// too (its rows later, prefetch_rows), so that they arrive while this step computes: a small network's step is
+// shorter than the wait for each record's label from memory, one after the other.
 template <class T>
 void gather_rows(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, const std::int64_t* picked,
                  std::size_t rows, T* dst, NextRows next) {
@@ -332,7 +331,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const std::int64_t* picked = order ? order + start : nullptr;
-        const NextRows next = next_rows<T>(picked, start, rows, n, batch, n_in);
+        const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
         forward_block(shape, params, scale.data(), block, rows, ws, W_t);
         prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
@@ -408,7 +407,7 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
         const int rows = int(std::min(batch, n - start));
         const std::int64_t* picked = order ? order + start : nullptr;
         take_block(data, n_in, picked, start, std::size_t(rows), x, block, shape.n_out(),  // one batch for all K
-                   next_rows<T>(picked, start, std::size_t(rows), n, batch, n_in));
+                   next_rows(data, picked, start, std::size_t(rows), n, batch, n_in));
         const T* X = block.dense;
         for (std::size_t l = 0; l < L; ++l) {
             const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);
