@@ -4,6 +4,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "parallel.hpp"
+
 namespace l2fast {
 
 Activation parse_activation(const std::string& name) {
@@ -31,7 +33,7 @@ static void bias_then(T* Z, const T* b, std::size_t rows, std::size_t cols, F f)
 }
 
 template <class T>
-void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t cols, Activation act) {
+L2FAST_VECTOR_CLONES void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t cols, Activation act) {
     switch (act) {
         case Activation::Identity: bias_then(Z, b, rows, cols, [](T z) { return z; }); break;
         case Activation::Relu: bias_then(Z, b, rows, cols, [](T z) { return z > T(0) ? z : T(0); }); break;
@@ -41,7 +43,7 @@ void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t col
 }
 
 template <class T>
-void inplace_activation_backward(T* dA, const T* A, std::size_t n, Activation act) {
+L2FAST_VECTOR_CLONES void inplace_activation_backward(T* dA, const T* A, std::size_t n, Activation act) {
     switch (act) {
         case Activation::Identity: break;
         case Activation::Relu:

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "blas.hpp"
@@ -28,20 +29,35 @@ double gemm_only_epoch_seconds(const Shape& shape, std::size_t m, std::size_t ba
         A.push_back(random(batch * shape.sizes[l + 1]));
         dZ.push_back(random(batch * shape.sizes[l + 1]));
     }
+    // The layers an epoch trains on W^T (n_in x n_out, train_transposed) have their products in that layout here.
+    std::vector<bool> transposed(L);
+    for (std::size_t l = 0; l < L; ++l)
+        transposed[l] = std::is_same_v<T, float> && train_transposed(batch, shape.sizes[l], shape.sizes[l + 1]);
     auto step = [&](int rows) {
         for (std::size_t l = 0; l < L; ++l) {
             const int n_in = int(shape.sizes[l]), n_out = int(shape.sizes[l + 1]);
-            blas::gemm(blas::Op::N, blas::Op::T, rows, n_out, n_in, T(1), A[l].data(), n_in, W[l].data(), n_in,
-                       T(0), A[l + 1].data(), n_out);
+            if (transposed[l])
+                blas::gemm(blas::Op::N, blas::Op::N, rows, n_out, n_in, T(1), A[l].data(), n_in, W[l].data(), n_out,
+                           T(0), A[l + 1].data(), n_out);
+            else
+                blas::gemm(blas::Op::N, blas::Op::T, rows, n_out, n_in, T(1), A[l].data(), n_in, W[l].data(), n_in,
+                           T(0), A[l + 1].data(), n_out);
         }
         for (std::size_t l = L; l-- > 0;) {
             const int n_in = int(shape.sizes[l]), n_out = int(shape.sizes[l + 1]);
-            if (l > 0)
+            if (l > 0 && transposed[l])
+                blas::gemm(blas::Op::N, blas::Op::T, rows, n_in, n_out, T(1), dZ[l].data(), n_out, W[l].data(), n_out,
+                           T(0), dZ[l - 1].data(), n_in);
+            else if (l > 0)
                 blas::gemm(blas::Op::N, blas::Op::N, rows, n_in, n_out, T(1), dZ[l].data(), n_out, W[l].data(), n_in,
                            T(0), dZ[l - 1].data(), n_in);
             // Tiny step so that W stays bounded over many repetitions.
-            blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, rows, T(-1e-6), dZ[l].data(), n_out, A[l].data(), n_in,
-                       T(1), W[l].data(), n_in);
+            if (transposed[l])
+                blas::gemm(blas::Op::T, blas::Op::N, n_in, n_out, rows, T(-1e-6), A[l].data(), n_in, dZ[l].data(),
+                           n_out, T(1), W[l].data(), n_out);
+            else
+                blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, rows, T(-1e-6), dZ[l].data(), n_out, A[l].data(),
+                           n_in, T(1), W[l].data(), n_in);
         }
     };
     step(int(batch));  // warm-up: thread start, page faults

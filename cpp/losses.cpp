@@ -45,6 +45,15 @@ static T inplace_softmax_row(T* z, std::size_t cols, std::size_t* argmax) {
     return std::log(total) + zmax;  // log-sum-exp of the original logits
 }
 
+// Record r's loss and dL/dZ (z, cols) scaled by its sample weight, if any; returns the loss.
+template <class T>
+double weighted(T* z, std::size_t cols, const Targets<T>& y, std::size_t r, double record_loss) {
+    if (!y.weights) return record_loss;
+    const T w = y.weights[r];  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
+    for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
+    return record_loss * double(w);
+}
+
 // The logistic loss of n records at once: softplus(z) - t z, sigmoid(z) >= 1/2 (as 0 or 1) and dL/dz =
 // sigmoid(z) - t, from one exp of -|z| that never overflows. One loop with no reduction, so that it runs
 // on vectors of records (exp and log1p from glibc's libmvec where the build found it).
@@ -74,13 +83,49 @@ LossStats logistic_loss_gradient(T* z, std::size_t rows, const Targets<T>& y) {
         logistic_records(z + start, t, loss, positive, n);
         for (std::size_t i = 0; i < n; ++i) {
             stats.correct += (positive[i] == T(1)) == (t[i] == T(1));
-            double record_loss = double(loss[i]);
-            if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
-                const T w = y.weights[y.record(start + i)];
-                record_loss *= double(w);
-                z[start + i] *= w;
-            }
-            stats.loss_sum += record_loss;
+            stats.loss_sum += weighted(z + start + i, 1, y, y.record(start + i), double(loss[i]));
+        }
+    }
+    return stats;
+}
+
+// e^z in place: one loop with nothing else in it, which runs on vectors of values (glibc's libmvec, see
+// vector_math.hpp; the scalar exp where the build found no libmvec).
+template <class T>
+L2FAST_VECTOR_CLONES void inplace_exp(T* z, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) z[i] = std::exp(z[i]);
+}
+
+// The softmax loss of a block, in passes over chunks of rows: each row's largest logit taken out, then every
+// exp of the chunk at once (vectorised), then each row's sum, probabilities and loss.
+template <class T>
+LossStats softmax_loss_gradient(T* Z, std::size_t rows, std::size_t cols, const Targets<T>& y) {
+    constexpr std::size_t kChunk = 64;
+    LossStats stats;
+    T z_max[kChunk], z_label[kChunk];
+    for (std::size_t start = 0; start < rows; start += kChunk) {
+        const std::size_t n = std::min(kChunk, rows - start);
+        for (std::size_t i = 0; i < n; ++i) {
+            T* z = Z + (start + i) * cols;
+            const std::size_t label = std::size_t(y.labels[y.record(start + i)]);
+            std::size_t best = 0;
+            for (std::size_t k = 1; k < cols; ++k)
+                if (z[k] > z[best]) best = k;
+            stats.correct += best == label;
+            z_max[i] = z[best];
+            z_label[i] = z[label];
+            for (std::size_t k = 0; k < cols; ++k) z[k] -= z_max[i];
+        }
+        inplace_exp(Z + start * cols, n * cols);
+        for (std::size_t i = 0; i < n; ++i) {
+            T* z = Z + (start + i) * cols;
+            const std::size_t r = y.record(start + i);
+            T total = 0;
+            for (std::size_t k = 0; k < cols; ++k) total += z[k];
+            for (std::size_t k = 0; k < cols; ++k) z[k] /= total;
+            const double record_loss = double(std::log(total) + z_max[i] - z_label[i]);
+            z[std::size_t(y.labels[r])] -= T(1);
+            stats.loss_sum += weighted(z, cols, y, r, record_loss);
         }
     }
     return stats;
@@ -89,6 +134,7 @@ LossStats logistic_loss_gradient(T* z, std::size_t rows, const Targets<T>& y) {
 template <class T>
 LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss loss, const Targets<T>& y) {
     if (loss == Loss::Logistic) return logistic_loss_gradient(Z, rows, y);
+    if (loss == Loss::Softmax) return softmax_loss_gradient(Z, rows, cols, y);
     LossStats stats;
     for (std::size_t i = 0; i < rows; ++i) {
         T* z = Z + i * cols;
@@ -105,25 +151,11 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
                 record_loss = double(T(0.5) * l);
                 break;
             }
-            case Loss::Logistic:
-                break;  // logistic_loss_gradient
-            case Loss::Softmax: {
-                const std::size_t label = std::size_t(y.labels[r]);
-                const T z_label = z[label];
-                std::size_t best = 0;
-                const T lse = inplace_softmax_row(z, cols, &best);
-                record_loss = double(lse - z_label);
-                stats.correct += best == label;
-                z[label] -= T(1);
+            case Loss::Logistic:  // logistic_loss_gradient
+            case Loss::Softmax:   // softmax_loss_gradient
                 break;
-            }
         }
-        if (y.weights) {  // w = 1 changes nothing, bit for bit: multiplying by 1 is exact
-            const T w = y.weights[r];
-            record_loss *= double(w);
-            for (std::size_t k = 0; k < cols; ++k) z[k] *= w;
-        }
-        stats.loss_sum += record_loss;
+        stats.loss_sum += weighted(z, cols, y, r, record_loss);
     }
     return stats;
 }

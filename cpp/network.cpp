@@ -19,6 +19,10 @@ namespace {
 
 // Rows per block in the whole-data passes: large enough for efficient GEMMs, small enough for cache.
 constexpr std::size_t kBlockRows = 2048;
+// The most bytes of the next minibatch a step prefetches: larger ones (784-256-10 at batch 128: 400 KB) cost more
+// than they save, queueing for the line-fill buffers and pushing the step's own operands out of L2 (measured:
+// that epoch 20 % slower with them), and their steps are long enough for the waits not to matter.
+constexpr std::size_t kPrefetchBytes = std::size_t(1) << 17;
 
 template <class T>
 struct Workspace {
@@ -53,14 +57,21 @@ T scale_of(const double* scale, std::size_t l) {
     return scale ? T(scale[l]) : T(1);
 }
 
+// W_t, when given, holds per layer either null or the layer's weights transposed (n_in x n_out), which the
+// products then read instead of W[l] (see TransposedWeights).
 template <class T>
 void forward_block(const Shape& shape, const Params<T>& params, const double* scale, const BlockX<T>& X,
-                   std::size_t rows, Workspace<T>& ws) {
+                   std::size_t rows, Workspace<T>& ws, T* const* W_t = nullptr) {
     const T* in = X.dense;
     const std::size_t L = shape.n_layers();
     for (std::size_t l = 0; l < L; ++l) {
         const Activation act = l + 1 == L ? Activation::Identity : shape.act;
-        if (l == 0 && X.is_sparse())
+        if (W_t && W_t[l]) {
+            const int n_in = int(shape.sizes[l]), n_out = int(shape.sizes[l + 1]);
+            blas::gemm(blas::Op::N, blas::Op::N, int(rows), n_out, n_in, scale_of<T>(scale, l), in, n_in, W_t[l],
+                       n_out, T(0), ws.out[l].data(), n_out);
+            inplace_bias_activation(ws.out[l].data(), params.b[l], rows, shape.sizes[l + 1], act);
+        } else if (l == 0 && X.is_sparse())
             sparse_dense_forward(X.sparse, X.W0_t ? X.W0_t : params.W[0],
                                  X.W0_t ? WeightLayout::Transposed : WeightLayout::Rows, scale_of<T>(scale, 0),
                                  params.b[0], shape.sizes[1], act, ws.out[0].data());
@@ -75,31 +86,74 @@ void forward_block(const Shape& shape, const Params<T>& params, const double* sc
 // gradient for the layer below has been taken with the old W[l]. A_prev is null for sparse X.
 template <class T, class Consume>
 void backward_block(const Shape& shape, const Params<T>& params, const double* scale, const BlockX<T>& X,
-                    std::size_t rows, Workspace<T>& ws, Consume consume) {
+                    std::size_t rows, Workspace<T>& ws, Consume consume, T* const* W_t = nullptr) {
     const std::size_t L = shape.n_layers();
     for (std::size_t l = L; l-- > 0;) {
         T* dZ = l + 1 == L ? ws.out[l].data() : ws.grad[l].data();
         const T* A_prev = l == 0 ? X.dense : ws.out[l - 1].data();
         if (l > 0) {
             T* dZ_below = ws.grad[l - 1].data();
-            dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], scale_of<T>(scale, l), shape.sizes[l],
-                                 dZ_below);
+            if (W_t && W_t[l])
+                blas::gemm(blas::Op::N, blas::Op::T, int(rows), int(shape.sizes[l]), int(shape.sizes[l + 1]),
+                           scale_of<T>(scale, l), dZ, int(shape.sizes[l + 1]), W_t[l], int(shape.sizes[l + 1]), T(0),
+                           dZ_below, int(shape.sizes[l]));
+            else
+                dense_backward_input(dZ, rows, shape.sizes[l + 1], params.W[l], scale_of<T>(scale, l), shape.sizes[l],
+                                     dZ_below);
             inplace_activation_backward(dZ_below, ws.out[l - 1].data(), rows * shape.sizes[l], shape.act);
         }
         consume(l, dZ, A_prev);
     }
 }
 
-// Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
-// reads X at random and each row would otherwise wait on memory in turn.
+// Where the next step's records are (its rows of the order, and how many), for a step to ask for them early.
+struct NextRows {
+    const std::int64_t* picked = nullptr;
+    std::size_t rows = 0;
+};
+
+// Asks for rows begin..end-1 of the next step's records. A step spreads these over its passes: asked for all at
+// once, they would queue for the core's few line-fill buffers and hold up the instructions behind them. The empty
+// asm keeps the loop, which the compiler could otherwise drop as one without effects.
 template <class T>
-void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::size_t rows, T* dst) {
+void prefetch_rows(const T* X, std::size_t n_in, const NextRows& next, std::size_t begin, std::size_t end) {
+    constexpr std::size_t kLine = 64;
+    const std::size_t row_bytes = n_in * sizeof(T);
+    for (std::size_t i = begin; i < std::min(end, next.rows); ++i) {
+        const char* row = reinterpret_cast<const char*>(X + std::size_t(next.picked[i]) * n_in);
+        for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(row + off);
+        asm volatile("" ::: "memory");
+    }
+}
+
+// The next step's records, when this step gathers dense rows and the next one's are few enough to prefetch.
+template <class T>
+NextRows next_rows(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
+                   std::size_t n, std::size_t batch, std::size_t n_in) {
+    if (data.sparse || !picked || start + rows >= n || n_in * sizeof(T) * batch > kPrefetchBytes) return {};
+    return {picked + rows, std::min(batch, n - start - rows)};
+}
+
+// Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
+// reads X at random and each row would otherwise wait on memory in turn. The next step's targets are asked for
+// too (its rows later, prefetch_rows), so that they arrive while this step computes: a small network's step is
+// shorter than the wait for each record's label from memory, one after the other.
+template <class T>
+void gather_rows(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, const std::int64_t* picked,
+                 std::size_t rows, T* dst, NextRows next) {
     constexpr std::size_t kAhead = 8, kLine = 64;
     const std::size_t row_bytes = n_in * sizeof(T);
+    const T* X = data.X;
     for (std::size_t i = 0; i < rows; ++i) {
         if (i + kAhead < rows) {
             const char* ahead = reinterpret_cast<const char*>(X + std::size_t(picked[i + kAhead]) * n_in);
             for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(ahead + off);
+        }
+        if (i < next.rows) {
+            const std::size_t r = std::size_t(next.picked[i]);
+            if (data.y_labels) __builtin_prefetch(data.y_labels + r);
+            if (data.y_values) __builtin_prefetch(data.y_values + r * n_out);
+            if (data.weights) __builtin_prefetch(data.weights + r);
         }
         std::memcpy(dst + i * n_in, X + std::size_t(picked[i]) * n_in, row_bytes);
     }
@@ -109,11 +163,11 @@ void gather_rows(const T* X, std::size_t n_in, const std::int64_t* picked, std::
 // gathered; sparse ones are only listed as ranges of X's entries.
 template <class T>
 void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* picked, std::size_t start,
-                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X) {
+                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X, std::size_t n_out = 0, NextRows next = {}) {
     if (data.sparse) {
         gather_sparse_rows(data.X_csr, picked, start, rows, X.sparse);
     } else if (picked) {
-        gather_rows(data.X, n_in, picked, rows, gathered.data());
+        gather_rows(data, n_in, n_out, picked, rows, gathered.data(), next);
         X.dense = gathered.data();
     } else {
         X.dense = data.X + start * n_in;
@@ -160,6 +214,48 @@ private:
     std::chrono::steady_clock::time_point last_;
 };
 
+// A float32 epoch of plain SGD trains its small dense layers on a transposed copy of W (n_in x n_out), made at
+// the start and copied back at the end: OpenBLAS's small-matrix kernels run the forward product A W^T in about
+// half the time when W^T is stored (A W^T as a plain product), and the weight gradient just as fast into W^T
+// (A_prev^T dZ); only the input gradient dZ W becomes the slower kind, and it is the smallest of the three
+// (see benchmarks/README.md, "Small networks"). Larger layers go through OpenBLAS's packed path, where the layout
+// makes no difference, and keep W as it is; so do float64 (its results stay as they were) and sparse first layers.
+template <class T>
+class TransposedWeights {
+public:
+    TransposedWeights(const Shape& shape, Params<T>& params, std::size_t batch, bool sparse_X, bool fused_sgd)
+        : shape_(shape), params_(params), copies_(shape.n_layers()), W_t_(shape.n_layers(), nullptr) {
+        if (!std::is_same_v<T, float> || !fused_sgd) return;
+        for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+            const std::size_t n_in = shape.sizes[l], n_out = shape.sizes[l + 1];
+            if ((l == 0 && sparse_X) || !train_transposed(batch, n_in, n_out)) continue;
+            copies_[l].resize(n_in * n_out);
+            W_t_[l] = copies_[l].data();
+            transpose(params.W[l], n_out, n_in, W_t_[l]);
+        }
+    }
+
+    // Per layer: its transposed copy, or null where the layer trains on W itself.
+    T* const* layers() const { return W_t_.data(); }
+
+    // W <- its transposed copy, for every layer that has one.
+    void copy_back() {
+        for (std::size_t l = 0; l < shape_.n_layers(); ++l)
+            if (W_t_[l]) transpose(W_t_[l], shape_.sizes[l], shape_.sizes[l + 1], params_.W[l]);
+    }
+
+private:
+    static void transpose(const T* from, std::size_t rows, std::size_t cols, T* to) {
+        for (std::size_t i = 0; i < rows; ++i)
+            for (std::size_t j = 0; j < cols; ++j) to[j * rows + i] = from[i * cols + j];
+    }
+
+    const Shape& shape_;
+    Params<T>& params_;
+    std::vector<std::vector<T>> copies_;
+    std::vector<T*> W_t_;
+};
+
 template <class T>
 Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::size_t row0) {
     Targets<T> y;
@@ -172,6 +268,17 @@ Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::siz
 }
 
 }  // namespace
+
+bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out) {
+    // OpenBLAS's small-matrix kernels (SkylakeX) take GEMMs of at most 100^3 multiply-adds, but A W^T with W stored
+    // only when C has at most 1200 entries and the inner dimension is 32 or more; outside that it packs, at twice
+    // the time (64-64-10, batch 32: 3.7 us against 2.2 us for A W^T with W^T stored). Inside it (an output layer of
+    // 10 units) W stays as it is, since its input gradient dZ W is then the fast kind too.
+    constexpr double kSmallGemm = 1e6;
+    const std::size_t inner = std::min<std::size_t>(n_in, blas::kMaxInner);
+    const bool packs = batch * n_out > 1200 || inner < 32;
+    return packs && double(batch) * double(n_out) * double(inner) <= kSmallGemm;
+}
 
 void check_shape(const Shape& shape) {
     if (shape.sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
@@ -218,14 +325,19 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         if (s >= run->slots.size()) return nullptr;
         return weights ? run->slots[s].W[l] : run->slots[s].b[l];
     };
+    TransposedWeights<T> transposed(shape, params, batch, data.sparse, fused_sgd);
+    T* const* W_t = transposed.layers();
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const std::int64_t* picked = order ? order + start : nullptr;
-        take_block(data, n_in, picked, start, rows, ws.x, block);
-        forward_block(shape, params, scale.data(), block, rows, ws);
+        const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
+        take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
+        forward_block(shape, params, scale.data(), block, rows, ws, W_t);
+        prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
+        prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         if (!fused_sgd) ++run->step;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
@@ -234,6 +346,14 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                 const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, lam_over_m);
                 sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, ws.ones.data(), n_out, c.alpha,
                                      c.beta, -lr / T(rows), T(1));
+                return;
+            }
+            if (fused_sgd && W_t[l]) {  // the same step, written into the transposed copy: W^T += alpha A_prev^T dZ
+                const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
+                blas::gemm(blas::Op::T, blas::Op::N, int(shape.sizes[l]), int(n_out), int(rows), c.alpha, A_prev,
+                           int(shape.sizes[l]), dZ, int(n_out), c.beta, W_t[l], int(n_out));
+                blas::gemv(true, int(rows), int(n_out), -lr / T(rows), dZ, int(n_out), ws.ones.data(), 1, T(1),
+                           params.b[l], 1);
                 return;
             }
             if (fused_sgd) {
@@ -250,13 +370,14 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                    n_w, lr, lam_over_m);
             inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
                                    slot(1, false, l), n_out, lr, T(0));
-        });
+        }, W_t);
         ++result.steps;
         if (stop()) {
             result.stopped = true;
             break;
         }
     }
+    transposed.copy_back();
     for (std::size_t l = 0; l < shape.n_layers(); ++l)
         inplace_apply_scale(params.W[l], scale[l], shape.sizes[l + 1] * shape.sizes[l]);
     return result;
@@ -285,7 +406,8 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     for (std::size_t start = 0; start < n; start += batch) {
         const int rows = int(std::min(batch, n - start));
         const std::int64_t* picked = order ? order + start : nullptr;
-        take_block(data, n_in, picked, start, std::size_t(rows), x, block);  // one gathered batch for all K
+        take_block(data, n_in, picked, start, std::size_t(rows), x, block, shape.n_out(),  // one batch for all K
+                   next_rows(data, picked, start, std::size_t(rows), n, batch, n_in));
         const T* X = block.dense;
         for (std::size_t l = 0; l < L; ++l) {
             const int fan_in = int(shape.sizes[l]), fan_out = int(shape.sizes[l + 1]);

@@ -46,6 +46,12 @@ struct Dataset {
     bool sparse = false;
 };
 
+// Whether a float32 epoch of plain SGD trains a dense layer (n_in -> n_out, minibatches of `batch` rows) on a
+// transposed copy of its weights: when its forward product is small enough for OpenBLAS's small-matrix kernels
+// but of a shape that only the plain product A W^T with W^T stored gets them for, at about half the time
+// (TransposedWeights in network.cpp). gemm_only_epoch_seconds follows it.
+bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out);
+
 // Validation: each throws std::invalid_argument naming the offending argument.
 void check_shape(const Shape& shape);
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m);

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+import l2fast
 from l2fast import bench, parity
 from l2fast.__main__ import main
 from l2fast.backends.cpu import CpuBackend, _core
@@ -59,7 +60,10 @@ def test_bench_writes_its_record(tmp_path, capsys):
     assert all(row["l2fast_over_limit"] > 0 and row["median_s"]["axpy"] > 0 for row in record["optimizers"])
     assert set(record["optimizer_epochs"]["B"]) == {"sgd", "momentum", "nesterov", "adam", "adamw"}
     assert record["optimizer_epochs"]["B"]["sgd"]["over_sgd"] == 1.0
+    (small,) = record["small"]
+    assert small["ratios"][f"l2fast cpu / {bench.GemmOnlyContender.name}"] > 0 and len(small["loadavg"]) == 2
     printed = capsys.readouterr().out
+    assert "N: small networks" in printed
     assert "U: the L2 update alone" in printed and "O: one optimizer step alone" in printed
 
 
@@ -100,3 +104,27 @@ def test_read_only_W_refused_by_l2_update():
     W.flags.writeable = False
     with pytest.raises(ValueError, match="W: array is read-only"):
         _core.l2_update(W, np.ones(4), 0.1, 0.0)
+
+
+@pytest.mark.parametrize("config", [
+    bench.Config("D", "small network", [20, 16, 3], 500, 32),
+    bench.Config("A", "logistic regression", [10, 1], 600, 64, activation="identity", loss="logistic"),
+    bench.Config("T", "two tanh layers, a partial last batch", [12, 8, 8, 4], 300, 16, activation="tanh"),
+], ids=lambda c: c.key)
+def test_the_jax_peer_trains_as_l2fast_does(config):
+    """bench's JAX peer is the same training, not just a network of the same size: from the same seed it takes
+    the same orders and steps, so its cost after each epoch and its weights follow l2fast's to float32 rounding."""
+    pytest.importorskip("jax")
+    X, y = bench.make_data(config)
+    net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss, lam=config.lam,
+                         dtype="float32", seed=0)
+    peer = bench.JaxContender(config, X, y)
+    for _ in range(3):
+        cost = net.fit(X, y, epochs=1, lr=config.lr, batch_size=config.batch).cost[0]
+        loss_sum = peer.train()
+        penalty = config.lam / (2 * config.m) * sum(np.sum(np.asarray(W, np.float64) ** 2) for W, _ in peer.params)
+        assert loss_sum / config.m + penalty == pytest.approx(cost, rel=1e-5)
+    for (W, b), W_ref, b_ref in zip(peer.params, net.weights, net.biases):
+        np.testing.assert_allclose(np.asarray(W), W_ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(b), b_ref, rtol=1e-4, atol=1e-5)
+    assert peer.name.startswith("JAX ") and peer.epoch() > 0

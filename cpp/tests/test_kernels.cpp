@@ -687,7 +687,18 @@ static void test_newton_passes_agree() {
     newton_passes_agree<std::int64_t>();
 }
 
+// The layers a float32 SGD epoch trains on a transposed copy of W are those whose forward product OpenBLAS's
+// small-matrix kernels would take only in that layout (network.hpp); tests/test_small_networks.py checks the training.
+static void test_small_layers_train_transposed_where_openblas_would_pack() {
+    CHECK(train_transposed(32, 64, 64));     // C = 32 x 64 > 1200 entries
+    CHECK(train_transposed(8, 20, 16));      // inner dimension 20 < 32
+    CHECK(train_transposed(32, 784, 64));    // k cut in slices of at most 256: 32 x 64 x 196 each
+    CHECK(!train_transposed(32, 64, 10));    // 320 entries, k = 64: taken as A W^T already
+    CHECK(!train_transposed(128, 784, 256)); // past 100^3 multiply-adds: OpenBLAS packs in either layout
+}
+
 int main() {
+    test_small_layers_train_transposed_where_openblas_would_pack();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();

@@ -27,10 +27,11 @@ def main(argv=None):
     bench = commands.add_parser("bench", help="epoch times against the reference, the peers and the limits")
     bench.add_argument("--configs", default=None,
                        help="comma-separated subset of A,B,C,D,O,S,U (default: all; L runs with B and D), "
-                            "or K (under load), T (seconds to the optimum of convex problems against "
-                            "scikit-learn's solvers), P (the same and epoch times on sparse, TF-IDF-like X), M "
-                            "(data-parallel scaling over MPI, 1 and 2 ranks, and its cost model) and R (the "
-                            "scikit-learn drop-ins against scikit-learn's classes), run only when named")
+                            "or K (under load), N (small networks against their GEMMs alone and JAX), T (seconds "
+                            "to the optimum of convex problems against scikit-learn's solvers), P (the same and "
+                            "epoch times on sparse, TF-IDF-like X), M (data-parallel scaling over MPI, 1 and 2 "
+                            "ranks, and its cost model) and R (the scikit-learn drop-ins against scikit-learn's "
+                            "classes), run only when named")
     bench.add_argument("--repeats", type=int, default=5, help="timed epochs per contender after one warm-up")
     bench.add_argument("--quick", action="store_true", help="tiny configurations, for a smoke test")
     bench.add_argument("--json", default=None, help="write the record to this JSON file")

@@ -53,6 +53,15 @@ QUICK_CONFIGS = [
     Config("A", "logistic regression", [10, 1], 600, 64, activation="identity", loss="logistic"),
     Config("B", "one hidden layer", [20, 16, 4], 500, 32),
 ]
+SMALL_CONFIGS = [  # N: overhead-bound networks, widths 64-128 and batches 8-64 (only when named: --configs N)
+    Config("N", "small network", [64, 64, 10], 50_000, 32),
+    Config("N", "small network", [64, 64, 10], 50_000, 8),
+    Config("N", "small network", [64, 64, 10], 50_000, 64),
+    Config("N", "small network", [64, 128, 10], 50_000, 32),
+    Config("N", "small network, wide input", [784, 64, 10], 20_000, 32),
+    Config("N", "small network, wide input", [784, 128, 10], 20_000, 64),
+]
+QUICK_SMALL_CONFIGS = [Config("N", "small network", [16, 16, 4], 400, 8)]
 UPDATE_SIZES = [1_000_000, 10_000_000, 100_000_000]
 QUICK_UPDATE_SIZES = [10_000]
 LAMBDA_PRICE_CONFIGS = ("B", "D")
@@ -132,6 +141,80 @@ class TorchContender:
         return time.perf_counter() - start
 
 
+class JaxContender:
+    """The same network in JAX, the whole epoch one jitted ``lax.scan`` over its minibatches: the order is
+    drawn on the host (NumPy, as l2fast's), each step gathers its rows inside the jitted function, and the
+    step is l2fast's, W <- W - lr (mean dL/dW + (lam/m) W), b <- b - lr mean dL/db. The parameters start as
+    an l2fast network of the same seed starts, and the orders come from a generator seeded as its are, so
+    the two give the same training to float rounding (tests/test_tools.py checks it)."""
+
+    def __init__(self, config, X, y, device="cpu", seed=0):
+        import jax
+
+        self.jax, self.config, self.device = jax, config, device
+        self._jax_device = jax.devices("gpu" if device == "cuda" else device)[0]
+        start = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss, lam=config.lam,
+                               backend="numpy", dtype="float32", seed=seed)
+        self._order_rng = start._shuffle_rng
+        self.params = jax.device_put([(W, b) for W, b in zip(start.weights, start.biases)], self._jax_device)
+        targets = y.astype(np.float32)[:, None] if config.loss == "logistic" else y.astype(np.int32)
+        self.X, self.y = jax.device_put(X, self._jax_device), jax.device_put(targets, self._jax_device)
+        self._epoch = jax.jit(self._epoch_fn(), donate_argnums=0)
+        self.name = f"JAX {jax.__version__} {device}"
+
+    def _epoch_fn(self):
+        import jax
+        import jax.numpy as jnp
+
+        cfg = self.config
+        act = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "identity": lambda z: z}[
+            cfg.activation]
+        full, rest = divmod(cfg.m, cfg.batch)
+        lr, decay = np.float32(cfg.lr), np.float32(cfg.lam / cfg.m)
+
+        def batch_loss(params, X, y):  # the minibatch's summed loss
+            A = X
+            for W, b in params[:-1]:
+                A = act(A @ W.T + b)
+            W, b = params[-1]
+            Z = A @ W.T + b
+            if cfg.loss == "logistic":
+                return jnp.sum(jnp.maximum(Z, 0) - Z * y + jnp.log1p(jnp.exp(-jnp.abs(Z))))
+            return jnp.sum(jax.nn.logsumexp(Z, axis=1) - jnp.take_along_axis(Z, y[:, None], axis=1)[:, 0])
+
+        def step(params, X, y, rows):
+            loss, grads = jax.value_and_grad(batch_loss)(params, X[rows], y[rows])
+            scale = lr / rows.shape[0]
+            return [(W - scale * gW - lr * decay * W, b - scale * gb)
+                    for (W, b), (gW, gb) in zip(params, grads)], loss
+
+        def epoch(params, X, y, order):
+            def scanned(carry, rows):
+                params, loss_sum = carry
+                params, loss = step(params, X, y, rows)
+                return (params, loss_sum + loss), None
+
+            (params, loss_sum), _ = jax.lax.scan(scanned, (params, jnp.float32(0)),
+                                                 order[:full * cfg.batch].reshape(full, cfg.batch))
+            if rest:
+                params, loss = step(params, X, y, order[full * cfg.batch:])
+                loss_sum = loss_sum + loss
+            return params, loss_sum
+
+        return epoch
+
+    def train(self):
+        """One epoch; returns the sum of its minibatches' losses, each before its own step (l2fast's)."""
+        order = self.jax.device_put(self._order_rng.permutation(self.config.m).astype(np.int32), self._jax_device)
+        self.params, loss_sum = self._epoch(self.params, self.X, self.y, order)
+        return float(loss_sum)  # waits for the epoch
+
+    def epoch(self):
+        start = time.perf_counter()
+        self.train()
+        return time.perf_counter() - start
+
+
 class SklearnContender:
     """scikit-learn's MLPClassifier, plain SGD (momentum 0), alpha = lam * batch / m for the same steps."""
 
@@ -167,7 +250,9 @@ class GemmOnlyContender:
 
     def epoch(self):
         cfg = self.config
-        return self.core.gemm_only_epoch_seconds(cfg.sizes, cfg.m, cfg.batch, "float32")
+        # On the threads l2fast's own epoch of this network would get now (its policy reads the load).
+        with l2fast.threads.call_threads(cfg.sizes, cfg.batch, np.float32):
+            return self.core.gemm_only_epoch_seconds(cfg.sizes, cfg.m, cfg.batch, "float32")
 
 
 class GpuGemmOnlyContender:
@@ -253,6 +338,14 @@ def peers(config, X, y, backends):
         if "cuda" in backends and torch.cuda.is_available():
             found.append(TorchContender(config, X, y, "cuda"))
     try:
+        import jax
+    except ImportError:
+        jax = None
+    if jax is not None:
+        found.append(JaxContender(config, X, y, "cpu"))
+        if "cuda" in backends and any(d.platform == "gpu" for d in jax.devices()):
+            found.append(JaxContender(config, X, y, "cuda"))
+    try:
         import sklearn  # noqa: F401
     except ImportError:
         pass
@@ -327,6 +420,28 @@ def bench_config(config, backends, repeats, out):
             print(f"  l2fast cuda: CUDA graphs {'used' if entry['cuda_graphs']['used'] else 'NOT used'}"
                   + (f" ({gpu.graph_error})" if gpu.graph_error else ""), file=out)
     return entry
+
+
+def bench_small(configs, repeats, out):
+    """N: small networks, where the time beyond the matrix products shows: l2fast cpu against its GEMMs alone and
+    JAX's jitted epoch (when installed), interleaved; the load average with each row."""
+    rows = []
+    print("N: small networks, l2fast cpu against its GEMMs alone and JAX's jitted epoch (median s per epoch)",
+          file=out)
+    for config in configs:
+        X, y = make_data(config)
+        contenders = [L2fastContender(config, X, y, "cpu"), GemmOnlyContender(config)]
+        contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, JaxContender)]
+        load = os.getloadavg()
+        results = summarise(interleaved(contenders, repeats), config.m)
+        ratios = ratios_for(results, "l2fast cpu")
+        rows.append({"config": config.__dict__, "results": results, "ratios": ratios,
+                     "loadavg": [load, os.getloadavg()]})
+        line = "  ".join(f"{name} {r['median_s']:.4g}" for name, r in results.items())
+        shown = "  ".join(f"{key} {value:.2f}x" for key, value in ratios.items())
+        print(f"  {'-'.join(map(str, config.sizes)):>11} batch {config.batch:<3} {line}\n      {shown}  "
+              f"(load {load[0]:.1f} -> {os.getloadavg()[0]:.1f})", file=out, flush=True)
+    return rows
 
 
 def bench_lambda_price(config, backends, repeats, out):
@@ -847,6 +962,8 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
         if "cuda" in backends:
             record["optimizers_gpu"] = bench_optimizers_gpu(QUICK_OPTIMIZER_SIZES if quick else
                                                             [1_000_000, 10_000_000, 100_000_000], repeats, out)
+    if configs is not None and "N" in configs or quick:
+        record["small"] = bench_small(QUICK_SMALL_CONFIGS if quick else SMALL_CONFIGS, repeats, out)
     if configs is not None and "T" in configs or quick:
         from l2fast import bench_solution
 
