@@ -541,7 +541,7 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
 template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                       double lam_over_m, const std::string& activation, const std::string& loss,
-                      const py::handle& sample_weight, bool check_X_finite) {
+                      const py::handle& sample_weight, bool check_X_finite, bool with_correct) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
     const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight,
@@ -562,6 +562,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
         ReleasedGil release;
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads);
     }
+    if (with_correct) return py::make_tuple(dW, db, stats.loss_sum, stats.correct);
     return py::make_tuple(dW, db, stats.loss_sum);
 }
 
@@ -836,26 +837,27 @@ PYBIND11_MODULE(_core, m) {
         "gradients",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            double lam_over_m, const std::string& activation, const std::string& loss,
-           const py::handle& sample_weight, bool check_finite) {
+           const py::handle& sample_weight, bool check_finite, bool with_correct) {
             return by_dtype(
                 weights,
                 [&] {
                     return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                              check_finite);
+                                              check_finite, with_correct);
                 },
                 [&] {
                     return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                               check_finite);
+                                               check_finite, with_correct);
                 });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
-        py::arg("check_finite") = true,
+        py::arg("check_finite") = true, py::arg("with_correct") = false,
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.\n"
         "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
         "labels): for a solver's repeated passes over an X it has already checked; a non-finite X then gives a\n"
-        "non-finite loss, never a crash.");
+        "non-finite loss, never a crash. with_correct=True appends the count of records classified right\n"
+        "(as evaluate counts them, unweighted; 0 for squared_error), which the same pass has.");
 
     m.def(
         "linear_gradient_curvature",

@@ -420,6 +420,26 @@ def test_epochs_scan_X_for_nan_once_per_fit_not_once_per_epoch(monkeypatch):
     assert epochs == [False] * 4 and scores == [False] * 4
 
 
+@pytest.mark.parametrize("sizes, loss", [([9, 1], "logistic"), ([9, 4], "softmax"), ([9, 7, 4], "softmax"),
+                                         ([9, 7, 1], "logistic"), ([9, 7, 3], "squared_error")])
+def test_gradients_with_correct_counts_the_hits_evaluate_counts(sizes, loss):
+    from l2fast.backends import cpu, numpy_ref
+
+    rng = np.random.default_rng(len(sizes) * 10 + sizes[-1])
+    X = rng.normal(size=(301, 9))
+    y = {"logistic": rng.integers(0, 2, size=(301, 1)).astype(float), "softmax": rng.integers(0, sizes[-1], size=301),
+         "squared_error": rng.normal(size=(301, 3))}[loss]
+    w = rng.uniform(0.5, 1.5, size=301)
+    weights = [rng.normal(size=(o, i)) for i, o in zip(sizes[:-1], sizes[1:])]
+    biases = [rng.normal(size=o) for o in sizes[1:]]
+    for backend in (numpy_ref.NumpyBackend(), cpu.CpuBackend()):
+        plain = backend.gradients(weights, biases, X, y, 0.1, "relu", loss, w)
+        dW, db, loss_sum, correct = backend.gradients(weights, biases, X, y, 0.1, "relu", loss, w, with_correct=True)
+        assert loss_sum == plain[2] and all(np.array_equal(a, b) for a, b in zip(dW + db, plain[0] + plain[1]))
+        assert correct == backend.evaluate(weights, biases, X, y, "relu", loss, w)[1]
+        assert (correct > 0) == (loss != "squared_error")
+
+
 def test_a_pass_without_the_scan_gives_the_same_answer_and_a_nan_gives_a_nan_not_a_crash():
     from l2fast import _core
 

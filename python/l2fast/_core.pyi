@@ -75,7 +75,9 @@ def gradients(
     *,
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
-) -> tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float]: ...
+    with_correct: bool = False,
+) -> Union[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float],
+           tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float, int]]: ...
 def all_finite(values: np.ndarray) -> bool: ...
 def linear_gradient_curvature(
     W: np.ndarray,

@@ -337,15 +337,12 @@ class Communicator:
         if backend.name == "cuda":  # sums in float64 on the device, with the count of hits
             return backend._whole_data(net._weights, net._biases, X, y, net.activation, net.loss,
                                        (grads.dW, grads.db), w)
-        # run.X was scanned for NaN and infinity at the fit's start: not again per step
-        dW, db, batch_loss = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation, net.loss, w,
-                                               check_finite=False)
+        # run.X was scanned for NaN and infinity at the fit's start: not again per step; the hits come from the
+        # same pass
+        dW, db, batch_loss, batch_correct = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation,
+                                                              net.loss, w, check_finite=False, with_correct=True)
         for total, mean in zip(grads.dW + grads.db, dW + db):
             np.multiply(mean, len(rows), out=total)  # gradients gives the mean over the rows
-        batch_correct = 0
-        if net.loss != "squared_error":  # _core.gradients counts no hits: one more forward pass
-            batch_correct = backend.evaluate(net._weights, net._biases, X, y, net.activation, net.loss,
-                                             check_finite=False)[1]
         return batch_loss, batch_correct
 
     def _numpy_sums(self, net, X, y, w, grads, started):

@@ -79,10 +79,11 @@ class CpuBackend(HostArrays):
             return _core.evaluate(weights, biases, core_X(X), y, activation, loss, sample_weight=sample_weight,
                                   check_finite=check_finite)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True,
+                  with_correct=False):
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
-                                   sample_weight=sample_weight, check_finite=check_finite)
+                                   sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct)
 
     # The two passes of l2fast.NewtonCG, each one read of X. X has passed ``features`` (checked there), and these
     # kernels never read outside its arrays whatever they hold, so its O(nnz) checks are not repeated per call.

@@ -726,19 +726,21 @@ class CudaBackend:
     def evaluate(self, weights, biases, X, y, activation, loss, sample_weight=None, check_finite=True):
         return self._whole_data(weights, biases, X, y, activation, loss, None, sample_weight)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True,
+                  with_correct=False):
         """(dJ/dW, dJ/db, loss sum) as float64 CuPy arrays: each block's products in the network's dtype,
-        added up in float64. X was checked when it came to the GPU: ``check_finite`` (as in train_epoch,
-        train_epoch_stacked and evaluate) changes nothing here."""
+        added up in float64; with_correct appends the count of records classified right. X was checked when
+        it came to the GPU: ``check_finite`` (as in train_epoch, train_epoch_stacked and evaluate) changes
+        nothing here."""
         with self._on_stream():
             dW = [cupy.zeros(W.shape, np.float64) for W in weights]
             db = [cupy.zeros(b.shape, np.float64) for b in biases]
-        loss_sum, _ = self._whole_data(weights, biases, X, y, activation, loss, (dW, db), sample_weight)
+        loss_sum, correct = self._whole_data(weights, biases, X, y, activation, loss, (dW, db), sample_weight)
         with self._on_stream():
             m = len(X)
             dW = [g / m + lam_over_m * W.astype(np.float64) for g, W in zip(dW, weights)]
             db = [g / m for g in db]
-        return dW, db, loss_sum
+        return (dW, db, loss_sum, correct) if with_correct else (dW, db, loss_sum)
 
     def linear_gradient_curvature(self, W, b, X, y, lam_over_m, loss, sample_weight=None):
         """(dW, db, loss_sum, c, P) as CuPy arrays (see ``numpy_ref.linear_gradient_curvature``): the gradients

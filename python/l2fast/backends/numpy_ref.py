@@ -425,15 +425,17 @@ class NumpyBackend(HostArrays):
         """See the module's ``linear_hessian_product``; c, P from ``linear_gradient_curvature``."""
         return linear_hessian_product(X, c, P, V, v_b, lam_over_m)
 
-    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True):
+    def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True,
+                  with_correct=False):
         """(dJ/dW list, dJ/db list, loss_sum) over all of (X, y): float64 arrays, each block's products in
-        the network's dtype, summed in float64 (as the cpu kernel does). X is not scanned for NaN here
-        (``features`` did it): ``check_finite`` (as in train_epoch, train_epoch_stacked and evaluate) turns off
-        the cpu backend's second scan and changes nothing here."""
+        the network's dtype, summed in float64 (as the cpu kernel does); with_correct appends the count of
+        records classified right (unweighted, as ``evaluate``'s). X is not scanned for NaN here (``features``
+        did it): ``check_finite`` (as in train_epoch, train_epoch_stacked and evaluate) turns off the cpu
+        backend's second scan and changes nothing here."""
         m = len(X)
         dW = [np.zeros(W.shape) for W in weights]
         db = [np.zeros(b.shape) for b in biases]
-        loss_sum = 0.0
+        loss_sum, correct = 0.0, 0
 
         def collect(layer, dZ, A_prev):
             dW[layer] += weight_product(dZ, A_prev)
@@ -443,9 +445,10 @@ class NumpyBackend(HostArrays):
             X_block = X[s : s + BLOCK_ROWS]
             w = None if sample_weight is None else sample_weight[s : s + BLOCK_ROWS]
             outputs = forward_all(weights, biases, X_block, activation)
-            block_loss, _, dZ = loss_gradient(outputs[-1], y[s : s + BLOCK_ROWS], loss, w)
+            block_loss, block_correct, dZ = loss_gradient(outputs[-1], y[s : s + BLOCK_ROWS], loss, w)
             loss_sum += block_loss
+            correct += block_correct
             backward_all(weights, X_block, outputs, dZ, activation, collect)
         dW = [g / m + lam_over_m * W.astype(np.float64) for g, W in zip(dW, weights)]
         db = [g / m for g in db]
-        return dW, db, loss_sum
+        return (dW, db, loss_sum, correct) if with_correct else (dW, db, loss_sum)
