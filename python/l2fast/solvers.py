@@ -210,6 +210,11 @@ class Objective:
         """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
         return self._seen.get(x.tobytes())
 
+    def parameters_at(self, x):
+        """(weights, biases) at x in the backend's arrays: those of the evaluation, if x was evaluated."""
+        seen = self.at(x)
+        return (seen[1], seen[2]) if seen is not None else self.flat.arrays(x)
+
 
 def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     """Minimises the network's J over (X, y) with L-BFGS-B from its current parameters, recording each
@@ -217,47 +222,19 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     after every iteration, so a Ctrl-C or an error leaves it at the last complete one."""
     optimize = _scipy_optimize()
     objective = Objective(net, X, y, sample_weight)
-    backend = net._backend
-    classifier = net.loss != "squared_error"
     x0 = objective.flat.vector()
     J0, _ = objective(x0)
     if not np.isfinite(J0):
         raise FloatingPointError("the cost is not finite at the starting parameters")
-    last = [time.perf_counter()]
+    record_iterate = _recorder(net, objective, validation, bar, history)
 
     def record(intermediate_result):
-        x, J = intermediate_result.x, float(intermediate_result.fun)
-        seen = objective.at(x)
-        if seen is None:  # not the last point evaluated: one more pass (rare)
-            objective(x)
-            seen = objective.at(x)
-        data_loss, weights, biases = seen[:3]
-        net._weights, net._biases = weights, biases
-        now = time.perf_counter()
-        history.seconds.append(now - last[0])
-        last[0] = now
-        history.loss.append(data_loss)
-        history.cost.append(J)
-        if validation is not None:
-            X_val, y_val = validation
-            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss,
-                                                    check_finite=False)
-            history.val_loss.append(val_sum / len(X_val))
-            history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
-            if classifier:
-                history.val_accuracy.append(val_correct / len(X_val))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(cost=f"{J:.6g}")
+        record_iterate(intermediate_result.x, float(intermediate_result.fun))
 
     options = {"maxiter": max_iter, "maxfun": spec.max_fun, "maxcor": spec.memory, "maxls": spec.max_ls,
                "gtol": spec.tol, "ftol": 64 * np.finfo(float).eps}
     result = optimize.minimize(objective, x0, method="L-BFGS-B", jac=True, callback=record, options=options)
-    seen = objective.at(result.x)
-    if seen is not None:
-        net._weights, net._biases = seen[1], seen[2]
-    else:
-        net._weights, net._biases = objective.flat.arrays(result.x)
+    net._weights, net._biases = objective.parameters_at(result.x)
     result.start_cost = float(J0)
     result.evaluations = objective.evaluations
     return result
@@ -337,7 +314,7 @@ def _recorder(net, objective, validation, bar, history):
 
     def record(x, J):
         seen = objective.at(x)
-        if seen is None:
+        if seen is None:  # not the last point evaluated: one more pass (rare)
             objective(x)
             seen = objective.at(x)
         data_loss, weights, biases = seen[:3]
@@ -349,7 +326,8 @@ def _recorder(net, objective, validation, bar, history):
         history.cost.append(J)
         if validation is not None:
             X_val, y_val = validation
-            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss)
+            val_sum, val_correct = backend.evaluate(weights, biases, X_val, y_val, net.activation, net.loss,
+                                                    check_finite=False)  # checked by the fit's _data
             history.val_loss.append(val_sum / len(X_val))
             history.val_cost.append(val_sum / len(X_val) + net.penalty(len(X_val)))
             if classifier:
@@ -409,8 +387,7 @@ def newton_cg(net, X, y, sample_weight, max_iter, spec, validation, bar, history
         if converged:  # SciPy's own test (gtol 0) never ends it; the callback's StopIteration does
             result.status, result.success = 0, True
             result.message = f"converged: the largest entry of the gradient is at most tol={spec.tol:g}"
-    seen = objective.at(result.x)
-    net._weights, net._biases = (seen[1], seen[2]) if seen is not None else objective.flat.arrays(result.x)
+    net._weights, net._biases = objective.parameters_at(result.x)
     result.start_cost = float(J0)
     result.evaluations = objective.evaluations
     result.hessian_products = hessian.products
