@@ -8,6 +8,7 @@
 
 #include "blas.hpp"
 #include "parallel.hpp"
+#include "vectors.hpp"
 
 namespace l2fast {
 
@@ -32,25 +33,9 @@ L2FAST_VECTOR_CLONES T dot(const T* a, const T* b, std::size_t n) {
     return sum;
 }
 
-// 32 bytes of T as one vector, GCC's vector extension (an AVX register; an SSE pair in the default clone),
-// loaded and stored unaligned. dot()'s eight partial sums are kVecs<T> such vectors.
-typedef float FloatVec __attribute__((vector_size(32)));
-typedef double DoubleVec __attribute__((vector_size(32)));
-template <class T>
-using Vec = std::conditional_t<std::is_same_v<T, float>, FloatVec, DoubleVec>;
-template <class T>
-constexpr std::size_t kWidth = 32 / sizeof(T);
+// dot()'s eight partial sums are kVecs<T> vectors (vectors.hpp).
 template <class T>
 constexpr std::size_t kVecs = 8 / kWidth<T>;
-
-// Always inlined, so that no vector crosses a call in the default clone (GCC warns of the ABI otherwise).
-#pragma GCC diagnostic ignored "-Wpsabi"
-template <class V, class T>
-[[gnu::always_inline]] inline V load(const T* p) {
-    V v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
 
 // The dot products of four records with one weight row, the row loaded once for all four. Each record keeps
 // dot()'s eight partial sums (lane l sums the products at j = l mod 8) and adds them up in dot()'s order, so a

@@ -11,6 +11,7 @@
 #include "blas.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
+#include "linear_step.hpp"
 #include "update.hpp"
 
 namespace l2fast {
@@ -304,12 +305,16 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
+    const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
+    if (fused_sgd && !data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
+        StopCheck stop(should_stop);
+        return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); });
+    }
     const std::size_t n_in = shape.n_in();
     Workspace<T> ws(shape, batch, order != nullptr && !data.sparse, true);
     BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
-    const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
     // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass.
     Params<T> grad;
     std::vector<std::vector<T>> grad_store;

@@ -20,6 +20,7 @@
 
 #include "blas.hpp"
 #include "limits.hpp"
+#include "linear_step.hpp"
 #include "network.hpp"
 #include "newton.hpp"
 #include "optim.hpp"
@@ -715,6 +716,16 @@ void axpy_t(double alpha, const py::handle& x_obj, const py::handle& y_obj) {
     l2fast::blas::axpy(n, T(alpha), xp, yp);
 }
 
+template <class T>
+double shuffled_read_t(const py::handle& X_obj, int repeats) {
+    const py::array X = checked<T>(X_obj, "X", {-1, -1});
+    if (X.shape(0) == 0 || X.shape(1) == 0) throw std::invalid_argument("X: expected at least one row and column");
+    const T* data = cptr<T>(X);
+    const std::size_t m = std::size_t(X.shape(0)), n_in = std::size_t(X.shape(1));
+    ReleasedGil release;
+    return l2fast::shuffled_read_seconds(data, m, n_in, repeats);
+}
+
 // Float or double from an array's dtype; anything else is a TypeError naming the argument.
 template <class F32, class F64>
 auto by_array_dtype(const py::handle& obj, const std::string& name, F32 f32, F64 f64) {
@@ -947,6 +958,18 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("layer_sizes"), py::arg("m"), py::arg("batch_size"), py::arg("dtype"),
         "Seconds for the GEMMs alone of one training epoch at these shapes, through l2fast's BLAS.");
+
+    m.def(
+        "shuffled_read_seconds",
+        [](const py::handle& X_obj, int repeats) {
+            if (repeats < 1) throw std::invalid_argument("repeats must be >= 1, got " + std::to_string(repeats));
+            return by_array_dtype(
+                X_obj, "X", [&] { return shuffled_read_t<float>(X_obj, repeats); },
+                [&] { return shuffled_read_t<double>(X_obj, repeats); });
+        },
+        py::arg("X"), py::arg("repeats") = 5,
+        "Seconds to read every row of X (m x n_in, float32 or float64, C order) once in a shuffled order, the best of "
+        "`repeats` orders: the memory traffic an epoch of a linear model on X cannot avoid.");
 
     m.def("blas_config", [] { return std::string(l2fast::blas::config()); }, "OpenBLAS's build description.");
     m.def("get_num_threads", &l2fast::blas::num_threads, "Threads OpenBLAS uses for l2fast's GEMMs.");

@@ -69,3 +69,22 @@ def test_parameters_agree_under_heavy_decay(dtype, decay):
         net.fit(X, y, epochs=2, lr=lr, batch_size=8)
     for W, W_ref in zip(fast.weights + fast.biases, ref.weights + ref.biases):
         assert_parity(W, W_ref, dtype, "parameters after fit")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_in, loss, n_out, batch", [(37, "logistic", 1, 100), (131, "softmax", 3, 7),
+                                                     (784, "softmax", 10, 64), (20, "squared_error", 2, 1),
+                                                     (3, "logistic", 1, 40)])
+def test_linear_model_sgd_epochs_agree(dtype, n_in, loss, n_out, batch):
+    # One-layer networks trained with plain SGD take the cpu backend's one-read step (cpp/linear_step.cpp): rows
+    # copied out of X a block at a time (8 records of 784 inputs, 32 of fewer), padded to whole vectors, with
+    # partial groups, blocks and batches (203 records), sample weights, and the shuffled order.
+    X, y = make_problem(loss, n_in, n_out, m=203, seed=n_in)
+    weight = np.random.default_rng(n_in).uniform(0.0, 2.0, size=203)
+    ref, fast = pair([n_in, n_out], "relu", loss, dtype)
+    fit = dict(epochs=3, lr=0.01, batch_size=batch, sample_weight=weight)
+    ref_history, history = ref.fit(X, y, **fit), fast.fit(X, y, **fit)
+    for W, W_ref in zip(fast.weights + fast.biases, ref.weights + ref.biases):
+        assert_parity(W, W_ref, dtype, "parameters after fit")
+    assert_parity(history.loss, ref_history.loss, dtype, "history.loss")
+    assert history.accuracy == ref_history.accuracy

@@ -393,6 +393,58 @@ static void test_stacked_training_equals_separate_runs() {
     }
 }
 
+// A one-layer network's SGD epoch (linear_sgd_epoch: rows copied a block at a time, padded to whole vectors)
+// equals the step written out plainly: softmax probabilities, w (p - onehot), W <- (1 - lr lam/m) W - (lr/b) G.
+// 13 inputs (padded to 16), a shuffled order, batches of 12 over 50 records (partial groups, blocks and batch).
+static void test_linear_step_equals_the_plain_formula() {
+    std::mt19937_64 rng(7);
+    const std::size_t m = 50, n_in = 13, n_out = 3, batch = 12;
+    Shape shape{{n_in, n_out}, Activation::Relu, Loss::Softmax};
+    auto X = randn(m * n_in, rng), W = randn(n_out * n_in, rng, 0.3), b = randn(n_out, rng, 0.1);
+    std::vector<std::int64_t> y(m), order(m);
+    std::vector<double> weight(m);
+    for (std::size_t i = 0; i < m; ++i) {
+        y[i] = std::int64_t(rng() % n_out);
+        weight[i] = 0.5 + double(rng() % 4) / 4;
+        order[i] = std::int64_t(i);
+    }
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<double> W_plain = W, b_plain = b;
+    const double lr = 0.3, lam_over_m = 0.02;
+    Params<double> params{{W.data()}, {b.data()}};
+    Dataset<double> data{X.data(), m, nullptr, y.data(), weight.data()};
+    const EpochResult r = train_epoch<double>(shape, params, data, order.data(), m, batch, lr, lam_over_m);
+    CHECK(r.steps == 5 && !r.stopped);
+    double loss_sum = 0.0;
+    for (std::size_t start = 0; start < m; start += batch) {
+        const std::size_t rows = std::min(batch, m - start);
+        std::vector<double> G(n_out * n_in, 0.0), db(n_out, 0.0);
+        for (std::size_t i = start; i < start + rows; ++i) {
+            const std::size_t rec = std::size_t(order[i]);
+            const double* x = X.data() + rec * n_in;
+            double z[n_out], total = 0.0, top = -1e300;
+            for (std::size_t k = 0; k < n_out; ++k) {
+                z[k] = b_plain[k];
+                for (std::size_t j = 0; j < n_in; ++j) z[k] += W_plain[k * n_in + j] * x[j];
+                top = std::max(top, z[k]);
+            }
+            for (std::size_t k = 0; k < n_out; ++k) total += std::exp(z[k] - top);
+            loss_sum += weight[rec] * (std::log(total) + top - z[y[rec]]);
+            for (std::size_t k = 0; k < n_out; ++k) {
+                const double d = weight[rec] * (std::exp(z[k] - top) / total - (std::int64_t(k) == y[rec]));
+                db[k] += d;
+                for (std::size_t j = 0; j < n_in; ++j) G[k * n_in + j] += d * x[j];
+            }
+        }
+        for (std::size_t q = 0; q < n_out * n_in; ++q)
+            W_plain[q] = (1 - lr * lam_over_m) * W_plain[q] - lr / double(rows) * G[q];
+        for (std::size_t k = 0; k < n_out; ++k) b_plain[k] -= lr / double(rows) * db[k];
+    }
+    CHECK(max_abs_diff(W, W_plain) < 1e-12);
+    CHECK(max_abs_diff(b, b_plain) < 1e-12);
+    CHECK(std::abs(r.stats.loss_sum - loss_sum) < 1e-12 * loss_sum);
+}
+
 // Callers on several threads at once (networks trained side by side in Python threads): every job
 // still covers its own indexes exactly once. tests/test_cpp_kernels.py runs this under ThreadSanitizer.
 static void test_parallel_for_from_several_threads_at_once() {
@@ -712,6 +764,7 @@ int main() {
     test_training_stops_when_another_thread_asks();
     test_two_adam_trainings_in_two_threads_match_one_after_the_other();
     test_stacked_training_equals_separate_runs();
+    test_linear_step_equals_the_plain_formula();
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
     test_sample_weights_scale_each_record();
     test_float_gradients_are_summed_in_double();

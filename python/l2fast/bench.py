@@ -255,6 +255,23 @@ class GemmOnlyContender:
             return self.core.gemm_only_epoch_seconds(cfg.sizes, cfg.m, cfg.batch, "float32")
 
 
+class ShuffledReadContender:
+    """The floor of a linear model's epoch (one layer): reading every row of the same X once, in a shuffled order,
+    with the prefetching the one-layer step does (``_core.shuffled_read_seconds``): the memory traffic an epoch
+    cannot avoid."""
+
+    name = "X read once, shuffled (floor)"
+    device = "cpu"
+
+    def __init__(self, config, X):
+        from l2fast.backends.cpu import _core
+
+        self.core, self.X = _core, X
+
+    def epoch(self):
+        return self.core.shuffled_read_seconds(self.X, 1)
+
+
 class GpuGemmOnlyContender:
     """The GPU's limit: the GEMMs of one epoch alone (forward, input gradients, weight gradients with
     beta = 1, a partial last batch included) through cuBLAS, as one CUDA graph timed with CUDA events
@@ -388,7 +405,7 @@ def ratios_for(results, ours):
     return ratios
 
 
-LIMITS = {GemmOnlyContender.name: "cpu", GpuGemmOnlyContender.name: "cuda"}
+LIMITS = {GemmOnlyContender.name: "cpu", ShuffledReadContender.name: "cpu", GpuGemmOnlyContender.name: "cuda"}
 
 
 def bench_config(config, backends, repeats, out):
@@ -397,6 +414,8 @@ def bench_config(config, backends, repeats, out):
     contenders += peers(config, X, y, backends)
     if "cpu" in backends:
         contenders.append(GemmOnlyContender(config))
+        if len(config.sizes) == 2:
+            contenders.append(ShuffledReadContender(config, X))
     if "cuda" in backends:
         contenders.append(GpuGemmOnlyContender(config))
     results = summarise(interleaved(contenders, repeats), config.m)

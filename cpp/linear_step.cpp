@@ -1,0 +1,262 @@
+// Minibatch SGD for linear models in one read of each step's records (see linear_step.hpp).
+#include "linear_step.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "parallel.hpp"
+#include "vectors.hpp"
+
+namespace l2fast {
+
+namespace {
+
+constexpr std::size_t kMaxWeights = 1 << 13;  // W and G: 2 x 32 KiB of float32 at most, beside a block of rows
+constexpr std::size_t kGroup = 8;             // records whose rows one pass over a weight row meets together
+constexpr std::size_t kBlock = 32;            // the most records per block
+constexpr std::size_t kBlockBytes = 24 << 10; // a block's rows stay in L1 beside W and G (32 rows of 100 float32)
+constexpr std::size_t kAhead = 8;             // records whose rows are asked for before their block starts
+constexpr std::size_t kLine = 64;
+
+typedef std::int32_t IntVec __attribute__((vector_size(32)));  // shuffle masks of FloatVec and DoubleVec
+typedef std::int64_t LongVec __attribute__((vector_size(32)));
+
+// The kernels are compiled for x86-64-v3 (AVX2 with FMA) and for any x86-64, the best picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define L2FAST_FMA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define L2FAST_FMA_CLONES
+#endif
+
+// out[r] = the sum of acc[r]'s lanes, r < 8, by pairwise shuffles (a transpose folded into the additions).
+[[gnu::always_inline]] inline void sum_lanes(const FloatVec acc[kGroup], float out[kGroup]) {
+    FloatVec pairs[4], quads[2];
+    for (int i = 0; i < 4; ++i)
+        pairs[i] = __builtin_shuffle(acc[2 * i], acc[2 * i + 1], IntVec{0, 8, 2, 10, 4, 12, 6, 14}) +
+                   __builtin_shuffle(acc[2 * i], acc[2 * i + 1], IntVec{1, 9, 3, 11, 5, 13, 7, 15});
+    for (int i = 0; i < 2; ++i)
+        quads[i] = __builtin_shuffle(pairs[2 * i], pairs[2 * i + 1], IntVec{0, 1, 8, 9, 4, 5, 12, 13}) +
+                   __builtin_shuffle(pairs[2 * i], pairs[2 * i + 1], IntVec{2, 3, 10, 11, 6, 7, 14, 15});
+    const FloatVec all = __builtin_shuffle(quads[0], quads[1], IntVec{0, 1, 2, 3, 8, 9, 10, 11}) +
+                         __builtin_shuffle(quads[0], quads[1], IntVec{4, 5, 6, 7, 12, 13, 14, 15});
+    store(out, all);
+}
+
+[[gnu::always_inline]] inline void sum_lanes(const DoubleVec acc[kGroup], double out[kGroup]) {
+    for (int half = 0; half < 2; ++half) {
+        const DoubleVec* a = acc + 4 * half;
+        const DoubleVec ab = __builtin_shuffle(a[0], a[1], LongVec{0, 4, 2, 6}) +
+                             __builtin_shuffle(a[0], a[1], LongVec{1, 5, 3, 7});
+        const DoubleVec cd = __builtin_shuffle(a[2], a[3], LongVec{0, 4, 2, 6}) +
+                             __builtin_shuffle(a[2], a[3], LongVec{1, 5, 3, 7});
+        store(out + 4 * half, __builtin_shuffle(ab, cd, LongVec{0, 1, 4, 5}) + __builtin_shuffle(ab, cd, LongVec{2, 3, 6, 7}));
+    }
+}
+
+// z[r n_out + k] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
+// multiple of the vector width, zero past n_in, as are W's rows): eight records meet each weight vector at once.
+template <class T>
+L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P,
+                                     std::size_t n_out, T* z) {
+    using V = Vec<T>;
+    constexpr std::size_t L = kWidth<T>;
+    for (std::size_t g = 0; g < rows; g += kGroup) {
+        const T* xg = x + g * P;
+        for (std::size_t k = 0; k < n_out; ++k) {
+            const T* w = W + k * P;
+            V acc[kGroup] = {};
+            for (std::size_t j = 0; j < P; j += L) {
+                const V wj = load<V>(w + j);
+                for (std::size_t r = 0; r < kGroup; ++r) acc[r] += wj * load<V>(xg + r * P + j);
+            }
+            T sums[kGroup];
+            sum_lanes(acc, sums);
+            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * n_out + k] = sums[r] + b[k];
+        }
+    }
+}
+
+// G[k] += sum_r d[r n_out + k] x[r] and db[k] += sum_r d[r n_out + k] over the block's rows (as block_forward's;
+// d is zero on the rows past the block's records): each vector of G is read and written once per eight records.
+template <class T>
+L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P,
+                                      std::size_t n_out) {
+    using V = Vec<T>;
+    constexpr std::size_t L = kWidth<T>;
+    for (std::size_t g = 0; g < rows; g += kGroup) {
+        const T* xg = x + g * P;
+        for (std::size_t k = 0; k < n_out; ++k) {
+            T dk[kGroup];
+            for (std::size_t r = 0; r < kGroup; ++r) {
+                dk[r] = d[(g + r) * n_out + k];
+                db[k] += dk[r];
+            }
+            T* gk = G + k * P;
+            for (std::size_t j = 0; j < P; j += L) {
+                V sum = load<V>(gk + j);
+                for (std::size_t r = 0; r < kGroup; ++r) sum += dk[r] * load<V>(xg + r * P + j);
+                store(gk + j, sum);
+            }
+        }
+    }
+}
+
+// Asks for the cache lines of n_bytes at p.
+inline void prefetch_bytes(const void* p, std::size_t n_bytes) {
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(kLine - 1);
+    const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + n_bytes;
+    for (std::uintptr_t line = first; line < end; line += kLine) __builtin_prefetch(reinterpret_cast<const void*>(line));
+}
+
+// The epoch's records in order: record i of the epoch is row order[i] of X (row i without an order).
+template <class T>
+struct Records {
+    const Dataset<T>& data;
+    const std::int64_t* order;
+    std::size_t n, n_in, n_out;
+
+    std::size_t at(std::size_t i) const { return order ? std::size_t(order[i]) : i; }
+    const T* row(std::size_t i) const { return data.X + at(i) * n_in; }
+
+    // Asks for record i's row and target, when there is such a record.
+    void prefetch(std::size_t i) const {
+        if (i >= n) return;
+        const std::size_t r = at(i);
+        prefetch_bytes(data.X + r * n_in, n_in * sizeof(T));
+        if (data.y_labels) __builtin_prefetch(data.y_labels + r);
+        if (data.y_values) prefetch_bytes(data.y_values + r * n_out, n_out * sizeof(T));
+        if (data.weights) __builtin_prefetch(data.weights + r);
+    }
+};
+
+// The working state of an epoch: W as rows of width P (zero past n_in), a block of `block` rows copied out of X
+// in the same layout, the block's logits, a step's sums.
+template <class T>
+struct StepBuffers {
+    std::size_t P, block;
+    std::vector<T> W, x, z, G, db;
+
+    StepBuffers(std::size_t n_in, std::size_t n_out)
+        : P((n_in + kWidth<T> - 1) / kWidth<T> * kWidth<T>),
+          block(std::clamp<std::size_t>(kBlockBytes / (P * sizeof(T)) / kGroup * kGroup, kGroup, kBlock)),
+          W(n_out * P, T(0)),
+          x(kBlock * P, T(0)),
+          z(kBlock * n_out, T(0)),
+          G(n_out * P),
+          db(n_out) {}
+};
+
+// One step's sums over its records: G = sum dL/dz x^T and db = sum dL/dz, the loss sum returned.
+template <class T>
+LossStats step_sums(const Shape& shape, const T* b, const Records<T>& records, std::size_t start, std::size_t rows,
+                    StepBuffers<T>& buf) {
+    const std::size_t n_in = records.n_in, n_out = records.n_out, P = buf.P, block = buf.block;
+    LossStats stats;
+    std::fill(buf.G.begin(), buf.G.end(), T(0));
+    std::fill(buf.db.begin(), buf.db.end(), T(0));
+    for (std::size_t first = start; first < start + rows; first += block) {
+        const std::size_t count = std::min(block, start + rows - first);
+        const std::size_t padded = (count + kGroup - 1) / kGroup * kGroup;
+        for (std::size_t r = 0; r < count; ++r) {
+            if (r < kAhead) records.prefetch(first + count + r);
+            std::memcpy(buf.x.data() + r * P, records.row(first + r), n_in * sizeof(T));
+        }
+        // the next block's rows are asked for a few at a time while this one computes (all at once, they would
+        // queue for the core's few line-fill buffers and hold up the instructions behind them)
+        std::size_t next = std::min(kAhead, block);
+        const std::size_t per_group = (block - next + 2 * padded / kGroup - 1) / (2 * padded / kGroup);
+        for (std::size_t g = 0; g < padded; g += kGroup) {
+            for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
+            block_forward(buf.W.data(), b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
+        }
+        Targets<T> y;
+        y.values = records.data.y_values;
+        y.labels = records.data.y_labels;
+        y.weights = records.data.weights;
+        y.rows = records.order ? records.order + first : nullptr;
+        y.row0 = first;
+        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, y);
+        std::fill(buf.z.begin() + count * n_out, buf.z.begin() + padded * n_out, T(0));
+        for (std::size_t g = 0; g < padded; g += kGroup) {
+            for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
+            block_backward(buf.G.data(), buf.db.data(), buf.z.data() + g * n_out, buf.x.data() + g * P, kGroup, P,
+                           n_out);
+        }
+    }
+    return stats;
+}
+
+}  // namespace
+
+bool linear_step_fits(const Shape& shape) {
+    return shape.n_layers() == 1 && shape.n_out() * shape.n_in() <= kMaxWeights;
+}
+
+template <class T>
+EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop) {
+    EpochResult result;
+    if (n == 0) return result;
+    batch = std::min(batch, n);
+    const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
+    const Records<T> records{data, order, n, n_in, n_out};
+    StepBuffers<T> buf(n_in, n_out);
+    const std::size_t P = buf.P;
+    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(params.W[0] + k * n_in, n_in, buf.W.data() + k * P);
+    const T decay = T(1) - lr * lam_over_m;
+    T* b = params.b[0];
+    for (std::size_t start = 0; start < n; start += batch) {
+        const std::size_t rows = std::min(batch, n - start);
+        result.stats += step_sums(shape, b, records, start, rows, buf);
+        const T step = -lr / T(rows);
+        for (std::size_t i = 0; i < n_out * P; ++i) buf.W[i] = decay * buf.W[i] + step * buf.G[i];
+        for (std::size_t k = 0; k < n_out; ++k) b[k] += step * buf.db[k];
+        ++result.steps;
+        if (stop && stop()) {
+            result.stopped = true;
+            break;
+        }
+    }
+    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(buf.W.data() + k * P, n_in, params.W[0] + k * n_in);
+    return result;
+}
+
+template EpochResult linear_sgd_epoch(const Shape&, Params<float>&, const Dataset<float>&, const std::int64_t*,
+                                      std::size_t, std::size_t, float, float, const std::function<bool()>&);
+template EpochResult linear_sgd_epoch(const Shape&, Params<double>&, const Dataset<double>&, const std::int64_t*,
+                                      std::size_t, std::size_t, double, double, const std::function<bool()>&);
+
+template <class T>
+double shuffled_read_seconds(const T* X, std::size_t m, std::size_t n_in, int repeats) {
+    std::vector<std::int64_t> order(m);
+    for (std::size_t i = 0; i < m; ++i) order[i] = std::int64_t(i);
+    std::mt19937_64 rng(0);
+    Dataset<T> data;
+    data.X = X;
+    data.m = m;
+    std::vector<T> sum(n_in, T(0));
+    double best = 1e300;
+    for (int rep = 0; rep < std::max(repeats, 1); ++rep) {
+        std::shuffle(order.begin(), order.end(), rng);
+        const Records<T> records{data, order.data(), m, n_in, 0};
+        const auto t0 = std::chrono::steady_clock::now();
+        for (std::size_t i = 0; i < m; ++i) {
+            records.prefetch(i + kAhead);
+            const T* x = records.row(i);
+            for (std::size_t j = 0; j < n_in; ++j) sum[j] += x[j];
+        }
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    volatile T keep = sum[0];  // the sums are used, so the reads stay
+    (void)keep;
+    return best;
+}
+
+template double shuffled_read_seconds(const float*, std::size_t, std::size_t, int);
+template double shuffled_read_seconds(const double*, std::size_t, std::size_t, int);
+
+}  // namespace l2fast

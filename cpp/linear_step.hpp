@@ -1,0 +1,33 @@
+// Minibatch SGD for linear models (no hidden layer): each step in one read of its records, straight from X.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+#include "network.hpp"
+
+namespace l2fast {
+
+// Whether linear_sgd_epoch serves this network: one layer, with few enough weights that W and a step's
+// gradient sum stay in the core's first-level caches.
+bool linear_step_fits(const Shape& shape);
+
+// train_epoch for a one-layer network trained with plain SGD on dense X. A step reads each of its records once,
+// from X itself in the epoch's order (no gathered copy): in blocks of 32 records, z = W x + b four records at a
+// time, the block's losses and dL/dz, then the block's share of G = sum dL/dz x^T while its rows are still in the
+// first-level cache; the records a few rows ahead are prefetched as the block goes. The step ends with
+// W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, one pass over the small W. The same
+// step as train_epoch's (the GEMM path), up to the order of the float sums; single-threaded, so its results do not
+// depend on the thread count. stop is asked after each step; true ends the epoch there (`stopped`).
+template <class T>
+EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop);
+
+// Seconds to read every row of X (m x n_in) once, in a shuffled order of the rows (drawn here, seeded), summing
+// them, with the prefetching linear_sgd_epoch does: the memory traffic an epoch of a linear model cannot avoid, the
+// floor `l2fast bench` compares config A with. The best of `repeats` orders.
+template <class T>
+double shuffled_read_seconds(const T* X, std::size_t m, std::size_t n_in, int repeats);
+
+}  // namespace l2fast
