@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "blas.hpp"
 #include "parallel.hpp"
 #include "vectors.hpp"
 
@@ -21,6 +22,8 @@ constexpr std::size_t kBlock = 32;            // the most records per block
 constexpr std::size_t kBlockBytes = 24 << 10; // a block's rows stay in L1 beside W and G (32 rows of 100 float32)
 constexpr std::size_t kAhead = 8;             // records whose rows are asked for before their block starts
 constexpr std::size_t kLine = 64;
+constexpr std::size_t kShares = 2;            // the parts a step of at least kShares x kShareRows records is cut in
+constexpr std::size_t kShareRows = 64;
 
 typedef std::int32_t IntVec __attribute__((vector_size(32)));  // shuffle masks of FloatVec and DoubleVec
 typedef std::int64_t LongVec __attribute__((vector_size(32)));
@@ -133,28 +136,32 @@ struct Records {
     }
 };
 
-// The working state of an epoch: W as rows of width P (zero past n_in), a block of `block` rows copied out of X
-// in the same layout, the block's logits, a step's sums.
-template <class T>
-struct StepBuffers {
+// W as rows of width P (a multiple of the vector width; zero past n_in), and the rows per block.
+struct StepLayout {
     std::size_t P, block;
-    std::vector<T> W, x, z, G, db;
 
-    StepBuffers(std::size_t n_in, std::size_t n_out)
-        : P((n_in + kWidth<T> - 1) / kWidth<T> * kWidth<T>),
-          block(std::clamp<std::size_t>(kBlockBytes / (P * sizeof(T)) / kGroup * kGroup, kGroup, kBlock)),
-          W(n_out * P, T(0)),
-          x(kBlock * P, T(0)),
-          z(kBlock * n_out, T(0)),
-          G(n_out * P),
-          db(n_out) {}
+    template <class T>
+    static StepLayout of(std::size_t n_in) {
+        const std::size_t P = (n_in + kWidth<T> - 1) / kWidth<T> * kWidth<T>;
+        return {P, std::clamp<std::size_t>(kBlockBytes / (P * sizeof(T)) / kGroup * kGroup, kGroup, kBlock)};
+    }
 };
 
-// One step's sums over its records: G = sum dL/dz x^T and db = sum dL/dz, the loss sum returned.
+// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, and
+// the share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz.
 template <class T>
-LossStats step_sums(const Shape& shape, const T* b, const Records<T>& records, std::size_t start, std::size_t rows,
-                    StepBuffers<T>& buf) {
-    const std::size_t n_in = records.n_in, n_out = records.n_out, P = buf.P, block = buf.block;
+struct ShareBuffers {
+    std::vector<T> x, z, G, db;
+
+    ShareBuffers(const StepLayout& layout, std::size_t n_out)
+        : x(layout.block * layout.P, T(0)), z(layout.block * n_out, T(0)), G(n_out * layout.P), db(n_out) {}
+};
+
+// One share of a step, records start..start+rows-1: its sums into buf, the loss sum returned.
+template <class T>
+LossStats share_sums(const Shape& shape, const StepLayout& layout, const T* W, const T* b, const Records<T>& records,
+                     std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
+    const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
     LossStats stats;
     std::fill(buf.G.begin(), buf.G.end(), T(0));
     std::fill(buf.db.begin(), buf.db.end(), T(0));
@@ -171,7 +178,7 @@ LossStats step_sums(const Shape& shape, const T* b, const Records<T>& records, s
         const std::size_t per_group = (block - next + 2 * padded / kGroup - 1) / (2 * padded / kGroup);
         for (std::size_t g = 0; g < padded; g += kGroup) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            block_forward(buf.W.data(), b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
+            block_forward(W, b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
         }
         Targets<T> y;
         y.values = records.data.y_values;
@@ -204,24 +211,41 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     batch = std::min(batch, n);
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
     const Records<T> records{data, order, n, n_in, n_out};
-    StepBuffers<T> buf(n_in, n_out);
-    const std::size_t P = buf.P;
-    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(params.W[0] + k * n_in, n_in, buf.W.data() + k * P);
+    const StepLayout layout = StepLayout::of<T>(n_in);
+    const std::size_t P = layout.P;
+    std::vector<T> W(n_out * P, T(0));
+    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(params.W[0] + k * n_in, n_in, W.data() + k * P);
+    std::vector<ShareBuffers<T>> shares(kShares, ShareBuffers<T>(layout, n_out));
+    const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1), kShares);
     const T decay = T(1) - lr * lam_over_m;
     T* b = params.b[0];
+    LossStats share_stats[kShares];
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
-        result.stats += step_sums(shape, b, records, start, rows, buf);
+        // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on
+        // them; on two threads the parts read X side by side, twice the rows in flight from memory.
+        const std::size_t parts = rows >= kShareRows * kShares ? kShares : 1, per_part = (rows + parts - 1) / parts;
+        parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
+            for (std::size_t s = first; s < last; ++s) {
+                const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
+                share_stats[s] = share_sums(shape, layout, W.data(), b, records, begin, end - begin, shares[s]);
+            }
+        });
+        for (std::size_t s = 0; s < parts; ++s) result.stats += share_stats[s];
+        for (std::size_t s = 1; s < parts; ++s) {
+            for (std::size_t i = 0; i < n_out * P; ++i) shares[0].G[i] += shares[s].G[i];
+            for (std::size_t k = 0; k < n_out; ++k) shares[0].db[k] += shares[s].db[k];
+        }
         const T step = -lr / T(rows);
-        for (std::size_t i = 0; i < n_out * P; ++i) buf.W[i] = decay * buf.W[i] + step * buf.G[i];
-        for (std::size_t k = 0; k < n_out; ++k) b[k] += step * buf.db[k];
+        for (std::size_t i = 0; i < n_out * P; ++i) W[i] = decay * W[i] + step * shares[0].G[i];
+        for (std::size_t k = 0; k < n_out; ++k) b[k] += step * shares[0].db[k];
         ++result.steps;
         if (stop && stop()) {
             result.stopped = true;
             break;
         }
     }
-    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(buf.W.data() + k * P, n_in, params.W[0] + k * n_in);
+    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(W.data() + k * P, n_in, params.W[0] + k * n_in);
     return result;
 }
 

@@ -307,6 +307,37 @@ def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypat
         assert n == 1
 
 
+def test_a_linear_models_sgd_epoch_reads_on_two_threads_when_a_cpu_is_free(restore_threads, monkeypatch):
+    # Its products are tiny (100 x 1 at batch 256), but its time is reading X's rows (cpp/linear_step.cpp).
+    l2fast.set_num_threads(2)
+    seen = []
+    train_epoch = _core.train_epoch
+    monkeypatch.setattr(_core, "train_epoch", lambda *a, **k: (seen.append(_core.get_num_threads()),
+                                                                 train_epoch(*a, **k))[1])
+    X = np.random.default_rng(0).normal(size=(600, 100)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    for busy in (0, 1):
+        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
+        for sizes, optimizer in (([100, 1], "sgd"), ([100, 1], "adam"), ([100, 8, 1], "sgd")):
+            net = l2fast.Network(sizes, loss="logistic", seed=0)
+            net.fit(X, y, epochs=1, batch_size=256, optimizer=optimizer)
+    # a CPU free: the linear SGD epoch on 2, Adam's and the hidden layer's tiny products on 1; one busy: all on 1
+    assert seen == [2, 1, 1, 1, 1, 1]
+
+
+def test_a_linear_models_sgd_epoch_gives_the_same_bits_on_one_and_two_threads(restore_threads):
+    X = np.random.default_rng(1).normal(size=(1000, 37)).astype(np.float32)
+    y = np.random.default_rng(2).integers(0, 3, size=1000)
+    results = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        net = l2fast.Network([37, 3], seed=0)
+        net.fit(X, y, epochs=2, batch_size=300, lr=0.05)  # steps of 300 and 100 records: two shares and one
+        results.append(net.weights + net.biases)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
 def test_busy_loops_of_other_processes_are_seen():
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:

@@ -295,10 +295,12 @@ _adaptive = True
 
 
 @contextlib.contextmanager
-def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1):
+def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False):
     """Runs the block (one kernel call) on the threads `choose_threads` gives for this network and the load
     of the machine now; yields that count. Models trained together (``models`` > 1) hand OpenBLAS their
-    products as one batch that it runs side by side, a product per thread, which gains at any size.
+    products as one batch that it runs side by side, a product per thread, which gains at any size; so does
+    a ``memory_bound`` call (a linear model's SGD epoch, whose time is reading X's rows: two threads have twice
+    the rows in flight).
     float64 calls keep the cap: OpenBLAS's float64 GEMM kernels give other last bits on one thread than
     on several (at the edges of the tiles), so only a fixed count keeps float64 runs repeatable."""
     core = _core
@@ -306,7 +308,7 @@ def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1)
     if cap <= 1 or dtype != np.float32:
         yield cap
         return
-    min_product = MIN_THREADED_PRODUCT if models == 1 else 0
+    min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound else 0
     product = largest_product(layer_sizes, batch)
     busy = busy_cpus() if _adaptive and product >= min_product else 0
     n = choose_threads(cap, product, busy, os.cpu_count() or cap, min_product) if _adaptive else cap
