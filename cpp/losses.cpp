@@ -96,36 +96,51 @@ L2FAST_VECTOR_CLONES void inplace_exp(T* z, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) z[i] = std::exp(z[i]);
 }
 
+// log s in place for sums s >= 1 (of exponentials whose largest is e^0): log1p(s - 1), where s - 1 is exact, in one
+// loop with nothing else in it, which runs on vectors of values as inplace_exp does.
+template <class T>
+L2FAST_VECTOR_CLONES void inplace_log_of_sums(T* s, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) s[i] = std::log1p(s[i] - T(1));
+}
+
 // The softmax loss of a block, in passes over chunks of rows: each row's largest logit taken out, then every
-// exp of the chunk at once (vectorised), then each row's sum, probabilities and loss.
+// exp of the chunk at once (vectorised), then each row's sum and probabilities, every log of the
+// chunk's sums at once, each row's loss.
 template <class T>
 LossStats softmax_loss_gradient(T* Z, std::size_t rows, std::size_t cols, const Targets<T>& y) {
     constexpr std::size_t kChunk = 64;
     LossStats stats;
-    T z_max[kChunk], z_label[kChunk];
+    T z_max[kChunk], z_label[kChunk], log_total[kChunk];
+    std::size_t record[kChunk], label[kChunk];
     for (std::size_t start = 0; start < rows; start += kChunk) {
         const std::size_t n = std::min(kChunk, rows - start);
+        // the chunk's labels first, in a loop of their own: records of a shuffled order have theirs far apart in
+        // memory, and asked for together they arrive together instead of one row's wait after another's
+        for (std::size_t i = 0; i < n; ++i) record[i] = y.record(start + i);
+        for (std::size_t i = 0; i < n; ++i) label[i] = std::size_t(y.labels[record[i]]);
         for (std::size_t i = 0; i < n; ++i) {
             T* z = Z + (start + i) * cols;
-            const std::size_t label = std::size_t(y.labels[y.record(start + i)]);
             std::size_t best = 0;
             for (std::size_t k = 1; k < cols; ++k)
                 if (z[k] > z[best]) best = k;
-            stats.correct += best == label;
+            stats.correct += best == label[i];
             z_max[i] = z[best];
-            z_label[i] = z[label];
+            z_label[i] = z[label[i]];
             for (std::size_t k = 0; k < cols; ++k) z[k] -= z_max[i];
         }
         inplace_exp(Z + start * cols, n * cols);
         for (std::size_t i = 0; i < n; ++i) {
             T* z = Z + (start + i) * cols;
-            const std::size_t r = y.record(start + i);
             T total = 0;
             for (std::size_t k = 0; k < cols; ++k) total += z[k];
             for (std::size_t k = 0; k < cols; ++k) z[k] /= total;
-            const double record_loss = double(std::log(total) + z_max[i] - z_label[i]);
-            z[std::size_t(y.labels[r])] -= T(1);
-            stats.loss_sum += weighted(z, cols, y, r, record_loss);
+            log_total[i] = total;
+        }
+        inplace_log_of_sums(log_total, n);
+        for (std::size_t i = 0; i < n; ++i) {
+            T* z = Z + (start + i) * cols;
+            z[label[i]] -= T(1);
+            stats.loss_sum += weighted(z, cols, y, record[i], double(log_total[i] + z_max[i] - z_label[i]));
         }
     }
     return stats;
