@@ -26,14 +26,15 @@ def mpiexec():
     return found
 
 
-def launch(tmp_path, body, ranks=2, check=True):
-    """Runs the script `body` on `ranks` ranks in tmp_path (the script sees OUT, that folder, and comm)."""
+def launch(tmp_path, body, ranks=2, check=True, module=()):
+    """Runs the script `body` on `ranks` ranks in tmp_path (the script sees OUT, that folder, and comm); with
+    ``module=("-m", name)``, as ``python -m name script``."""
     script = tmp_path / "ranks.py"
     script.write_text("import sys\nfrom pathlib import Path\nimport numpy as np\nfrom mpi4py import MPI\n"
                       "import l2fast\ncomm = MPI.COMM_WORLD\nOUT = Path(sys.argv[1])\n" + textwrap.dedent(body))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(HERE))
     env.pop("L2FAST_NUM_THREADS", None)
-    process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, str(script), str(tmp_path)], env=env,
+    process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, *module, str(script), str(tmp_path)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -333,6 +334,46 @@ def test_local_rows_split_each_batch_between_the_ranks():
     sharded = [distributed.Communicator(Comm(r), backend, True, [5, 3, 5]) for r in range(3)]
     assert [list(c.local_rows(chunk)) for c in sharded] == [[0, 4, 1], [2, 0], [1, 4]]
     assert [c.m for c in sharded] == [13] * 3
+
+
+# -- sweeps on mpi4py.futures ---------------------------------------------------------------------------------
+
+POOL = """
+import json
+import os
+import warnings
+
+from mpi4py.futures import MPIPoolExecutor
+from sweep_checks import LAMS, OPTIONS, assert_same_sweep, problem
+
+if __name__ == "__main__":  # rank 0; the workers serve the pool
+    warnings.simplefilter("ignore", l2fast.NoisyChoiceWarning)  # mechanics, not the choice
+    X, y, X_dev, y_dev = problem()
+    with MPIPoolExecutor(**POOL_OPTIONS) as pool:
+        workers = pool.num_workers
+        for kwargs in (dict(cv=3, chunk_size=3), dict(X_dev=X_dev, y_dev=y_dev, chunk_size=1)):
+            local = l2fast.select_lambda(X, y, lams=LAMS, **OPTIONS, **kwargs)
+            pooled = l2fast.select_lambda(X, y, lams=LAMS, executor=pool, **OPTIONS, **kwargs)
+            assert_same_sweep(local, pooled)  # an AssertionError ends the job with a non-zero status
+        try:
+            l2fast.select_lambda(X, y, lams=[0.0, 30.0], executor=pool, cv=2, **{**OPTIONS, "lr": 1e9})
+            error = None
+        except l2fast.DivergenceError as exc:
+            error = str(exc)
+    (OUT / "pool.json").write_text(json.dumps(dict(workers=workers, error=error, pid=os.getpid())))
+"""
+
+
+@pytest.mark.parametrize("ranks, module, options", [
+    (3, ("-m", "mpi4py.futures"), {}),  # rank 0 runs the script, ranks 1 and 2 serve the pool
+    # The pool spawns its two workers (MPI_Comm_spawn needs mpiexec's launcher), which need not run this script.
+    (1, (), {"max_workers": 2, "main": False}),
+], ids=["mpi4py.futures", "spawned"])
+def test_a_sweep_on_an_mpi_pool_equals_the_local_one(tmp_path, ranks, module, options):
+    launch(tmp_path, f"POOL_OPTIONS = {options!r}\n" + POOL, ranks=ranks, module=module)
+    seen = json.loads((tmp_path / "pool.json").read_text())
+    assert seen["workers"] == 2
+    assert seen["error"] is not None and "training diverged" in seen["error"]  # a worker's error, raised here
 
 
 # -- cuda: NCCL through CuPy ---------------------------------------------------------------------------------

@@ -19,33 +19,9 @@ from threadpoolctl import threadpool_limits
 
 import l2fast
 from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier
-from l2fast.testing import make_problem
-
-OPTIONS = dict(layer_sizes=[6, 12, 3], epochs=15, lr=0.1, batch_size=16, progress=False)  # float32, the default
-LAMS = [0.0, 0.3, 3.0, 30.0]
+from sweep_checks import LAMS, OPTIONS, assert_same_sweep, problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not the choice
-
-
-def problem():
-    X, y = make_problem("softmax", 6, 3, m=150, seed=20)
-    X_dev, y_dev = make_problem("softmax", 6, 3, m=60, seed=21)
-    return X, y, X_dev, y_dev
-
-
-def assert_same_sweep(a, b):
-    """Two Selections with the same figures, choice and parameters, bit for bit."""
-    assert a.table() == b.table() and a.best_lam == b.best_lam and a.meaningful == b.meaningful
-    for r, s in zip(a.results, b.results):
-        assert (r.lam, r.train_loss, r.dev_loss, r.dev_loss_se, r.dev_accuracy, r.fold_dev_losses) == \
-               (s.lam, s.train_loss, s.dev_loss, s.dev_loss_se, s.dev_accuracy, s.fold_dev_losses)
-        assert r.history.val_loss == s.history.val_loss and r.history.n_iter == s.history.n_iter
-    nets_a = a.networks + [n for fold in a.fold_networks for n in fold] + [a.best_network]
-    nets_b = b.networks + [n for fold in b.fold_networks for n in fold] + [b.best_network]
-    assert len(nets_a) == len(nets_b)
-    for p, q in zip(nets_a, nets_b):
-        assert p.lam == q.lam
-        assert all(np.array_equal(u, v) for u, v in zip(p.weights + p.biases, q.weights + q.biases))
 
 
 @pytest.fixture(scope="module")
