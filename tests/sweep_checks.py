@@ -30,3 +30,15 @@ def assert_same_sweep(a, b):
         if p is not None:
             assert p.lam == q.lam
             assert all(np.array_equal(u, v) for u, v in zip(p.weights + p.biases, q.weights + q.biases))
+
+
+def assert_same_search(a, b):
+    """Two NetworkSelections with the same figures, choice, sweeps and chosen network, bit for bit."""
+    assert a.table() == b.table() and a.meaningful == b.meaningful
+    assert (a.best_layer_sizes, a.best_lam, a.seeds) == (b.best_layer_sizes, b.best_lam, b.seeds)
+    assert a.results == b.results  # dataclasses: every figure equal
+    assert a.selections.keys() == b.selections.keys()
+    for key in a.selections:
+        assert_same_sweep(a.selections[key], b.selections[key])
+    p, q = a.best_network, b.best_network
+    assert all(np.array_equal(u, v) for u, v in zip(p.weights + p.biases, q.weights + q.biases))

@@ -169,8 +169,8 @@ def test_regression_score_is_r2(backend):
 
 def test_public_names():
     assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
-                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning",
-                                   "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
+                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning", "select_network",
+                                   "NetworkSelection", "CandidateResult", "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
                                    "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS", "NewtonCG",

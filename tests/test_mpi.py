@@ -344,7 +344,7 @@ import os
 import warnings
 
 from mpi4py.futures import MPIPoolExecutor
-from sweep_checks import LAMS, OPTIONS, assert_same_sweep, problem
+from sweep_checks import LAMS, OPTIONS, assert_same_search, assert_same_sweep, problem
 
 if __name__ == "__main__":  # rank 0; the workers serve the pool
     warnings.simplefilter("ignore", l2fast.NoisyChoiceWarning)  # mechanics, not the choice
@@ -355,6 +355,8 @@ if __name__ == "__main__":  # rank 0; the workers serve the pool
             local = l2fast.select_lambda(X, y, lams=LAMS, **OPTIONS, **kwargs)
             pooled = l2fast.select_lambda(X, y, lams=LAMS, executor=pool, **OPTIONS, **kwargs)
             assert_same_sweep(local, pooled)  # an AssertionError ends the job with a non-zero status
+        search = dict(lams=LAMS[:2], architectures=[[6, 3], [6, 12, 3]], seeds=[0, 1], cv=2, epochs=5, progress=False)
+        assert_same_search(l2fast.select_network(X, y, **search), l2fast.select_network(X, y, executor=pool, **search))
         try:
             l2fast.select_lambda(X, y, lams=[0.0, 30.0], executor=pool, cv=2, **{**OPTIONS, "lr": 1e9})
             error = None

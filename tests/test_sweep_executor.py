@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 import l2fast
 from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier
-from sweep_checks import LAMS, OPTIONS, assert_same_sweep, problem
+from sweep_checks import LAMS, OPTIONS, assert_same_search, assert_same_sweep, problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not the choice
 
@@ -62,6 +62,16 @@ def test_process_pool_sweep_equals_the_local_one(process_pool):
                                   executor=process_pool, **{**OPTIONS, "epochs": None})
     assert_same_sweep(local, pooled)
     assert all(r.history.converged for r in pooled.results)
+
+
+def test_a_search_over_architectures_and_seeds_on_a_process_pool_equals_the_local_one(process_pool):
+    X, y, X_dev, y_dev = problem()
+    options = {**OPTIONS, "architectures": [[6, 3], OPTIONS["layer_sizes"]], "seeds": [0, 1]}
+    del options["layer_sizes"]
+    for kwargs in (dict(cv=2, chunk_size=3), dict(X_dev=X_dev, y_dev=y_dev, chunk_size=2)):
+        local = l2fast.select_network(X, y, lams=LAMS, **options, **kwargs)
+        pooled = l2fast.select_network(X, y, lams=LAMS, executor=process_pool, **options, **kwargs)
+        assert_same_search(local, pooled)
 
 
 def test_progress_over_the_tasks_shows_the_best_development_loss_so_far(process_pool, capsys):
