@@ -531,15 +531,49 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 }
 
 template <class T>
+struct GradientsScratch {
+    std::vector<std::size_t> sizes;  // the network the buffers are for
+    std::size_t rows = 0;            // ... and the most rows of a block
+    std::size_t grown = 0;
+    std::vector<Workspace<T>> ws;    // one, once made
+    std::vector<std::vector<T>> block_W, block_b;
+
+    Workspace<T>& workspace(const Shape& shape, std::size_t rows_needed) {
+        if (ws.empty() || sizes != shape.sizes || rows_needed > rows) {
+            rows = sizes == shape.sizes ? std::max(rows, rows_needed) : rows_needed;
+            sizes = shape.sizes;
+            ws.clear();
+            ws.emplace_back(shape, rows, false, true);
+            ++grown;
+        }
+        return ws.front();
+    }
+};
+
+template <class T>
+std::shared_ptr<GradientsScratch<T>> make_gradients_scratch() {
+    return std::make_shared<GradientsScratch<T>>();
+}
+
+template <class T>
+std::size_t times_grown(const GradientsScratch<T>& scratch) {
+    return scratch.grown;
+}
+
+template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
-                    Params<double>& grads) {
+                    Params<double>& grads, GradientsScratch<T>* scratch) {
     if (!data.sparse && linear_pass_fits(shape)) return linear_gradients(shape, params, data, lam_over_m, grads);
     // double networks sum straight into grads; float ones take each block's products in float and add them up
     // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
     // digits it can get).
     constexpr bool direct = std::is_same_v<T, double>;
     const std::size_t L = shape.n_layers();
-    std::vector<std::vector<T>> block_W(direct ? 0 : L), block_b(direct ? 0 : L);
+    std::vector<std::vector<T>> own_W, own_b;
+    std::vector<std::vector<T>>& block_W = scratch ? scratch->block_W : own_W;
+    std::vector<std::vector<T>>& block_b = scratch ? scratch->block_b : own_b;
+    block_W.resize(direct ? 0 : L);
+    block_b.resize(direct ? 0 : L);
     for (std::size_t l = 0; l < L; ++l) {
         const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
         std::fill(grads.W[l], grads.W[l] + n_w, 0.0);
@@ -551,7 +585,8 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     }
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
-    Workspace<T> ws(shape, rows_max, false, true);
+    std::vector<Workspace<T>> own;
+    Workspace<T>& ws = scratch ? scratch->workspace(shape, rows_max) : own.emplace_back(shape, rows_max, false, true);
     std::vector<T> unused;
     // Sparse X with several first-layer units: W[0] read, and its gradient summed, transposed (in double).
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
@@ -619,7 +654,10 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
     template void predict(const Shape&, const Params<T>&, const Dataset<T>&, T*);                              \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
-    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&);
+    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&,    \
+                                 GradientsScratch<T>*);                                                          \
+    template std::shared_ptr<GradientsScratch<T>> make_gradients_scratch();                                    \
+    template std::size_t times_grown(const GradientsScratch<T>&);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

@@ -336,6 +336,81 @@ def test_local_rows_split_each_batch_between_the_ranks():
     assert [c.m for c in sharded] == [13] * 3
 
 
+class OneRank:
+    """Just enough of a communicator for a Communicator's arithmetic: rank `rank` of `size`."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_data_parallel_step_on_cpu_reuses_its_buffers(dtype):
+    """The step's local gradient sums land in the allreduce buffer, bit for bit those of a call of _core.gradients
+    with new arrays, and after the first step a step allocates no array: the rows it gathers, the gradients and the
+    backward pass's scratch memory are the fit's own buffers."""
+    import tracemalloc
+    import types
+
+    from l2fast import _core
+
+    X, y = problem(300, n_x=20)
+    w = np.random.default_rng(6).uniform(0.5, 1.5, len(X))
+    net = l2fast.Network([20, 64, 32, 3], dtype=dtype, seed=3)
+    run = types.SimpleNamespace(X=X.astype(dtype), y=y, sample_weight=w.astype(dtype), batch_size=64)
+    communicator = distributed.Communicator(OneRank(1, 2), net._backend, False, [len(X)] * 2)
+    grads = communicator._buffer(net)
+    order = np.random.default_rng(7).permutation(len(X))
+    step_bytes = sum(W.size + b.size for W, b in zip(net.weights, net.biases)) * 8 + run.X[:32].nbytes
+    peaks = []
+    for start in range(0, len(X), run.batch_size):
+        rows = communicator.local_rows(order[start:start + run.batch_size])
+        tracemalloc.start()
+        try:
+            loss_sum, correct = communicator._local_sums(net, run, rows, grads, [False])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        dW, db, want_loss, want_correct = _core.gradients(net._weights, net._biases, run.X[rows], y[rows], 0.0,
+                                                          "relu", "softmax", sample_weight=run.sample_weight[rows],
+                                                          with_correct=True)
+        for got, mean in zip(grads.dW + grads.db, dW + db):
+            np.testing.assert_array_equal(got, mean * len(rows))
+        assert (loss_sum, correct) == (want_loss, want_correct)
+    # The first step makes the buffers (the gathered rows and the scratch memory); after it, a step's Python
+    # objects (views, tuples) take a few hundred bytes, against the 30 kB of new gradient arrays a step once made.
+    assert peaks[0] > run.X[:64].nbytes and max(peaks[1:]) < 4096 < step_bytes // 7, (peaks, step_bytes)
+    assert grads.workspace.times_grown == 1
+
+
+def test_gradients_write_into_the_arrays_given_and_refuse_wrong_ones():
+    from l2fast import _core
+
+    X, y = problem(50)
+    net = l2fast.Network([6, 8, 3], dtype="float64", seed=0)
+    W, b = net._weights, net._biases
+    out = ([np.empty(M.shape) for M in W], [np.empty(v.shape) for v in b])
+    dW, db, _ = _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=out)
+    assert dW is out[0] and db is out[1]
+    fresh = _core.gradients(W, b, X, y, 0.1, "relu", "softmax")
+    assert all(np.array_equal(p, q) for p, q in zip(fresh[0] + fresh[1], dW + db))
+    with pytest.raises(TypeError, match=r"out dW\[0\]: expected dtype float64"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=([M.astype(np.float32) for M in out[0]], out[1]))
+    with pytest.raises(ValueError, match=r"out db\[1\]: expected shape"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=(out[0], [out[1][0], np.empty(4)]))
+    with pytest.raises(ValueError, match="out: two arrays written in place share memory"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=(out[0], [out[1][0], out[0][1][0, :3]]))
+    with pytest.raises(ValueError, match="out: an array shares memory with the weights or data"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=([W[0], out[0][1]], out[1]))  # W[0] is float64
+    with pytest.raises(TypeError, match="workspace: expected a GradientsWorkspace"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", workspace=object())
+
+
 # -- sweeps on mpi4py.futures ---------------------------------------------------------------------------------
 
 POOL = """

@@ -164,7 +164,7 @@ class _Gradients:
     the first layer's last, then a status entry (non-zero: some rank failed). ``dW[l]`` and ``db[l]`` are views
     of it; ``buckets`` are its (start, stop, layers) pieces, each of whole layers, the status in the last."""
 
-    def __init__(self, xp, weights, biases, bucket_bytes):
+    def __init__(self, xp, weights, biases, bucket_bytes, cpu):
         L = len(weights)
         total = sum(W.size + b.size for W, b in zip(weights, biases))
         self.flat = xp.zeros(total + 1, dtype=np.float64)
@@ -183,6 +183,24 @@ class _Gradients:
         self.buckets.append((start, total + 1, layers))
         self.status = self.flat[total:]
         self.means = [xp.empty(P.shape, P.dtype) for P in list(weights) + list(biases)]  # in the parameters' dtype
+        # Kept for the fit, so that a step allocates nothing: the cpu backend's scratch memory for the backward
+        # pass, and the host backends' buffers for the rows of X, y and sample weights a step gathers.
+        self.workspace = None
+        if cpu:
+            from l2fast import _core
+
+            self.workspace = _core.GradientsWorkspace()
+        self._rows = None
+
+    def gather(self, run, rows):
+        """(X, y, sample weights or None) of rows, copied into buffers that every step reuses (host arrays)."""
+        arrays = (run.X, run.y, run.sample_weight)
+        if self._rows is None or len(rows) > len(self._rows[0]):
+            capacity = max(len(rows), min(run.batch_size, len(run.X)))
+            self._rows = [None if a is None else np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays]
+        # mode="clip": with the default, np.take writes through a temporary copy; the rows are in range
+        return tuple(None if a is None else np.take(a, rows, axis=0, out=buffer[:len(rows)], mode="clip")
+                     for a, buffer in zip(arrays, self._rows))
 
 
 class Communicator:
@@ -283,7 +301,8 @@ class Communicator:
     def _buffer(self, net):
         key = id(net)
         if key not in self._buffers:
-            self._buffers[key] = _Gradients(self.backend.xp, net._weights, net._biases, self.bucket_bytes)
+            self._buffers[key] = _Gradients(self.backend.xp, net._weights, net._biases, self.bucket_bytes,
+                                            self.backend.name == "cpu")
         return self._buffers[key]
 
     def _epoch(self, net, run, state, lr, order):
@@ -329,20 +348,21 @@ class Communicator:
             grads.flat.fill(0)
         if len(rows) == 0:
             return 0.0, 0
-        index = rows if backend.xp is np else backend.xp.asarray(rows)
-        X, y = run.X[index], run.y[index]
-        w = None if run.sample_weight is None else run.sample_weight[index]
+        if backend.name == "cuda":  # sums in float64 on the device, with the count of hits
+            index = backend.xp.asarray(rows)
+            w = None if run.sample_weight is None else run.sample_weight[index]
+            return backend._whole_data(net._weights, net._biases, run.X[index], run.y[index], net.activation,
+                                       net.loss, (grads.dW, grads.db), w)
+        X, y, w = grads.gather(run, rows)
         if backend.name == "numpy":
             return self._numpy_sums(net, X, y, w, grads, started)
-        if backend.name == "cuda":  # sums in float64 on the device, with the count of hits
-            return backend._whole_data(net._weights, net._biases, X, y, net.activation, net.loss,
-                                       (grads.dW, grads.db), w)
         # run.X was scanned for NaN and infinity at the fit's start: not again per step; the hits come from the
-        # same pass
-        dW, db, batch_loss, batch_correct = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation,
-                                                              net.loss, w, check_finite=False, with_correct=True)
-        for total, mean in zip(grads.dW + grads.db, dW + db):
-            np.multiply(mean, len(rows), out=total)  # gradients gives the mean over the rows
+        # same pass. The means go straight into the buffer the ranks add up, and become sums there.
+        _, _, batch_loss, batch_correct = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation,
+                                                            net.loss, w, check_finite=False, with_correct=True,
+                                                            out=(grads.dW, grads.db), workspace=grads.workspace)
+        for total in grads.dW + grads.db:
+            np.multiply(total, len(rows), out=total)  # gradients gives the mean over the rows
         return batch_loss, batch_correct
 
     def _numpy_sums(self, net, X, y, w, grads, started):
