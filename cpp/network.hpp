@@ -125,9 +125,13 @@ std::size_t times_grown(const GradientsScratch<T>& scratch);  // how often it ha
 
 // grads <- dJ/dW = (1/m) sum_i w_i dL_i/dW + (lam/m) W and dJ/db over the whole data set, summed in double
 // whatever T (each block's products in T, added into double totals); returns the loss sum. scratch: see above
-// (one-layer networks take the linear pass, which keeps none).
+// (one-layer networks take the linear pass, which keeps none). layer_done(l), when given, is called on the
+// calling thread as soon as grads.W[l] and grads.b[l] are final, from the last layer down: dense X's layers
+// during the last block's backward pass (a data-parallel step starts their allreduce while the layers below
+// are worked out), sparse X's after the pass.
 template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
-                    Params<double>& grads, GradientsScratch<T>* scratch = nullptr);
+                    Params<double>& grads, GradientsScratch<T>* scratch = nullptr,
+                    const std::function<void(std::size_t)>& layer_done = {});
 
 }  // namespace l2fast

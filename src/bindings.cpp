@@ -9,6 +9,7 @@
 #include <cmath>
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -599,7 +600,7 @@ template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                       double lam_over_m, const std::string& activation, const std::string& loss,
                       const py::handle& sample_weight, bool check_X_finite, bool with_correct, const py::handle& out,
-                      const py::handle& workspace_obj) {
+                      const py::handle& workspace_obj, const py::handle& on_layer) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
     std::vector<py::array> read = net.keep;
@@ -612,6 +613,15 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
             throw py::type_error("workspace: expected a GradientsWorkspace");
         workspace = workspace_obj.cast<GradientsWorkspace*>();
     }
+    std::function<void(std::size_t)> layer_done;
+    if (!on_layer.is_none()) {
+        if (!PyCallable_Check(on_layer.ptr())) throw py::type_error("on_layer: expected a function of a layer number");
+        py::object callback = py::reinterpret_borrow<py::object>(on_layer);
+        layer_done = [callback](std::size_t l) {  // on this thread, between the layers' products
+            py::gil_scoped_acquire gil;
+            callback(l);
+        };
+    }
     l2fast::Params<double> grads;  // summed in double whatever T
     auto [dW, db] = gradient_arrays<T>(net, out, read, grads);
     if (workspace && workspace->busy.exchange(true))
@@ -620,7 +630,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     try {
         ReleasedGil release;
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads,
-                                  workspace ? workspace->scratch<T>() : nullptr);
+                                  workspace ? workspace->scratch<T>() : nullptr, layer_done);
     } catch (...) {
         if (workspace) workspace->busy.store(false);
         throw;
@@ -911,22 +921,22 @@ PYBIND11_MODULE(_core, m) {
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            double lam_over_m, const std::string& activation, const std::string& loss,
            const py::handle& sample_weight, bool check_finite, bool with_correct, const py::handle& out,
-           const py::handle& workspace) {
+           const py::handle& workspace, const py::handle& on_layer) {
             return by_dtype(
                 weights,
                 [&] {
                     return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                              check_finite, with_correct, out, workspace);
+                                              check_finite, with_correct, out, workspace, on_layer);
                 },
                 [&] {
                     return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                               check_finite, with_correct, out, workspace);
+                                               check_finite, with_correct, out, workspace, on_layer);
                 });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
         py::arg("check_finite") = true, py::arg("with_correct") = false, py::arg("out") = py::none(),
-        py::arg("workspace") = py::none(),
+        py::arg("workspace") = py::none(), py::arg("on_layer") = py::none(),
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.\n"
         "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
@@ -934,7 +944,9 @@ PYBIND11_MODULE(_core, m) {
         "non-finite loss, never a crash. with_correct=True appends the count of records classified right\n"
         "(as evaluate counts them, unweighted; 0 for squared_error), which the same pass has. out=(dW list, db\n"
         "list) of float64 arrays receives the gradients (returned as they are) in place of new arrays;\n"
-        "workspace=GradientsWorkspace() keeps the pass's scratch memory between calls.");
+        "workspace=GradientsWorkspace() keeps the pass's scratch memory between calls. on_layer(l) is called (with\n"
+        "the GIL) as soon as layer l's gradient is final, from the last layer down, while the layers below are\n"
+        "still to come on dense X; an exception it raises ends the call with it.");
 
     m.def(
         "linear_gradient_curvature",

@@ -1,5 +1,5 @@
 # Type stub for the compiled module l2fast._core (src/bindings.cpp); tests/test_api.py checks it agrees.
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +83,7 @@ def gradients(
     with_correct: bool = False,
     out: Optional[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]]] = None,
     workspace: Optional[GradientsWorkspace] = None,
+    on_layer: Optional[Callable[[int], None]] = None,
 ) -> Union[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float],
            tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float, int]]: ...
 def all_finite(values: np.ndarray) -> bool: ...
