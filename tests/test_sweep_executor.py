@@ -38,13 +38,15 @@ NANNY_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 @pytest.fixture(scope="module")
 def dask_client():
+    # dashboard_address=":0": any free port for the scheduler's HTTP server; with None it still takes 8787, and
+    # warns (an error here) when another cluster on the machine holds that port
     with pytest.MonkeyPatch.context() as patch:
         for name in NANNY_VARIABLES:  # recorded now, restored when the context ends
             original = os.environ.get(name)
             patch.setenv(name, original or "")  # records the original, put back at the end (absent: deleted)
             if original is None:
                 patch.delenv(name)
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                           host="127.0.0.1") as cluster, Client(cluster) as client:
             yield client
 
@@ -148,7 +150,7 @@ import os, sys
 from dask.distributed import Client, LocalCluster
 
 def main():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       host="127.0.0.1") as cluster, Client(cluster) as client:
         import l2fast  # after the Nanny set OPENBLAS_NUM_THREADS=1 here
         from l2fast import threads
