@@ -536,15 +536,54 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 }
 
 template <class T>
+struct GradientsScratch {
+    std::vector<std::size_t> sizes;  // the network the buffers are for
+    std::size_t rows = 0;            // ... and the most rows of a block
+    std::size_t grown = 0;
+    std::vector<Workspace<T>> ws;    // one, once made
+    std::vector<std::vector<T>> block_W, block_b;
+
+    Workspace<T>& workspace(const Shape& shape, std::size_t rows_needed) {
+        if (ws.empty() || sizes != shape.sizes || rows_needed > rows) {
+            rows = sizes == shape.sizes ? std::max(rows, rows_needed) : rows_needed;
+            sizes = shape.sizes;
+            ws.clear();
+            ws.emplace_back(shape, rows, false, true);
+            ++grown;
+        }
+        return ws.front();
+    }
+};
+
+template <class T>
+std::shared_ptr<GradientsScratch<T>> make_gradients_scratch() {
+    return std::make_shared<GradientsScratch<T>>();
+}
+
+template <class T>
+std::size_t times_grown(const GradientsScratch<T>& scratch) {
+    return scratch.grown;
+}
+
+template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
-                    Params<double>& grads) {
-    if (!data.sparse && linear_pass_fits(shape)) return linear_gradients(shape, params, data, lam_over_m, grads);
+                    Params<double>& grads, GradientsScratch<T>* scratch,
+                    const std::function<void(std::size_t)>& layer_done) {
+    if (!data.sparse && linear_pass_fits(shape)) {
+        const LossStats stats = linear_gradients(shape, params, data, lam_over_m, grads);
+        if (layer_done) layer_done(0);
+        return stats;
+    }
     // double networks sum straight into grads; float ones take each block's products in float and add them up
     // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
     // digits it can get).
     constexpr bool direct = std::is_same_v<T, double>;
     const std::size_t L = shape.n_layers();
-    std::vector<std::vector<T>> block_W(direct ? 0 : L), block_b(direct ? 0 : L);
+    std::vector<std::vector<T>> own_W, own_b;
+    std::vector<std::vector<T>>& block_W = scratch ? scratch->block_W : own_W;
+    std::vector<std::vector<T>>& block_b = scratch ? scratch->block_b : own_b;
+    block_W.resize(direct ? 0 : L);
+    block_b.resize(direct ? 0 : L);
     for (std::size_t l = 0; l < L; ++l) {
         const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
         std::fill(grads.W[l], grads.W[l] + n_w, 0.0);
@@ -556,7 +595,8 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     }
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
-    Workspace<T> ws(shape, rows_max, false, true);
+    std::vector<Workspace<T>> own;
+    Workspace<T>& ws = scratch ? scratch->workspace(shape, rows_max) : own.emplace_back(shape, rows_max, false, true);
     std::vector<T> unused;
     // Sparse X with several first-layer units: W[0] read, and its gradient summed, transposed (in double).
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
@@ -565,6 +605,14 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     std::vector<T> block0_t(W0_t.empty() || direct ? 0 : n_w0);
     BlockX<T> block;
     block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
+    const double inv_m = 1.0 / double(data.m);
+    std::size_t first_final = L;  // layers first_final .. L-1 are final (the sums' mean plus the penalty's term)
+    const auto make_final = [&](std::size_t l) {
+        const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
+        for (std::size_t i = 0; i < n_w; ++i) grads.W[l][i] = grads.W[l][i] * inv_m + lam_over_m * double(params.W[l][i]);
+        for (std::size_t i = 0; i < shape.sizes[l + 1]; ++i) grads.b[l][i] *= inv_m;
+        first_final = l;
+    };
     for (std::size_t start = 0; start < data.m; start += rows_max) {
         const std::size_t rows = std::min(rows_max, data.m - start);
         take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
@@ -599,17 +647,19 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
                 for (std::size_t i = 0; i < n_out * n_in; ++i) grads.W[l][i] += double(block_W[l][i]);
                 for (std::size_t i = 0; i < n_out; ++i) grads.b[l][i] += double(block_b[l][i]);
             }
+            if (layer_done && !data.sparse && start + rows == data.m) {  // the last block: layer l is complete
+                make_final(l);
+                layer_done(l);
+            }
         });
     }
     if (!sum0_t.empty())
         for (std::size_t o = 0; o < shape.sizes[1]; ++o)
             for (std::size_t j = 0; j < shape.n_in(); ++j)
                 grads.W[0][o * shape.n_in() + j] = sum0_t[j * shape.sizes[1] + o];
-    const double inv_m = 1.0 / double(data.m);
-    for (std::size_t l = 0; l < L; ++l) {
-        const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
-        for (std::size_t i = 0; i < n_w; ++i) grads.W[l][i] = grads.W[l][i] * inv_m + lam_over_m * double(params.W[l][i]);
-        for (std::size_t i = 0; i < shape.sizes[l + 1]; ++i) grads.b[l][i] *= inv_m;
+    for (std::size_t l = first_final; l-- > 0;) {
+        make_final(l);
+        if (layer_done) layer_done(l);
     }
     return total;
 }
@@ -624,7 +674,10 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     template void predict(const Shape&, const Params<T>&, const T*, std::size_t, T*);                          \
     template void predict(const Shape&, const Params<T>&, const Dataset<T>&, T*);                              \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
-    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&);
+    template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&,    \
+                                 GradientsScratch<T>*, const std::function<void(std::size_t)>&);                  \
+    template std::shared_ptr<GradientsScratch<T>> make_gradients_scratch();                                    \
+    template std::size_t times_grown(const GradientsScratch<T>&);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "activations.hpp"
@@ -112,10 +113,25 @@ void predict(const Shape& shape, const Params<T>& params, const Dataset<T>& data
 template <class T>
 LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>& data);
 
+// The scratch memory of gradients() (the layers' outputs and dL/dZ, float blocks' sums), kept by a caller that
+// calls it again and again on batches of one network, as a data-parallel step does: a call with a scratch
+// allocates nothing once the scratch has grown to the network's largest block. Not for two calls at once.
+template <class T>
+struct GradientsScratch;
+template <class T>
+std::shared_ptr<GradientsScratch<T>> make_gradients_scratch();
+template <class T>
+std::size_t times_grown(const GradientsScratch<T>& scratch);  // how often it has (re)allocated its buffers
+
 // grads <- dJ/dW = (1/m) sum_i w_i dL_i/dW + (lam/m) W and dJ/db over the whole data set, summed in double
-// whatever T (each block's products in T, added into double totals); returns the loss sum.
+// whatever T (each block's products in T, added into double totals); returns the loss sum. scratch: see above
+// (one-layer networks take the linear pass, which keeps none). layer_done(l), when given, is called on the
+// calling thread as soon as grads.W[l] and grads.b[l] are final, from the last layer down: dense X's layers
+// during the last block's backward pass (a data-parallel step starts their allreduce while the layers below
+// are worked out), sparse X's after the pass.
 template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
-                    Params<double>& grads);
+                    Params<double>& grads, GradientsScratch<T>* scratch = nullptr,
+                    const std::function<void(std::size_t)>& layer_done = {});
 
 }  // namespace l2fast

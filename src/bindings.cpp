@@ -9,10 +9,13 @@
 #include <cmath>
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -370,13 +373,14 @@ void check_disjoint(const std::vector<py::array>& arrays, const char* what) {
 
 // Refuses data (X, target values) that shares memory with an array the epoch writes: the steps would
 // change the records under the products reading them. (Labels and order are private copies already.)
-void check_not_written(const std::vector<py::array>& read, const std::vector<py::array>& written) {
+void check_not_written(const std::vector<py::array>& read, const std::vector<py::array>& written,
+                       const char* message = "X, y: the training data shares memory with an array written in place") {
     for (const py::array& r : read) {
         const char* r0 = static_cast<const char*>(r.data());
         for (const py::array& w : written) {
             const char* w0 = static_cast<const char*>(w.data());
             if (r0 < w0 + w.nbytes() && w0 < r0 + r.nbytes())
-                throw std::invalid_argument("X, y: the training data shares memory with an array written in place");
+                throw std::invalid_argument(message);
         }
     }
 }
@@ -539,30 +543,100 @@ py::tuple evaluate_t(const py::list& weights, const py::list& biases, const py::
     return stats_tuple(stats);
 }
 
+// The scratch memory of gradients() kept between calls (l2fast.distributed keeps one per network): one per
+// dtype, and a flag that refuses a second call while one is using it.
+struct GradientsWorkspace {
+    std::shared_ptr<l2fast::GradientsScratch<float>> f32 = l2fast::make_gradients_scratch<float>();
+    std::shared_ptr<l2fast::GradientsScratch<double>> f64 = l2fast::make_gradients_scratch<double>();
+    std::atomic<bool> busy{false};
+
+    template <class T>
+    l2fast::GradientsScratch<T>* scratch() {
+        if constexpr (std::is_same_v<T, float>) return f32.get();
+        else return f64.get();
+    }
+    std::size_t times_grown() const { return l2fast::times_grown(*f32) + l2fast::times_grown(*f64); }
+};
+
+// grads' pointers: into the arrays of out = (dW list, db list) when given (float64, C-contiguous, writable, of
+// the layers' shapes, none sharing memory with another or with what the call reads), else into new arrays.
+template <class T>
+std::pair<py::list, py::list> gradient_arrays(const Net<T>& net, const py::handle& out, const std::vector<py::array>& read,
+                                              l2fast::Params<double>& grads) {
+    const std::size_t L = net.shape.n_layers();
+    py::list dW, db;
+    if (!out.is_none()) {
+        if (!py::isinstance<py::tuple>(out) || py::len(out) != 2 || !py::isinstance<py::list>(out[py::int_(0)]) ||
+            !py::isinstance<py::list>(out[py::int_(1)]))
+            throw py::type_error("out: expected a tuple (dW list, db list) of float64 arrays");
+        dW = out[py::int_(0)].cast<py::list>();
+        db = out[py::int_(1)].cast<py::list>();
+        if (dW.size() != L || db.size() != L)
+            throw std::invalid_argument("out: expected " + std::to_string(L) + " arrays in each list");
+    }
+    std::vector<py::array> written;
+    for (std::size_t l = 0; l < L; ++l) {
+        const py::ssize_t n_out = py::ssize_t(net.shape.sizes[l + 1]), n_in = py::ssize_t(net.shape.sizes[l]);
+        const std::string at = "[" + std::to_string(l) + "]";
+        py::array w = out.is_none() ? py::array_t<double>({n_out, n_in}) : checked<double>(dW[l], "out dW" + at, {n_out, n_in}, true);
+        py::array b = out.is_none() ? py::array_t<double>(n_out) : checked<double>(db[l], "out db" + at, {n_out}, true);
+        grads.W.push_back(ptr<double>(w));
+        grads.b.push_back(ptr<double>(b));
+        if (out.is_none()) {
+            dW.append(w);
+            db.append(b);
+        }
+        written.push_back(std::move(w));
+        written.push_back(std::move(b));
+    }
+    if (!out.is_none()) {
+        check_disjoint(written, "out");
+        check_not_written(read, written, "out: an array shares memory with the weights or data the gradients are "
+                                         "computed from");
+    }
+    return {dW, db};
+}
+
 template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                       double lam_over_m, const std::string& activation, const std::string& loss,
-                      const py::handle& sample_weight, bool check_X_finite, bool with_correct) {
+                      const py::handle& sample_weight, bool check_X_finite, bool with_correct, const py::handle& out,
+                      const py::handle& workspace_obj, const py::handle& on_layer) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
-    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, net.keep, sample_weight,
+    std::vector<py::array> read = net.keep;
+    const l2fast::Dataset<T> data = take_data<T>(net.shape, X, y, read, sample_weight,
                                                  check_X_finite ? XChecks::All : XChecks::Structure);
     finite_scalar(lam_over_m, "lam_over_m", false);
-    py::list dW, db;
+    GradientsWorkspace* workspace = nullptr;
+    if (!workspace_obj.is_none()) {
+        if (!py::isinstance<GradientsWorkspace>(workspace_obj))
+            throw py::type_error("workspace: expected a GradientsWorkspace");
+        workspace = workspace_obj.cast<GradientsWorkspace*>();
+    }
+    std::function<void(std::size_t)> layer_done;
+    if (!on_layer.is_none()) {
+        if (!PyCallable_Check(on_layer.ptr())) throw py::type_error("on_layer: expected a function of a layer number");
+        py::object callback = py::reinterpret_borrow<py::object>(on_layer);
+        layer_done = [callback](std::size_t l) {  // on this thread, between the layers' products
+            py::gil_scoped_acquire gil;
+            callback(l);
+        };
+    }
     l2fast::Params<double> grads;  // summed in double whatever T
-    for (std::size_t l = 0; l < net.shape.n_layers(); ++l) {
-        py::array_t<double> w({py::ssize_t(net.shape.sizes[l + 1]), py::ssize_t(net.shape.sizes[l])});
-        py::array_t<double> b(py::ssize_t(net.shape.sizes[l + 1]));
-        grads.W.push_back(w.mutable_data());
-        grads.b.push_back(b.mutable_data());
-        dW.append(w);
-        db.append(b);
-    }
+    auto [dW, db] = gradient_arrays<T>(net, out, read, grads);
+    if (workspace && workspace->busy.exchange(true))
+        throw std::invalid_argument("workspace: in use by another call of gradients; each caller needs its own");
     l2fast::LossStats stats;
-    {
+    try {
         ReleasedGil release;
-        stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads);
+        stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads,
+                                  workspace ? workspace->scratch<T>() : nullptr, layer_done);
+    } catch (...) {
+        if (workspace) workspace->busy.store(false);
+        throw;
     }
+    if (workspace) workspace->busy.store(false);
     if (with_correct) return py::make_tuple(dW, db, stats.loss_sum, stats.correct);
     return py::make_tuple(dW, db, stats.loss_sum);
 }
@@ -844,31 +918,46 @@ PYBIND11_MODULE(_core, m) {
         "Whether every value of a C-contiguous float32 or float64 array is finite: one vectorised pass shared by\n"
         "l2fast's threads, with no temporary array (NumPy's isfinite(a).all() writes a boolean array first).");
 
+    py::class_<GradientsWorkspace>(m, "GradientsWorkspace",
+                                   "Scratch memory that gradients(..., workspace=) keeps between calls, so that calls on\n"
+                                   "batches of one network allocate nothing once it has grown to the largest batch\n"
+                                   "(networks of more than one layer; one caller at a time).")
+        .def(py::init<>())
+        .def_property_readonly("times_grown", &GradientsWorkspace::times_grown,
+                               "How often it has allocated its buffers: once per network and dtype, again only for a "
+                               "larger batch.");
+
     m.def(
         "gradients",
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            double lam_over_m, const std::string& activation, const std::string& loss,
-           const py::handle& sample_weight, bool check_finite, bool with_correct) {
+           const py::handle& sample_weight, bool check_finite, bool with_correct, const py::handle& out,
+           const py::handle& workspace, const py::handle& on_layer) {
             return by_dtype(
                 weights,
                 [&] {
                     return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                              check_finite, with_correct);
+                                              check_finite, with_correct, out, workspace, on_layer);
                 },
                 [&] {
                     return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                               check_finite, with_correct);
+                                               check_finite, with_correct, out, workspace, on_layer);
                 });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
-        py::arg("check_finite") = true, py::arg("with_correct") = false,
+        py::arg("check_finite") = true, py::arg("with_correct") = false, py::arg("out") = py::none(),
+        py::arg("workspace") = py::none(), py::arg("on_layer") = py::none(),
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.\n"
         "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
         "labels): for a solver's repeated passes over an X it has already checked; a non-finite X then gives a\n"
         "non-finite loss, never a crash. with_correct=True appends the count of records classified right\n"
-        "(as evaluate counts them, unweighted; 0 for squared_error), which the same pass has.");
+        "(as evaluate counts them, unweighted; 0 for squared_error), which the same pass has. out=(dW list, db\n"
+        "list) of float64 arrays receives the gradients (returned as they are) in place of new arrays;\n"
+        "workspace=GradientsWorkspace() keeps the pass's scratch memory between calls. on_layer(l) is called (with\n"
+        "the GIL) as soon as layer l's gradient is final, from the last layer down, while the layers below are\n"
+        "still to come on dense X; an exception it raises ends the call with it.");
 
     m.def(
         "linear_gradient_curvature",

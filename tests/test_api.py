@@ -169,8 +169,8 @@ def test_regression_score_is_r2(backend):
 
 def test_public_names():
     assert set(l2fast.__all__) == {"Network", "History", "CostParts", "DivergenceError", "load", "fit_together",
-                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning",
-                                   "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
+                                   "select_lambda", "lambda_grid", "NoisyChoiceWarning", "select_network",
+                                   "NetworkSelection", "CandidateResult", "Selection", "LambdaResult", "available_backends", "BackendUnavailableError",
                                    "__version__",
                                    "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling",
                                    "StepDecay", "ExponentialDecay", "ReduceOnPlateau", "LBFGS", "NewtonCG",
@@ -186,9 +186,10 @@ def test_core_stub_matches_the_module():
     stub_functions = {node.name: [a.arg for a in node.args.args] +
                       (["*"] + [a.arg for a in node.args.kwonlyargs] if node.args.kwonlyargs else [])
                       for node in tree.body if isinstance(node, ast.FunctionDef)}
+    stub_classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     module_functions = {name for name, obj in vars(_core).items()
                         if callable(obj) and not name.startswith("_")}
-    assert set(stub_functions) == module_functions
+    assert set(stub_functions) | stub_classes == module_functions
     for name, params in stub_functions.items():
         # pybind11 puts the signature in the first docstring line: name(arg: type, ...) -> ...
         signature = inspect.getdoc(getattr(_core, name)).splitlines()[0]

@@ -26,14 +26,15 @@ def mpiexec():
     return found
 
 
-def launch(tmp_path, body, ranks=2, check=True):
-    """Runs the script `body` on `ranks` ranks in tmp_path (the script sees OUT, that folder, and comm)."""
+def launch(tmp_path, body, ranks=2, check=True, module=()):
+    """Runs the script `body` on `ranks` ranks in tmp_path (the script sees OUT, that folder, and comm); with
+    ``module=("-m", name)``, as ``python -m name script``."""
     script = tmp_path / "ranks.py"
     script.write_text("import sys\nfrom pathlib import Path\nimport numpy as np\nfrom mpi4py import MPI\n"
                       "import l2fast\ncomm = MPI.COMM_WORLD\nOUT = Path(sys.argv[1])\n" + textwrap.dedent(body))
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(HERE))
     env.pop("L2FAST_NUM_THREADS", None)
-    process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, str(script), str(tmp_path)], env=env,
+    process = subprocess.Popen([mpiexec(), "-n", str(ranks), sys.executable, *module, str(script), str(tmp_path)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=TIMEOUT)
@@ -71,9 +72,8 @@ if SMALL_BUCKETS:
     start = distributed.Communicator._start
 
     def counted(self, grads, b):
-        if self.backend.name == "numpy":
-            inside = any(frame.function == "consume" for frame in inspect.stack()[1:4])
-            results["starts_in_backward" if inside else "starts_after"] += 1
+        inside = inspect.stack()[1].function == "done"  # called back by the backward pass
+        results["starts_in_backward" if inside else "starts_after"] += 1
         return start(self, grads, b)
 
     distributed.Communicator._start = counted
@@ -87,10 +87,12 @@ for backend, dtype, optimizer in CASES:
     for name in ("loss", "accuracy", "val_loss", "cost"):
         results[f"{key}-{name}"] = np.array(getattr(history, name))
 together = [l2fast.Network([6, 8, 5, 3], lam=lam, dtype="float64", seed=2) for lam in (0.1, 2.0)]
-histories = l2fast.fit_together(together, X, y, epochs=2, lr=0.05, batch_size=40, optimizer="momentum", comm=comm)
-for k, (net, history) in enumerate(zip(together, histories)):
-    results.update({f"together{k}-W{l}": W for l, W in enumerate(net.weights)})
-    results[f"together{k}-loss"] = np.array(history.loss)
+if not SMALL_BUCKETS:  # whose counts are the CASES' alone
+    histories = l2fast.fit_together(together, X, y, epochs=2, lr=0.05, batch_size=40, optimizer="momentum",
+                                    comm=comm)
+    for k, (net, history) in enumerate(zip(together, histories)):
+        results.update({f"together{k}-W{l}": W for l, W in enumerate(net.weights)})
+        results[f"together{k}-loss"] = np.array(history.loss)
 if comm.Get_rank() == 0:
     np.savez(OUT / "result.npz", **results)
 else:  # every rank ends with rank 0's network
@@ -139,17 +141,19 @@ def test_fit_together_trains_each_network_data_parallel(replicated):
         np.testing.assert_allclose(result[f"together{k}-loss"], history.loss, rtol=1e-10)
 
 
-def test_the_numpy_backends_per_layer_buckets_give_the_same_steps(tmp_path):
-    """With one bucket per layer each bucket's allreduce starts inside the backward pass."""
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_per_layer_buckets_start_inside_the_backward_pass_and_give_the_same_steps(tmp_path, backend):
+    """With one bucket per layer each bucket's allreduce but the last starts inside the backward pass: the numpy
+    backend's, and the cpu backend's through _core.gradients' on_layer call back."""
     X, y = problem()
     X_val, y_val = problem(50, seed=1)
     np.savez(tmp_path / "data.npz", X=X, y=y, w=np.ones(len(X)), X_val=X_val, y_val=y_val)
-    launch(tmp_path, f"CASES = {[('numpy', 'float64', 'momentum')]!r}\nSMALL_BUCKETS = True\n" + REPLICATED)
+    launch(tmp_path, f"CASES = {[(backend, 'float64', 'momentum')]!r}\nSMALL_BUCKETS = True\n" + REPLICATED)
     result = np.load(tmp_path / "result.npz")
-    net = l2fast.Network([6, 8, 5, 3], lam=0.5, backend="numpy", dtype="float64", seed=1)
+    net = l2fast.Network([6, 8, 5, 3], lam=0.5, backend=backend, dtype="float64", seed=1)
     net.fit(X, y, epochs=3, lr=0.05, batch_size=32, optimizer="momentum", sample_weight=np.ones(len(X)),
             validation_data=(X_val, y_val))
-    key = "numpy-float64-momentum"
+    key = f"{backend}-float64-momentum"
     assert_same_network(net, [result[f"{key}-W{l}"] for l in range(3)], [result[f"{key}-b{l}"] for l in range(3)],
                         1e-10)
     steps = 3 * -(-len(X) // 32)
@@ -333,6 +337,158 @@ def test_local_rows_split_each_batch_between_the_ranks():
     sharded = [distributed.Communicator(Comm(r), backend, True, [5, 3, 5]) for r in range(3)]
     assert [list(c.local_rows(chunk)) for c in sharded] == [[0, 4, 1], [2, 0], [1, 4]]
     assert [c.m for c in sharded] == [13] * 3
+
+
+class OneRank:
+    """Just enough of a communicator for a Communicator's arithmetic: rank `rank` of `size`."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_data_parallel_step_on_cpu_reuses_its_buffers(dtype):
+    """The step's local gradient sums land in the allreduce buffer, bit for bit those of a call of _core.gradients
+    with new arrays, and after the first step a step allocates no array: the rows it gathers, the gradients and the
+    backward pass's scratch memory are the fit's own buffers."""
+    import tracemalloc
+    import types
+
+    from l2fast import _core
+
+    X, y = problem(300, n_x=20)
+    w = np.random.default_rng(6).uniform(0.5, 1.5, len(X))
+    net = l2fast.Network([20, 64, 32, 3], dtype=dtype, seed=3)
+    run = types.SimpleNamespace(X=X.astype(dtype), y=y, sample_weight=w.astype(dtype), batch_size=64)
+    communicator = distributed.Communicator(OneRank(1, 2), net._backend, False, [len(X)] * 2)
+    grads = communicator._buffer(net)
+    order = np.random.default_rng(7).permutation(len(X))
+    step_bytes = sum(W.size + b.size for W, b in zip(net.weights, net.biases)) * 8 + run.X[:32].nbytes
+    peaks = []
+    for start in range(0, len(X), run.batch_size):
+        rows = communicator.local_rows(order[start:start + run.batch_size])
+        tracemalloc.start()
+        try:
+            loss_sum, correct = communicator._local_sums(net, run, rows, grads, [False])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        dW, db, want_loss, want_correct = _core.gradients(net._weights, net._biases, run.X[rows], y[rows], 0.0,
+                                                          "relu", "softmax", sample_weight=run.sample_weight[rows],
+                                                          with_correct=True)
+        for got, mean in zip(grads.dW + grads.db, dW + db):
+            np.testing.assert_array_equal(got, mean * len(rows))
+        assert (loss_sum, correct) == (want_loss, want_correct)
+    # The first step makes the buffers (the gathered rows and the scratch memory); after it, a step's Python
+    # objects (views, tuples) take a few hundred bytes, against the 30 kB of new gradient arrays a step once made.
+    assert peaks[0] > run.X[:64].nbytes and max(peaks[1:]) < 4096 < step_bytes // 7, (peaks, step_bytes)
+    assert grads.workspace.times_grown == 1
+
+
+def test_gradients_write_into_the_arrays_given_and_refuse_wrong_ones():
+    from l2fast import _core
+
+    X, y = problem(50)
+    net = l2fast.Network([6, 8, 3], dtype="float64", seed=0)
+    W, b = net._weights, net._biases
+    out = ([np.empty(M.shape) for M in W], [np.empty(v.shape) for v in b])
+    dW, db, _ = _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=out)
+    assert dW is out[0] and db is out[1]
+    fresh = _core.gradients(W, b, X, y, 0.1, "relu", "softmax")
+    assert all(np.array_equal(p, q) for p, q in zip(fresh[0] + fresh[1], dW + db))
+    with pytest.raises(TypeError, match=r"out dW\[0\]: expected dtype float64"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=([M.astype(np.float32) for M in out[0]], out[1]))
+    with pytest.raises(ValueError, match=r"out db\[1\]: expected shape"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=(out[0], [out[1][0], np.empty(4)]))
+    with pytest.raises(ValueError, match="out: two arrays written in place share memory"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=(out[0], [out[1][0], out[0][1][0, :3]]))
+    with pytest.raises(ValueError, match="out: an array shares memory with the weights or data"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", out=([W[0], out[0][1]], out[1]))  # W[0] is float64
+    with pytest.raises(TypeError, match="workspace: expected a GradientsWorkspace"):
+        _core.gradients(W, b, X, y, 0.1, "relu", "softmax", workspace=object())
+
+
+@pytest.mark.parametrize("dtype, m", [("float32", 300), ("float64", 300), ("float64", 5000)])  # 5000: 3 blocks
+def test_gradients_call_back_each_layer_once_it_is_final_from_the_last_down(dtype, m):
+    from l2fast import _core
+
+    X, y = problem(m, n_x=20)
+    net = l2fast.Network([20, 16, 8, 3], lam=1.0, dtype=dtype, seed=2)
+    W, b = net._weights, net._biases
+    X = X.astype(dtype)
+    want = _core.gradients(W, b, X, y, 0.01, "relu", "softmax")
+    out = ([np.full(M.shape, np.nan) for M in W], [np.full(v.shape, np.nan) for v in b])
+    seen = []
+
+    def on_layer(layer):
+        # this layer is final already, the ones below not yet touched by the last block
+        seen.append((layer, out[0][layer].copy(), out[1][layer].copy(), out[0][0].copy()))
+
+    got = _core.gradients(W, b, X, y, 0.01, "relu", "softmax", out=out, on_layer=on_layer,
+                          workspace=_core.GradientsWorkspace())
+    assert [layer for layer, *_ in seen] == [2, 1, 0]
+    for layer, dW, db, first in seen:
+        np.testing.assert_array_equal(dW, want[0][layer])
+        np.testing.assert_array_equal(db, want[1][layer])
+        if layer > 0:
+            assert not np.array_equal(first, want[0][0])  # the first layer's gradient was still to come
+    assert all(np.array_equal(p, q) for p, q in zip(got[0] + got[1], want[0] + want[1])) and got[2] == want[2]
+
+    def failing(layer):
+        raise KeyError(f"no bucket for layer {layer}")
+
+    with pytest.raises(KeyError, match="no bucket for layer 2"):
+        _core.gradients(W, b, X, y, 0.01, "relu", "softmax", on_layer=failing)
+    with pytest.raises(TypeError, match="on_layer: expected a function"):
+        _core.gradients(W, b, X, y, 0.01, "relu", "softmax", on_layer=3)
+
+
+# -- sweeps on mpi4py.futures ---------------------------------------------------------------------------------
+
+POOL = """
+import json
+import os
+import warnings
+
+from mpi4py.futures import MPIPoolExecutor
+from sweep_checks import LAMS, OPTIONS, assert_same_search, assert_same_sweep, problem
+
+if __name__ == "__main__":  # rank 0; the workers serve the pool
+    warnings.simplefilter("ignore", l2fast.NoisyChoiceWarning)  # mechanics, not the choice
+    X, y, X_dev, y_dev = problem()
+    with MPIPoolExecutor(**POOL_OPTIONS) as pool:
+        workers = pool.num_workers
+        for kwargs in (dict(cv=3, chunk_size=3), dict(X_dev=X_dev, y_dev=y_dev, chunk_size=1)):
+            local = l2fast.select_lambda(X, y, lams=LAMS, **OPTIONS, **kwargs)
+            pooled = l2fast.select_lambda(X, y, lams=LAMS, executor=pool, **OPTIONS, **kwargs)
+            assert_same_sweep(local, pooled)  # an AssertionError ends the job with a non-zero status
+        search = dict(lams=LAMS[:2], architectures=[[6, 3], [6, 12, 3]], seeds=[0, 1], cv=2, epochs=5, progress=False)
+        assert_same_search(l2fast.select_network(X, y, **search), l2fast.select_network(X, y, executor=pool, **search))
+        try:
+            l2fast.select_lambda(X, y, lams=[0.0, 30.0], executor=pool, cv=2, **{**OPTIONS, "lr": 1e9})
+            error = None
+        except l2fast.DivergenceError as exc:
+            error = str(exc)
+    (OUT / "pool.json").write_text(json.dumps(dict(workers=workers, error=error, pid=os.getpid())))
+"""
+
+
+@pytest.mark.parametrize("ranks, module, options", [
+    (3, ("-m", "mpi4py.futures"), {}),  # rank 0 runs the script, ranks 1 and 2 serve the pool
+    # The pool spawns its two workers (MPI_Comm_spawn needs mpiexec's launcher), which need not run this script.
+    (1, (), {"max_workers": 2, "main": False}),
+], ids=["mpi4py.futures", "spawned"])
+def test_a_sweep_on_an_mpi_pool_equals_the_local_one(tmp_path, ranks, module, options):
+    launch(tmp_path, f"POOL_OPTIONS = {options!r}\n" + POOL, ranks=ranks, module=module)
+    seen = json.loads((tmp_path / "pool.json").read_text())
+    assert seen["workers"] == 2
+    assert seen["error"] is not None and "training diverged" in seen["error"]  # a worker's error, raised here
 
 
 # -- cuda: NCCL through CuPy ---------------------------------------------------------------------------------

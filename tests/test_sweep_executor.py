@@ -19,33 +19,9 @@ from threadpoolctl import threadpool_limits
 
 import l2fast
 from l2fast.sklearn import L2LogisticRegression, L2MLPClassifier
-from l2fast.testing import make_problem
-
-OPTIONS = dict(layer_sizes=[6, 12, 3], epochs=15, lr=0.1, batch_size=16, progress=False)  # float32, the default
-LAMS = [0.0, 0.3, 3.0, 30.0]
+from sweep_checks import LAMS, OPTIONS, assert_same_search, assert_same_sweep, problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::l2fast.NoisyChoiceWarning")  # mechanics, not the choice
-
-
-def problem():
-    X, y = make_problem("softmax", 6, 3, m=150, seed=20)
-    X_dev, y_dev = make_problem("softmax", 6, 3, m=60, seed=21)
-    return X, y, X_dev, y_dev
-
-
-def assert_same_sweep(a, b):
-    """Two Selections with the same figures, choice and parameters, bit for bit."""
-    assert a.table() == b.table() and a.best_lam == b.best_lam and a.meaningful == b.meaningful
-    for r, s in zip(a.results, b.results):
-        assert (r.lam, r.train_loss, r.dev_loss, r.dev_loss_se, r.dev_accuracy, r.fold_dev_losses) == \
-               (s.lam, s.train_loss, s.dev_loss, s.dev_loss_se, s.dev_accuracy, s.fold_dev_losses)
-        assert r.history.val_loss == s.history.val_loss and r.history.n_iter == s.history.n_iter
-    nets_a = a.networks + [n for fold in a.fold_networks for n in fold] + [a.best_network]
-    nets_b = b.networks + [n for fold in b.fold_networks for n in fold] + [b.best_network]
-    assert len(nets_a) == len(nets_b)
-    for p, q in zip(nets_a, nets_b):
-        assert p.lam == q.lam
-        assert all(np.array_equal(u, v) for u, v in zip(p.weights + p.biases, q.weights + q.biases))
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +38,15 @@ NANNY_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 @pytest.fixture(scope="module")
 def dask_client():
+    # dashboard_address=":0": any free port for the scheduler's HTTP server; with None it still takes 8787, and
+    # warns (an error here) when another cluster on the machine holds that port
     with pytest.MonkeyPatch.context() as patch:
         for name in NANNY_VARIABLES:  # recorded now, restored when the context ends
             original = os.environ.get(name)
             patch.setenv(name, original or "")  # records the original, put back at the end (absent: deleted)
             if original is None:
                 patch.delenv(name)
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                           host="127.0.0.1") as cluster, Client(cluster) as client:
             yield client
 
@@ -86,6 +64,16 @@ def test_process_pool_sweep_equals_the_local_one(process_pool):
                                   executor=process_pool, **{**OPTIONS, "epochs": None})
     assert_same_sweep(local, pooled)
     assert all(r.history.converged for r in pooled.results)
+
+
+def test_a_search_over_architectures_and_seeds_on_a_process_pool_equals_the_local_one(process_pool):
+    X, y, X_dev, y_dev = problem()
+    options = {**OPTIONS, "architectures": [[6, 3], OPTIONS["layer_sizes"]], "seeds": [0, 1]}
+    del options["layer_sizes"]
+    for kwargs in (dict(cv=2, chunk_size=3), dict(X_dev=X_dev, y_dev=y_dev, chunk_size=2)):
+        local = l2fast.select_network(X, y, lams=LAMS, **options, **kwargs)
+        pooled = l2fast.select_network(X, y, lams=LAMS, executor=process_pool, **options, **kwargs)
+        assert_same_search(local, pooled)
 
 
 def test_progress_over_the_tasks_shows_the_best_development_loss_so_far(process_pool, capsys):
@@ -162,7 +150,7 @@ import os, sys
 from dask.distributed import Client, LocalCluster
 
 def main():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       host="127.0.0.1") as cluster, Client(cluster) as client:
         import l2fast  # after the Nanny set OPENBLAS_NUM_THREADS=1 here
         from l2fast import threads

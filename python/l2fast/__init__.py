@@ -13,6 +13,7 @@ from l2fast.monitor import ConvergenceWarning, DivergenceWarning
 from l2fast.network import CostParts, DivergenceError, History, Network, fit_together
 from l2fast.optim import (SGD, Adam, Constant, ExponentialDecay, InverseScaling, Momentum, OptimizerState,
                           ReduceOnPlateau, StepDecay)
+from l2fast.search import CandidateResult, NetworkSelection, select_network
 from l2fast.selection import LambdaResult, NoisyChoiceWarning, Selection, lambda_grid, select_lambda
 from l2fast.solvers import LBFGS, NewtonCG
 from l2fast.threads import get_num_threads, set_num_threads
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Network", "History", "CostParts", "DivergenceError", "load", "fit_together", "select_lambda", "Selection",
-    "LambdaResult", "lambda_grid", "NoisyChoiceWarning",
+    "LambdaResult", "lambda_grid", "NoisyChoiceWarning", "select_network", "NetworkSelection", "CandidateResult",
     "SGD", "Momentum", "Adam", "OptimizerState", "Constant", "InverseScaling", "StepDecay", "ExponentialDecay",
     "ReduceOnPlateau", "LBFGS", "NewtonCG", "ConvergenceWarning", "DivergenceWarning", "Dataset",
     "available_backends", "BackendUnavailableError", "set_num_threads", "get_num_threads",

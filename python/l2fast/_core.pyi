@@ -1,5 +1,5 @@
 # Type stub for the compiled module l2fast._core (src/bindings.cpp); tests/test_api.py checks it agrees.
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,11 @@ def evaluate(
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
 ) -> tuple[float, int]: ...
+class GradientsWorkspace:
+    def __init__(self) -> None: ...
+    @property
+    def times_grown(self) -> int: ...
+
 def gradients(
     weights: list[np.ndarray],
     biases: list[np.ndarray],
@@ -76,6 +81,9 @@ def gradients(
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
     with_correct: bool = False,
+    out: Optional[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]]] = None,
+    workspace: Optional[GradientsWorkspace] = None,
+    on_layer: Optional[Callable[[int], None]] = None,
 ) -> Union[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float],
            tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float, int]]: ...
 def all_finite(values: np.ndarray) -> bool: ...

@@ -12,8 +12,9 @@
     l2fast sends), and the efficiency it predicts with a fixed global batch, t / (N (t/N + T(N))) for a step's
     compute time t on one rank, at N = 2 ... 64: with this machine's alpha and beta and one core's t, and with
     the stated alpha and beta of 10 GbE, 100 GbE with RDMA and NVLink (STATED_LINKS). The model leaves out the
-    per-step overhead that does not shrink with the local batch and any overlap of the allreduce with the
-    backward pass (none on the cpu backend): it is an upper bound for l2fast's cpu path.
+    per-step overhead that does not shrink with the local batch, and the overlap of the allreduce with the
+    backward pass (on cpu each bucket's allreduce starts as soon as its layers are made, but MPICH moves it on
+    only inside MPI calls, between the layers).
 """
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ single-process fit with the same global batch, to rounding.
 
 The gradient sums travel in one float64 buffer, laid out from the last layer to the first as PyTorch DDP's
 buckets are, and cut into buckets of whole layers (``BUCKET_BYTES``). A bucket's allreduce starts as soon as
-the backward pass has produced its layers, while the layers below are still being worked out -- where the
-backend hands over each layer's gradient as it is made: the numpy backend does. The cpu and cuda backends work
-out every layer's gradient in one call (``_core.gradients``, ``CudaBackend._whole_data``), so there the buffer
-is one bucket and its allreduce follows the backward pass: one allreduce per step, no overlap. The loss and
-accuracy sums are added up once per epoch.
+the backward pass has produced its layers, while the layers below are still being worked out: the numpy backend
+hands over each layer's gradient as it is made, and the cpu backend's ``_core.gradients`` calls back
+(``on_layer``) between the layers of its pass. MPI moves a started allreduce on only inside MPI calls (MPICH
+has no progress thread by default), so each later layer's call back also tests the started ones. The cuda
+backend works out every layer's gradient in one call (``CudaBackend._whole_data``), so there the buffer is one
+bucket and its allreduce follows the backward pass. The loss and accuracy sums are added up once per epoch.
 
 Two layouts of the data:
 
@@ -164,7 +165,7 @@ class _Gradients:
     the first layer's last, then a status entry (non-zero: some rank failed). ``dW[l]`` and ``db[l]`` are views
     of it; ``buckets`` are its (start, stop, layers) pieces, each of whole layers, the status in the last."""
 
-    def __init__(self, xp, weights, biases, bucket_bytes):
+    def __init__(self, xp, weights, biases, bucket_bytes, cpu):
         L = len(weights)
         total = sum(W.size + b.size for W, b in zip(weights, biases))
         self.flat = xp.zeros(total + 1, dtype=np.float64)
@@ -181,8 +182,27 @@ class _Gradients:
             offset += n_W + n_b
             layers.append(l)
         self.buckets.append((start, total + 1, layers))
+        self.bucket_of = {l: b for b, (_, _, layers) in enumerate(self.buckets) for l in layers}
         self.status = self.flat[total:]
         self.means = [xp.empty(P.shape, P.dtype) for P in list(weights) + list(biases)]  # in the parameters' dtype
+        # Kept for the fit, so that a step allocates nothing: the cpu backend's scratch memory for the backward
+        # pass, and the host backends' buffers for the rows of X, y and sample weights a step gathers.
+        self.workspace = None
+        if cpu:
+            from l2fast import _core
+
+            self.workspace = _core.GradientsWorkspace()
+        self._rows = None
+
+    def gather(self, run, rows):
+        """(X, y, sample weights or None) of rows, copied into buffers that every step reuses (host arrays)."""
+        arrays = (run.X, run.y, run.sample_weight)
+        if self._rows is None or len(rows) > len(self._rows[0]):
+            capacity = max(len(rows), min(run.batch_size, len(run.X)))
+            self._rows = [None if a is None else np.empty((capacity,) + a.shape[1:], a.dtype) for a in arrays]
+        # mode="clip": with the default, np.take writes through a temporary copy; the rows are in range
+        return tuple(None if a is None else np.take(a, rows, axis=0, out=buffer[:len(rows)], mode="clip")
+                     for a, buffer in zip(arrays, self._rows))
 
 
 class Communicator:
@@ -199,7 +219,9 @@ class Communicator:
         self.m = sum(sizes) if sharded else sizes[0]
         self.lo = sum(sizes[:self.rank]) if sharded else 0  # this rank's shard in the concatenation
         self.hi = self.lo + sizes[self.rank]
-        self.bucket_bytes = BUCKET_BYTES if backend.name == "numpy" else 1 << 62  # one bucket without layer hooks
+        # cuda works out every layer in one call, so its sums are one bucket; the host backends hand over each
+        # layer's as it is made
+        self.bucket_bytes = 1 << 62 if backend.name == "cuda" else BUCKET_BYTES
         self.nccl = _Nccl(comm) if backend.name == "cuda" else None
         self.seconds_reducing, self.steps = 0.0, 0
         self._buffers = {}
@@ -283,7 +305,8 @@ class Communicator:
     def _buffer(self, net):
         key = id(net)
         if key not in self._buffers:
-            self._buffers[key] = _Gradients(self.backend.xp, net._weights, net._biases, self.bucket_bytes)
+            self._buffers[key] = _Gradients(self.backend.xp, net._weights, net._biases, self.bucket_bytes,
+                                            self.backend.name == "cpu")
         return self._buffers[key]
 
     def _epoch(self, net, run, state, lr, order):
@@ -329,38 +352,56 @@ class Communicator:
             grads.flat.fill(0)
         if len(rows) == 0:
             return 0.0, 0
-        index = rows if backend.xp is np else backend.xp.asarray(rows)
-        X, y = run.X[index], run.y[index]
-        w = None if run.sample_weight is None else run.sample_weight[index]
+        if backend.name == "cuda":  # sums in float64 on the device, with the count of hits
+            index = backend.xp.asarray(rows)
+            w = None if run.sample_weight is None else run.sample_weight[index]
+            return backend._whole_data(net._weights, net._biases, run.X[index], run.y[index], net.activation,
+                                       net.loss, (grads.dW, grads.db), w)
+        X, y, w = grads.gather(run, rows)
         if backend.name == "numpy":
             return self._numpy_sums(net, X, y, w, grads, started)
-        if backend.name == "cuda":  # sums in float64 on the device, with the count of hits
-            return backend._whole_data(net._weights, net._biases, X, y, net.activation, net.loss,
-                                       (grads.dW, grads.db), w)
         # run.X was scanned for NaN and infinity at the fit's start: not again per step; the hits come from the
-        # same pass
-        dW, db, batch_loss, batch_correct = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation,
-                                                              net.loss, w, check_finite=False, with_correct=True)
-        for total, mean in zip(grads.dW + grads.db, dW + db):
-            np.multiply(mean, len(rows), out=total)  # gradients gives the mean over the rows
+        # same pass. The means go straight into the buffer the ranks add up, and become sums there, a layer at a
+        # time, each as soon as the backward pass has made it (its bucket's allreduce may start then).
+        layer_done = self._layer_done(grads, started)
+
+        def on_layer(layer):
+            for total in (grads.dW[layer], grads.db[layer]):
+                np.multiply(total, len(rows), out=total)  # gradients gives the mean over the rows
+            layer_done(layer)
+
+        _, _, batch_loss, batch_correct = backend.gradients(net._weights, net._biases, X, y, 0.0, net.activation,
+                                                            net.loss, w, check_finite=False, with_correct=True,
+                                                            out=(grads.dW, grads.db), workspace=grads.workspace,
+                                                            on_layer=on_layer)
         return batch_loss, batch_correct
+
+    def _layer_done(self, grads, started):
+        """The function a step's backward pass calls with each layer once its sums are in grads: it starts the
+        allreduce of a bucket whose layers are all in (the last bucket, which holds the status, is started after
+        the pass), and otherwise lets MPI move the started buckets on."""
+        waiting = [len(layers) for _, _, layers in grads.buckets]
+
+        def done(layer):
+            b = grads.bucket_of[layer]
+            waiting[b] -= 1
+            if waiting[b] == 0 and b < len(grads.buckets) - 1:
+                self._start(grads, b)
+                started[b] = True
+            elif self._requests:
+                _mpi().Request.Testall(self._requests)
+
+        return done
 
     def _numpy_sums(self, net, X, y, w, grads, started):
         from l2fast.backends import numpy_ref
 
-        waiting = [len(layers) for _, _, layers in grads.buckets]
-        bucket_of = {l: b for b, (_, _, layers) in enumerate(grads.buckets) for l in layers}
+        layer_done = self._layer_done(grads, started)
 
         def consume(layer, dZ, A_prev):
             grads.dW[layer][...] = numpy_ref.weight_product(dZ, A_prev)
             grads.db[layer][...] = dZ.sum(axis=0)
-            b = bucket_of[layer]
-            waiting[b] -= 1
-            if waiting[b] == 0 and b < len(grads.buckets) - 1:  # the last bucket holds the status: started after
-                self._start(grads, b)
-                started[b] = True
-            elif self._requests:
-                _mpi().Request.Testall(self._requests)  # lets MPI move the started buckets on meanwhile
+            layer_done(layer)
 
         with np.errstate(over="ignore", invalid="ignore"):
             outputs = numpy_ref.forward_all(net._weights, net._biases, X, net.activation)

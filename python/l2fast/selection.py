@@ -17,9 +17,11 @@ of lambdas means less and less as the training set grows. Without ``lams``, the 
 ``lambda_grid(m)``, 0 and m times 1e-4 .. 0.1. When the development losses of the whole grid lie
 within their noise of the best one, ``select_lambda`` warns (``NoisyChoiceWarning``).
 
-A sweep is a list of tasks, each one stacked group of networks (a chunk of the lambdas, for one fold of
-the data) trained by ``_train_group``; they run here one after the other, or on any
-``concurrent.futures.Executor`` (a Dask cluster's, a process pool, MPI's), with the same results.
+A sweep is a list of tasks, each one stacked group of networks (a chunk of the lambdas, for one architecture,
+seed and fold of the data) trained by ``_train_group``; they run here one after the other, or on any
+``concurrent.futures.Executor`` (a Dask cluster's, a process pool, MPI's), with the same results. ``_Sweep``
+holds a sweep's checked options and makes its tasks and Selections; ``l2fast.search.select_network`` runs
+the sweeps of several architectures and seeds through it as one list of tasks.
 """
 from __future__ import annotations
 
@@ -109,19 +111,25 @@ class Selection:
         development data losses, the development loss's standard error (with cv: its spread over the
         folds, the loss being their mean), the gap between them and, for classification, the
         accuracies."""
-        classify = self.results[0].dev_accuracy is not None
         cv = bool(self.results[0].fold_dev_losses)
-        head = f"{'lambda':>10} {'train loss':>11} {'dev loss':>9} {'(sd)' if cv else '(se)':>8} {'gap':>8}"
-        head += f" {'train acc':>10} {'dev acc':>8}" if classify else ""
-        lines = [head]
+        lines = [table_head(self.results, "(sd)" if cv else "(se)")]
         for r in self.results:
-            spread = f"({r.dev_loss_sd if cv else r.dev_loss_se:.4f})"
-            line = f"{r.lam:>10.4g} {r.train_loss:>11.4f} {r.dev_loss:>9.4f} {spread:>8} {r.gap:>8.4f}"
-            line += f" {r.train_accuracy:>10.3f} {r.dev_accuracy:>8.3f}" if classify else ""
-            lines.append(line + (" *" if r.lam == self.best_lam else ""))
+            lines.append(table_row(r, r.dev_loss_sd if cv else r.dev_loss_se) + (" *" if r.lam == self.best_lam else ""))
         if cv:
             lines.append(f"(mean over {len(self.results[0].fold_dev_losses)} folds; sd: the spread over the folds)")
         return "\n".join(lines)
+
+
+def table_head(results, spread):
+    """The head of a sweep's table, for results of one kind (LambdaResults or the like); spread: its label."""
+    head = f"{'lambda':>10} {'train loss':>11} {'dev loss':>9} {spread:>8} {'gap':>8}"
+    return head + (f" {'train acc':>10} {'dev acc':>8}" if results[0].dev_accuracy is not None else "")
+
+
+def table_row(r, spread):
+    """One result's line of a sweep's table: its lambda, losses, the dev loss's spread, gap and accuracies."""
+    line = f"{r.lam:>10.4g} {r.train_loss:>11.4f} {r.dev_loss:>9.4f} {f'({spread:.4f})':>8} {r.gap:>8.4f}"
+    return line + (f" {r.train_accuracy:>10.3f} {r.dev_accuracy:>8.3f}" if r.dev_accuracy is not None else "")
 
 
 def _hold_out_rows(m, fraction, seed):
@@ -263,20 +271,21 @@ def _engine(executor):
     return executor, None
 
 
-def _run_tasks(tasks, spec, data, pool, progress):
-    """Runs the tasks [(rows, lams)] here (pool None) or on the pool; returns their outcomes in task order.
+def _run_tasks(tasks, data, pool, progress):
+    """Runs the tasks [(spec, rows, lams)] here (pool None) or on the pool; returns their outcomes in task order.
     The first task to raise cancels those not started and raises here, with its own error."""
     if pool is None and len(tasks) == 1:  # one group here: its own bar, over the epochs
-        return [_train_group(spec, data, tasks[0][0], tasks[0][1], progress)]
+        spec, rows, lams = tasks[0]
+        return [_train_group(spec, data, rows, lams, progress)]
     outcomes = [None] * len(tasks)
     bar = _progress_bar(len(tasks), progress, unit="task")
     try:
         if pool is None:
-            for t, (rows, lams) in enumerate(tasks):
+            for t, (spec, rows, lams) in enumerate(tasks):
                 outcomes[t] = _train_group(spec, data, rows, lams)
                 _show(bar, outcomes)
             return outcomes
-        futures = {pool.submit(_train_group, spec, data, rows, lams): t for t, (rows, lams) in enumerate(tasks)}
+        futures = {pool.submit(_train_group, spec, data, rows, lams): t for t, (spec, rows, lams) in enumerate(tasks)}
         try:
             for future in concurrent.futures.as_completed(futures):
                 outcomes[futures[future]] = future.result()
@@ -361,88 +370,159 @@ def select_lambda(X_train: ArrayLike, y_train: Optional[ArrayLike] = None, X_dev
     rounding). ``progress`` shows a bar: over the epochs for a sweep of one task run here, over the
     tasks otherwise, with the best development loss so far and its lambda.
     """
-    if lams is not None:
-        lams = [_validate.real(lam, f"lams[{i}]", positive=False) for i, lam in enumerate(lams)]
-        if not lams:
-            raise ValueError("lams: need at least one value of lambda")
-    criterion = _validate.choice(criterion, "criterion", CRITERIA)
-    if criterion == "accuracy" and loss == "squared_error":
-        raise ValueError("criterion: 'accuracy' needs a classification loss")
-    if (X_dev is None) != (y_dev is None) and not isinstance(X_dev, Dataset):
-        raise ValueError("X_dev, y_dev: give both or neither")
-    for name, flag in (("stacked", stacked), ("refit", refit), ("progress", progress)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
-    if chunk_size is not None:
-        chunk_size = _validate.integer(chunk_size, "chunk_size", 1)
-    pool, client = _engine(executor)  # a wrong one is refused here, before any training
-    template = Network(layer_sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=seed)
-    X, y, w = _data(X_train, y_train, "X_train")
-    dev = (None, None, None) if X_dev is None else _data(X_dev, y_dev, "X_dev")
-    folds = None
-    if cv is not None:
-        if X_dev is not None:
-            raise ValueError("X_dev, y_dev: cv makes its development sets from the training data; give one or "
-                             "the other")
-        if patience is not None and refit:
-            raise ValueError("patience: a refit on all the training data has no development data to stop on; "
-                             "use tol (training to convergence) or refit=False")
-        folds = _checked_cv(cv, len(y))
-        folds = folds if folds is not None else _cv_rows(y, int(cv), seed, loss != "squared_error")
-    elif X_dev is None:
-        _validate.real(validation_fraction, "validation_fraction", positive=True)
-        folds = [_hold_out_rows(len(y), validation_fraction, seed)]
-    if lams is None:
-        lams = lambda_grid(len(y) if cv is not None or X_dev is not None else len(folds[0][0]))
-    # Checked once here, so that a bad array fails before any training.
-    checks = [("X_train, y_train", (X, y, w))] + ([("X_dev, y_dev", dev)] if X_dev is not None else [])
-    for names, (X_check, y_check, w_check) in checks:
-        try:
-            template.cost(X_check, y_check, w_check)
-        except (ValueError, TypeError) as exc:
-            raise type(exc)(f"{names}: {exc}") from exc
+    sweep = _Sweep(X_train, y_train, X_dev, y_dev, lams, architectures=[layer_sizes], seeds=[seed],
+                   activation=activation, loss=loss, backend=backend, dtype=dtype, epochs=epochs, lr=lr,
+                   batch_size=batch_size, shuffle=shuffle, patience=patience, validation_fraction=validation_fraction,
+                   criterion=criterion, stacked=stacked, progress=progress, tol=tol, n_iter_no_change=n_iter_no_change,
+                   cv=cv, refit=refit, executor=executor, chunk_size=chunk_size)
+    selection = sweep.selection(sweep.run(sweep.tasks(layer_sizes, seed)))
+    if not selection.meaningful and len(sweep.lams) > 1:
+        warn_noisy("select_lambda", f"every lambda ({min(sweep.lams):g} .. {max(sweep.lams):g})",
+                   f"lambda = {selection.best_lam:g}")
+    if sweep.cv and refit:
+        selection.best_network = sweep.refit(layer_sizes, seed, selection.best_lam)
+    return selection
 
-    if epochs is None:
-        epochs = EPOCH_CAP
-        if tol is None and patience is None:
-            tol = DEFAULT_TOL
-    spec = dict(network=dict(layer_sizes=layer_sizes, activation=activation, loss=loss, backend=backend,
-                             dtype=dtype, seed=seed),
-                fit=dict(epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle, patience=patience, tol=tol,
-                         n_iter_no_change=n_iter_no_change, watch="cost" if tol is not None else None),
-                stacked=bool(stacked))
-    size = chunk_size or len(lams)
-    chunks = [list(range(start, min(start + size, len(lams)))) for start in range(0, len(lams), size)]
-    data = (X, y, w) + tuple(dev)
-    if client is not None:  # Dask: the data go to every worker once, and the tasks refer to them
-        [data] = client.scatter([data], broadcast=True)
-    tasks = [(rows, [lams[i] for i in chunk]) for rows in (folds or [None]) for chunk in chunks]
-    outcomes = _run_tasks(tasks, spec, data, pool, progress)
-    # per_fold[f][i]: fold f's outcome for lambda i
-    per_fold = [[o for t in range(f * len(chunks), (f + 1) * len(chunks)) for o in outcomes[t]]
-                for f in range(len(folds or [None]))]
-    results = [_result(lam, [fold[i] for fold in per_fold], cv is not None) for i, lam in enumerate(lams)]
+
+def warn_noisy(caller, candidates, choice):
+    """NoisyChoiceWarning, for the caller of select_lambda or select_network."""
+    warnings.warn(f"{caller}: the development losses of {candidates} lie within {NOISE_SE:g} standard errors of "
+                  f"the best one, so the choice of {choice} is not meaningful: train longer (more epochs or a larger lr), "
+                  "widen the grid, or use more development records", NoisyChoiceWarning, stacklevel=3)
+
+
+def best_index(results, criterion):
+    """The index of the best of results (LambdaResults or the like): the lowest development loss, or the
+    highest development accuracy and, among equals, the lowest loss."""
     if criterion == "loss":
-        best = min(range(len(lams)), key=lambda k: results[k].dev_loss)
-    else:
-        best = min(range(len(lams)), key=lambda k: (-results[k].dev_accuracy, results[k].dev_loss))
-    meaningful = any(r.dev_loss - results[best].dev_loss > NOISE_SE * r.dev_loss_se for r in results)
-    if cv is None and len(per_fold[0][0]["part_losses"]) < 2:
-        meaningful = True  # one development record: no noise to measure
-    if not meaningful and len(lams) > 1:
-        warnings.warn(f"select_lambda: the development losses of every lambda ({min(lams):g} .. {max(lams):g}) lie "
-                      f"within {NOISE_SE:g} standard errors of the best one, so the choice of lambda = "
-                      f"{lams[best]:g} is not meaningful: train longer (more epochs or a larger lr), widen the "
-                      "grid, or use more development records", NoisyChoiceWarning, stacklevel=2)
-    if cv is None:
-        networks = [fold[0]["network"] for fold in zip(*per_fold)]
-        return Selection(results, lams[best], networks[best], criterion, networks, meaningful)
-    fold_networks = [[o["network"] for o in fold] for fold in zip(*per_fold)]
-    best_network = None
-    if refit:
-        [[final]] = _run_tasks([(None, [lams[best]])], spec, data, pool, progress)  # data: no X_dev with cv
-        best_network = final["network"]
-    return Selection(results, lams[best], best_network, criterion, [], meaningful, fold_networks)
+        return min(range(len(results)), key=lambda k: results[k].dev_loss)
+    return min(range(len(results)), key=lambda k: (-results[k].dev_accuracy, results[k].dev_loss))
+
+
+def is_meaningful(results, best):
+    """Whether some result's development loss lies more than NOISE_SE standard errors above the best one's."""
+    return any(r.dev_loss - results[best].dev_loss > NOISE_SE * r.dev_loss_se for r in results)
+
+
+class _Sweep:
+    """A sweep's checked options and data, shared by ``select_lambda`` and ``l2fast.search.select_network``:
+    the tasks of one (architecture, seed), running tasks here or on the executor, and the ``Selection`` of one
+    (architecture, seed) made from its tasks' outcomes. Everything is checked when it is made, before any
+    training. ``names[i]`` names architecture i in messages."""
+
+    def __init__(self, X_train, y_train, X_dev, y_dev, lams, *, architectures, seeds, activation="relu",
+                 loss="softmax", backend="cpu", dtype="float32", epochs=None, lr=0.1, batch_size=None, shuffle=True,
+                 patience=None, validation_fraction=0.2, criterion="loss", stacked=True, progress=True, tol=None,
+                 n_iter_no_change=10, cv=None, refit=True, executor=None, chunk_size=None, names=None):
+        if lams is not None:
+            lams = [_validate.real(lam, f"lams[{i}]", positive=False) for i, lam in enumerate(lams)]
+            if not lams:
+                raise ValueError("lams: need at least one value of lambda")
+        self.criterion = _validate.choice(criterion, "criterion", CRITERIA)
+        if criterion == "accuracy" and loss == "squared_error":
+            raise ValueError("criterion: 'accuracy' needs a classification loss")
+        if (X_dev is None) != (y_dev is None) and not isinstance(X_dev, Dataset):
+            raise ValueError("X_dev, y_dev: give both or neither")
+        for name, flag in (("stacked", stacked), ("refit", refit), ("progress", progress)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        if chunk_size is not None:
+            chunk_size = _validate.integer(chunk_size, "chunk_size", 1)
+        self.pool, client = _engine(executor)  # a wrong one is refused here, before any training
+        self.progress = progress
+        network = dict(activation=activation, loss=loss, backend=backend, dtype=dtype)
+        templates = [Network(sizes, seed=seeds[0], **network) for sizes in architectures]
+        X, y, w = _data(X_train, y_train, "X_train")
+        dev = (None, None, None) if X_dev is None else _data(X_dev, y_dev, "X_dev")
+        self.cv = cv is not None
+        self._pairs, self._k, self._fraction = None, None, None
+        if self.cv:
+            if X_dev is not None:
+                raise ValueError("X_dev, y_dev: cv makes its development sets from the training data; give one or "
+                                 "the other")
+            if patience is not None and refit:
+                raise ValueError("patience: a refit on all the training data has no development data to stop on; "
+                                 "use tol (training to convergence) or refit=False")
+            self._pairs = _checked_cv(cv, len(y))
+            self._k = int(cv) if self._pairs is None else None
+        elif X_dev is None:
+            _validate.real(validation_fraction, "validation_fraction", positive=True)
+            self._fraction = validation_fraction
+        self._y, self._classify = y, loss != "squared_error"
+        folds = self.folds(seeds[0])  # refuses more folds than records, a fraction that leaves no records
+        if lams is None:
+            lams = lambda_grid(len(y) if self.cv or X_dev is not None else len(folds[0][0]))
+        self.lams = lams
+        # Checked once here, so that a bad array fails before any training.
+        names = names or ["layer_sizes"] * len(architectures)
+        checks = [("X_train, y_train", (X, y, w))] + ([("X_dev, y_dev", dev)] if X_dev is not None else [])
+        for template, name in zip(templates, names):
+            for arrays, (X_check, y_check, w_check) in checks:
+                try:
+                    template.cost(X_check, y_check, w_check)
+                except (ValueError, TypeError) as exc:
+                    where = arrays if len(templates) == 1 else f"{arrays} for {name}"
+                    raise type(exc)(f"{where}: {exc}") from exc
+        if epochs is None:
+            epochs = EPOCH_CAP
+            if tol is None and patience is None:
+                tol = DEFAULT_TOL
+        self._network = network
+        self._fit = dict(epochs=epochs, lr=lr, batch_size=batch_size, shuffle=shuffle, patience=patience, tol=tol,
+                         n_iter_no_change=n_iter_no_change, watch="cost" if tol is not None else None)
+        self._stacked = bool(stacked)
+        size = chunk_size or len(lams)
+        self._chunks = [lams[start:start + size] for start in range(0, len(lams), size)]
+        self.data = (X, y, w) + tuple(dev)
+        if client is not None:  # Dask: the data go to every worker once, and the tasks refer to them
+            [self.data] = client.scatter([self.data], broadcast=True)
+
+    def folds(self, seed):
+        """The (training rows, development rows) pairs that seed draws (the pairs given as cv: those), or None
+        for the training data whole with the development data given."""
+        if self._pairs is not None:
+            return self._pairs
+        if self._k is not None:
+            return _cv_rows(self._y, self._k, seed, self._classify)
+        if self._fraction is not None:
+            return [_hold_out_rows(len(self._y), self._fraction, seed)]
+        return None
+
+    def _spec(self, layer_sizes, seed):
+        return dict(network=dict(self._network, layer_sizes=list(layer_sizes), seed=seed), fit=self._fit,
+                    stacked=self._stacked)
+
+    def tasks(self, layer_sizes, seed):
+        """The tasks [(spec, rows, lams)] of one architecture and seed: for each fold, each chunk of the lambdas."""
+        spec = self._spec(layer_sizes, seed)
+        return [(spec, rows, chunk) for rows in (self.folds(seed) or [None]) for chunk in self._chunks]
+
+    def run(self, tasks):
+        """The tasks' outcomes, in task order, run here or on the executor."""
+        return _run_tasks(tasks, self.data, self.pool, self.progress)
+
+    def selection(self, outcomes):
+        """The Selection of one architecture and seed from the outcomes of its tasks (``tasks``' order); with cv,
+        its best_network is None (``refit`` makes one)."""
+        n_folds = len(outcomes) // len(self._chunks)
+        # per_fold[f][i]: fold f's outcome for lambda i
+        per_fold = [[o for t in range(f * len(self._chunks), (f + 1) * len(self._chunks)) for o in outcomes[t]]
+                    for f in range(n_folds)]
+        results = [_result(lam, [fold[i] for fold in per_fold], self.cv) for i, lam in enumerate(self.lams)]
+        best = best_index(results, self.criterion)
+        meaningful = is_meaningful(results, best)
+        if not self.cv and len(per_fold[0][0]["part_losses"]) < 2:
+            meaningful = True  # one development record: no noise to measure
+        if not self.cv:
+            networks = [fold[0]["network"] for fold in zip(*per_fold)]
+            return Selection(results, self.lams[best], networks[best], self.criterion, networks, meaningful)
+        fold_networks = [[o["network"] for o in fold] for fold in zip(*per_fold)]
+        return Selection(results, self.lams[best], None, self.criterion, [], meaningful, fold_networks)
+
+    def refit(self, layer_sizes, seed, lam):
+        """A network of lam trained on all the training data (no development data: cv made them from it)."""
+        [[final]] = self.run([(self._spec(layer_sizes, seed), None, [lam])])
+        return final["network"]
 
 
 def _result(lam, outcomes, cv):

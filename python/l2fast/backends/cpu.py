@@ -83,10 +83,14 @@ class CpuBackend(HostArrays):
                                   check_finite=check_finite)
 
     def gradients(self, weights, biases, X, y, lam_over_m, activation, loss, sample_weight=None, check_finite=True,
-                  with_correct=False):
+                  with_correct=False, out=None, workspace=None, on_layer=None):
+        """As the numpy backend's; ``out`` = (dW list, db list) of float64 arrays to write into, ``workspace``
+        (a ``_core.GradientsWorkspace``) the scratch memory kept between calls, and ``on_layer(l)`` called as soon
+        as layer l's gradient is final: a data-parallel step's."""
         with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
-                                   sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct)
+                                   sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct,
+                                   out=out, workspace=workspace, on_layer=on_layer)
 
     # The two passes of l2fast.NewtonCG, each one read of X. X has passed ``features`` (checked there), and these
     # kernels never read outside its arrays whatever they hold, so its O(nnz) checks are not repeated per call.
