@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -12,7 +11,6 @@
 #include "blas.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
-#include "small_gemm.hpp"
 #include "update.hpp"
 
 namespace l2fast {
@@ -216,13 +214,6 @@ private:
     std::chrono::steady_clock::time_point last_;
 };
 
-// to (cols x rows) <- from (rows x cols) transposed.
-template <class T>
-void transpose(const T* from, std::size_t rows, std::size_t cols, T* to) {
-    for (std::size_t i = 0; i < rows; ++i)
-        for (std::size_t j = 0; j < cols; ++j) to[j * rows + i] = from[i * cols + j];
-}
-
 // A float32 epoch of plain SGD trains its small dense layers on a transposed copy of W (n_in x n_out), made at
 // the start and copied back at the end: OpenBLAS's small-matrix kernels run the forward product A W^T in about
 // half the time when W^T is stored (A W^T as a plain product), and the weight gradient just as fast into W^T
@@ -254,6 +245,11 @@ public:
     }
 
 private:
+    static void transpose(const T* from, std::size_t rows, std::size_t cols, T* to) {
+        for (std::size_t i = 0; i < rows; ++i)
+            for (std::size_t j = 0; j < cols; ++j) to[j * rows + i] = from[i * cols + j];
+    }
+
     const Shape& shape_;
     Params<T>& params_;
     std::vector<std::vector<T>> copies_;
@@ -269,152 +265,6 @@ Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::siz
     y.rows = rows;
     y.row0 = row0;
     return y;
-}
-
-// The most multiply-adds of one product for which a multi-layer epoch runs on small_gemm instead of OpenBLAS.
-constexpr double kSmallProduct = 4e6;
-
-// Whether a multi-layer epoch on dense X runs on small_gemm (train_epoch_small): every product of a minibatch small
-// enough that OpenBLAS's per-call costs and packing, and the gather of the rows, weigh more than its kernels' speed.
-template <class T>
-bool trains_small(const Shape& shape, const Dataset<T>& data, std::size_t batch) {
-    if (shape.n_layers() < 2 || data.sparse || !small_gemm_available() || std::getenv("L2FAST_NO_SMALL")) return false;
-    for (std::size_t l = 0; l < shape.n_layers(); ++l)
-        if (double(batch) * double(shape.sizes[l]) * double(shape.sizes[l + 1]) > kSmallProduct) return false;
-    return true;
-}
-
-// Asks for the targets (and sample weights) of the next step's records, which the loss would otherwise wait on
-// one after the other (random reads).
-template <class T>
-void prefetch_targets(const Dataset<T>& data, const std::int64_t* picked, std::size_t rows, std::size_t n_out) {
-    for (std::size_t i = 0; i < rows; ++i) {
-        const std::size_t r = std::size_t(picked[i]);
-        if (data.y_labels) __builtin_prefetch(data.y_labels + r);
-        if (data.y_values) __builtin_prefetch(data.y_values + r * n_out);
-        if (data.weights) __builtin_prefetch(data.weights + r);
-    }
-}
-
-// The share of a row's vector lanes that n columns fill (AVX-512: 64 bytes a vector).
-template <class T>
-double lanes_filled(std::size_t n) {
-    constexpr std::size_t lanes = 64 / sizeof(T);
-    return double(n) / double((n + lanes - 1) / lanes * lanes);
-}
-
-// train_epoch for a network with hidden layers whose products are all small (trains_small): each product is one
-// small_gemm call that reads its rows in place (a shuffled minibatch's records straight from X, no gathered copy).
-// The forward product wants W^T (n_in x n_out) and the input gradient W (n_out x n_in). Plain SGD trains each layer
-// in the layout whose rows fill the vectors better (W^T unless n_out fills them worse than n_in: a 10-unit output
-// layer trains on W), copied back at the end, and derives the other layout from it each step where a product
-// needs it; the other optimizers step W and derive W^T each step. A copy is a few thousand entries, the products
-// of a step several hundred thousand multiply-adds.
-template <class T>
-EpochResult train_epoch_small(const Shape& shape, Params<T>& params, const Dataset<T>& data,
-                              const std::int64_t* order, std::size_t n, std::size_t batch, T lr, T lam_over_m,
-                              const std::function<bool()>& should_stop, OptimizerRun<T>* run) {
-    EpochResult result;
-    const std::size_t L = shape.n_layers(), n_in = shape.n_in();
-    const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
-    Workspace<T> ws(shape, batch, false, true);
-    std::vector<double> scale(L, 1.0);
-    std::vector<std::vector<T>> copies(L), derived(L), grad_W(fused_sgd ? 0 : L), grad_b(fused_sgd ? 0 : L);
-    std::vector<T*> W_t(L, nullptr), W(L, nullptr);  // per layer: W^T and W as this step reads them
-    std::vector<bool> on_t(L, false);                // per layer: trained on W^T
-    for (std::size_t l = 0; l < L; ++l) {
-        const std::size_t fan_in = shape.sizes[l], fan_out = shape.sizes[l + 1], n_w = fan_in * fan_out;
-        on_t[l] = fused_sgd && lanes_filled<T>(fan_out) >= lanes_filled<T>(fan_in);
-        if (on_t[l]) {
-            copies[l].resize(n_w);
-            W_t[l] = copies[l].data();
-            transpose(params.W[l], fan_out, fan_in, W_t[l]);
-            if (l > 0) derived[l].resize(n_w);
-            W[l] = l > 0 ? derived[l].data() : nullptr;
-        } else {
-            W[l] = params.W[l];
-            derived[l].resize(n_w);
-            W_t[l] = derived[l].data();
-        }
-        if (!fused_sgd) {
-            grad_W[l].resize(n_w);
-            grad_b[l].resize(fan_out);
-        }
-    }
-    auto slot = [&](std::size_t s, bool weights, std::size_t l) -> T* {
-        if (s >= run->slots.size()) return nullptr;
-        return weights ? run->slots[s].W[l] : run->slots[s].b[l];
-    };
-    const T one = T(1);
-    const RowsOf<T> ones{&one, 0, nullptr};  // X(0, q) = 1: the bias gradient as one more small_gemm
-    StopCheck stop(should_stop);
-    static const bool pf1 = std::getenv("PF1");
-    static const std::size_t every = std::getenv("EVERY") ? std::atoi(std::getenv("EVERY")) : 2;
-    for (std::size_t start = 0; start < n; start += batch) {
-        const std::size_t rows = std::min(batch, n - start);
-        const std::int64_t* picked = order ? order + start : nullptr;
-        if (picked && start + rows < n) prefetch_targets(data, picked + rows, std::min(batch, n - start - rows),
-                                                         shape.n_out());
-        const RowsOf<T> X{picked ? data.X : data.X + start * n_in, n_in, picked};
-        const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
-        LineQueue queue{reinterpret_cast<const char*>(data.X), n_in * sizeof(T), next.picked, next.rows, every};
-        LineQueue* ask = pf1 ? nullptr : &queue;
-        for (std::size_t l = 0; l < L; ++l) {  // the layouts derived from the trained ones
-            if (!on_t[l]) transpose(W[l], shape.sizes[l + 1], shape.sizes[l], W_t[l]);
-            else if (l > 0) transpose(W_t[l], shape.sizes[l], shape.sizes[l + 1], W[l]);
-        }
-        for (std::size_t l = 0; l < L; ++l) {
-            const std::size_t fan_in = shape.sizes[l], fan_out = shape.sizes[l + 1];
-            const RowsOf<T> A_prev = l == 0 ? X : RowsOf<T>{ws.out[l - 1].data(), fan_in, nullptr};
-            small_gemm(XForm::N, rows, fan_out, fan_in, T(scale[l]), A_prev, RowsOf<T>{W_t[l], fan_out, nullptr},
-                       T(0), ws.out[l].data(), fan_out, ask);
-            inplace_bias_activation(ws.out[l].data(), params.b[l], rows, fan_out,
-                                    l + 1 == L ? Activation::Identity : shape.act);
-        }
-        if (pf1) prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
-        result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
-                                              targets_of(data, picked, start));
-        if (pf1) prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
-        if (!fused_sgd) ++run->step;
-        for (std::size_t l = L; l-- > 0;) {
-            const std::size_t fan_in = shape.sizes[l], fan_out = shape.sizes[l + 1];
-            const T* dZ = l + 1 == L ? ws.out[l].data() : ws.grad[l].data();
-            const RowsOf<T> dZ_rows{dZ, fan_out, nullptr};
-            const RowsOf<T> A_prev = l == 0 ? X : RowsOf<T>{ws.out[l - 1].data(), fan_in, nullptr};
-            if (l > 0) {  // the input gradient first, with the old weights
-                T* dZ_below = ws.grad[l - 1].data();
-                small_gemm(XForm::N, rows, fan_in, fan_out, T(scale[l]), dZ_rows, RowsOf<T>{W[l], fan_in, nullptr},
-                           T(0), dZ_below, fan_in, ask);
-                inplace_activation_backward(dZ_below, ws.out[l - 1].data(), rows * fan_in, shape.act);
-            }
-            if (fused_sgd) {
-                const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
-                if (on_t[l])
-                    small_gemm(XForm::T, fan_in, fan_out, rows, c.alpha, A_prev, dZ_rows, c.beta, W_t[l], fan_out, ask);
-                else
-                    small_gemm(XForm::T, fan_out, fan_in, rows, c.alpha, dZ_rows, A_prev, c.beta, W[l], fan_in, ask);
-                small_gemm(XForm::T, 1, fan_out, rows, -lr / T(rows), ones, dZ_rows, T(1), params.b[l], fan_out);
-                continue;
-            }
-            small_gemm(XForm::T, fan_out, fan_in, rows, T(1) / T(rows), dZ_rows, A_prev, T(0), grad_W[l].data(),
-                       fan_in, ask);
-            small_gemm(XForm::T, 1, fan_out, rows, T(1) / T(rows), ones, dZ_rows, T(0), grad_b[l].data(), fan_out);
-            inplace_optimizer_step(run->opt, run->step, params.W[l], grad_W[l].data(), slot(0, true, l),
-                                   slot(1, true, l), fan_in * fan_out, lr, lam_over_m);
-            inplace_optimizer_step(run->opt, run->step, params.b[l], grad_b[l].data(), slot(0, false, l),
-                                   slot(1, false, l), fan_out, lr, T(0));
-        }
-        ++result.steps;
-        if (stop()) {
-            result.stopped = true;
-            break;
-        }
-    }
-    for (std::size_t l = 0; l < L; ++l) {
-        if (on_t[l]) transpose(W_t[l], shape.sizes[l], shape.sizes[l + 1], params.W[l]);
-        inplace_apply_scale(params.W[l], scale[l], shape.sizes[l + 1] * shape.sizes[l]);
-    }
-    return result;
 }
 
 }  // namespace
@@ -454,8 +304,6 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
-    if (trains_small(shape, data, batch))
-        return train_epoch_small(shape, params, data, order, n, batch, lr, lam_over_m, should_stop, run);
     const std::size_t n_in = shape.n_in();
     Workspace<T> ws(shape, batch, order != nullptr && !data.sparse, true);
     BlockX<T> block;
@@ -486,10 +334,10 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
         forward_block(shape, params, scale.data(), block, rows, ws, W_t);
-        if (!std::getenv("NOPF")) prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
+        prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
-        if (!std::getenv("NOPF")) prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
+        prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         if (!fused_sgd) ++run->step;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];

@@ -20,7 +20,6 @@
 #include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
-#include "small_gemm.hpp"
 #include "sparse.hpp"
 #include "update.hpp"
 
@@ -698,41 +697,6 @@ static void test_small_layers_train_transposed_where_openblas_would_pack() {
     CHECK(!train_transposed(128, 784, 256)); // past 100^3 multiply-adds: OpenBLAS packs in either layout
 }
 
-// small_gemm against its plain-loop specification, bit for bit: both forms, every block shape and column tail
-// (m past the 6-row blocks, n past one and four vectors), picked rows, beta 0 and not.
-template <class T>
-static void small_gemm_equals_its_specification() {
-    std::mt19937_64 rng(11);
-    const std::size_t dims[] = {1, 5, 7, 13, 17, 25, 33, 64, 65, 70};
-    for (XForm form : {XForm::N, XForm::T})
-        for (std::size_t m : dims)
-            for (std::size_t n : dims)
-                for (std::size_t k : {std::size_t(1), std::size_t(9), std::size_t(32), std::size_t(45)}) {
-                    const std::size_t x_rows = form == XForm::N ? m : k, x_cols = form == XForm::N ? k : m;
-                    const std::size_t ld_x = x_cols + 3, total = 2 * x_rows + 1;
-                    std::vector<T> Xs, Y, C0;
-                    for (double v : randn(total * ld_x, rng)) Xs.push_back(T(v));
-                    for (double v : randn(k * (n + 2), rng)) Y.push_back(T(v));
-                    for (double v : randn(m * (n + 1), rng)) C0.push_back(T(v));
-                    std::vector<std::int64_t> picked(x_rows);
-                    for (std::size_t i = 0; i < x_rows; ++i) picked[i] = std::int64_t((i * 7 + 3) % total);
-                    const RowsOf<T> x{Xs.data(), ld_x, picked.data()}, y{Y.data(), n + 2, nullptr};
-                    for (T beta : {T(0), T(0.75)}) {
-                        std::vector<T> C = C0, C_ref = C0;
-                        small_gemm(form, m, n, k, T(-0.3), x, y, beta, C.data(), n + 1);
-                        small_gemm_reference(form, m, n, k, T(-0.3), x, y, beta, C_ref.data(), n + 1);
-                        bool same = true;
-                        for (std::size_t i = 0; i < C.size(); ++i) same = same && C[i] == C_ref[i];
-                        CHECK(same);
-                    }
-                }
-}
-
-static void test_small_gemm_equals_its_specification() {
-    small_gemm_equals_its_specification<float>();
-    small_gemm_equals_its_specification<double>();
-}
-
 int main() {
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_dense_forward();
@@ -755,7 +719,6 @@ int main() {
     test_check_csr_refuses_malformed_matrices();
     test_network_on_sparse_x_equals_dense();
     test_newton_passes_agree();
-    test_small_gemm_equals_its_specification();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }
