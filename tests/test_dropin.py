@@ -194,6 +194,21 @@ def test_data_loss_curve_is_exact_without_penalty():
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_loss_curve_is_exact_with_penalty_when_an_epoch_is_one_batch(solver):
+    """The penalty part of loss_curve_ interpolates the norms of an epoch's batches from its two ends, exact for
+    one batch: then the whole curve is scikit-learn's to rounding (the 2e-7 elsewhere is that interpolation)."""
+    X, y = data(m=150)
+    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=150, max_iter=8, random_state=1, alpha=0.5,
+                  learning_rate_init=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+
+
 @pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0, learning_rate="adaptive"),
                                     dict(solver="sgd", learning_rate="adaptive"), dict(solver="adam")],
                          ids=["sgd-adaptive", "nesterov-adaptive", "adam"])

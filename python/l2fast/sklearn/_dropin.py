@@ -186,11 +186,8 @@ class _Trainer:
 
     def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
-        short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss."""
-        with self.threads(batch):
-            return self._epoch(X, y, weights, order, batch, lr, alpha, scale)
-
-    def _epoch(self, X, y, weights, order, batch, lr, alpha, scale):
+        short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss. Runs inside
+        ``threads(batch)``, which the caller enters once for all its epochs."""
         net, state = self.net, self.state
         stepper = None if self.spec.name == "sgd" else self.spec
         if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
@@ -302,41 +299,45 @@ class _L2fastMLP:
         order = np.arange(m, dtype=np.int64)
         n_batches = -(-m // batch)
         loss_outputs = self._loss_outputs()
-        try:
-            self.n_iter_ = 0
-            for _ in range(self.max_iter):
-                if self.shuffle:
-                    order = _shuffled(order, self._random_state)
+        # One thread count for all the epochs, set once (a float64 network's count fixes its last bits)
+        with trainer.threads(batch):
+            try:
+                self.n_iter_ = 0
                 start_norm = trainer.squared_norm()
-                lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
-                loss_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
-                # scikit-learn adds alpha/2 ||W||^2 before each batch's step; l2fast sees the norms at the
-                # epoch's two ends only and interpolates the n batches' linearly (exact for one batch)
-                norm = start_norm + (trainer.squared_norm() - start_norm) * (n_batches - 1) / (2 * n_batches)
-                self.loss_ = loss_sum / m / loss_outputs + n_batches * 0.5 * self.alpha * scale * norm / m
-                self.n_iter_ += 1
-                self.t_ += m
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                if self.early_stopping:
-                    trainer.store(self)  # the validation score and the best snapshot read coefs_
-                self._update_no_improvement_count(self.early_stopping, X_val, y_val, w_val)
-                self._optimizer.iteration_ends(self.t_)
-                if self._no_improvement_count > self.n_iter_no_change:
-                    watched = "Validation score" if self.early_stopping else "Training loss"
-                    msg = (f"{watched} did not improve more than tol={self.tol:f} for "
-                           f"{self.n_iter_no_change} consecutive epochs.")
-                    if self._optimizer.trigger_stopping(msg, self.verbose):
+                for _ in range(self.max_iter):
+                    if self.shuffle:
+                        order = _shuffled(order, self._random_state)
+                    lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
+                    loss_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
+                    # scikit-learn adds alpha/2 ||W||^2 before each batch's step; l2fast sees the norms at the
+                    # epoch's two ends only and interpolates the n batches' linearly (exact for one batch)
+                    end_norm = trainer.squared_norm()
+                    norm = start_norm + (end_norm - start_norm) * (n_batches - 1) / (2 * n_batches)
+                    start_norm = end_norm  # the next epoch starts where this one ended
+                    self.loss_ = loss_sum / m / loss_outputs + n_batches * 0.5 * self.alpha * scale * norm / m
+                    self.n_iter_ += 1
+                    self.t_ += m
+                    self.loss_curve_.append(self.loss_)
+                    if self.verbose:
+                        print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                    if self.early_stopping:
+                        trainer.store(self)  # the validation score and the best snapshot read coefs_
+                    self._update_no_improvement_count(self.early_stopping, X_val, y_val, w_val)
+                    self._optimizer.iteration_ends(self.t_)
+                    if self._no_improvement_count > self.n_iter_no_change:
+                        watched = "Validation score" if self.early_stopping else "Training loss"
+                        msg = (f"{watched} did not improve more than tol={self.tol:f} for "
+                               f"{self.n_iter_no_change} consecutive epochs.")
+                        if self._optimizer.trigger_stopping(msg, self.verbose):
+                            break
+                        self._no_improvement_count = 0
+                    if incremental:
                         break
-                    self._no_improvement_count = 0
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                                  "optimization hasn't converged yet.", ConvergenceWarning)
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+                    if self.n_iter_ == self.max_iter:
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                      "optimization hasn't converged yet.", ConvergenceWarning)
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
         trainer.store(self)
         if self.early_stopping:
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
