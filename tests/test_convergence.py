@@ -377,7 +377,7 @@ def test_partial_fit_refuses_other_classes_and_warm_start_another_label_set():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("m, n_in, n_out", [(5, 13, 1), (9000, 13, 1), (700, 13, 4), (3, 7, 1), (1001, 64, 3)])
 def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, n_in, n_out):
-    # records four at a time and then one by one, features eight at a time and then one by one
+    # records eight (four without AVX-512) at a time and then one by one, features eight at a time and then one by one
     rng = np.random.default_rng(m)
     X = rng.normal(size=(m, n_in))
     y = rng.integers(0, max(n_out, 2), size=m)
@@ -389,6 +389,25 @@ def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, 
         assert_parity(dW_cpu[0], dW_ref[0], dtype, "weight gradient")
         assert_parity(db_cpu[0], db_ref[0], dtype, "bias gradient")
         assert_parity(nets[1].cost(X, y, weights), nets[0].cost(X, y, weights), dtype, "cost")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_one_read_pass_gives_the_same_bits_on_one_thread_and_on_two(dtype):
+    # 20000 records: two threads take the 16 slices as they come, in whatever order the machine's load gives
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(20_000, 37)), rng.integers(0, 3, size=20_000)
+    results = []
+    before = l2fast.get_num_threads()
+    try:
+        for n in (1, 2, 2, 1):
+            l2fast.set_num_threads(n, adaptive=False)
+            net = l2fast.Network([37, 3], loss="softmax", lam=0.5, dtype=dtype, seed=1)
+            (dW,), (db,) = net.gradients(X, y)
+            results.append((dW, db, net.cost(X, y)))
+    finally:
+        l2fast.set_num_threads(before)
+    for dW, db, cost in results[1:]:
+        assert np.array_equal(dW, results[0][0]) and np.array_equal(db, results[0][1]) and cost == results[0][2]
 
 
 def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
