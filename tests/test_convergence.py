@@ -530,6 +530,29 @@ def test_default_estimators_converge_on_standardised_data_and_say_so():
         assert clf.history_.converged and clf.n_iter_ < clf.epochs and clf.score(X, y) > 0.97
 
 
+@pytest.mark.parametrize("loader", [load_breast_cancer, load_digits])
+def test_logistic_regression_starts_lbfgs_at_zero_and_follows_scikit_learns_iterates(loader):
+    # the same J, the same L-BFGS-B options and the same start: the same iterations, even at scikit-learn's
+    # default tol where the answer is still 1e-2 away from the optimum (from random weights it took others)
+    X, y = standardised(loader)
+    theirs = LogisticRegression().fit(X, y)
+    ours = [L2LogisticRegression(random_state=seed, dtype="float64").fit(X, y) for seed in (0, 1)]
+    for clf in ours:
+        assert clf.n_iter_ == theirs.n_iter_[0]
+        assert_close_to(clf.network_, theirs, 1e-9)
+    np.testing.assert_array_equal(ours[0].coef_, ours[1].coef_)  # random_state no longer matters
+    weights = np.random.default_rng(0).integers(0, 4, size=len(y))  # tol scaled as scikit-learn's J: same stops
+    theirs = LogisticRegression().fit(X, y, sample_weight=weights)
+    ours = L2LogisticRegression(dtype="float64").fit(X, y, sample_weight=weights)
+    assert ours.n_iter_ == theirs.n_iter_[0]
+    assert_close_to(ours.network_, theirs, 1e-9)
+    warm = L2LogisticRegression(warm_start=True, dtype="float64").fit(X, y)
+    before = warm.coef_.copy()
+    n_iter = warm.n_iter_
+    warm.fit(X, y)  # warm_start: from the fitted coefficients, which already meet tol
+    assert warm.n_iter_ - n_iter <= 1 and np.abs(warm.coef_ - before).max() <= 1e-3 * np.abs(before).max()
+
+
 def test_select_lambda_trains_each_run_until_its_tolerance():
     X, y = standardised(load_digits)
     sweep = l2fast.select_lambda(X[:600], y[:600], X[600:1200], y[600:1200], lams=[0.0, 1.0, 30.0],
