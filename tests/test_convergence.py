@@ -410,6 +410,37 @@ def test_the_one_read_pass_gives_the_same_bits_on_one_thread_and_on_two(dtype):
         assert np.array_equal(dW, results[0][0]) and np.array_equal(db, results[0][1]) and cost == results[0][2]
 
 
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton-cg"])
+def test_the_solvers_run_the_other_blas_libraries_on_one_thread_meanwhile(monkeypatch, optimizer):
+    import os
+
+    import scipy_openblas32
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from l2fast.backends import cpu
+
+    ours = os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
+
+    def counts():
+        return {("ours" if os.path.realpath(i["filepath"]).startswith(ours) else i["filepath"]): i["num_threads"]
+                for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    for name in ("gradients", "linear_gradient_curvature"):  # the passes of lbfgs and of newton-cg
+        monkeypatch.setattr(cpu.CpuBackend, name, lambda *a, _pass=getattr(cpu.CpuBackend, name), **k:
+                            seen.append(counts()) or _pass(*a, **k))
+    X, y = standardised(load_breast_cancer)
+    with threadpool_limits(2, user_api="blas"):
+        before = counts()
+        l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64").fit(
+            X, y, epochs=100, optimizer=optimizer)
+        assert counts() == before
+    assert seen and len(before) > 1
+    for during in seen:
+        assert during["ours"] == before["ours"]
+        assert all(n == 1 for path, n in during.items() if path != "ours")
+
+
 def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
     from l2fast.backends import cpu
 
