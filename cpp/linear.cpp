@@ -2,6 +2,7 @@
 #include "linear.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -18,79 +19,89 @@ constexpr std::size_t kSlices = 16;              // fixed: the summation order n
 constexpr std::size_t kMaxWeights = 1 << 16;     // per-slice sums of at most 16 x 64K doubles (8 MiB)
 constexpr std::size_t kMinRowsPerThread = 4096;  // below this a second thread costs more than it saves
 
-// Eight independent partial sums, so that the compiler vectorises the dot product without reordering
-// anything it was not told to.
+// The inner loops are compiled three times, for AVX-512, AVX2 and any x86-64, the best picked at load time. All
+// three give the same bits: the sums are written out in one order (below), and this file is compiled with
+// -ffp-contract=off, so that no clone fuses a multiply and an add that another clone rounds twice.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define L2FAST_LINEAR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+bool wide_vectors() {
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    return avx512;
+}
+#else
+#define L2FAST_LINEAR_CLONES
+bool wide_vectors() { return false; }
+#endif
+
+// A dot product's eight partial sums (lane l sums the products at j = l mod 8) as one vector of GCC's vector
+// extension: an AVX-512 register for double (two AVX registers, or four SSE, in the other clones), an AVX
+// register for float. Loaded and stored unaligned (vectors.hpp's load).
+constexpr std::size_t kLanes = 8;
+typedef float Float8 __attribute__((vector_size(8 * sizeof(float))));
+typedef double Double8 __attribute__((vector_size(8 * sizeof(double))));
 template <class T>
-L2FAST_VECTOR_CLONES T dot(const T* a, const T* b, std::size_t n) {
-    constexpr std::size_t kLanes = 8;
-    T acc[kLanes] = {};
+using Lanes = std::conditional_t<std::is_same_v<T, float>, Float8, Double8>;
+
+// Eight values of x as doubles.
+template <class T>
+[[gnu::always_inline]] inline Double8 load_double8(const T* x) {
+    if constexpr (std::is_same_v<T, double>)
+        return load<Double8>(x);
+    else
+        return __builtin_convertvector(load<Float8>(x), Double8);
+}
+
+// The dot product of a and b: the eight partial sums over the first n - n mod 8 entries, added up lane by lane,
+// then the last entries one by one.
+template <class T>
+L2FAST_LINEAR_CLONES T dot(const T* a, const T* b, std::size_t n) {
+    using V = Lanes<T>;
+    V acc = {};
     std::size_t j = 0;
-    for (; j + kLanes <= n; j += kLanes)
-        for (std::size_t l = 0; l < kLanes; ++l) acc[l] += a[j + l] * b[j + l];
+    for (; j + kLanes <= n; j += kLanes) acc += load<V>(a + j) * load<V>(b + j);
     T sum = T(0);
     for (std::size_t l = 0; l < kLanes; ++l) sum += acc[l];
     for (; j < n; ++j) sum += a[j] * b[j];
     return sum;
 }
 
-// dot()'s eight partial sums are kVecs<T> vectors (vectors.hpp).
-template <class T>
-constexpr std::size_t kVecs = 8 / kWidth<T>;
-
-// The dot products of four records with one weight row, the row loaded once for all four. Each record keeps
-// dot()'s eight partial sums (lane l sums the products at j = l mod 8) and adds them up in dot()'s order, so a
-// record's z is dot()'s, whatever records it is grouped with.
-constexpr std::size_t kRows = 4;
-
-template <class T>
-L2FAST_VECTOR_CLONES void dot_rows(const T* w, const T* const x[kRows], std::size_t n, T out[kRows]) {
-    using V = Vec<T>;
-    constexpr std::size_t W = kWidth<T>, H = kVecs<T>;
-    V acc[kRows][H] = {};
+// dot(w, x_r) for the R consecutive records x_0 .. x_{R-1} of x (rows of n), w loaded once for all R. Each
+// record's sum is dot()'s, term for term, so a record's z does not depend on the records it is grouped with.
+// R = 8 where a vector of partial sums is one register (AVX-512): eight sums in flight keep both of a core's
+// adders busy; R = 4 elsewhere, whose sixteen registers hold no more.
+template <class T, std::size_t R>
+L2FAST_LINEAR_CLONES void dot_rows(const T* w, const T* x, std::size_t n, T out[R]) {
+    using V = Lanes<T>;
+    V acc[R] = {};
     std::size_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (std::size_t h = 0; h < H; ++h) {
-            const V wj = load<V>(w + j + h * W);
-            for (std::size_t r = 0; r < kRows; ++r) acc[r][h] += wj * load<V>(x[r] + j + h * W);
-        }
-    for (std::size_t r = 0; r < kRows; ++r) {
+    for (; j + kLanes <= n; j += kLanes) {
+        const V wj = load<V>(w + j);
+        for (std::size_t r = 0; r < R; ++r) acc[r] += wj * load<V>(x + r * n + j);
+    }
+    for (std::size_t r = 0; r < R; ++r) {
         T sum = T(0);
-        for (std::size_t h = 0; h < H; ++h)
-            for (std::size_t l = 0; l < W; ++l) sum += acc[r][h][l];
-        for (std::size_t t = j; t < n; ++t) sum += w[t] * x[r][t];
+        for (std::size_t l = 0; l < kLanes; ++l) sum += acc[r][l];
+        for (std::size_t t = j; t < n; ++t) sum += w[t] * x[r * n + t];
         out[r] = sum;
     }
 }
 
-// g += d[0] x[0] + d[1] x[1] + d[2] x[2] + d[3] x[3], added left to right in double: g is read and written
-// once for four records.
-template <class T>
-L2FAST_VECTOR_CLONES void add_scaled_rows(double* g, const double d[kRows], const T* const x[kRows], std::size_t n) {
+// g += d[0] x_0 + d[1] x_1 + ... + d[R-1] x_{R-1} for R consecutive records of x (rows of n), added left to
+// right in double: g is read and written once for R records. The sum for one record at a time is the same
+// (R = 1: add_scaled), so dW does not depend on how records are grouped either.
+template <class T, std::size_t R>
+L2FAST_LINEAR_CLONES void add_scaled_rows(double* g, const double d[R], const T* x, std::size_t n) {
     std::size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        DoubleVec sum = load<DoubleVec>(g + j);
-        for (std::size_t r = 0; r < kRows; ++r) {
-            DoubleVec xr;
-            if constexpr (std::is_same_v<T, double>) {
-                xr = load<DoubleVec>(x[r] + j);
-            } else {
-                typedef float Float4 __attribute__((vector_size(16)));
-                xr = __builtin_convertvector(load<Float4>(x[r] + j), DoubleVec);
-            }
-            sum += d[r] * xr;
-        }
+    for (; j + kLanes <= n; j += kLanes) {
+        Double8 sum = load<Double8>(g + j);
+        for (std::size_t r = 0; r < R; ++r) sum += d[r] * load_double8(x + r * n + j);
         std::memcpy(g + j, &sum, sizeof sum);
     }
     for (; j < n; ++j) {
         double sum = g[j];
-        for (std::size_t r = 0; r < kRows; ++r) sum += d[r] * double(x[r][j]);
+        for (std::size_t r = 0; r < R; ++r) sum += d[r] * double(x[r * n + j]);
         g[j] = sum;
     }
-}
-
-template <class T>
-L2FAST_VECTOR_CLONES void add_scaled(double* g, double d, const T* x, std::size_t n) {
-    for (std::size_t j = 0; j < n; ++j) g[j] += d * double(x[j]);
 }
 
 template <class T>
@@ -99,14 +110,18 @@ struct Slice {
     LossStats stats;
 };
 
-// Records [begin, end) in blocks of kBlock: z for the block (four records at a time, then one by one), the
-// block's losses and dL/dz in one call (which vectorises across records), then the block's share of dW
-// while its rows are still in cache.
+// Records [begin, end) in blocks of kBlock: z for the block (R records at a time, then one by one), the block's
+// losses and dL/dz in one call (which vectorises across records), then the block's share of dW while its rows
+// are still in cache. Where X is larger than a core's L2 cache, the next block's rows are meanwhile fetched into
+// L2 a few lines per group of records: the first read of each row is what the pass waits for otherwise (the
+// hardware prefetcher, following R short rows at once, falls behind); 10-25 % of a 50k x 100 pass.
 constexpr std::size_t kBlock = 32;
+constexpr std::size_t kPrefetchBytes = std::size_t(2) << 20;  // X at least this large: prefetch
 
-template <class T>
+template <class T, std::size_t R>
 void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& data, std::size_t begin,
                 std::size_t end, Slice<T>& out) {
+    static_assert(kBlock % R == 0);
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
     out.dW.assign(n_out * n_in, 0.0);
     out.db.assign(n_out, 0.0);
@@ -115,15 +130,20 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
     y.values = data.y_values;
     y.labels = data.y_labels;
     y.weights = data.weights;
+    const std::size_t row_bytes = n_in * sizeof(T);
+    const std::size_t lines_per_group = data.m * row_bytes >= kPrefetchBytes ? (R * row_bytes + 63) / 64 : 0;
     for (std::size_t first = begin; first < end; first += kBlock) {
-        const std::size_t rows = std::min(kBlock, end - first), grouped = rows - rows % kRows;
+        const std::size_t rows = std::min(kBlock, end - first), grouped = rows - rows % R;
         const T* X = data.X + first * n_in;
-        for (std::size_t r = 0; r < grouped; r += kRows) {
-            const T* x[kRows] = {X + r * n_in, X + (r + 1) * n_in, X + (r + 2) * n_in, X + (r + 3) * n_in};
-            T zk[kRows];
+        const char* next = reinterpret_cast<const char*>(X) + rows * row_bytes;
+        const char* next_end = reinterpret_cast<const char*>(data.X) + std::min(end, first + 2 * kBlock) * row_bytes;
+        for (std::size_t r = 0; r < grouped; r += R) {
+            for (std::size_t q = 0; q < lines_per_group && next < next_end; ++q, next += 64)
+                __builtin_prefetch(next, 0, 2);
+            T zk[R];
             for (std::size_t k = 0; k < n_out; ++k) {
-                dot_rows(params.W[0] + k * n_in, x, n_in, zk);
-                for (std::size_t q = 0; q < kRows; ++q) z[(r + q) * n_out + k] = zk[q] + params.b[0][k];
+                dot_rows<T, R>(params.W[0] + k * n_in, X + r * n_in, n_in, zk);
+                for (std::size_t q = 0; q < R; ++q) z[(r + q) * n_out + k] = zk[q] + params.b[0][k];
             }
         }
         for (std::size_t r = grouped; r < rows; ++r)
@@ -133,18 +153,17 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
         out.stats += inplace_loss_gradient(z.data(), rows, n_out, shape.loss, y);
         for (std::size_t k = 0; k < n_out; ++k) {
             double* g = out.dW.data() + k * n_in;
-            for (std::size_t r = 0; r < grouped; r += kRows) {
-                const T* x[kRows] = {X + r * n_in, X + (r + 1) * n_in, X + (r + 2) * n_in, X + (r + 3) * n_in};
-                double d[kRows];
-                for (std::size_t q = 0; q < kRows; ++q) {
+            for (std::size_t r = 0; r < grouped; r += R) {
+                double d[R];
+                for (std::size_t q = 0; q < R; ++q) {
                     d[q] = double(z[(r + q) * n_out + k]);
                     out.db[k] += d[q];
                 }
-                add_scaled_rows(g, d, x, n_in);
+                add_scaled_rows<T, R>(g, d, X + r * n_in, n_in);
             }
             for (std::size_t r = grouped; r < rows; ++r) {
                 const double d = double(z[r * n_out + k]);
-                add_scaled(g, d, X + r * n_in, n_in);
+                add_scaled_rows<T, 1>(g, &d, X + r * n_in, n_in);
                 out.db[k] += d;
             }
         }
@@ -165,10 +184,14 @@ LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Da
     const std::size_t rows_per_slice = (m + kSlices - 1) / kSlices;
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1),
                                                       std::max<std::size_t>(m / kMinRowsPerThread, 1));
-    parallel_for(kSlices, threads, 1, [&](std::size_t first, std::size_t last) {
-        for (std::size_t s = first; s < last; ++s)
-            slice_pass(shape, params, data, std::min(m, s * rows_per_slice), std::min(m, (s + 1) * rows_per_slice),
-                       slices[s]);
+    // Each thread takes the next slice not yet taken, so that a thread that shares its core with another process
+    // does fewer slices rather than holding up the others at the end.
+    std::atomic<std::size_t> next_slice{0};
+    const bool wide = wide_vectors();
+    parallel_for(threads, threads, 1, [&](std::size_t, std::size_t) {
+        for (std::size_t s; (s = next_slice.fetch_add(1, std::memory_order_relaxed)) < kSlices;)
+            (wide ? slice_pass<T, 8> : slice_pass<T, 4>)(shape, params, data, std::min(m, s * rows_per_slice),
+                                                         std::min(m, (s + 1) * rows_per_slice), slices[s]);
     });
     LossStats total;
     std::fill(grads.W[0], grads.W[0] + n_out * n_in, 0.0);

@@ -377,7 +377,7 @@ def test_partial_fit_refuses_other_classes_and_warm_start_another_label_set():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("m, n_in, n_out", [(5, 13, 1), (9000, 13, 1), (700, 13, 4), (3, 7, 1), (1001, 64, 3)])
 def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, n_in, n_out):
-    # records four at a time and then one by one, features eight at a time and then one by one
+    # records eight (four without AVX-512) at a time and then one by one, features eight at a time and then one by one
     rng = np.random.default_rng(m)
     X = rng.normal(size=(m, n_in))
     y = rng.integers(0, max(n_out, 2), size=m)
@@ -389,6 +389,56 @@ def test_the_one_read_pass_of_linear_models_agrees_with_the_reference(dtype, m, 
         assert_parity(dW_cpu[0], dW_ref[0], dtype, "weight gradient")
         assert_parity(db_cpu[0], db_ref[0], dtype, "bias gradient")
         assert_parity(nets[1].cost(X, y, weights), nets[0].cost(X, y, weights), dtype, "cost")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_one_read_pass_gives_the_same_bits_on_one_thread_and_on_two(dtype):
+    # 20000 records: two threads take the 16 slices as they come, in whatever order the machine's load gives
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(20_000, 37)), rng.integers(0, 3, size=20_000)
+    results = []
+    before = l2fast.get_num_threads()
+    try:
+        for n in (1, 2, 2, 1):
+            l2fast.set_num_threads(n, adaptive=False)
+            net = l2fast.Network([37, 3], loss="softmax", lam=0.5, dtype=dtype, seed=1)
+            (dW,), (db,) = net.gradients(X, y)
+            results.append((dW, db, net.cost(X, y)))
+    finally:
+        l2fast.set_num_threads(before)
+    for dW, db, cost in results[1:]:
+        assert np.array_equal(dW, results[0][0]) and np.array_equal(db, results[0][1]) and cost == results[0][2]
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "newton-cg"])
+def test_the_solvers_run_the_other_blas_libraries_on_one_thread_meanwhile(monkeypatch, optimizer):
+    import os
+
+    import scipy_openblas32
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from l2fast.backends import cpu
+
+    ours = os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
+
+    def counts():
+        return {("ours" if os.path.realpath(i["filepath"]).startswith(ours) else i["filepath"]): i["num_threads"]
+                for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    for name in ("gradients", "linear_gradient_curvature"):  # the passes of lbfgs and of newton-cg
+        monkeypatch.setattr(cpu.CpuBackend, name, lambda *a, _pass=getattr(cpu.CpuBackend, name), **k:
+                            seen.append(counts()) or _pass(*a, **k))
+    X, y = standardised(load_breast_cancer)
+    with threadpool_limits(2, user_api="blas"):
+        before = counts()
+        l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64").fit(
+            X, y, epochs=100, optimizer=optimizer)
+        assert counts() == before
+    assert seen and len(before) > 1
+    for during in seen:
+        assert during["ours"] == before["ours"]
+        assert all(n == 1 for path, n in during.items() if path != "ours")
 
 
 def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
@@ -509,6 +559,29 @@ def test_default_estimators_converge_on_standardised_data_and_say_so():
         logistic = L2LogisticRegression().fit(X, y)
     for clf in (mlp, logistic):
         assert clf.history_.converged and clf.n_iter_ < clf.epochs and clf.score(X, y) > 0.97
+
+
+@pytest.mark.parametrize("loader", [load_breast_cancer, load_digits])
+def test_logistic_regression_starts_lbfgs_at_zero_and_follows_scikit_learns_iterates(loader):
+    # the same J, the same L-BFGS-B options and the same start: the same iterations, even at scikit-learn's
+    # default tol where the answer is still 1e-2 away from the optimum (from random weights it took others)
+    X, y = standardised(loader)
+    theirs = LogisticRegression().fit(X, y)
+    ours = [L2LogisticRegression(random_state=seed, dtype="float64").fit(X, y) for seed in (0, 1)]
+    for clf in ours:
+        assert clf.n_iter_ == theirs.n_iter_[0]
+        assert_close_to(clf.network_, theirs, 1e-9)
+    np.testing.assert_array_equal(ours[0].coef_, ours[1].coef_)  # random_state no longer matters
+    weights = np.random.default_rng(0).integers(0, 4, size=len(y))  # tol scaled as scikit-learn's J: same stops
+    theirs = LogisticRegression().fit(X, y, sample_weight=weights)
+    ours = L2LogisticRegression(dtype="float64").fit(X, y, sample_weight=weights)
+    assert ours.n_iter_ == theirs.n_iter_[0]
+    assert_close_to(ours.network_, theirs, 1e-9)
+    warm = L2LogisticRegression(warm_start=True, dtype="float64").fit(X, y)
+    before = warm.coef_.copy()
+    n_iter = warm.n_iter_
+    warm.fit(X, y)  # warm_start: from the fitted coefficients, which already meet tol
+    assert warm.n_iter_ - n_iter <= 1 and np.abs(warm.coef_ - before).max() <= 1e-3 * np.abs(before).max()
 
 
 def test_select_lambda_trains_each_run_until_its_tolerance():

@@ -94,26 +94,10 @@ def _network(sizes, activation, loss, backend, dtype, weights, biases):
     return net
 
 
-_other_blas = None  # threadpoolctl's controller of the BLAS libraries other than l2fast's own, made once
-
-
 def _lbfgs(backend, fun, x0, options):
-    """SciPy's L-BFGS-B on fun (J and its gradient). With the cpu backend every other BLAS in the process
-    (NumPy's, SciPy's) runs on one thread meanwhile: L-BFGS-B's own BLAS calls work on vectors of the
-    parameters' size, where threads gain nothing, and their pools' threads, spinning after each call, took
-    the cores from l2fast's gradient passes (2.2x slower on the loaded 2-core machine, 50k x 100)."""
-    global _other_blas
-    limit = contextlib.nullcontext()
-    if backend == "cpu":
-        if _other_blas is None:
-            import scipy_openblas32  # l2fast's own OpenBLAS, which keeps its threads
-            from threadpoolctl import ThreadpoolController
-
-            controller, ours = ThreadpoolController(), os.path.dirname(os.path.realpath(scipy_openblas32.__file__))
-            _other_blas = controller.select(filepath=[lib.filepath for lib in controller.lib_controllers
-                                                      if not os.path.realpath(lib.filepath).startswith(ours)])
-        limit = _other_blas.limit(limits=1)
-    with limit:
+    """SciPy's L-BFGS-B on fun (J and its gradient), with the process's other BLAS libraries on one thread meanwhile
+    when the backend is cpu (``solvers.other_blas_on_one_thread``)."""
+    with solvers.other_blas_on_one_thread(backend):
         return scipy.optimize.minimize(fun, x0, method="L-BFGS-B", jac=True, options=options)
 
 

@@ -108,19 +108,30 @@ class _L2Estimator(BaseEstimator):
         the tolerance rule when ``stop``; l2fast's convergence warnings become scikit-learn's. ``dataset``: the
         ``l2fast.Dataset`` X came in, whose conversion of X is used (and kept) instead of converting X."""
         net = getattr(self, "network_", None)
+        lbfgs = self._lbfgs()
         if not (reuse and net is not None and net.layer_sizes[0] == X.shape[1] and net.layer_sizes[-1] == n_outputs
                 and net.loss == loss):
             net = self._new_network(X.shape[1], n_outputs, loss, X)
+            if lbfgs and not self._hidden():
+                # J is convex without a hidden layer: the solver starts where scikit-learn's does, at zero
+                # (random weights only cost it iterations), so a fit does not depend on random_state
+                net.set_parameters([np.zeros(net.layer_sizes[::-1])], [np.zeros(n_outputs)])
         net.lam = self.lam
-        lbfgs = self._lbfgs()
         batch = None if self.batch_size is None or lbfgs else min(self.batch_size, X.shape[0])
+        tol = self.tol if stop or lbfgs else None
+        if lbfgs and sample_weight is not None:
+            # scikit-learn's J divides the weighted loss sum and the penalty by the weights' sum, l2fast's by the
+            # record count: the same minimiser, and with tol scaled as J the same stopping test on the gradient, so
+            # that weights of 2 stop where repeating each record twice does (and where scikit-learn stops)
+            tol = (solvers.resolve(self.optimizer, net).tol if tol is None else tol) \
+                * float(np.sum(sample_weight)) / X.shape[0]
         if dataset is not None:  # X converted in the Dataset (once), handed on with the encoded targets
             dataset.features_for(net._backend, X.shape[1], net.dtype)
             X, y_kernel, sample_weight = dataset.with_targets(y_kernel, sample_weight), None, None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", monitor.ConvergenceWarning)
             history = net.fit(X, y_kernel, epochs=epochs, lr=self.lr, batch_size=batch, shuffle=self.shuffle,
-                              optimizer=self.optimizer, tol=self.tol if stop or lbfgs else None,
+                              optimizer=self.optimizer, tol=tol,
                               n_iter_no_change=self.n_iter_no_change, sample_weight=sample_weight)
         for w in caught:
             if issubclass(w.category, monitor.ConvergenceWarning):
@@ -260,7 +271,10 @@ class L2MLPClassifier(_Classifier):
 class L2LogisticRegression(_Classifier):
     """Logistic regression (softmax regression for more than two classes) with the L2 penalty
     (lam / 2m) ||W||^2; lam = 1/C of scikit-learn's ``LogisticRegression``, whose optimum it reaches: by
-    default L-BFGS on J to ``tol`` in at most ``epochs`` = 100 iterations, as scikit-learn's lbfgs solver.
+    default L-BFGS on J to ``tol`` in at most ``epochs`` = 100 iterations, as scikit-learn's lbfgs solver, from
+    zero weights as it (unless ``warm_start``), so that it takes scikit-learn's iterations. With ``sample_weight``
+    or ``class_weight`` the solver's tol is scaled by (sum of the weights) / m, since scikit-learn's J is l2fast's
+    J times m / (sum of the weights): the same stopping test, and weights of 2 stop where repeated records do.
     ``optimizer="newton-cg"`` (``l2fast.NewtonCG``) is a trust-region Newton solver instead, far quicker on
     ill-conditioned (sparse TF-IDF-like) data. Another ``optimizer`` ("sgd", "adam", ...) trains by minibatches
     of ``batch_size`` with ``lr`` instead.
