@@ -8,10 +8,11 @@ added in the same pass); the parameters travel as one flat float64 vector
 float32 network still computes in float32 with float64 sums. With the cuda backend the data stay on
 the GPU and only that vector and the gradient cross per evaluation.
 
-``NewtonCG`` (linear models only) hands the same J and gradient, and Hessian-vector products, to SciPy's
-trust-region Newton-CG: the backend computes J's gradient with the loss's curvature at a point in one pass
-(``linear_gradient_curvature``) and each product in another (``linear_hessian_product``), in parameters scaled by
-the Hessian's diagonal at the start (``linear_hessian_diagonal``).
+``NewtonCG`` (linear models only) minimises the same J with a trust-region Newton-CG, SciPy's trust-ncg written out
+over a few flat vectors updated in place (or SciPy's own trust-krylov): the backend computes J's gradient with the
+loss's curvature at a point in one pass (``linear_gradient_curvature``) and each Hessian-vector product in another
+(``linear_hessian_product``), in parameters scaled by the Hessian's diagonal at the start
+(``linear_hessian_diagonal``).
 
 SciPy is imported here only, when a solver runs (``pip install scipy``, or the ``l2fast[lbfgs]`` extra).
 """
@@ -60,9 +61,11 @@ class LBFGS:
 
 @dataclass(frozen=True)
 class NewtonCG:
-    """Truncated Newton on J over the whole training set, for linear models (no hidden layer): SciPy's
-    trust-region Newton-CG (``minimize(method="trust-ncg")``, Steihaug's conjugate gradients inside a trust
-    region, as liblinear's TRON) or ``"trust-krylov"``, fed with Hessian-vector products of J that the backend
+    """Truncated Newton on J over the whole training set, for linear models (no hidden layer): the trust-region
+    Newton-CG of SciPy's ``minimize(method="trust-ncg")`` (Steihaug's conjugate gradients inside a trust region, as
+    liblinear's TRON), written out here over a few vectors updated in place so that its memory stays a handful of
+    parameter vectors (``_LeanTrustNewton``), or SciPy's ``"trust-krylov"``, fed with Hessian-vector products of J
+    that the backend
     computes in one read of X (``linear_hessian_product``) at curvature taken once per iterate (scikit-learn's
     ``solver="newton-cg"`` is the line-search form). On an ill-conditioned problem, such as sparse TF-IDF
     features with a small lam/m, it needs far fewer passes over X than L-BFGS.
