@@ -65,10 +65,9 @@ class NewtonCG:
     Newton-CG of SciPy's ``minimize(method="trust-ncg")`` (Steihaug's conjugate gradients inside a trust region, as
     liblinear's TRON), written out here over a few vectors updated in place so that its memory stays a handful of
     parameter vectors (``_LeanTrustNewton``), or SciPy's ``"trust-krylov"``, fed with Hessian-vector products of J
-    that the backend
-    computes in one read of X (``linear_hessian_product``) at curvature taken once per iterate (scikit-learn's
-    ``solver="newton-cg"`` is the line-search form). On an ill-conditioned problem, such as sparse TF-IDF
-    features with a small lam/m, it needs far fewer passes over X than L-BFGS.
+    that the backend computes in one read of X (``linear_hessian_product``) at curvature taken once per iterate
+    (scikit-learn's ``solver="newton-cg"`` is the line-search form). On an ill-conditioned problem, such as sparse
+    TF-IDF features with a small lam/m, it needs far fewer passes over X than L-BFGS.
 
     The problem is solved in parameters scaled by the inverse square root of the Hessian's diagonal at the start
     (one more read of X), so that the trust region and the conjugate gradients see a problem whose curvature is
