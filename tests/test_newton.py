@@ -221,6 +221,33 @@ def test_newton_cg_matches_lbfgs_with_sample_weights_in_float32(method):
     np.testing.assert_allclose(newton.weights[0], lbfgs.weights[0], rtol=1e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("radius", [1.0, 0.02])
+def test_lean_trust_ncg_follows_scipys_trust_ncg(loss, dtype, radius):
+    """The default "trust-ncg", written out over a few vectors updated in place, takes SciPy's steps (same costs,
+    iterations and answer, to rounding) with one Hessian product fewer per iteration (its model decrease comes from
+    the CG residual). A small first radius makes the early steps end on the trust region's boundary."""
+    from l2fast.network import History
+
+    net, X, y, w = problem(loss, m=400, n=60, sparse=True, dtype=dtype, seed=3)
+    spec = l2fast.NewtonCG(tol=1e-8 if dtype == "float64" else 1e-4, initial_trust_radius=radius)
+    runs = []
+    for solve in (solvers.newton_cg, solvers.scipy_newton_cg):
+        other = l2fast.Network(net.layer_sizes, loss=loss, lam=net.lam, backend="cpu", dtype=dtype)
+        other.set_parameters(net.weights, net.biases)
+        history = History()
+        result = solve(other, *other._data(X, y, w), 100, spec, None, None, history)
+        runs.append((result, history, other.weights[0], other.biases[0]))
+    (lean, lean_history, *lean_parameters), (scipy, scipy_history, *scipy_parameters) = runs
+    assert lean.status == scipy.status == 0 and 2 <= lean.nit == scipy.nit
+    assert lean.hessian_products == scipy.hessian_products - scipy.nit
+    rtol = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(lean_history.cost, scipy_history.cost, rtol=rtol)
+    for a, b in zip(lean_parameters, scipy_parameters):
+        np.testing.assert_allclose(a, b, rtol=rtol * 100, atol=rtol * 100)
+
+
 def test_newton_cg_by_name_and_its_refusals_leave_the_network_unchanged():
     X = np.random.default_rng(0).normal(size=(50, 4))
     y = (X[:, 0] > 0).astype(int)

@@ -142,6 +142,23 @@ def test_the_callers_matrix_is_never_changed():
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_canonical_csr_in_another_dtype_gets_new_values_only():
+    """float64 CSR for a float32 network: the values are converted, the index arrays used as they are (no copy of
+    X's structure); a non-canonical one is copied whole before its duplicates are summed, the caller's unchanged."""
+    X, dense = messy_csr(30, 20, seed=21)
+    clean = sp.csr_matrix(dense)
+    converted = _validate.sparse_features(clean, 20, np.float32)
+    assert converted.data.dtype == np.float32
+    np.testing.assert_array_equal(converted.data, clean.data.astype(np.float32))
+    assert np.shares_memory(converted.indices, clean.indices) and np.shares_memory(converted.indptr, clean.indptr)
+    before = (X.data.copy(), X.indices.copy(), X.indptr.copy())
+    messy = _validate.sparse_features(X, 20, np.float32)
+    assert messy.has_canonical_format and not np.shares_memory(messy.indices, X.indices)
+    np.testing.assert_allclose(messy.toarray(), dense.astype(np.float32), rtol=1e-6)
+    for a, b in zip(before, (X.data, X.indices, X.indptr)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n_out", [1, 3])
 def test_lbfgs_on_sparse_x_reaches_scikit_learns_optimum(backend, n_out):

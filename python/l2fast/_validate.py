@@ -192,17 +192,17 @@ def sparse_features(X, n_in, dtype, name="X"):
     if X.dtype.kind not in "iuf" or X.dtype == np.float16:
         raise TypeError(f"{name}: expected real numbers (float32, float64 or integers), got dtype {X.dtype}")
     csr = X.tocsr()  # X itself when it is CSR already
-    if csr.dtype != dtype:
-        csr = csr.astype(dtype)
     if not csr.has_canonical_format:
-        if csr is X:
-            csr = csr.copy()  # sum_duplicates works in place
-        csr.sum_duplicates()  # also sorts each row's indices
-    if not bool(np.isfinite(csr.data).all()):
-        raise ValueError(f"{name}: contains NaN or infinity" + ("" if X.dtype == csr.dtype else
+        csr = csr.astype(dtype) if csr.dtype != dtype else csr.copy() if csr is X else csr
+        csr.sum_duplicates()  # in place (on a copy); also sorts each row's indices
+    # A canonical CSR in another dtype gets new values only: its index arrays are used as they are, as they are when
+    # no conversion is needed (the kernels stay within X's arrays whatever they come to hold).
+    data = csr.data if csr.dtype == dtype else csr.data.astype(dtype)
+    if not bool(np.isfinite(data).all()):
+        raise ValueError(f"{name}: contains NaN or infinity" + ("" if X.dtype == data.dtype else
                                                                   f" (or a value beyond {np.dtype(dtype).name})"))
     index_dtype = np.int32 if csr.indices.dtype == np.int32 and csr.indptr.dtype == np.int32 else np.int64
-    out = _CSR_FEATURES((np.ascontiguousarray(csr.data),
+    out = _CSR_FEATURES((np.ascontiguousarray(data),
                          np.ascontiguousarray(csr.indices, dtype=index_dtype),
                          np.ascontiguousarray(csr.indptr, dtype=index_dtype)), shape=csr.shape, copy=False)
     return out

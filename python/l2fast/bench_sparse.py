@@ -144,7 +144,7 @@ def child(problem_path, spec_path, out_path):
 
         import l2fast
 
-        X = X.astype(spec["dtype"])
+        # X as scikit-learn gets it (float64): fit converts it to the network's dtype, inside the timed fit
         net = _network(X.shape[1], n_out, spec["backend"], spec["dtype"], zero=True)
         rss_loaded = _rss_mib()
         start = time.perf_counter()
