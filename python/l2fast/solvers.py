@@ -170,6 +170,12 @@ class FlatParameters:
     def __init__(self, net):
         self.net = net
         self.shapes = [(W.shape, b.shape) for W, b in zip(net._weights, net._biases)]
+        self.ranges = []  # per layer: where its weights start, where its biases start and where they end in x
+        at = 0
+        for w_shape, b_shape in self.shapes:
+            n_w = int(np.prod(w_shape))
+            self.ranges.append((at, at + n_w, at + n_w + b_shape[0]))
+            at += n_w + b_shape[0]
 
     def vector(self):
         backend = self.net._backend
@@ -182,13 +188,19 @@ class FlatParameters:
     def arrays(self, x):
         """(weights, biases) from x, cast to the network's dtype, in the backend's memory."""
         backend, dtype = self.net._backend, self.net.dtype
-        weights, biases, at = [], [], 0
-        for w_shape, b_shape in self.shapes:
-            n_w, n_b = int(np.prod(w_shape)), b_shape[0]
-            weights.append(backend.from_host(np.ascontiguousarray(x[at:at + n_w].reshape(w_shape), dtype=dtype)))
-            biases.append(backend.from_host(np.ascontiguousarray(x[at + n_w:at + n_w + n_b], dtype=dtype)))
-            at += n_w + n_b
+        weights, biases = [], []
+        for (w_shape, _), (w_at, b_at, end) in zip(self.shapes, self.ranges):
+            weights.append(backend.from_host(np.ascontiguousarray(x[w_at:b_at].reshape(w_shape), dtype=dtype)))
+            biases.append(backend.from_host(np.ascontiguousarray(x[b_at:end], dtype=dtype)))
         return weights, biases
+
+    def weights_sum_squares(self, x, weights):
+        """The sum of the squared weights (not biases) of the parameters x, whose arrays are `weights`: from x itself
+        for a float64 network (the same values, no pass over the backend's arrays), else from the arrays (x's values
+        rounded to the network's dtype)."""
+        if self.net.dtype == np.float64:
+            return sum(float(np.dot(x[w_at:b_at], x[w_at:b_at])) for w_at, b_at, _ in self.ranges)
+        return sum(self.net._backend.sum_squares(W) for W in weights)
 
     def flatten_gradients(self, dW, db):
         backend = self.net._backend
@@ -214,10 +226,10 @@ class Objective:
         seen = self._seen.get(x.tobytes())
         if seen is not None:  # SciPy starts by evaluating the point lbfgs() has just checked
             return seen[3], seen[4]
-        net, backend = self.net, self.net._backend
+        net = self.net
         weights, biases = self.flat.arrays(x)
         dW, db, loss_sum = self._gradients(weights, biases)
-        penalty = net.lam / (2 * self.m) * sum(backend.sum_squares(W) for W in weights)
+        penalty = net.lam / (2 * self.m) * self.flat.weights_sum_squares(x, weights)
         data_loss = loss_sum / self.m
         J = data_loss + penalty
         self.evaluations += 1
