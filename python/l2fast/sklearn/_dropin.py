@@ -41,6 +41,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+from sklearn.utils._array_api import _is_numpy_namespace, get_namespace
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -419,6 +420,8 @@ class LogisticRegression(linear_model.LogisticRegression):
             return "dual=True (liblinear's dual formulation)", True
         if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
             return f"sparse X on backend={backend_name(self)!r}", False
+        if not scipy.sparse.issparse(X) and not _is_numpy_namespace(get_namespace(X)[0]):
+            return "array API input other than NumPy's (array_api_dispatch=True)", False
         return None, False
 
 
