@@ -56,7 +56,8 @@ typedef std::int64_t LongVec __attribute__((vector_size(32)));
                              __builtin_shuffle(a[0], a[1], LongVec{1, 5, 3, 7});
         const DoubleVec cd = __builtin_shuffle(a[2], a[3], LongVec{0, 4, 2, 6}) +
                              __builtin_shuffle(a[2], a[3], LongVec{1, 5, 3, 7});
-        store(out + 4 * half, __builtin_shuffle(ab, cd, LongVec{0, 1, 4, 5}) + __builtin_shuffle(ab, cd, LongVec{2, 3, 6, 7}));
+        store(out + 4 * half,
+              __builtin_shuffle(ab, cd, LongVec{0, 1, 4, 5}) + __builtin_shuffle(ab, cd, LongVec{2, 3, 6, 7}));
     }
 }
 
@@ -112,7 +113,8 @@ L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::
 inline void prefetch_bytes(const void* p, std::size_t n_bytes) {
     const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(kLine - 1);
     const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + n_bytes;
-    for (std::uintptr_t line = first; line < end; line += kLine) __builtin_prefetch(reinterpret_cast<const void*>(line));
+    for (std::uintptr_t line = first; line < end; line += kLine)
+        __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
 // The epoch's records in order: record i of the epoch is row order[i] of X (row i without an order).
