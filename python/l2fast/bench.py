@@ -992,7 +992,7 @@ def run(configs=None, repeats=5, quick=False, json_path=None, plot_path=None, ou
     if configs is not None and "P" in configs:
         from l2fast import bench_sparse
 
-        record["sparse"] = bench_sparse.run(backends, repeats, out)
+        record["sparse"] = bench_sparse.run(backends, repeats, out, quick=quick)
     if configs is not None and "M" in configs:
         from l2fast import bench_mpi
 
