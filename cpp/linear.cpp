@@ -126,10 +126,6 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
     out.dW.assign(n_out * n_in, 0.0);
     out.db.assign(n_out, 0.0);
     std::vector<T> z(kBlock * n_out);
-    Targets<T> y;
-    y.values = data.y_values;
-    y.labels = data.y_labels;
-    y.weights = data.weights;
     const std::size_t row_bytes = n_in * sizeof(T);
     const std::size_t lines_per_group = data.m * row_bytes >= kPrefetchBytes ? (R * row_bytes + 63) / 64 : 0;
     for (std::size_t first = begin; first < end; first += kBlock) {
@@ -149,8 +145,7 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
         for (std::size_t r = grouped; r < rows; ++r)
             for (std::size_t k = 0; k < n_out; ++k)
                 z[r * n_out + k] = dot(params.W[0] + k * n_in, X + r * n_in, n_in) + params.b[0][k];
-        y.row0 = first;
-        out.stats += inplace_loss_gradient(z.data(), rows, n_out, shape.loss, y);
+        out.stats += inplace_loss_gradient(z.data(), rows, n_out, shape.loss, targets_of(data, nullptr, first));
         for (std::size_t k = 0; k < n_out; ++k) {
             double* g = out.dW.data() + k * n_in;
             for (std::size_t r = 0; r < grouped; r += R) {

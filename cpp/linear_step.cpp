@@ -182,13 +182,8 @@ LossStats share_sums(const Shape& shape, const StepLayout& layout, const T* W, c
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
             block_forward(W, b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
         }
-        Targets<T> y;
-        y.values = records.data.y_values;
-        y.labels = records.data.y_labels;
-        y.weights = records.data.weights;
-        y.rows = records.order ? records.order + first : nullptr;
-        y.row0 = first;
-        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, y);
+        const std::int64_t* picked = records.order ? records.order + first : nullptr;
+        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets_of(records.data, picked, first));
         std::fill(buf.z.begin() + count * n_out, buf.z.begin() + padded * n_out, T(0));
         for (std::size_t g = 0; g < padded; g += kGroup) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);

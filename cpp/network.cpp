@@ -257,17 +257,6 @@ private:
     std::vector<T*> W_t_;
 };
 
-template <class T>
-Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::size_t row0) {
-    Targets<T> y;
-    y.values = data.y_values;
-    y.labels = data.y_labels;
-    y.weights = data.weights;
-    y.rows = rows;
-    y.row0 = row0;
-    return y;
-}
-
 }  // namespace
 
 bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out) {

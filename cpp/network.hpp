@@ -47,6 +47,18 @@ struct Dataset {
     bool sparse = false;
 };
 
+// The targets of the records at positions row0.. of a pass: rows[i] (a shuffled order's) or row0 + i.
+template <class T>
+Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::size_t row0) {
+    Targets<T> y;
+    y.values = data.y_values;
+    y.labels = data.y_labels;
+    y.weights = data.weights;
+    y.rows = rows;
+    y.row0 = row0;
+    return y;
+}
+
 // Whether a float32 epoch of plain SGD trains a dense layer (n_in -> n_out, minibatches of `batch` rows) on a
 // transposed copy of its weights: when its forward product is small enough for OpenBLAS's small-matrix kernels
 // but of a shape that only the plain product A W^T with W^T stored gets them for, at about half the time
