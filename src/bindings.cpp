@@ -1049,6 +1049,17 @@ PYBIND11_MODULE(_core, m) {
         "Seconds for the GEMMs alone of one training epoch at these shapes, through l2fast's BLAS.");
 
     m.def(
+        "linear_step_fits",
+        [](const std::vector<std::size_t>& layer_sizes) {
+            l2fast::Shape shape;
+            shape.sizes = layer_sizes;
+            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            return l2fast::linear_step_fits(shape);
+        },
+        py::arg("layer_sizes"),
+        "Whether a plain-SGD epoch of this network on dense X takes the one-layer step of cpp/linear_step.cpp.");
+
+    m.def(
         "shuffled_read_seconds",
         [](const py::handle& X_obj, int repeats) {
             if (repeats < 1) throw std::invalid_argument("repeats must be >= 1, got " + std::to_string(repeats));

@@ -323,6 +323,9 @@ def test_a_linear_models_sgd_epoch_reads_on_two_threads_when_a_cpu_is_free(resto
             net.fit(X, y, epochs=1, batch_size=256, optimizer=optimizer)
     # a CPU free: the linear SGD epoch on 2, Adam's and the hidden layer's tiny products on 1; one busy: all on 1
     assert seen == [2, 1, 1, 1, 1, 1]
+    # the policy asks the C++ which networks take that step: one layer of at most 8192 weights
+    assert _core.linear_step_fits([100, 1]) and _core.linear_step_fits([819, 10])
+    assert not _core.linear_step_fits([100, 8, 1]) and not _core.linear_step_fits([1000, 10])
 
 
 def test_a_linear_models_sgd_epoch_gives_the_same_bits_on_one_and_two_threads(restore_threads):

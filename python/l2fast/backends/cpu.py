@@ -58,8 +58,9 @@ class CpuBackend(HostArrays):
                     optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
         # a one-layer network with plain SGD on dense X: cpp/linear_step.cpp, which reads a step's rows on two
         # threads when a CPU is free
-        linear = len(weights) == 1 and optimizer is None and not isinstance(X, _validate.SparseFeatures)
-        with threads.call_threads(_sizes(weights), batch_size, X.dtype, memory_bound=linear):
+        sizes = _sizes(weights)
+        linear = optimizer is None and not isinstance(X, _validate.SparseFeatures) and _core.linear_step_fits(sizes)
+        with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                          sample_weight=sample_weight, check_finite=check_finite)
