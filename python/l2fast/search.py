@@ -21,7 +21,8 @@ from numpy.typing import ArrayLike
 
 from l2fast import _validate
 from l2fast.network import Network
-from l2fast.selection import Selection, _Sweep, best_index, is_meaningful, table_head, table_row, warn_noisy
+from l2fast.selection import (Selection, _Sweep, best_index, is_meaningful, spread, table_head, table_row,
+                              warn_noisy)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class CandidateResult:
     @property
     def dev_loss_sd(self) -> float:
         """The spread (standard deviation) of the development loss over the seeds; 0 with one seed."""
-        return float(np.std(self.seed_dev_losses, ddof=1)) if len(self.seed_dev_losses) > 1 else 0.0
+        return spread(self.seed_dev_losses)
 
 
 @dataclass

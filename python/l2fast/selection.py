@@ -60,6 +60,11 @@ def lambda_grid(m: int) -> List[float]:
     return [0.0] + [float(f"{m * ratio:.6g}") for ratio in LAMBDA_OVER_M]
 
 
+def spread(values) -> float:
+    """The standard deviation (ddof=1) of a few repeated figures (folds, seeds); 0 for fewer than two."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 @dataclass
 class LambdaResult:
     """One lambda of a sweep: data losses (no penalty) and accuracies on training and development data.
@@ -86,7 +91,7 @@ class LambdaResult:
     @property
     def dev_loss_sd(self) -> float:
         """cv: the spread (standard deviation) of the development loss over the folds; 0 without cv."""
-        return float(np.std(self.fold_dev_losses, ddof=1)) if len(self.fold_dev_losses) > 1 else 0.0
+        return spread(self.fold_dev_losses)
 
 
 @dataclass
