@@ -38,4 +38,11 @@ template <class T>
 void linear_hessian_product(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, const Curvature& curvature,
                             const double* V, const double* v_b, double lam_over_m, double* HV, double* Hv_b);
 
+// diag_W (outputs x n_in) <- sum_i d_ik x_ij^2 and diag_b (outputs) <- sum_i d_ik, with d_ik = c_i p_ik (1 - p_ik)
+// given P (outputs = n_out), else c_i (outputs = 1: every output has that diagonal): m times the diagonal of the
+// data part of J's Hessian at the curvature's point, which scales the Newton solver's parameters.
+template <class T>
+void linear_hessian_diagonal(const Dataset<T>& data, std::size_t n_in, std::size_t outputs,
+                             const Curvature& curvature, double* diag_W, double* diag_b);
+
 }  // namespace l2fast

@@ -682,6 +682,20 @@ py::tuple linear_gradient_curvature_t(const py::handle& W_obj, const py::handle&
 
 // HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
 // curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
+// The loss's curvature at a point for newton.hpp's passes: c (m,) and, for softmax, P (m, n_out), else None;
+// checked, and kept alive in keep.
+l2fast::Curvature take_curvature(const py::handle& c_obj, const py::handle& P_obj, py::ssize_t m, py::ssize_t n_out,
+                                 std::vector<py::array>& keep) {
+    l2fast::Curvature curvature;
+    keep.push_back(checked<double>(c_obj, "c", {m}));
+    curvature.c = cptr<double>(keep.back());
+    if (!P_obj.is_none()) {
+        keep.push_back(checked<double>(P_obj, "P", {m, n_out}));
+        curvature.P = cptr<double>(keep.back());
+    }
+    return curvature;
+}
+
 template <class T>
 py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_obj, const py::handle& v_b_obj,
                                    const py::handle& c_obj, const py::handle& P_obj, double lam_over_m, bool check_X) {
@@ -695,15 +709,7 @@ py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_
     std::vector<py::array> keep{V, v_b};
     const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
                                                  check_X ? XChecks::All : XChecks::None);
-    const py::ssize_t m = py::ssize_t(data.m);
-    py::array c = checked<double>(c_obj, "c", {m});
-    l2fast::Curvature curvature;
-    curvature.c = cptr<double>(c);
-    py::array P;
-    if (!P_obj.is_none()) {
-        P = checked<double>(P_obj, "P", {m, n_out});
-        curvature.P = cptr<double>(P);
-    }
+    const l2fast::Curvature curvature = take_curvature(c_obj, P_obj, py::ssize_t(data.m), n_out, keep);
     py::array_t<double> HV({n_out, n_in});
     py::array_t<double> Hv_b(n_out);
     double* hv = HV.mutable_data();
@@ -714,6 +720,35 @@ py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_
                                        cptr<double>(v_b), lam_over_m, hv, hb);
     }
     return py::make_tuple(HV, Hv_b);
+}
+
+// (diag_W, diag_b), float64: m times the diagonal of the data part of a one-layer network's Hessian at the
+// curvature (c, P), one read of X; without P one row shared by every output.
+template <class T>
+py::tuple linear_hessian_diagonal_t(const py::handle& X_obj, const py::handle& c_obj, const py::handle& P_obj,
+                                    py::ssize_t n_in, bool check_X) {
+    if (n_in < 1) throw std::invalid_argument("n_in: expected >= 1, got " + std::to_string(n_in));
+    py::ssize_t outputs = 1;
+    if (!P_obj.is_none()) {
+        const py::array P = checked<double>(P_obj, "P", {-1, -1});
+        outputs = P.shape(1);
+        if (outputs < 1) throw std::invalid_argument("P: expected shape (m, n_out >= 1), got " + shape_str(P));
+    }
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(outputs)};
+    std::vector<py::array> keep;
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
+                                                 check_X ? XChecks::All : XChecks::None);
+    const l2fast::Curvature curvature = take_curvature(c_obj, P_obj, py::ssize_t(data.m), outputs, keep);
+    py::array_t<double> diag_W({outputs, n_in});
+    py::array_t<double> diag_b(outputs);
+    double* dw = diag_W.mutable_data();
+    double* db = diag_b.mutable_data();
+    {
+        ReleasedGil release;
+        l2fast::linear_hessian_diagonal(data, std::size_t(n_in), std::size_t(outputs), curvature, dw, db);
+    }
+    return py::make_tuple(diag_W, diag_b);
 }
 
 // y and x of one dtype and shape, y written in place; partly overlapping buffers are refused.
@@ -988,6 +1023,20 @@ PYBIND11_MODULE(_core, m) {
         "(HV, Hv_b), float64: the Hessian of a one-layer network's J times the direction (V (n_out, n_in), v_b\n"
         "(n_out,)), float64, given the curvature c (m,) and softmax probabilities P (m, n_out) or None at the\n"
         "current point: (1/m) sum_i R_i x_i^T + lam_over_m V and (1/m) sum_i R_i, one read of X (dense or CSR).\n"
+        "check_X=False skips the O(nnz) checks of an X checked before (the kernel never reads outside it).");
+
+    m.def(
+        "linear_hessian_diagonal",
+        [](const py::handle& X, const py::handle& c, const py::handle& P, py::ssize_t n_in, bool check_X) {
+            const py::handle values = py::isinstance<py::tuple>(X) ? py::handle(X.cast<py::tuple>()[0]) : X;
+            return by_array_dtype(
+                values, "X", [&] { return linear_hessian_diagonal_t<float>(X, c, P, n_in, check_X); },
+                [&] { return linear_hessian_diagonal_t<double>(X, c, P, n_in, check_X); });
+        },
+        py::arg("X"), py::arg("c"), py::arg("P"), py::arg("n_in"), py::kw_only(), py::arg("check_X") = true,
+        "(diag_W, diag_b), float64: sum_i d_ik x_ij^2 and sum_i d_ik over X (m, n_in), dense or CSR, with\n"
+        "d_ik = c_i p_ik (1 - p_ik) given softmax probabilities P (m, n_out), else c_i (one row, shared by every\n"
+        "output): m times the diagonal of the data part of a one-layer network's Hessian, one read of X.\n"
         "check_X=False skips the O(nnz) checks of an X checked before (the kernel never reads outside it).");
 
     m.def(

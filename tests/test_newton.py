@@ -70,11 +70,12 @@ def test_reference_product_matches_finite_differences_of_the_gradient(loss, spar
         np.testing.assert_allclose(Hv, fd, rtol=1e-6, atol=1e-8 * np.abs(fd).max())
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+# n_out 3, 10 and 17: rows of 4, 12 and n_out doubles in the cpu passes (logistic has one output whatever n_out)
+@pytest.mark.parametrize("loss, n_out", [("logistic", 1)] + [(loss, n) for loss in LOSSES[1:] for n in (3, 10, 17)])
 @pytest.mark.parametrize("sparse, index", [(False, None), (True, np.int32), (True, np.int64)])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_cpu_product_matches_the_reference(loss, sparse, index, dtype):
-    net, X, y, w = problem(loss, m=300, sparse=sparse, dtype=dtype, seed=2)
+def test_cpu_product_matches_the_reference(loss, n_out, sparse, index, dtype):
+    net, X, y, w = problem(loss, m=300, sparse=sparse, dtype=dtype, seed=2, n_out=n_out)
     if sparse:
         X.sort_indices()
         X = sp.csr_matrix((X.data, X.indices.astype(index), X.indptr.astype(index)), shape=X.shape)
@@ -165,12 +166,51 @@ V, v_b, c = np.ones((2, 3)), np.ones(2), np.ones(4)
 HV, Hv_b = _core.linear_hessian_product(X, V, v_b, c, np.full((4, 2), 0.5), 0.1, check_X=False)
 dW, db, loss, c2, P = _core.linear_gradient_curvature(np.ones((2, 3)), np.zeros(2), X, np.array([0, 1, 1, 0]), 0.1,
                                                       "softmax", check_X=False)
+diag_W, diag_b = _core.linear_hessian_diagonal(X, c, np.full((4, 2), 0.5), 3, check_X=False)
 assert np.isfinite(HV).all() and np.isfinite(dW).all() and np.isfinite(loss) and P.shape == (4, 2)
+assert np.isfinite(diag_W).all() and diag_W.shape == (2, 3) and diag_b.shape == (2,)
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_core_hessian_diagonal_refuses_bad_arguments():
+    X, c = np.ones((4, 3)), np.ones(4)
+    with pytest.raises(ValueError, match="c: expected shape"):
+        _core.linear_hessian_diagonal(X, np.ones(5), None, 3)
+    with pytest.raises(ValueError, match="P: expected shape"):
+        _core.linear_hessian_diagonal(X, c, np.ones((5, 2)), 3)
+    with pytest.raises(ValueError, match="P: expected"):
+        _core.linear_hessian_diagonal(X, c, np.ones(4), 3)
+    with pytest.raises(ValueError, match="X: expected shape"):
+        _core.linear_hessian_diagonal(X, c, None, 2)
+    with pytest.raises(ValueError, match="n_in"):
+        _core.linear_hessian_diagonal(X, c, None, 0)
+    with pytest.raises(TypeError, match="c: expected dtype float64"):
+        _core.linear_hessian_diagonal(X, c.astype(np.float32), None, 3)
+    with pytest.raises(ValueError, match="X"):
+        _core.linear_hessian_diagonal(np.full((4, 3), np.inf), c, None, 3)
+
+
+@pytest.mark.parametrize("outputs", [1, 2, 3, 5, 10, 14, 20])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_core_hessian_diagonal_matches_the_reference_for_every_row_width(outputs, dtype):
+    """The cpu pass lays each column's outputs out in rows of 1, 2, 4, 8, 12, 16 or n_out doubles: every layout
+    gives the reference's diagonal, sparse (messy CSR, checked) and dense, with and without P."""
+    from l2fast.backends import numpy_ref
+
+    rng = np.random.default_rng(outputs)
+    X, _ = messy_csr(120, 30, outputs, density=0.3, dtype=dtype)
+    features = get_backend("cpu").features(X, 30, np.dtype(dtype))
+    c = rng.uniform(0.1, 2.0, 120)
+    P = rng.dirichlet(np.ones(outputs), size=120) if outputs > 1 else None
+    expected = numpy_ref.linear_hessian_diagonal(features, c, P)
+    for got in (get_backend("cpu").linear_hessian_diagonal(features, c, P),
+                _core.linear_hessian_diagonal(features.toarray(), c, P, 30)):
+        for a, b in zip(got, expected):
+            assert_parity(a, np.asarray(b).reshape(a.shape), dtype, "Hessian diagonal")
 
 
 def test_core_gradient_curvature_refuses_bad_arguments():

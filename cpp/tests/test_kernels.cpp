@@ -677,11 +677,12 @@ static void test_network_on_sparse_x_equals_dense() {
 }
 
 // The Newton passes of a linear model: dense and CSR X give the same answers, the gradient is gradients()'s, and
-// the Hessian-vector product is the central difference of the gradient (threaded: rows x n_out big enough).
+// the Hessian-vector product is the central difference of the gradient (threaded: rows x n_out big enough), for
+// output counts that take each of the passes' row layouts (newton.cpp's widths 1, 2, 4, 8, 12, 16 and any).
 template <class I>
-static void newton_passes_agree() {
-    std::mt19937_64 rng(29);
-    const std::size_t m = 400, cols = 2000, n_out = 4;
+static void newton_passes_agree(std::size_t n_out) {
+    std::mt19937_64 rng(29 + n_out);
+    const std::size_t m = 400, cols = 2000;
     RandomCsr<I> X(m, cols, 0.02, rng);
     std::vector<std::int64_t> labels(m);
     std::vector<double> weights(m);
@@ -732,11 +733,25 @@ static void newton_passes_agree() {
         scale = std::max(scale, std::abs(Hv_w[j]));
     }
     CHECK(worst < 1e-6 * scale);
+    // The Hessian's diagonal: dense and CSR agree, and each entry is e . H e for its unit vector e.
+    std::vector<double> diag_dense(n_out * cols + n_out), diag_sparse(n_out * cols + n_out);
+    linear_hessian_diagonal(dense, cols, n_out, curvature, diag_dense.data(), diag_dense.data() + n_out * cols);
+    linear_hessian_diagonal(sparse, cols, n_out, curvature, diag_sparse.data(), diag_sparse.data() + n_out * cols);
+    CHECK(max_abs_diff(diag_dense, diag_sparse) < 1e-12);
+    for (std::size_t entry : {std::size_t(0), cols + 3, n_out * cols - 1}) {
+        std::vector<double> e(n_out * cols, 0.0), He(n_out * cols + n_out);
+        e[entry] = 1.0;
+        linear_hessian_product(sparse, cols, n_out, curvature, e.data(), zero_b.data(), 0.0, He.data(),
+                               He.data() + n_out * cols);
+        CHECK(std::abs(He[entry] - diag_sparse[entry] / double(m)) < 1e-12 * (1 + std::abs(He[entry])));
+    }
 }
 
 static void test_newton_passes_agree() {
-    newton_passes_agree<std::int32_t>();
-    newton_passes_agree<std::int64_t>();
+    for (std::size_t n_out : {2, 3, 4, 7, 10, 13, 17}) {
+        newton_passes_agree<std::int32_t>(n_out);
+        newton_passes_agree<std::int64_t>(n_out);
+    }
 }
 
 // The layers a float32 SGD epoch trains on a transposed copy of W are those whose forward product OpenBLAS's

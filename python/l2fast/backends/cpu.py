@@ -106,3 +106,9 @@ class CpuBackend(HostArrays):
         """(HV, Hv_b), float64, of a one-layer network (see ``numpy_ref.linear_hessian_product``)."""
         with threads.call_threads([V.shape[1], V.shape[0]], min(len(X), _BLOCK_ROWS), X.dtype):
             return _core.linear_hessian_product(core_X(X), V, v_b, c, P, lam_over_m, check_X=False)
+
+    def linear_hessian_diagonal(self, X, c, P):
+        """(diag_W, diag_b), float64 (see ``numpy_ref.linear_hessian_diagonal``), one read of X."""
+        n_out = 1 if P is None else P.shape[1]
+        with threads.call_threads([X.shape[1], n_out], min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.linear_hessian_diagonal(core_X(X), c, P, X.shape[1], check_X=False)
