@@ -113,6 +113,17 @@ def test_sparse_x_gives_the_answers_of_the_same_x_dense(device, dtype, sizes, lo
     assert_parity(net.cost(X, y), reference.cost(X, y), dtype, "cost against the reference")
 
 
+def test_a_cupyx_sparse_x_is_taken_as_the_same_scipy_one(device):
+    import cupyx.scipy.sparse
+
+    X, dense = messy_csr(60, 20, seed=41)
+    y = labels("softmax", 60, 3, seed=42)
+    net = l2fast.Network([20, 3], lam=0.2, backend="cuda", dtype="float64", seed=43)
+    on_gpu = cupyx.scipy.sparse.csr_matrix(X)
+    assert net.cost(on_gpu, y) == pytest.approx(net.cost(dense, y), rel=1e-12)
+    np.testing.assert_array_equal(net.predict(on_gpu), net.predict(dense))
+
+
 def test_passes_over_the_whole_data_go_block_by_block(device, monkeypatch):
     """More rows than a block: predict, cost and gradients on sparse X take its rows block by block, as on dense X."""
     monkeypatch.setattr(cuda_backend, "BLOCK_ROWS", 40)
@@ -146,7 +157,7 @@ def test_training_on_sparse_x_ends_where_dense_training_does(device, dtype, opti
 
 
 @pytest.mark.parametrize("sizes, loss", [([40, 1], "logistic"), ([40, 7, 3], "softmax")])
-def test_a_sparse_epoch_runs_uncaptured_and_never_densifies_x(emulated, sizes, loss):
+def test_emulated_sparse_epoch_runs_uncaptured_and_never_densifies_x(emulated, sizes, loss):
     """The README's account: a sparse epoch's steps launch one by one (cupyx allocates), their first-layer products
     are cupyx's, and no dense copy of X or of a batch of it is made; a dense epoch after it is captured as before."""
     X, dense = messy_csr(100, sizes[0], seed=33)
@@ -217,7 +228,7 @@ def test_malformed_sparse_x_is_refused_and_the_model_is_unchanged(device, kind, 
         np.testing.assert_array_equal(p, q)
 
 
-def test_the_cupyx_stand_in_refuses_what_cupyx_refuses(emulated):
+def test_emulated_cupyx_refuses_what_cupyx_refuses(emulated):
     """The stand-in is held to cupyx's API: products with host arrays and sparse work inside a capture fail."""
     import cupy
     import cupyx.scipy.sparse
