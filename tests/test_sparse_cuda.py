@@ -156,6 +156,25 @@ def test_training_on_sparse_x_ends_where_dense_training_does(device, dtype, opti
     assert np.abs(nets[0].weights[0] - l2fast.Network([60, 12, 3], seed=8, dtype=dtype).weights[0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_batches_of_empty_rows_step_as_dense_ones_do(device, optimizer):
+    """One record per step, in order: every 7th row of X is empty, so some batches hold no entries at all (no
+    SpMM on them); alone and stacked."""
+    X, dense = messy_csr(28, 15, seed=44)
+    assert (np.diff(X.indptr) == 0).sum() == 4
+    y = labels("softmax", 28, 3, seed=45)
+    runs = []
+    for data in (X, dense):
+        nets = [l2fast.Network([15, 4, 3], lam=lam, backend="cuda", dtype="float64", seed=46) for lam in (0.1, 1.0)]
+        nets[0].fit(data, y, epochs=2, lr=0.1, batch_size=1, shuffle=False, optimizer=optimizer)
+        if optimizer == "sgd":
+            l2fast.fit_together(nets, data, y, epochs=2, lr=0.1, batch_size=1, shuffle=False)
+        runs.append(nets)
+    for a, b in zip(*runs):
+        for p, q in zip(parameters(a), parameters(b)):
+            assert_parity(p, q, "float64", f"{optimizer}, lam={a.lam}")
+
+
 @pytest.mark.parametrize("sizes, loss", [([40, 1], "logistic"), ([40, 7, 3], "softmax")])
 def test_emulated_sparse_epoch_runs_uncaptured_and_never_densifies_x(emulated, sizes, loss):
     """The README's account: a sparse epoch's steps launch one by one (cupyx allocates), their first-layer products

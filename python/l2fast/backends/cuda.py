@@ -342,6 +342,9 @@ def _sparse_first_layer(X, W, out, K):
     """out[:K rows n_out] <- X W[k]^T (K, rows, n_out) for a device CSR X (rows, n_in) and the first-layer weights W
     (n_out, n_in), or (K, n_out, n_in) stacked: one SpMM for all K models (their weights side by side)."""
     rows, n_out = X.shape[0], W.shape[-2]
+    if X.nnz == 0:  # a batch of empty rows: no SpMM on an empty matrix
+        out[: K * rows * n_out] = 0
+        return
     Z = X @ W.reshape(K * n_out, W.shape[-1]).T  # (rows, K n_out), cuSPARSE SpMM
     if K == 1:
         out[: rows * n_out].reshape(rows, n_out)[...] = Z
@@ -353,6 +356,8 @@ def _sparse_weight_product(X, dZ, K, n_out):
     """(K, n_out, n_in): dZ[k]^T X for a device CSR X (rows, n_in) and dZ holding (K, rows, n_out), as (X^T dZ)^T:
     one transposed SpMM for all K models."""
     rows, n_in = X.shape
+    if X.nnz == 0:
+        return cupy.zeros((K, n_out, n_in), dZ.dtype)
     D = dZ[: K * rows * n_out].reshape(K, rows, n_out)
     D = D[0] if K == 1 else D.transpose(1, 0, 2).reshape(rows, K * n_out)
     return (X.T @ D).T.reshape(K, n_out, n_in)
@@ -597,7 +602,7 @@ class CudaBackend:
                 self._launch(kernels, "activation_backward", K * rows * n_in,
                              (ws.grad[l - 1], ws.out[l - 1], np.int64(K * rows * n_in), np.int32(cfg["act"])))
             if l == 0 and x_sparse is not None:
-                self._sparse_first_update(kernels, ws, cfg, rows, x_sparse, dZ)
+                self._sparse_first_update(kernels, ws, cfg, rows, x_sparse, dZ, step_index, mean_index)
                 continue
             if optimizer is None:
                 if K == 1:  # W <- (1 - lr lam/m) W - (lr/rows) dZ^T A_prev: one GEMM, the decay its beta
@@ -620,15 +625,14 @@ class CudaBackend:
                                      ws, T)
         self._launch(kernels, "advance_counters", 1, (ws.counters, np.int64(rows)))
 
-    def _sparse_first_update(self, kernels, ws, cfg, rows, X, dZ):
+    def _sparse_first_update(self, kernels, ws, cfg, rows, X, dZ, step_index, mean_index):
         """The first layer's step of ``_step`` for a sparse batch X (device CSR): its weight gradient (X^T dZ)^T by
-        cupyx, then the same update as the dense step's, in CuPy array operations reading the step's scalars on the
-        device; the biases and the optimizers' steps by the same kernels."""
-        dtype, K, sizes, L, T = cfg["dtype"], cfg["K"], cfg["sizes"], len(cfg["Ws"]), cfg["dtype"].type
+        cupyx, then the same update as the dense step's, in CuPy array operations reading the step's scalars
+        (ws.scalars[step_index] = -lr/rows, ws.scalars[mean_index] = 1/rows) on the device; the biases and the
+        optimizers' steps by the same kernels."""
+        K, sizes, L, T = cfg["K"], cfg["sizes"], len(cfg["Ws"]), cfg["dtype"].type
         n_in, n_out = sizes[0], sizes[1]
         W, b, optimizer = cfg["Ws"][0], cfg["bs"][0], cfg["optimizer"]
-        full = rows == ws.batch
-        step_index, mean_index = (ws.STEP_FULL, ws.MEAN_FULL) if full else (ws.STEP_REST, ws.MEAN_REST)
         dL_dW = _sparse_weight_product(X, dZ, K, n_out)  # (K, n_out, n_in): dZ[k]^T X
         if optimizer is None:  # W <- (1 - lr lam/m) W - (lr/rows) dZ^T X, each model's decay its own
             W_k = W.reshape(K, n_out, n_in)
@@ -727,7 +731,7 @@ class CudaBackend:
                     rows = min(batch, n - start)
                     picked = slice(start, start + rows) if order is None else ws.order[start:start + rows]
                     self._step(kernels, ws, cfg, rows, _sparse_rows(X, picked))
-                full = rest = 0
+                full = rest = 0  # every step taken
             if full and self.use_graphs and full > 1:
                 self._step(kernels, ws, cfg, batch)  # eager first: every kernel is loaded before any capture
                 done = 1
