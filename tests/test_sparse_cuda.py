@@ -272,3 +272,37 @@ def test_emulated_cupyx_refuses_what_cupyx_refuses(emulated):
     finally:
         stream.end_capture()
     assert sys.modules["cupyx.scipy.sparse"] is cupyx.scipy.sparse
+
+
+def test_a_rising_cost_on_sparse_x_warns_naming_the_wide_features(device):
+    """The divergence warning reads the feature scales of the sparse X on the GPU (on the host, without densifying
+    it), as it does for the same X dense."""
+    X, dense = messy_csr(120, 10, seed=47, density=0.4)
+    X = X.tocsr() * 1.0
+    X[:, 3] = X[:, 3] * 40
+    dense[:, 3] *= 40
+    y = labels("logistic", 120, 1, seed=48)
+    for data in (X, dense):
+        net = l2fast.Network([10, 1], loss="logistic", lam=0.0, backend="cuda", dtype="float64", seed=49)
+        with pytest.warns(l2fast.DivergenceWarning, match="features 3 have a mean or spread above 10"):
+            net.fit(data, y, epochs=3, lr=0.5)
+
+
+def test_data_parallel_training_refuses_sparse_x_on_the_gpu_by_name(device):
+    class OneRank:  # one rank of an mpi4py-like communicator, enough for the checks before a data-parallel fit
+        __module__ = "mpi4py.MPI"
+        Iallreduce = None
+
+        def allgather(self, value):
+            return [value]
+
+        def Get_rank(self):
+            return 0
+
+    X, _ = messy_csr(30, 8, seed=50)
+    net = l2fast.Network([8, 2], backend="cuda", dtype="float32", seed=51)
+    before = parameters(net)
+    with pytest.raises(ValueError, match="X: data-parallel training takes dense X"):
+        net.fit(X, labels("softmax", 30, 2, seed=52), batch_size=10, comm=OneRank())
+    for p, q in zip(before, parameters(net)):
+        np.testing.assert_array_equal(p, q)

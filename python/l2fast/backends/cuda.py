@@ -342,7 +342,7 @@ def _sparse_first_layer(X, W, out, K):
     """out[:K rows n_out] <- X W[k]^T (K, rows, n_out) for a device CSR X (rows, n_in) and the first-layer weights W
     (n_out, n_in), or (K, n_out, n_in) stacked: one SpMM for all K models (their weights side by side)."""
     rows, n_out = X.shape[0], W.shape[-2]
-    if X.nnz == 0:  # a batch of empty rows: no SpMM on an empty matrix
+    if X.nnz == 0:  # a batch of empty rows: its products are zeros, no SpMM needed
         out[: K * rows * n_out] = 0
         return
     Z = X @ W.reshape(K * n_out, W.shape[-1]).T  # (rows, K n_out), cuSPARSE SpMM
