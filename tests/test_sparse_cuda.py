@@ -306,3 +306,16 @@ def test_data_parallel_training_refuses_sparse_x_on_the_gpu_by_name(device):
         net.fit(X, labels("softmax", 30, 2, seed=52), batch_size=10, comm=OneRank())
     for p, q in zip(before, parameters(net)):
         np.testing.assert_array_equal(p, q)
+
+
+def test_the_logistic_regression_estimator_takes_sparse_x_on_the_gpu(device):
+    import scipy.sparse as sp
+
+    from l2fast.sklearn import L2LogisticRegression
+
+    X, dense = messy_csr(200, 40, seed=27)
+    y = np.where(labels("softmax", 200, 3, seed=28) == 0, "a", "b")
+    on_sparse = L2LogisticRegression(backend="cuda", epochs=2000, tol=1e-10).fit(sp.csc_matrix(X), y)
+    on_dense = L2LogisticRegression(backend="cuda", epochs=2000, tol=1e-10).fit(dense, y)
+    np.testing.assert_allclose(on_sparse.predict_proba(X), on_dense.predict_proba(dense), rtol=1e-5, atol=1e-7)
+    assert on_sparse.score(sp.coo_array(X), y) == on_dense.score(dense, y)
