@@ -114,14 +114,25 @@ def test_sparse_x_gives_the_answers_of_the_same_x_dense(device, dtype, sizes, lo
 
 
 def test_a_cupyx_sparse_x_is_taken_as_the_same_scipy_one(device):
+    """A matrix already on the GPU (unsorted, with duplicates) is checked on the host like a scipy one, and the
+    answers for it are CuPy arrays, as for a dense X on the GPU."""
+    import cupy
     import cupyx.scipy.sparse
 
     X, dense = messy_csr(60, 20, seed=41)
     y = labels("softmax", 60, 3, seed=42)
     net = l2fast.Network([20, 3], lam=0.2, backend="cuda", dtype="float64", seed=43)
-    on_gpu = cupyx.scipy.sparse.csr_matrix(X)
+    on_gpu = cupyx.scipy.sparse.csr_matrix((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)),
+                                           shape=X.shape)
     assert net.cost(on_gpu, y) == pytest.approx(net.cost(dense, y), rel=1e-12)
-    np.testing.assert_array_equal(net.predict(on_gpu), net.predict(dense))
+    labels_on_gpu, proba_on_gpu = net.predict(on_gpu), net.predict_proba(on_gpu)
+    assert isinstance(labels_on_gpu, cupy.ndarray) and isinstance(proba_on_gpu, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(labels_on_gpu), net.predict(dense))
+    assert_parity(cupy.asnumpy(proba_on_gpu), net.predict_proba(dense), "float64", "predict_proba")
+    bad = cupyx.scipy.sparse.csr_matrix((cupy.asarray(np.full(X.nnz, np.nan)), cupy.asarray(X.indices),
+                                         cupy.asarray(X.indptr)), shape=X.shape)
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        net.predict(bad)
 
 
 def test_passes_over_the_whole_data_go_block_by_block(device, monkeypatch):
@@ -319,3 +330,18 @@ def test_the_logistic_regression_estimator_takes_sparse_x_on_the_gpu(device):
     on_dense = L2LogisticRegression(backend="cuda", epochs=2000, tol=1e-10).fit(dense, y)
     np.testing.assert_allclose(on_sparse.predict_proba(X), on_dense.predict_proba(dense), rtol=1e-5, atol=1e-7)
     assert on_sparse.score(sp.coo_array(X), y) == on_dense.score(dense, y)
+
+
+@pytest.mark.parametrize("make", ["csr_matrix", "csc_matrix", "coo_array", "lil_matrix", "dok_array"])
+def test_every_sparse_format_and_index_type_is_taken_on_the_gpu(device, make):
+    import scipy.sparse as sp
+
+    X, dense = messy_csr(40, 30, seed=14)
+    y = labels("logistic", 40, 1, seed=15)
+    net = l2fast.Network([30, 1], loss="logistic", lam=1.0, backend="cuda", dtype="float64", seed=16)
+    want = net.cost(dense, y)
+    assert net.cost(getattr(sp, make)(X), y) == pytest.approx(want, rel=1e-12)
+    wide = sp.csr_matrix((X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64)), shape=X.shape)
+    assert net.cost(wide, y) == pytest.approx(want, rel=1e-12)
+    net.fit(wide, y, epochs=1, lr=0.1, batch_size=8)
+    assert np.isfinite(net.cost(X, y))

@@ -330,6 +330,11 @@ def _device_csr(X):
     return device
 
 
+def _device_sparse(X):
+    """Whether X is a cupyx.scipy.sparse matrix (on the GPU), not a scipy.sparse one."""
+    return numpy_ref.is_sparse(X) and not _validate.is_sparse(X)
+
+
 def _sparse_rows(X, rows):
     """Rows of a device CSR X (a slice, or a device array of row numbers) as a small device CSR, known canonical as X
     is: cupyx's row indexing gathers the picked rows' index and value ranges on the GPU, never densifying them."""
@@ -463,7 +468,7 @@ class CudaBackend:
         X = _detached(X)
         if _DEVICE_CSR and isinstance(X, _DEVICE_CSR[0]) and X.shape[1] == n_in and X.dtype == dtype:
             return X  # made by this method: checked already
-        if numpy_ref.is_sparse(X) and not _validate.is_sparse(X):  # cupyx.scipy.sparse: checked on the host too
+        if _device_sparse(X):  # cupyx.scipy.sparse: checked (and made canonical) on the host too
             with self._on_stream():
                 X = X.get()
         if _validate.is_sparse(X):  # checked and made canonical on the host, then resident on the GPU
@@ -494,8 +499,8 @@ class CudaBackend:
 
     def like_input(self, array, X):
         """The result in the caller's array type: NumPy for host input, CuPy (or a torch tensor, for
-        a torch input) for input on the GPU."""
-        if as_device_array(X) is None:
+        a torch input) for input on the GPU (a cupyx.scipy.sparse X included)."""
+        if as_device_array(X) is None and not _device_sparse(X):
             return self.to_host(array)
         self.stream.synchronize()
         if type(X).__module__.split(".")[0] == "torch":
