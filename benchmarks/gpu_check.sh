@@ -83,6 +83,9 @@ print(f"P on the GPU: {name}, float32 SGD epochs, batch 256")
 result = bench_sparse.bench_epochs(X, y, n_out, ["cuda"], 3, sys.stdout)
 with open(sys.argv[1], "w") as f:
     json.dump({"problem": name, **result}, f, indent=1)' "$OUT/gpu-sparse.json"
+  local rc=$?
+  if (( rc == 124 || rc == 137 )); then echo "gpu_check: P's sparse epoch timed out after 90 s"; return 1; fi
+  return $rc
 }
 
 device() {
