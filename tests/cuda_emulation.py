@@ -473,7 +473,7 @@ def fake_cupy(cuda_version=12080):
     return module
 
 
-class _DeviceSparse:
+class DeviceSparse:
     """What cupyx's sparse matrices do with a dense operand (``@``, ``dot``): a device array only, and a 2-D
     product comes back column-major, as cuSPARSE's SpMM writes it. Not while a stream captures: CuPy allocates
     the output and cuSPARSE's workspace at every call, which capture refuses."""
@@ -484,7 +484,7 @@ class _DeviceSparse:
         if not isinstance(other, FakeArray):
             raise TypeError(f"cupyx.scipy.sparse: a dense operand must be a cupy.ndarray, got {type(other)}")
         assert _Recorder.capture is None, "cupyx allocates: no sparse product inside a stream capture"
-        _DeviceSparse.products += 1
+        DeviceSparse.products += 1
         result = product(other)
         return np.asfortranarray(result).view(FakeArray) if result.ndim == 2 else result.view(FakeArray)
 
@@ -504,12 +504,12 @@ def fake_cupyx():
     def host(arrays):
         return tuple(np.asarray(a).view(np.ndarray) for a in arrays)
 
-    class csc_matrix(_DeviceSparse, sp.csc_matrix):
+    class csc_matrix(DeviceSparse, sp.csc_matrix):
         def __init__(self, arg1, shape=None, dtype=None, copy=False):
             super().__init__(host(arg1) if isinstance(arg1, tuple) and len(arg1) == 3 else arg1, shape=shape,
                              dtype=dtype, copy=copy)
 
-    class csr_matrix(_DeviceSparse, sp.csr_matrix):
+    class csr_matrix(DeviceSparse, sp.csr_matrix):
         def __init__(self, arg1, shape=None, dtype=None, copy=False):
             super().__init__(host(arg1) if isinstance(arg1, tuple) and len(arg1) == 3 else arg1, shape=shape,
                              dtype=dtype, copy=copy)
@@ -536,7 +536,7 @@ def fake_cupyx():
 def emulated_gpu(monkeypatch, folder):
     """Within: backend="cuda" runs the cuda backend's code on the host, with no shared context (and no
     cuBLAS handle) made before, captures counted from zero in FakeStream.captures and sparse products in
-    _DeviceSparse.products, and cupyx's stand-in in place of cupyx."""
+    DeviceSparse.products, and cupyx's stand-in in place of cupyx."""
     import sys
 
     FakeRawModule.folder = folder
@@ -544,7 +544,7 @@ def emulated_gpu(monkeypatch, folder):
     for name, module in fake_cupyx().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(cuda_backend, "_DEVICE_CSR", [])
-    monkeypatch.setattr(_DeviceSparse, "products", 0)
+    monkeypatch.setattr(DeviceSparse, "products", 0)
     monkeypatch.setattr(cuda_backend, "_cublas_library", FakeCublasLibrary)
     monkeypatch.setattr(cuda_backend, "_MODULES", {})
     monkeypatch.setattr(cuda_backend, "_CONTEXTS", {})

@@ -1,7 +1,9 @@
 """The cuda backend's sparse X against the same X dense and the reference: training (SGD, momentum, Adam, minibatch
-and full batch, weighted), cost, gradients, predictions, L-BFGS, NewtonCG and the stacked sweep, on CSR with unsorted
-and duplicate indices and empty rows, and malformed matrices refused. Each runs on the host stand-in of the GPU
-(tests/cuda_emulation.py, with its stand-in for cupyx over scipy.sparse: "emulated") and on a GPU ("gpu"). Without a
+and full batch, weighted, batches of empty rows), cost, gradients, predictions, L-BFGS, NewtonCG, the stacked sweep
+and the logistic regression estimator, on CSR with unsorted and duplicate indices and empty rows, every sparse format,
+int64 indices and cupyx matrices already on the GPU; malformed matrices refused with the model unchanged. Each runs on
+the host stand-in of the GPU (tests/cuda_emulation.py, with its stand-in for cupyx over scipy.sparse: "emulated") and
+on a GPU ("gpu"); the "emulated" tests alone count what the stand-in records (captures, sparse products). Without a
 usable GPU the "gpu" variants are left out and test_a_gpu_is_here skips, once, saying why: here none of this has run
 on a GPU, and cupyx's products (cuSPARSE SpMM) and row indexing are SciPy's."""
 import sys
@@ -14,7 +16,7 @@ from l2fast.backends import cuda as cuda_backend
 from l2fast.backends import get_backend, numpy_ref
 from l2fast.testing import assert_parity, parameters
 
-from cuda_emulation import FakeStream, _DeviceSparse, emulated_gpu
+from cuda_emulation import DeviceSparse, FakeStream, emulated_gpu
 from test_cuda import GPU_MISSING
 from test_sparse import BAD, CASES, assert_same_answers, bad_matrix, labels, messy_csr
 
@@ -196,7 +198,7 @@ def test_emulated_sparse_epoch_runs_uncaptured_and_never_densifies_x(emulated, s
     net.fit(X, y, epochs=2, lr=0.1, batch_size=10)
     workspace = net._backend._workspace
     assert FakeStream.captures == 0 and net._backend.captures == 0
-    assert _DeviceSparse.products == 2 * 10 * 2  # per step: Z = X W^T and (X^T dZ)^T
+    assert DeviceSparse.products == 2 * 10 * 2  # per step: Z = X W^T and (X^T dZ)^T
     assert workspace.xb.size == 1, "a dense batch buffer of X was made for sparse X"
     net.fit(dense, y, epochs=2, lr=0.1, batch_size=10)
     assert FakeStream.captures > 0 and net._backend._workspace.xb.shape == (10, sizes[0])
