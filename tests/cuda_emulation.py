@@ -16,7 +16,7 @@
   device (data, indices, indptr), its row slices and row indexing by a device array, ``.T`` a csc_matrix, and
   products with dense device arrays only (a host array is refused, as cupyx's are not dense to it), answered in
   column-major order as cuSPARSE's SpMM writes them; a product during a capture is refused, as CuPy's allocations
-  are. Products counted.
+  are. Products and row gathers counted.
 What stays untested without a GPU: CuPy itself, NVRTC and the GPU's arithmetic (tests/test_cuda_compile.py
 compiles the kernels with NVRTC), cuBLAS, cuSPARSE and cupyx, real graph capture and streams.
 """
@@ -478,7 +478,7 @@ class DeviceSparse:
     product comes back column-major, as cuSPARSE's SpMM writes it. Not while a stream captures: CuPy allocates
     the output and cuSPARSE's workspace at every call, which capture refuses."""
 
-    products = 0
+    products = row_gathers = 0
 
     def _product(self, other, product):
         if not isinstance(other, FakeArray):
@@ -517,6 +517,7 @@ def fake_cupyx():
         def __getitem__(self, key):  # rows: a slice, or a device array of row numbers (cupyx's row indexing)
             assert isinstance(key, (slice, FakeArray)), f"cupyx row indexing given {type(key)}"
             assert _Recorder.capture is None, "cupyx allocates: no row indexing inside a stream capture"
+            DeviceSparse.row_gathers += not isinstance(key, slice)
             picked = super().__getitem__(key if isinstance(key, slice) else np.asarray(key).view(np.ndarray))
             return type(self)((picked.data, picked.indices, picked.indptr), shape=picked.shape)
 
@@ -545,6 +546,7 @@ def emulated_gpu(monkeypatch, folder):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(cuda_backend, "_DEVICE_CSR", [])
     monkeypatch.setattr(DeviceSparse, "products", 0)
+    monkeypatch.setattr(DeviceSparse, "row_gathers", 0)
     monkeypatch.setattr(cuda_backend, "_cublas_library", FakeCublasLibrary)
     monkeypatch.setattr(cuda_backend, "_MODULES", {})
     monkeypatch.setattr(cuda_backend, "_CONTEXTS", {})

@@ -169,6 +169,24 @@ def test_training_on_sparse_x_ends_where_dense_training_does(device, dtype, opti
     assert np.abs(nets[0].weights[0] - l2fast.Network([60, 12, 3], seed=8, dtype=dtype).weights[0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_emulated_batches_are_cut_from_chunks_of_gathered_rows(emulated, monkeypatch, shuffle):
+    """SPARSE_CHUNK_ROWS at a time (rounded down to whole batches) gathered in the epoch's order, the batches cut from
+    them on the host's offsets: one row gather per chunk when shuffled, none in order; the same training as dense."""
+    from l2fast.backends import cuda
+
+    monkeypatch.setattr(cuda, "SPARSE_CHUNK_ROWS", 40)  # 32 rows a chunk: 5 chunks of 130 rows, the last of 2
+    X, dense = messy_csr(130, 30, seed=53)
+    y = labels("softmax", 130, 3, seed=54)
+    nets = [l2fast.Network([30, 6, 3], lam=0.3, backend="cuda", dtype="float64", seed=55) for _ in range(2)]
+    for net, data in zip(nets, (X, dense)):
+        net.fit(data, y, epochs=2, lr=0.1, batch_size=16, shuffle=shuffle)
+    assert DeviceSparse.row_gathers == (2 * 5 if shuffle else 0)
+    assert DeviceSparse.products == 2 * 9 * 2  # two epochs of 9 steps, each two SpMMs
+    for p, q in zip(parameters(nets[0]), parameters(nets[1])):
+        assert_parity(p, q, "float64", "parameters")
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_batches_of_empty_rows_step_as_dense_ones_do(device, optimizer):
     """One record per step, in order: every 7th row of X is empty, so some batches hold no entries at all (no

@@ -21,8 +21,9 @@
   (``_DeviceContext``); the handles are destroyed at exit.
 - A scipy.sparse X goes to the GPU once as a ``cupyx.scipy.sparse`` CSR (``_device_csr``); only the first layer's two
   products change: Z = X W1^T and dW1 = (X^T dZ)^T, cuSPARSE SpMM through cupyx, one product for all K stacked
-  models; a shuffled minibatch is gathered as a small CSR by cupyx's row indexing. cupyx allocates at every call,
-  which stream capture does not allow, so sparse epochs run uncaptured, kernel by kernel.
+  models; an epoch's rows are gathered in its order by cupyx's row indexing, SPARSE_CHUNK_ROWS at a time, and each
+  minibatch is a small CSR sliced from them. cupyx allocates at every call, which stream capture does not allow, so
+  sparse epochs run uncaptured, kernel by kernel.
 
 Shapes as in ``numpy_ref``. Stacked models (``train_epoch_stacked``) are held as (K, n_out, n_in)
 arrays for the epoch; their products are strided-batched GEMMs.
@@ -52,6 +53,7 @@ def _bind_cupy():
     cupy = module
 
 BLOCK_ROWS = 16384  # records per block in predict, evaluate and gradients
+SPARSE_CHUNK_ROWS = 65536  # rows of a sparse X gathered at once in an epoch's order; its batches are slices of them
 STEPS_PER_GRAPH = 32
 GRAPH_CACHE = 8  # step graphs kept per backend, each for one set of arrays and settings
 THREADS = 256
@@ -314,9 +316,10 @@ _DEVICE_CSR = []  # the class, made once cupyx is imported
 
 def _device_csr(X):
     """A canonical host CSR (``_validate.sparse_features``) as a cupyx.scipy.sparse CSR matrix on the GPU whose
-    len() is its number of rows, as the host one's is, and is known canonical (no check on the GPU). Its products go
-    through cuSPARSE (SpMM), outside the captured graphs: CuPy allocates each product's output and workspace and makes
-    its descriptors at every call."""
+    len() is its number of rows, as the host one's is, and is known canonical (no check on the GPU); its row_nnz, each
+    row's number of entries, stays on the host, so that an epoch cuts its batches without reading the GPU. Its products
+    go through cuSPARSE (SpMM), outside the captured graphs: CuPy allocates each product's output and workspace and
+    makes its descriptors at every call."""
     if not _DEVICE_CSR:
         import cupyx.scipy.sparse
 
@@ -327,6 +330,7 @@ def _device_csr(X):
         _DEVICE_CSR.append(DeviceCSR)
     device = _DEVICE_CSR[0]((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
     device.has_canonical_format = True
+    device.row_nnz = np.diff(X.indptr)
     return device
 
 
@@ -341,6 +345,30 @@ def _sparse_rows(X, rows):
     picked = X[rows]
     picked.has_canonical_format = True
     return picked
+
+
+def _sparse_batches(X, order, device_order, n, batch):
+    """The epoch's minibatches of a device CSR X (made by ``_device_csr``), each a small device CSR: rows
+    gathered SPARSE_CHUNK_ROWS at a time in the epoch's order (``order``, n row numbers on the host and the same
+    on the device in ``device_order``; None for X's own order) by cupyx's row indexing, which reads the chunk's
+    size back from the GPU; each batch is then a slice of its chunk's arrays, cut where the host knows its rows'
+    entries lie (from X.row_nnz), with no synchronisation."""
+    chunk = max(batch, SPARSE_CHUNK_ROWS // batch * batch)
+    for chunk_start in range(0, n, chunk):
+        chunk_stop = min(chunk_start + chunk, n)
+        if order is None:
+            X_chunk, lengths = _sparse_rows(X, slice(chunk_start, chunk_stop)), X.row_nnz[chunk_start:chunk_stop]
+        else:
+            X_chunk = _sparse_rows(X, device_order[chunk_start:chunk_stop])
+            lengths = X.row_nnz[order[chunk_start:chunk_stop]]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for s in range(0, chunk_stop - chunk_start, batch):
+            e = min(s + batch, chunk_stop - chunk_start)
+            a, b = int(offsets[s]), int(offsets[e])
+            part = type(X_chunk)((X_chunk.data[a:b], X_chunk.indices[a:b], X_chunk.indptr[s:e + 1] - a),
+                                 shape=(e - s, X.shape[1]))
+            part.has_canonical_format = True
+            yield part
 
 
 def _sparse_first_layer(X, W, out, K):
@@ -731,11 +759,9 @@ class CudaBackend:
             ws.set_scalars(lr, lam_over_m, n, stream)
             full, rest = divmod(n, batch)
             done = 0
-            if sparse:  # uncaptured: cupyx allocates the gathered batch and each product's output
-                for start in range(0, n, batch):
-                    rows = min(batch, n - start)
-                    picked = slice(start, start + rows) if order is None else ws.order[start:start + rows]
-                    self._step(kernels, ws, cfg, rows, _sparse_rows(X, picked))
+            if sparse:  # uncaptured: cupyx allocates the gathered rows and each product's output
+                for X_batch in _sparse_batches(X, order, ws.order, n, batch):
+                    self._step(kernels, ws, cfg, X_batch.shape[0], X_batch)
                 full = rest = 0  # every step taken
             if full and self.use_graphs and full > 1:
                 self._step(kernels, ws, cfg, batch)  # eager first: every kernel is loaded before any capture
