@@ -2,10 +2,13 @@
 # A GPU session in one call of the device tool, in under 8 minutes on an H100/H200 (benchmarks/README.md):
 #   build    install the carried wheels (.whl/, from fetch_gpu_wheels.sh) and build l2fast into /tmp/site
 #   device   the GPU, driver, CuPy and CUDA versions and the commit           -> gpu-device.txt
-#   tests    tests/test_cuda.py on the GPU (its host stand-in halves ran in CI) -> gpu-tests.txt
+#   tests    tests/test_cuda.py and tests/test_sparse_cuda.py on the GPU (their host stand-in halves ran
+#            in CI)                                                            -> gpu-tests.txt
 #   parity   l2fast parity                                                     -> gpu-parity.txt
 #   bench    C and D against PyTorch on the GPU and the cuBLAS GEMMs alone, a 16-lambda stacked sweep
 #            against one run                                                   -> gpu-bench.{txt,json}
+#            then P's sparse SGD epoch (binary TF-IDF-like 100k x 50k, uncaptured: cupyx products) against
+#            the same rows dense, within 90 s                                  -> gpu-sparse.json
 # Each part runs under `timeout` (the whole within GPU_CHECK_SECONDS, default 450); after each, gpu-check.txt
 # and gpu-check.json record every part's status and seconds, so a part that hangs or a session cut short
 # still leaves what was done. Without a usable GPU the GPU parts are recorded as skipped. Output goes to
@@ -68,6 +71,23 @@ build() {
   python3 -m pip install -q --no-build-isolation --no-deps --upgrade --target /tmp/site .
 }
 
+bench() {
+  python3 -c 'import sys
+from l2fast import bench
+bench.run_gpu(json_path=sys.argv[1])' "$OUT/gpu-bench.json" || return $?
+  timeout --kill-after=5 90 python3 -c 'import json, sys
+from l2fast import bench_sparse
+name, m, n, density, n_out, seed = bench_sparse.problems(quick=False)[0]
+X, y = bench_sparse.tfidf_problem(m, n, density, n_out, seed)
+print(f"P on the GPU: {name}, float32 SGD epochs, batch 256")
+result = bench_sparse.bench_epochs(X, y, n_out, ["cuda"], 3, sys.stdout)
+with open(sys.argv[1], "w") as f:
+    json.dump({"problem": name, **result}, f, indent=1)' "$OUT/gpu-sparse.json"
+  local rc=$?
+  if (( rc == 124 || rc == 137 )); then echo "gpu_check: P's sparse epoch timed out after 90 s"; return 1; fi
+  return $rc
+}
+
 device() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || echo "nvidia-smi: none here"
   echo "commit $COMMIT"
@@ -77,8 +97,8 @@ get_backend("cuda")
 print(json.dumps(cuda.device_summary()))'
 }
 
-export -f build device
-export COMMIT PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
+export -f build device bench
+export OUT COMMIT PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 run_part build 240 gpu-build.txt bash -c build
 
 if reason=$(python3 -c 'from l2fast.backends import BackendUnavailableError, get_backend
@@ -87,11 +107,10 @@ try:
 except BackendUnavailableError as exc:
     print(exc)' 2>&1) && [[ -z "$reason" ]]; then
   run_part device 60 gpu-device.txt bash -c device
-  run_part tests 150 gpu-tests.txt python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -k "not emulated"
+  run_part tests 150 gpu-tests.txt python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+    tests/test_sparse_cuda.py -k "not emulated"
   run_part parity 90 gpu-parity.txt python3 -m l2fast parity
-  run_part bench 180 gpu-bench.txt python3 -c 'import sys
-from l2fast import bench
-bench.run_gpu(json_path=sys.argv[1])' "$OUT/gpu-bench.json"
+  run_part bench 270 gpu-bench.txt bash -c bench
 else
   echo "GPU parts not run, backend='cuda' is unavailable: ${reason}" | tee "$OUT/gpu-device.txt"
   for part in device tests parity bench; do

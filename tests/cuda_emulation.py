@@ -12,8 +12,13 @@
 - ``fake_cupy`` is the part of CuPy the backend uses, on host memory: arrays with ``.data.ptr``,
   streams whose capture records the launches and replays them like a CUDA graph (captures counted),
   and a RawModule whose kernels are the host-compiled ones.
+- ``fake_cupyx`` is the part of cupyx.scipy.sparse the backend uses, over scipy.sparse: csr_matrix built from
+  device (data, indices, indptr), its row slices and row indexing by a device array, ``.T`` a csc_matrix, and
+  products with dense device arrays only (a host array is refused, as cupyx's are not dense to it), answered in
+  column-major order as cuSPARSE's SpMM writes them; a product during a capture is refused, as CuPy's allocations
+  are. Products and row gathers counted.
 What stays untested without a GPU: CuPy itself, NVRTC and the GPU's arithmetic (tests/test_cuda_compile.py
-compiles the kernels with NVRTC), cuBLAS, real graph capture and streams.
+compiles the kernels with NVRTC), cuBLAS, cuSPARSE and cupyx, real graph capture and streams.
 """
 import contextlib
 import ctypes
@@ -25,6 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from l2fast.backends import cuda as cuda_backend
 
@@ -467,14 +473,80 @@ def fake_cupy(cuda_version=12080):
     return module
 
 
+class DeviceSparse:
+    """What cupyx's sparse matrices do with a dense operand (``@``, ``dot``): a device array only, and a 2-D
+    product comes back column-major, as cuSPARSE's SpMM writes it. Not while a stream captures: CuPy allocates
+    the output and cuSPARSE's workspace at every call, which capture refuses."""
+
+    products = row_gathers = 0
+
+    def _product(self, other, product):
+        if not isinstance(other, FakeArray):
+            raise TypeError(f"cupyx.scipy.sparse: a dense operand must be a cupy.ndarray, got {type(other)}")
+        assert _Recorder.capture is None, "cupyx allocates: no sparse product inside a stream capture"
+        DeviceSparse.products += 1
+        result = product(other)
+        return np.asfortranarray(result).view(FakeArray) if result.ndim == 2 else result.view(FakeArray)
+
+    def __matmul__(self, other):
+        return self._product(other, super().__matmul__)
+
+    def dot(self, other):
+        return self._product(other, super().dot)
+
+    def get(self, stream=None):
+        """The matrix in host memory, as scipy.sparse."""
+        return getattr(sp, self.format + "_matrix")((self.data, self.indices, self.indptr), shape=self.shape)
+
+
+def fake_cupyx():
+    """cupyx, cupyx.scipy and cupyx.scipy.sparse standing in for CuPy's, over scipy.sparse (see the module's notes)."""
+    def host(arrays):
+        return tuple(np.asarray(a).view(np.ndarray) for a in arrays)
+
+    class csc_matrix(DeviceSparse, sp.csc_matrix):
+        def __init__(self, arg1, shape=None, dtype=None, copy=False):
+            super().__init__(host(arg1) if isinstance(arg1, tuple) and len(arg1) == 3 else arg1, shape=shape,
+                             dtype=dtype, copy=copy)
+
+    class csr_matrix(DeviceSparse, sp.csr_matrix):
+        def __init__(self, arg1, shape=None, dtype=None, copy=False):
+            super().__init__(host(arg1) if isinstance(arg1, tuple) and len(arg1) == 3 else arg1, shape=shape,
+                             dtype=dtype, copy=copy)
+
+        def __getitem__(self, key):  # rows: a slice, or a device array of row numbers (cupyx's row indexing)
+            assert isinstance(key, (slice, FakeArray)), f"cupyx row indexing given {type(key)}"
+            assert _Recorder.capture is None, "cupyx allocates: no row indexing inside a stream capture"
+            DeviceSparse.row_gathers += not isinstance(key, slice)
+            picked = super().__getitem__(key if isinstance(key, slice) else np.asarray(key).view(np.ndarray))
+            return type(self)((picked.data, picked.indices, picked.indptr), shape=picked.shape)
+
+        def transpose(self, axes=None, copy=False):
+            return csc_matrix((self.data, self.indices, self.indptr), shape=self.shape[::-1], copy=copy)
+
+    modules = {name: types.ModuleType(name) for name in ("cupyx", "cupyx.scipy", "cupyx.scipy.sparse")}
+    sparse = modules["cupyx.scipy.sparse"]
+    sparse.csr_matrix, sparse.csc_matrix = csr_matrix, csc_matrix
+    sparse.issparse = lambda x: isinstance(x, (csr_matrix, csc_matrix))
+    modules["cupyx"].scipy = modules["cupyx.scipy"]
+    modules["cupyx.scipy"].sparse = sparse
+    return modules
+
+
 @contextlib.contextmanager
 def emulated_gpu(monkeypatch, folder):
     """Within: backend="cuda" runs the cuda backend's code on the host, with no shared context (and no
-    cuBLAS handle) made before, and captures counted from zero in FakeStream.captures."""
+    cuBLAS handle) made before, captures counted from zero in FakeStream.captures and sparse products in
+    DeviceSparse.products, and cupyx's stand-in in place of cupyx."""
     import sys
 
     FakeRawModule.folder = folder
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy())
+    for name, module in fake_cupyx().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(cuda_backend, "_DEVICE_CSR", [])
+    monkeypatch.setattr(DeviceSparse, "products", 0)
+    monkeypatch.setattr(DeviceSparse, "row_gathers", 0)
     monkeypatch.setattr(cuda_backend, "_cublas_library", FakeCublasLibrary)
     monkeypatch.setattr(cuda_backend, "_MODULES", {})
     monkeypatch.setattr(cuda_backend, "_CONTEXTS", {})

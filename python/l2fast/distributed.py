@@ -136,7 +136,7 @@ def checked_run(comm, sharded, batch_size, networks, check):
         run = check()
         if isinstance(run.optimizer, solvers.LBFGS):
             raise ValueError("optimizer: L-BFGS does not run data-parallel; use a minibatch optimizer with comm")
-        if isinstance(run.X, _validate.SparseFeatures):
+        if isinstance(run.X, _validate.SparseFeatures) or hasattr(run.X, "tocsr"):  # scipy's, or cupyx's on cuda
             raise ValueError("X: data-parallel training takes dense X; pass X.toarray() or train without comm")
         if networks[0].backend == "cuda":
             nccl_module()

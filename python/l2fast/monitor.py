@@ -54,6 +54,8 @@ def extreme_features(X, xp=np, limit: float = 10.0, most: int = 5):
     from l2fast import _validate
 
     X = X[: min(X.shape[0], 100_000)]  # a sample is enough to see the scale
+    if not _validate.is_sparse(X) and hasattr(X, "tocsr"):  # cupyx.scipy.sparse (no std): the sample read on the host
+        X = X.get()
     if _validate.is_sparse(X):  # the spread from E[x^2] - E[x]^2, zeros included, without densifying
         X = X.astype(np.float64)
         mean = np.asarray(X.mean(axis=0)).ravel()

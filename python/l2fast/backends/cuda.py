@@ -19,6 +19,11 @@
   ``L2FAST_CUDA_GRAPHS=0`` launches kernels one by one.
 - Every backend on a GPU shares one stream, one cuBLAS handle bound to it with its workspace, and a lock
   (``_DeviceContext``); the handles are destroyed at exit.
+- A scipy.sparse X goes to the GPU once as a ``cupyx.scipy.sparse`` CSR (``_device_csr``); only the first layer's two
+  products change: Z = X W1^T and dW1 = (X^T dZ)^T, cuSPARSE SpMM through cupyx, one product for all K stacked
+  models; an epoch's rows are gathered in its order by cupyx's row indexing, SPARSE_CHUNK_ROWS at a time, and each
+  minibatch is a small CSR sliced from them. cupyx allocates at every call, which stream capture does not allow, so
+  sparse epochs run uncaptured, kernel by kernel.
 
 Shapes as in ``numpy_ref``. Stacked models (``train_epoch_stacked``) are held as (K, n_out, n_in)
 arrays for the epoch; their products are strided-batched GEMMs.
@@ -48,6 +53,7 @@ def _bind_cupy():
     cupy = module
 
 BLOCK_ROWS = 16384  # records per block in predict, evaluate and gradients
+SPARSE_CHUNK_ROWS = 65536  # rows of a sparse X gathered at once in an epoch's order; its batches are slices of them
 STEPS_PER_GRAPH = 32
 GRAPH_CACHE = 8  # step graphs kept per backend, each for one set of arrays and settings
 THREADS = 256
@@ -310,8 +316,10 @@ _DEVICE_CSR = []  # the class, made once cupyx is imported
 
 def _device_csr(X):
     """A canonical host CSR (``_validate.sparse_features``) as a cupyx.scipy.sparse CSR matrix on the GPU whose
-    len() is its number of rows, as the host one's is. Its products go through cuSPARSE (SpMM), outside the captured
-    graphs: CuPy allocates each product's output and workspace and makes its descriptors at every call."""
+    len() is its number of rows, as the host one's is, and is known canonical (no check on the GPU); its row_nnz, each
+    row's number of entries, stays on the host, so that an epoch cuts its batches without reading the GPU. Its products
+    go through cuSPARSE (SpMM), outside the captured graphs: CuPy allocates each product's output and workspace and
+    makes its descriptors at every call."""
     if not _DEVICE_CSR:
         import cupyx.scipy.sparse
 
@@ -320,15 +328,72 @@ def _device_csr(X):
                 return self.shape[0]
 
         _DEVICE_CSR.append(DeviceCSR)
-    return _DEVICE_CSR[0]((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
+    device = _DEVICE_CSR[0]((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
+    device.has_canonical_format = True
+    device.row_nnz = np.diff(X.indptr)
+    return device
 
 
-def _dense_only(X):
-    """Refuses a sparse X where the backend's kernels read X through raw pointers (the captured training steps and
-    the whole-data passes): they would read its stored values as dense rows."""
-    if numpy_ref.is_sparse(X):
-        raise TypeError("X: backend='cuda' takes scipy.sparse X in the linear solver optimizer='newton-cg' only so "
-                        "far (cupyx products); train, predict and score on sparse X with backend='cpu'")
+def _device_sparse(X):
+    """Whether X is a cupyx.scipy.sparse matrix (on the GPU), not a scipy.sparse one."""
+    return numpy_ref.is_sparse(X) and not _validate.is_sparse(X)
+
+
+def _sparse_rows(X, rows):
+    """Rows of a device CSR X (a slice, or a device array of row numbers) as a small device CSR, known canonical as X
+    is: cupyx's row indexing gathers the picked rows' index and value ranges on the GPU, never densifying them."""
+    picked = X[rows]
+    picked.has_canonical_format = True
+    return picked
+
+
+def _sparse_batches(X, order, device_order, n, batch):
+    """The epoch's minibatches of a device CSR X (made by ``_device_csr``), each a small device CSR: rows
+    gathered SPARSE_CHUNK_ROWS at a time in the epoch's order (``order``, n row numbers on the host and the same
+    on the device in ``device_order``; None for X's own order) by cupyx's row indexing, which reads the chunk's
+    size back from the GPU; each batch is then a slice of its chunk's arrays, cut where the host knows its rows'
+    entries lie (from X.row_nnz), with no synchronisation."""
+    chunk = max(batch, SPARSE_CHUNK_ROWS // batch * batch)
+    for chunk_start in range(0, n, chunk):
+        chunk_stop = min(chunk_start + chunk, n)
+        if order is None:
+            X_chunk, lengths = _sparse_rows(X, slice(chunk_start, chunk_stop)), X.row_nnz[chunk_start:chunk_stop]
+        else:
+            X_chunk = _sparse_rows(X, device_order[chunk_start:chunk_stop])
+            lengths = X.row_nnz[order[chunk_start:chunk_stop]]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for s in range(0, chunk_stop - chunk_start, batch):
+            e = min(s + batch, chunk_stop - chunk_start)
+            a, b = int(offsets[s]), int(offsets[e])
+            part = type(X_chunk)((X_chunk.data[a:b], X_chunk.indices[a:b], X_chunk.indptr[s:e + 1] - a),
+                                 shape=(e - s, X.shape[1]))
+            part.has_canonical_format = True
+            yield part
+
+
+def _sparse_first_layer(X, W, out, K):
+    """out[:K rows n_out] <- X W[k]^T (K, rows, n_out) for a device CSR X (rows, n_in) and the first-layer weights W
+    (n_out, n_in), or (K, n_out, n_in) stacked: one SpMM for all K models (their weights side by side)."""
+    rows, n_out = X.shape[0], W.shape[-2]
+    if X.nnz == 0:  # a batch of empty rows: its products are zeros, no SpMM needed
+        out[: K * rows * n_out] = 0
+        return
+    Z = X @ W.reshape(K * n_out, W.shape[-1]).T  # (rows, K n_out), cuSPARSE SpMM
+    if K == 1:
+        out[: rows * n_out].reshape(rows, n_out)[...] = Z
+    else:
+        out[: K * rows * n_out].reshape(K, rows, n_out)[...] = Z.reshape(rows, K, n_out).transpose(1, 0, 2)
+
+
+def _sparse_weight_product(X, dZ, K, n_out):
+    """(K, n_out, n_in): dZ[k]^T X for a device CSR X (rows, n_in) and dZ holding (K, rows, n_out), as (X^T dZ)^T:
+    one transposed SpMM for all K models."""
+    rows, n_in = X.shape
+    if X.nnz == 0:
+        return cupy.zeros((K, n_out, n_in), dZ.dtype)
+    D = dZ[: K * rows * n_out].reshape(K, rows, n_out)
+    D = D[0] if K == 1 else D.transpose(1, 0, 2).reshape(rows, K * n_out)
+    return (X.T @ D).T.reshape(K, n_out, n_in)
 
 
 def _ptr(array, offset_elements=0):
@@ -344,12 +409,13 @@ class _Workspace:
     # smaller one, and a one (the beta of the stacked update GEMM).
     LR_W, LR_B, STEP_FULL, MEAN_FULL, STEP_REST, MEAN_REST, ONE = 0, 2, 4, 5, 6, 7, 8
 
-    def __init__(self, sizes, batch, K, dtype, loss, n_slots, weighted=False):
+    def __init__(self, sizes, batch, K, dtype, loss, n_slots, weighted=False, sparse=False):
         L = len(sizes) - 1
-        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted)
+        self.key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted, sparse)
         self.batch = batch
         self.wb = cupy.empty(batch if weighted else 1, dtype)  # the batch's sample weights
-        self.xb = cupy.empty((batch, sizes[0]), dtype)
+        # the batch of a dense X; a sparse X's batch is a small CSR of its own (``_sparse_rows``), never dense
+        self.xb = cupy.empty((1, 1) if sparse else (batch, sizes[0]), dtype)
         self.yb_labels = cupy.empty(batch, np.int64) if loss == "softmax" else cupy.empty(1, np.int64)
         self.yb_values = cupy.empty((batch, sizes[-1]), dtype) if loss != "softmax" else cupy.empty(1, dtype)
         self.out = [cupy.empty(K * batch * sizes[l + 1], dtype) for l in range(L)]
@@ -428,6 +494,11 @@ class CudaBackend:
 
     def features(self, X, n_in, dtype):
         X = _detached(X)
+        if _DEVICE_CSR and isinstance(X, _DEVICE_CSR[0]) and X.shape[1] == n_in and X.dtype == dtype:
+            return X  # made by this method: checked already
+        if _device_sparse(X):  # cupyx.scipy.sparse: checked (and made canonical) on the host too
+            with self._on_stream():
+                X = X.get()
         if _validate.is_sparse(X):  # checked and made canonical on the host, then resident on the GPU
             return _device_csr(_validate.sparse_features(X, n_in, dtype))
         device = as_device_array(X)
@@ -456,8 +527,8 @@ class CudaBackend:
 
     def like_input(self, array, X):
         """The result in the caller's array type: NumPy for host input, CuPy (or a torch tensor, for
-        a torch input) for input on the GPU."""
-        if as_device_array(X) is None:
+        a torch input) for input on the GPU (a cupyx.scipy.sparse X included)."""
+        if as_device_array(X) is None and not _device_sparse(X):
             return self.to_host(array)
         self.stream.synchronize()
         if type(X).__module__.split(".")[0] == "torch":
@@ -506,31 +577,38 @@ class CudaBackend:
         self._launch(kernels, "column_sums", K * (-(-n // width)) * THREADS,
                      (out, dZ, np.int64(rows), np.int32(n), np.int32(width), scale, beta))
 
-    def _forward(self, kernels, Ws, bs, x_ptr, rows, K, sizes, outs, act, dtype):
-        """Every layer's output for `rows` records at x_ptr (shared by the K models); outs[l] holds
-        K x rows x n_{l+1}, the last the logits."""
+    def _forward(self, kernels, Ws, bs, x, rows, K, sizes, outs, act, dtype):
+        """Every layer's output for `rows` records x (shared by the K models): the device address of dense rows, or
+        a device CSR; outs[l] holds K x rows x n_{l+1}, the last the logits."""
         blas, L = self._blas_for(), len(Ws)
         for l in range(L):
             n_in, n_out = sizes[l], sizes[l + 1]
-            a_ptr, stride_a = (x_ptr, 0) if l == 0 else (_ptr(outs[l - 1]), rows * n_in)
-            blas.gemm(dtype, False, True, rows, n_out, n_in, 1.0, a_ptr, n_in, _ptr(Ws[l]), n_in, 0.0, _ptr(outs[l]),
-                      n_out, batch=K, stride_a=stride_a, stride_b=n_out * n_in, stride_c=rows * n_out)
+            if l == 0 and not isinstance(x, int):
+                _sparse_first_layer(x, Ws[0], outs[0], K)
+            else:
+                a_ptr, stride_a = (x, 0) if l == 0 else (_ptr(outs[l - 1]), rows * n_in)
+                blas.gemm(dtype, False, True, rows, n_out, n_in, 1.0, a_ptr, n_in, _ptr(Ws[l]), n_in, 0.0,
+                          _ptr(outs[l]), n_out, batch=K, stride_a=stride_a, stride_b=n_out * n_in,
+                          stride_c=rows * n_out)
             total, code = K * rows * n_out, 0 if l == L - 1 else act
             self._launch_indexed(kernels, "bias_activation", total,
                                  lambda I: (outs[l], bs[l], I(rows), I(n_out), I(total), np.int32(code)))
 
-    def _step(self, kernels, ws, cfg, rows):
+    def _step(self, kernels, ws, cfg, rows, x_sparse=None):
         """One training step on `rows` records (the next ones of the order): forward, loss, backward
         with each layer's update, counters moved on. Launches only; allocates nothing. The learning
-        rate and decay come from ws.scalars and ws.keep on the device."""
+        rate and decay come from ws.scalars and ws.keep on the device. For a sparse X, x_sparse is the step's
+        rows of it gathered as a device CSR: the first layer's products go through cupyx, which allocates (such
+        a step is never captured)."""
         blas, dtype, sizes, K = self._blas_for(), cfg["dtype"], cfg["sizes"], cfg["K"]
         Ws, bs, L, T = cfg["Ws"], cfg["bs"], len(cfg["Ws"]), dtype.type
         n0, n_out_last = sizes[0], sizes[-1]
         full = rows == ws.batch  # -lr/rows and 1/rows of a full batch, or of the last, smaller one
         step_index, mean_index = (ws.STEP_FULL, ws.MEAN_FULL) if full else (ws.STEP_REST, ws.MEAN_REST)
         step_scale = ws.scalar(step_index)
-        self._launch_indexed(kernels, "gather_rows", rows * n0,
-                             lambda I: (cfg["X"], ws.order, ws.counters, ws.xb, I(rows), I(n0)))
+        if x_sparse is None:
+            self._launch_indexed(kernels, "gather_rows", rows * n0,
+                                 lambda I: (cfg["X"], ws.order, ws.counters, ws.xb, I(rows), I(n0)))
         if cfg["loss"] == "softmax":
             self._launch(kernels, "gather_labels", rows, (cfg["y"], ws.order, ws.counters, ws.yb_labels, np.int64(rows)))
         else:
@@ -541,7 +619,8 @@ class CudaBackend:
             self._launch_indexed(kernels, "gather_rows", rows,
                                  lambda I: (cfg["w"], ws.order, ws.counters, ws.wb, I(rows), I(1)))
             weights = ws.wb
-        self._forward(kernels, Ws, bs, _ptr(ws.xb), rows, K, sizes, ws.out, cfg["act"], dtype)
+        self._forward(kernels, Ws, bs, _ptr(ws.xb) if x_sparse is None else x_sparse, rows, K, sizes, ws.out,
+                      cfg["act"], dtype)
         self._loss_gradient(kernels, ws.out[-1], ws.yb_values, ws.yb_labels, rows, K, n_out_last, cfg["loss"],
                             ws.loss_sum, ws.correct, weights)
         optimizer = cfg["optimizer"]
@@ -555,6 +634,9 @@ class CudaBackend:
                           stride_c=rows * n_in)
                 self._launch(kernels, "activation_backward", K * rows * n_in,
                              (ws.grad[l - 1], ws.out[l - 1], np.int64(K * rows * n_in), np.int32(cfg["act"])))
+            if l == 0 and x_sparse is not None:
+                self._sparse_first_update(kernels, ws, cfg, rows, x_sparse, dZ, step_index, mean_index)
+                continue
             if optimizer is None:
                 if K == 1:  # W <- (1 - lr lam/m) W - (lr/rows) dZ^T A_prev: one GEMM, the decay its beta
                     blas.gemm(dtype, True, False, n_out, n_in, rows, step_scale, _ptr(dZ), n_out, a_ptr, n_in,
@@ -572,17 +654,41 @@ class CudaBackend:
                       _ptr(ws.gW[l]), n_in)
             self._column_sums(kernels, ws.gb[l], dZ, rows, n_out, 1, ws.scalars[mean_index:mean_index + 1], T(0))
             for P, G, slot_index, rates in ((Ws[l], ws.gW[l], l, ws.rates_W), (bs[l], ws.gb[l], L + l, ws.rates_b)):
-                slots = [slot[slot_index] for slot in cfg["slots"]]
-                if optimizer.name == "momentum":
-                    self._launch(kernels, "momentum_step", P.size,
-                                 (P, G, slots[0], np.int64(P.size), rates, T(optimizer.momentum),
-                                  np.int32(optimizer.nesterov), np.int32(optimizer.decoupled)))
-                else:
-                    self._launch(kernels, "adam_step", P.size,
-                                 (P, G, slots[0], slots[1], np.int64(P.size), rates, np.float64(optimizer.beta1),
-                                  np.float64(optimizer.beta2), T(optimizer.eps), np.int32(optimizer.decoupled),
-                                  np.int32(optimizer.eps_on_v), ws.counters))
+                self._optimizer_step(kernels, optimizer, P, G, [slot[slot_index] for slot in cfg["slots"]], rates,
+                                     ws, T)
         self._launch(kernels, "advance_counters", 1, (ws.counters, np.int64(rows)))
+
+    def _sparse_first_update(self, kernels, ws, cfg, rows, X, dZ, step_index, mean_index):
+        """The first layer's step of ``_step`` for a sparse batch X (device CSR): its weight gradient (X^T dZ)^T by
+        cupyx, then the same update as the dense step's, in CuPy array operations reading the step's scalars
+        (ws.scalars[step_index] = -lr/rows, ws.scalars[mean_index] = 1/rows) on the device; the biases and the
+        optimizers' steps by the same kernels."""
+        K, sizes, L, T = cfg["K"], cfg["sizes"], len(cfg["Ws"]), cfg["dtype"].type
+        n_in, n_out = sizes[0], sizes[1]
+        W, b, optimizer = cfg["Ws"][0], cfg["bs"][0], cfg["optimizer"]
+        dL_dW = _sparse_weight_product(X, dZ, K, n_out)  # (K, n_out, n_in): dZ[k]^T X
+        if optimizer is None:  # W <- (1 - lr lam/m) W - (lr/rows) dZ^T X, each model's decay its own
+            W_k = W.reshape(K, n_out, n_in)
+            W_k *= ws.keep.reshape(K, 1, 1)
+            W_k += ws.scalars[step_index] * dL_dW
+            self._column_sums(kernels, b, dZ, rows, n_out, K, ws.scalars[step_index:step_index + 1], T(1))
+            return
+        ws.gW[0].reshape(n_out, n_in)[...] = dL_dW[0] * ws.scalars[mean_index]
+        self._column_sums(kernels, ws.gb[0], dZ, rows, n_out, 1, ws.scalars[mean_index:mean_index + 1], T(0))
+        for P, G, slot_index, rates in ((W, ws.gW[0], 0, ws.rates_W), (b, ws.gb[0], L, ws.rates_b)):
+            self._optimizer_step(kernels, optimizer, P, G, [slot[slot_index] for slot in cfg["slots"]], rates, ws, T)
+
+    def _optimizer_step(self, kernels, optimizer, P, G, slots, rates, ws, T):
+        """One Momentum or Adam step of parameter P, given G, its batch mean gradient, and its state slots."""
+        if optimizer.name == "momentum":
+            self._launch(kernels, "momentum_step", P.size,
+                         (P, G, slots[0], np.int64(P.size), rates, T(optimizer.momentum),
+                          np.int32(optimizer.nesterov), np.int32(optimizer.decoupled)))
+        else:
+            self._launch(kernels, "adam_step", P.size,
+                         (P, G, slots[0], slots[1], np.int64(P.size), rates, np.float64(optimizer.beta1),
+                          np.float64(optimizer.beta2), T(optimizer.eps), np.int32(optimizer.decoupled),
+                          np.int32(optimizer.eps_on_v), ws.counters))
 
     def _capture(self, kernels, ws, cfg, rows, steps):
         """A CUDA graph of `steps` consecutive training steps, or None when capture fails (graphs are
@@ -617,12 +723,12 @@ class CudaBackend:
                 self._graphs.popitem(last=False)
         return self._graphs[key]
 
-    def _workspace_for(self, sizes, batch, K, dtype, loss, n_slots, weighted=False):
+    def _workspace_for(self, sizes, batch, K, dtype, loss, n_slots, weighted=False, sparse=False):
         self._shared()
-        key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted)
+        key = (tuple(sizes), batch, K, np.dtype(dtype), loss, bool(n_slots), weighted, sparse)
         if self._workspace is None or self._workspace.key != key:
             with self._on_stream():
-                self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots, weighted)
+                self._workspace = _Workspace(sizes, batch, K, dtype, loss, n_slots, weighted, sparse)
             self._graphs.clear()  # they hold the old workspace's addresses
         return self._workspace
 
@@ -630,14 +736,14 @@ class CudaBackend:
 
     def _epoch(self, Ws, bs, X, y, order, batch_size, lr, lam_over_m, activation, loss, K, optimizer=None,
                slots=(), step=0, sample_weight=None):
-        _dense_only(X)
         dtype = np.dtype(Ws[0].dtype)
         sizes = [Ws[0].shape[-1]] + [W.shape[-2] for W in Ws]
         n = len(X) if order is None else len(order)
         batch = min(batch_size, n)
         kernels = _kernels(dtype)
+        sparse = numpy_ref.is_sparse(X)
         ws = self._workspace_for(sizes, batch, K, dtype, loss, 0 if optimizer is None else optimizer.n_slots,
-                                 sample_weight is not None)
+                                 sample_weight is not None, sparse)
         cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "w": sample_weight,
                "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,
                "slots": [list(slot) for slot in slots]}
@@ -653,6 +759,10 @@ class CudaBackend:
             ws.set_scalars(lr, lam_over_m, n, stream)
             full, rest = divmod(n, batch)
             done = 0
+            if sparse:  # uncaptured: cupyx allocates the gathered rows and each product's output
+                for X_batch in _sparse_batches(X, order, ws.order, n, batch):
+                    self._step(kernels, ws, cfg, X_batch.shape[0], X_batch)
+                full = rest = 0  # every step taken
             if full and self.use_graphs and full > 1:
                 self._step(kernels, ws, cfg, batch)  # eager first: every kernel is loaded before any capture
                 done = 1
@@ -688,7 +798,7 @@ class CudaBackend:
         dtype = np.dtype(weights[0][0].dtype)
         sizes = [weights[0][0].shape[1]] + [W.shape[0] for W in weights[0]]
         batch = min(batch_size, len(X) if order is None else len(order))
-        ws = self._workspace_for(sizes, batch, K, dtype, loss, 0, sample_weight is not None)
+        ws = self._workspace_for(sizes, batch, K, dtype, loss, 0, sample_weight is not None, numpy_ref.is_sparse(X))
         Ws, bs = ws.stacked_W, ws.stacked_b
         with self._on_stream():
             for k in range(K):
@@ -707,15 +817,19 @@ class CudaBackend:
     def _blocks(self, m):
         return [(s, min(s + BLOCK_ROWS, m)) for s in range(0, m, BLOCK_ROWS)]
 
+    @staticmethod
+    def _rows_of(X, s, e, n_in):
+        """Rows s:e of X as ``_forward`` takes them: the device address of dense rows, a device CSR of sparse ones."""
+        return _sparse_rows(X, slice(s, e)) if numpy_ref.is_sparse(X) else _ptr(X, s * n_in)
+
     def predict(self, weights, biases, X, activation, loss):
-        _dense_only(X)
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m = _kernels(dtype), len(X)
         with self._on_stream():
             out = cupy.empty((m, sizes[-1]), dtype)
             outs = [cupy.empty(min(m, BLOCK_ROWS) * n, dtype) for n in sizes[1:]]
             for s, e in self._blocks(m):
-                self._forward(kernels, weights, biases, _ptr(X, s * sizes[0]), e - s, 1, sizes, outs,
+                self._forward(kernels, weights, biases, self._rows_of(X, s, e, sizes[0]), e - s, 1, sizes, outs,
                               ACTIVATION_CODES[activation], dtype)
                 if loss != "squared_error":
                     self._launch(kernels, "output_activation", e - s,
@@ -774,8 +888,7 @@ class CudaBackend:
     def _whole_data(self, weights, biases, X, y, activation, loss, grads, sample_weight=None):
         """Loss sum and correct count over (X, y) in blocks (each record's loss weighted by sample_weight
         when given); with grads = (dW, db), float64 arrays, also adds sum dL/dW and dL/db of every block
-        into them."""
-        _dense_only(X)
+        into them. A sparse X's blocks are device CSR slices (their first-layer products by cupyx)."""
         dtype, sizes = np.dtype(weights[0].dtype), [weights[0].shape[1]] + [W.shape[0] for W in weights]
         kernels, m, L, act = _kernels(dtype), len(X), len(weights), ACTIVATION_CODES[activation]
         blas, T = self._blas_for(), dtype.type
@@ -789,8 +902,8 @@ class CudaBackend:
             dummy_values, dummy_labels = cupy.empty(1, dtype), cupy.empty(1, np.int64)
             one = cupy.ones(1, dtype)
             for s, e in self._blocks(m):
-                rows = e - s
-                self._forward(kernels, weights, biases, _ptr(X, s * sizes[0]), rows, 1, sizes, outs, act, dtype)
+                rows, x = e - s, self._rows_of(X, s, e, sizes[0])
+                self._forward(kernels, weights, biases, x, rows, 1, sizes, outs, act, dtype)
                 labels = y[s:e] if loss == "softmax" else dummy_labels
                 values = y[s:e] if loss != "softmax" else dummy_values
                 self._loss_gradient(kernels, outs[-1], values, labels, rows, 1, sizes[-1], loss, loss_sum, correct,
@@ -801,14 +914,17 @@ class CudaBackend:
                 for l in reversed(range(L)):
                     n_in, n_out = sizes[l], sizes[l + 1]
                     dZ = outs[l] if l == L - 1 else below[l]
-                    a_ptr = _ptr(X, s * n_in) if l == 0 else _ptr(outs[l - 1])
                     if l > 0:
                         blas.gemm(dtype, False, False, rows, n_in, n_out, 1.0, _ptr(dZ), n_out, _ptr(weights[l]),
                                   n_in, 0.0, _ptr(below[l - 1]), n_in)
                         self._launch(kernels, "activation_backward", rows * n_in,
                                      (below[l - 1], outs[l - 1], np.int64(rows * n_in), np.int32(act)))
-                    blas.gemm(dtype, True, False, n_out, n_in, rows, 1.0, _ptr(dZ), n_out, a_ptr, n_in, 0.0,
-                              _ptr(block_W[l]), n_in)
+                    if l == 0 and not isinstance(x, int):
+                        block_W[0][...] = _sparse_weight_product(x, dZ, 1, n_out)[0]
+                    else:
+                        a_ptr = x if l == 0 else _ptr(outs[l - 1])
+                        blas.gemm(dtype, True, False, n_out, n_in, rows, 1.0, _ptr(dZ), n_out, a_ptr, n_in, 0.0,
+                                  _ptr(block_W[l]), n_in)
                     self._column_sums(kernels, block_b[l], dZ, rows, n_out, 1, one, T(0))
                     dW[l] += block_W[l]  # float64 totals of the block's products in T
                     db[l] += block_b[l]
