@@ -268,9 +268,9 @@ def test_the_bindings_check_every_csr_array_before_reading_it():
         call(X.data, X.indices, X.indptr, shape=(10, 9))
 
 
-def test_the_cuda_path_refuses_sparse_x_by_name():
+def test_the_dense_check_refuses_sparse_x_by_name():
     X, _ = messy_csr(5, 4, seed=25)
-    with pytest.raises(TypeError, match="X: scipy.sparse input is taken by the numpy and cpu backends"):
+    with pytest.raises(TypeError, match="X: a scipy.sparse X is taken through sparse_features"):
         _validate.features(X, 4, np.float32)
 
 

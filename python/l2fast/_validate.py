@@ -143,8 +143,8 @@ def features(X, n_in, dtype, name="X", xp=np, all_finite=None):
     (NumPy, or CuPy for arrays already on a GPU, which are then checked there); ``all_finite`` a faster
     test of the converted array than NumPy's, if the backend has one."""
     if is_sparse(X):  # the host backends take it through sparse_features first
-        raise TypeError(f"{name}: scipy.sparse input is taken by the numpy and cpu backends, not by this one yet; "
-                        f"densify it with {name}.toarray() or use backend='cpu'")
+        raise TypeError(f"{name}: a scipy.sparse X is taken through sparse_features (every backend's features() "
+                        f"sends it there), not as a dense array; densify it with {name}.toarray() to train on it dense")
     array = _numeric_array(X, name, xp=xp)
     _records_of_width(array.shape, n_in, name)
     return _finite_as(array, dtype, name, xp, all_finite)

@@ -273,7 +273,7 @@ def bench_solution(X, y, n_out, backends, repeats, out, quick):
 
 def run(backends, repeats, out, quick=False):
     """Prints and returns one entry per problem: the matrix, (a) and (b)."""
-    backends = [b for b in backends if b in ("numpy", "cpu")]  # cuda takes sparse X in newton-cg only, untimed here
+    backends = [b for b in backends if b in ("numpy", "cpu")]  # cuda's sparse epoch is timed by gpu_check.sh
     repeats = max(1, min(repeats, 3))
     print(f"P: sparse X (TF-IDF-like), lambda 1; load average {os.getloadavg()[0]:.1f} at the start", file=out)
     entries = []
