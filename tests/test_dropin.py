@@ -360,6 +360,28 @@ def test_float32_stays_float32():
     assert clf._l2fast_trainer.net.dtype == np.float32 and clf._l2fast_trainer.net.backend == "cpu"
 
 
+@pytest.mark.parametrize("labels", [np.array([3, 1, 1, 3, 3, 1] * 5), np.arange(30) % 4, (np.arange(30) % 3).astype(np.uint8),
+                                    np.arange(30) % 5 - 2, np.arange(30) % 3 == 0, np.array(["b", "a", "c"] * 10),
+                                    np.ones(30, dtype=np.int64)],
+                         ids=["binary", "multiclass", "uint8", "negative", "bool", "strings", "one-class"])
+def test_validate_input_is_scikit_learns(labels):
+    """The drop-in finds the label binarizer's classes and binarized y itself for integer labels: the same arrays
+    (values, dtype, shape, layout) and binarizer as scikit-learn's own, which every other case still runs."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    ours, theirs = dropin.MLPClassifier(), neural_network.MLPClassifier()
+    X_ours, y_ours = ours._validate_input(X, labels, False, True)
+    X_theirs, y_theirs = theirs._validate_input(X, labels, False, True)
+    np.testing.assert_array_equal(X_ours, X_theirs)
+    for a, b in ((y_ours, y_theirs), (ours.classes_, theirs.classes_),
+                 (ours._label_binarizer.classes_, theirs._label_binarizer.classes_)):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous == b.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    assert vars(ours._label_binarizer).keys() == vars(theirs._label_binarizer).keys()
+    for name in ("y_type_", "sparse_input_", "neg_label", "pos_label", "sparse_output"):
+        assert getattr(ours._label_binarizer, name) == getattr(theirs._label_binarizer, name)
+    assert ours.n_features_in_ == theirs.n_features_in_ == 4
+
+
 def test_label_errors_of_partial_fit_and_warm_start():
     X, y = data()
     clf = dropin.MLPClassifier(solver="sgd", hidden_layer_sizes=(3,), random_state=0)
