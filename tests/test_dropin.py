@@ -382,6 +382,28 @@ def test_validate_input_is_scikit_learns(labels):
     assert ours.n_features_in_ == theirs.n_features_in_ == 4
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "strings", "float-labels"])
+def test_early_stopping_score_is_scikit_learns(kind, weighted):
+    """The drop-in's validation score (accuracy, every epoch of an early-stopping fit) computed without
+    accuracy_score's checks is scikit-learn's score of the same weights, to the bit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    labels = {"binary": rng.integers(0, 2, 300), "multiclass": rng.integers(0, 4, 300),
+              "strings": np.array(["a", "b", "c"])[rng.integers(0, 3, 300)],
+              "float-labels": rng.integers(0, 3, 300).astype(float)}[kind]
+    weights = rng.random(100) if weighted else None
+    params = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params).fit(X[:200], labels[:200])
+        theirs = neural_network.MLPClassifier(**params).fit(X[:200], labels[:200])
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    score = ours._score(X[200:], labels[200:], weights)
+    assert type(score) is float and 0 < score < 1
+    assert score == theirs._score(X[200:], labels[200:], weights)
+
+
 def test_label_errors_of_partial_fit_and_warm_start():
     X, y = data()
     clf = dropin.MLPClassifier(solver="sgd", hidden_layer_sizes=(3,), random_state=0)

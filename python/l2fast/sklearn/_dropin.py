@@ -378,6 +378,22 @@ class MLPClassifier(_L2fastMLP, neural_network.MLPClassifier):
         self._label_binarizer, self.classes_ = binarizer, classes
         return X, y[:, None] == (classes[1:] if len(classes) == 2 else classes)
 
+    def _score(self, X, y, sample_weight=None):
+        """The early-stopping score of every epoch, scikit-learn's: the accuracy of its own predictions, as
+        ``accuracy_score`` computes it (``np.average`` of the matches) once its checks have passed, which they do
+        for labels that both came from the label binarizer (1-D, one dtype) and weights split from the validated
+        ones. The checks cost 0.8 ms an epoch on digits, more than its steps; other inputs still take them."""
+        if not (isinstance(y, np.ndarray) and y.ndim == 1 and
+                (sample_weight is None or (isinstance(sample_weight, np.ndarray) and sample_weight.shape == y.shape
+                                           and sample_weight.dtype.kind == "f"))):
+            return super()._score(X, y, sample_weight)
+        y_pred = self._predict(X, check_input=False)
+        if y_pred.shape != y.shape or y_pred.dtype != y.dtype:
+            return super()._score(X, y, sample_weight)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return float(np.average(y == y_pred, weights=sample_weight))
+
 
 class MLPRegressor(_L2fastMLP, neural_network.MLPRegressor):
     """scikit-learn's ``MLPRegressor``, trained by l2fast on ``backend`` (see the module's docstring)."""
