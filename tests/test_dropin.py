@@ -578,7 +578,8 @@ def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
     record = bench.run({"R"}, repeats=2, out=out)["dropin"]  # what `l2fast bench --configs R` runs
     assert [case["case"] for case in record["cases"]] == ["tiny adam", "tiny sgd", "tiny logistic"]
     for case in record["cases"]:
-        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0
+        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0 and case["sklearn_cpu_s"] > 0 and case["l2fast_cpu_s"] > 0
+        assert case["cpu_speed_up"] == pytest.approx(case["sklearn_cpu_s"] / case["l2fast_cpu_s"])
         assert case["l2fast_loss"] == pytest.approx(case["sklearn_loss"], rel=1e-6), case["case"]
     assert "tiny logistic" in out.getvalue() and "load average after" in out.getvalue()
 
