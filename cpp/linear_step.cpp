@@ -10,6 +10,7 @@
 
 #include "blas.hpp"
 #include "parallel.hpp"
+#include "update.hpp"
 #include "vectors.hpp"
 
 namespace l2fast {
@@ -202,7 +203,8 @@ bool linear_step_fits(const Shape& shape) {
 
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop) {
+                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
+                             bool with_norms) {
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
@@ -234,6 +236,7 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
             for (std::size_t k = 0; k < n_out; ++k) shares[0].db[k] += shares[s].db[k];
         }
         const T step = -lr / T(rows);
+        if (with_norms) result.weight_norms += sum_squares(W.data(), n_out * P);  // zero past n_in
         for (std::size_t i = 0; i < n_out * P; ++i) W[i] = decay * W[i] + step * shares[0].G[i];
         for (std::size_t k = 0; k < n_out; ++k) b[k] += step * shares[0].db[k];
         ++result.steps;
@@ -247,9 +250,9 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
 }
 
 template EpochResult linear_sgd_epoch(const Shape&, Params<float>&, const Dataset<float>&, const std::int64_t*,
-                                      std::size_t, std::size_t, float, float, const std::function<bool()>&);
+                                      std::size_t, std::size_t, float, float, const std::function<bool()>&, bool);
 template EpochResult linear_sgd_epoch(const Shape&, Params<double>&, const Dataset<double>&, const std::int64_t*,
-                                      std::size_t, std::size_t, double, double, const std::function<bool()>&);
+                                      std::size_t, std::size_t, double, double, const std::function<bool()>&, bool);
 
 namespace {
 

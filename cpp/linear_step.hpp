@@ -19,10 +19,12 @@ bool linear_step_fits(const Shape& shape);
 // first-level cache; the records a few rows ahead are prefetched as the block goes. The step ends with
 // W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, one pass over the small W. The same
 // step as train_epoch's (the GEMM path), up to the order of the float sums; single-threaded, so its results do not
-// depend on the thread count. stop is asked after each step; true ends the epoch there (`stopped`).
+// depend on the thread count. stop is asked after each step; true ends the epoch there (`stopped`). with_norms: the
+// result's weight_norms as train_epoch's.
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop);
+                             std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
+                             bool with_norms = false);
 
 // Seconds to read every row of X (m x n_in) once, in a shuffled order of the rows (drawn here, seeded), summing
 // them, with the prefetching linear_sgd_epoch does: the memory traffic an epoch of a linear model cannot avoid, the

@@ -290,14 +290,15 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& should_stop,
-                        OptimizerRun<T>* run) {
+                        OptimizerRun<T>* run, bool with_norms) {
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
     const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
     if (fused_sgd && !data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
         StopCheck stop(should_stop);
-        return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); });
+        return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); },
+                                with_norms);
     }
     const std::size_t n_in = shape.n_in();
     Workspace<T> ws(shape, batch, order != nullptr && !data.sparse, true);
@@ -333,6 +334,11 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                               targets_of(data, picked, start));
         prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         if (!fused_sgd) ++run->step;
+        if (with_norms && fused_sgd)  // the GEMM step reads no weight outside the product: one pass, true W = scale W
+            for (std::size_t l = 0; l < shape.n_layers(); ++l)
+                result.weight_norms += scale[l] * scale[l] *
+                                       sum_squares(W_t[l] ? W_t[l] : params.W[l], shape.sizes[l + 1] * shape.sizes[l]);
+        double* norms = with_norms ? &result.weight_norms : nullptr;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
             const bool sparse = l == 0 && block.is_sparse();
@@ -361,7 +367,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             else
                 mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
             inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
-                                   n_w, lr, lam_over_m);
+                                   n_w, lr, lam_over_m, norms);
             inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
                                    slot(1, false, l), n_out, lr, T(0));
         }, W_t);
@@ -656,7 +662,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 #define L2FAST_INSTANTIATE(T)                                                                                   \
     template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
                                      std::size_t, std::size_t, T, T, const std::function<bool()>&,             \
-                                     OptimizerRun<T>*);                                                          \
+                                     OptimizerRun<T>*, bool);                                                    \
     template StackedEpochResult train_epoch_stacked(const Shape&, std::vector<Params<T>>&, const Dataset<T>&,  \
                                                     const std::int64_t*, std::size_t, std::size_t, T,          \
                                                     const std::vector<T>&, const std::function<bool()>&);      \

@@ -75,10 +75,13 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
 // Returns the loss sum and correct count of every minibatch, measured before its own update.
 // should_stop, when given, is asked at most every 10 ms between steps; when it answers true the
 // epoch ends after the step in hand, with W whole (scales folded back), and `stopped` is set.
+// With with_norms, weight_norms is the sum over the steps of sum_l ||W_l||^2 at the weights each step's loss was
+// computed with (before its update): scikit-learn's MLP adds alpha/2 ||W||^2 to every batch's loss.
 struct EpochResult {
     LossStats stats;
     bool stopped = false;
     std::size_t steps = 0;
+    double weight_norms = 0.0;
 };
 
 // An optimizer other than plain SGD with its state: slots[s].W[l] and slots[s].b[l] are state array s
@@ -96,7 +99,8 @@ struct OptimizerRun {
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
-                        const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr);
+                        const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr,
+                        bool with_norms = false);
 
 // train_epoch for K models of one shape at once: one order, one gathered batch for all, each
 // layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].

@@ -25,40 +25,76 @@ void check_unit(double v, const char* name) {
         throw std::invalid_argument(std::string(name) + " must be in [0, 1), got " + std::to_string(v));
 }
 
+// One entry of each optimizer's step; the ranges below run it over a share of the tensor.
 template <class T>
-L2FAST_VECTOR_CLONES void momentum_range(T* P, const T* G, T* V, std::size_t begin, std::size_t end, T lr, T decay, T mu,
-                    bool nesterov, bool decoupled) {
-    const T coupled = decoupled ? T(0) : decay;
-    const T keep = decoupled ? T(1) - lr * decay : T(1);
-    if (nesterov) {
-        for (std::size_t i = begin; i < end; ++i) {
-            const T g = G[i] + coupled * P[i];
-            const T v = mu * V[i] + g;
-            V[i] = v;
-            P[i] = keep * P[i] - lr * (g + mu * v);
-        }
-    } else {
-        for (std::size_t i = begin; i < end; ++i) {
-            const T v = mu * V[i] + (G[i] + coupled * P[i]);
-            V[i] = v;
-            P[i] = keep * P[i] - lr * v;
-        }
+struct MomentumEntry {
+    T* P;
+    const T* G;
+    T* V;
+    T lr, coupled, keep, mu;
+    bool nesterov;
+
+    // Steps entry i and returns its value before the step.
+    T operator()(std::size_t i) const {
+        const T p = P[i];
+        const T g = G[i] + coupled * p;
+        const T v = mu * V[i] + g;
+        V[i] = v;
+        P[i] = keep * p - lr * (nesterov ? g + mu * v : v);
+        return p;
     }
-}
+};
 
 template <class T>
-L2FAST_VECTOR_CLONES void adam_range(T* P, const T* G, T* M, T* V, std::size_t begin, std::size_t end, T decay, T keep, T b1,
-                T one_minus_b1, T b2, T one_minus_b2, T scaled_step, T scaled_eps, bool decoupled) {
-    const T coupled = decoupled ? T(0) : decay;
-    for (std::size_t i = begin; i < end; ++i) {
-        const T g = G[i] + coupled * P[i];
+struct AdamEntry {
+    T* P;
+    const T* G;
+    T* M;
+    T* V;
+    T coupled, keep, b1, one_minus_b1, b2, one_minus_b2, scaled_step, scaled_eps;
+
+    T operator()(std::size_t i) const {
+        const T p = P[i];
+        const T g = G[i] + coupled * p;
         const T m = b1 * M[i] + one_minus_b1 * g;
         const T v = b2 * V[i] + one_minus_b2 * (g * g);
         M[i] = m;
         V[i] = v;
         // step_size m / (sqrt(v) / bc2_sqrt + eps), with bc2_sqrt moved up: one division per entry.
-        P[i] = keep * P[i] - scaled_step * m / (std::sqrt(v) + scaled_eps);
+        P[i] = keep * p - scaled_step * m / (std::sqrt(v) + scaled_eps);
+        return p;
     }
+};
+
+// entry by value: a local copy, whose scalars the stores into P cannot alias, so they stay in registers.
+template <class Entry>
+L2FAST_VECTOR_CLONES void step_range(const Entry entry, std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) entry(i);
+}
+
+// step_range returning sum P_i^2 of the values the step read (omp simd: the sum's order may change, the
+// entries' values may not).
+template <class Entry>
+L2FAST_VECTOR_CLONES double step_range_summed(const Entry entry, std::size_t begin, std::size_t end) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (std::size_t i = begin; i < end; ++i) {
+        const double p = double(entry(i));
+        s += p * p;
+    }
+    return s;
+}
+
+// Runs entry over P's n entries in shares on up to `threads` threads; adds sum P_i^2 before the step to
+// *sum_squares when given.
+template <class Entry>
+void run_step(const Entry& entry, std::size_t n, std::size_t threads, std::size_t min_share, double* sum_squares) {
+    if (sum_squares) {
+        *sum_squares += parallel_sum(n, threads, min_share,
+                                     [&](std::size_t begin, std::size_t end) { return step_range_summed(entry, begin, end); });
+        return;
+    }
+    parallel_for(n, threads, min_share, [&](std::size_t begin, std::size_t end) { step_range(entry, begin, end); });
 }
 
 }  // namespace
@@ -73,18 +109,19 @@ void check_optimizer(const Optimizer& opt) {
 
 template <class T>
 void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const T* G, T* S1, T* S2, std::size_t n,
-                            T lr, T decay) {
+                            T lr, T decay, double* sum_squares) {
     // Tensors of more than 2 x 128K entries take every thread OpenBLAS would: below that, waking a
     // sleeping helper costs about what it saves (measured on Adam's step, the costliest per entry).
     const std::size_t threads = std::size_t(std::max(blas::num_threads(), 1)), min_share = std::size_t(1) << 17;
+    const T coupled = opt.decoupled ? T(0) : decay;
+    const T keep = opt.decoupled ? T(1) - lr * decay : T(1);
     switch (opt.method) {
         case Method::Sgd:  // g = G + decay P, P <- P - lr g: the standalone L2 update
-            inplace_l2_update(P, G, n, lr, decay);
+            inplace_l2_update(P, G, n, lr, decay, sum_squares);
             return;
         case Method::Momentum:
-            parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {
-                momentum_range(P, G, S1, begin, end, lr, decay, T(opt.momentum), opt.nesterov, opt.decoupled);
-            });
+            run_step(MomentumEntry<T>{P, G, S1, lr, coupled, keep, T(opt.momentum), opt.nesterov}, n, threads,
+                     min_share, sum_squares);
             return;
         case Method::Adam: {
             const double t = double(step);
@@ -93,19 +130,17 @@ void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const
             const T scaled_step = opt.eps_on_v ? T(double(lr) * bc2_sqrt / (1.0 - std::pow(opt.beta1, t)))
                                                : T(double(lr) / (1.0 - std::pow(opt.beta1, t)) * bc2_sqrt);
             const T scaled_eps = opt.eps_on_v ? T(opt.eps) : T(opt.eps * bc2_sqrt);
-            const T keep = opt.decoupled ? T(1) - lr * decay : T(1);
-            parallel_for(n, threads, min_share, [=, &opt](std::size_t begin, std::size_t end) {
-                adam_range(P, G, S1, S2, begin, end, decay, keep, T(opt.beta1), T(1.0 - opt.beta1), T(opt.beta2),
-                           T(1.0 - opt.beta2), scaled_step, scaled_eps, opt.decoupled);
-            });
+            run_step(AdamEntry<T>{P, G, S1, S2, coupled, keep, T(opt.beta1), T(1.0 - opt.beta1), T(opt.beta2),
+                                  T(1.0 - opt.beta2), scaled_step, scaled_eps},
+                     n, threads, min_share, sum_squares);
             return;
         }
     }
 }
 
 template void inplace_optimizer_step(const Optimizer&, std::int64_t, float*, const float*, float*, float*,
-                                     std::size_t, float, float);
+                                     std::size_t, float, float, double*);
 template void inplace_optimizer_step(const Optimizer&, std::int64_t, double*, const double*, double*, double*,
-                                     std::size_t, double, double);
+                                     std::size_t, double, double, double*);
 
 }  // namespace l2fast

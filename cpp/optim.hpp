@@ -38,9 +38,10 @@ void check_optimizer(const Optimizer& opt);
 //   Momentum: S1 <- mu S1 + g;  P <- keep P - lr (nesterov ? g + mu S1 : S1)
 //   Adam:     S1 <- b1 S1 + (1 - b1) g;  S2 <- b2 S2 + (1 - b2) g^2;
 //             P <- keep P - lr / (1 - b1^t) S1 / (sqrt(S2) / sqrt(1 - b2^t) + eps)
-// step is t >= 1, this step's number. Large tensors are split across threads.
+// step is t >= 1, this step's number. Large tensors are split across threads. sum_squares, when given, has
+// sum_i P_i^2 of P before the step added to it, in double, read in the step's own pass.
 template <class T>
 void inplace_optimizer_step(const Optimizer& opt, std::int64_t step, T* P, const T* G, T* S1, T* S2, std::size_t n,
-                            T lr, T decay);
+                            T lr, T decay, double* sum_squares = nullptr);
 
 }  // namespace l2fast

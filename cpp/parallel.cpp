@@ -159,4 +159,19 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
     pool->run(n, shares, body);
 }
 
+double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,
+                    const std::function<double(std::size_t, std::size_t)>& body) {
+    const std::size_t shares = std::min(threads, n / std::max<std::size_t>(min_share, 1));
+    if (shares < 2) return n ? body(0, n) : 0.0;
+    std::vector<double> sums(shares, 0.0);
+    // share i begins at floor(n i / shares), and every share has at least min_share >= 1 entries, so i is
+    // ceil(begin shares / n)
+    parallel_for(n, shares, min_share, [&](std::size_t begin, std::size_t end) {
+        sums[(begin * shares + n - 1) / n] = body(begin, end);
+    });
+    double total = 0.0;
+    for (double s : sums) total += s;
+    return total;
+}
+
 }  // namespace l2fast

@@ -22,4 +22,9 @@ namespace l2fast {
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body);
 
+// parallel_for for a body that returns a partial sum of its share: the shares' sums added in share order, so
+// that the total depends on the share count alone, never on which thread finished first.
+double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,
+                    const std::function<double(std::size_t, std::size_t)>& body);
+
 }  // namespace l2fast

@@ -24,6 +24,29 @@ template <class T>
 L2FAST_VECTOR_CLONES void l2_update_range(T* W, const T* dW, std::size_t begin, std::size_t end, T keep, T lr) {
     for (std::size_t i = begin; i < end; ++i) W[i] = keep * W[i] - lr * dW[i];
 }
+
+// The same update, returning sum W_i^2 of the weights it read (omp simd: the sum's order may change, W's
+// values may not, so W ends as l2_update_range leaves it).
+template <class T>
+L2FAST_VECTOR_CLONES double l2_update_range_summed(T* W, const T* dW, std::size_t begin, std::size_t end, T keep,
+                                                   T lr) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (std::size_t i = begin; i < end; ++i) {
+        const T w = W[i];
+        s += double(w) * double(w);
+        W[i] = keep * w - lr * dW[i];
+    }
+    return s;
+}
+
+template <class T>
+L2FAST_VECTOR_CLONES double sum_squares_range(const T* W, std::size_t n) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (std::size_t i = 0; i < n; ++i) s += double(W[i]) * double(W[i]);
+    return s;
+}
 }  // namespace
 
 template <class T>
@@ -74,14 +97,26 @@ void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, st
 }
 
 template <class T>
-void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
+void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, double* sum_squares) {
     const T keep = T(1) - lr * lam_over_m;
     // Memory-bound: one core cannot draw the machine's memory bandwidth, so updates of 512K entries
     // and more take every thread OpenBLAS would, in shares of at least 256K. The helpers spin a moment
     // after each job, so an update that follows another starts without waking them (measured at 1M:
     // 70-100 us, OpenBLAS's threaded axpy 50-70).
-    parallel_for(n, std::size_t(std::max(blas::num_threads(), 1)), std::size_t(1) << 18,
+    const std::size_t threads = std::size_t(std::max(blas::num_threads(), 1)), min_share = std::size_t(1) << 18;
+    if (sum_squares) {
+        *sum_squares += parallel_sum(n, threads, min_share, [=](std::size_t begin, std::size_t end) {
+            return l2_update_range_summed(W, dW, begin, end, keep, lr);
+        });
+        return;
+    }
+    parallel_for(n, threads, min_share,
                  [=](std::size_t begin, std::size_t end) { l2_update_range(W, dW, begin, end, keep, lr); });
+}
+
+template <class T>
+double sum_squares(const T* W, std::size_t n) {
+    return sum_squares_range(W, n);
 }
 
 #define L2FAST_INSTANTIATE(T)                                                                                \
@@ -93,7 +128,8 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m) {
                                       std::size_t, T);                                                       \
     template void mean_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);   \
     template void sum_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);    \
-    template void inplace_l2_update(T*, const T*, std::size_t, T, T);
+    template void inplace_l2_update(T*, const T*, std::size_t, T, T, double*);                              \
+    template double sum_squares(const T*, std::size_t);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

@@ -50,8 +50,13 @@ void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, st
                    std::size_t n_in);
 
 // W (n) <- (1 - lr*lam_over_m) W - lr dW in one pass over the same bytes as an axpy: the L2 step for
-// a gradient dW (the mean dL/dW) computed elsewhere.
+// a gradient dW (the mean dL/dW) computed elsewhere. sum_squares, when given, has sum_i W_i^2 of the
+// weights before the step added to it, in double, read in the same pass.
 template <class T>
-void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m);
+void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, double* sum_squares = nullptr);
+
+// sum_i W_i^2 over W (n), in double: a step's squared weight norm where no update pass reads W (the GEMM step).
+template <class T>
+double sum_squares(const T* W, std::size_t n);
 
 }  // namespace l2fast

@@ -113,7 +113,8 @@ def test_stochastic_trajectory_is_scikit_learns(problem, settings, backend):
     assert ours.n_iter_ == theirs.n_iter_ == 6 and ours.t_ == theirs.t_
     if settings == "adaptive-nesterov":
         assert ours._optimizer.learning_rate == theirs._optimizer.learning_rate == pytest.approx(0.02 / 5**2, rel=1e-15)
-    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=2e-3)  # penalty part interpolated
+    # the penalty part too: train_epoch's with_norms sums ||W||^2 at the weights each batch's loss was computed with
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
     np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-9, atol=1e-12)
 
 
@@ -173,14 +174,13 @@ def test_sparse_X_on_cuda_runs_scikit_learns_code_and_says_so(capsys, monkeypatc
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 def test_training_loss_stopping_rule_stops_where_scikit_learns_does(backend, solver):
-    # the default alpha: the penalty part of loss_curve_ (interpolated within an epoch) is far below tol's scale
     X, y = data(m=150)
     params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=32, max_iter=300, tol=1e-3, n_iter_no_change=3,
                   random_state=2, learning_rate_init=0.05)
     theirs = neural_network.MLPClassifier(**params).fit(X, y)
     ours = dropin.MLPClassifier(backend=backend, **params).fit(X, y)
     assert ours.n_iter_ == theirs.n_iter_ < 300
-    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)  # 2e-7: the interpolated penalty
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
     assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
 
 
@@ -194,17 +194,112 @@ def test_data_loss_curve_is_exact_without_penalty():
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["sgd", "adam"])
-def test_loss_curve_is_exact_with_penalty_when_an_epoch_is_one_batch(solver):
-    """The penalty part of loss_curve_ interpolates the norms of an epoch's batches from its two ends, exact for
-    one batch: then the whole curve is scikit-learn's to rounding (the 2e-7 elsewhere is that interpolation)."""
-    X, y = data(m=150)
-    params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=150, max_iter=8, random_state=1, alpha=0.5,
-                  learning_rate_init=0.05)
+@pytest.mark.parametrize("batch_size", [450, 200, 64], ids=["one-batch", "auto", "small"])
+@pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0), dict(solver="sgd"), dict(solver="adam")],
+                         ids=["sgd", "nesterov", "adam"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_loss_curve_is_scikit_learns_with_the_penalty_of_every_batch(backend, solver, batch_size):
+    """scikit-learn's loss_ is the mean over an epoch's batches of (batch loss + alpha/(2b) ||W||^2) times b, each
+    at the weights that batch saw: 450 records in batches of 200 end on a short batch of 50, in batches of 64 on
+    one of 2."""
+    X, y = make_classification(n_samples=450, n_features=12, n_informative=8, n_classes=4, random_state=3)
+    params = dict(hidden_layer_sizes=(16,), batch_size=batch_size, max_iter=8, random_state=1, alpha=0.5,
+                  learning_rate_init=0.05, **solver)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(**params).fit(X, y)
+        ours = dropin.MLPClassifier(backend=backend, **params).fit(X, y)
         theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    assert ours.loss_ == ours.loss_curve_[-1]
+
+
+EPOCH_CASES = {  # sizes, dtype, sparse X: the cpu kernel's paths (the linear step, the transposed float32 weights)
+    "dense": ((12, 9, 7, 3), np.float64, False),
+    "sparse": ((12, 9, 3), np.float64, True),
+    "linear": ((12, 3), np.float64, False),
+    "float32": ((12, 40, 3), np.float32, False),
+}
+
+
+def epoch_problem(case, seed=0):
+    """(sizes, dtype, X, labels, order, weights, biases) for one train_epoch of 203 records."""
+    import scipy.sparse
+
+    sizes, dtype, sparse = EPOCH_CASES[case]
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(203, sizes[0])).astype(dtype)
+    if sparse:
+        X = scipy.sparse.csr_matrix(np.where(np.abs(X) > 0.7, X, 0))
+    labels = rng.integers(0, sizes[-1], 203)
+    weights = [(rng.normal(size=(n_out, n_in)) * 0.4).astype(dtype) for n_in, n_out in zip(sizes, sizes[1:])]
+    biases = [(rng.normal(size=n_out) * 0.1).astype(dtype) for n_out in sizes[1:]]
+    return sizes, dtype, X, labels, rng.permutation(203).astype(np.int64), weights, biases
+
+
+@pytest.mark.parametrize("optimizer", ["fused", "sgd", "nesterov", "adam"])
+@pytest.mark.parametrize("case", list(EPOCH_CASES))
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_train_epoch_weight_norms_are_each_steps_own(backend, case, optimizer):
+    """with_norms: the sum over the epoch's steps of sum_l ||W_l||^2 at the weights each step's loss was computed
+    with, against the same steps taken one call each (32 records, the last step 11); asking for it changes no
+    parameter, not by a bit."""
+    from l2fast import optim
+    from l2fast.backends import get_backend
+
+    spec = {"fused": None, "sgd": optim.SGD(), "nesterov": optim.Momentum(0.9, nesterov=True),
+            "adam": optim.Adam(eps_on_v=True)}[optimizer]
+    sizes, dtype, X, labels, order, W0, b0 = epoch_problem(case)
+    be = get_backend(backend)
+    X, y = be.features(X, sizes[0], dtype), be.targets(labels, 203, "softmax", sizes[-1], dtype)
+
+    def start():
+        weights, biases = [W.copy() for W in W0], [b.copy() for b in b0]
+        return weights, biases, optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), weights, biases,
+                                                             np.zeros_like)
+
+    runs = {}
+    for with_norms in (False, True):
+        weights, biases, state = start()
+        runs[with_norms] = be.train_epoch(weights, biases, X, y, order, 32, 0.05, 0.01, "tanh", "softmax", spec,
+                                          state.slots, 3, with_norms=with_norms), [*weights, *biases, *(a for slot in state.slots for a in slot)]
+    (loss, correct), plain = runs[False]
+    (loss_n, correct_n, norms), asked = runs[True]
+    assert (loss_n, correct_n) == (loss, correct)
+    for a, b in zip(asked, plain):
+        np.testing.assert_array_equal(a, b)
+    weights, biases, state = start()
+    expected = 0.0
+    for step, first in enumerate(range(0, 203, 32)):
+        expected += sum(float(np.sum(np.square(W, dtype=np.float64))) for W in weights)
+        be.train_epoch(weights, biases, X, y, order[first:first + 32], 32, 0.05, 0.01, "tanh", "softmax", spec,
+                       state.slots, 3 + step)
+    assert norms == pytest.approx(expected, rel=1e-12 if dtype == np.float64 else 1e-6)
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch, tmp_path):
+    """backend="cuda" on the host stand-in of the GPU (tests/cuda_emulation.py)."""
+    from cuda_emulation import emulated_gpu
+
+    with emulated_gpu(monkeypatch, tmp_path):
+        yield
+
+
+@pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0), dict(solver="sgd"), dict(solver="adam")],
+                         ids=["sgd", "nesterov", "adam"])
+def test_cuda_loss_curve_is_scikit_learns(emulated_cuda, solver):
+    """The cuda backend's epoch (its steps replayed from captured graphs) sums ||W||^2 before each step too."""
+    X, y = make_classification(n_samples=250, n_features=8, n_informative=6, n_classes=3, random_state=3)
+    params = dict(hidden_layer_sizes=(10,), batch_size=40, max_iter=4, random_state=1, alpha=0.5,
+                  learning_rate_init=0.05, **solver)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(backend="cuda", **params).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    from cuda_emulation import FakeStream
+
+    assert ours._l2fast_trainer.net.backend == "cuda" and FakeStream.captures > 0
     assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
@@ -263,6 +358,50 @@ def test_float32_stays_float32():
         clf.fit(X.astype(np.float32), y)
     assert all(W.dtype == np.float32 for W in clf.coefs_ + clf.intercepts_)
     assert clf._l2fast_trainer.net.dtype == np.float32 and clf._l2fast_trainer.net.backend == "cpu"
+
+
+@pytest.mark.parametrize("labels", [np.array([3, 1, 1, 3, 3, 1] * 5), np.arange(30) % 4, (np.arange(30) % 3).astype(np.uint8),
+                                    np.arange(30) % 5 - 2, np.arange(30) % 3 == 0, np.array(["b", "a", "c"] * 10),
+                                    np.ones(30, dtype=np.int64)],
+                         ids=["binary", "multiclass", "uint8", "negative", "bool", "strings", "one-class"])
+def test_validate_input_is_scikit_learns(labels):
+    """The drop-in finds the label binarizer's classes and binarized y itself for integer labels: the same arrays
+    (values, dtype, shape, layout) and binarizer as scikit-learn's own, which every other case still runs."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    ours, theirs = dropin.MLPClassifier(), neural_network.MLPClassifier()
+    X_ours, y_ours = ours._validate_input(X, labels, False, True)
+    X_theirs, y_theirs = theirs._validate_input(X, labels, False, True)
+    np.testing.assert_array_equal(X_ours, X_theirs)
+    for a, b in ((y_ours, y_theirs), (ours.classes_, theirs.classes_),
+                 (ours._label_binarizer.classes_, theirs._label_binarizer.classes_)):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.flags.c_contiguous == b.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    assert vars(ours._label_binarizer).keys() == vars(theirs._label_binarizer).keys()
+    for name in ("y_type_", "sparse_input_", "neg_label", "pos_label", "sparse_output"):
+        assert getattr(ours._label_binarizer, name) == getattr(theirs._label_binarizer, name)
+    assert ours.n_features_in_ == theirs.n_features_in_ == 4
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "strings", "float-labels"])
+def test_early_stopping_score_is_scikit_learns(kind, weighted):
+    """The drop-in's validation score (accuracy, every epoch of an early-stopping fit) computed without
+    accuracy_score's checks is scikit-learn's score of the same weights, to the bit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    labels = {"binary": rng.integers(0, 2, 300), "multiclass": rng.integers(0, 4, 300),
+              "strings": np.array(["a", "b", "c"])[rng.integers(0, 3, 300)],
+              "float-labels": rng.integers(0, 3, 300).astype(float)}[kind]
+    weights = rng.random(100) if weighted else None
+    params = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params).fit(X[:200], labels[:200])
+        theirs = neural_network.MLPClassifier(**params).fit(X[:200], labels[:200])
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    score = ours._score(X[200:], labels[200:], weights)
+    assert type(score) is float and 0 < score < 1
+    assert score == theirs._score(X[200:], labels[200:], weights)
 
 
 def test_label_errors_of_partial_fit_and_warm_start():
@@ -439,7 +578,8 @@ def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
     record = bench.run({"R"}, repeats=2, out=out)["dropin"]  # what `l2fast bench --configs R` runs
     assert [case["case"] for case in record["cases"]] == ["tiny adam", "tiny sgd", "tiny logistic"]
     for case in record["cases"]:
-        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0
+        assert case["sklearn_s"] > 0 and case["l2fast_s"] > 0 and case["sklearn_cpu_s"] > 0 and case["l2fast_cpu_s"] > 0
+        assert case["cpu_speed_up"] == pytest.approx(case["sklearn_cpu_s"] / case["l2fast_cpu_s"])
         assert case["l2fast_loss"] == pytest.approx(case["sklearn_loss"], rel=1e-6), case["case"]
     assert "tiny logistic" in out.getvalue() and "load average after" in out.getvalue()
 

@@ -292,6 +292,53 @@ static void test_parallel_for_covers_every_index_once() {
     }
 }
 
+// parallel_sum adds the shares' sums in share order: the same total on every call with a given share count.
+static void test_parallel_sum_adds_the_shares_in_order() {
+    for (std::size_t n : {std::size_t(0), std::size_t(7), std::size_t(1000), std::size_t(1001)}) {
+        for (std::size_t threads : {1, 2, 3}) {
+            double first = -1.0;
+            for (int round = 0; round < 3; ++round) {
+                const double total = parallel_sum(n, threads, 100, [&](std::size_t begin, std::size_t end) {
+                    double s = 0.0;
+                    for (std::size_t i = begin; i < end; ++i) s += 1.0 / double(i + 1);
+                    return s;
+                });
+                double plain = 0.0;
+                for (std::size_t i = 0; i < n; ++i) plain += 1.0 / double(i + 1);
+                CHECK(std::abs(total - plain) <= 1e-14 * std::max(plain, 1.0));
+                CHECK(round == 0 || total == first);
+                first = total;
+            }
+        }
+    }
+}
+
+// Each optimizer's step with sum_squares: the same P and state as without, and the sum of P's squares before the
+// step added on; on one share and, at 600K entries, on several.
+static void test_optimizer_steps_sum_the_old_squares() {
+    std::mt19937_64 rng(11);
+    for (std::size_t n : {std::size_t(1000), std::size_t(600000)}) {
+        const std::vector<double> P0 = randn(n, rng), G = randn(n, rng, 0.1), V0 = randn(n, rng, 0.01);
+        double expected = 0.0;
+        for (double p : P0) expected += p * p;
+        for (Method method : {Method::Sgd, Method::Momentum, Method::Adam}) {
+            Optimizer opt;
+            opt.method = method;
+            opt.nesterov = true;
+            std::vector<double> P = P0, M = V0, V = V0, P_sum = P0, M_sum = V0, V_sum = V0;
+            for (auto& v : V) v = std::abs(v);
+            for (auto& v : V_sum) v = std::abs(v);
+            double sum = 1.5;  // added to, not overwritten
+            inplace_optimizer_step(opt, 3, P.data(), G.data(), M.data(), V.data(), n, 0.01, 0.001);
+            inplace_optimizer_step(opt, 3, P_sum.data(), G.data(), M_sum.data(), V_sum.data(), n, 0.01, 0.001, &sum);
+            CHECK(P == P_sum && M == M_sum && V == V_sum);
+            CHECK(std::abs(sum - 1.5 - expected) <= 1e-12 * expected);
+        }
+        CHECK(sum_squares(P0.data(), n) == sum_squares(P0.data(), n));
+        CHECK(std::abs(sum_squares(P0.data(), n) - expected) <= 1e-12 * expected);
+    }
+}
+
 // Thousands of jobs back to back, with helpers that take part or sit out, some caught spinning and
 // some asleep: every job still covers each index exactly once.
 static void test_parallel_for_back_to_back_jobs() {
@@ -774,6 +821,8 @@ int main() {
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
+    test_parallel_sum_adds_the_shares_in_order();
+    test_optimizer_steps_sum_the_old_squares();
     test_training_stops_when_asked();
     test_parallel_for_from_several_threads_at_once();
     test_training_stops_when_another_thread_asks();

@@ -34,7 +34,8 @@ def train_epoch(
     eps_on_v: bool = False,
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
-) -> tuple[float, int]: ...
+    with_norms: bool = False,
+) -> Union[tuple[float, int], tuple[float, int, float]]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],
     biases: list[list[np.ndarray]],

@@ -55,7 +55,7 @@ class CpuBackend(HostArrays):
     # Dataset and was scanned there, once per fit rather than once per epoch.
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True, with_norms=False):
         # a one-layer network with plain SGD on dense X: cpp/linear_step.cpp, which reads a step's rows on two
         # threads when a CPU is free
         sizes = _sizes(weights)
@@ -63,10 +63,10 @@ class CpuBackend(HostArrays):
         with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
-                                         sample_weight=sample_weight, check_finite=check_finite)
+                                         sample_weight=sample_weight, check_finite=check_finite, with_norms=with_norms)
             return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                      slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
-                                     check_finite=check_finite, **core_options(optimizer))
+                                     check_finite=check_finite, with_norms=with_norms, **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None, check_finite=True):

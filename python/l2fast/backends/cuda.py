@@ -62,7 +62,7 @@ ACTIVATION_CODES = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3}
 LOSS_CODES = {"squared_error": 0, "logistic": 1, "softmax": 2}
 # extern "C" kernels, then the index-type templates (loaded as NVRTC name expressions, int and long long).
 PLAIN_KERNELS = ("gather_labels", "activation_backward", "loss_gradient", "output_activation", "column_sums",
-                 "momentum_step", "adam_step", "advance_counters")
+                 "momentum_step", "adam_step", "advance_counters", "sum_squares")
 INDEXED_KERNELS = ("gather_rows", "bias_activation", "scale_models")
 INDEX_TYPES = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
 NAME_EXPRESSIONS = tuple(f"{name}<{index}>" for name in INDEXED_KERNELS for index in INDEX_TYPES.values())
@@ -428,6 +428,7 @@ class _Workspace:
         self.counters = cupy.zeros(2, np.int64)  # [offset of the next batch in the order, steps taken]
         self.loss_sum = cupy.zeros(K, np.float64)
         self.correct = cupy.zeros(K, np.uint64)
+        self.norms = cupy.zeros(1, np.float64)  # train_epoch's with_norms: the steps' sum of ||W||^2
         self.keep = cupy.ones(K, dtype)  # each model's decay factor 1 - lr lam/m
         self.scalars = cupy.zeros(9, dtype)
         self.rates_W, self.rates_b = self.scalars[self.LR_W:self.LR_W + 2], self.scalars[self.LR_B:self.LR_B + 2]
@@ -623,6 +624,9 @@ class CudaBackend:
                       cfg["act"], dtype)
         self._loss_gradient(kernels, ws.out[-1], ws.yb_values, ws.yb_labels, rows, K, n_out_last, cfg["loss"],
                             ws.loss_sum, ws.correct, weights)
+        if cfg["norms"]:  # the weights this step's loss was computed with, before any update
+            for W in Ws:
+                self._launch(kernels, "sum_squares", W.size, (W, np.int64(W.size), ws.norms))
         optimizer = cfg["optimizer"]
         for l in reversed(range(L)):
             n_in, n_out = sizes[l], sizes[l + 1]
@@ -714,7 +718,7 @@ class CudaBackend:
         graph depends on every address it touches and on the settings baked into its launches."""
         arrays = list(cfg["Ws"]) + list(cfg["bs"]) + [cfg["X"], cfg["y"], ws.order] + \
             [a for slot in cfg["slots"] for a in slot] + ([] if cfg["w"] is None else [cfg["w"]])
-        key = (tuple(a.data.ptr for a in arrays), cfg["act"], cfg["loss"], cfg["optimizer"])
+        key = (tuple(a.data.ptr for a in arrays), cfg["act"], cfg["loss"], cfg["optimizer"], cfg["norms"])
         if key in self._graphs:
             self._graphs.move_to_end(key)
         else:
@@ -735,7 +739,7 @@ class CudaBackend:
     # -- the backend protocol -------------------------------------------------------------------------
 
     def _epoch(self, Ws, bs, X, y, order, batch_size, lr, lam_over_m, activation, loss, K, optimizer=None,
-               slots=(), step=0, sample_weight=None):
+               slots=(), step=0, sample_weight=None, with_norms=False):
         dtype = np.dtype(Ws[0].dtype)
         sizes = [Ws[0].shape[-1]] + [W.shape[-2] for W in Ws]
         n = len(X) if order is None else len(order)
@@ -746,7 +750,7 @@ class CudaBackend:
                                  sample_weight is not None, sparse)
         cfg = {"dtype": dtype, "sizes": sizes, "K": K, "Ws": Ws, "bs": bs, "X": X, "y": y, "w": sample_weight,
                "act": ACTIVATION_CODES[activation], "loss": loss, "optimizer": optimizer,
-               "slots": [list(slot) for slot in slots]}
+               "slots": [list(slot) for slot in slots], "norms": with_norms}
         with self._on_stream():
             stream = self.stream
             if len(ws.order) < n:
@@ -756,6 +760,7 @@ class CudaBackend:
             ws.counters.set(np.array([0, step], np.int64), stream=stream)
             ws.loss_sum.fill(0)
             ws.correct.fill(0)
+            ws.norms.fill(0)
             ws.set_scalars(lr, lam_over_m, n, stream)
             full, rest = divmod(n, batch)
             done = 0
@@ -785,12 +790,14 @@ class CudaBackend:
             if rest:
                 self._step(kernels, ws, cfg, rest)
             loss_sum, correct = ws.loss_sum.get(stream=stream), ws.correct.get(stream=stream)
+            if with_norms:
+                return [(float(loss_sum[0]), int(correct[0]), float(ws.norms.get(stream=stream)[0]))]
         return [(float(loss_sum[k]), int(correct[k])) for k in range(K)]
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True, with_norms=False):
         return self._epoch(weights, biases, X, y, order, batch_size, lr, [lam_over_m], activation, loss, 1,
-                           optimizer, slots, step, sample_weight)[0]
+                           optimizer, slots, step, sample_weight, with_norms)[0]
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None, check_finite=True):

@@ -224,6 +224,22 @@ extern "C" __global__ void adam_step(T* P, const T* G, T* M, T* V, long long n, 
     P[i] = keep * P[i] - step_size * m / (sqrt(v) / bc2_sqrt + eps_t);
 }
 
+// out[0] += sum_i W[i]^2 over W (n), in double: a layer's squared weight norm before its step (scikit-learn's MLP
+// adds alpha/2 ||W||^2 to each batch's loss). One entry per thread; each block adds its threads' squares up in
+// shared memory and its total into out atomically.
+extern "C" __global__ void sum_squares(const T* W, long long n, double* out) {
+    __shared__ double partial[THREADS];
+    const long long i = thread_index<long long>();
+    const double w = i < n ? (double)W[i] : 0.0;
+    partial[threadIdx.x] = w * w;
+    __syncthreads();
+    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
+        if ((int)threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(out, partial[0]);
+}
+
 // After each step: the next batch starts rows further on, and one more step has been taken.
 extern "C" __global__ void advance_counters(long long* counters, long long rows) {
     if (thread_index<long long>() != 0) return;

@@ -318,13 +318,14 @@ class NumpyBackend(HostArrays):
     name = "numpy"
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True, with_norms=False):
         """One epoch of minibatch steps in place. ``optimizer`` None is the fused L2 step; an
         ``l2fast.optim`` spec (Momentum, Adam) steps with its state ``slots`` (see ``OptimizerState``), the
         epoch's first step being number step + 1. ``sample_weight`` (m,) scales each record's loss.
-        Returns (loss_sum, correct)."""
+        Returns (loss_sum, correct); with_norms appends the sum over the steps of sum_l ||W_l||^2 (float64) at
+        the weights each step's loss was computed with, before its update."""
         n = len(X) if order is None else len(order)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, norms = 0.0, 0, 0.0
         L = len(weights)
         count = step
 
@@ -349,8 +350,10 @@ class NumpyBackend(HostArrays):
                 loss_sum += batch_loss
                 correct += batch_correct
                 count += 1
+                if with_norms:
+                    norms += sum(self.sum_squares(W) for W in weights)
                 backward_all(weights, X_batch, outputs, dZ, activation, step_layer)
-        return loss_sum, correct
+        return (loss_sum, correct, norms) if with_norms else (loss_sum, correct)
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None, check_finite=True):
