@@ -17,8 +17,8 @@ the learning-rate schedule, the stopping rule and every fitted attribute; l2fast
   served by the same solver (same optimum, other iteration counts). L1 and elastic-net penalties and the
   liblinear solver (which penalises the intercept) are refused with a ``ValueError``.
 
-A scipy.sparse X is trained on as CSR by the numpy and cpu backends. What l2fast does not compute
-(multilabel targets, the Poisson loss, sparse X on cuda) runs scikit-learn's own code, and one line on
+A scipy.sparse X is trained on as CSR by every backend (on cuda as a cupyx CSR). What l2fast does not compute
+(multilabel targets, the Poisson loss) runs scikit-learn's own code, and one line on
 stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 
@@ -59,7 +59,7 @@ __all__ = ["MLPClassifier", "MLPRegressor", "LogisticRegression"]
 
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _BACKEND_CONSTRAINT = {"backend": [StrOptions(set(BACKENDS)), None]}
-_SPARSE_BACKENDS = ("numpy", "cpu")  # the backends that take a scipy.sparse X (as CSR, converted once per fit)
+_HOST_BACKENDS = ("numpy", "cpu")  # the backends that keep X in host memory, as NumPy arrays
 _said = set()
 # float64 epochs whose largest product (batch x n_in x n_out) is below this run on one thread. float64 cannot
 # follow the machine's load as float32 does (threads.call_threads: its last bits depend on the thread count),
@@ -84,7 +84,7 @@ def _features(backend, X, n_in, dtype):
     """X (validated by scikit-learn) in the backend. scikit-learn's checks have just read every value (2-D,
     float, finite), so the host backends take a dense X of the network's dtype as it is (C order), without a
     second pass; anything else (sparse X: to CSR once per fit; cuda) goes through the backend's conversion."""
-    if backend.name in _SPARSE_BACKENDS and isinstance(X, np.ndarray) and X.dtype == dtype:
+    if backend.name in _HOST_BACKENDS and isinstance(X, np.ndarray) and X.dtype == dtype:
         return np.ascontiguousarray(X)
     return backend.features(X, n_in, dtype)
 
@@ -216,8 +216,6 @@ class _L2fastMLP:
 
     def _unserved(self, X):
         """Why l2fast cannot train this fit (then scikit-learn's own code does), or None."""
-        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
-            return f"sparse X on backend={backend_name(self)!r}"
         if is_classifier(self) and self.out_activation_ == "logistic" and self.n_outputs_ > 1:
             return "multilabel targets"
         if not is_classifier(self) and self.loss != "squared_error":
@@ -449,8 +447,6 @@ class LogisticRegression(linear_model.LogisticRegression):
                     "(the same optimum as newton-cg, newton-cholesky, sag and saga)"), True
         if self.dual:
             return "dual=True (liblinear's dual formulation)", True
-        if scipy.sparse.issparse(X) and backend_name(self) not in _SPARSE_BACKENDS:
-            return f"sparse X on backend={backend_name(self)!r}", False
         if not scipy.sparse.issparse(X) and not _is_numpy_namespace(get_namespace(X)[0]):
             return "array API input other than NumPy's (array_api_dispatch=True)", False
         return None, False

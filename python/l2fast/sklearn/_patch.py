@@ -2,8 +2,8 @@
 ``sklearn.linear_model``; ``unpatch()`` puts scikit-learn's classes back.
 
 The patched classes take their ``backend`` from the environment variable ``L2FAST_BACKEND`` (default
-"cpu") unless given one. What l2fast does not fit (L1 or elastic-net penalties, liblinear, sparse X on
-cuda, multilabel targets, the Poisson loss) runs scikit-learn's own code instead, and one line on stderr
+"cpu") unless given one. What l2fast does not fit (L1 or elastic-net penalties, liblinear, multilabel
+targets, the Poisson loss) runs scikit-learn's own code instead, and one line on stderr
 says so: a script written for scikit-learn keeps working, and never runs elsewhere than asked unannounced.
 """
 from __future__ import annotations
