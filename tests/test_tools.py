@@ -140,7 +140,6 @@ def test_the_jax_peer_trains_as_l2fast_does(config):
     bench.Config("T", "two tanh layers, a partial last batch", [12, 8, 8, 4], 300, 16, activation="tanh"),
     bench.Config("A", "logistic regression", [10, 1], 640, 64, activation="identity", loss="logistic"),
 ], ids=lambda c: c.key)
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's own
 def test_the_torch_compile_peer_trains_as_l2fast_does(config):
     """bench's torch.compile peer (N) is the same training too: the compiled step (one graph per minibatch shape)
     follows l2fast's epochs from the same seed. Two networks only: each shape costs seconds of compilation."""

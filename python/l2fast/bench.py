@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,8 +257,10 @@ class TorchCompileContender:
         self.name = f"PyTorch {torch.__version__} torch.compile"
         began = time.perf_counter()
         full, rest = divmod(config.m, config.batch)
-        for rows in [config.batch] * bool(full) + [rest] * bool(rest):  # each shape the epoch meets
-            self._step(self.params, self.X, self.y, torch.arange(rows))  # functional: self.params stay as they are
+        with warnings.catch_warnings():  # inductor calls a torch.jit function that torch itself deprecates
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            for rows in [config.batch] * bool(full) + [rest] * bool(rest):  # each shape the epoch meets
+                self._step(self.params, self.X, self.y, torch.arange(rows))  # functional: self.params stay put
         self.compile_seconds = time.perf_counter() - began
 
     def _step_fn(self):
