@@ -551,10 +551,13 @@ def small_peers(config, X, y):
     epoch (the compilations done here, outside the epochs)."""
     found = []
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         pass
     else:
+        # Each network's compiled steps are new entries of one cache per function, which takes 8 at most: the earlier
+        # networks' are dropped first (their contenders are done with).
+        torch.compiler.reset()
         found += [TorchContender(config, X, y, "cpu"), TorchCompileContender(config, X, y)]
     try:
         import jax  # noqa: F401
