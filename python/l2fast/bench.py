@@ -253,6 +253,9 @@ class TorchCompileContender:
                        for W, b in zip(start.weights, start.biases)]
         targets = y.astype(np.float32)[:, None] if config.loss == "logistic" else y.astype(np.int64)
         self.X, self.y = torch.from_numpy(X), torch.from_numpy(targets)
+        # Every contender's steps are new entries of one cache for the step function, which takes 8 at most (a hard
+        # error under fullgraph): earlier contenders' are dropped (they recompile if they are used again).
+        torch.compiler.reset()
         self._step = torch.compile(self._step_fn(), dynamic=False, fullgraph=True)  # one graph, or an error
         self.name = f"PyTorch {torch.__version__} torch.compile"
         began = time.perf_counter()
@@ -551,13 +554,10 @@ def small_peers(config, X, y):
     epoch (the compilations done here, outside the epochs)."""
     found = []
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         pass
     else:
-        # Each network's compiled steps are new entries of one cache per function, which takes 8 at most: the earlier
-        # networks' are dropped first (their contenders are done with).
-        torch.compiler.reset()
         found += [TorchContender(config, X, y, "cpu"), TorchCompileContender(config, X, y)]
     try:
         import jax  # noqa: F401
