@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "dense.hpp"
 
 namespace l2fast {
 
@@ -37,8 +38,8 @@ double gemm_only_epoch_seconds(const Shape& shape, std::size_t m, std::size_t ba
         for (std::size_t l = 0; l < L; ++l) {
             const int n_in = int(shape.sizes[l]), n_out = int(shape.sizes[l + 1]);
             if (transposed[l])
-                blas::gemm(blas::Op::N, blas::Op::N, rows, n_out, n_in, T(1), A[l].data(), n_in, W[l].data(), n_out,
-                           T(0), A[l + 1].data(), n_out);
+                transposed_forward(A[l].data(), std::size_t(rows), std::size_t(n_in), W[l].data(),
+                                   std::size_t(n_out), T(1), A[l + 1].data());
             else
                 blas::gemm(blas::Op::N, blas::Op::T, rows, n_out, n_in, T(1), A[l].data(), n_in, W[l].data(), n_in,
                            T(0), A[l + 1].data(), n_out);
@@ -53,8 +54,8 @@ double gemm_only_epoch_seconds(const Shape& shape, std::size_t m, std::size_t ba
                            T(0), dZ[l - 1].data(), n_in);
             // Tiny step so that W stays bounded over many repetitions.
             if (transposed[l])
-                blas::gemm(blas::Op::T, blas::Op::N, n_in, n_out, rows, T(-1e-6), A[l].data(), n_in, dZ[l].data(),
-                           n_out, T(1), W[l].data(), n_out);
+                transposed_weight_product(A[l].data(), dZ[l].data(), std::size_t(rows), std::size_t(n_in),
+                                          std::size_t(n_out), T(-1e-6), T(1), W[l].data());
             else
                 blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, rows, T(-1e-6), dZ[l].data(), n_out, A[l].data(),
                            n_in, T(1), W[l].data(), n_in);

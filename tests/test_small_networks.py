@@ -1,5 +1,6 @@
 """The cpu backend's paths for small networks give the reference's training: layers trained on a transposed copy
-of W (float32 SGD), the softmax loss with its vectorised exp, and the next minibatch's rows and labels prefetched."""
+of W (float32 SGD) in slices of its rows, the softmax loss with its vectorised exp, and the next minibatch's rows and
+labels prefetched; and the same bits on any thread count."""
 import numpy as np
 import pytest
 
@@ -10,7 +11,8 @@ from l2fast.testing import assert_parity, make_problem
 @pytest.mark.parametrize("sizes, batch, activation", [
     ([64, 64, 10], 32, "relu"),     # the first layer trains transposed (C = 32 x 64 > 1200), the output layer on W
     ([20, 16, 4], 8, "relu"),       # every layer transposed (inner dimensions below 32)
-    ([300, 128, 10], 16, "relu"),   # k = 300 cut in two slices, transposed
+    ([300, 128, 10], 16, "relu"),   # transposed, W^T's products in 5 slices of 60 rows (each slice in L1)
+    ([784, 128, 10], 64, "relu"),   # transposed only since its products go in slices (13 of 60 rows)
     # The demo's network: products past OpenBLAS's small-matrix range stay on W. tanh, not relu: over 50 float32
     # steps through two ReLU layers, exponentials that differ in the last bit (glibc's, libmvec's, NumPy's) can
     # switch one hidden unit on for one record in one backend only, which leaves that unit's row of W[0] 1e-3 off.
@@ -42,3 +44,19 @@ def test_softmax_of_logits_far_apart_stays_finite_and_exact():
     assert cost == pytest.approx(cost_ref, rel=1e-5)
     assert_parity(dW[0], dW_ref[0], "float32", "dW")
     assert_parity(db[0], db_ref[0], "float32", "db")
+
+
+@pytest.mark.parametrize("sizes, batch", [([784, 64, 10], 32), ([784, 128, 10], 64), ([64, 128, 10], 8)])
+def test_sliced_transposed_layers_give_the_same_bits_on_one_thread_and_on_two(sizes, batch):
+    X, y = make_problem("softmax", sizes[0], sizes[-1], m=700, seed=5)
+    before = l2fast.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            l2fast.set_num_threads(n, adaptive=False)
+            net = l2fast.Network(sizes, lam=1.0, backend="cpu", dtype="float32", seed=0)
+            cost = net.fit(X, y, epochs=2, lr=0.05, batch_size=batch).cost
+            results.append([np.asarray(cost)] + net.weights + net.biases)
+    finally:
+        l2fast.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(*results))

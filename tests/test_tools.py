@@ -106,6 +106,21 @@ def test_read_only_W_refused_by_l2_update():
         _core.l2_update(W, np.ones(4), 0.1, 0.0)
 
 
+def assert_follows_l2fast(config, X, y, peer):
+    """Three epochs of the peer against an l2fast network of the same seed: the cost after each (the peer's summed
+    minibatch losses over m plus the penalty) and the final parameters agree to float32 rounding."""
+    net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss, lam=config.lam,
+                         dtype="float32", seed=0)
+    for _ in range(3):
+        cost = net.fit(X, y, epochs=1, lr=config.lr, batch_size=config.batch).cost[0]
+        loss_sum = peer.train()
+        penalty = config.lam / (2 * config.m) * sum(np.sum(np.asarray(W, np.float64) ** 2) for W, _ in peer.params)
+        assert loss_sum / config.m + penalty == pytest.approx(cost, rel=1e-5)
+    for (W, b), W_ref, b_ref in zip(peer.params, net.weights, net.biases):
+        np.testing.assert_allclose(np.asarray(W), W_ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(b), b_ref, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", [
     bench.Config("D", "small network", [20, 16, 3], 500, 32),
     bench.Config("A", "logistic regression", [10, 1], 600, 64, activation="identity", loss="logistic"),
@@ -116,15 +131,20 @@ def test_the_jax_peer_trains_as_l2fast_does(config):
     the same orders and steps, so its cost after each epoch and its weights follow l2fast's to float32 rounding."""
     pytest.importorskip("jax")
     X, y = bench.make_data(config)
-    net = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss, lam=config.lam,
-                         dtype="float32", seed=0)
     peer = bench.JaxContender(config, X, y)
-    for _ in range(3):
-        cost = net.fit(X, y, epochs=1, lr=config.lr, batch_size=config.batch).cost[0]
-        loss_sum = peer.train()
-        penalty = config.lam / (2 * config.m) * sum(np.sum(np.asarray(W, np.float64) ** 2) for W, _ in peer.params)
-        assert loss_sum / config.m + penalty == pytest.approx(cost, rel=1e-5)
-    for (W, b), W_ref, b_ref in zip(peer.params, net.weights, net.biases):
-        np.testing.assert_allclose(np.asarray(W), W_ref, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(b), b_ref, rtol=1e-4, atol=1e-5)
-    assert peer.name.startswith("JAX ") and peer.epoch() > 0
+    assert_follows_l2fast(config, X, y, peer)
+    assert peer.name.startswith("JAX ") and peer.compile_seconds > 0 and peer.epoch() > 0
+
+
+@pytest.mark.parametrize("config", [
+    bench.Config("T", "two tanh layers, a partial last batch", [12, 8, 8, 4], 300, 16, activation="tanh"),
+    bench.Config("A", "logistic regression", [10, 1], 640, 64, activation="identity", loss="logistic"),
+], ids=lambda c: c.key)
+def test_the_torch_compile_peer_trains_as_l2fast_does(config):
+    """bench's torch.compile peer (N) is the same training too: the compiled step (one graph per minibatch shape)
+    follows l2fast's epochs from the same seed. Two networks only: each shape costs seconds of compilation."""
+    pytest.importorskip("torch")
+    X, y = bench.make_data(config)
+    peer = bench.TorchCompileContender(config, X, y)
+    assert_follows_l2fast(config, X, y, peer)
+    assert peer.name.endswith("torch.compile") and peer.compile_seconds > 0 and peer.epoch() > 0

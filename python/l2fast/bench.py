@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,12 +142,33 @@ class TorchContender:
         return time.perf_counter() - start
 
 
+def summed_loss(config, activation, logistic, softmax):
+    """batch_loss(params, X, y), the minibatch's summed loss of the network, written with a peer framework's
+    operations: its activation, and its summed logistic or softmax loss of the logits Z and targets y."""
+    def batch_loss(params, X, y):
+        A = X
+        for W, b in params[:-1]:
+            A = activation(A @ W.T + b)
+        W, b = params[-1]
+        Z = A @ W.T + b
+        return logistic(Z, y) if config.loss == "logistic" else softmax(Z, y)
+
+    return batch_loss
+
+
+def stepped(params, grads, lr, decay, rows):
+    """l2fast's step on a peer's (W, b) pairs: W - lr (dL/dW / rows + decay W), b - lr dL/db / rows."""
+    scale = lr / rows
+    return [(W - scale * gW - lr * decay * W, b - scale * gb) for (W, b), (gW, gb) in zip(params, grads)]
+
+
 class JaxContender:
     """The same network in JAX, the whole epoch one jitted ``lax.scan`` over its minibatches: the order is
     drawn on the host (NumPy, as l2fast's), each step gathers its rows inside the jitted function, and the
     step is l2fast's, W <- W - lr (mean dL/dW + (lam/m) W), b <- b - lr mean dL/db. The parameters start as
     an l2fast network of the same seed starts, and the orders come from a generator seeded as its are, so
-    the two give the same training to float rounding (tests/test_tools.py checks it)."""
+    the two give the same training to float rounding (tests/test_tools.py checks it). The epoch is compiled
+    here, ahead of time, timed as ``compile_seconds``."""
 
     def __init__(self, config, X, y, device="cpu", seed=0):
         import jax
@@ -159,7 +181,11 @@ class JaxContender:
         self.params = jax.device_put([(W, b) for W, b in zip(start.weights, start.biases)], self._jax_device)
         targets = y.astype(np.float32)[:, None] if config.loss == "logistic" else y.astype(np.int32)
         self.X, self.y = jax.device_put(X, self._jax_device), jax.device_put(targets, self._jax_device)
-        self._epoch = jax.jit(self._epoch_fn(), donate_argnums=0)
+        began = time.perf_counter()  # compiled ahead of the epochs, for one order's shape
+        order = jax.ShapeDtypeStruct((config.m,), np.int32,
+                                     sharding=jax.sharding.SingleDeviceSharding(self._jax_device))
+        self._epoch = jax.jit(self._epoch_fn(), donate_argnums=0).lower(self.params, self.X, self.y, order).compile()
+        self.compile_seconds = time.perf_counter() - began
         self.name = f"JAX {jax.__version__} {device}"
 
     def _epoch_fn(self):
@@ -171,22 +197,13 @@ class JaxContender:
             cfg.activation]
         full, rest = divmod(cfg.m, cfg.batch)
         lr, decay = np.float32(cfg.lr), np.float32(cfg.lam / cfg.m)
-
-        def batch_loss(params, X, y):  # the minibatch's summed loss
-            A = X
-            for W, b in params[:-1]:
-                A = act(A @ W.T + b)
-            W, b = params[-1]
-            Z = A @ W.T + b
-            if cfg.loss == "logistic":
-                return jnp.sum(jnp.maximum(Z, 0) - Z * y + jnp.log1p(jnp.exp(-jnp.abs(Z))))
-            return jnp.sum(jax.nn.logsumexp(Z, axis=1) - jnp.take_along_axis(Z, y[:, None], axis=1)[:, 0])
+        batch_loss = summed_loss(
+            cfg, act, lambda Z, y: jnp.sum(jnp.maximum(Z, 0) - Z * y + jnp.log1p(jnp.exp(-jnp.abs(Z)))),
+            lambda Z, y: jnp.sum(jax.nn.logsumexp(Z, axis=1) - jnp.take_along_axis(Z, y[:, None], axis=1)[:, 0]))
 
         def step(params, X, y, rows):
             loss, grads = jax.value_and_grad(batch_loss)(params, X[rows], y[rows])
-            scale = lr / rows.shape[0]
-            return [(W - scale * gW - lr * decay * W, b - scale * gb)
-                    for (W, b), (gW, gb) in zip(params, grads)], loss
+            return stepped(params, grads, lr, decay, rows.shape[0]), loss
 
         def epoch(params, X, y, order):
             def scanned(carry, rows):
@@ -208,6 +225,71 @@ class JaxContender:
         order = self.jax.device_put(self._order_rng.permutation(self.config.m).astype(np.int32), self._jax_device)
         self.params, loss_sum = self._epoch(self.params, self.X, self.y, order)
         return float(loss_sum)  # waits for the epoch
+
+    def epoch(self):
+        start = time.perf_counter()
+        self.train()
+        return time.perf_counter() - start
+
+
+class TorchCompileContender:
+    """The same training in PyTorch with the whole step compiled by ``torch.compile`` (its default inductor
+    backend): one function gathers the minibatch's rows, takes the loss and its gradients (``torch.func``) and
+    returns the stepped parameters, W <- W - lr (mean dL/dW + (lam/m) W), b <- b - lr mean dL/db, compiled once
+    per minibatch shape (``dynamic=False``: a full and a partial last batch) into one graph (``fullgraph``: a graph
+    break is an error, not a silent return to eager mode). The order is drawn on the host as l2fast's; parameters
+    and orders start as an l2fast network of the same seed does, so the two give the same training to float
+    rounding (tests/test_tools.py checks it). The compilation runs here, timed as ``compile_seconds``, and stays
+    out of the epochs."""
+
+    def __init__(self, config, X, y, seed=0):
+        import torch
+
+        self.torch, self.config = torch, config
+        start = l2fast.Network(config.sizes, activation=config.activation, loss=config.loss, lam=config.lam,
+                               backend="numpy", dtype="float32", seed=seed)
+        self._order_rng = start._shuffle_rng
+        self.params = [(torch.from_numpy(W.copy()), torch.from_numpy(b.copy()))
+                       for W, b in zip(start.weights, start.biases)]
+        targets = y.astype(np.float32)[:, None] if config.loss == "logistic" else y.astype(np.int64)
+        self.X, self.y = torch.from_numpy(X), torch.from_numpy(targets)
+        # Every contender's steps are new entries of one cache for the step function, which takes 8 at most (a hard
+        # error under fullgraph): earlier contenders' are dropped (they recompile if they are used again).
+        torch.compiler.reset()
+        self._step = torch.compile(self._step_fn(), dynamic=False, fullgraph=True)  # one graph, or an error
+        self.name = f"PyTorch {torch.__version__} torch.compile"
+        began = time.perf_counter()
+        full, rest = divmod(config.m, config.batch)
+        with warnings.catch_warnings():  # inductor calls a torch.jit function that torch itself deprecates
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            for rows in [config.batch] * bool(full) + [rest] * bool(rest):  # each shape the epoch meets
+                self._step(self.params, self.X, self.y, torch.arange(rows))  # functional: self.params stay put
+        self.compile_seconds = time.perf_counter() - began
+
+    def _step_fn(self):
+        torch = self.torch
+        F = torch.nn.functional
+        cfg = self.config
+        act = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda z: z}[
+            cfg.activation]
+        batch_loss = summed_loss(cfg, act, lambda Z, y: F.binary_cross_entropy_with_logits(Z, y, reduction="sum"),
+                                 lambda Z, y: F.cross_entropy(Z, y, reduction="sum"))
+
+        def step(params, X, y, rows):
+            grads, loss = torch.func.grad_and_value(batch_loss)(params, X[rows], y[rows])
+            return stepped(params, grads, cfg.lr, cfg.lam / cfg.m, rows.shape[0]), loss
+
+        return step
+
+    def train(self):
+        """One epoch; returns the sum of its minibatches' losses, each before its own step (l2fast's)."""
+        torch, batch = self.torch, self.config.batch
+        order = torch.from_numpy(self._order_rng.permutation(self.config.m))
+        losses = []
+        for s in range(0, self.config.m, batch):
+            self.params, loss = self._step(self.params, self.X, self.y, order[s:s + batch])
+            losses.append(loss)
+        return float(torch.stack(losses).sum())
 
     def epoch(self):
         start = time.perf_counter()
@@ -371,16 +453,24 @@ def peers(config, X, y, backends):
     return found
 
 
-def interleaved(contenders, repeats, warmup=1, pause=0.0):
+def interleaved(contenders, repeats, warmup=1, pause=0.0, cpu=None):
     """{name: [seconds of each timed epoch]}: every contender runs one epoch in turn, repeats times, each
-    after `pause` seconds (the thread pools of the one before, PyTorch's and NumPy's, spin on a while)."""
+    after `pause` seconds (the thread pools of the one before, PyTorch's and NumPy's, spin on a while). Given a
+    dict `cpu`, it gets {name: [the process's CPU seconds over each timed epoch call]} too: on a shared machine
+    the time a contender's threads ran, which waiting for a core does not add to."""
     times = {c.name: [] for c in contenders}
+    if cpu is not None:
+        cpu.update({c.name: [] for c in contenders})
     for r in range(warmup + repeats):
         for c in contenders:
             time.sleep(pause)
+            began = time.process_time()
             t = c.epoch()
+            used = time.process_time() - began
             if r >= warmup:
                 times[c.name].append(t)
+                if cpu is not None:
+                    cpu[c.name].append(used)
     return times
 
 
@@ -441,25 +531,79 @@ def bench_config(config, backends, repeats, out):
     return entry
 
 
+@contextlib.contextmanager
+def torch_on_one_thread():
+    """PyTorch's intra-op threads set to one while N runs (when it is installed), as l2fast's policy runs products
+    this small: with its default (every core) on a busy 2-core machine, each of its tiny steps waits for a thread
+    that has no core, and an epoch of 64-64-10 took 37 s (eager) and 22 s (torch.compile) instead of about 1."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def small_peers(config, X, y):
+    """N's peers, where installed: PyTorch eager, PyTorch with its step compiled by torch.compile, and JAX's jitted
+    epoch (the compilations done here, outside the epochs)."""
+    found = []
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found += [TorchContender(config, X, y, "cpu"), TorchCompileContender(config, X, y)]
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        found.append(JaxContender(config, X, y, "cpu"))
+    return found
+
+
 def bench_small(configs, repeats, out):
-    """N: small networks, where the time beyond the matrix products shows: l2fast cpu against its GEMMs alone and
-    JAX's jitted epoch (when installed), interleaved; the load average with each row."""
+    """N: small networks, where the time beyond the matrix products shows: l2fast cpu (X given as an
+    l2fast.Dataset, checked once) against its GEMMs alone, PyTorch eager, torch.compile and JAX's jitted epoch
+    (when installed), interleaved, 50 ms apart (other pools' spinning threads stay out of the next one's times);
+    wall and process CPU time, the compile times, the load average with each row. PyTorch on one thread."""
+    with torch_on_one_thread():
+        return _bench_small(configs, repeats, out)
+
+
+def _bench_small(configs, repeats, out):
     rows = []
-    print("N: small networks, l2fast cpu against its GEMMs alone and JAX's jitted epoch (median s per epoch)",
-          file=out)
+    print("N: small networks, l2fast cpu against its GEMMs alone, PyTorch (eager, torch.compile) and JAX's jitted "
+          "epoch (median s per epoch; cpu = the process's CPU time; PyTorch on one thread)", file=out)
     for config in configs:
         X, y = make_data(config)
-        contenders = [L2fastContender(config, X, y, "cpu"), GemmOnlyContender(config)]
-        contenders += [p for p in peers(config, X, y, ["cpu"]) if isinstance(p, JaxContender)]
-        load = os.getloadavg()
-        results = summarise(interleaved(contenders, repeats), config.m)
+        contenders = [L2fastContender(config, l2fast.Dataset(X, y), None, "cpu"), GemmOnlyContender(config)]
+        contenders += small_peers(config, X, y)
+        compiled = {c.name: c.compile_seconds for c in contenders if hasattr(c, "compile_seconds")}
+        load, cpu = os.getloadavg(), {}
+        results = summarise(interleaved(contenders, repeats, pause=0.05, cpu=cpu), config.m)
+        for name, ts in cpu.items():
+            results[name]["cpu_median_s"] = statistics.median(ts)
+            results[name]["cpu_seconds"] = ts
         ratios = ratios_for(results, "l2fast cpu")
-        rows.append({"config": config.__dict__, "results": results, "ratios": ratios,
-                     "loadavg": [load, os.getloadavg()]})
-        line = "  ".join(f"{name} {r['median_s']:.4g}" for name, r in results.items())
-        shown = "  ".join(f"{key} {value:.2f}x" for key, value in ratios.items())
-        print(f"  {'-'.join(map(str, config.sizes)):>11} batch {config.batch:<3} {line}\n      {shown}  "
-              f"(load {load[0]:.1f} -> {os.getloadavg()[0]:.1f})", file=out, flush=True)
+        cpu_ratios = ratios_for({name: {"median_s": r["cpu_median_s"]} for name, r in results.items()}, "l2fast cpu")
+        rows.append({"config": config.__dict__, "results": results, "ratios": ratios, "cpu_ratios": cpu_ratios,
+                     "compile_s": compiled, "loadavg": [load, os.getloadavg()]})
+        print(f"  {'-'.join(map(str, config.sizes)):>11} batch {config.batch:<3} (load {load[0]:.1f} -> "
+              f"{os.getloadavg()[0]:.1f})", file=out)
+        for name, r in results.items():
+            key, what = (f"l2fast cpu / {name}", "l2fast / it") if name in LIMITS else (f"{name} / l2fast cpu",
+                                                                                         "it / l2fast")
+            shown = f"{what} {ratios[key]:>6.2f}x wall {cpu_ratios[key]:>6.2f}x cpu" if key in ratios else ""
+            built = f"  (compiled in {compiled[name]:.1f} s)" if name in compiled else ""
+            print(f"    {name:<44} {r['median_s']:>9.4g} s  cpu {r['cpu_median_s']:>9.4g} s  {shown}{built}",
+                  file=out, flush=True)
     return rows
 
 
