@@ -222,6 +222,15 @@ class Objective:
         self.evaluations = 0
         self._seen = {}
 
+    def value(self, x):
+        """J at x (SciPy's ``fun``; ``gradient`` then finds the evaluation remembered, as ``jac=True``'s memo would
+        but without its copies and comparisons of x)."""
+        return self(x)[0]
+
+    def gradient(self, x):
+        """dJ at x, a flat float64 vector (SciPy's ``jac``)."""
+        return self(x)[1]
+
     def __call__(self, x):
         seen = self._seen.get(x.tobytes())
         if seen is not None:  # SciPy starts by evaluating the point lbfgs() has just checked
@@ -260,12 +269,53 @@ class Objective:
         return (seen[1], seen[2]) if seen is not None else self.flat.arrays(x)
 
 
+class FlatObjective(Objective):
+    """The Objective of a one-layer network on a backend that evaluates J at the flat parameter vector itself
+    (``linear_objective``: on the cpu backend one ``_core`` call per evaluation, X, y and sample_weight checked once
+    per fit, the penalty summed in the same call, the gradient written straight into the flat vector). The network's
+    arrays are made only for the points the solver asks for (``at``), the iterates it accepts."""
+
+    def __init__(self, net, X, y, sample_weight):
+        super().__init__(net, X, y, sample_weight)
+        self._evaluate = net._backend.linear_objective(X, y, net.layer_sizes[-1], net.loss, net.lam, sample_weight)
+
+    def __call__(self, x):
+        key = x.tobytes()
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen[3], seen[4]
+        x = np.array(x, dtype=np.float64)  # the point's own copy: the arrays ``at`` makes are views of it
+        g = np.empty_like(x)
+        J, loss_sum = self._evaluate(x, g)
+        self.evaluations += 1
+        if len(self._seen) > self.keep:
+            self._seen.pop(next(iter(self._seen)))
+        if not np.isfinite(J):
+            J, g = np.inf, np.zeros_like(x)
+        self._seen[key] = [loss_sum / self.m, None, None, J, g, x]
+        return J, g
+
+    def at(self, x):
+        seen = self._seen.get(x.tobytes())
+        if seen is not None and seen[1] is None:
+            seen[1], seen[2] = self.flat.arrays(seen[5])
+        return seen
+
+
+def _objective(net):
+    """The Objective class for this fit: FlatObjective where the backend evaluates a one-layer network's J at the
+    flat vector itself (cpu), else Objective."""
+    if len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective"):
+        return FlatObjective
+    return Objective
+
+
 def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     """Minimises the network's J over (X, y) with L-BFGS-B from its current parameters, recording each
     iteration in ``history``; returns SciPy's OptimizeResult. The network holds the accepted iterate
     after every iteration, so a Ctrl-C or an error leaves it at the last complete one."""
     optimize = _scipy_optimize()
-    objective = Objective(net, X, y, sample_weight)
+    objective = _objective(net)(net, X, y, sample_weight)
     x0 = objective.flat.vector()
     J0, _ = objective(x0)
     if not np.isfinite(J0):
@@ -277,7 +327,8 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
 
     options = {"maxiter": max_iter, "maxfun": spec.max_fun, "maxcor": spec.memory, "maxls": spec.max_ls,
                "gtol": spec.tol, "ftol": 64 * np.finfo(float).eps}
-    result = optimize.minimize(objective, x0, method="L-BFGS-B", jac=True, callback=record, options=options)
+    result = optimize.minimize(objective.value, x0, method="L-BFGS-B", jac=objective.gradient, callback=record,
+                               options=options)
     net._weights, net._biases = objective.parameters_at(result.x)
     result.start_cost = float(J0)
     result.evaluations = objective.evaluations

@@ -93,6 +93,19 @@ class CpuBackend(HostArrays):
                                    sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct,
                                    out=out, workspace=workspace, on_layer=on_layer)
 
+    def linear_objective(self, X, y, n_out, loss, lam, sample_weight=None):
+        """evaluate(x, grad) -> (J, loss_sum) of a one-layer network of n_out outputs at flat float64 parameters x =
+        [W.ravel(), b], grad (x's shape) receiving dJ/dx: ``_core.LinearObjective``, which checks y and sample_weight
+        once, here, and X's structure but not its values (``features`` scanned them)."""
+        core = _core.LinearObjective(core_X(X), y, n_out, loss, lam, sample_weight=sample_weight, check_X=False)
+        sizes, batch, dtype = [X.shape[1], n_out], min(len(X), _BLOCK_ROWS), X.dtype
+
+        def evaluate(x, grad):
+            with threads.call_threads(sizes, batch, dtype):
+                return core.evaluate(x, grad)
+
+        return evaluate
+
     # The two passes of l2fast.NewtonCG, each one read of X. X has passed ``features`` (checked there), and these
     # kernels never read outside its arrays whatever they hold, so its O(nnz) checks are not repeated per call.
 
