@@ -19,6 +19,7 @@ SciPy is imported here only, when a solver runs (``pip install scipy``, or the `
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -284,13 +285,13 @@ class FlatObjective(Objective):
         seen = self._seen.get(key)
         if seen is not None:
             return seen[3], seen[4]
-        x = np.array(x, dtype=np.float64)  # the point's own copy: the arrays ``at`` makes are views of it
+        x = x.astype(np.float64)  # the point's own copy: the arrays ``at`` makes are views of it
         g = np.empty_like(x)
         J, loss_sum = self._evaluate(x, g)
         self.evaluations += 1
         if len(self._seen) > self.keep:
             self._seen.pop(next(iter(self._seen)))
-        if not np.isfinite(J):
+        if not math.isfinite(J):
             J, g = np.inf, np.zeros_like(x)
         self._seen[key] = [loss_sum / self.m, None, None, J, g, x]
         return J, g
