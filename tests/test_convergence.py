@@ -566,7 +566,34 @@ def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
     history = l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64").fit(
         X, y, epochs=100, optimizer="lbfgs")
     assert history.converged and len(passes) > 5
-    assert scans == [X.shape] and made == [False]
+    assert scans == [] and made == [False]  # X taken as it is: the first pass is the scan (see the next test)
+    # X cast to the network's dtype: scanned by fit, which names a value beyond float32's range as such
+    l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float32").fit(
+        X, y, epochs=100, optimizer="lbfgs")
+    assert scans == [X.shape] and made == [False, False]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("start", ["zero", "positive"])
+def test_lbfgs_left_to_find_a_nan_in_X_names_X_and_changes_nothing(bad, start):
+    X, y = standardised(load_breast_cancer)
+    X[7, 3] = bad
+    y = y.copy()
+    y[7] = 1  # with positive weights and +inf, z = +inf: the loss is 0 and J finite, but dW's column is NaN
+    net = l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64")
+    if start == "positive":
+        net.set_parameters([np.full((1, X.shape[1]), 0.1)], [np.zeros(1)])
+    before = net.weights[0].copy(), net.biases[0].copy()
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        net.fit(X, y, epochs=100, optimizer="lbfgs")
+    assert np.array_equal(net.weights[0], before[0]) and np.array_equal(net.biases[0], before[1])
+    model = L2LogisticRegression().fit(np.nan_to_num(X, posinf=0, neginf=0), y)
+    coef = model.coef_.copy()
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        model.fit(X, y)
+    assert np.array_equal(model.coef_, coef)
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):  # no epochs, no solve: fit scans X
+        net.fit(X, y, epochs=0, optimizer="lbfgs")
 
 
 def test_epochs_scan_X_for_nan_once_per_fit_not_once_per_epoch(monkeypatch):

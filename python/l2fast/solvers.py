@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -110,6 +111,19 @@ def requested(optimizer) -> bool:
     if isinstance(optimizer, str):
         return optimizer in ("lbfgs", "newton-cg")
     return isinstance(optimizer, FULL_BATCH)
+
+
+def scans_X_itself(optimizer, net, X, epochs) -> bool:
+    """Whether the solve that ``optimizer`` asks for finds a NaN or infinity in X by itself, so that fit need not
+    read X once more to scan it first: L-BFGS on a one-layer network whose backend evaluates J at the flat vector
+    (``FlatObjective``), on an X that the network takes as it is (a C-contiguous array of its dtype, so that the
+    error names X as fit's own scan would). A non-finite value in a record makes the first pass's J or gradient
+    non-finite (its column's dW gets d * x, NaN or infinite whatever d, and no record is skipped: a zero weight
+    multiplies), and lbfgs then scans X (``check_data``) before the network changes. With no epochs there is no
+    solve, and fit scans X."""
+    lbfgs = optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, LBFGS)
+    return (lbfgs and isinstance(epochs, numbers.Integral) and epochs > 0 and len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective")
+            and isinstance(X, np.ndarray) and X.dtype == net.dtype and X.flags.c_contiguous)
 
 
 def resolve(optimizer, net):
@@ -260,6 +274,9 @@ class Objective:
         return net._backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation, net.loss,
                                       self.sample_weight, check_finite=False)
 
+    def check_data(self):
+        """Nothing: fit scanned X for NaN and infinity (see FlatObjective's)."""
+
     def at(self, x):
         """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
         return self._seen.get(x.tobytes())
@@ -296,6 +313,11 @@ class FlatObjective(Objective):
         self._seen[key] = [loss_sum / self.m, None, None, J, g, x]
         return J, g
 
+    def check_data(self):
+        """Scans X for NaN and infinity, as fit does (ValueError naming X): after a first pass whose J or gradient is
+        not finite, where fit left the scan to the solve (``scans_X_itself``)."""
+        self.net._backend.features(self.X, self.net.layer_sizes[0], self.net.dtype)
+
     def at(self, x):
         seen = self._seen.get(x.tobytes())
         if seen is not None and seen[1] is None:
@@ -318,7 +340,9 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     optimize = _scipy_optimize()
     objective = _objective(net)(net, X, y, sample_weight)
     x0 = objective.flat.vector()
-    J0, _ = objective(x0)
+    J0, g0 = objective(x0)
+    if not (math.isfinite(J0) and np.isfinite(g0).all()):
+        objective.check_data()  # a NaN in X is the caller's error, named as such, before anything changes
     if not np.isfinite(J0):
         raise FloatingPointError("the cost is not finite at the starting parameters")
     record_iterate = _recorder(net, objective, validation, bar, history)

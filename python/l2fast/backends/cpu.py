@@ -35,6 +35,11 @@ def core_options(optimizer):
     return options
 
 
+def _unscanned(X):
+    """features()'s all_finite where the scan is left to the solve."""
+    return True
+
+
 def _sizes(weights):
     """[n_in, n_1, ..., n_out] of a network given as its weight matrices (n_out, n_in)."""
     return [weights[0].shape[1]] + [W.shape[0] for W in weights]
@@ -45,12 +50,13 @@ class CpuBackend(HostArrays):
 
     name = "cpu"
 
-    def features(self, X, n_in, dtype):
+    def features(self, X, n_in, dtype, check_finite=True):
         """As the numpy backend's, with X's scan for NaN and infinity done by ``_core.all_finite`` (one
-        threaded pass, no temporary array)."""
+        threaded pass, no temporary array); ``check_finite=False`` skips that scan of a dense X, for a solve that
+        finds a non-finite value itself (``solvers.scans_X_itself``)."""
         if _validate.is_sparse(X):
             return _validate.sparse_features(X, n_in, dtype)
-        return _validate.features(X, n_in, dtype, all_finite=_core.all_finite)
+        return _validate.features(X, n_in, dtype, all_finite=_core.all_finite if check_finite else _unscanned)
 
     # check_finite=False (train_epoch, train_epoch_stacked, evaluate, gradients) skips _core's scan of X for
     # NaN and infinity: for the training loop's and the solver's calls, whose X came through features() or a
