@@ -175,11 +175,14 @@ def test_the_one_call_objective_refuses_bad_arguments_naming_them():
     objective = _core.LinearObjective(X, y, 1, "logistic", 1.0)
     x, grad = np.zeros(5), np.zeros(5)
     for x_bad, grad_bad, error, name in [
-            (np.zeros(4), grad, ValueError, "x: expected shape"), (x.astype(np.float32), grad, TypeError, "x: expected dtype"),
-            ([0.0] * 5, grad, TypeError, "x: expected a numpy.ndarray"), (x, np.zeros(6), ValueError, "grad: expected shape"),
+            (np.zeros(4), grad, ValueError, "x: expected shape"),
+            (x.astype(np.float32), grad, TypeError, "x: expected dtype"),
+            ([0.0] * 5, grad, TypeError, "x: expected a numpy.ndarray"),
+            (x, np.zeros(6), ValueError, "grad: expected shape"),
             (x, np.zeros(10)[::2], ValueError, "grad: array must be C-contiguous"),
-            (x, np.zeros(5, dtype=np.float32), TypeError, "grad: expected dtype"), (x, x, ValueError, "grad: shares memory"),
-            (x, X[0, :5] if X.shape[1] >= 5 else X.ravel()[:5], ValueError, "grad: shares memory")]:
+            (x, np.zeros(5, dtype=np.float32), TypeError, "grad: expected dtype"),
+            (x, x, ValueError, "grad: shares memory"),  # written while x is read
+            (x, X.ravel()[:5], ValueError, "grad: shares memory")]:  # ... or X
         grad_before = grad.copy()
         with pytest.raises(error, match=name):
             objective.evaluate(x_bad, grad_bad)

@@ -1,9 +1,10 @@
 """Full-batch solvers: minimise J itself rather than step on minibatches.
 
 ``LBFGS`` hands J and its gradient over the whole training set to SciPy's L-BFGS-B
-(``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``). Each evaluation is one backend call
+(``scipy.optimize.minimize(method="L-BFGS-B")``). Each evaluation is one backend call
 (``gradients``: the loss and every dJ/dW summed in float64 over blocks of records, the (lam/m) W term
-added in the same pass); the parameters travel as one flat float64 vector
+added in the same pass; for a one-layer network on the cpu backend ``linear_objective``, the same pass taking
+and giving the flat vectors, with X and y checked once per fit); the parameters travel as one flat float64 vector
 ``[W[0].ravel(), b[0], W[1].ravel(), b[1], ...]``, cast to the network's dtype for each evaluation, so a
 float32 network still computes in float32 with float64 sums. With the cuda backend the data stay on
 the GPU and only that vector and the gradient cross per evaluation.
@@ -122,8 +123,14 @@ def scans_X_itself(optimizer, net, X, epochs) -> bool:
     multiplies), and lbfgs then scans X (``check_data``) before the network changes. With no epochs there is no
     solve, and fit scans X."""
     lbfgs = optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, LBFGS)
-    return (lbfgs and isinstance(epochs, numbers.Integral) and epochs > 0 and len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective")
+    return (lbfgs and isinstance(epochs, numbers.Integral) and epochs > 0 and _evaluates_flat(net)
             and isinstance(X, np.ndarray) and X.dtype == net.dtype and X.flags.c_contiguous)
+
+
+def _evaluates_flat(net) -> bool:
+    """Whether the network's backend evaluates its J at the flat parameter vector itself (``FlatObjective``): a
+    one-layer network on a backend with ``linear_objective`` (cpu)."""
+    return len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective")
 
 
 def resolve(optimizer, net):
@@ -325,20 +332,12 @@ class FlatObjective(Objective):
         return seen
 
 
-def _objective(net):
-    """The Objective class for this fit: FlatObjective where the backend evaluates a one-layer network's J at the
-    flat vector itself (cpu), else Objective."""
-    if len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective"):
-        return FlatObjective
-    return Objective
-
-
 def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     """Minimises the network's J over (X, y) with L-BFGS-B from its current parameters, recording each
     iteration in ``history``; returns SciPy's OptimizeResult. The network holds the accepted iterate
     after every iteration, so a Ctrl-C or an error leaves it at the last complete one."""
     optimize = _scipy_optimize()
-    objective = _objective(net)(net, X, y, sample_weight)
+    objective = (FlatObjective if _evaluates_flat(net) else Objective)(net, X, y, sample_weight)
     x0 = objective.flat.vector()
     J0, g0 = objective(x0)
     if not (math.isfinite(J0) and np.isfinite(g0).all()):
