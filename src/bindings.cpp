@@ -830,7 +830,8 @@ public:
                     const py::handle& sample_weight, bool check_X)
         : lam_(finite_scalar(lam, "lam", false)) {
         const bool sparse = py::isinstance<py::tuple>(X);
-        if (sparse && py::len(X) != 4) throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
+        if (sparse && py::len(X) != 4)
+            throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
         const py::handle values = sparse ? py::handle(X.cast<py::tuple>()[0]) : X;
         py::array a = as_array(values, sparse ? "X.data" : "X");
         double_ = a.dtype().equal(py::dtype::of<double>());
@@ -870,15 +871,16 @@ public:
         std::vector<py::array> read = keep_;
         read.push_back(x);
         check_not_written(read, {grad}, "grad: shares memory with x or the data J is computed from");
+        const double* at = cptr<double>(x);
+        double* into = ptr<double>(grad);
         if (busy_.exchange(true))
-            throw std::invalid_argument("LinearObjective: in use by another call of evaluate; each caller needs its own");
+            throw std::invalid_argument("LinearObjective: in use by another call of evaluate; each caller needs "
+                                        "its own");
         double J = 0.0, loss_sum = 0.0;
         try {
             ReleasedGil release;
-            J = double_ ? l2fast::linear_objective(shape_, cptr<double>(x), data64_, lam_, ptr<double>(grad), scratch64_,
-                                                   &loss_sum)
-                        : l2fast::linear_objective(shape_, cptr<double>(x), data32_, lam_, ptr<double>(grad), scratch32_,
-                                                   &loss_sum);
+            J = double_ ? l2fast::linear_objective(shape_, at, data64_, lam_, into, scratch64_, &loss_sum)
+                        : l2fast::linear_objective(shape_, at, data32_, lam_, into, scratch32_, &loss_sum);
         } catch (...) {
             busy_.store(false);
             throw;
