@@ -65,6 +65,22 @@ L2FAST_LINEAR_CLONES T dot(const T* a, const T* b, std::size_t n) {
     return sum;
 }
 
+// The sum of the squares of w's entries, each taken in double, in dot()'s order: eight partial sums, added up lane
+// by lane, then the last entries one by one.
+template <class T>
+L2FAST_LINEAR_CLONES double sum_squares(const T* w, std::size_t n) {
+    Double8 acc = {};
+    std::size_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+        const Double8 v = load_double8(w + j);
+        acc += v * v;
+    }
+    double sum = 0.0;
+    for (std::size_t l = 0; l < kLanes; ++l) sum += acc[l];
+    for (; j < n; ++j) sum += double(w[j]) * double(w[j]);
+    return sum;
+}
+
 // dot(w, x_r) for the R consecutive records x_0 .. x_{R-1} of x (rows of n), w loaded once for all R. Each
 // record's sum is dot()'s, term for term, so a record's z does not depend on the records it is grouped with.
 // R = 8 where a vector of partial sums is one register (AVX-512): eight sums in flight keep both of a core's
@@ -104,12 +120,6 @@ L2FAST_LINEAR_CLONES void add_scaled_rows(double* g, const double d[R], const T*
     }
 }
 
-template <class T>
-struct Slice {
-    std::vector<double> dW, db;
-    LossStats stats;
-};
-
 // Records [begin, end) in blocks of kBlock: z for the block (R records at a time, then one by one), the block's
 // losses and dL/dz in one call (which vectorises across records), then the block's share of dW while its rows
 // are still in cache. Where X is larger than a core's L2 cache, the next block's rows are meanwhile fetched into
@@ -120,12 +130,14 @@ constexpr std::size_t kPrefetchBytes = std::size_t(2) << 20;  // X at least this
 
 template <class T, std::size_t R>
 void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& data, std::size_t begin,
-                std::size_t end, Slice<T>& out) {
+                std::size_t end, typename LinearScratch<T>::Slice& out) {
     static_assert(kBlock % R == 0);
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
-    out.dW.assign(n_out * n_in, 0.0);
+    out.dW.assign(n_out * n_in, 0.0);  // kept capacity: no allocation when the scratch is reused
     out.db.assign(n_out, 0.0);
-    std::vector<T> z(kBlock * n_out);
+    out.stats = LossStats{};
+    std::vector<T>& z = out.z;
+    z.resize(kBlock * n_out);
     const std::size_t row_bytes = n_in * sizeof(T);
     const std::size_t lines_per_group = data.m * row_bytes >= kPrefetchBytes ? (R * row_bytes + 63) / 64 : 0;
     for (std::size_t first = begin; first < end; first += kBlock) {
@@ -173,9 +185,11 @@ bool linear_pass_fits(const Shape& shape) {
 
 template <class T>
 LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
-                           Params<double>& grads) {
+                           Params<double>& grads, LinearScratch<T>* scratch) {
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out(), m = data.m;
-    std::vector<Slice<T>> slices(kSlices);
+    LinearScratch<T> own;
+    std::vector<typename LinearScratch<T>::Slice>& slices = (scratch ? *scratch : own).slices;
+    slices.resize(kSlices);
     const std::size_t rows_per_slice = (m + kSlices - 1) / kSlices;
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1),
                                                       std::max<std::size_t>(m / kMinRowsPerThread, 1));
@@ -191,7 +205,7 @@ LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Da
     LossStats total;
     std::fill(grads.W[0], grads.W[0] + n_out * n_in, 0.0);
     std::fill(grads.b[0], grads.b[0] + n_out, 0.0);
-    for (const Slice<T>& s : slices) {
+    for (const typename LinearScratch<T>::Slice& s : slices) {
         total += s.stats;
         for (std::size_t k = 0; k < n_out * n_in; ++k) grads.W[0][k] += s.dW[k];
         for (std::size_t k = 0; k < n_out; ++k) grads.b[0][k] += s.db[k];
@@ -203,9 +217,42 @@ LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Da
     return total;
 }
 
+template <class T>
+double linear_objective(const Shape& shape, const double* x, const Dataset<T>& data, double lam, double* grad,
+                        LinearScratch<T>& scratch, double* loss_sum) {
+    const std::size_t n_weights = shape.n_out() * shape.n_in(), n_params = n_weights + shape.n_out();
+    Params<T> params;
+    if constexpr (std::is_same_v<T, double>) {
+        params.W = {const_cast<double*>(x)};  // only read
+        params.b = {const_cast<double*>(x) + n_weights};
+    } else {
+        scratch.params.resize(n_params);
+        for (std::size_t k = 0; k < n_params; ++k) scratch.params[k] = T(x[k]);
+        params.W = {scratch.params.data()};
+        params.b = {scratch.params.data() + n_weights};
+    }
+    Params<double> grads;
+    grads.W = {grad};
+    grads.b = {grad + n_weights};
+    const double m = double(data.m);
+    LossStats stats;
+    if (!data.sparse && linear_pass_fits(shape)) {
+        stats = linear_gradients(shape, params, data, lam / m, grads, &scratch);
+    } else {
+        if (!scratch.other_shapes) scratch.other_shapes = make_gradients_scratch<T>();
+        stats = gradients(shape, params, data, lam / m, grads, scratch.other_shapes.get());
+    }
+    *loss_sum = stats.loss_sum;
+    return stats.loss_sum / m + lam / (2 * m) * sum_squares(params.W[0], n_weights);
+}
+
 template LossStats linear_gradients(const Shape&, const Params<float>&, const Dataset<float>&, double,
-                                    Params<double>&);
+                                    Params<double>&, LinearScratch<float>*);
 template LossStats linear_gradients(const Shape&, const Params<double>&, const Dataset<double>&, double,
-                                    Params<double>&);
+                                    Params<double>&, LinearScratch<double>*);
+template double linear_objective(const Shape&, const double*, const Dataset<float>&, double, double*,
+                                 LinearScratch<float>&, double*);
+template double linear_objective(const Shape&, const double*, const Dataset<double>&, double, double*,
+                                 LinearScratch<double>&, double*);
 
 }  // namespace l2fast

@@ -23,6 +23,7 @@
 
 #include "blas.hpp"
 #include "limits.hpp"
+#include "linear.hpp"
 #include "linear_step.hpp"
 #include "network.hpp"
 #include "newton.hpp"
@@ -856,6 +857,90 @@ auto by_dtype(const py::list& weights, F32 f32, F64 f64) {
     throw py::type_error("weights[0]: expected dtype float32 or float64, got " + std::string(py::str(w.dtype())));
 }
 
+// J and its gradient at a flat parameter vector, for l2fast.solvers' L-BFGS on a one-layer network: X (dense or
+// CSR), y and sample_weight are checked once, when it is made (X's values for NaN and infinity unless check_X is
+// false), and kept; each evaluate(x, grad) then checks x and grad only and, on dense X, allocates nothing once its
+// scratch has grown (l2fast::linear_objective).
+class LinearObjective {
+public:
+    LinearObjective(const py::handle& X, const py::handle& y, long long n_out, const std::string& loss, double lam,
+                    const py::handle& sample_weight, bool check_X)
+        : lam_(finite_scalar(lam, "lam", false)) {
+        const bool sparse = py::isinstance<py::tuple>(X);
+        if (sparse && py::len(X) != 4)
+            throw py::type_error("X: a sparse X is the tuple (data, indices, indptr, shape)");
+        const py::handle values = sparse ? py::handle(X.cast<py::tuple>()[0]) : X;
+        py::array a = as_array(values, sparse ? "X.data" : "X");
+        double_ = a.dtype().equal(py::dtype::of<double>());
+        if (!double_ && !a.dtype().equal(py::dtype::of<float>()))
+            throw py::type_error(std::string(sparse ? "X.data" : "X") + ": expected dtype float32 or float64, got " +
+                                 std::string(py::str(a.dtype())));
+        long long n_in;
+        if (sparse) {
+            const auto dims = X.cast<py::tuple>()[3].cast<std::vector<long long>>();
+            if (dims.size() != 2) throw std::invalid_argument("X: expected a sparse shape (m, n_in)");
+            n_in = dims[1];
+        } else {
+            if (a.ndim() != 2) throw std::invalid_argument("X: expected a 2-D array, got " + shape_str(a));
+            n_in = a.shape(1);
+        }
+        if (n_in < 1) throw std::invalid_argument("X: expected at least one column");
+        if (n_out < 1) throw std::invalid_argument("n_out must be >= 1, got " + std::to_string(n_out));
+        if (y.is_none()) throw std::invalid_argument("y: targets are required");
+        shape_.sizes = {std::size_t(n_in), std::size_t(n_out)};
+        shape_.act = l2fast::Activation::Identity;
+        shape_.loss = l2fast::parse_loss(loss);
+        l2fast::check_shape(shape_);
+        const XChecks checks = check_X ? XChecks::All : XChecks::Structure;
+        if (double_)
+            data64_ = take_data<double>(shape_, X, y, keep_, sample_weight, checks);
+        else
+            data32_ = take_data<float>(shape_, X, y, keep_, sample_weight, checks);
+        m_ = double_ ? data64_.m : data32_.m;
+    }
+
+    std::size_t n_params() const { return shape_.n_out() * shape_.n_in() + shape_.n_out(); }
+
+    py::tuple evaluate(const py::handle& x_obj, const py::handle& grad_obj) {
+        const py::ssize_t n = py::ssize_t(n_params());
+        py::array x = checked<double>(x_obj, "x", {n});
+        py::array grad = checked<double>(grad_obj, "grad", {n}, true);
+        std::vector<py::array> read = keep_;
+        read.push_back(x);
+        check_not_written(read, {grad}, "grad: shares memory with x or the data J is computed from");
+        const double* at = cptr<double>(x);
+        double* into = ptr<double>(grad);
+        if (busy_.exchange(true))
+            throw std::invalid_argument("LinearObjective: in use by another call of evaluate; each caller needs "
+                                        "its own");
+        double J = 0.0, loss_sum = 0.0;
+        try {
+            ReleasedGil release;
+            J = double_ ? l2fast::linear_objective(shape_, at, data64_, lam_, into, scratch64_, &loss_sum)
+                        : l2fast::linear_objective(shape_, at, data32_, lam_, into, scratch32_, &loss_sum);
+        } catch (...) {
+            busy_.store(false);
+            throw;
+        }
+        busy_.store(false);
+        return py::make_tuple(J, loss_sum);
+    }
+
+    std::size_t m() const { return m_; }
+
+private:
+    double lam_;
+    bool double_ = true;
+    std::size_t m_ = 0;
+    l2fast::Shape shape_;
+    std::vector<py::array> keep_;  // X's arrays, y (labels: a private copy) and sample_weight, as checked
+    l2fast::Dataset<float> data32_;
+    l2fast::Dataset<double> data64_;
+    l2fast::LinearScratch<float> scratch32_;
+    l2fast::LinearScratch<double> scratch64_;
+    std::atomic<bool> busy_{false};
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -997,6 +1082,24 @@ PYBIND11_MODULE(_core, m) {
         "workspace=GradientsWorkspace() keeps the pass's scratch memory between calls. on_layer(l) is called (with\n"
         "the GIL) as soon as layer l's gradient is final, from the last layer down, while the layers below are\n"
         "still to come on dense X; an exception it raises ends the call with it.");
+
+    py::class_<LinearObjective>(m, "LinearObjective",
+                                "J and its gradient at flat parameter vectors for L-BFGS on a one-layer network\n"
+                                "(l2fast.solvers): X, y and sample_weight checked once, here.")
+        .def(py::init<const py::handle&, const py::handle&, long long, const std::string&, double, const py::handle&,
+                      bool>(),
+             py::arg("X"), py::arg("y"), py::arg("n_out"), py::arg("loss"), py::arg("lam"), py::kw_only(),
+             py::arg("sample_weight") = py::none(), py::arg("check_X") = true,
+             "Keeps X (m, n_in) (dense, or CSR as (data, indices, indptr, shape)), y (int64 labels (m,) for softmax,\n"
+             "else (m, n_out) of X's dtype) and sample_weight (m,) or None, checked as gradients checks them\n"
+             "(check_X=False: not X's values for NaN and infinity), for a network of n_out outputs, this loss and\n"
+             "penalty lam (J's lam, not lam / m). The network's dtype is X's.")
+        .def("evaluate", &LinearObjective::evaluate, py::arg("x"), py::arg("grad"),
+             "(J, loss_sum) at x = [W.ravel(), b], float64 (n_out * n_in + n_out,), W (n_out, n_in); grad, a\n"
+             "float64 array of x's shape, receives dJ/dx in the same layout. J = loss_sum / m + lam / (2m) ||W||^2,\n"
+             "its gradient that of gradients() at (W, b) rounded to X's dtype, with lam_over_m = lam / m.")
+        .def_property_readonly("n_params", &LinearObjective::n_params, "The length of x and grad.")
+        .def_property_readonly("m", &LinearObjective::m, "The number of records.");
 
     m.def(
         "linear_gradient_curvature",

@@ -93,6 +93,106 @@ def test_the_objective_lbfgs_sees_is_the_references_cost_and_gradient(backend):
         assert slope == pytest.approx(g @ d, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("loss, n_out, sparse", [("logistic", 1, False), ("softmax", 4, False),
+                                                 ("squared_error", 2, False), ("softmax", 3, True),
+                                                 ("softmax", 70_000 // 7, False)])  # past the one-read pass's bound
+def test_the_one_call_objective_of_linear_models_is_the_references_cost_and_gradient(dtype, loss, n_out, sparse):
+    import scipy.sparse
+
+    rng = np.random.default_rng(3)
+    m, n_in = 257, 7  # 257 records: the last of the pass's 16 slices is short, and blocks of 32 leave a tail
+    X = rng.normal(size=(m, n_in))
+    if sparse:
+        X = scipy.sparse.random(m, n_in, density=0.4, format="csr", random_state=1) * 2.0
+    y = rng.integers(0, n_out, size=m) if loss == "softmax" else (rng.integers(0, 2, size=(m, 1)) if n_out == 1
+                                                                   else rng.normal(size=(m, n_out)))
+    w = rng.uniform(0, 2, size=m)
+    net = l2fast.Network([n_in, n_out], loss=loss, lam=1.5, dtype=dtype, seed=2)
+    reference = l2fast.Network([n_in, n_out], loss=loss, lam=1.5, backend="numpy", dtype="float64", seed=2)
+    objective = solvers.FlatObjective(net, *net._data(X, y, w))
+    x = objective.flat.vector() + rng.normal(scale=0.3, size=objective.flat.vector().shape)
+    J, g = objective(x)
+    assert g.dtype == np.float64 and objective.evaluations == 1
+    weights, biases = objective.flat.arrays(x)  # x rounded to the network's dtype
+    reference.set_parameters([weights[0].astype(np.float64)], [biases[0].astype(np.float64)])
+    rtol = 1e-10 if dtype == "float64" else 1e-5
+    assert J == pytest.approx(reference.cost(X, y, sample_weight=w), rel=rtol)
+    assert objective.at(x)[0] == pytest.approx(reference.cost_parts(X, y, sample_weight=w).data_loss, rel=rtol)
+    dW, db = reference.gradients(X, y, sample_weight=w)
+    np.testing.assert_allclose(g, np.concatenate([dW[0].ravel(), db[0]]), rtol=rtol, atol=rtol * 1e-2)
+    # the gradient, bit for bit, of the general pass at the same parameters (the same pass for dense X)
+    X_core, y_core, w_core = net._data(X, y, w)
+    dW_core, db_core, _ = net._backend.gradients(weights, biases, X_core, y_core, 1.5 / m, "identity", loss, w_core)
+    assert np.array_equal(g, np.concatenate([dW_core[0].ravel(), db_core[0]]))
+    # the network's arrays at an evaluated point are x's, made when asked for
+    assert all(np.array_equal(a, b) for a, b in zip(objective.parameters_at(x)[0], weights))
+    if dtype == "float64" and n_out < 100:
+        for _ in range(2):  # and it is J's gradient: central differences along random directions
+            d = rng.normal(size=x.shape)
+            slope = (objective(x + 1e-5 * d)[0] - objective(x - 1e-5 * d)[0]) / 2e-5
+            assert slope == pytest.approx(g @ d, rel=1e-6, abs=1e-9)
+
+
+def test_the_one_call_objective_allocates_nothing_per_evaluation_and_gives_the_same_bits_again():
+    from l2fast import _core
+
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(5000, 20)), rng.integers(0, 3, size=5000)
+    objective = _core.LinearObjective(X, y, 3, "softmax", 1.0)
+    assert objective.n_params == 63 and objective.m == 5000
+    x = rng.normal(size=63)
+    first, grad = np.empty(63), np.empty(63)
+    J, loss_sum = objective.evaluate(x, first)
+    for _ in range(3):
+        assert objective.evaluate(x, grad) == (J, loss_sum)
+        assert np.array_equal(grad, first)
+    assert J == pytest.approx(loss_sum / 5000 + 1.0 / 10000 * float(x[:60] @ x[:60]), rel=1e-14)
+
+
+def test_the_one_call_objective_refuses_bad_arguments_naming_them():
+    from l2fast import _core
+
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(50, 4)), rng.integers(0, 2, size=(50, 1)).astype(np.float64)
+    bad_X = X.copy()
+    bad_X[3, 1] = np.nan
+    for args, kwargs, error, name in [
+            ((bad_X, y, 1, "logistic", 1.0), {}, ValueError, "X: contains NaN"),
+            ((X.astype(np.float16), y, 1, "logistic", 1.0), {}, TypeError, "X: expected dtype"),
+            ((X[:, ::2], y, 1, "logistic", 1.0), {}, ValueError, "X: array must be C-contiguous"),
+            ((X, y[:10], 1, "logistic", 1.0), {}, ValueError, "y: expected shape"),
+            ((X, y * 2, 1, "logistic", 1.0), {}, ValueError, "y: logistic labels must be 0 or 1"),
+            ((X, y, 1, "logistic", -1.0), {}, ValueError, "lam must be a finite number"),
+            ((X, y, 0, "logistic", 1.0), {}, ValueError, "n_out must be >= 1"),
+            ((X, y, 1, "hinge", 1.0), {}, ValueError, "hinge"),
+            ((X, np.full(50, 5), 3, "softmax", 1.0), {}, ValueError, "label"),
+            ((X, y, 1, "logistic", 1.0), {"sample_weight": -np.ones(50)}, ValueError, "sample_weight"),
+            ((X, None, 1, "logistic", 1.0), {}, ValueError, "y: targets are required")]:
+        with pytest.raises(error, match=name):
+            _core.LinearObjective(*args, **kwargs)
+    assert _core.LinearObjective(bad_X, y, 1, "logistic", 1.0, check_X=False).m == 50  # a fit's X, checked before
+    objective = _core.LinearObjective(X, y, 1, "logistic", 1.0)
+    x, grad = np.zeros(5), np.zeros(5)
+    for x_bad, grad_bad, error, name in [
+            (np.zeros(4), grad, ValueError, "x: expected shape"),
+            (x.astype(np.float32), grad, TypeError, "x: expected dtype"),
+            ([0.0] * 5, grad, TypeError, "x: expected a numpy.ndarray"),
+            (x, np.zeros(6), ValueError, "grad: expected shape"),
+            (x, np.zeros(10)[::2], ValueError, "grad: array must be C-contiguous"),
+            (x, np.zeros(5, dtype=np.float32), TypeError, "grad: expected dtype"),
+            (x, x, ValueError, "grad: shares memory"),  # written while x is read
+            (x, X.ravel()[:5], ValueError, "grad: shares memory")]:  # ... or X
+        grad_before = grad.copy()
+        with pytest.raises(error, match=name):
+            objective.evaluate(x_bad, grad_bad)
+        assert np.array_equal(grad, grad_before)
+    read_only = np.zeros(5)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="grad: array is read-only"):
+        objective.evaluate(x, read_only)
+
+
 def test_float32_lbfgs_sums_in_float64_and_still_converges():
     X, y = standardised(load_breast_cancer)
     net = l2fast.Network([30, 1], loss="logistic", lam=1.0, backend="cpu", dtype="float32", seed=0)
@@ -426,9 +526,16 @@ def test_the_solvers_run_the_other_blas_libraries_on_one_thread_meanwhile(monkey
                 for i in threadpool_info() if i["user_api"] == "blas"}
 
     seen = []
-    for name in ("gradients", "linear_gradient_curvature"):  # the passes of lbfgs and of newton-cg
+    for name in ("gradients", "linear_gradient_curvature"):  # the passes of newton-cg (and of lbfgs elsewhere)
         monkeypatch.setattr(cpu.CpuBackend, name, lambda *a, _pass=getattr(cpu.CpuBackend, name), **k:
                             seen.append(counts()) or _pass(*a, **k))
+    make_objective = cpu.CpuBackend.linear_objective  # lbfgs's pass on a one-layer network
+
+    def linear_objective(*a, **k):
+        evaluate = make_objective(*a, **k)
+        return lambda x, grad: seen.append(counts()) or evaluate(x, grad)
+
+    monkeypatch.setattr(cpu.CpuBackend, "linear_objective", linear_objective)
     X, y = standardised(load_breast_cancer)
     with threadpool_limits(2, user_api="blas"):
         before = counts()
@@ -445,14 +552,51 @@ def test_lbfgs_scans_X_for_nan_once_per_fit_not_once_per_pass(monkeypatch):
     from l2fast.backends import cpu
 
     X, y = standardised(load_breast_cancer)
-    scans, passes = [], []
-    all_finite, gradients = cpu._core.all_finite, cpu._core.gradients
+    scans, made, passes = [], [], []
+    all_finite, LinearObjective = cpu._core.all_finite, cpu._core.LinearObjective
+
+    class Counted:  # the one-layer network's passes: one _core.LinearObjective made per fit, evaluated per pass
+        def __init__(self, *a, **k):
+            made.append(k["check_X"])
+            self.core = LinearObjective(*a, **k)
+
+        def evaluate(self, x, grad):
+            passes.append(x.shape)
+            return self.core.evaluate(x, grad)
+
     monkeypatch.setattr(cpu._core, "all_finite", lambda a: scans.append(a.shape) or all_finite(a))
-    monkeypatch.setattr(cpu._core, "gradients", lambda *a, **k: passes.append(k["check_finite"]) or gradients(*a, **k))
+    monkeypatch.setattr(cpu._core, "LinearObjective", Counted)
     history = l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64").fit(
         X, y, epochs=100, optimizer="lbfgs")
     assert history.converged and len(passes) > 5
-    assert scans == [X.shape] and not any(passes)
+    assert scans == [] and made == [False]  # X taken as it is: the first pass is the scan (see the next test)
+    # X cast to the network's dtype: scanned by fit, which names a value beyond float32's range as such
+    l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float32").fit(
+        X, y, epochs=100, optimizer="lbfgs")
+    assert scans == [X.shape] and made == [False, False]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("start", ["zero", "positive"])
+def test_lbfgs_left_to_find_a_nan_in_X_names_X_and_changes_nothing(bad, start):
+    X, y = standardised(load_breast_cancer)
+    X[7, 3] = bad
+    y = y.copy()
+    y[7] = 1  # with positive weights and +inf, z = +inf: the loss is 0 and J finite, but dW's column is NaN
+    net = l2fast.Network([X.shape[1], 1], loss="logistic", lam=1.0, seed=0, dtype="float64")
+    if start == "positive":
+        net.set_parameters([np.full((1, X.shape[1]), 0.1)], [np.zeros(1)])
+    before = net.weights[0].copy(), net.biases[0].copy()
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        net.fit(X, y, epochs=100, optimizer="lbfgs")
+    assert np.array_equal(net.weights[0], before[0]) and np.array_equal(net.biases[0], before[1])
+    model = L2LogisticRegression().fit(np.nan_to_num(X, posinf=0, neginf=0), y)
+    coef = model.coef_.copy()
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):
+        model.fit(X, y)
+    assert np.array_equal(model.coef_, coef)
+    with pytest.raises(ValueError, match="X: contains NaN or infinity"):  # no epochs, no solve: fit scans X
+        net.fit(X, y, epochs=0, optimizer="lbfgs")
 
 
 def test_epochs_scan_X_for_nan_once_per_fit_not_once_per_epoch(monkeypatch):

@@ -15,6 +15,7 @@
 #include "activations.hpp"
 #include "blas.hpp"
 #include "dense.hpp"
+#include "linear.hpp"
 #include "losses.hpp"
 #include "network.hpp"
 #include "newton.hpp"
@@ -811,6 +812,39 @@ static void test_small_layers_train_transposed_where_openblas_would_pack() {
     CHECK(!train_transposed(128, 784, 256)); // past 100^3 multiply-adds: OpenBLAS packs in either layout
 }
 
+// linear_objective (L-BFGS's evaluation at flat parameters): its gradient is gradients()' bit for bit, J is the loss
+// sum over m plus lam / 2m ||W||^2, and a kept scratch gives the same bits on every later call, one thread or two.
+static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
+    std::mt19937_64 rng(31);
+    const std::size_t m = 9000, n_in = 37, n_out = 3;  // past 4096 records a thread: two threads take part
+    auto X = randn(m * n_in, rng), x = randn(n_out * n_in + n_out, rng, 0.2);
+    std::vector<std::int64_t> labels(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t((i * 7) % n_out);
+    Dataset<double> data{X.data(), m, nullptr, labels.data(), nullptr};
+    Shape shape;
+    shape.sizes = {n_in, n_out};
+    shape.act = Activation::Identity;
+    shape.loss = Loss::Softmax;
+    const double lam = 2.5;
+    std::vector<double> dW(n_out * n_in), db(n_out);
+    Params<double> params{{x.data()}, {x.data() + n_out * n_in}}, grads{{dW.data()}, {db.data()}};
+    const LossStats stats = gradients(shape, params, data, lam / double(m), grads);
+    double squares = 0;
+    for (std::size_t k = 0; k < n_out * n_in; ++k) squares += x[k] * x[k];
+    LinearScratch<double> scratch;
+    std::vector<double> g(x.size()), first;
+    double loss_sum = 0, J_first = 0;
+    for (int threads : {2, 1, 2}) {
+        blas::set_num_threads(threads);
+        const double J = linear_objective(shape, x.data(), data, lam, g.data(), scratch, &loss_sum);
+        CHECK(loss_sum == stats.loss_sum);
+        CHECK(std::equal(dW.begin(), dW.end(), g.begin()) && std::equal(db.begin(), db.end(), g.begin() + dW.size()));
+        CHECK(std::abs(J - (stats.loss_sum / double(m) + lam / (2.0 * double(m)) * squares)) <= 1e-14 * std::abs(J));
+        if (first.empty()) first = g, J_first = J;
+        CHECK(J == J_first && g == first);
+    }
+}
+
 int main() {
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_dense_forward();
@@ -836,6 +870,7 @@ int main() {
     test_check_csr_refuses_malformed_matrices();
     test_network_on_sparse_x_equals_dense();
     test_newton_passes_agree();
+    test_linear_objective_is_the_gradients_pass_at_flat_parameters();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

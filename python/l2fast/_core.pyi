@@ -88,6 +88,24 @@ def gradients(
 ) -> Union[tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float],
            tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]], float, int]]: ...
 def all_finite(values: np.ndarray) -> bool: ...
+class LinearObjective:
+    def __init__(
+        self,
+        X: Features,
+        y: np.ndarray,
+        n_out: int,
+        loss: str,
+        lam: float,
+        *,
+        sample_weight: np.ndarray | None = None,
+        check_X: bool = True,
+    ) -> None: ...
+    def evaluate(self, x: np.ndarray, grad: np.ndarray) -> tuple[float, float]: ...
+    @property
+    def n_params(self) -> int: ...
+    @property
+    def m(self) -> int: ...
+
 def linear_gradient_curvature(
     W: np.ndarray,
     b: np.ndarray,

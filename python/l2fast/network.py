@@ -288,16 +288,18 @@ class Network:
 
     # -- evaluation ---------------------------------------------------------------------------------
 
-    def _data(self, X, y, sample_weight=None):
+    def _data(self, X, y, sample_weight=None, scan_X=True):
         """X, y and sample_weight checked and converted in the backend's memory (sample_weight None: all ones);
-        a ``Dataset`` in place of X brings its own, converted once."""
+        a ``Dataset`` in place of X brings its own, converted once. ``scan_X=False`` leaves X's scan for NaN and
+        infinity to a solver that finds them itself (``solvers.scans_X_itself``)."""
         if isinstance(X, Dataset):
             if y is not None or sample_weight is not None:
                 raise ValueError("y: a Dataset brings its own y and sample_weight; pass neither beside it")
             return X.data_for(self._backend, self.layer_sizes[0], self.loss, self.layer_sizes[-1], self.dtype)
         if y is None:
             raise TypeError("y: targets are required (or pass an l2fast.Dataset(X, y) as X)")
-        X = self._backend.features(X, self.layer_sizes[0], self.dtype)
+        X = (self._backend.features(X, self.layer_sizes[0], self.dtype) if scan_X else
+             self._backend.features(X, self.layer_sizes[0], self.dtype, check_finite=False))
         y = self._backend.targets(y, len(X), self.loss, self.layer_sizes[-1], self.dtype)
         if sample_weight is None:
             return X, y
@@ -574,7 +576,7 @@ def _watching_cost(check):
 
 def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
                  optimizer, schedule, tol, n_iter_no_change, sample_weight):
-    X, y, *w = first._data(X, y, sample_weight)
+    X, y, *w = first._data(X, y, sample_weight, scan_X=not solvers.scans_X_itself(optimizer, first, X, epochs))
     m = len(X)
     epochs = _validate.integer(epochs, "epochs", 0)
     lr = _validate.real(lr, "lr", positive=True)

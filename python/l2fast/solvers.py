@@ -1,9 +1,10 @@
 """Full-batch solvers: minimise J itself rather than step on minibatches.
 
 ``LBFGS`` hands J and its gradient over the whole training set to SciPy's L-BFGS-B
-(``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``). Each evaluation is one backend call
+(``scipy.optimize.minimize(method="L-BFGS-B")``). Each evaluation is one backend call
 (``gradients``: the loss and every dJ/dW summed in float64 over blocks of records, the (lam/m) W term
-added in the same pass); the parameters travel as one flat float64 vector
+added in the same pass; for a one-layer network on the cpu backend ``linear_objective``, the same pass taking
+and giving the flat vectors, with X and y checked once per fit); the parameters travel as one flat float64 vector
 ``[W[0].ravel(), b[0], W[1].ravel(), b[1], ...]``, cast to the network's dtype for each evaluation, so a
 float32 network still computes in float32 with float64 sums. With the cuda backend the data stay on
 the GPU and only that vector and the gradient cross per evaluation.
@@ -19,6 +20,8 @@ SciPy is imported here only, when a solver runs (``pip install scipy``, or the `
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -109,6 +112,25 @@ def requested(optimizer) -> bool:
     if isinstance(optimizer, str):
         return optimizer in ("lbfgs", "newton-cg")
     return isinstance(optimizer, FULL_BATCH)
+
+
+def scans_X_itself(optimizer, net, X, epochs) -> bool:
+    """Whether the solve that ``optimizer`` asks for finds a NaN or infinity in X by itself, so that fit need not
+    read X once more to scan it first: L-BFGS on a one-layer network whose backend evaluates J at the flat vector
+    (``FlatObjective``), on an X that the network takes as it is (a C-contiguous array of its dtype, so that the
+    error names X as fit's own scan would). A non-finite value in a record makes the first pass's J or gradient
+    non-finite (its column's dW gets d * x, NaN or infinite whatever d, and no record is skipped: a zero weight
+    multiplies), and lbfgs then scans X (``check_data``) before the network changes. With no epochs there is no
+    solve, and fit scans X."""
+    lbfgs = optimizer == "lbfgs" if isinstance(optimizer, str) else isinstance(optimizer, LBFGS)
+    return (lbfgs and isinstance(epochs, numbers.Integral) and epochs > 0 and _evaluates_flat(net)
+            and isinstance(X, np.ndarray) and X.dtype == net.dtype and X.flags.c_contiguous)
+
+
+def _evaluates_flat(net) -> bool:
+    """Whether the network's backend evaluates its J at the flat parameter vector itself (``FlatObjective``): a
+    one-layer network on a backend with ``linear_objective`` (cpu)."""
+    return len(net.layer_sizes) == 2 and hasattr(net._backend, "linear_objective")
 
 
 def resolve(optimizer, net):
@@ -222,6 +244,15 @@ class Objective:
         self.evaluations = 0
         self._seen = {}
 
+    def value(self, x):
+        """J at x (SciPy's ``fun``; ``gradient`` then finds the evaluation remembered, as ``jac=True``'s memo would
+        but without its copies and comparisons of x)."""
+        return self(x)[0]
+
+    def gradient(self, x):
+        """dJ at x, a flat float64 vector (SciPy's ``jac``)."""
+        return self(x)[1]
+
     def __call__(self, x):
         seen = self._seen.get(x.tobytes())
         if seen is not None:  # SciPy starts by evaluating the point lbfgs() has just checked
@@ -250,6 +281,9 @@ class Objective:
         return net._backend.gradients(weights, biases, self.X, self.y, net.lam / self.m, net.activation, net.loss,
                                       self.sample_weight, check_finite=False)
 
+    def check_data(self):
+        """Nothing: fit scanned X for NaN and infinity (see FlatObjective's)."""
+
     def at(self, x):
         """(data_loss, weights, biases, J, gradient) of an evaluated point, or None."""
         return self._seen.get(x.tobytes())
@@ -260,14 +294,54 @@ class Objective:
         return (seen[1], seen[2]) if seen is not None else self.flat.arrays(x)
 
 
+class FlatObjective(Objective):
+    """The Objective of a one-layer network on a backend that evaluates J at the flat parameter vector itself
+    (``linear_objective``: on the cpu backend one ``_core`` call per evaluation, X, y and sample_weight checked once
+    per fit, the penalty summed in the same call, the gradient written straight into the flat vector). The network's
+    arrays are made only for the points the solver asks for (``at``), the iterates it accepts."""
+
+    def __init__(self, net, X, y, sample_weight):
+        super().__init__(net, X, y, sample_weight)
+        self._evaluate = net._backend.linear_objective(X, y, net.layer_sizes[-1], net.loss, net.lam, sample_weight)
+
+    def __call__(self, x):
+        key = x.tobytes()
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen[3], seen[4]
+        x = x.astype(np.float64)  # the point's own copy: the arrays ``at`` makes are views of it
+        g = np.empty_like(x)
+        J, loss_sum = self._evaluate(x, g)
+        self.evaluations += 1
+        if len(self._seen) > self.keep:
+            self._seen.pop(next(iter(self._seen)))
+        if not math.isfinite(J):
+            J, g = np.inf, np.zeros_like(x)
+        self._seen[key] = [loss_sum / self.m, None, None, J, g, x]
+        return J, g
+
+    def check_data(self):
+        """Scans X for NaN and infinity, as fit does (ValueError naming X): after a first pass whose J or gradient is
+        not finite, where fit left the scan to the solve (``scans_X_itself``)."""
+        self.net._backend.features(self.X, self.net.layer_sizes[0], self.net.dtype)
+
+    def at(self, x):
+        seen = self._seen.get(x.tobytes())
+        if seen is not None and seen[1] is None:
+            seen[1], seen[2] = self.flat.arrays(seen[5])
+        return seen
+
+
 def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
     """Minimises the network's J over (X, y) with L-BFGS-B from its current parameters, recording each
     iteration in ``history``; returns SciPy's OptimizeResult. The network holds the accepted iterate
     after every iteration, so a Ctrl-C or an error leaves it at the last complete one."""
     optimize = _scipy_optimize()
-    objective = Objective(net, X, y, sample_weight)
+    objective = (FlatObjective if _evaluates_flat(net) else Objective)(net, X, y, sample_weight)
     x0 = objective.flat.vector()
-    J0, _ = objective(x0)
+    J0, g0 = objective(x0)
+    if not (math.isfinite(J0) and np.isfinite(g0).all()):
+        objective.check_data()  # a NaN in X is the caller's error, named as such, before anything changes
     if not np.isfinite(J0):
         raise FloatingPointError("the cost is not finite at the starting parameters")
     record_iterate = _recorder(net, objective, validation, bar, history)
@@ -277,7 +351,8 @@ def lbfgs(net, X, y, sample_weight, max_iter, spec, validation, bar, history):
 
     options = {"maxiter": max_iter, "maxfun": spec.max_fun, "maxcor": spec.memory, "maxls": spec.max_ls,
                "gtol": spec.tol, "ftol": 64 * np.finfo(float).eps}
-    result = optimize.minimize(objective, x0, method="L-BFGS-B", jac=True, callback=record, options=options)
+    result = optimize.minimize(objective.value, x0, method="L-BFGS-B", jac=objective.gradient, callback=record,
+                               options=options)
     net._weights, net._biases = objective.parameters_at(result.x)
     result.start_cost = float(J0)
     result.evaluations = objective.evaluations

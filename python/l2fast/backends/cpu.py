@@ -5,6 +5,8 @@ Each call runs a whole epoch (or a whole-data pass) in C++ with the GIL released
 """
 from __future__ import annotations
 
+import numpy as np
+
 # Loads libscipy_openblas.so into the process before _core needs it (editable builds rely on this).
 import scipy_openblas32  # noqa: F401
 
@@ -33,6 +35,11 @@ def core_options(optimizer):
     return options
 
 
+def _unscanned(X):
+    """features()'s all_finite where the scan is left to the solve."""
+    return True
+
+
 def _sizes(weights):
     """[n_in, n_1, ..., n_out] of a network given as its weight matrices (n_out, n_in)."""
     return [weights[0].shape[1]] + [W.shape[0] for W in weights]
@@ -43,12 +50,13 @@ class CpuBackend(HostArrays):
 
     name = "cpu"
 
-    def features(self, X, n_in, dtype):
+    def features(self, X, n_in, dtype, check_finite=True):
         """As the numpy backend's, with X's scan for NaN and infinity done by ``_core.all_finite`` (one
-        threaded pass, no temporary array)."""
+        threaded pass, no temporary array); ``check_finite=False`` skips that scan of a dense X, for a solve that
+        finds a non-finite value itself (``solvers.scans_X_itself``)."""
         if _validate.is_sparse(X):
             return _validate.sparse_features(X, n_in, dtype)
-        return _validate.features(X, n_in, dtype, all_finite=_core.all_finite)
+        return _validate.features(X, n_in, dtype, all_finite=_core.all_finite if check_finite else _unscanned)
 
     # check_finite=False (train_epoch, train_epoch_stacked, evaluate, gradients) skips _core's scan of X for
     # NaN and infinity: for the training loop's and the solver's calls, whose X came through features() or a
@@ -92,6 +100,21 @@ class CpuBackend(HostArrays):
             return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
                                    sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct,
                                    out=out, workspace=workspace, on_layer=on_layer)
+
+    def linear_objective(self, X, y, n_out, loss, lam, sample_weight=None):
+        """evaluate(x, grad) -> (J, loss_sum) of a one-layer network of n_out outputs at flat float64 parameters x =
+        [W.ravel(), b], grad (x's shape) receiving dJ/dx: ``_core.LinearObjective``, which checks y and sample_weight
+        once, here, and X's structure but not its values (``features`` scanned them)."""
+        core = _core.LinearObjective(core_X(X), y, n_out, loss, lam, sample_weight=sample_weight, check_X=False)
+        sizes, batch, dtype = [X.shape[1], n_out], min(len(X), _BLOCK_ROWS), X.dtype
+        if dtype == np.float64:  # call_threads keeps float64 calls on the cap: nothing to choose per call
+            return core.evaluate
+
+        def evaluate(x, grad):
+            with threads.call_threads(sizes, batch, dtype):
+                return core.evaluate(x, grad)
+
+        return evaluate
 
     # The two passes of l2fast.NewtonCG, each one read of X. X has passed ``features`` (checked there), and these
     # kernels never read outside its arrays whatever they hold, so its O(nnz) checks are not repeated per call.

@@ -167,8 +167,12 @@ class _Classifier(ClassifierMixin, _L2Estimator):
         if not first and classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
             raise ValueError(f"classes={list(np.unique(np.asarray(classes)))!r} is not the same as on the first "
                              f"call to partial_fit, {list(self.classes_)!r}")
+        codes = None
         if first:
-            classes = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if classes is None:  # the labels' codes come with their classes: all of y is in them
+                classes, codes = np.unique(y, return_inverse=True)
+            else:
+                classes = np.unique(np.asarray(classes))
             if len(classes) < 2:
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, but "
                                  f"the data contains only one class: {classes[0]!r}")
@@ -177,6 +181,8 @@ class _Classifier(ClassifierMixin, _L2Estimator):
                 raise ValueError(f"warm_start can only be used where y has the same classes as in the previous "
                                  f"call to fit. Previously got {list(old)!r}, y has {list(classes)!r}")
             self.classes_ = classes
+        if codes is not None:
+            return codes.reshape(len(y))
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
             raise ValueError(f"y contains labels not in classes_: {np.unique(np.asarray(y)[unknown])[:5]!r}")
