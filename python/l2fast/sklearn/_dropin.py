@@ -513,7 +513,9 @@ class LogisticRegression(linear_model.LogisticRegression):
         X_l2 = _features(backend, X, X.shape[1], net.dtype)
         y_l2 = backend.targets(codes, X.shape[0], net.loss, n_out, net.dtype)
         w_l2 = None if np.all(weights == 1) else backend.sample_weights(weights, X.shape[0], net.dtype)
-        objective = solvers.Objective(net, X_l2, y_l2, w_l2)
+        # one backend call per evaluation at the flat vector where the backend has it (cpu: _core.LinearObjective)
+        objective = (solvers.FlatObjective if solvers._evaluates_flat(net) else solvers.Objective)(net, X_l2, y_l2,
+                                                                                                   w_l2)
         n_W = X.shape[1] * n_out
 
         def J(x):  # without an intercept its gradient is held at 0: L-BFGS never moves it from 0

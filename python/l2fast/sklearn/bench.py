@@ -23,6 +23,7 @@ import numpy as np
 # the targets on cpu: Python overhead per step dominates scikit-learn's small networks; both reach
 # BLAS on the wide one; LogisticRegression is one convex solve
 TARGETS = {"small": 5.0, "wide": 1.3, "logistic": 1.5}
+PAUSE = 0.25  # seconds idle before each timed fit, as bench T waits
 
 
 def _cases(quick):
@@ -92,6 +93,7 @@ def run(quick=False, repeats=3, backend="cpu", only=None):
             for repeat in range(repeats):
                 for who in (list(contenders) if repeat % 2 == 0 else list(contenders)[::-1]):
                     est = contenders[who]()
+                    time.sleep(PAUSE)  # the previous fit's BLAS threads spin a moment before they sleep (bench T)
                     start, cpu_start = time.perf_counter(), time.process_time()
                     est.fit(X, y)
                     times[who].append(time.perf_counter() - start)
