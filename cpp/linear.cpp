@@ -65,22 +65,6 @@ L2FAST_LINEAR_CLONES T dot(const T* a, const T* b, std::size_t n) {
     return sum;
 }
 
-// The sum of the squares of w's entries, each taken in double, in dot()'s order: eight partial sums, added up lane
-// by lane, then the last entries one by one.
-template <class T>
-L2FAST_LINEAR_CLONES double sum_squares(const T* w, std::size_t n) {
-    Double8 acc = {};
-    std::size_t j = 0;
-    for (; j + kLanes <= n; j += kLanes) {
-        const Double8 v = load_double8(w + j);
-        acc += v * v;
-    }
-    double sum = 0.0;
-    for (std::size_t l = 0; l < kLanes; ++l) sum += acc[l];
-    for (; j < n; ++j) sum += double(w[j]) * double(w[j]);
-    return sum;
-}
-
 // dot(w, x_r) for the R consecutive records x_0 .. x_{R-1} of x (rows of n), w loaded once for all R. Each
 // record's sum is dot()'s, term for term, so a record's z does not depend on the records it is grouped with.
 // R = 8 where a vector of partial sums is one register (AVX-512): eight sums in flight keep both of a core's
@@ -179,6 +163,22 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
 
 }  // namespace
 
+// The sum of the squares of w's entries, each taken in double, in dot()'s order: eight partial sums, added up lane
+// by lane, then the last entries one by one.
+template <class T>
+L2FAST_LINEAR_CLONES double sum_squares(const T* w, std::size_t n) {
+    Double8 acc = {};
+    std::size_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+        const Double8 v = load_double8(w + j);
+        acc += v * v;
+    }
+    double sum = 0.0;
+    for (std::size_t l = 0; l < kLanes; ++l) sum += acc[l];
+    for (; j < n; ++j) sum += double(w[j]) * double(w[j]);
+    return sum;
+}
+
 bool linear_pass_fits(const Shape& shape) {
     return shape.n_layers() == 1 && shape.n_out() * shape.n_in() <= kMaxWeights;
 }
@@ -254,5 +254,7 @@ template double linear_objective(const Shape&, const double*, const Dataset<floa
                                  LinearScratch<float>&, double*);
 template double linear_objective(const Shape&, const double*, const Dataset<double>&, double, double*,
                                  LinearScratch<double>&, double*);
+template double sum_squares(const float*, std::size_t);
+template double sum_squares(const double*, std::size_t);
 
 }  // namespace l2fast

@@ -9,6 +9,11 @@
 
 namespace l2fast {
 
+// sum_i w_i^2 over w (n), each square taken in double and summed in one fixed order, the same bits on every
+// machine: J's penalty, and a step's squared weight norm where no update pass reads W.
+template <class T>
+double sum_squares(const T* w, std::size_t n);
+
 // Whether linear_gradients serves this shape: one layer and few enough weights for its per-slice sums.
 bool linear_pass_fits(const Shape& shape);
 

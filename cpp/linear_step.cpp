@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "linear.hpp"
 #include "parallel.hpp"
 #include "update.hpp"
 #include "vectors.hpp"

@@ -211,21 +211,22 @@ void with_rows(const Dataset<T>& data, std::size_t n_in, Body body) {
         csr(X.indices32, X.indptr32);
 }
 
-// Sums pass(begin, end, sums) over the rows [0, m) into out (size doubles, overwritten): the rows are cut into
-// one share per thread (fewer for little work), the first summed into out, each other into its own zeroed copy,
-// added up in share order.
+// Returns the sums (size doubles) of pass(begin, end, sums) over the rows [0, m): the rows are cut into one share
+// per thread (fewer for little work), each summed into its own zeroed array, added up in share order into the
+// first.
 template <class Pass>
-void sum_over_shares(std::size_t m, std::size_t work, std::size_t size, double* out, Pass pass) {
+HugeArray sum_over_shares(std::size_t m, std::size_t work, std::size_t size, Pass pass) {
     const std::size_t shares = std::min<std::size_t>(std::max(blas::num_threads(), 1),
                                                      std::max<std::size_t>(1, std::min(m, work / kMinWorkPerThread)));
-    std::fill(out, out + size, 0.0);
+    HugeArray out = huge_zeroed(size);
     const HugeArray others = huge_zeroed((shares - 1) * size);
     parallel_for(shares, shares, 1, [&](std::size_t s0, std::size_t s1) {
         for (std::size_t s = s0; s < s1; ++s)
-            pass(m * s / shares, m * (s + 1) / shares, s == 0 ? out : others.get() + (s - 1) * size);
+            pass(m * s / shares, m * (s + 1) / shares, s == 0 ? out.get() : others.get() + (s - 1) * size);
     });
     for (std::size_t s = 1; s < shares; ++s)
         for (std::size_t j = 0; j < size; ++j) out[j] += others[(s - 1) * size + j];
+    return out;
 }
 
 // r (n_out) <- the curvature of record i applied to u (n_out), in place.
@@ -345,13 +346,12 @@ double linear_gradient_curvature(const Dataset<T>& data, Loss loss, std::size_t 
         s = width.stride();
         const HugeArray WT = transposed(W, n_out, n_in, s);
         const std::size_t size = n_in * s;
-        out = huge_zeroed(size + s + 1);
         with_rows(data, n_in, [&](auto row_at) {
-            sum_over_shares(m, entries * n_out * 2, size + s + 1, out.get(),
-                            [&](std::size_t begin, std::size_t end, double* sums) {
-                                gradient_rows(data, loss, row_at, begin, end, n_in, n_out, width, WT.get(), b, c, P,
-                                              sums);
-                            });
+            out = sum_over_shares(m, entries * n_out * 2, size + s + 1,
+                                  [&](std::size_t begin, std::size_t end, double* sums) {
+                                      gradient_rows(data, loss, row_at, begin, end, n_in, n_out, width, WT.get(), b,
+                                                    c, P, sums);
+                                  });
         });
     });
     const std::size_t size = n_in * s;
@@ -372,12 +372,12 @@ void linear_hessian_product(const Dataset<T>& data, std::size_t n_in, std::size_
     with_width(n_out, [&](auto width) {
         s = width.stride();
         const HugeArray VT = transposed(V, n_out, n_in, s);
-        out = huge_zeroed(n_in * s + s);
         with_rows(data, n_in, [&](auto row_at) {
-            sum_over_shares(m, entries * n_out * 2, n_in * s + s, out.get(),
-                            [&](std::size_t begin, std::size_t end, double* sums) {
-                                hessian_rows(curvature, row_at, begin, end, n_in, n_out, width, VT.get(), v_b, sums);
-                            });
+            out = sum_over_shares(m, entries * n_out * 2, n_in * s + s,
+                                  [&](std::size_t begin, std::size_t end, double* sums) {
+                                      hessian_rows(curvature, row_at, begin, end, n_in, n_out, width, VT.get(), v_b,
+                                                   sums);
+                                  });
         });
     });
     const std::size_t size = n_in * s;
@@ -396,12 +396,11 @@ void linear_hessian_diagonal(const Dataset<T>& data, std::size_t n_in, std::size
     std::size_t s = outputs;
     with_width(outputs, [&](auto width) {
         s = width.stride();
-        out = huge_zeroed(n_in * s + s);
         with_rows(data, n_in, [&](auto row_at) {
-            sum_over_shares(m, entries * outputs, n_in * s + s, out.get(),
-                            [&](std::size_t begin, std::size_t end, double* sums) {
-                                diagonal_rows(curvature, row_at, begin, end, n_in, outputs, width, sums);
-                            });
+            out = sum_over_shares(m, entries * outputs, n_in * s + s,
+                                  [&](std::size_t begin, std::size_t end, double* sums) {
+                                      diagonal_rows(curvature, row_at, begin, end, n_in, outputs, width, sums);
+                                  });
         });
     });
     for (std::size_t k = 0; k < outputs; ++k)

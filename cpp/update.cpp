@@ -39,14 +39,6 @@ L2FAST_VECTOR_CLONES double l2_update_range_summed(T* W, const T* dW, std::size_
     }
     return s;
 }
-
-template <class T>
-L2FAST_VECTOR_CLONES double sum_squares_range(const T* W, std::size_t n) {
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (std::size_t i = 0; i < n; ++i) s += double(W[i]) * double(W[i]);
-    return s;
-}
 }  // namespace
 
 template <class T>
@@ -114,11 +106,6 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, dou
                  [=](std::size_t begin, std::size_t end) { l2_update_range(W, dW, begin, end, keep, lr); });
 }
 
-template <class T>
-double sum_squares(const T* W, std::size_t n) {
-    return sum_squares_range(W, n);
-}
-
 #define L2FAST_INSTANTIATE(T)                                                                                \
     template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, const T*, std::size_t,          \
                                         std::size_t, std::size_t, T, T);                                     \
@@ -128,8 +115,7 @@ double sum_squares(const T* W, std::size_t n) {
                                       std::size_t, T);                                                       \
     template void mean_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);   \
     template void sum_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);    \
-    template void inplace_l2_update(T*, const T*, std::size_t, T, T, double*);                              \
-    template double sum_squares(const T*, std::size_t);
+    template void inplace_l2_update(T*, const T*, std::size_t, T, T, double*);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 

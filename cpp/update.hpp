@@ -55,8 +55,4 @@ void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, st
 template <class T>
 void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, double* sum_squares = nullptr);
 
-// sum_i W_i^2 over W (n), in double: a step's squared weight norm where no update pass reads W (the GEMM step).
-template <class T>
-double sum_squares(const T* W, std::size_t n);
-
 }  // namespace l2fast
