@@ -5,6 +5,8 @@ import os
 # before SciPy is first imported; with it, every estimator check runs and none is skipped.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 from l2fast._validate import ACTIVATIONS, LOSSES  # noqa: E402
@@ -24,3 +26,19 @@ def loss_out(request):
 
 
 assert {loss for loss, _ in LOSS_OUTPUTS} == set(LOSSES)
+
+
+@pytest.fixture(scope="session")
+def kernel_folder(tmp_path_factory):
+    """Where the host stand-in of the GPU compiles the cuda kernels, once per session."""
+    return tmp_path_factory.mktemp("host_kernels")
+
+
+@pytest.fixture
+def emulated(monkeypatch, kernel_folder):
+    """backend="cuda" on the host stand-in of the GPU alone (tests/cuda_emulation.py), for what only it can count
+    (captures, cuBLAS handles, sparse products); yields its stand-in for cupy."""
+    from cuda_emulation import emulated_gpu
+
+    with emulated_gpu(monkeypatch, kernel_folder):
+        yield sys.modules["cupy"]

@@ -38,11 +38,6 @@ def test_a_gpu_is_here():
     assert cuda_backend.device_summary()["gpu"] and cupy.cuda.runtime.getDeviceCount() >= 1
 
 
-@pytest.fixture(scope="session")
-def kernel_folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("host_kernels")
-
-
 @pytest.fixture(params=["emulated"] + (["gpu"] if GPU_MISSING is None else []))
 def cupy(request, monkeypatch, kernel_folder):
     """The array module of the device the cuda backend runs on in this test."""
@@ -52,13 +47,6 @@ def cupy(request, monkeypatch, kernel_folder):
 
         yield cupy
         return
-    with emulated_gpu(monkeypatch, kernel_folder):
-        yield sys.modules["cupy"]
-
-
-@pytest.fixture
-def emulated(monkeypatch, kernel_folder):
-    """The host stand-in alone, for what only it can count (captures, cuBLAS handles)."""
     with emulated_gpu(monkeypatch, kernel_folder):
         yield sys.modules["cupy"]
 

@@ -260,18 +260,9 @@ def test_train_epoch_weight_norms_are_each_steps_own(backend, case, optimizer):
     assert norms == pytest.approx(expected, rel=1e-12 if dtype == np.float64 else 1e-6)
 
 
-@pytest.fixture
-def emulated_cuda(monkeypatch, tmp_path):
-    """backend="cuda" on the host stand-in of the GPU (tests/cuda_emulation.py)."""
-    from cuda_emulation import emulated_gpu
-
-    with emulated_gpu(monkeypatch, tmp_path):
-        yield
-
-
 @pytest.mark.parametrize("solver", [dict(solver="sgd", momentum=0.0), dict(solver="sgd"), dict(solver="adam")],
                          ids=["sgd", "nesterov", "adam"])
-def test_cuda_loss_curve_is_scikit_learns(emulated_cuda, solver):
+def test_cuda_loss_curve_is_scikit_learns(emulated, solver):
     """The cuda backend's epoch (its steps replayed from captured graphs) sums ||W||^2 before each step too."""
     X, y = make_classification(n_samples=250, n_features=8, n_informative=6, n_classes=3, random_state=3)
     params = dict(hidden_layer_sizes=(10,), batch_size=40, max_iter=4, random_state=1, alpha=0.5,
@@ -287,7 +278,7 @@ def test_cuda_loss_curve_is_scikit_learns(emulated_cuda, solver):
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
-def test_sparse_X_on_cuda_trains_on_the_gpu_as_scikit_learn_does(emulated_cuda, capsys):
+def test_sparse_X_on_cuda_trains_on_the_gpu_as_scikit_learn_does(emulated, capsys):
     """A scipy.sparse X on backend="cuda" (the host stand-in) is l2fast's to train, as a cupyx CSR: the MLP's
     trajectory and the logistic regression's optimum are scikit-learn's, and nothing is handed back to it."""
     import scipy.sparse

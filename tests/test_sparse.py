@@ -41,6 +41,12 @@ def labels(loss, m, n_out, seed):
     return rng.integers(0, 2, m) if loss == "logistic" else rng.integers(0, n_out, m)
 
 
+def model_labels(X, n_out, seed):
+    """Labels of X from a random linear model: its sign for one output, its largest score for more."""
+    scores = X @ np.random.default_rng(seed).normal(size=(X.shape[1], n_out)) * 2
+    return (scores[:, 0] > 0).astype(int) if n_out == 1 else scores.argmax(axis=1)
+
+
 CASES = [([60, 12, 3], "softmax"), ([60, 1], "logistic")]
 
 
@@ -163,9 +169,7 @@ def test_a_canonical_csr_in_another_dtype_gets_new_values_only():
 @pytest.mark.parametrize("n_out", [1, 3])
 def test_lbfgs_on_sparse_x_reaches_scikit_learns_optimum(backend, n_out):
     X, _ = messy_csr(400, 80, seed=18, density=0.1)
-    rng = np.random.default_rng(19)
-    scores = X @ rng.normal(size=(80, n_out)) * 2
-    y = (scores[:, 0] > 0).astype(int) if n_out == 1 else scores.argmax(axis=1)
+    y = model_labels(X, n_out, seed=19)
     lam = 0.5
     theirs = LogisticRegression(C=1 / lam, tol=1e-10, max_iter=10_000).fit(X, y)
     net = l2fast.Network([80, n_out], loss="logistic" if n_out == 1 else "softmax", lam=lam, backend=backend,

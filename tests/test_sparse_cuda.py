@@ -18,18 +18,13 @@ from l2fast.testing import assert_parity, parameters
 
 from cuda_emulation import DeviceSparse, FakeStream, emulated_gpu
 from test_cuda import GPU_MISSING
-from test_sparse import BAD, CASES, assert_same_answers, bad_matrix, labels, messy_csr
+from test_sparse import BAD, CASES, assert_same_answers, bad_matrix, labels, messy_csr, model_labels
 
 
 def test_a_gpu_is_here():
     if GPU_MISSING is not None:
         pytest.skip(f"no GPU for backend='cuda' here, so only the emulated variants of sparse X run: {GPU_MISSING}")
     import cupyx.scipy.sparse  # noqa: F401  (the real one: the gpu variants use it)
-
-
-@pytest.fixture(scope="session")
-def kernel_folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("host_kernels")
 
 
 @pytest.fixture(params=["emulated"] + (["gpu"] if GPU_MISSING is None else []))
@@ -42,13 +37,6 @@ def device(request, monkeypatch, kernel_folder):
         return
     with emulated_gpu(monkeypatch, kernel_folder):
         yield "emulated"
-
-
-@pytest.fixture
-def emulated(monkeypatch, kernel_folder):
-    """The host stand-in alone, for what only it can count."""
-    with emulated_gpu(monkeypatch, kernel_folder):
-        yield
 
 
 def problem(loss, dtype, seed=3):
@@ -226,9 +214,7 @@ def test_emulated_sparse_epoch_runs_uncaptured_and_never_densifies_x(emulated, s
 @pytest.mark.parametrize("n_out", [1, 3])
 def test_lbfgs_on_sparse_x_ends_where_it_does_on_dense_x(device, n_out):
     X, dense = messy_csr(200, 40, seed=18, density=0.1)
-    rng = np.random.default_rng(19)
-    scores = X @ rng.normal(size=(40, n_out)) * 2
-    y = (scores[:, 0] > 0).astype(int) if n_out == 1 else scores.argmax(axis=1)
+    y = model_labels(X, n_out, seed=19)
     loss = "logistic" if n_out == 1 else "softmax"
     fits = []
     for backend, data in (("cuda", X), ("cuda", dense), ("numpy", X)):
