@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 
 #include "activations.hpp"
@@ -19,14 +21,74 @@ Loss parse_loss(const std::string& name) {
                                 "'; expected squared_error, logistic or softmax");
 }
 
+namespace {
+
+// Whether any of v[0..n) fails `bad`: a loop without an early exit, which vectorises.
+template <class T, class Bad>
+[[gnu::always_inline]] inline bool any_of(const T* v, std::size_t n, Bad bad) {
+    unsigned found = 0;
+    for (std::size_t i = 0; i < n; ++i) found |= unsigned(bad(v[i]));
+    return found != 0;
+}
+
+template <class T, class Bad>
+std::size_t first_of(const T* v, std::size_t n, Bad bad) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (bad(v[i])) return i;
+    return n;
+}
+
+struct Outside {
+    std::uint64_t bound;
+    bool operator()(std::int64_t x) const { return std::uint64_t(x) >= bound; }  // negatives wrap past any bound
+};
+
+template <class T>
+bool not_binary(T x) { return (x != T(0)) & (x != T(1)); }
+
+template <class T>
+bool not_weight(T x) { return !((x >= T(0)) & (x <= std::numeric_limits<T>::max())); }  // NaN fails both
+
+L2FAST_VECTOR_CLONES bool any_outside(const std::int64_t* v, std::size_t n, std::uint64_t bound) {
+    return any_of(v, n, Outside{bound});
+}
+
+template <class T>
+L2FAST_VECTOR_CLONES bool any_not_binary(const T* v, std::size_t n) {
+    return any_of(v, n, not_binary<T>);
+}
+
+template <class T>
+L2FAST_VECTOR_CLONES bool any_not_weight(const T* v, std::size_t n) {
+    return any_of(v, n, not_weight<T>);
+}
+
+}  // namespace
+
+std::size_t first_outside(const std::int64_t* v, std::size_t n, std::size_t bound) {
+    return any_outside(v, n, bound) ? first_of(v, n, Outside{bound}) : n;
+}
+
+template <class T>
+std::size_t first_not_binary(const T* v, std::size_t n) {
+    return any_not_binary(v, n) ? first_of(v, n, not_binary<T>) : n;
+}
+
+template <class T>
+std::size_t first_not_weight(const T* v, std::size_t n) {
+    return any_not_weight(v, n) ? first_of(v, n, not_weight<T>) : n;
+}
+
+template std::size_t first_not_binary(const float*, std::size_t);
+template std::size_t first_not_binary(const double*, std::size_t);
+template std::size_t first_not_weight(const float*, std::size_t);
+template std::size_t first_not_weight(const double*, std::size_t);
+
 void check_labels(const std::int64_t* labels, std::size_t m, std::size_t n_classes) {
-    for (std::size_t i = 0; i < m; ++i) {
-        if (labels[i] < 0 || std::size_t(labels[i]) >= n_classes) {
-            throw std::invalid_argument("y: label " + std::to_string(labels[i]) + " at index " +
-                                        std::to_string(i) + " is outside [0, " +
-                                        std::to_string(n_classes) + ")");
-        }
-    }
+    const std::size_t i = first_outside(labels, m, n_classes);
+    if (i < m)
+        throw std::invalid_argument("y: label " + std::to_string(labels[i]) + " at index " + std::to_string(i) +
+                                    " is outside [0, " + std::to_string(n_classes) + ")");
 }
 
 // Softmax row in place: returns log(sum exp(z - max)) and the index of the largest logit. The exponentials

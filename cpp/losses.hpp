@@ -51,4 +51,15 @@ void inplace_output_activation(T* Z, std::size_t rows, std::size_t cols, Loss lo
 // Throws std::invalid_argument unless every label is an integer in [0, n_classes).
 void check_labels(const std::int64_t* labels, std::size_t m, std::size_t n_classes);
 
+// The first i < n with v[i] outside [0, bound), n when there is none. A vectorised pass over all of v first (a
+// loop that may stop early does not vectorise), the scalar search only when it found one: these checks read a
+// whole label or order array on every call.
+std::size_t first_outside(const std::int64_t* v, std::size_t n, std::size_t bound);
+
+// The same for values other than 0 and 1 (logistic targets), and for values not finite and >= 0 (sample weights).
+template <class T>
+std::size_t first_not_binary(const T* v, std::size_t n);
+template <class T>
+std::size_t first_not_weight(const T* v, std::size_t n);
+
 }  // namespace l2fast

@@ -285,10 +285,10 @@ void check_shape(const Shape& shape) {
 }
 
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
-    for (std::size_t i = 0; i < n; ++i)
-        if (order[i] < 0 || std::size_t(order[i]) >= m)
-            throw std::invalid_argument("order: index " + std::to_string(order[i]) + " at position " +
-                                        std::to_string(i) + " is outside [0, " + std::to_string(m) + ")");
+    const std::size_t i = first_outside(order, n, m);
+    if (i < n)
+        throw std::invalid_argument("order: index " + std::to_string(order[i]) + " at position " +
+                                    std::to_string(i) + " is outside [0, " + std::to_string(m) + ")");
 }
 
 template <class T>

@@ -240,20 +240,21 @@ l2fast::Dataset<T> take_data(const l2fast::Shape& shape, const py::handle& X_obj
         py::array y = checked<T>(y_obj, "y", {m, py::ssize_t(shape.n_out())});
         data.y_values = cptr<T>(y);
         check_finite(data.y_values, std::size_t(y.size()), "y");
-        if (shape.loss == Loss::Logistic)
-            for (std::size_t i = 0; i < data.m; ++i)
-                if (data.y_values[i] != T(0) && data.y_values[i] != T(1))
-                    throw std::invalid_argument("y: logistic labels must be 0 or 1, found " +
-                                                std::to_string(data.y_values[i]) + " at index " + std::to_string(i));
+        if (shape.loss == Loss::Logistic) {
+            const std::size_t i = l2fast::first_not_binary(data.y_values, data.m);
+            if (i < data.m)
+                throw std::invalid_argument("y: logistic labels must be 0 or 1, found " +
+                                            std::to_string(data.y_values[i]) + " at index " + std::to_string(i));
+        }
         keep.push_back(y);
     }
     if (!weights_obj.is_none()) {
         py::array w = checked<T>(weights_obj, "sample_weight", {m});
         data.weights = cptr<T>(w);
-        for (std::size_t i = 0; i < data.m; ++i)
-            if (!std::isfinite(data.weights[i]) || data.weights[i] < T(0))
-                throw std::invalid_argument("sample_weight: weights must be finite and >= 0, found " +
-                                            std::to_string(data.weights[i]) + " at index " + std::to_string(i));
+        const std::size_t i = l2fast::first_not_weight(data.weights, data.m);
+        if (i < data.m)
+            throw std::invalid_argument("sample_weight: weights must be finite and >= 0, found " +
+                                        std::to_string(data.weights[i]) + " at index " + std::to_string(i));
         keep.push_back(w);
     }
     return data;

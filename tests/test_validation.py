@@ -1,4 +1,6 @@
 """Bad input to every public function: a clear exception naming the argument, and nothing changed."""
+import re
+
 import numpy as np
 import pytest
 
@@ -257,6 +259,40 @@ def test_core_train_epoch_validates_before_touching_memory(mutate, error, match)
         train(**args)
     for p, q in zip(arrays, before):
         np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("at", [0, 5, 63, 64, 999, 1000, 1036])
+@pytest.mark.parametrize("what, bad, match", [
+    ("labels", -1, "y: label -1 at index {at}"),
+    ("labels", 3, "y: label 3 at index {at}"),
+    ("binary", 0.5, "y: logistic labels must be 0 or 1, found 0.500000 at index {at}"),
+    ("binary", -1.0, "y: logistic labels must be 0 or 1, found -1.000000 at index {at}"),
+    ("weights", -0.25, "sample_weight: weights must be finite and >= 0, found -0.250000 at index {at}"),
+    ("weights", np.nan, "sample_weight: weights must be finite and >= 0, found nan at index {at}"),
+    ("weights", np.inf, "sample_weight: weights must be finite and >= 0, found inf at index {at}"),
+    ("order", -5, "order: index -5 at position {at}"),
+    ("order", 1037, "order: index 1037 at position {at}"),
+])
+def test_core_checks_name_the_first_bad_entry_wherever_it_is(dtype, at, what, bad, match):
+    # the label, target, weight and order checks take one vectorised pass over the whole array, then look for
+    # the entry: the first bad one is named wherever it sits (in a vector, in the tail, last), and a second
+    # bad entry after it does not change which
+    m, rng = 1037, np.random.default_rng(at)
+    X = rng.normal(size=(m, 4)).astype(dtype)
+    n_out, loss = (1, "logistic") if what == "binary" else (3, "softmax")
+    weights = [rng.normal(size=(n_out, 4)).astype(dtype)]
+    biases = [np.zeros(n_out, dtype)]
+    y = (rng.random((m, 1)) > 0.5).astype(dtype) if n_out == 1 else rng.integers(0, 3, size=m)
+    order, sample_weight = rng.permutation(m), np.ones(m, dtype)
+    target = {"labels": y, "binary": y.reshape(-1), "weights": sample_weight, "order": order}[what]
+    target[at] = bad
+    if at + 1 < m:
+        target[m - 1] = bad
+    before = weights[0].copy()
+    with pytest.raises(ValueError, match=re.escape(match.format(at=at))):
+        _core.train_epoch(weights, biases, X, y, order, 64, 0.1, 0.0, "identity", loss, sample_weight=sample_weight)
+    np.testing.assert_array_equal(weights[0], before)
 
 
 def test_core_train_epoch_writes_into_the_callers_arrays():
