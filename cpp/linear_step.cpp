@@ -20,6 +20,7 @@ namespace {
 
 constexpr std::size_t kMaxWeights = 1 << 13;  // W and G: 2 x 32 KiB of float32 at most, beside a block of rows
 constexpr std::size_t kGroup = 8;             // records whose rows one pass over a weight row meets together
+static_assert(kGroup == 8, "block_backward and sum_lanes are written for groups of eight records");
 constexpr std::size_t kBlock = 32;            // the most records per block
 constexpr std::size_t kBlockBytes = 24 << 10; // a block's rows stay in L1 beside W and G (32 rows of 100 float32)
 constexpr std::size_t kAhead = 8;             // records whose rows are asked for before their block starts
@@ -97,15 +98,18 @@ L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::
         const T* xg = x + g * P;
         for (std::size_t k = 0; k < n_out; ++k) {
             T dk[kGroup];
-            for (std::size_t r = 0; r < kGroup; ++r) {
-                dk[r] = d[(g + r) * n_out + k];
-                db[k] += dk[r];
-            }
+            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * n_out + k];
+            // the eight records' terms in two chains of four (even and odd records), added at the end: one chain of
+            // eight dependent multiply-adds per vector of G kept the core waiting on each result in turn
+            db[k] += ((dk[0] + dk[2]) + (dk[4] + dk[6])) + ((dk[1] + dk[3]) + (dk[5] + dk[7]));
             T* gk = G + k * P;
             for (std::size_t j = 0; j < P; j += L) {
-                V sum = load<V>(gk + j);
-                for (std::size_t r = 0; r < kGroup; ++r) sum += dk[r] * load<V>(xg + r * P + j);
-                store(gk + j, sum);
+                V even = load<V>(gk + j), odd = dk[1] * load<V>(xg + P + j);
+                for (std::size_t r = 0; r < kGroup; r += 2) {
+                    even += dk[r] * load<V>(xg + r * P + j);
+                    if (r > 0) odd += dk[r + 1] * load<V>(xg + (r + 1) * P + j);
+                }
+                store(gk + j, even + odd);
             }
         }
     }
