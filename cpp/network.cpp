@@ -264,10 +264,12 @@ private:
 };
 
 // A float32 plain-SGD step of a network whose layers are all at most kSmallWidth units wide, on dense X, where the
-// machine runs the small-layer kernels (small_dense.hpp): every layer trained transposed (W_t, n_in x n_out), the
-// batch's rows of X read where they lie (no gather), bias + activation in the forward product, the activation's
-// derivative in the input gradient, the bias gradient and the fused L2 step in the weight product. OpenBLAS's
-// interface and packing cost more than the arithmetic at these shapes (benchmarks/README.md, "Small networks").
+// machine runs the small-layer kernels (small_dense.hpp): the layers of at least kSmallMinWidth units (the first
+// among them) trained transposed (W_t, n_in x n_out) in the kernels, the batch's rows of X read where they lie (no
+// gather), bias + activation in the forward product, the activation's derivative in the input gradient, the bias
+// gradient and the fused L2 step in the weight product, and the next step's rows prefetched during the first
+// layer's weight product; narrower layers on W through OpenBLAS, as in the general step (benchmarks/README.md,
+// "Small networks").
 template <class T>
 class SmallStep {
 public:
