@@ -12,6 +12,7 @@
 #include "dense.hpp"
 #include "linear.hpp"
 #include "linear_step.hpp"
+#include "small_dense.hpp"
 #include "update.hpp"
 
 namespace l2fast {
@@ -134,6 +135,14 @@ NextRows next_rows(const Dataset<T>& data, const std::int64_t* picked, std::size
     return {picked + rows, std::min(batch, n - start - rows)};
 }
 
+// Asks for record r's targets (label or values, and sample weight).
+template <class T>
+void prefetch_targets(const Dataset<T>& data, std::size_t n_out, std::size_t r) {
+    if (data.y_labels) __builtin_prefetch(data.y_labels + r);
+    if (data.y_values) __builtin_prefetch(data.y_values + r * n_out);
+    if (data.weights) __builtin_prefetch(data.weights + r);
+}
+
 // Copies the picked rows of X into dst; the rows ahead are prefetched, since a shuffled order
 // reads X at random and each row would otherwise wait on memory in turn. The next step's targets are asked for
 // too (its rows later, prefetch_rows), so that they arrive while this step computes: a small network's step is
@@ -149,12 +158,7 @@ void gather_rows(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, co
             const char* ahead = reinterpret_cast<const char*>(X + std::size_t(picked[i + kAhead]) * n_in);
             for (std::size_t off = 0; off < row_bytes; off += kLine) __builtin_prefetch(ahead + off);
         }
-        if (i < next.rows) {
-            const std::size_t r = std::size_t(next.picked[i]);
-            if (data.y_labels) __builtin_prefetch(data.y_labels + r);
-            if (data.y_values) __builtin_prefetch(data.y_values + r * n_out);
-            if (data.weights) __builtin_prefetch(data.weights + r);
-        }
+        if (i < next.rows) prefetch_targets(data, n_out, std::size_t(next.picked[i]));
         std::memcpy(dst + i * n_in, X + std::size_t(picked[i]) * n_in, row_bytes);
     }
 }
@@ -223,12 +227,15 @@ private:
 template <class T>
 class TransposedWeights {
 public:
-    TransposedWeights(const Shape& shape, Params<T>& params, std::size_t batch, bool sparse_X, bool fused_sgd)
+    // every_layer: all layers of at least kSmallMinWidth units transposed (the small-layer kernels' step, SmallStep).
+    TransposedWeights(const Shape& shape, Params<T>& params, std::size_t batch, bool sparse_X, bool fused_sgd,
+                      bool every_layer = false)
         : shape_(shape), params_(params), copies_(shape.n_layers()), W_t_(shape.n_layers(), nullptr) {
         if (!std::is_same_v<T, float> || !fused_sgd) return;
         for (std::size_t l = 0; l < shape.n_layers(); ++l) {
             const std::size_t n_in = shape.sizes[l], n_out = shape.sizes[l + 1];
-            if ((l == 0 && sparse_X) || !train_transposed(batch, n_in, n_out)) continue;
+            const bool transposed = every_layer ? n_out >= kSmallMinWidth : train_transposed(batch, n_in, n_out);
+            if ((l == 0 && sparse_X) || !transposed) continue;
             copies_[l].resize(n_in * n_out);
             W_t_[l] = copies_[l].data();
             transpose(params.W[l], n_out, n_in, W_t_[l]);
@@ -254,6 +261,96 @@ private:
     Params<T>& params_;
     std::vector<std::vector<T>> copies_;
     std::vector<T*> W_t_;
+};
+
+// A float32 plain-SGD step of a network whose layers are all at most kSmallWidth units wide, on dense X, where the
+// machine runs the small-layer kernels (small_dense.hpp): the layers of at least kSmallMinWidth units (the first
+// among them) trained transposed (W_t, n_in x n_out) in the kernels, the batch's rows of X read where they lie (no
+// gather), bias + activation in the forward product, the activation's derivative in the input gradient, the bias
+// gradient and the fused L2 step in the weight product, and the next step's rows prefetched during the first
+// layer's weight product; narrower layers on W through OpenBLAS, as in the general step (benchmarks/README.md,
+// "Small networks").
+template <class T>
+class SmallStep {
+public:
+    // A layer of at least a register's width of units goes through the kernels; a narrower one (an output layer of
+    // a few classes) through OpenBLAS on W itself, which is faster there than registers mostly masked off.
+    static bool small_layer(std::size_t n_out) { return n_out >= kSmallMinWidth && n_out <= kSmallWidth; }
+
+    static bool fits(const Shape& shape, bool fused_sgd, bool sparse_X) {
+        if (!std::is_same_v<T, float> || !fused_sgd || sparse_X || !small_kernels_available()) return false;
+        if (shape.n_layers() > 1 && shape.act != Activation::Relu && shape.act != Activation::Identity) return false;
+        if (!small_layer(shape.sizes[1])) return false;  // the first layer reads the batch's rows where they lie
+        for (std::size_t l = 2; l < shape.sizes.size(); ++l)
+            if (shape.sizes[l] > kSmallWidth) return false;
+        return true;
+    }
+
+    SmallStep(const Shape& shape, std::size_t batch, Workspace<T>& ws)
+        : shape_(shape), ws_(ws), rows_(shape.n_layers(), std::vector<const T*>(batch)), ahead_(batch) {
+        std::size_t most = 0;
+        for (std::size_t l = 1; l < shape.n_layers(); ++l) {
+            most = std::max(most, shape.sizes[l] * shape.sizes[l + 1]);
+            for (std::size_t r = 0; r < batch; ++r) rows_[l][r] = ws.out[l - 1].data() + r * shape.sizes[l];
+        }
+        W_.resize(most);
+    }
+
+    // One step on records picked[0 .. rows-1] (or start .. start+rows-1), prefetching the next step's.
+    LossStats operator()(Params<T>& params, const Dataset<T>& data, std::vector<double>& scale, T* const* W_t,
+                         const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next, T lr,
+                         T lam_over_m, double* weight_norms) {
+        const Shape& shape = shape_;
+        const std::size_t L = shape.n_layers(), n_in = shape.n_in();
+        for (std::size_t r = 0; r < rows; ++r)
+            rows_[0][r] = data.X + (picked ? std::size_t(picked[r]) : start + r) * n_in;
+        for (std::size_t i = 0; i < next.rows; ++i) prefetch_targets(data, shape.n_out(), std::size_t(next.picked[i]));
+        for (std::size_t l = 0; l < L; ++l) {
+            const Activation act = l + 1 == L ? Activation::Identity : shape.act;
+            if (W_t[l])
+                small_forward(rows_[l].data(), rows, shape.sizes[l], W_t[l], shape.sizes[l + 1], T(scale[l]),
+                              params.b[l], act, ws_.out[l].data());
+            else
+                dense_forward(ws_.out[l - 1].data(), rows, shape.sizes[l], params.W[l], T(scale[l]), params.b[l],
+                              shape.sizes[l + 1], act, ws_.out[l].data());
+        }
+        const LossStats stats = inplace_loss_gradient(ws_.out.back().data(), rows, shape.n_out(), shape.loss,
+                                                      targets_of(data, picked, start));
+        // The next step's rows, asked for during the first layer's weight step, the step's last and longest product.
+        for (std::size_t i = 0; i < next.rows; ++i) ahead_[i] = data.X + std::size_t(next.picked[i]) * n_in;
+        const RowsAhead ahead{ahead_.data(), next.rows, n_in * sizeof(T)};
+        if (weight_norms)
+            for (std::size_t l = 0; l < L; ++l)
+                *weight_norms += scale[l] * scale[l] * sum_squares(W_t[l] ? W_t[l] : params.W[l],
+                                                                    shape.sizes[l + 1] * shape.sizes[l]);
+        for (std::size_t l = L; l-- > 0;) {
+            const std::size_t n_out = shape.sizes[l + 1], n_below = shape.sizes[l];
+            const T* dZ = l + 1 == L ? ws_.out[l].data() : ws_.grad[l].data();
+            if (!W_t[l]) {  // a narrow layer, on W (n_out x n_below); never the first
+                dense_backward_input(dZ, rows, n_out, params.W[l], T(scale[l]), n_below, ws_.grad[l - 1].data());
+                inplace_activation_backward(ws_.grad[l - 1].data(), ws_.out[l - 1].data(), rows * n_below, shape.act);
+                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, ws_.out[l - 1].data(), ws_.ones.data(),
+                                      rows, n_out, n_below, lr, lam_over_m);
+                continue;
+            }
+            if (l > 0) {  // the input gradient first, with the old weights, read as W (n_out x n_below)
+                small_transpose(W_t[l], n_below, n_out, W_.data());
+                small_backward_input(dZ, rows, n_out, W_.data(), n_below, T(scale[l]), ws_.out[l - 1].data(),
+                                     shape.act, ws_.grad[l - 1].data());
+            }
+            const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
+            small_weight_step(rows_[l].data(), dZ, rows, n_below, n_out, c.alpha, c.beta, -lr / T(rows), W_t[l],
+                              params.b[l], l == 0 ? ahead : RowsAhead{});
+        }
+        return stats;
+    }
+
+private:
+    const Shape& shape_;
+    Workspace<T>& ws_;
+    std::vector<std::vector<const T*>> rows_;  // rows_[l][r]: row r of layer l's input
+    std::vector<const void*> ahead_;           // the next step's rows of X
+    std::vector<T> W_;                         // a layer's W (n_out x n_in), for its input gradient
 };
 
 }  // namespace
@@ -305,7 +402,8 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                 with_norms);
     }
     const std::size_t n_in = shape.n_in();
-    Workspace<T> ws(shape, batch, order != nullptr && !data.sparse, true);
+    const bool small = SmallStep<T>::fits(shape, fused_sgd, data.sparse);
+    Workspace<T> ws(shape, batch, order != nullptr && !data.sparse && !small, true);
     BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
@@ -324,13 +422,25 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         if (s >= run->slots.size()) return nullptr;
         return weights ? run->slots[s].W[l] : run->slots[s].b[l];
     };
-    TransposedWeights<T> transposed(shape, params, batch, data.sparse, fused_sgd);
+    TransposedWeights<T> transposed(shape, params, batch, data.sparse, fused_sgd, small);
     T* const* W_t = transposed.layers();
+    std::vector<SmallStep<T>> small_step;
+    if (small) small_step.emplace_back(shape, batch, ws);
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         const std::int64_t* picked = order ? order + start : nullptr;
         const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
+        if (small) {
+            result.stats += small_step.front()(params, data, scale, W_t, picked, start, rows, next, lr, lam_over_m,
+                                               with_norms ? &result.weight_norms : nullptr);
+            ++result.steps;
+            if (stop()) {
+                result.stopped = true;
+                break;
+            }
+            continue;
+        }
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
         forward_block(shape, params, scale.data(), block, rows, ws, W_t);
         prefetch_rows(data.X, n_in, next, 0, next.rows / 2);

@@ -60,3 +60,45 @@ def test_sliced_transposed_layers_give_the_same_bits_on_one_thread_and_on_two(si
     finally:
         l2fast.set_num_threads(before)
     assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
+# Networks the small-layer kernels train (float32 plain SGD, dense X, hidden layers of 16-128 units, ReLU or identity;
+# cpp/small_dense.*, on machines with AVX-512): widths at and around a register's 16 floats and the 64-unit panels,
+# a batch of 1, a last batch shorter than the rest, a narrow output layer (through OpenBLAS) and a wide one.
+SMALL_KERNEL_NETWORKS = [
+    ([64, 64, 10], 32, "relu"),
+    ([37, 16, 3], 1, "relu"),         # batch 1
+    ([20, 17, 5], 7, "relu"),         # 500 records: a last batch of 3; one register and one lane
+    ([50, 65, 33, 4], 16, "relu"),    # two panels (64 + 1 units); a hidden layer's input gradient in the kernels
+    ([30, 128, 24], 9, "identity"),   # the widest layer taken; an output layer of 24 units in the kernels
+    ([100, 48, 2], 500, "relu"),      # one full batch
+]
+
+
+@pytest.mark.parametrize("sizes, batch, activation", SMALL_KERNEL_NETWORKS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_kernel_networks_train_as_the_reference_does(sizes, batch, activation, dtype):
+    X, y = make_problem("softmax", sizes[0], sizes[-1], m=500, seed=11)
+    nets = [l2fast.Network(sizes, activation=activation, lam=2.0, backend=backend, dtype=dtype, seed=0)
+            for backend in ("cpu", "numpy")]
+    histories = [net.fit(X, y, epochs=2, lr=0.05, batch_size=batch) for net in nets]
+    assert_parity(histories[0].cost, histories[1].cost, dtype, "cost per epoch")
+    for a, b in zip(nets[0].weights + nets[0].biases, nets[1].weights + nets[1].biases):
+        assert_parity(a, b, dtype, "parameters")
+
+
+@pytest.mark.parametrize("sizes, batch, activation", SMALL_KERNEL_NETWORKS)
+def test_small_kernel_networks_give_the_same_bits_on_one_thread_and_on_two(sizes, batch, activation):
+    X, y = make_problem("softmax", sizes[0], sizes[-1], m=500, seed=12)
+    before = l2fast.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            l2fast.set_num_threads(n, adaptive=False)
+            net = l2fast.Network(sizes, activation=activation, lam=1.0, backend="cpu", dtype="float32", seed=0)
+            cost = net.fit(X, y, epochs=2, lr=0.05, batch_size=batch).cost
+            results.append([np.asarray(cost)] + net.weights + net.biases)
+    finally:
+        l2fast.set_num_threads(before)
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))

@@ -10,6 +10,7 @@
 #include <random>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "activations.hpp"
@@ -21,6 +22,7 @@
 #include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
+#include "small_dense.hpp"
 #include "sparse.hpp"
 #include "update.hpp"
 
@@ -845,7 +847,99 @@ static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
     }
 }
 
+// The small-layer kernels against plain loops of their formulas (summed in long double), float64 tightly and float32
+// loosely (to its rounding of sums of |terms|), at and around their register widths (16 floats, 8 doubles) and row
+// blocks, with the batch's rows given in a shuffled order; ReLU's zeros exact.
+template <class T>
+static void small_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, std::size_t n_out, std::mt19937_64& rng) {
+    const double tol = std::is_same_v<T, double> ? 1e-13 : 2e-6;
+    auto draw = [&](std::size_t n) {
+        const std::vector<double> v = randn(n, rng);
+        return std::vector<T>(v.begin(), v.end());
+    };
+    auto near = [&](double got, long double want, long double size) {
+        return std::abs(got - double(want)) <= tol * double(size) + 1e-30;
+    };
+    const std::vector<T> X = draw(3 * rows * n_in), W_t = draw(n_in * n_out), b = draw(n_out), dZ = draw(rows * n_out);
+    std::vector<const T*> A_rows(rows);
+    for (std::size_t r = 0; r < rows; ++r) A_rows[r] = X.data() + ((r * 7 + 2) % (3 * rows)) * n_in;  // scattered
+    const T alpha = T(0.75);
+    for (Activation act : {Activation::Identity, Activation::Relu}) {
+        std::vector<T> Z(rows * n_out, T(-9));
+        small_forward(A_rows.data(), rows, n_in, W_t.data(), n_out, alpha, b.data(), act, Z.data());
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t o = 0; o < n_out; ++o) {
+                long double z = 0, size = std::abs(b[o]);
+                for (std::size_t k = 0; k < n_in; ++k) {
+                    z += (long double)A_rows[r][k] * W_t[k * n_out + o];
+                    size += std::abs((long double)A_rows[r][k] * W_t[k * n_out + o]);
+                }
+                z = alpha * z + b[o];
+                if (act == Activation::Relu && !(z > 0)) CHECK(Z[r * n_out + o] == T(0));
+                else CHECK(near(Z[r * n_out + o], z, size));
+            }
+    }
+    // the input gradient: W (n_out x n_in) from W_t, A_prev with about half its entries zero (ReLU's outputs)
+    std::vector<T> W(n_out * n_in), A_prev = draw(rows * n_in), dA(rows * n_in, T(-9));
+    small_transpose(W_t.data(), n_in, n_out, W.data());
+    for (std::size_t k = 0; k < n_in; ++k)
+        for (std::size_t o = 0; o < n_out; ++o) CHECK(W[o * n_in + k] == W_t[k * n_out + o]);
+    for (T& a : A_prev) a = std::max(a, T(0));
+    for (Activation act : {Activation::Identity, Activation::Relu}) {
+        small_backward_input(dZ.data(), rows, n_out, W.data(), n_in, alpha, A_prev.data(), act, dA.data());
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t k = 0; k < n_in; ++k) {
+                long double d = 0, size = 0;
+                for (std::size_t o = 0; o < n_out; ++o) {
+                    d += (long double)dZ[r * n_out + o] * W[o * n_in + k];
+                    size += std::abs((long double)dZ[r * n_out + o] * W[o * n_in + k]);
+                }
+                if (act == Activation::Relu && !(A_prev[r * n_in + k] > 0)) CHECK(dA[r * n_in + k] == T(0));
+                else CHECK(near(dA[r * n_in + k], alpha * d, size));
+            }
+    }
+    // the weight step, with beta = 1 (the scale path) and beta < 1, and the next rows asked for meanwhile
+    for (T beta : {T(1), T(0.4)}) {
+        std::vector<T> W_new = W_t, b_new = b;
+        std::vector<const void*> next(A_rows.begin(), A_rows.end());
+        small_weight_step(A_rows.data(), dZ.data(), rows, n_in, n_out, alpha, beta, T(-0.5), W_new.data(),
+                          b_new.data(), RowsAhead{next.data(), next.size(), n_in * sizeof(T)});
+        for (std::size_t k = 0; k < n_in; ++k)
+            for (std::size_t o = 0; o < n_out; ++o) {
+                long double g = 0, size = std::abs(beta * W_t[k * n_out + o]);
+                for (std::size_t r = 0; r < rows; ++r) {
+                    g += (long double)A_rows[r][k] * dZ[r * n_out + o];
+                    size += std::abs((long double)A_rows[r][k] * dZ[r * n_out + o]);
+                }
+                CHECK(near(W_new[k * n_out + o], (long double)beta * W_t[k * n_out + o] + alpha * g, size));
+            }
+        for (std::size_t o = 0; o < n_out; ++o) {
+            long double sum = 0, size = std::abs(b[o]);
+            for (std::size_t r = 0; r < rows; ++r) {
+                sum += dZ[r * n_out + o];
+                size += std::abs(0.5L * dZ[r * n_out + o]);
+            }
+            CHECK(near(b_new[o], b[o] - 0.5L * sum, size));
+        }
+    }
+}
+
+static void test_small_kernels_match_plain_loops() {
+    if (!small_kernels_available()) {
+        std::printf("small-layer kernels: not on this machine (no AVX-512F); their tests not run\n");
+        return;
+    }
+    std::mt19937_64 rng(41);
+    for (std::size_t rows : {1, 2, 3, 4, 5, 9, 32, 33})
+        for (std::size_t n_in : {1, 7, 16, 64, 100})
+            for (std::size_t n_out : {1, 7, 8, 9, 15, 16, 17, 48, 63, 64, 65, 100, 128}) {
+                small_kernels_match_plain_loops<double>(rows, n_in, n_out, rng);
+                small_kernels_match_plain_loops<float>(rows, n_in, n_out, rng);
+            }
+}
+
 int main() {
+    test_small_kernels_match_plain_loops();
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_dense_forward();
     test_activation_backward_is_the_derivative();

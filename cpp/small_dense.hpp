@@ -1,0 +1,56 @@
+// The small-layer kernels: a dense layer's three products, for layers of 16 to kSmallWidth units, in AVX-512
+// registers, with the passes around them fused in (the batch's rows read where they lie, bias + activation, the
+// activation's derivative, the bias gradient and the SGD step). OpenBLAS's small-matrix kernels run these products
+// alone about as fast (8-15 % faster at 64-64-10, batch 32); what the kernels save is the gather, the elementwise
+// passes and the bias GEMVs around them (see benchmarks/README.md, "Small networks").
+#pragma once
+
+#include <cstddef>
+
+#include "activations.hpp"
+
+namespace l2fast {
+
+// The widest layer (units out) the kernels take, any number of inputs; and the narrowest they are for: a float32
+// register's lanes (narrower layers go faster through OpenBLAS).
+constexpr std::size_t kSmallWidth = 128;
+constexpr std::size_t kSmallMinWidth = 16;
+
+// Whether this machine runs the kernels (they need AVX-512F); elsewhere the layers keep the OpenBLAS path.
+bool small_kernels_available();
+
+// Rows to ask the caches for while a kernel computes (the next step's rows of X): asked for a few after each block
+// of the product, so that they arrive during its arithmetic instead of queueing for the line-fill buffers at once.
+struct RowsAhead {
+    const void* const* rows = nullptr;  // their addresses
+    std::size_t count = 0;
+    std::size_t bytes = 0;              // each row's
+};
+
+// Every kernel sums its products in one fixed order (over the inner dimension, first to last, one fused
+// multiply-add per term), whatever the threads: the same bits from run to run and on any thread count. act is
+// Identity or Relu.
+
+// Z (rows x n_out) <- act(alpha A . W_t + b), row r of A (n_in values) at A_rows[r], W_t (n_in x n_out).
+template <class T>
+void small_forward(const T* const* A_rows, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
+                   T alpha, const T* b, Activation act, T* Z);
+
+// dA_prev (rows x n_in) <- (alpha dZ (rows x n_out) . W (n_out x n_in)) * act'(A_prev), act' read from the
+// activated A_prev (rows x n_in).
+template <class T>
+void small_backward_input(const T* dZ, std::size_t rows, std::size_t n_out, const T* W, std::size_t n_in, T alpha,
+                          const T* A_prev, Activation act, T* dA_prev);
+
+// W_t (n_in x n_out) <- beta W_t + alpha A^T . dZ (rows x n_out), row r of A at A_rows[r] (n_in values), and
+// b (n_out) <- b + bias_alpha sum_rows dZ: the fused SGD step of a layer stored transposed. ahead: rows to prefetch
+// meanwhile.
+template <class T>
+void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, std::size_t n_in, std::size_t n_out,
+                       T alpha, T beta, T bias_alpha, T* W_t, T* b, const RowsAhead& ahead = {});
+
+// to (cols x rows) <- from (rows x cols) transposed.
+template <class T>
+void small_transpose(const T* from, std::size_t rows, std::size_t cols, T* to);
+
+}  // namespace l2fast
