@@ -65,6 +65,10 @@ Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::siz
 // (TransposedWeights in network.cpp). gemm_only_epoch_seconds follows it.
 bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out);
 
+// Whether a float64 epoch with an optimizer runs a dense layer's forward product on a transposed copy of its
+// weights (ForwardCopies in network.cpp): where A W^T would pack and A W_t takes OpenBLAS's small-matrix kernel.
+bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out);
+
 // Validation: each throws std::invalid_argument naming the offending argument.
 void check_shape(const Shape& shape);
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m);

@@ -197,6 +197,21 @@ def test_loss_curve_is_scikit_learns_with_the_penalty_of_every_batch(backend, so
     assert ours.loss_ == ours.loss_curve_[-1]
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_bench_r_networks_take_scikit_learns_trajectory(solver):
+    """The networks of bench R (64 inputs, 64 hidden units, 10 classes, batches of 200): on cpu both layers' forward
+    products read a transposed copy of W (cpp/network.cpp's ForwardCopies); 450 records end each epoch on 50."""
+    X, y = make_classification(n_samples=450, n_features=64, n_informative=20, n_classes=10, random_state=5)
+    params = dict(hidden_layer_sizes=(64,), solver=solver, max_iter=6, tol=0.0, n_iter_no_change=10**6,
+                  random_state=2, alpha=0.05, learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(backend="cpu", **params).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+
+
 EPOCH_CASES = {  # sizes, dtype, sparse X: the cpu kernel's paths (the linear step, the transposed float32 weights)
     "dense": ((12, 9, 7, 3), np.float64, False),
     "sparse": ((12, 9, 3), np.float64, True),
