@@ -8,6 +8,7 @@
 #include <string>
 #include <type_traits>
 
+#include "aligned.hpp"
 #include "blas.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
@@ -27,10 +28,10 @@ constexpr std::size_t kPrefetchBytes = std::size_t(1) << 17;
 
 template <class T>
 struct Workspace {
-    std::vector<T> x;                  // gathered input rows (shuffled training only)
-    std::vector<std::vector<T>> out;   // out[l]: layer l's output A (last layer: logits, then dL/dZ)
-    std::vector<std::vector<T>> grad;  // grad[l]: dL/dZ of hidden layer l
-    std::vector<T> ones;               // the bias-gradient GEMV's all-ones vector
+    LineVector<T> x;                   // gathered input rows (shuffled training only)
+    std::vector<LineVector<T>> out;    // out[l]: layer l's output A (last layer: logits, then dL/dZ)
+    std::vector<LineVector<T>> grad;   // grad[l]: dL/dZ of hidden layer l
+    LineVector<T> ones;                // the bias-gradient GEMV's all-ones vector
 
     Workspace(const Shape& shape, std::size_t rows, bool gather, bool backward) {
         if (gather) x.resize(rows * shape.n_in());
@@ -163,7 +164,7 @@ void gather_rows(const Dataset<T>& data, std::size_t n_in, std::size_t n_out, co
 // gathered; sparse ones are only listed as ranges of X's entries.
 template <class T>
 void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* picked, std::size_t start,
-                std::size_t rows, std::vector<T>& gathered, BlockX<T>& X, std::size_t n_out = 0, NextRows next = {}) {
+                std::size_t rows, LineVector<T>& gathered, BlockX<T>& X, std::size_t n_out = 0, NextRows next = {}) {
     if (data.sparse) {
         gather_sparse_rows(data.X_csr, picked, start, rows, X.sparse);
     } else if (picked) {
@@ -294,7 +295,7 @@ public:
 private:
     const Shape& shape_;
     const Params<T>& params_;
-    std::vector<std::vector<T>> copies_;
+    std::vector<LineVector<T>> copies_;
     std::vector<T*> W_t_;
 };
 
@@ -363,7 +364,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     std::vector<double> scale(shape.n_layers(), 1.0);
     // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass.
     Params<T> grad;
-    std::vector<std::vector<T>> grad_store;
+    std::vector<LineVector<T>> grad_store;
     if (!fused_sgd) {
         for (std::size_t l = 0; l < shape.n_layers(); ++l) {
             grad_store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
@@ -453,7 +454,7 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
     std::vector<Workspace<T>> ws;
     ws.reserve(K);
     for (std::size_t k = 0; k < K; ++k) ws.emplace_back(shape, batch, false, true);
-    std::vector<T> x(order && !data.sparse ? batch * n_in : 0);
+    LineVector<T> x(order && !data.sparse ? batch * n_in : 0);
     BlockX<T> block;
     std::vector<double> scale(K * L, 1.0);  // scale[k * L + l]: model k's layer l, as in train_epoch
     blas::Batch<T> products(K);
@@ -555,7 +556,7 @@ template <class T>
 void predict(const Shape& shape, const Params<T>& params, const Dataset<T>& data, T* out) {
     const std::size_t m = data.m, rows_max = std::min(m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, false);
-    std::vector<T> unused;
+    LineVector<T> unused;
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
     BlockX<T> block;
     block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
@@ -574,7 +575,7 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
     LossStats total;
     const std::size_t rows_max = std::min(data.m, kBlockRows);
     Workspace<T> ws(shape, rows_max, false, false);
-    std::vector<T> unused;
+    LineVector<T> unused;
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
     BlockX<T> block;
     block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
@@ -650,7 +651,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     const std::size_t rows_max = std::min(data.m, kBlockRows);
     std::vector<Workspace<T>> own;
     Workspace<T>& ws = scratch ? scratch->workspace(shape, rows_max) : own.emplace_back(shape, rows_max, false, true);
-    std::vector<T> unused;
+    LineVector<T> unused;
     // Sparse X with several first-layer units: W[0] read, and its gradient summed, transposed (in double).
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
     const std::size_t n_w0 = shape.sizes[1] * shape.n_in();
