@@ -344,15 +344,42 @@ void check_order(const std::int64_t* order, std::size_t n, std::size_t m) {
                                         std::to_string(i) + " is outside [0, " + std::to_string(m) + ")");
 }
 
+// train_epoch with a decay of its own for the short last step, as two epochs: the full steps, then the short one.
+template <class T>
+EpochResult short_step_apart(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                             std::size_t n, std::size_t batch, T lr, T lam_over_m, T short_lam_over_m,
+                             const std::function<bool()>& should_stop, OptimizerRun<T>* run, bool with_norms) {
+    const std::size_t n_full = n / batch * batch;
+    EpochResult result = train_epoch(shape, params, data, order, n_full, batch, lr, lam_over_m, should_stop, run,
+                                     with_norms);
+    if (result.stopped) return result;
+    std::vector<std::int64_t> rest;  // without an order the records come in turn: the short step's are n_full..n-1
+    if (!order) {
+        rest.resize(n - n_full);
+        for (std::size_t i = 0; i < rest.size(); ++i) rest[i] = std::int64_t(n_full + i);
+    }
+    const EpochResult last = train_epoch(shape, params, data, order ? order + n_full : rest.data(), n - n_full, batch,
+                                         lr, short_lam_over_m, should_stop, run, with_norms);
+    result.stats += last.stats;
+    result.stopped = last.stopped;
+    result.steps += last.steps;
+    result.weight_norms += last.weight_norms;
+    return result;
+}
+
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& should_stop,
-                        OptimizerRun<T>* run, bool with_norms) {
+                        OptimizerRun<T>* run, bool with_norms, std::optional<T> short_lam_over_m) {
     EpochResult result;
     if (n == 0) return result;
+    const std::size_t full_batch = batch;
     batch = std::min(batch, n);
     const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
     if (fused_sgd && !data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
+        if (short_lam_over_m && n % full_batch != 0)  // the linear step takes one decay: the short step on its own
+            return short_step_apart(shape, params, data, order, n, full_batch, lr, lam_over_m, *short_lam_over_m,
+                                    should_stop, run, with_norms);
         StopCheck stop(should_stop);
         return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); },
                                 with_norms);
@@ -384,6 +411,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
+        const T step_lam = rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
         const std::int64_t* picked = order ? order + start : nullptr;
         const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
@@ -402,13 +430,13 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
             const bool sparse = l == 0 && block.is_sparse();
             if (fused_sgd && sparse) {
-                const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, lam_over_m);
+                const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, step_lam);
                 sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, ws.ones.data(), n_out, c.alpha,
                                      c.beta, -lr / T(rows), T(1));
                 return;
             }
             if (fused_sgd && W_t[l]) {  // the same step, written into the transposed copy: W^T += alpha A_prev^T dZ
-                const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
+                const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, step_lam);
                 transposed_weight_product(A_prev, dZ, rows, shape.sizes[l], n_out, c.alpha, c.beta, W_t[l]);
                 blas::gemv(true, int(rows), int(n_out), -lr / T(rows), dZ, int(n_out), ws.ones.data(), 1, T(1),
                            params.b[l], 1);
@@ -416,7 +444,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             }
             if (fused_sgd) {
                 inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows, n_out,
-                                      shape.sizes[l], lr, lam_over_m);
+                                      shape.sizes[l], lr, step_lam);
                 return;
             }
             if (sparse)
@@ -425,7 +453,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             else
                 mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
             inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
-                                   n_w, lr, lam_over_m, norms);
+                                   n_w, lr, step_lam, norms);
             inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
                                    slot(1, false, l), n_out, lr, T(0));
             forward_copies.refresh(l);
@@ -721,7 +749,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 #define L2FAST_INSTANTIATE(T)                                                                                   \
     template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
                                      std::size_t, std::size_t, T, T, const std::function<bool()>&,             \
-                                     OptimizerRun<T>*, bool);                                                    \
+                                     OptimizerRun<T>*, bool, std::optional<T>);                                  \
     template StackedEpochResult train_epoch_stacked(const Shape&, std::vector<Params<T>>&, const Dataset<T>&,  \
                                                     const std::int64_t*, std::size_t, std::size_t, T,          \
                                                     const std::vector<T>&, const std::function<bool()>&);      \

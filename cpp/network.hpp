@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "activations.hpp"
@@ -100,11 +101,14 @@ struct OptimizerRun {
 
 // With run given (and not SGD), each step computes the layer's mean gradient into a buffer with one
 // GEMM, then updates W, b and their state in one fused pass each (inplace_optimizer_step).
+// short_lam_over_m, when given, is the decay of a step on fewer than batch records (the last, when batch does not
+// divide n) instead of lam_over_m: scikit-learn's MLP decays each batch of b records by alpha/b, its short last
+// batch too, which one call then takes along with the full ones.
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
                         const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr,
-                        bool with_norms = false);
+                        bool with_norms = false, std::optional<T> short_lam_over_m = std::nullopt);
 
 // train_epoch for K models of one shape at once: one order, one gathered batch for all, each
 // layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].
