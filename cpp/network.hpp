@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "activations.hpp"
@@ -65,6 +66,10 @@ Targets<T> targets_of(const Dataset<T>& data, const std::int64_t* rows, std::siz
 // (TransposedWeights in network.cpp). gemm_only_epoch_seconds follows it.
 bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out);
 
+// Whether a float64 epoch with an optimizer runs a dense layer's forward product on a transposed copy of its
+// weights (ForwardCopies in network.cpp): where A W^T would pack and A W_t takes OpenBLAS's small-matrix kernel.
+bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out);
+
 // Validation: each throws std::invalid_argument naming the offending argument.
 void check_shape(const Shape& shape);
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
@@ -96,11 +101,14 @@ struct OptimizerRun {
 
 // With run given (and not SGD), each step computes the layer's mean gradient into a buffer with one
 // GEMM, then updates W, b and their state in one fused pass each (inplace_optimizer_step).
+// short_lam_over_m, when given, is the decay of a step on fewer than batch records (the last, when batch does not
+// divide n) instead of lam_over_m: scikit-learn's MLP decays each batch of b records by alpha/b, its short last
+// batch too, which one call then takes along with the full ones.
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
                         const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr,
-                        bool with_norms = false);
+                        bool with_norms = false, std::optional<T> short_lam_over_m = std::nullopt);
 
 // train_epoch for K models of one shape at once: one order, one gathered batch for all, each
 // layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].

@@ -197,6 +197,21 @@ def test_loss_curve_is_scikit_learns_with_the_penalty_of_every_batch(backend, so
     assert ours.loss_ == ours.loss_curve_[-1]
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_bench_r_networks_take_scikit_learns_trajectory(solver):
+    """The networks of bench R (64 inputs, 64 hidden units, 10 classes, batches of 200): on cpu both layers' forward
+    products read a transposed copy of W (cpp/network.cpp's ForwardCopies); 450 records end each epoch on 50."""
+    X, y = make_classification(n_samples=450, n_features=64, n_informative=20, n_classes=10, random_state=5)
+    params = dict(hidden_layer_sizes=(64,), solver=solver, max_iter=6, tol=0.0, n_iter_no_change=10**6,
+                  random_state=2, alpha=0.05, learning_rate_init=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(backend="cpu", **params).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+
+
 EPOCH_CASES = {  # sizes, dtype, sparse X: the cpu kernel's paths (the linear step, the transposed float32 weights)
     "dense": ((12, 9, 7, 3), np.float64, False),
     "sparse": ((12, 9, 3), np.float64, True),
@@ -218,6 +233,46 @@ def epoch_problem(case, seed=0):
     weights = [(rng.normal(size=(n_out, n_in)) * 0.4).astype(dtype) for n_in, n_out in zip(sizes, sizes[1:])]
     biases = [(rng.normal(size=n_out) * 0.1).astype(dtype) for n_out in sizes[1:]]
     return sizes, dtype, X, labels, rng.permutation(203).astype(np.int64), weights, biases
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
+@pytest.mark.parametrize("optimizer", ["fused", "nesterov", "adam"])
+@pytest.mark.parametrize("case", list(EPOCH_CASES))
+def test_short_lam_over_m_takes_the_short_batch_in_the_same_call(case, optimizer, ordered):
+    """cpu's short_lam_over_m (the drop-ins' one call an epoch): the full batches with lam_over_m and the short last
+    one with its own decay, as the two calls the other backends take. Bit for bit with the optimizers and the linear
+    step (which runs the short step apart); to rounding with the fused step, whose decay rides on a scale that the
+    one call carries over to the short step (two calls fold it into W in between)."""
+    from l2fast import optim
+    from l2fast.backends import get_backend
+
+    spec = {"fused": None, "nesterov": optim.Momentum(0.9, nesterov=True), "adam": optim.Adam(eps_on_v=True)}[optimizer]
+    sizes, dtype, X, labels, order, W0, b0 = epoch_problem(case)
+    order = order if ordered else None
+    be = get_backend("cpu")
+    X, y = be.features(X, sizes[0], dtype), be.targets(labels, 203, "softmax", sizes[-1], dtype)
+    runs = []
+    for one_call in (True, False):
+        weights, biases = [W.copy() for W in W0], [b.copy() for b in b0]
+        state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), weights, biases, np.zeros_like)
+        common = dict(activation="tanh", loss="softmax", optimizer=spec, slots=state.slots, with_norms=True)
+        if one_call:
+            loss, _, norms = be.train_epoch(weights, biases, X, y, order, 32, 0.05, 0.01, short_lam_over_m=0.03,
+                                            step=3, **common)
+        else:
+            rows = np.arange(203) if order is None else order
+            loss, _, norms = be.train_epoch(weights, biases, X, y, rows[:192], 32, 0.05, 0.01, step=3, **common)
+            last = be.train_epoch(weights, biases, X, y, rows[192:], 32, 0.05, 0.03, step=9, **common)
+            loss, norms = loss + last[0], norms + last[2]
+        runs.append((loss, norms, [*weights, *biases, *(a for slot in state.slots for a in slot)]))
+    (loss, norms, ours), (loss_2, norms_2, theirs) = runs
+    exact = optimizer != "fused" or case == "linear"
+    rtol = 0 if exact else 1e-12 if dtype == np.float64 else 1e-5
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0 if exact else rtol)
+    assert loss == pytest.approx(loss_2, rel=rtol) and norms == pytest.approx(norms_2, rel=1e-15 if exact else rtol)
+    with pytest.raises(ValueError, match="short_lam_over_m"):
+        be.train_epoch(weights, biases, X, y, order, 32, 0.05, 0.01, "tanh", "softmax", short_lam_over_m=np.nan)
 
 
 @pytest.mark.parametrize("optimizer", ["fused", "sgd", "nesterov", "adam"])

@@ -814,6 +814,88 @@ static void test_small_layers_train_transposed_where_openblas_would_pack() {
     CHECK(!train_transposed(128, 784, 256)); // past 100^3 multiply-adds: OpenBLAS packs in either layout
 }
 
+// A float64 epoch with an optimizer runs a small layer's forward product on a transposed copy of W where OpenBLAS
+// would pack A W^T (network.hpp); its steps are those taken on W itself, one at a time: gradients() on the step's
+// records (the plain products) and the optimizer's update, the sum of squares before each step included.
+static void test_optimizer_epochs_read_forward_copies_and_step_as_on_w() {
+    CHECK(forward_on_copy(200, 64, 64));     // C = 200 x 64: the drop-in's 64-64-10 at batch 200
+    CHECK(forward_on_copy(200, 64, 10));     // and its output layer, 2000 entries
+    CHECK(forward_on_copy(20, 6, 7));        // inner dimension 6 < 32
+    CHECK(!forward_on_copy(32, 64, 10));     // 320 entries, k = 64: A W^T's own small kernel
+    CHECK(!forward_on_copy(200, 784, 64));   // W_t's 784 rows: more than one L1-sized slice
+    CHECK(!forward_on_copy(200, 100, 100));  // past 100^3 multiply-adds: packed in either layout
+    CHECK(!forward_on_copy(200, 64, 1));     // one output: a GEMV either way
+    std::mt19937_64 rng(41);
+    const std::size_t m = 450, batch = 200, n_in = 64, n_hidden = 64, n_out = 10;  // steps of 200, 200 and 50
+    const Shape shape{{n_in, n_hidden, n_out}, Activation::Relu, Loss::Softmax};
+    const auto X = randn(m * n_in, rng);
+    std::vector<std::int64_t> labels(m), order(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t((i * 7) % n_out), order[i] = std::int64_t(i);
+    std::shuffle(order.begin(), order.end(), rng);
+    const std::vector<std::size_t> sizes{n_hidden * n_in, n_out * n_hidden, n_hidden, n_out};  // W0, W1, b0, b1
+    std::vector<std::vector<double>> start;
+    for (std::size_t size : sizes) start.push_back(randn(size, rng, 0.1));
+    const double lr = 0.01, lam_over_m = 0.003;
+    for (const Method method : {Method::Adam, Method::Momentum}) {
+        Optimizer opt;
+        opt.method = method;
+        opt.nesterov = true;
+        opt.eps_on_v = true;
+        struct Model {
+            std::vector<std::vector<double>> p;  // W0, W1, b0, b1, then the state: slot s's four at 4 (s + 1)
+            Params<double> params;
+            OptimizerRun<double> run;
+        };
+        auto fresh = [&](Model& model) {
+            model.p = start;
+            for (std::size_t s = 0; s < opt.n_slots(); ++s)
+                for (std::size_t size : sizes) model.p.emplace_back(size, 0.0);
+            auto at = [&](std::size_t k) { return model.p[k].data(); };
+            model.params = {{at(0), at(1)}, {at(2), at(3)}};
+            model.run.opt = opt;
+            for (std::size_t s = 0; s < opt.n_slots(); ++s)
+                model.run.slots.push_back({{at(4 * s + 4), at(4 * s + 5)}, {at(4 * s + 6), at(4 * s + 7)}});
+        };
+        Model epoch, steps;
+        fresh(epoch);
+        fresh(steps);
+        const Dataset<double> data{X.data(), m, nullptr, labels.data()};
+        const EpochResult result = train_epoch(shape, epoch.params, data, order.data(), m, batch, lr, lam_over_m, {},
+                                               &epoch.run, true);
+        double loss_sum = 0, norms = 0;
+        std::vector<double> gW0(sizes[0]), gW1(sizes[1]), gb0(sizes[2]), gb1(sizes[3]);
+        Params<double> grads{{gW0.data(), gW1.data()}, {gb0.data(), gb1.data()}};
+        for (std::size_t start_row = 0; start_row < m; start_row += batch) {
+            const std::size_t rows = std::min(batch, m - start_row);
+            std::vector<double> Xb(rows * n_in);
+            std::vector<std::int64_t> yb(rows);
+            for (std::size_t i = 0; i < rows; ++i) {
+                const std::size_t r = std::size_t(order[start_row + i]);
+                std::copy(X.begin() + long(r * n_in), X.begin() + long((r + 1) * n_in), Xb.begin() + long(i * n_in));
+                yb[i] = labels[r];
+            }
+            loss_sum += gradients(shape, steps.params, Dataset<double>{Xb.data(), rows, nullptr, yb.data()}, 0.0,
+                                  grads).loss_sum;
+            ++steps.run.step;
+            for (std::size_t l = 0; l < 2; ++l) {
+                const std::size_t n_w = sizes[l], n_b = sizes[l + 2];
+                for (std::size_t k = 0; k < n_w; ++k) norms += steps.params.W[l][k] * steps.params.W[l][k];
+                auto slot = [&](std::size_t s, bool weights) -> double* {
+                    return s < opt.n_slots() ? (weights ? steps.run.slots[s].W[l] : steps.run.slots[s].b[l]) : nullptr;
+                };
+                inplace_optimizer_step(opt, steps.run.step, steps.params.W[l], grads.W[l], slot(0, true),
+                                       slot(1, true), n_w, lr, lam_over_m);
+                inplace_optimizer_step(opt, steps.run.step, steps.params.b[l], grads.b[l], slot(0, false),
+                                       slot(1, false), n_b, lr, 0.0);
+            }
+        }
+        CHECK(epoch.run.step == 3 && steps.run.step == 3);
+        for (std::size_t k = 0; k < epoch.p.size(); ++k) CHECK(max_abs_diff(epoch.p[k], steps.p[k]) < 1e-13);
+        CHECK(std::abs(result.stats.loss_sum - loss_sum) <= 1e-13 * loss_sum);
+        CHECK(std::abs(result.weight_norms - norms) <= 1e-13 * norms);
+    }
+}
+
 // linear_objective (L-BFGS's evaluation at flat parameters): its gradient is gradients()' bit for bit, J is the loss
 // sum over m plus lam / 2m ||W||^2, and a kept scratch gives the same bits on every later call, one thread or two.
 static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
@@ -941,6 +1023,7 @@ static void test_small_kernels_match_plain_loops() {
 int main() {
     test_small_kernels_match_plain_loops();
     test_small_layers_train_transposed_where_openblas_would_pack();
+    test_optimizer_epochs_read_forward_copies_and_step_as_on_w();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();

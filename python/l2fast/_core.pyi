@@ -35,6 +35,7 @@ def train_epoch(
     sample_weight: Optional[np.ndarray] = None,
     check_finite: bool = True,
     with_norms: bool = False,
+    short_lam_over_m: Optional[float] = None,
 ) -> Union[tuple[float, int], tuple[float, int, float]]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],

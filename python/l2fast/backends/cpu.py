@@ -63,7 +63,11 @@ class CpuBackend(HostArrays):
     # Dataset and was scanned there, once per fit rather than once per epoch.
 
     def train_epoch(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
-                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True, with_norms=False):
+                    optimizer=None, slots=(), step=0, sample_weight=None, check_finite=True, with_norms=False,
+                    short_lam_over_m=None):
+        """The numpy backend's train_epoch; ``short_lam_over_m`` (cpu only), when given, is the decay of a step on
+        fewer than ``batch_size`` records (the last) instead of ``lam_over_m``: the scikit-learn drop-ins take an
+        epoch with its short last batch in one call."""
         # a one-layer network with plain SGD on dense X: cpp/linear_step.cpp, which reads a step's rows on two
         # threads when a CPU is free
         sizes = _sizes(weights)
@@ -71,10 +75,12 @@ class CpuBackend(HostArrays):
         with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
-                                         sample_weight=sample_weight, check_finite=check_finite, with_norms=with_norms)
+                                         sample_weight=sample_weight, check_finite=check_finite, with_norms=with_norms,
+                                         short_lam_over_m=short_lam_over_m)
             return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                      slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
-                                     check_finite=check_finite, with_norms=with_norms, **core_options(optimizer))
+                                     check_finite=check_finite, with_norms=with_norms, short_lam_over_m=short_lam_over_m,
+                                     **core_options(optimizer))
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None, check_finite=True):

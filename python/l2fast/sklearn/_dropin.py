@@ -169,7 +169,7 @@ class _Trainer:
 
     def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
         """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
-        short last batch of b' records with alpha/b'. Returns the summed (weighted) data loss and the sum over
+        short last batch of b' records with alpha/b' (on cpu in the same call). Returns the summed (weighted) data loss and the sum over
         the steps of ||W||^2 at the weights each step's loss was computed with (scikit-learn adds alpha/2 of it
         to each batch's loss). Runs inside ``threads(batch)``, which the caller enters once for all its epochs."""
         net, state = self.net, self.state
@@ -181,14 +181,23 @@ class _Trainer:
                 V *= self.lr / lr
         self.lr = lr
         n_full = len(order) // batch * batch
+        n_short = len(order) - n_full
+
+        def lam_over_m(b):
+            return _penalty.lam_over_m_from_alpha(alpha, b, scale)
+
+        if net.backend == "cpu":  # one call, the short batch's decay given beside (a call costs ~60 us of a 1 ms epoch)
+            calls = [(order, lam_over_m(batch), {"short_lam_over_m": lam_over_m(n_short)} if n_short else {})]
+        else:
+            calls = [(order[:n_full], lam_over_m(batch), {}), (order[n_full:], lam_over_m(max(n_short, 1)), {})]
         loss_sum = norm_sum = 0.0
-        for rows, b in ((order[:n_full], batch), (order[n_full:], len(order) - n_full)):
+        for rows, lam, short in calls:
             if len(rows) == 0:
                 continue
             part, _, norms = net._backend.train_epoch(
-                net._weights, net._biases, X, y, rows, batch, lr, _penalty.lam_over_m_from_alpha(alpha, b, scale),
-                net.activation, net.loss, stepper, state.slots, state.step, sample_weight=weights, with_norms=True,
-                check_finite=False)  # X passed scikit-learn's check (or the backend's features) once per fit
+                net._weights, net._biases, X, y, rows, batch, lr, lam, net.activation, net.loss, stepper, state.slots,
+                state.step, sample_weight=weights, with_norms=True,
+                check_finite=False, **short)  # X passed scikit-learn's check (or the backend's features) once per fit
             state.step += -(-len(rows) // batch)
             loss_sum += part
             norm_sum += norms
