@@ -217,6 +217,7 @@ EPOCH_CASES = {  # sizes, dtype, sparse X: the cpu kernel's paths (the linear st
     "sparse": ((12, 9, 3), np.float64, True),
     "linear": ((12, 3), np.float64, False),
     "float32": ((12, 40, 3), np.float32, False),
+    "small": ((12, 40, 20, 3), np.float32, False),  # with ReLU: the small-layer kernels' step (SmallStep)
 }
 
 
@@ -255,7 +256,8 @@ def test_short_lam_over_m_takes_the_short_batch_in_the_same_call(case, optimizer
     for one_call in (True, False):
         weights, biases = [W.copy() for W in W0], [b.copy() for b in b0]
         state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), weights, biases, np.zeros_like)
-        common = dict(activation="tanh", loss="softmax", optimizer=spec, slots=state.slots, with_norms=True)
+        common = dict(activation="relu" if case == "small" else "tanh", loss="softmax", optimizer=spec,
+                      slots=state.slots, with_norms=True)
         if one_call:
             loss, _, norms = be.train_epoch(weights, biases, X, y, order, 32, 0.05, 0.01, short_lam_over_m=0.03,
                                             step=3, **common)
