@@ -42,8 +42,7 @@ class History:
     end of the epoch (m = training-set size). The ``val_`` lists are exact evaluations of the
     validation data after each epoch, ``val_cost`` being ``Network.cost`` on it. Accuracy lists stay
     empty for regression. ``seconds`` is the wall time of each epoch's training (shuffle and steps),
-    without the validation scoring; on 32768 records or more, the order of each epoch after the first is
-    drawn while the one before trains (``l2fast.orders``), so only a wait for it counts. ``lr`` is the learning rate each epoch ran with (see the
+    without the validation scoring. ``lr`` is the learning rate each epoch ran with (see the
     ``schedule`` of ``fit``). With early stopping, ``best_epoch`` (counted from 1) is the epoch
     of the lowest validation loss and ``stopped_early`` tells whether patience ran out.
 
