@@ -21,7 +21,6 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 from l2fast import _validate, monitor, optim, solvers
 from l2fast.backends import get_backend
 from l2fast.dataset import Dataset
-from l2fast.orders import EpochOrders
 
 FloatArray = NDArray[np.floating]
 
@@ -684,16 +683,16 @@ def _restore(net, snapshot):
     return snapshot[2]
 
 
-def _run_epoch(networks, run, active, states, rates, m, orders):
+def _run_epoch(networks, run, active, states, rates, m):
     """One epoch's steps for the active networks: stacked when they all step with plain SGD at one rate.
-    Returns [(loss_sum, correct)] in the order of ``active``. ``orders``: the shuffled orders (None: in turn)."""
+    Returns [(loss_sum, correct)] in the order of ``active``."""
     first = networks[0]
     backend = first._backend
     order = None
-    if orders is not None:
-        order = orders.draw()
+    if run.shuffle and run.batch_size < m:  # one full batch: the order only changes the summation order
+        order = first._shuffle_rng.permutation(m)
         for k in active[1:]:
-            networks[k]._shuffle_rng.bit_generator.state = orders.state
+            networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
     if run.comm is not None:
         return run.comm.run_epoch(networks, run, active, states, rates, order)
     stepper = None if run.optimizer.name == "sgd" else run.optimizer  # backends: None is the fused SGD step
@@ -731,9 +730,6 @@ def _train(networks, run):
     best = [None] * len(networks)  # per network, watching validation data: the snapshot of its best epoch
     active = list(range(len(networks)))
     bar = _progress_bar(run.epochs, run.progress if run.comm is None else run.comm.show_progress(run.progress))
-    # one full batch: the order would only change the summation order, so there is none
-    shuffled = run.shuffle and run.batch_size < m
-    orders = EpochOrders(first._shuffle_rng, m, run.epochs) if shuffled else None
     try:
         for epoch in range(run.epochs):
             if not active:
@@ -744,7 +740,7 @@ def _train(networks, run):
             rates = {k: states[k].lr(run.lr) for k in active}
             try:
                 start = time.perf_counter()
-                stats = _run_epoch(networks, run, active, states, rates, m, orders)
+                stats = _run_epoch(networks, run, active, states, rates, m)
                 seconds = time.perf_counter() - start
                 for k, (loss_sum, correct) in zip(list(active), stats):
                     _record_epoch(networks[k], histories[k], states[k], saved[k], run, epoch, loss_sum, correct,
@@ -773,8 +769,6 @@ def _train(networks, run):
                     bar.set_postfix(cost=f"{last.cost[-1]:.4g}",
                                     **({"val_loss": f"{last.val_loss[-1]:.4g}"} if last.val_loss else {}))
     finally:
-        if orders is not None:
-            orders.close()
         if bar is not None:
             bar.close()
     for k, (net, history) in enumerate(zip(networks, histories)):
