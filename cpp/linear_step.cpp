@@ -11,7 +11,6 @@
 #include "blas.hpp"
 #include "linear.hpp"
 #include "parallel.hpp"
-#include "update.hpp"
 #include "vectors.hpp"
 
 namespace l2fast {
@@ -105,9 +104,10 @@ L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::
             T* gk = G + k * P;
             for (std::size_t j = 0; j < P; j += L) {
                 V even = load<V>(gk + j), odd = dk[1] * load<V>(xg + P + j);
-                for (std::size_t r = 0; r < kGroup; r += 2) {
+                even += dk[0] * load<V>(xg + j);
+                for (std::size_t r = 2; r < kGroup; r += 2) {
                     even += dk[r] * load<V>(xg + r * P + j);
-                    if (r > 0) odd += dk[r + 1] * load<V>(xg + (r + 1) * P + j);
+                    odd += dk[r + 1] * load<V>(xg + (r + 1) * P + j);
                 }
                 store(gk + j, even + odd);
             }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -230,6 +231,15 @@ void transpose(const T* from, std::size_t rows, std::size_t cols, T* to) {
                 for (std::size_t j = j0; j < std::min(cols, j0 + kTile); ++j) to[j * rows + i] = from[i * cols + j];
 }
 
+// total += ||scale_l W_l||^2 layer by layer, for a fused SGD step's weights (true W = scale W), each layer read where
+// the step keeps it: its transposed copy W_t[l] when it has one, else W[l].
+template <class T>
+void add_scaled_weight_norms(double& total, const Shape& shape, const Params<T>& params,
+                             const std::vector<double>& scale, const T* const* W_t) {
+    for (std::size_t l = 0; l < shape.n_layers(); ++l)
+        total += scale[l] * scale[l] * sum_squares(W_t[l] ? W_t[l] : params.W[l], shape.sizes[l + 1] * shape.sizes[l]);
+}
+
 // A float32 epoch of plain SGD trains its small dense layers on a transposed copy of W (n_in x n_out), made at
 // the start and copied back at the end: OpenBLAS's small-matrix kernels run the forward product A W^T in about
 // half the time when W^T is stored (A W^T as a plain product), and the weight gradient just as fast into W^T
@@ -326,10 +336,7 @@ public:
         // The next step's rows, asked for during the first layer's weight step, the step's last and longest product.
         for (std::size_t i = 0; i < next.rows; ++i) ahead_[i] = data.X + std::size_t(next.picked[i]) * n_in;
         const RowsAhead ahead{ahead_.data(), next.rows, n_in * sizeof(T)};
-        if (weight_norms)
-            for (std::size_t l = 0; l < L; ++l)
-                *weight_norms += scale[l] * scale[l] * sum_squares(W_t[l] ? W_t[l] : params.W[l],
-                                                                    shape.sizes[l + 1] * shape.sizes[l]);
+        if (weight_norms) add_scaled_weight_norms(*weight_norms, shape, params, scale, W_t);
         for (std::size_t l = L; l-- > 0;) {
             const std::size_t n_out = shape.sizes[l + 1], n_below = shape.sizes[l];
             const T* dZ = l + 1 == L ? ws_.out[l].data() : ws_.grad[l].data();
@@ -341,7 +348,7 @@ public:
                 continue;
             }
             if (l > 0) {  // the input gradient first, with the old weights, read as W (n_out x n_below)
-                small_transpose(W_t[l], n_below, n_out, W_.data());
+                transpose(W_t[l], n_below, n_out, W_.data());
                 small_backward_input(dZ, rows, n_out, W_.data(), n_below, T(scale[l]), ws_.out[l - 1].data(),
                                      shape.act, ws_.grad[l - 1].data());
             }
@@ -504,8 +511,8 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     };
     TransposedWeights<T> transposed(shape, params, batch, data.sparse, fused_sgd, small);
     T* const* W_t = transposed.layers();
-    std::vector<SmallStep<T>> small_step;
-    if (small) small_step.emplace_back(shape, batch, ws);
+    std::optional<SmallStep<T>> small_step;
+    if (small) small_step.emplace(shape, batch, ws);
     ForwardCopies<T> forward_copies(shape, params, batch, data.sparse, !fused_sgd);
     T* const* W_forward = fused_sgd ? W_t : forward_copies.layers();
     StopCheck stop(should_stop);
@@ -515,7 +522,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         const std::int64_t* picked = order ? order + start : nullptr;
         const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
         if (small) {
-            result.stats += small_step.front()(params, data, scale, W_t, picked, start, rows, next, lr, step_lam,
+            result.stats += (*small_step)(params, data, scale, W_t, picked, start, rows, next, lr, step_lam,
                                                with_norms ? &result.weight_norms : nullptr);
             ++result.steps;
             if (stop()) {
@@ -531,10 +538,8 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                               targets_of(data, picked, start));
         prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         if (!fused_sgd) ++run->step;
-        if (with_norms && fused_sgd)  // the GEMM step reads no weight outside the product: one pass, true W = scale W
-            for (std::size_t l = 0; l < shape.n_layers(); ++l)
-                result.weight_norms += scale[l] * scale[l] *
-                                       sum_squares(W_t[l] ? W_t[l] : params.W[l], shape.sizes[l + 1] * shape.sizes[l]);
+        if (with_norms && fused_sgd)  // the GEMM step reads no weight outside the product: one pass of its own
+            add_scaled_weight_norms(result.weight_norms, shape, params, scale, W_t);
         double* norms = with_norms ? &result.weight_norms : nullptr;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];

@@ -17,8 +17,7 @@ namespace l2fast {
     template void small_backward_input(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*,  \
                                        Activation, T*);                                                      \
     template void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std::size_t, T, T, T,  \
-                                    T*, T*, const RowsAhead&);                                               \
-    template void small_transpose(const T*, std::size_t, std::size_t, T*);
+                                    T*, T*, const RowsAhead&);
 
 #if L2FAST_SMALL_KERNELS
 
@@ -277,12 +276,6 @@ void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, st
     }
 }
 
-template <class T>
-void small_transpose(const T* from, std::size_t rows, std::size_t cols, T* to) {
-    for (std::size_t i = 0; i < rows; ++i)
-        for (std::size_t j = 0; j < cols; ++j) to[j * rows + i] = from[i * cols + j];
-}
-
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)
 
@@ -307,11 +300,6 @@ template <class T>
 void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std::size_t, T, T, T, T*, T*,
                        const RowsAhead&) {
     throw std::logic_error("small_weight_step: no small-layer kernels in this build");
-}
-
-template <class T>
-void small_transpose(const T*, std::size_t, std::size_t, T*) {
-    throw std::logic_error("small_transpose: no small-layer kernels in this build");
 }
 
 L2FAST_INSTANTIATE(float)

@@ -49,8 +49,4 @@ template <class T>
 void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, std::size_t n_in, std::size_t n_out,
                        T alpha, T beta, T bias_alpha, T* W_t, T* b, const RowsAhead& ahead = {});
 
-// to (cols x rows) <- from (rows x cols) transposed.
-template <class T>
-void small_transpose(const T* from, std::size_t rows, std::size_t cols, T* to);
-
 }  // namespace l2fast

@@ -686,8 +686,6 @@ py::tuple linear_gradient_curvature_t(const py::handle& W_obj, const py::handle&
     return py::make_tuple(dW, db, loss_sum, c, P);
 }
 
-// HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
-// curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
 // The loss's curvature at a point for newton.hpp's passes: c (m,) and, for softmax, P (m, n_out), else None;
 // checked, and kept alive in keep.
 l2fast::Curvature take_curvature(const py::handle& c_obj, const py::handle& P_obj, py::ssize_t m, py::ssize_t n_out,
@@ -702,6 +700,22 @@ l2fast::Curvature take_curvature(const py::handle& c_obj, const py::handle& P_ob
     return curvature;
 }
 
+// What a pass at a given curvature reads (newton.hpp): X, whose values are checked with check_X only, for a
+// one-layer network of n_in inputs and n_out outputs, and the curvature (c, P) for X's m records.
+template <class T>
+std::pair<l2fast::Dataset<T>, l2fast::Curvature> take_curvature_pass(const py::handle& X_obj, const py::handle& c_obj,
+                                                                     const py::handle& P_obj, py::ssize_t n_in,
+                                                                     py::ssize_t n_out, bool check_X,
+                                                                     std::vector<py::array>& keep) {
+    l2fast::Shape shape;
+    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
+    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
+                                                 check_X ? XChecks::All : XChecks::None);
+    return {data, take_curvature(c_obj, P_obj, py::ssize_t(data.m), n_out, keep)};
+}
+
+// HV, Hv_b (float64) of a one-layer network's J in the direction (V, v_b), both float64, at the point whose
+// curvature c (m,) and softmax probabilities P (m, n_out, or None) the caller computed (l2fast.solvers.NewtonCG).
 template <class T>
 py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_obj, const py::handle& v_b_obj,
                                    const py::handle& c_obj, const py::handle& P_obj, double lam_over_m, bool check_X) {
@@ -710,12 +724,8 @@ py::tuple linear_hessian_product_t(const py::handle& X_obj, const py::handle& V_
     if (n_out < 1 || n_in < 1) throw std::invalid_argument("V: expected shape (n_out >= 1, n_in >= 1), got " + shape_str(V));
     py::array v_b = checked<double>(v_b_obj, "v_b", {n_out});
     finite_scalar(lam_over_m, "lam_over_m", false);
-    l2fast::Shape shape;
-    shape.sizes = {std::size_t(n_in), std::size_t(n_out)};
     std::vector<py::array> keep{V, v_b};
-    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
-                                                 check_X ? XChecks::All : XChecks::None);
-    const l2fast::Curvature curvature = take_curvature(c_obj, P_obj, py::ssize_t(data.m), n_out, keep);
+    const auto [data, curvature] = take_curvature_pass<T>(X_obj, c_obj, P_obj, n_in, n_out, check_X, keep);
     py::array_t<double> HV({n_out, n_in});
     py::array_t<double> Hv_b(n_out);
     double* hv = HV.mutable_data();
@@ -740,12 +750,8 @@ py::tuple linear_hessian_diagonal_t(const py::handle& X_obj, const py::handle& c
         outputs = P.shape(1);
         if (outputs < 1) throw std::invalid_argument("P: expected shape (m, n_out >= 1), got " + shape_str(P));
     }
-    l2fast::Shape shape;
-    shape.sizes = {std::size_t(n_in), std::size_t(outputs)};
     std::vector<py::array> keep;
-    const l2fast::Dataset<T> data = take_data<T>(shape, X_obj, py::none(), keep, py::none(),
-                                                 check_X ? XChecks::All : XChecks::None);
-    const l2fast::Curvature curvature = take_curvature(c_obj, P_obj, py::ssize_t(data.m), outputs, keep);
+    const auto [data, curvature] = take_curvature_pass<T>(X_obj, c_obj, P_obj, n_in, outputs, check_X, keep);
     py::array_t<double> diag_W({outputs, n_in});
     py::array_t<double> diag_b(outputs);
     double* dw = diag_W.mutable_data();

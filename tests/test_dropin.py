@@ -33,6 +33,16 @@ def assert_same_parameters(ours, theirs, rtol, atol):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)
 
 
+def fit_mlp_classifiers(X, y, backend=None, **params):
+    """(the drop-in, scikit-learn's) MLPClassifier, each fitted on X, y with params (the drop-in on `backend` when
+    given), their ConvergenceWarnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = dropin.MLPClassifier(**params, **({} if backend is None else {"backend": backend})).fit(X, y)
+        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    return ours, theirs
+
+
 @pytest.mark.parametrize("ours, theirs", PAIRS, ids=lambda c: c.__name__)
 def test_signature_is_scikit_learns_plus_backend(ours, theirs):
     mine = list(inspect.signature(ours).parameters.values())
@@ -129,10 +139,7 @@ def test_sparse_X_is_trained_by_l2fast_as_scikit_learn_trains_it(form, solver, b
     X_sparse = scipy.sparse.csr_matrix(X).asformat(form)
     params = dict(hidden_layer_sizes=(6,), solver=solver, batch_size=16, max_iter=5, random_state=0, alpha=0.05,
                   learning_rate_init=0.01)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
-        ours = dropin.MLPClassifier(backend=backend, **params).fit(X_sparse, y)
+    ours, theirs = fit_mlp_classifiers(X_sparse, y, backend=backend, **params)
     assert "scikit-learn's own code" not in capsys.readouterr().err
     assert ours._l2fast_trainer.net.backend == backend  # trained by l2fast, not handed back
     assert_same_parameters(ours, theirs, rtol=1e-9, atol=1e-11)
@@ -170,10 +177,7 @@ def test_training_loss_stopping_rule_stops_where_scikit_learns_does(backend, sol
 def test_data_loss_curve_is_exact_without_penalty():
     X, y = data()
     params = dict(hidden_layer_sizes=(5,), solver="sgd", batch_size=16, max_iter=3, random_state=1, alpha=0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(**params).fit(X, y)
-        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours, theirs = fit_mlp_classifiers(X, y, **params)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
 
@@ -188,10 +192,7 @@ def test_loss_curve_is_scikit_learns_with_the_penalty_of_every_batch(backend, so
     X, y = make_classification(n_samples=450, n_features=12, n_informative=8, n_classes=4, random_state=3)
     params = dict(hidden_layer_sizes=(16,), batch_size=batch_size, max_iter=8, random_state=1, alpha=0.5,
                   learning_rate_init=0.05, **solver)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(backend=backend, **params).fit(X, y)
-        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours, theirs = fit_mlp_classifiers(X, y, backend=backend, **params)
     assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
     assert ours.loss_ == ours.loss_curve_[-1]
@@ -204,10 +205,7 @@ def test_bench_r_networks_take_scikit_learns_trajectory(solver):
     X, y = make_classification(n_samples=450, n_features=64, n_informative=20, n_classes=10, random_state=5)
     params = dict(hidden_layer_sizes=(64,), solver=solver, max_iter=6, tol=0.0, n_iter_no_change=10**6,
                   random_state=2, alpha=0.05, learning_rate_init=0.01)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(backend="cpu", **params).fit(X, y)
-        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours, theirs = fit_mlp_classifiers(X, y, backend="cpu", **params)
     assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
 
@@ -324,10 +322,7 @@ def test_cuda_loss_curve_is_scikit_learns(emulated, solver):
     X, y = make_classification(n_samples=250, n_features=8, n_informative=6, n_classes=3, random_state=3)
     params = dict(hidden_layer_sizes=(10,), batch_size=40, max_iter=4, random_state=1, alpha=0.5,
                   learning_rate_init=0.05, **solver)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(backend="cuda", **params).fit(X, y)
-        theirs = neural_network.MLPClassifier(**params).fit(X, y)
+    ours, theirs = fit_mlp_classifiers(X, y, backend="cuda", **params)
     from cuda_emulation import FakeStream
 
     assert ours._l2fast_trainer.net.backend == "cuda" and FakeStream.captures > 0
@@ -346,10 +341,7 @@ def test_sparse_X_on_cuda_trains_on_the_gpu_as_scikit_learn_does(emulated, capsy
     X[X < 0.3] = 0.0
     X_sparse = scipy.sparse.csr_matrix(X)
     params = dict(hidden_layer_sizes=(4,), solver="sgd", batch_size=32, max_iter=3, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(backend="cuda", **params).fit(X_sparse, y)
-        theirs = neural_network.MLPClassifier(**params).fit(X_sparse, y)
+    ours, theirs = fit_mlp_classifiers(X_sparse, y, backend="cuda", **params)
     assert ours._l2fast_trainer.net.backend == "cuda" and DeviceSparse.products > 0
     assert_same_parameters(ours, theirs, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
@@ -450,10 +442,7 @@ def test_early_stopping_score_is_scikit_learns(kind, weighted):
               "float-labels": rng.integers(0, 3, 300).astype(float)}[kind]
     weights = rng.random(100) if weighted else None
     params = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = dropin.MLPClassifier(**params).fit(X[:200], labels[:200])
-        theirs = neural_network.MLPClassifier(**params).fit(X[:200], labels[:200])
+    ours, theirs = fit_mlp_classifiers(X[:200], labels[:200], **params)
     theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
     score = ours._score(X[200:], labels[200:], weights)
     assert type(score) is float and 0 < score < 1
