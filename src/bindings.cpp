@@ -29,6 +29,7 @@
 #include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
+#include "shuffle.hpp"
 #include "update.hpp"
 
 namespace py = pybind11;
@@ -1236,6 +1237,29 @@ PYBIND11_MODULE(_core, m) {
         py::arg("X"), py::arg("repeats") = 5,
         "Seconds to read every row of X (m x n_in, float32 or float64, C order) once in a shuffled order, the best of "
         "`repeats` orders: the memory traffic an epoch of a linear model on X cannot avoid.");
+
+    m.def(
+        "epoch_order",
+        [](const py::handle& raw_obj, py::ssize_t m) -> py::object {
+            if (m < 0) throw std::invalid_argument("m must be >= 0, got " + std::to_string(m));
+            const py::array raw = checked<std::uint64_t>(raw_obj, "raw", {-1});
+            py::array_t<std::int64_t> order(m);
+            const std::uint64_t* words = cptr<std::uint64_t>(raw);
+            std::int64_t* out = order.mutable_data();
+            const std::size_t n_raw = std::size_t(raw.size());
+            std::ptrdiff_t used;
+            {
+                ReleasedGil release;  // any words give an order: j = (word * (i + 1)) >> 64 is within [0, i]
+                used = l2fast::shuffled_order(words, n_raw, out, std::size_t(m));
+            }
+            if (used < 0) return py::none();
+            return py::make_tuple(order, used);
+        },
+        py::arg("raw"), py::arg("m"),
+        "A uniformly random permutation of range(m) (int64) drawn by Fisher-Yates from raw 64-bit words (uint64, 1-D, "
+        "e.g. BitGenerator.random_raw), one word per position from the last down, j by Lemire's multiply-and-shift "
+        "with its exact rejection taking spare words from the end: (order, words used), or None when a rejection "
+        "found no spare word (draw more and call again). See cpp/shuffle.hpp.");
 
     m.def("blas_config", [] { return std::string(l2fast::blas::config()); }, "OpenBLAS's build description.");
     m.def("get_num_threads", &l2fast::blas::num_threads, "Threads OpenBLAS uses for l2fast's GEMMs.");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from l2fast import _validate, monitor, optim, solvers
+from l2fast import _validate, monitor, optim, shuffling, solvers
 from l2fast.backends import get_backend
 from l2fast.dataset import Dataset
 
@@ -408,8 +409,8 @@ class Network:
         on the network, so a second ``fit`` with the same optimizer and schedule goes on where the
         first stopped, as one longer call would (``save`` keeps it too); another optimizer starts
         afresh. ``batch_size=None`` is full batch; the last batch of an
-        epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch. ``validation_data`` is
-        an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
+        epoch may be smaller. ``shuffle`` draws a fresh seeded order each epoch (``l2fast.shuffling``).
+        ``validation_data`` is an ``(X_val, y_val)`` pair scored after every epoch. Returns a ``History``.
 
         ``optimizer="lbfgs"`` (or an ``l2fast.LBFGS``) minimises J over the whole training set with
         SciPy's L-BFGS-B instead (see ``l2fast.solvers``): ``epochs`` is then its iteration budget, ``tol``
@@ -523,7 +524,7 @@ def fit_together(networks: Sequence[Network], X: ArrayLike, y: Optional[ArrayLik
             locks.enter_context(net._lock)
         check = functools.partial(_checked_run, first, X, y, epochs, lr, batch_size, shuffle, validation_data,
                                   patience, restore_best, progress, optimizer, schedule, tol, n_iter_no_change,
-                                  sample_weight)
+                                  sample_weight, comm is None)
         if watch is not None:
             _validate.choice(watch, "watch", ("cost",))
             if patience is not None:
@@ -561,6 +562,7 @@ class _Run:
     schedule: object
     stopping: Optional[Tuple[float, int]]  # (tol, n) of the no-improvement rule, or None
     comm: object = None  # a data-parallel fit's distributed.Communicator
+    X_scanned: bool = True  # False: the first epoch finds a NaN or infinity in X (_first_epoch_scans_X)
 
     @property
     def m(self) -> int:
@@ -575,8 +577,10 @@ def _watching_cost(check):
 
 
 def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, patience, restore_best, progress,
-                 optimizer, schedule, tol, n_iter_no_change, sample_weight):
-    X, y, *w = first._data(X, y, sample_weight, scan_X=not solvers.scans_X_itself(optimizer, first, X, epochs))
+                 optimizer, schedule, tol, n_iter_no_change, sample_weight, single_process=True):
+    epoch_scans = single_process and _first_epoch_scans_X(optimizer, first, X, epochs)
+    X, y, *w = first._data(X, y, sample_weight,
+                           scan_X=not (epoch_scans or solvers.scans_X_itself(optimizer, first, X, epochs)))
     m = len(X)
     epochs = _validate.integer(epochs, "epochs", 0)
     lr = _validate.real(lr, "lr", positive=True)
@@ -616,7 +620,41 @@ def _checked_run(first, X, y, epochs, lr, batch_size, shuffle, validation_data, 
         if isinstance(schedule, optim.ReduceOnPlateau) and validation_data is None:
             raise ValueError("schedule: ReduceOnPlateau watches the validation cost; pass validation_data")
     return _Run(X, y, w[0] if w else None, epochs, lr, batch_size, bool(shuffle), validation, bool(restore_best),
-                bool(progress), optimizer, schedule, stopping)
+                bool(progress), optimizer, schedule, stopping, X_scanned=not epoch_scans)
+
+
+def _first_epoch_scans_X(optimizer, net, X, epochs) -> bool:
+    """Whether fit may leave X's scan for NaN and infinity to the first epoch, as L-BFGS leaves it to its first pass
+    (``solvers.scans_X_itself``), which saves a read of X per fit call (a third of a 100 000 x 100 logistic
+    regression's epoch). Every epoch reads every record, and a NaN or infinity among a record's features makes the
+    first layer's weight gradient d x^T non-finite whatever d (a zero d, a dead ReLU or a zero sample weight
+    multiplies; no kernel skips a record), so the first epoch ends with a non-finite loss or weight, and
+    ``_scan_X_after_first_epoch`` then scans X and, when X holds one, puts every network back as it was and raises
+    fit's own error. Served where that is tested for every epoch kernel: minibatch or full-batch gradient steps
+    (not the solvers) on the cpu backend, with epochs to train, on a dense X the network takes as it is (a
+    C-contiguous array of its dtype: a cast could also overflow, which fit's scan names), in one process."""
+    return (net.backend == "cpu" and not solvers.requested(optimizer) and isinstance(epochs, numbers.Integral)
+            and epochs > 0 and isinstance(X, np.ndarray) and X.dtype == net.dtype and X.flags.c_contiguous)
+
+
+def _scan_X_after_first_epoch(networks, run, active, stats, saved, shuffle_states):
+    """After a first epoch that ran on an unscanned X (``_first_epoch_scans_X``): when a loss or weight came out
+    non-finite, X is scanned, and if it holds a NaN or infinity, every network gets its parameters, optimizer state
+    and shuffle generator back and the scan's ValueError (naming X) is raised, as fit's own scan would have before
+    anything changed. Otherwise (X is finite: the training diverged) the epoch's record raises DivergenceError."""
+    backend = networks[0]._backend
+    if all(np.isfinite(loss_sum) and backend.all_finite(networks[k]._weights + networks[k]._biases)
+           for k, (loss_sum, _) in zip(active, stats)):
+        return
+    first = networks[0]
+    try:
+        backend.features(run.X, first.layer_sizes[0], first.dtype)
+    except ValueError:
+        for k in active:
+            _restore(networks[k], saved[k])
+        for net, state in zip(networks, shuffle_states):
+            net._shuffle_rng.bit_generator.state = state
+        raise
 
 
 def _solve(net, run):
@@ -690,13 +728,14 @@ def _run_epoch(networks, run, active, states, rates, m):
     backend = first._backend
     order = None
     if run.shuffle and run.batch_size < m:  # one full batch: the order only changes the summation order
-        order = first._shuffle_rng.permutation(m)
+        order = shuffling.epoch_order(first._shuffle_rng, m)
         for k in active[1:]:
             networks[k]._shuffle_rng.bit_generator.state = first._shuffle_rng.bit_generator.state
     if run.comm is not None:
         return run.comm.run_epoch(networks, run, active, states, rates, order)
     stepper = None if run.optimizer.name == "sgd" else run.optimizer  # backends: None is the fused SGD step
-    # run.X came through features() or a Dataset, which scanned it for NaN and infinity: not again per epoch
+    # run.X came through features() or a Dataset, which scanned it for NaN and infinity (or the first epoch finds
+    # them: _first_epoch_scans_X): not again per epoch
     # (a NaN written into the caller's array meanwhile by another thread makes the cost non-finite, which
     # ends the fit with DivergenceError, never a crash)
     if len(active) == 1 or stepper is not None or len(set(rates.values())) > 1:
@@ -730,6 +769,7 @@ def _train(networks, run):
     best = [None] * len(networks)  # per network, watching validation data: the snapshot of its best epoch
     active = list(range(len(networks)))
     bar = _progress_bar(run.epochs, run.progress if run.comm is None else run.comm.show_progress(run.progress))
+    shuffle_states = None if run.X_scanned else [net._shuffle_rng.bit_generator.state for net in networks]
     try:
         for epoch in range(run.epochs):
             if not active:
@@ -742,6 +782,8 @@ def _train(networks, run):
                 start = time.perf_counter()
                 stats = _run_epoch(networks, run, active, states, rates, m)
                 seconds = time.perf_counter() - start
+                if epoch == 0 and not run.X_scanned:
+                    _scan_X_after_first_epoch(networks, run, active, stats, saved, shuffle_states)
                 for k, (loss_sum, correct) in zip(list(active), stats):
                     _record_epoch(networks[k], histories[k], states[k], saved[k], run, epoch, loss_sum, correct,
                                   seconds, rates[k], steps_per_epoch, len(networks) > 1)
