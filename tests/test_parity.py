@@ -74,7 +74,8 @@ def test_parameters_agree_under_heavy_decay(dtype, decay):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_in, loss, n_out, batch", [(37, "logistic", 1, 100), (131, "softmax", 3, 7),
                                                      (784, "softmax", 10, 64), (20, "squared_error", 2, 1),
-                                                     (3, "logistic", 1, 40)])
+                                                     (3, "logistic", 1, 40), (100, "softmax", 10, 256),
+                                                     (9, "squared_error", 3, 150)])
 def test_linear_model_sgd_epochs_agree(dtype, n_in, loss, n_out, batch):
     # One-layer networks trained with plain SGD take the cpu backend's one-read step (cpp/linear_step.cpp): rows
     # copied out of X a block at a time (8 records of 784 inputs, 32 of fewer), padded to whole vectors, with
@@ -88,3 +89,16 @@ def test_linear_model_sgd_epochs_agree(dtype, n_in, loss, n_out, batch):
         assert_parity(W, W_ref, dtype, "parameters after fit")
     assert_parity(history.loss, ref_history.loss, dtype, "history.loss")
     assert history.accuracy == ref_history.accuracy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_out", [2, 7, 12])
+def test_linear_softmax_ties_count_the_first_class(dtype, n_out):
+    # Zero weights and biases: every logit of the one step ties, and both backends take the first class as the
+    # prediction (NumPy's argmax), so the epoch's accuracy is the share of label 0, and the loss is log(n_out).
+    X, y = make_problem("softmax", 40, n_out, m=203, seed=n_out)
+    for net in pair([40, n_out], "relu", "softmax", dtype):
+        net.set_parameters([np.zeros_like(W) for W in net.weights], [np.zeros_like(b) for b in net.biases])
+        history = net.fit(X, y, epochs=1, lr=0.1, batch_size=203)
+        assert history.accuracy == [np.mean(y == 0)]
+        assert_parity(np.array(history.loss), np.array([np.log(n_out)]), dtype, "history.loss")

@@ -22,6 +22,7 @@
 #include "newton.hpp"
 #include "optim.hpp"
 #include "parallel.hpp"
+#include "shuffle.hpp"
 #include "small_dense.hpp"
 #include "sparse.hpp"
 #include "update.hpp"
@@ -1019,6 +1020,27 @@ static void test_small_kernels_match_plain_loops() {
             }
 }
 
+static void test_shuffled_order_is_a_permutation_and_asks_for_spare_words() {
+    std::mt19937_64 gen(17);
+    for (std::size_t m : {std::size_t(0), std::size_t(1), std::size_t(2), std::size_t(7), std::size_t(1000)}) {
+        std::vector<std::uint64_t> raw(m + 2);
+        for (auto& w : raw) w = gen();
+        std::vector<std::int64_t> order(m, -1);
+        const std::ptrdiff_t used = shuffled_order(raw.data(), raw.size(), order.data(), m);
+        CHECK(used == std::ptrdiff_t(m > 1 ? m - 1 : 0));
+        std::vector<std::int64_t> sorted(order);
+        std::sort(sorted.begin(), sorted.end());
+        for (std::size_t i = 0; i < m; ++i) CHECK(sorted[i] == std::int64_t(i));
+    }
+    // a zero word is rejected for a bound that is not a power of two (5): the spare after the m-1 words is used,
+    // and without one the call asks for more
+    std::vector<std::uint64_t> raw = {0, gen(), gen(), gen(), gen()};
+    std::vector<std::int64_t> order(5);
+    CHECK(shuffled_order(raw.data(), raw.size(), order.data(), 5) == 5);
+    CHECK(shuffled_order(raw.data(), 4, order.data(), 5) == -1);
+    CHECK(shuffled_order(raw.data(), 3, order.data(), 5) == -1);
+}
+
 int main() {
     test_small_kernels_match_plain_loops();
     test_small_layers_train_transposed_where_openblas_would_pack();
@@ -1047,6 +1069,7 @@ int main() {
     test_network_on_sparse_x_equals_dense();
     test_newton_passes_agree();
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
+    test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }
