@@ -897,7 +897,8 @@ static void test_optimizer_epochs_read_forward_copies_and_step_as_on_w() {
 }
 
 // An epoch with an optimizer takes the buffers its thread kept from the last call (network.cpp's StepBuffers): the same
-// bits as on fresh ones after calls of other shapes, batches and orders, and a call made from inside another's
+// bits as on fresh ones after calls of other shapes and batches and after a diverged call (NaN and infinities left in
+// the buffers: every product writes with beta = 0, which never reads them), and a call made from inside another's
 // should_stop (the kept buffers in use) runs on buffers of its own, leaving the outer epoch's as they were.
 static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
     std::mt19937_64 rng(43);
@@ -920,7 +921,7 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
     const Net big = make({64, 64, 10}, 40097, 200, Activation::Relu), odd = make({13, 9, 7, 3}, 203, 20, Activation::Tanh);
     Net big_other_batch = big;
     big_other_batch.batch = 400;
-    auto train = [&](const Net& net, Method method, const std::function<bool()>& should_stop) {
+    auto train = [&](const Net& net, Method method, const std::function<bool()>& should_stop, double lr = 0.01) {
         std::vector<std::vector<double>> p = net.start;
         Optimizer opt;
         opt.method = method;
@@ -942,7 +943,7 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
         const Dataset<double> data{net.X.data(), net.m, nullptr, net.labels.data()};
         std::vector<std::int64_t> order(net.m);
         for (std::size_t i = 0; i < net.m; ++i) order[i] = std::int64_t((i * 7919) % net.m);
-        const EpochResult result = train_epoch<double>(net.shape, params, data, order.data(), net.m, net.batch, 0.01,
+        const EpochResult result = train_epoch<double>(net.shape, params, data, order.data(), net.m, net.batch, lr,
                                                        0.002, should_stop, &run, true, 0.004);
         p.push_back({result.stats.loss_sum, result.weight_norms});
         return p;
@@ -951,6 +952,8 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
         const auto big_first = train(big, method, {}), odd_first = train(odd, method, {});
         train(big_other_batch, method, {});
         CHECK(train(big, method, {}) == big_first);
+        CHECK(train(odd, method, {}) == odd_first);
+        CHECK(!std::isfinite(train(odd, method, {}, 1e200).back()[0]));  // diverged: a loss sum of NaN or infinity
         CHECK(train(odd, method, {}) == odd_first);
         std::vector<std::vector<double>> inner;
         const auto outer = train(big, method, [&] {
