@@ -14,8 +14,10 @@
 #include "dense.hpp"
 #include "linear.hpp"
 #include "linear_step.hpp"
+#include "parallel.hpp"
 #include "small_dense.hpp"
 #include "update.hpp"
+#include "vectors.hpp"
 
 namespace l2fast {
 
@@ -367,6 +369,111 @@ private:
     std::vector<T> W_;                         // a layer's W (n_out x n_in), for its input gradient
 };
 
+// to (cols x rows) <- from (rows x cols)^T for double, in blocks of 4 x 4 transposed in registers (four loads, eight
+// shuffles, four stores), the edges entry by entry: the copies ForwardCopies refreshes after every step, at about half
+// the time of transpose()'s (64 x 64: 1.4 us against 3.1 us a refresh; the same values, only moved).
+L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows, std::size_t cols, double* to) {
+    typedef std::int64_t Lanes __attribute__((vector_size(32)));
+    std::size_t i0 = 0;
+    for (; i0 + 4 <= rows; i0 += 4) {
+        std::size_t j0 = 0;
+        for (; j0 + 4 <= cols; j0 += 4) {
+            const double* f = from + i0 * cols + j0;
+            const DoubleVec r0 = load<DoubleVec>(f), r1 = load<DoubleVec>(f + cols), r2 = load<DoubleVec>(f + 2 * cols),
+                            r3 = load<DoubleVec>(f + 3 * cols);
+            // pairs of rows interleaved, then their halves put together: column c of the block in lane order
+            const DoubleVec even01 = __builtin_shuffle(r0, r1, Lanes{0, 4, 2, 6}),
+                            odd01 = __builtin_shuffle(r0, r1, Lanes{1, 5, 3, 7}),
+                            even23 = __builtin_shuffle(r2, r3, Lanes{0, 4, 2, 6}),
+                            odd23 = __builtin_shuffle(r2, r3, Lanes{1, 5, 3, 7});
+            double* t = to + j0 * rows + i0;
+            store(t, __builtin_shuffle(even01, even23, Lanes{0, 1, 4, 5}));
+            store(t + rows, __builtin_shuffle(odd01, odd23, Lanes{0, 1, 4, 5}));
+            store(t + 2 * rows, __builtin_shuffle(even01, even23, Lanes{2, 3, 6, 7}));
+            store(t + 3 * rows, __builtin_shuffle(odd01, odd23, Lanes{2, 3, 6, 7}));
+        }
+        for (; j0 < cols; ++j0)
+            for (std::size_t i = i0; i < i0 + 4; ++i) to[j0 * rows + i] = from[i * cols + j0];
+    }
+    for (; i0 < rows; ++i0)
+        for (std::size_t j = 0; j < cols; ++j) to[j * rows + i0] = from[i0 * cols + j];
+}
+
+// The buffers of an epoch with an optimizer (momentum, Adam): its Workspace and the layers' mean gradients. A thread keeps
+// the last ones it used, when at most kKeptBytes, for its next call on the same shape: a scikit-learn drop-in's epoch on
+// digits is 9 steps, and allocating and zeroing its 360 KB afresh (page faults included) cost a few percent of it. A
+// call that finds the kept ones in use (a should_stop that trains another network on this thread) makes its own.
+template <class T>
+class StepBuffers {
+public:
+    StepBuffers(const Shape& shape, std::size_t rows, bool gather) {
+        Kept& kept = kept_buffers();
+        std::size_t values = gather ? rows * shape.n_in() : 0;
+        for (std::size_t l = 0; l < shape.n_layers(); ++l)
+            values += 2 * rows * shape.sizes[l + 1] + (shape.sizes[l] + 1) * shape.sizes[l + 1];
+        if (kept.in_use || values * sizeof(T) > kKeptBytes) {
+            own_ = std::make_unique<Buffers>(shape, rows, gather);
+            buffers_ = own_.get();
+            return;
+        }
+        if (!kept.buffers || kept.sizes != shape.sizes || kept.rows != rows || kept.gather != gather) {
+            kept.buffers.reset();
+            kept.buffers = std::make_unique<Buffers>(shape, rows, gather);
+            kept.sizes = shape.sizes;
+            kept.rows = rows;
+            kept.gather = gather;
+        }
+        kept.in_use = true;
+        kept_ = &kept;
+        buffers_ = kept.buffers.get();
+    }
+    StepBuffers(const StepBuffers&) = delete;
+    StepBuffers& operator=(const StepBuffers&) = delete;
+    ~StepBuffers() {
+        if (kept_) kept_->in_use = false;
+    }
+
+    Workspace<T>& workspace() { return buffers_->ws; }
+    Params<T>& gradients() { return buffers_->grad; }
+
+private:
+    static constexpr std::size_t kKeptBytes = std::size_t(1) << 20;
+
+    struct Buffers {
+        Workspace<T> ws;
+        std::vector<LineVector<T>> store;
+        Params<T> grad;  // grad.W[l], grad.b[l]: layer l's mean gradient, in store
+
+        Buffers(const Shape& shape, std::size_t rows, bool gather) : ws(shape, rows, gather, true) {
+            for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+                store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
+                store.emplace_back(shape.sizes[l + 1]);
+            }
+            for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+                grad.W.push_back(store[2 * l].data());
+                grad.b.push_back(store[2 * l + 1].data());
+            }
+        }
+    };
+
+    struct Kept {
+        std::vector<std::size_t> sizes;
+        std::size_t rows = 0;
+        bool gather = false;
+        bool in_use = false;
+        std::unique_ptr<Buffers> buffers;
+    };
+
+    static Kept& kept_buffers() {
+        thread_local Kept kept;
+        return kept;
+    }
+
+    std::unique_ptr<Buffers> own_;
+    Kept* kept_ = nullptr;
+    Buffers* buffers_ = nullptr;
+};
+
 // A float64 epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs) runs the forward product of
 // each small layer, A W^T, on a transposed copy W_t (n_in x n_out) refreshed after each update: A W^T packs in
 // OpenBLAS where A W_t takes its small-matrix kernel (64-64-10 at batch 200, one thread: the two forward products
@@ -393,7 +500,8 @@ public:
 
     // The copy <- W[l]^T, after W[l] has changed.
     void refresh(std::size_t l) {
-        if (W_t_[l]) transpose(params_.W[l], shape_.sizes[l + 1], shape_.sizes[l], W_t_[l]);
+        if constexpr (std::is_same_v<T, double>)  // only float64 epochs have copies
+            if (W_t_[l]) transpose_doubles(params_.W[l], shape_.sizes[l + 1], shape_.sizes[l], W_t_[l]);
     }
 
 private:
@@ -490,21 +598,21 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     }
     const std::size_t n_in = shape.n_in();
     const bool small = SmallStep<T>::fits(shape, fused_sgd, data.sparse);
-    Workspace<T> ws(shape, batch, order != nullptr && !data.sparse && !small, true);
+    const bool gather = order != nullptr && !data.sparse && !small;
+    // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass; their buffers
+    // and the workspace are kept by the thread between calls (StepBuffers).
+    std::optional<Workspace<T>> own_ws;
+    std::optional<StepBuffers<T>> step_buffers;
+    if (fused_sgd)
+        own_ws.emplace(shape, batch, gather, true);
+    else
+        step_buffers.emplace(shape, batch, gather);
+    Workspace<T>& ws = fused_sgd ? *own_ws : step_buffers->workspace();
+    Params<T> no_gradients;
+    Params<T>& grad = fused_sgd ? no_gradients : step_buffers->gradients();
     BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
-    // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass.
-    Params<T> grad;
-    std::vector<LineVector<T>> grad_store;
-    if (!fused_sgd) {
-        for (std::size_t l = 0; l < shape.n_layers(); ++l) {
-            grad_store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
-            grad.W.push_back(grad_store.back().data());
-            grad_store.emplace_back(shape.sizes[l + 1]);
-            grad.b.push_back(grad_store.back().data());
-        }
-    }
     auto slot = [&](std::size_t s, bool weights, std::size_t l) -> T* {
         if (s >= run->slots.size()) return nullptr;
         return weights ? run->slots[s].W[l] : run->slots[s].b[l];

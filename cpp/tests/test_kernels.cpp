@@ -897,6 +897,75 @@ static void test_optimizer_epochs_read_forward_copies_and_step_as_on_w() {
     }
 }
 
+// An epoch with an optimizer takes the buffers its thread kept from the last call (network.cpp's StepBuffers): the same
+// bits as on fresh ones after calls of other shapes and batches and after a diverged call (NaN and infinities left in
+// the buffers: every product writes with beta = 0, which never reads them), and a call made from inside another's
+// should_stop (the kept buffers in use) runs on buffers of its own, leaving the outer epoch's as they were.
+static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
+    std::mt19937_64 rng(43);
+    struct Net {
+        Shape shape;
+        std::size_t m, batch;
+        std::vector<double> X;
+        std::vector<std::int64_t> labels;
+        std::vector<std::vector<double>> start;  // W per layer, then b per layer
+    };
+    auto make = [&](std::vector<std::size_t> sizes, std::size_t m, std::size_t batch, Activation act) {
+        Net net{Shape{sizes, act, Loss::Softmax}, m, batch, randn(m * sizes.front(), rng), {}, {}};
+        for (std::size_t i = 0; i < m; ++i) net.labels.push_back(std::int64_t((i * 5) % sizes.back()));
+        for (std::size_t l = 0; l + 1 < sizes.size(); ++l) net.start.push_back(randn(sizes[l] * sizes[l + 1], rng, 0.2));
+        for (std::size_t l = 0; l + 1 < sizes.size(); ++l) net.start.push_back(randn(sizes[l + 1], rng, 0.1));
+        return net;
+    };
+    // the drop-ins' 64-64-10 (steps of 200 and a short one of 97), long enough for should_stop to be asked; a narrower
+    // network with edges off the 4 x 4 blocks of transpose_doubles; the first at another batch
+    const Net big = make({64, 64, 10}, 40097, 200, Activation::Relu), odd = make({13, 9, 7, 3}, 203, 20, Activation::Tanh);
+    Net big_other_batch = big;
+    big_other_batch.batch = 400;
+    auto train = [&](const Net& net, Method method, const std::function<bool()>& should_stop, double lr = 0.01) {
+        std::vector<std::vector<double>> p = net.start;
+        Optimizer opt;
+        opt.method = method;
+        opt.nesterov = true;
+        opt.eps_on_v = true;
+        const std::size_t L = net.shape.n_layers();
+        for (std::size_t s = 0; s < opt.n_slots(); ++s)
+            for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(net.start[k].size(), 0.0);
+        Params<double> params;
+        for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
+        OptimizerRun<double> run;
+        run.opt = opt;
+        for (std::size_t s = 0; s < opt.n_slots(); ++s) {
+            run.slots.emplace_back();
+            for (std::size_t l = 0; l < L; ++l)
+                run.slots.back().W.push_back(p[2 * L * (s + 1) + l].data()),
+                    run.slots.back().b.push_back(p[2 * L * (s + 1) + L + l].data());
+        }
+        const Dataset<double> data{net.X.data(), net.m, nullptr, net.labels.data()};
+        std::vector<std::int64_t> order(net.m);
+        for (std::size_t i = 0; i < net.m; ++i) order[i] = std::int64_t((i * 7919) % net.m);
+        const EpochResult result = train_epoch<double>(net.shape, params, data, order.data(), net.m, net.batch, lr,
+                                                       0.002, should_stop, &run, true, 0.004);
+        p.push_back({result.stats.loss_sum, result.weight_norms});
+        return p;
+    };
+    for (const Method method : {Method::Adam, Method::Momentum}) {
+        const auto big_first = train(big, method, {}), odd_first = train(odd, method, {});
+        train(big_other_batch, method, {});
+        CHECK(train(big, method, {}) == big_first);
+        CHECK(train(odd, method, {}) == odd_first);
+        CHECK(!std::isfinite(train(odd, method, {}, 1e200).back()[0]));  // diverged: a loss sum of NaN or infinity
+        CHECK(train(odd, method, {}) == odd_first);
+        std::vector<std::vector<double>> inner;
+        const auto outer = train(big, method, [&] {
+            if (inner.empty()) inner = train(odd, method, {});
+            return false;
+        });
+        CHECK(!inner.empty());  // asked at least once: the epoch takes more than 10 ms
+        CHECK(outer == big_first && inner == odd_first);
+    }
+}
+
 // linear_objective (L-BFGS's evaluation at flat parameters): its gradient is gradients()' bit for bit, J is the loss
 // sum over m plus lam / 2m ||W||^2, and a kept scratch gives the same bits on every later call, one thread or two.
 static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
@@ -1045,6 +1114,7 @@ int main() {
     test_small_kernels_match_plain_loops();
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_optimizer_epochs_read_forward_copies_and_step_as_on_w();
+    test_optimizer_epochs_on_kept_buffers_give_the_same_bits();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();
