@@ -287,13 +287,14 @@ private:
 // among them) trained transposed (W_t, n_in x n_out) in the kernels, the batch's rows of X read where they lie (no
 // gather), bias + activation in the forward product, the activation's derivative in the input gradient, the bias
 // gradient and the fused L2 step in the weight product, and the next step's rows prefetched during the first
-// layer's weight product; narrower layers on W through OpenBLAS, as in the general step (benchmarks/README.md,
+// layer's weight product; a softmax output layer narrower than that in kernels of its own on W, the loss fused into
+// its forward product; other narrower layers on W through OpenBLAS, as in the general step (benchmarks/README.md,
 // "Small networks").
 template <class T>
 class SmallStep {
 public:
-    // A layer of at least a register's width of units goes through the kernels; a narrower one (an output layer of
-    // a few classes) through OpenBLAS on W itself, which is faster there than registers mostly masked off.
+    // A layer of at least a register's width of units goes through the kernels; a narrower hidden one, or a narrower
+    // output layer of a loss other than softmax, through OpenBLAS on W itself.
     static bool small_layer(std::size_t n_out) { return n_out >= kSmallMinWidth && n_out <= kSmallWidth; }
 
     static bool fits(const Shape& shape, bool fused_sgd, bool sparse_X) {
@@ -305,14 +306,26 @@ public:
         return true;
     }
 
+    // A softmax output layer narrower than a register goes through the kernels too, on W itself, its loss fused into
+    // its forward product (small_forward_softmax).
+    static bool narrow_softmax(const Shape& shape) {
+        return shape.loss == Loss::Softmax && shape.n_layers() > 1 && shape.n_out() < kSmallMinWidth &&
+               shape.n_out() <= small_lanes<T>;
+    }
+
     SmallStep(const Shape& shape, std::size_t batch, Workspace<T>& ws)
-        : shape_(shape), ws_(ws), rows_(shape.n_layers(), std::vector<const T*>(batch)), ahead_(batch) {
+        : shape_(shape), ws_(ws), rows_(shape.n_layers(), std::vector<const T*>(batch)), ahead_(batch),
+          narrow_softmax_(narrow_softmax(shape)) {
         std::size_t most = 0;
         for (std::size_t l = 1; l < shape.n_layers(); ++l) {
             most = std::max(most, shape.sizes[l] * shape.sizes[l + 1]);
             for (std::size_t r = 0; r < batch; ++r) rows_[l][r] = ws.out[l - 1].data() + r * shape.sizes[l];
         }
         W_.resize(most);
+        if (narrow_softmax_) {
+            W_fwd_.resize(shape.sizes[shape.n_layers() - 1] * small_lanes<T>);
+            dZ_.resize(batch * small_lanes<T>);
+        }
     }
 
     // One step on records picked[0 .. rows-1] (or start .. start+rows-1), prefetching the next step's.
@@ -324,17 +337,24 @@ public:
         for (std::size_t r = 0; r < rows; ++r)
             rows_[0][r] = data.X + (picked ? std::size_t(picked[r]) : start + r) * n_in;
         for (std::size_t i = 0; i < next.rows; ++i) prefetch_targets(data, shape.n_out(), std::size_t(next.picked[i]));
+        LossStats stats;
         for (std::size_t l = 0; l < L; ++l) {
             const Activation act = l + 1 == L ? Activation::Identity : shape.act;
-            if (W_t[l])
+            if (l + 1 == L && narrow_softmax_) {
+                small_transpose_narrow(params.W[l], shape.n_out(), shape.sizes[l], W_fwd_.data());
+                stats = small_forward_softmax(ws_.out[l - 1].data(), rows, shape.sizes[l], W_fwd_.data(),
+                                              shape.n_out(), T(scale[l]), params.b[l], targets_of(data, picked, start),
+                                              dZ_.data());
+            } else if (W_t[l])
                 small_forward(rows_[l].data(), rows, shape.sizes[l], W_t[l], shape.sizes[l + 1], T(scale[l]),
                               params.b[l], act, ws_.out[l].data());
             else
                 dense_forward(ws_.out[l - 1].data(), rows, shape.sizes[l], params.W[l], T(scale[l]), params.b[l],
                               shape.sizes[l + 1], act, ws_.out[l].data());
         }
-        const LossStats stats = inplace_loss_gradient(ws_.out.back().data(), rows, shape.n_out(), shape.loss,
-                                                      targets_of(data, picked, start));
+        if (!narrow_softmax_)
+            stats = inplace_loss_gradient(ws_.out.back().data(), rows, shape.n_out(), shape.loss,
+                                          targets_of(data, picked, start));
         // The next step's rows, asked for during the first layer's weight step, the step's last and longest product.
         for (std::size_t i = 0; i < next.rows; ++i) ahead_[i] = data.X + std::size_t(next.picked[i]) * n_in;
         const RowsAhead ahead{ahead_.data(), next.rows, n_in * sizeof(T)};
@@ -342,6 +362,14 @@ public:
         for (std::size_t l = L; l-- > 0;) {
             const std::size_t n_out = shape.sizes[l + 1], n_below = shape.sizes[l];
             const T* dZ = l + 1 == L ? ws_.out[l].data() : ws_.grad[l].data();
+            if (l + 1 == L && narrow_softmax_) {  // on W (n_out x n_below), dZ's rows a register apart
+                small_backward_input_narrow(dZ_.data(), rows, n_out, params.W[l], n_below, T(scale[l]),
+                                            ws_.out[l - 1].data(), shape.act, ws_.grad[l - 1].data());
+                const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
+                small_weight_step_narrow(dZ_.data(), ws_.out[l - 1].data(), rows, n_below, n_out, c.alpha, c.beta,
+                                         -lr / T(rows), params.W[l], params.b[l]);
+                continue;
+            }
             if (!W_t[l]) {  // a narrow layer, on W (n_out x n_below); never the first
                 dense_backward_input(dZ, rows, n_out, params.W[l], T(scale[l]), n_below, ws_.grad[l - 1].data());
                 inplace_activation_backward(ws_.grad[l - 1].data(), ws_.out[l - 1].data(), rows * n_below, shape.act);
@@ -367,6 +395,9 @@ private:
     std::vector<std::vector<const T*>> rows_;  // rows_[l][r]: row r of layer l's input
     std::vector<const void*> ahead_;           // the next step's rows of X
     std::vector<T> W_;                         // a layer's W (n_out x n_in), for its input gradient
+    const bool narrow_softmax_;
+    LineVector<T> W_fwd_;                      // narrow_softmax_: the output layer's W transposed and padded
+    LineVector<T> dZ_;                         // narrow_softmax_: its dL/dZ (batch x small_lanes<T>)
 };
 
 // to (cols x rows) <- from (rows x cols)^T for double, in blocks of 4 x 4 transposed in registers (four loads, eight

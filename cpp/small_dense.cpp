@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define L2FAST_SMALL_KERNELS 1
@@ -17,7 +18,14 @@ namespace l2fast {
     template void small_backward_input(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*,  \
                                        Activation, T*);                                                      \
     template void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std::size_t, T, T, T,  \
-                                    T*, T*, const RowsAhead&);
+                                    T*, T*, const RowsAhead&);                                               \
+    template LossStats small_forward_softmax(const T*, std::size_t, std::size_t, const T*, std::size_t, T,      \
+                                             const T*, const Targets<T>&, T*);                               \
+    template void small_backward_input_narrow(const T*, std::size_t, std::size_t, const T*, std::size_t, T,     \
+                                              const T*, Activation, T*);                                     \
+    template void small_weight_step_narrow(const T*, const T*, std::size_t, std::size_t, std::size_t, T, T, T,  \
+                                           T*, T*);                                                          \
+    template void small_transpose_narrow(const T*, std::size_t, std::size_t, T*);
 
 #if L2FAST_SMALL_KERNELS
 
@@ -31,6 +39,17 @@ bool small_kernels_available() {
 // a shared inline function can stand in for another file's.
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
+
+#ifdef L2FAST_HAVE_LIBMVEC
+// glibc's vector exp and log1p on one AVX-512 register (libmvec's "e" variants, within its 4 ulp), called by their
+// vector-ABI names: the softmax works a register at a time, not in a loop the compiler would vectorise.
+extern "C" {
+__m512 _ZGVeN16v_expf(__m512);
+__m512d _ZGVeN8v_exp(__m512d);
+__m512 _ZGVeN16v_log1pf(__m512);
+__m512d _ZGVeN8v_log1p(__m512d);
+}
+#endif
 
 namespace {
 
@@ -54,6 +73,17 @@ struct Vec<float> {
     static R add(R a, R b) { return _mm512_add_ps(a, b); }
     static R where_positive(R of, R x) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(of, zero(), _CMP_GT_OQ), x); }
     static M lanes(std::size_t left) { return left >= n ? M(0xFFFF) : M((1u << left) - 1); }
+    static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+    static R blend(M m, R a, R b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
+    static M greater(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+    static R div(R a, R b) { return _mm512_div_ps(a, b); }
+    static R mask_sub(R a, M m, R b) { return _mm512_mask_sub_ps(a, m, a, b); }  // a - b where m
+    // a register of whole numbers (labels, class indices), one a lane
+    using Index = std::int32_t;
+    static __m512i load_index(M m, const Index* p) { return _mm512_maskz_loadu_epi32(m, p); }
+    static __m512i set_index(Index v) { return _mm512_set1_epi32(v); }
+    static __m512i blend_index(M m, __m512i a, __m512i b) { return _mm512_mask_blend_epi32(m, a, b); }
+    static M same(M m, __m512i a, __m512i b) { return _mm512_mask_cmpeq_epi32_mask(m, a, b); }
 };
 
 template <>
@@ -71,7 +101,37 @@ struct Vec<double> {
     static R add(R a, R b) { return _mm512_add_pd(a, b); }
     static R where_positive(R of, R x) { return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(of, zero(), _CMP_GT_OQ), x); }
     static M lanes(std::size_t left) { return left >= n ? M(0xFF) : M((1u << left) - 1); }
+    static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+    static R blend(M m, R a, R b) { return _mm512_mask_blend_pd(m, a, b); }
+    static M greater(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
+    static R div(R a, R b) { return _mm512_div_pd(a, b); }
+    static R mask_sub(R a, M m, R b) { return _mm512_mask_sub_pd(a, m, a, b); }
+    using Index = std::int64_t;
+    static __m512i load_index(M m, const Index* p) { return _mm512_maskz_loadu_epi64(m, p); }
+    static __m512i set_index(Index v) { return _mm512_set1_epi64(v); }
+    static __m512i blend_index(M m, __m512i a, __m512i b) { return _mm512_mask_blend_epi64(m, a, b); }
+    static M same(M m, __m512i a, __m512i b) { return _mm512_mask_cmpeq_epi64_mask(m, a, b); }
 };
+
+// e^x and log1p(x) of each lane: libmvec's, or (no libmvec) the scalar functions a lane at a time.
+#ifdef L2FAST_HAVE_LIBMVEC
+__m512 exp_of(__m512 x) { return _ZGVeN16v_expf(x); }
+__m512d exp_of(__m512d x) { return _ZGVeN8v_exp(x); }
+__m512 log1p_of(__m512 x) { return _ZGVeN16v_log1pf(x); }
+__m512d log1p_of(__m512d x) { return _ZGVeN8v_log1p(x); }
+#else
+template <class T>
+typename Vec<T>::R each_lane(typename Vec<T>::R x, T (*f)(T)) {
+    alignas(64) T v[Vec<T>::n];
+    Vec<T>::store(v, Vec<T>::lanes(Vec<T>::n), x);
+    for (T& e : v) e = f(e);
+    return Vec<T>::load(v);
+}
+__m512 exp_of(__m512 x) { return each_lane<float>(x, [](float v) { return __builtin_expf(v); }); }
+__m512d exp_of(__m512d x) { return each_lane<double>(x, [](double v) { return __builtin_exp(v); }); }
+__m512 log1p_of(__m512 x) { return each_lane<float>(x, [](float v) { return __builtin_log1pf(v); }); }
+__m512d log1p_of(__m512d x) { return each_lane<double>(x, [](double v) { return __builtin_log1p(v); }); }
+#endif
 
 // The left operand a of the three products: a matrix given by its rows' addresses (element (i, p) at rows[i][p]), the same transposed (the weight gradient's A^T: element (i, p)
 // at rows[p][i]), or a plain row-major matrix.
@@ -87,6 +147,14 @@ struct ColumnsOf {
     static constexpr bool kByRows = false;
     const T* const* rows;
     const T* column(std::size_t p) const { return rows[p]; }
+};
+
+template <class T>
+struct StridedColumns {  // element (i, p) at A[p * ld + i]: a row-major matrix read transposed
+    static constexpr bool kByRows = false;
+    const T* A;
+    std::size_t ld;
+    const T* column(std::size_t p) const { return A + p * ld; }
 };
 
 template <class T>
@@ -160,7 +228,7 @@ private:
 template <class T, int NV, bool kTail, class Left, class Finish>
 inline void panel_product(const Left& a, std::size_t rows, std::size_t depth, const T* B, std::size_t ldb,
                           std::size_t c0, typename Vec<T>::M last, const Finish& finish, Prefetcher& ahead) {
-    constexpr int R = NV <= 2 ? 8 : NV == 3 ? 6 : 4;
+    constexpr int R = NV <= 2 ? 8 : 6;
     const std::size_t blocks = rows / R, share = blocks ? (ahead.left() + blocks - 1) / blocks : 0;
     std::size_t i = 0;
     for (; i + R <= rows; i += R) {
@@ -247,7 +315,80 @@ struct StepFinish {  // W = beta W + alpha acc
     }
 };
 
+// b (n_out) <- b + bias_alpha sum_rows dZ, dZ (rows x n_out) with its rows ld apart: the column sums in row order.
+template <class T>
+void add_column_sums(const T* dZ, std::size_t rows, std::size_t n_out, std::size_t ld, T bias_alpha, T* b) {
+    using V = Vec<T>;
+    for (std::size_t c = 0; c < n_out; c += V::n) {
+        const typename V::M m = V::lanes(n_out - c);
+        typename V::R sum = V::zero();
+        for (std::size_t r = 0; r < rows; ++r) sum = V::add(sum, V::load(dZ + r * ld + c, m));
+        V::store(b + c, m, V::fma(sum, V::set1(bias_alpha), V::load(b + c, m)));
+    }
+}
+
+// The 16 x 16 block r (r[i]: row i) transposed in place, in four rounds of shuffles (pairs of floats, of doubles,
+// then 128-bit blocks twice); the maskz forms, as in Vec.
+void transpose_16x16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_maskz_unpacklo_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_maskz_unpackhi_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]),
+                      c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xFF, a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xFF, a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(0xFF, b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xFF, b, d));
+    }
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 4; ++j) {
+            t[8 * i + j] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * i + j], r[8 * i + 4 + j], 0x88);
+            t[8 * i + 4 + j] = _mm512_maskz_shuffle_f32x4(0xFFFF, r[8 * i + j], r[8 * i + 4 + j], 0xDD);
+        }
+    for (int j = 0; j < 8; ++j) {
+        r[j] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_maskz_shuffle_f32x4(0xFFFF, t[j], t[j + 8], 0xDD);
+    }
+}
+
+// The n x n block r (r[i]: row i, n = T's lanes) transposed in place: float's in registers, double's (the float64
+// twin, not on a training path) through memory.
+template <class T>
+void transpose_block(typename Vec<T>::R r[]) {
+    if constexpr (std::is_same_v<T, float>) {
+        transpose_16x16(r);
+    } else {
+        constexpr std::size_t n = Vec<T>::n;
+        alignas(64) T a[n][n], t[n][n];
+        for (std::size_t i = 0; i < n; ++i) _mm512_store_pd(a[i], r[i]);
+        for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < n; ++j) t[j][i] = a[i][j];
+        for (std::size_t i = 0; i < n; ++i) r[i] = _mm512_load_pd(t[i]);
+    }
+}
+
 }  // namespace
+
+template <class T>
+void small_transpose_narrow(const T* W, std::size_t n_out, std::size_t n_in, T* W_t) {
+    constexpr std::size_t n = Vec<T>::n;
+    if constexpr (std::is_same_v<T, float>) {  // 16 columns of W at a time, in registers
+        for (std::size_t k0 = 0; k0 < n_in; k0 += n) {
+            const __mmask16 columns = Vec<float>::lanes(n_in - k0);
+            __m512 r[n];
+            for (std::size_t o = 0; o < n; ++o)
+                r[o] = o < n_out ? _mm512_maskz_loadu_ps(columns, W + o * n_in + k0) : _mm512_setzero_ps();
+            transpose_16x16(r);
+            for (std::size_t j = 0; j < n && k0 + j < n_in; ++j) _mm512_storeu_ps(W_t + (k0 + j) * n, r[j]);
+        }
+    } else {  // the float64 twin (not on a training path): a plain loop
+        for (std::size_t k = 0; k < n_in; ++k)
+            for (std::size_t o = 0; o < n; ++o) W_t[k * n + o] = o < n_out ? W[o * n_in + k] : T(0);
+    }
+}
 
 template <class T>
 void small_forward(const T* const* A_rows, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
@@ -266,14 +407,87 @@ void small_backward_input(const T* dZ, std::size_t rows, std::size_t n_out, cons
 template <class T>
 void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, std::size_t n_in, std::size_t n_out,
                        T alpha, T beta, T bias_alpha, T* W_t, T* b, const RowsAhead& ahead) {
-    using V = Vec<T>;
     product<T>(ColumnsOf<T>{A_rows}, n_in, rows, dZ, n_out, n_out, StepFinish<T>{W_t, n_out, alpha, beta}, ahead);
-    for (std::size_t c = 0; c < n_out; c += V::n) {  // the bias: dZ's column sums, in row order
-        const typename V::M m = V::lanes(n_out - c);
-        typename V::R sum = V::zero();
-        for (std::size_t r = 0; r < rows; ++r) sum = V::add(sum, V::load(dZ + r * n_out + c, m));
-        V::store(b + c, m, V::fma(sum, V::set1(bias_alpha), V::load(b + c, m)));
+    add_column_sums(dZ, rows, n_out, n_out, bias_alpha, b);
+}
+
+template <class T>
+LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
+                                T alpha, const T* b, const Targets<T>& y, T* dZ) {
+    using V = Vec<T>;
+    using R = typename V::R;
+    constexpr std::size_t n = V::n;
+    product<T>(Strided<T>{A, n_in}, rows, n_in, W_t, n, n_out, ForwardFinish<T>{dZ, n, alpha, b, false});
+    // The softmax n records at a time, across registers: the block of their logits transposed, so that register o
+    // holds class o's logit of each record. The largest logit, the sum of the exponentials (added class by class,
+    // first to last, as inplace_loss_gradient does), the loss and dL/dZ are then operations on whole registers, and
+    // the exp and log1p a call per class and per block, instead of per record. Transposed back for the products.
+    LossStats stats;
+    for (std::size_t start = 0; start < rows; start += n) {
+        const std::size_t count = rows - start < n ? rows - start : n;
+        const typename V::M records = V::lanes(count);
+        std::size_t record[n];
+        typename V::Index label[n] = {};
+        T weight[n] = {}, loss[n];
+        // the block's labels first, in a loop of their own: a shuffled order's records have theirs far apart in
+        // memory, and asked for together they arrive together
+        for (std::size_t i = 0; i < count; ++i) record[i] = y.record(start + i);
+        for (std::size_t i = 0; i < count; ++i) label[i] = typename V::Index(y.labels[record[i]]);
+        if (y.weights)
+            for (std::size_t i = 0; i < count; ++i) weight[i] = y.weights[record[i]];
+        const __m512i labels = V::load_index(records, label);
+        R z[n];
+        for (std::size_t i = 0; i < n; ++i) z[i] = i < count ? V::load(dZ + (start + i) * n) : V::zero();
+        transpose_block<T>(z);
+        // the first largest logit (a later one only when strictly larger): the prediction
+        R top = z[0];
+        __m512i best = V::set_index(0);
+        for (std::size_t o = 1; o < n_out; ++o) {
+            const typename V::M larger = V::greater(z[o], top);
+            top = V::blend(larger, top, z[o]);
+            best = V::blend_index(larger, best, V::set_index(typename V::Index(o)));
+        }
+        stats.correct += __builtin_popcount(unsigned(V::same(records, best, labels)));
+        R total = V::zero(), at_label = V::zero();
+        for (std::size_t o = 0; o < n_out; ++o) {
+            at_label = V::blend(V::same(records, labels, V::set_index(typename V::Index(o))), at_label, z[o]);
+            z[o] = exp_of(V::sub(z[o], top));
+            total = V::add(total, z[o]);
+        }
+        // dL/dZ = w (e / total - onehot(label)), e / total as e times 1/total (one division a block)
+        const R inverse = V::div(V::set1(T(1)), total), w = V::load(weight, records);
+        for (std::size_t o = 0; o < n; ++o) {
+            if (o >= n_out) {
+                z[o] = V::zero();
+                continue;
+            }
+            const R p = V::mask_sub(V::mul(z[o], inverse), V::same(records, labels, V::set_index(typename V::Index(o))),
+                                    V::set1(T(1)));
+            z[o] = y.weights ? V::mul(p, w) : p;
+        }
+        // each record's loss, log(total) + top - z[label], with log(total) = log1p(total - 1) (total - 1 exact: total
+        // >= 1, e^0 is in it), added in record order
+        V::store(loss, records, V::sub(V::add(log1p_of(V::sub(total, V::set1(T(1)))), top), at_label));
+        for (std::size_t i = 0; i < count; ++i)
+            stats.loss_sum += y.weights ? double(loss[i]) * double(weight[i]) : double(loss[i]);
+        transpose_block<T>(z);
+        for (std::size_t i = 0; i < count; ++i) V::store(dZ + (start + i) * n, V::lanes(n_out), z[i]);
     }
+    return stats;
+}
+
+template <class T>
+void small_backward_input_narrow(const T* dZ, std::size_t rows, std::size_t n_out, const T* W, std::size_t n_in,
+                                 T alpha, const T* A_prev, Activation act, T* dA_prev) {
+    product<T>(Strided<T>{dZ, Vec<T>::n}, rows, n_out, W, n_in, n_in,
+               BackwardFinish<T>{dA_prev, A_prev, n_in, alpha, act == Activation::Relu});
+}
+
+template <class T>
+void small_weight_step_narrow(const T* dZ, const T* A, std::size_t rows, std::size_t n_in, std::size_t n_out, T alpha,
+                              T beta, T bias_alpha, T* W, T* b) {
+    product<T>(StridedColumns<T>{dZ, Vec<T>::n}, n_out, rows, A, n_in, n_in, StepFinish<T>{W, n_in, alpha, beta});
+    add_column_sums(dZ, rows, n_out, Vec<T>::n, bias_alpha, b);
 }
 
 L2FAST_INSTANTIATE(float)
@@ -300,6 +514,28 @@ template <class T>
 void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std::size_t, T, T, T, T*, T*,
                        const RowsAhead&) {
     throw std::logic_error("small_weight_step: no small-layer kernels in this build");
+}
+
+template <class T>
+void small_transpose_narrow(const T*, std::size_t, std::size_t, T*) {
+    throw std::logic_error("small_transpose_narrow: no small-layer kernels in this build");
+}
+
+template <class T>
+LossStats small_forward_softmax(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*,
+                                const Targets<T>&, T*) {
+    throw std::logic_error("small_forward_softmax: no small-layer kernels in this build");
+}
+
+template <class T>
+void small_backward_input_narrow(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*, Activation,
+                                 T*) {
+    throw std::logic_error("small_backward_input_narrow: no small-layer kernels in this build");
+}
+
+template <class T>
+void small_weight_step_narrow(const T*, const T*, std::size_t, std::size_t, std::size_t, T, T, T, T*, T*) {
+    throw std::logic_error("small_weight_step_narrow: no small-layer kernels in this build");
 }
 
 L2FAST_INSTANTIATE(float)

@@ -1,18 +1,21 @@
 // The small-layer kernels: a dense layer's three products, for layers of 16 to kSmallWidth units, in AVX-512
 // registers, with the passes around them fused in (the batch's rows read where they lie, bias + activation, the
-// activation's derivative, the bias gradient and the SGD step). OpenBLAS's small-matrix kernels run these products
-// alone about as fast (8-15 % faster at 64-64-10, batch 32); what the kernels save is the gather, the elementwise
-// passes and the bias GEMVs around them (see benchmarks/README.md, "Small networks").
+// activation's derivative, the bias gradient and the SGD step); and a softmax output layer of fewer units, its loss
+// fused into its forward product. OpenBLAS's small-matrix kernels run the wide layers' products alone about as fast
+// (8-15 % faster at 64-64-10, batch 32); what the kernels save is the gather, the elementwise passes, the bias GEMVs
+// and the loss's own passes around them (see benchmarks/README.md, "Small networks").
 #pragma once
 
 #include <cstddef>
 
 #include "activations.hpp"
+#include "losses.hpp"
 
 namespace l2fast {
 
-// The widest layer (units out) the kernels take, any number of inputs; and the narrowest they are for: a float32
-// register's lanes (narrower layers go faster through OpenBLAS).
+// The widest layer (units out) the kernels take, any number of inputs; and the narrowest they take as such: a float32
+// register's lanes (a narrower hidden layer goes faster through OpenBLAS; a narrower softmax output layer has kernels
+// of its own, below).
 constexpr std::size_t kSmallWidth = 128;
 constexpr std::size_t kSmallMinWidth = 16;
 
@@ -48,5 +51,38 @@ void small_backward_input(const T* dZ, std::size_t rows, std::size_t n_out, cons
 template <class T>
 void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, std::size_t n_in, std::size_t n_out,
                        T alpha, T beta, T bias_alpha, T* W_t, T* b, const RowsAhead& ahead = {});
+
+// An output layer narrower than a register (a softmax over a few classes) keeps W (n_out x n_in) as its master copy
+// and goes through the kernels too, with its vectors along W's rows (n_in) wherever the product allows it, and its
+// logits and dL/dZ one register a record: rows of small_lanes<T> values, the lanes past n_out unused (a row per
+// register keeps each row's stores and the next row's loads on cache lines of their own).
+template <class T>
+constexpr std::size_t small_lanes = 64 / sizeof(T);
+
+// W_t (n_in x small_lanes<T>) <- W (n_out x n_in, n_out <= small_lanes<T>) transposed, each row padded with zeros:
+// the forward product's copy of such a layer's weights.
+template <class T>
+void small_transpose_narrow(const T* W, std::size_t n_out, std::size_t n_in, T* W_t);
+
+// dZ (rows x n_out, row stride small_lanes<T>) <- the softmax loss's w (softmax(z) - onehot(label)) of the logits
+// z = alpha A . W_t + b, A (rows x n_in) row-major, W_t (n_in x small_lanes<T>: W transposed, each row padded to a
+// register; n_out <= small_lanes<T>), w the record's sample weight (1 without): the forward product, the softmax of
+// each record in its register and the loss's gradient in one call. Returns the loss sum and correct count as
+// inplace_loss_gradient does, the losses added in record order.
+template <class T>
+LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
+                                T alpha, const T* b, const Targets<T>& y, T* dZ);
+
+// dA_prev (rows x n_in) <- (alpha dZ . W) * act'(A_prev) for such a layer: small_backward_input with dZ's rows
+// small_lanes<T> apart.
+template <class T>
+void small_backward_input_narrow(const T* dZ, std::size_t rows, std::size_t n_out, const T* W, std::size_t n_in,
+                                 T alpha, const T* A_prev, Activation act, T* dA_prev);
+
+// W (n_out x n_in) <- beta W + alpha dZ^T . A (A: rows x n_in row-major, dZ: rows x n_out with rows small_lanes<T>
+// apart) and b (n_out) <- b + bias_alpha sum_rows dZ: the fused SGD step of such a layer, on W itself.
+template <class T>
+void small_weight_step_narrow(const T* dZ, const T* A, std::size_t rows, std::size_t n_in, std::size_t n_out, T alpha,
+                              T beta, T bias_alpha, T* W, T* b);
 
 }  // namespace l2fast

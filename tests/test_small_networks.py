@@ -102,3 +102,26 @@ def test_small_kernel_networks_give_the_same_bits_on_one_thread_and_on_two(sizes
         l2fast.set_num_threads(before)
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+# Softmax output layers narrower than a register (2-15 classes) go through kernels of their own, the loss fused into
+# the forward product and the softmax taken a register of records at a time; a squared-error output layer of the
+# same width stays on OpenBLAS. Training, with sample weights and the running loss and accuracy, as the reference's.
+@pytest.mark.parametrize("sizes, batch, loss", [
+    ([64, 64, 10], 32, "softmax"),
+    ([30, 16, 15], 17, "softmax"),        # one lane short of a register; blocks of 16 records and a last one of 1
+    ([30, 40, 2], 40, "softmax"),         # two classes; 500 records: a last batch of 20
+    ([30, 16, 24, 7], 16, "softmax"),     # a hidden layer below it that is not the first
+    ([30, 32, 10], 16, "squared_error"),  # on OpenBLAS
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_narrow_output_layers_train_as_the_reference_does(sizes, batch, loss, dtype):
+    X, y = make_problem(loss, sizes[0], sizes[-1], m=500, seed=13)
+    w = np.random.default_rng(14).uniform(0.5, 1.5, size=len(X))
+    nets = [l2fast.Network(sizes, loss=loss, lam=2.0, backend=backend, dtype=dtype, seed=0)
+            for backend in ("cpu", "numpy")]
+    histories = [net.fit(X, y, epochs=2, lr=0.05, batch_size=batch, sample_weight=w) for net in nets]
+    for name in ("cost", "loss", "accuracy"):
+        assert_parity(getattr(histories[0], name), getattr(histories[1], name), dtype, name)
+    for a, b in zip(nets[0].weights + nets[0].biases, nets[1].weights + nets[1].biases):
+        assert_parity(a, b, dtype, "parameters")

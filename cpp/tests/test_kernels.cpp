@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -999,6 +1000,53 @@ static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
     }
 }
 
+// |got - want| within tol times the sum of |terms| that made want (tol: the small kernels' tests' 1e-13 or 2e-6).
+static bool near_sum(double got, long double want, long double size, double tol) {
+    return std::abs(got - double(want)) <= tol * double(size) + 1e-30;
+}
+
+// dA (rows x n_in) against (alpha dZ . W) * act'(A_prev) summed in long double, dZ (rows x n_out) with its rows ld
+// apart, W (n_out x n_in); ReLU's zeros exact.
+template <class T>
+static void check_input_gradient(const std::vector<T>& dA, const std::vector<T>& dZ, std::size_t ld,
+                                 const std::vector<T>& W, const std::vector<T>& A_prev, std::size_t rows,
+                                 std::size_t n_in, std::size_t n_out, T alpha, Activation act, double tol) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t k = 0; k < n_in; ++k) {
+            long double d = 0, size = 0;
+            for (std::size_t o = 0; o < n_out; ++o) {
+                d += (long double)dZ[r * ld + o] * W[o * n_in + k];
+                size += std::abs((long double)dZ[r * ld + o] * W[o * n_in + k]);
+            }
+            if (act == Activation::Relu && !(A_prev[r * n_in + k] > 0)) CHECK(dA[r * n_in + k] == T(0));
+            else CHECK(near_sum(dA[r * n_in + k], alpha * d, size, tol));
+        }
+}
+
+// A weight step against beta W + alpha A^T dZ and b - 0.5 sum_rows dZ in long double: w_new(o, k) and w_old(o, k) the
+// weights after and before, a(r, k) row r of A, dZ (rows x n_out) with its rows ld apart.
+template <class T, class After, class Before, class Left>
+static void check_weight_step(After w_new, Before w_old, Left a, const std::vector<T>& b_new, const std::vector<T>& b,
+                              const std::vector<T>& dZ, std::size_t ld, std::size_t rows, std::size_t n_in,
+                              std::size_t n_out, T alpha, T beta, double tol) {
+    for (std::size_t o = 0; o < n_out; ++o) {
+        for (std::size_t k = 0; k < n_in; ++k) {
+            long double g = 0, size = std::abs(beta * w_old(o, k));
+            for (std::size_t r = 0; r < rows; ++r) {
+                g += (long double)a(r, k) * dZ[r * ld + o];
+                size += std::abs((long double)a(r, k) * dZ[r * ld + o]);
+            }
+            CHECK(near_sum(w_new(o, k), (long double)beta * w_old(o, k) + alpha * g, size, tol));
+        }
+        long double sum = 0, size = std::abs(b[o]);
+        for (std::size_t r = 0; r < rows; ++r) {
+            sum += dZ[r * ld + o];
+            size += std::abs(0.5L * dZ[r * ld + o]);
+        }
+        CHECK(near_sum(b_new[o], b[o] - 0.5L * sum, size, tol));
+    }
+}
+
 // The small-layer kernels against plain loops of their formulas (summed in long double), float64 tightly and float32
 // loosely (to its rounding of sums of |terms|), at and around their register widths (16 floats, 8 doubles) and row
 // blocks, with the batch's rows given in a shuffled order; ReLU's zeros exact.
@@ -1009,9 +1057,7 @@ static void small_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, 
         const std::vector<double> v = randn(n, rng);
         return std::vector<T>(v.begin(), v.end());
     };
-    auto near = [&](double got, long double want, long double size) {
-        return std::abs(got - double(want)) <= tol * double(size) + 1e-30;
-    };
+    auto near = [&](double got, long double want, long double size) { return near_sum(got, want, size, tol); };
     const std::vector<T> X = draw(3 * rows * n_in), W_t = draw(n_in * n_out), b = draw(n_out), dZ = draw(rows * n_out);
     std::vector<const T*> A_rows(rows);
     for (std::size_t r = 0; r < rows; ++r) A_rows[r] = X.data() + ((r * 7 + 2) % (3 * rows)) * n_in;  // scattered
@@ -1038,16 +1084,7 @@ static void small_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, 
     for (T& a : A_prev) a = std::max(a, T(0));
     for (Activation act : {Activation::Identity, Activation::Relu}) {
         small_backward_input(dZ.data(), rows, n_out, W.data(), n_in, alpha, A_prev.data(), act, dA.data());
-        for (std::size_t r = 0; r < rows; ++r)
-            for (std::size_t k = 0; k < n_in; ++k) {
-                long double d = 0, size = 0;
-                for (std::size_t o = 0; o < n_out; ++o) {
-                    d += (long double)dZ[r * n_out + o] * W[o * n_in + k];
-                    size += std::abs((long double)dZ[r * n_out + o] * W[o * n_in + k]);
-                }
-                if (act == Activation::Relu && !(A_prev[r * n_in + k] > 0)) CHECK(dA[r * n_in + k] == T(0));
-                else CHECK(near(dA[r * n_in + k], alpha * d, size));
-            }
+        check_input_gradient(dA, dZ, n_out, W, A_prev, rows, n_in, n_out, alpha, act, tol);
     }
     // the weight step, with beta = 1 (the scale path) and beta < 1, and the next rows asked for meanwhile
     for (T beta : {T(1), T(0.4)}) {
@@ -1055,23 +1092,95 @@ static void small_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, 
         std::vector<const void*> next(A_rows.begin(), A_rows.end());
         small_weight_step(A_rows.data(), dZ.data(), rows, n_in, n_out, alpha, beta, T(-0.5), W_new.data(),
                           b_new.data(), RowsAhead{next.data(), next.size(), n_in * sizeof(T)});
-        for (std::size_t k = 0; k < n_in; ++k)
+        check_weight_step([&](std::size_t o, std::size_t k) { return W_new[k * n_out + o]; },
+                          [&](std::size_t o, std::size_t k) { return W_t[k * n_out + o]; },
+                          [&](std::size_t r, std::size_t k) { return A_rows[r][k]; }, b_new, b, dZ, n_out, rows, n_in,
+                          n_out, alpha, beta, tol);
+    }
+}
+
+// The narrow output layer's kernels (n_out <= a register's lanes, W kept as it is, dZ's rows a register apart)
+// against plain loops in long double: the transposed copy exactly, the forward product with the softmax loss fused
+// in (with and without sample weights, records in a shuffled order), the input gradient and the weight step.
+template <class T>
+static void small_narrow_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, std::size_t n_out,
+                                                   std::mt19937_64& rng) {
+    constexpr std::size_t lanes = small_lanes<T>;
+    const double tol = std::is_same_v<T, double> ? 1e-13 : 2e-6;
+    auto draw = [&](std::size_t n) {
+        const std::vector<double> v = randn(n, rng);
+        return std::vector<T>(v.begin(), v.end());
+    };
+    auto near = [&](double got, long double want, long double size) { return near_sum(got, want, size, tol); };
+    const std::vector<T> A = draw(rows * n_in), W = draw(n_out * n_in), b = draw(n_out);
+    std::vector<T> W_t(n_in * lanes, T(-9));
+    small_transpose_narrow(W.data(), n_out, n_in, W_t.data());
+    for (std::size_t k = 0; k < n_in; ++k)
+        for (std::size_t o = 0; o < lanes; ++o) CHECK(W_t[k * lanes + o] == (o < n_out ? W[o * n_in + k] : T(0)));
+    // the loss over records 3 * rows .. 4 * rows - 1 of a larger set, given in a shuffled order
+    const std::size_t m = 4 * rows;
+    std::vector<std::int64_t> labels(m), order(rows);
+    for (std::int64_t& label : labels) label = std::int64_t(rng() % n_out);
+    for (std::size_t r = 0; r < rows; ++r) order[r] = std::int64_t(3 * rows + (r * 5 + 1) % rows);
+    std::vector<T> weights(m);
+    for (T& w : weights) w = T(0.25 + double(rng() % 8) / 4);
+    const T alpha = T(0.75);
+    for (bool weighted : {false, true}) {
+        Targets<T> y;
+        y.labels = labels.data();
+        y.rows = order.data();
+        y.weights = weighted ? weights.data() : nullptr;
+        std::vector<T> dZ(rows * lanes, T(-9));
+        const LossStats stats = small_forward_softmax(A.data(), rows, n_in, W_t.data(), n_out, alpha, b.data(), y,
+                                                      dZ.data());
+        long double loss_sum = 0;
+        std::int64_t correct = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            std::vector<long double> z(n_out);
+            long double size = 0;  // the logits' rounding: their sums of |terms|
             for (std::size_t o = 0; o < n_out; ++o) {
-                long double g = 0, size = std::abs(beta * W_t[k * n_out + o]);
-                for (std::size_t r = 0; r < rows; ++r) {
-                    g += (long double)A_rows[r][k] * dZ[r * n_out + o];
-                    size += std::abs((long double)A_rows[r][k] * dZ[r * n_out + o]);
+                long double zo = 0, so = std::abs(b[o]);
+                for (std::size_t k = 0; k < n_in; ++k) {
+                    zo += (long double)A[r * n_in + k] * W[o * n_in + k];
+                    so += std::abs((long double)A[r * n_in + k] * W[o * n_in + k]);
                 }
-                CHECK(near(W_new[k * n_out + o], (long double)beta * W_t[k * n_out + o] + alpha * g, size));
+                z[o] = alpha * zo + b[o];
+                size = std::max(size, so);
             }
-        for (std::size_t o = 0; o < n_out; ++o) {
-            long double sum = 0, size = std::abs(b[o]);
-            for (std::size_t r = 0; r < rows; ++r) {
-                sum += dZ[r * n_out + o];
-                size += std::abs(0.5L * dZ[r * n_out + o]);
+            const std::size_t record = std::size_t(order[r]), label = std::size_t(labels[record]);
+            const std::size_t best = std::size_t(std::max_element(z.begin(), z.end()) - z.begin());
+            correct += best == label;
+            const long double top = z[best];
+            long double total = 0;
+            for (long double zo : z) total += std::exp(zo - top);
+            const long double w = weighted ? weights[record] : 1;
+            loss_sum += w * (std::log(total) + top - z[label]);
+            for (std::size_t o = 0; o < n_out; ++o) {
+                const long double p = std::exp(z[o] - top) / total - (o == label ? 1 : 0);
+                CHECK(near(dZ[r * lanes + o], w * p, 4 * size + 1));  // 4 size: each p moves with every logit
             }
-            CHECK(near(b_new[o], b[o] - 0.5L * sum, size));
         }
+        CHECK(stats.correct == correct);
+        CHECK(std::abs(stats.loss_sum - double(loss_sum)) <= 50 * tol * double(rows) * double(1 + n_in));
+    }
+    // the input gradient and the weight step, from dZ's rows a register apart (the lanes past n_out never read)
+    std::vector<T> dZ(rows * lanes, std::numeric_limits<T>::quiet_NaN());
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t o = 0; o < n_out; ++o) dZ[r * lanes + o] = T(randn(1, rng)[0]);
+    std::vector<T> A_prev = A, dA(rows * n_in, T(-9));
+    for (T& a : A_prev) a = std::max(a, T(0));
+    for (Activation act : {Activation::Identity, Activation::Relu}) {
+        small_backward_input_narrow(dZ.data(), rows, n_out, W.data(), n_in, alpha, A_prev.data(), act, dA.data());
+        check_input_gradient(dA, dZ, lanes, W, A_prev, rows, n_in, n_out, alpha, act, tol);
+    }
+    for (T beta : {T(1), T(0.4)}) {
+        std::vector<T> W_new = W, b_new = b;
+        small_weight_step_narrow(dZ.data(), A.data(), rows, n_in, n_out, alpha, beta, T(-0.5), W_new.data(),
+                                 b_new.data());
+        check_weight_step([&](std::size_t o, std::size_t k) { return W_new[o * n_in + k]; },
+                          [&](std::size_t o, std::size_t k) { return W[o * n_in + k]; },
+                          [&](std::size_t r, std::size_t k) { return A[r * n_in + k]; }, b_new, b, dZ, lanes, rows,
+                          n_in, n_out, alpha, beta, tol);
     }
 }
 
@@ -1086,6 +1195,12 @@ static void test_small_kernels_match_plain_loops() {
             for (std::size_t n_out : {1, 7, 8, 9, 15, 16, 17, 48, 63, 64, 65, 100, 128}) {
                 small_kernels_match_plain_loops<double>(rows, n_in, n_out, rng);
                 small_kernels_match_plain_loops<float>(rows, n_in, n_out, rng);
+            }
+    for (std::size_t rows : {1, 2, 3, 4, 5, 9, 32, 33, 70})  // 70: two chunks of the loss's records
+        for (std::size_t n_in : {1, 7, 16, 17, 64, 100})
+            for (std::size_t n_out : {2, 3, 7, 8, 9, 10, 15, 16}) {
+                if (n_out <= small_lanes<double>) small_narrow_kernels_match_plain_loops<double>(rows, n_in, n_out, rng);
+                small_narrow_kernels_match_plain_loops<float>(rows, n_in, n_out, rng);
             }
 }
 
