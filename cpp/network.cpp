@@ -35,7 +35,6 @@ struct Workspace {
     LineVector<T> x;                   // gathered input rows (shuffled training only)
     std::vector<LineVector<T>> out;    // out[l]: layer l's output A (last layer: logits, then dL/dZ)
     std::vector<LineVector<T>> grad;   // grad[l]: dL/dZ of hidden layer l
-    LineVector<T> ones;                // the bias-gradient GEMV's all-ones vector
 
     Workspace(const Shape& shape, std::size_t rows, bool gather, bool backward) {
         if (gather) x.resize(rows * shape.n_in());
@@ -43,7 +42,6 @@ struct Workspace {
             out.emplace_back(rows * shape.sizes[l + 1]);
             if (backward && l + 1 < shape.n_layers()) grad.emplace_back(rows * shape.sizes[l + 1]);
         }
-        if (backward) ones.assign(rows, T(1));
     }
 };
 
@@ -186,10 +184,10 @@ void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* pi
 // sum_rows dZ (the dense layers' gradient_product, fused step and sums in one). W in the layer's own layout
 // unless said otherwise.
 template <class T>
-void sparse_layer_product(T* W, T* b, const T* dZ, const SparseRows<T>& X, const T* ones, std::size_t n_out,
+void sparse_layer_product(T* W, T* b, const T* dZ, const SparseRows<T>& X, std::size_t n_out,
                           T alpha, T beta, T bias_alpha, T bias_beta, WeightLayout layout = WeightLayout::Rows) {
     sparse_gradient_product(W, layout, dZ, X, n_out, alpha, beta);
-    blas::gemv(true, int(X.rows()), int(n_out), bias_alpha, dZ, int(n_out), ones, 1, bias_beta, b, 1);
+    blas::sum_rows(int(X.rows()), int(n_out), bias_alpha, dZ, int(n_out), bias_beta, b);
 }
 
 // A whole-data pass on sparse X with several first-layer units reads W[0] through a transposed copy (n_in x n_1):
@@ -373,7 +371,7 @@ public:
             if (!W_t[l]) {  // a narrow layer, on W (n_out x n_below); never the first
                 dense_backward_input(dZ, rows, n_out, params.W[l], T(scale[l]), n_below, ws_.grad[l - 1].data());
                 inplace_activation_backward(ws_.grad[l - 1].data(), ws_.out[l - 1].data(), rows * n_below, shape.act);
-                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, ws_.out[l - 1].data(), ws_.ones.data(),
+                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, ws_.out[l - 1].data(),
                                       rows, n_out, n_below, lr, lam_over_m);
                 continue;
             }
@@ -685,27 +683,26 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             const bool sparse = l == 0 && block.is_sparse();
             if (fused_sgd && sparse) {
                 const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, step_lam);
-                sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, ws.ones.data(), n_out, c.alpha,
+                sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, n_out, c.alpha,
                                      c.beta, -lr / T(rows), T(1));
                 return;
             }
             if (fused_sgd && W_t[l]) {  // the same step, written into the transposed copy: W^T += alpha A_prev^T dZ
                 const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, step_lam);
                 transposed_weight_product(A_prev, dZ, rows, shape.sizes[l], n_out, c.alpha, c.beta, W_t[l]);
-                blas::gemv(true, int(rows), int(n_out), -lr / T(rows), dZ, int(n_out), ws.ones.data(), 1, T(1),
-                           params.b[l], 1);
+                blas::sum_rows(int(rows), int(n_out), -lr / T(rows), dZ, int(n_out), T(1), params.b[l]);
                 return;
             }
             if (fused_sgd) {
-                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, ws.ones.data(), rows, n_out,
+                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, rows, n_out,
                                       shape.sizes[l], lr, step_lam);
                 return;
             }
             if (sparse)
-                sparse_layer_product(grad.W[0], grad.b[0], dZ, block.sparse, ws.ones.data(), n_out, T(1) / T(rows),
+                sparse_layer_product(grad.W[0], grad.b[0], dZ, block.sparse, n_out, T(1) / T(rows),
                                      T(0), T(1) / T(rows), T(0));
             else
-                mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, shape.sizes[l]);
+                mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, rows, n_out, shape.sizes[l]);
             inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
                                    n_w, lr, step_lam, norms);
             inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
@@ -794,7 +791,7 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
                 for (std::size_t k = 0; k < K; ++k) {
                     const StepCoefficients<T> c = fused_step_coefficients(scale[k * L], std::size_t(rows), lr,
                                                                           lam_over_m[k]);
-                    sparse_layer_product(models[k].W[0], models[k].b[0], dZ(k), block.sparse, ws[k].ones.data(),
+                    sparse_layer_product(models[k].W[0], models[k].b[0], dZ(k), block.sparse,
                                          std::size_t(fan_out), c.alpha, c.beta, -lr / T(rows), T(1));
                 }
                 continue;
@@ -811,8 +808,7 @@ StackedEpochResult train_epoch_stacked(const Shape& shape, std::vector<Params<T>
             products.gemm(blas::Op::T, blas::Op::N, fan_out, fan_in, rows, alpha.data(), A.data(), fan_out, B.data(),
                           fan_in, beta.data(), C.data(), fan_in, K);
             for (std::size_t k = 0; k < K; ++k)
-                blas::gemv(true, rows, fan_out, -lr / T(rows), dZ(k), fan_out, ws[k].ones.data(), 1, T(1),
-                           models[k].b[l], 1);
+                blas::sum_rows(rows, fan_out, -lr / T(rows), dZ(k), fan_out, T(1), models[k].b[l]);
         }
         ++result.steps;
         if (stop()) {
@@ -960,26 +956,26 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
             const bool sparse = l == 0 && block.is_sparse();
             if constexpr (direct) {
                 if (sparse && block.W0_t)
-                    sparse_layer_product(sum0_t.data(), grads.b[0], dZ, block.sparse, ws.ones.data(), n_out, 1.0, 1.0,
+                    sparse_layer_product(sum0_t.data(), grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
                                          1.0, 1.0, WeightLayout::Transposed);
                 else if (sparse)
-                    sparse_layer_product(grads.W[0], grads.b[0], dZ, block.sparse, ws.ones.data(), n_out, 1.0, 1.0,
+                    sparse_layer_product(grads.W[0], grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
                                          1.0, 1.0);
                 else
-                    accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, ws.ones.data(), rows, n_out, n_in, 1.0);
+                    accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, rows, n_out, n_in, 1.0);
             } else {
                 if (sparse && block.W0_t) {
-                    sparse_layer_product(block0_t.data(), block_b[0].data(), dZ, block.sparse, ws.ones.data(), n_out,
+                    sparse_layer_product(block0_t.data(), block_b[0].data(), dZ, block.sparse, n_out,
                                          T(1), T(0), T(1), T(0), WeightLayout::Transposed);
                     for (std::size_t i = 0; i < n_w0; ++i) sum0_t[i] += double(block0_t[i]);
                     for (std::size_t i = 0; i < n_out; ++i) grads.b[0][i] += double(block_b[0][i]);
                     return;
                 }
                 if (sparse)
-                    sparse_layer_product(block_W[0].data(), block_b[0].data(), dZ, block.sparse, ws.ones.data(), n_out,
+                    sparse_layer_product(block_W[0].data(), block_b[0].data(), dZ, block.sparse, n_out,
                                          T(1), T(0), T(1), T(0));
                 else
-                    sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, ws.ones.data(), rows, n_out, n_in);
+                    sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, rows, n_out, n_in);
                 for (std::size_t i = 0; i < n_out * n_in; ++i) grads.W[l][i] += double(block_W[l][i]);
                 for (std::size_t i = 0; i < n_out; ++i) grads.b[l][i] += double(block_b[l][i]);
             }

@@ -13,11 +13,11 @@ constexpr double kMinScale = 0.5;
 
 // dW <- beta dW + scale dZ^T . A_prev, db <- beta db + scale sum_rows dZ: the gradient products of a block.
 template <class T>
-void gradient_product(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+void gradient_product(T* dW, T* db, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out,
                       std::size_t n_in, T scale, T beta) {
     blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), scale, dZ, int(n_out), A_prev,
                int(n_in), beta, dW, int(n_in));
-    blas::gemv(true, int(batch), int(n_out), scale, dZ, int(n_out), ones, 1, beta, db, 1);
+    blas::sum_rows(int(batch), int(n_out), scale, dZ, int(n_out), beta, db);
 }
 
 template <class T>
@@ -54,12 +54,11 @@ StepCoefficients<T> fused_step_coefficients(double& scale, std::size_t batch, T 
 }
 
 template <class T>
-void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, const T* ones,
-                           std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
     const StepCoefficients<T> c = fused_step_coefficients(scale, batch, lr, lam_over_m);
     blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), c.alpha, dZ, int(n_out), A_prev,
                int(n_in), c.beta, W, int(n_in));
-    blas::gemv(true, int(batch), int(n_out), -lr / T(batch), dZ, int(n_out), ones, 1, T(1), b, 1);
+    blas::sum_rows(int(batch), int(n_out), -lr / T(batch), dZ, int(n_out), T(1), b);
 }
 
 template <class T>
@@ -71,21 +70,21 @@ void inplace_apply_scale(T* W, double& scale, std::size_t n) {
 }
 
 template <class T>
-void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch,
+void accumulate_gradient(T* dW, T* db, const T* dZ, const T* A_prev, std::size_t batch,
                          std::size_t n_out, std::size_t n_in, T scale) {
-    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, scale, T(1));
+    gradient_product(dW, db, dZ, A_prev, batch, n_out, n_in, scale, T(1));
 }
 
 template <class T>
-void sum_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+void sum_gradient(T* dW, T* db, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out,
                   std::size_t n_in) {
-    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, T(1), T(0));
+    gradient_product(dW, db, dZ, A_prev, batch, n_out, n_in, T(1), T(0));
 }
 
 template <class T>
-void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, const T* ones, std::size_t batch, std::size_t n_out,
+void mean_gradient(T* dW, T* db, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out,
                    std::size_t n_in) {
-    gradient_product(dW, db, dZ, A_prev, ones, batch, n_out, n_in, T(1) / T(batch), T(0));
+    gradient_product(dW, db, dZ, A_prev, batch, n_out, n_in, T(1) / T(batch), T(0));
 }
 
 template <class T>
@@ -107,14 +106,13 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, dou
 }
 
 #define L2FAST_INSTANTIATE(T)                                                                                \
-    template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, const T*, std::size_t,          \
-                                        std::size_t, std::size_t, T, T);                                     \
+    template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, std::size_t, std::size_t,        \
+                                        std::size_t, T, T);                                     \
     template void inplace_apply_scale(T*, double&, std::size_t);                                             \
     template StepCoefficients<T> fused_step_coefficients(double&, std::size_t, T, T);                       \
-    template void accumulate_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t,        \
-                                      std::size_t, T);                                                       \
-    template void mean_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);   \
-    template void sum_gradient(T*, T*, const T*, const T*, const T*, std::size_t, std::size_t, std::size_t);    \
+    template void accumulate_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t, T);                                                       \
+    template void mean_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);             \
+    template void sum_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);              \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T, double*);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)

@@ -341,6 +341,26 @@ def test_a_linear_models_sgd_epoch_gives_the_same_bits_on_one_and_two_threads(re
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("sizes, batch", [([7, 10_000], 64), ([7, 300, 2_000], 100)])
+def test_wide_layers_bias_sums_give_the_same_bits_on_one_and_two_threads(restore_threads, sizes, batch):
+    # A bias's gradient sums dZ's rows for each of its units: through OpenBLAS's GEMV, a float32 10 000-class layer had
+    # other last bits on one thread than on two (its columns split at other places); blas::sum_rows adds them in one
+    # order. Training and the gradients pass alike (float32: float64 calls keep one thread count, see the README).
+    rng = np.random.default_rng(4)
+    dtype = "float32"
+    X = rng.normal(size=(257, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], size=257)
+    results = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        net = l2fast.Network(sizes, seed=0, dtype=dtype, lam=0.5)
+        net.fit(X, y, epochs=2, batch_size=batch, lr=0.05)
+        dW, db = net.gradients(X, y)
+        results.append(net.weights + net.biases + dW + db)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+
+
 def test_busy_loops_of_other_processes_are_seen():
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
