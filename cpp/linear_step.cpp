@@ -63,12 +63,11 @@ typedef std::int64_t LongVec __attribute__((vector_size(32)));
     }
 }
 
-// z[k zs + r] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
-// multiple of the vector width, zero past n_in, as are W's rows): eight records meet each weight vector at once. z
-// holds the block's logits column by column (output k's at z + k zs), so that the loss runs on vectors of records.
+// z[r n_out + k] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
+// multiple of the vector width, zero past n_in, as are W's rows): eight records meet each weight vector at once.
 template <class T>
 L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P,
-                                     std::size_t n_out, T* z, std::size_t zs) {
+                                     std::size_t n_out, T* z) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
@@ -82,24 +81,23 @@ L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::si
             }
             T sums[kGroup];
             sum_lanes(acc, sums);
-            for (std::size_t r = 0; r < kGroup; ++r) z[k * zs + g + r] = sums[r] + b[k];
+            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * n_out + k] = sums[r] + b[k];
         }
     }
 }
 
-// G[k] += sum_r d[k zs + r] x[r] and db[k] += sum_r d[k zs + r] over the block's rows (as block_forward's, d
-// column by column as its z; zero on the rows past the block's records): each vector of G is read and written once
-// per eight records.
+// G[k] += sum_r d[r n_out + k] x[r] and db[k] += sum_r d[r n_out + k] over the block's rows (as block_forward's;
+// d is zero on the rows past the block's records): each vector of G is read and written once per eight records.
 template <class T>
-L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, std::size_t zs, const T* x, std::size_t rows,
-                                      std::size_t P, std::size_t n_out) {
+L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P,
+                                      std::size_t n_out) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
         const T* xg = x + g * P;
         for (std::size_t k = 0; k < n_out; ++k) {
             T dk[kGroup];
-            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[k * zs + g + r];
+            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * n_out + k];
             // the eight records' terms in two chains of four (even and odd records), added at the end: one chain of
             // eight dependent multiply-adds per vector of G kept the core waiting on each result in turn
             db[k] += ((dk[0] + dk[2]) + (dk[4] + dk[6])) + ((dk[1] + dk[3]) + (dk[5] + dk[7]));
@@ -157,94 +155,21 @@ struct StepLayout {
     }
 };
 
-// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits column
-// by column (output k's at z + k block) and, for a loss taken on rows, in rows, and the share's sums
-// G = sum dL/dz x^T (n_out x P) and db = sum dL/dz.
+// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, and
+// the share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz.
 template <class T>
 struct ShareBuffers {
-    std::vector<T> x, z, z_rows, G, db;
+    std::vector<T> x, z, G, db;
 
     ShareBuffers(const StepLayout& layout, std::size_t n_out)
-        : x(layout.block * layout.P, T(0)), z(layout.block * n_out, T(0)), z_rows(layout.block * n_out),
-          G(n_out * layout.P), db(n_out) {}
+        : x(layout.block * layout.P, T(0)), z(layout.block * n_out, T(0)), G(n_out * layout.P), db(n_out) {}
 };
-
-// The softmax loss of a block whose logits are held column by column (class k's at Z + k zs, records r < rows):
-// per record the operations of losses.cpp's softmax_loss_gradient in the same order, each a loop over the block's
-// records that runs on vectors of them, where the rows' version runs along each record's few classes one at a time
-// (its largest logit by a branch per class, its sum one dependent add after another, its probabilities one division
-// after another). Z <- w dL/dZ; the losses are added in record order, in double.
-template <class T>
-L2FAST_FMA_CLONES LossStats softmax_columns(T* Z, std::size_t zs, std::size_t rows, std::size_t cols,
-                                            const Targets<T>& y) {
-    T z_max[kBlock], z_label[kBlock], sums[kBlock];
-    std::uint32_t label[kBlock], best[kBlock];  // classes < n_out <= kMaxWeights
-    LossStats stats;
-    for (std::size_t r = 0; r < rows; ++r) label[r] = std::uint32_t(y.labels[y.record(r)]);
-    for (std::size_t r = 0; r < rows; ++r) {
-        z_max[r] = Z[r];
-        best[r] = 0;
-    }
-    for (std::uint32_t k = 1; k < cols; ++k) {  // the largest logit, the first of equal ones
-        const T* z = Z + k * zs;
-        for (std::size_t r = 0; r < rows; ++r) {
-            const bool larger = z[r] > z_max[r];
-            best[r] = larger ? k : best[r];
-            z_max[r] = larger ? z[r] : z_max[r];
-        }
-    }
-    for (std::size_t r = 0; r < rows; ++r) {
-        z_label[r] = Z[label[r] * zs + r];
-        stats.correct += best[r] == label[r];
-    }
-    for (std::size_t k = 0; k < cols; ++k) {
-        T* z = Z + k * zs;
-        for (std::size_t r = 0; r < rows; ++r) z[r] -= z_max[r];
-        inplace_exp(z, rows);
-    }
-    for (std::size_t r = 0; r < rows; ++r) sums[r] = Z[r];
-    for (std::size_t k = 1; k < cols; ++k)
-        for (std::size_t r = 0; r < rows; ++r) sums[r] += Z[k * zs + r];
-    for (std::size_t k = 0; k < cols; ++k)
-        for (std::size_t r = 0; r < rows; ++r) Z[k * zs + r] /= sums[r];
-    inplace_log_of_sums(sums, rows);
-    for (std::size_t r = 0; r < rows; ++r) {
-        Z[label[r] * zs + r] -= T(1);
-        const double loss = double(sums[r] + z_max[r] - z_label[r]);
-        if (!y.weights) {
-            stats.loss_sum += loss;
-            continue;
-        }
-        const T w = y.weights[y.record(r)];
-        for (std::size_t k = 0; k < cols; ++k) Z[k * zs + r] *= w;
-        stats.loss_sum += loss * double(w);
-    }
-    return stats;
-}
-
-// The block's losses and Z <- w dL/dZ, Z column by column (see block_forward): one column is the rows' own layout; the
-// softmax runs on the columns; another loss of several outputs (squared error) on the block's rows, through the loss
-// every other path takes.
-template <class T>
-LossStats block_loss(Loss loss, ShareBuffers<T>& buf, std::size_t rows, std::size_t n_out, std::size_t zs,
-                     const Targets<T>& y) {
-    T* Z = buf.z.data();
-    if (n_out == 1) return inplace_loss_gradient(Z, rows, 1, loss, y);
-    if (loss == Loss::Softmax) return softmax_columns(Z, zs, rows, n_out, y);
-    T* by_rows = buf.z_rows.data();
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t k = 0; k < n_out; ++k) by_rows[r * n_out + k] = Z[k * zs + r];
-    const LossStats stats = inplace_loss_gradient(by_rows, rows, n_out, loss, y);
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t k = 0; k < n_out; ++k) Z[k * zs + r] = by_rows[r * n_out + k];
-    return stats;
-}
 
 // One share of a step, records start..start+rows-1: its sums into buf, the loss sum returned.
 template <class T>
 LossStats share_sums(const Shape& shape, const StepLayout& layout, const T* W, const T* b, const Records<T>& records,
                      std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
-    const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block, zs = block;
+    const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
     LossStats stats;
     std::fill(buf.G.begin(), buf.G.end(), T(0));
     std::fill(buf.db.begin(), buf.db.end(), T(0));
@@ -261,15 +186,15 @@ LossStats share_sums(const Shape& shape, const StepLayout& layout, const T* W, c
         const std::size_t per_group = (block - next + 2 * padded / kGroup - 1) / (2 * padded / kGroup);
         for (std::size_t g = 0; g < padded; g += kGroup) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            block_forward(W, b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g, zs);
+            block_forward(W, b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
         }
         const std::int64_t* picked = records.order ? records.order + first : nullptr;
-        stats += block_loss(shape.loss, buf, count, n_out, zs, targets_of(records.data, picked, first));
-        for (std::size_t k = 0; k < n_out; ++k)
-            std::fill(buf.z.begin() + k * zs + count, buf.z.begin() + k * zs + padded, T(0));
+        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets_of(records.data, picked, first));
+        std::fill(buf.z.begin() + count * n_out, buf.z.begin() + padded * n_out, T(0));
         for (std::size_t g = 0; g < padded; g += kGroup) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            block_backward(buf.G.data(), buf.db.data(), buf.z.data() + g, zs, buf.x.data() + g * P, kGroup, P, n_out);
+            block_backward(buf.G.data(), buf.db.data(), buf.z.data() + g * n_out, buf.x.data() + g * P, kGroup, P,
+                           n_out);
         }
     }
     return stats;

@@ -151,11 +151,15 @@ LossStats logistic_loss_gradient(T* z, std::size_t rows, const Targets<T>& y) {
     return stats;
 }
 
+// e^z in place: one loop with nothing else in it, which runs on vectors of values (glibc's libmvec, see
+// vector_math.hpp; the scalar exp where the build found no libmvec).
 template <class T>
-L2FAST_VECTOR_CLONES void inplace_exp(T* v, std::size_t n) {
-    for (std::size_t i = 0; i < n; ++i) v[i] = std::exp(v[i]);
+L2FAST_VECTOR_CLONES void inplace_exp(T* z, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) z[i] = std::exp(z[i]);
 }
 
+// log s in place for sums s >= 1 (of exponentials whose largest is e^0): log1p(s - 1), where s - 1 is exact, in one
+// loop with nothing else in it, which runs on vectors of values as inplace_exp does.
 template <class T>
 L2FAST_VECTOR_CLONES void inplace_log_of_sums(T* s, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) s[i] = std::log1p(s[i] - T(1));
@@ -246,10 +250,6 @@ void inplace_output_activation(T* Z, std::size_t rows, std::size_t cols, Loss lo
     }
 }
 
-template void inplace_exp(float*, std::size_t);
-template void inplace_exp(double*, std::size_t);
-template void inplace_log_of_sums(float*, std::size_t);
-template void inplace_log_of_sums(double*, std::size_t);
 template LossStats inplace_loss_gradient(float*, std::size_t, std::size_t, Loss, const Targets<float>&);
 template LossStats inplace_loss_gradient(double*, std::size_t, std::size_t, Loss, const Targets<double>&);
 template void inplace_output_activation(float*, std::size_t, std::size_t, Loss);

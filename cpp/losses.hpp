@@ -48,14 +48,6 @@ LossStats inplace_loss_gradient(T* Z, std::size_t rows, std::size_t cols, Loss l
 template <class T>
 void inplace_output_activation(T* Z, std::size_t rows, std::size_t cols, Loss loss);
 
-// e^v in place, and log s = log1p(s - 1) in place for sums s >= 1 of exponentials whose largest is e^0 (s - 1 is
-// exact): each one loop with nothing else in it, which runs on vectors of values (glibc's libmvec, see
-// vector_math.hpp; the scalar functions where the build found no libmvec).
-template <class T>
-void inplace_exp(T* v, std::size_t n);
-template <class T>
-void inplace_log_of_sums(T* s, std::size_t n);
-
 // Throws std::invalid_argument unless every label is an integer in [0, n_classes).
 void check_labels(const std::int64_t* labels, std::size_t m, std::size_t n_classes);
 
