@@ -18,6 +18,7 @@
 #include "blas.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
+#include "linear_step.hpp"
 #include "losses.hpp"
 #include "network.hpp"
 #include "newton.hpp"
@@ -1224,6 +1225,44 @@ static void test_shuffled_order_is_a_permutation_and_asks_for_spare_words() {
     CHECK(shuffled_order(raw.data(), 3, order.data(), 5) == -1);
 }
 
+// The linear step (linear_sgd_epoch, asked to stop after every step) with steps of two shares (batch >= 128) on one
+// thread and on two, where the two threads run the whole epoch and meet twice a step: the same bits, and asked to stop
+// after the third step, both stop there with the same W. Run under ThreadSanitizer by tests/test_cpp_kernels.py.
+static void test_linear_steps_of_two_shares_on_one_and_two_threads() {
+    std::mt19937_64 rng(29);
+    const std::size_t m = 700, n_in = 21, n_out = 3, batch = 200;  // steps of 200, 200, 200 and a short 100
+    Shape shape{{n_in, n_out}, Activation::Relu, Loss::Softmax};
+    const auto X = randn(m * n_in, rng), W0 = randn(n_out * n_in, rng, 0.3), b0 = randn(n_out, rng, 0.1);
+    std::vector<std::int64_t> y(m), order(m);
+    for (std::size_t i = 0; i < m; ++i) {
+        y[i] = std::int64_t(rng() % n_out);
+        order[i] = std::int64_t(i);
+    }
+    std::shuffle(order.begin(), order.end(), rng);
+    Dataset<double> data{X.data(), m, nullptr, y.data(), nullptr};
+    const int before = blas::num_threads();
+    std::vector<double> W_of[2][2], b_of[2][2];
+    for (int threads : {1, 2}) {
+        blas::set_num_threads(threads);
+        for (int stopping : {0, 1}) {
+            std::vector<double> W = W0, b = b0;
+            Params<double> params{{W.data()}, {b.data()}};
+            int asked = 0;
+            const EpochResult r = linear_sgd_epoch<double>(shape, params, data, order.data(), m, batch, 0.2, 0.01,
+                                                           [&] { return stopping && ++asked == 3; });
+            CHECK(stopping ? (r.stopped && r.steps == 3) : (!r.stopped && r.steps == 4));
+            W_of[threads - 1][stopping] = W;
+            b_of[threads - 1][stopping] = b;
+        }
+    }
+    blas::set_num_threads(before);
+    for (int stopping : {0, 1}) {
+        CHECK(W_of[0][stopping] == W_of[1][stopping] && b_of[0][stopping] == b_of[1][stopping]);
+        CHECK(W_of[0][stopping] != W0);
+    }
+    CHECK(W_of[0][0] != W_of[0][1]);
+}
+
 int main() {
     test_small_kernels_match_plain_loops();
     test_small_layers_train_transposed_where_openblas_would_pack();
@@ -1254,6 +1293,7 @@ int main() {
     test_newton_passes_agree();
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
     test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
+    test_linear_steps_of_two_shares_on_one_and_two_threads();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }
