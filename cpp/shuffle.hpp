@@ -14,8 +14,8 @@ namespace l2fast {
 // happens with a probability below (i + 1) / 2^64, about once in 1.8e14 draws at m = 100 000. Returns the number
 // of words used (at least m-1; 0 for m <= 1), or -1 when a rejection found no spare word left, in which case the
 // caller draws more words and calls again. The draws do not depend on the swaps, so the loop runs at memory
-// speed: about 0.2 ms for m = 100 000, against 1.1-1.7 ms for NumPy's Generator.permutation, whose bounded
-// draws (masked rejection) each wait on the generator.
+// speed: 0.2-0.3 ms for m = 100 000 (about 0.9 ms with drawing the words and a fresh array), against 1.2-1.8 ms
+// for NumPy's Generator.permutation, whose bounded draws (masked rejection) each wait on the generator.
 std::ptrdiff_t shuffled_order(const std::uint64_t* raw, std::size_t n_raw, std::int64_t* order, std::size_t m);
 
 }  // namespace l2fast

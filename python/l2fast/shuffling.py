@@ -5,8 +5,9 @@ down to 1, position i swaps with j = (word * (i + 1)) >> 64 (Lemire's multiply-a
 in the biased sliver (low half of the product below 2^64 mod (i + 1), odds under (i + 1) / 2^64) is rejected and
 replaced by a spare word drawn after the m-1 others, so every permutation is exactly equally likely. The words are
 drawn in one vectorised call and the swaps depend on no draw, so the compiled version (``_core.epoch_order``,
-cpp/shuffle.cpp) takes about 0.4 ms for m = 100 000 where NumPy's ``Generator.permutation`` takes 1.1-1.7 ms (its
-bounded draws each wait on the generator). ``python_order`` is the same algorithm in Python, for a build without
+cpp/shuffle.cpp) takes about 0.9 ms for m = 100 000 (the words 0.2-0.4 ms, the swaps 0.2-0.3 ms, the rest a fresh
+array's pages) where NumPy's ``Generator.permutation`` takes 1.2-1.8 ms (its bounded draws each wait on the
+generator). ``python_order`` is the same algorithm in Python, for a build without
 the compiled module and as the compiled one's specification in the tests.
 """
 from __future__ import annotations
