@@ -29,6 +29,8 @@ constexpr std::size_t kBlockRows = 2048;
 // than they save, queueing for the line-fill buffers and pushing the step's own operands out of L2 (measured:
 // that epoch 20 % slower with them), and their steps are long enough for the waits not to matter.
 constexpr std::size_t kPrefetchBytes = std::size_t(1) << 17;
+// The fewest records a share of an optimizer's step takes (OptimizerStep): a step of fewer than twice as many is one.
+constexpr std::size_t kMinShareRows = 32;
 
 template <class T>
 struct Workspace {
@@ -398,10 +400,12 @@ private:
     LineVector<T> dZ_;                         // narrow_softmax_: its dL/dZ (batch x small_lanes<T>)
 };
 
-// to (cols x rows) <- from (rows x cols)^T for double, in blocks of 4 x 4 transposed in registers (four loads, eight
-// shuffles, four stores), the edges entry by entry: the copies ForwardCopies refreshes after every step, at about half
-// the time of transpose()'s (64 x 64: 1.4 us against 3.1 us a refresh; the same values, only moved).
-L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows, std::size_t cols, double* to) {
+// to (cols x rows, rows ld_to apart) <- from (rows x cols)^T for double, in blocks of 4 x 4 transposed in registers
+// (four loads, eight shuffles, four stores), the edges entry by entry: the copies ForwardCopies refreshes after every
+// step, at about half the time of transpose()'s (64 x 64: 1.4 us against 3.1 us a refresh; the same values, only
+// moved). A block of W's rows goes into the same columns of the copy.
+L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows, std::size_t cols, double* to,
+                                            std::size_t ld_to) {
     typedef std::int64_t Lanes __attribute__((vector_size(32)));
     std::size_t i0 = 0;
     for (; i0 + 4 <= rows; i0 += 4) {
@@ -415,42 +419,45 @@ L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows
                             odd01 = __builtin_shuffle(r0, r1, Lanes{1, 5, 3, 7}),
                             even23 = __builtin_shuffle(r2, r3, Lanes{0, 4, 2, 6}),
                             odd23 = __builtin_shuffle(r2, r3, Lanes{1, 5, 3, 7});
-            double* t = to + j0 * rows + i0;
+            double* t = to + j0 * ld_to + i0;
             store(t, __builtin_shuffle(even01, even23, Lanes{0, 1, 4, 5}));
-            store(t + rows, __builtin_shuffle(odd01, odd23, Lanes{0, 1, 4, 5}));
-            store(t + 2 * rows, __builtin_shuffle(even01, even23, Lanes{2, 3, 6, 7}));
-            store(t + 3 * rows, __builtin_shuffle(odd01, odd23, Lanes{2, 3, 6, 7}));
+            store(t + ld_to, __builtin_shuffle(odd01, odd23, Lanes{0, 1, 4, 5}));
+            store(t + 2 * ld_to, __builtin_shuffle(even01, even23, Lanes{2, 3, 6, 7}));
+            store(t + 3 * ld_to, __builtin_shuffle(odd01, odd23, Lanes{2, 3, 6, 7}));
         }
         for (; j0 < cols; ++j0)
-            for (std::size_t i = i0; i < i0 + 4; ++i) to[j0 * rows + i] = from[i * cols + j0];
+            for (std::size_t i = i0; i < i0 + 4; ++i) to[j0 * ld_to + i] = from[i * cols + j0];
     }
     for (; i0 < rows; ++i0)
-        for (std::size_t j = 0; j < cols; ++j) to[j * rows + i0] = from[i0 * cols + j];
+        for (std::size_t j = 0; j < cols; ++j) to[j * ld_to + i0] = from[i0 * cols + j];
 }
 
-// The buffers of an epoch with an optimizer (momentum, Adam): its Workspace and the layers' mean gradients. A thread keeps
-// the last ones it used, when at most kKeptBytes, for its next call on the same shape: a scikit-learn drop-in's epoch on
-// digits is 9 steps, and allocating and zeroing its 360 KB afresh (page faults included) cost a few percent of it. A
-// call that finds the kept ones in use (a should_stop that trains another network on this thread) makes its own.
+// The buffers of an epoch with an optimizer (momentum, Adam): per share of a step (OptimizerStep), its Workspace and the
+// layers' gradient sums. A thread keeps the last ones it used, when at most kKeptBytes, for its next call on the same
+// shape: a scikit-learn drop-in's epoch on digits is 9 steps, and allocating and zeroing its 360 KB afresh (page faults
+// included) cost a few percent of it. A call that finds the kept ones in use (a should_stop that trains another network
+// on this thread) makes its own.
 template <class T>
 class StepBuffers {
 public:
-    StepBuffers(const Shape& shape, std::size_t rows, bool gather) {
+    StepBuffers(const Shape& shape, std::size_t rows, bool gather, std::size_t shares) {
         Kept& kept = kept_buffers();
         std::size_t values = gather ? rows * shape.n_in() : 0;
         for (std::size_t l = 0; l < shape.n_layers(); ++l)
             values += 2 * rows * shape.sizes[l + 1] + (shape.sizes[l] + 1) * shape.sizes[l + 1];
-        if (kept.in_use || values * sizeof(T) > kKeptBytes) {
-            own_ = std::make_unique<Buffers>(shape, rows, gather);
+        if (kept.in_use || shares * values * sizeof(T) > kKeptBytes) {
+            own_ = std::make_unique<Buffers>(shape, rows, gather, shares);
             buffers_ = own_.get();
             return;
         }
-        if (!kept.buffers || kept.sizes != shape.sizes || kept.rows != rows || kept.gather != gather) {
+        if (!kept.buffers || kept.sizes != shape.sizes || kept.rows != rows || kept.gather != gather ||
+            kept.shares != shares) {
             kept.buffers.reset();
-            kept.buffers = std::make_unique<Buffers>(shape, rows, gather);
+            kept.buffers = std::make_unique<Buffers>(shape, rows, gather, shares);
             kept.sizes = shape.sizes;
             kept.rows = rows;
             kept.gather = gather;
+            kept.shares = shares;
         }
         kept.in_use = true;
         kept_ = &kept;
@@ -462,32 +469,36 @@ public:
         if (kept_) kept_->in_use = false;
     }
 
-    Workspace<T>& workspace() { return buffers_->ws; }
-    Params<T>& gradients() { return buffers_->grad; }
+    Workspace<T>& workspace(std::size_t share) { return buffers_->ws[share]; }
+    Params<T>& gradients(std::size_t share) { return buffers_->grad[share]; }
 
 private:
-    static constexpr std::size_t kKeptBytes = std::size_t(1) << 20;
+    static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
 
     struct Buffers {
-        Workspace<T> ws;
+        std::vector<Workspace<T>> ws;
         std::vector<LineVector<T>> store;
-        Params<T> grad;  // grad.W[l], grad.b[l]: layer l's mean gradient, in store
+        std::vector<Params<T>> grad;  // grad[s].W[l], grad[s].b[l]: share s's sums for layer l, in store
 
-        Buffers(const Shape& shape, std::size_t rows, bool gather) : ws(shape, rows, gather, true) {
-            for (std::size_t l = 0; l < shape.n_layers(); ++l) {
-                store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
-                store.emplace_back(shape.sizes[l + 1]);
+        Buffers(const Shape& shape, std::size_t rows, bool gather, std::size_t shares) : grad(shares) {
+            for (std::size_t s = 0; s < shares; ++s) {
+                ws.emplace_back(shape, rows, gather, true);
+                for (std::size_t l = 0; l < shape.n_layers(); ++l) {
+                    store.emplace_back(shape.sizes[l + 1] * shape.sizes[l]);
+                    store.emplace_back(shape.sizes[l + 1]);
+                }
             }
-            for (std::size_t l = 0; l < shape.n_layers(); ++l) {
-                grad.W.push_back(store[2 * l].data());
-                grad.b.push_back(store[2 * l + 1].data());
-            }
+            for (std::size_t s = 0, i = 0; s < shares; ++s)
+                for (std::size_t l = 0; l < shape.n_layers(); ++l, i += 2) {
+                    grad[s].W.push_back(store[i].data());
+                    grad[s].b.push_back(store[i + 1].data());
+                }
         }
     };
 
     struct Kept {
         std::vector<std::size_t> sizes;
-        std::size_t rows = 0;
+        std::size_t rows = 0, shares = 0;
         bool gather = false;
         bool in_use = false;
         std::unique_ptr<Buffers> buffers;
@@ -520,17 +531,18 @@ public:
             if ((l == 0 && sparse_X) || !forward_on_copy(batch, shape.sizes[l], shape.sizes[l + 1])) continue;
             copies_[l].resize(shape.sizes[l] * shape.sizes[l + 1]);
             W_t_[l] = copies_[l].data();
-            refresh(l);
+            refresh(l, 0, shape.sizes[l + 1]);
         }
     }
 
     // Per layer: the copy its forward product reads, or null.
     T* const* layers() const { return W_t_.data(); }
 
-    // The copy <- W[l]^T, after W[l] has changed.
-    void refresh(std::size_t l) {
+    // The copy's columns first..last-1 <- rows first..last-1 of W[l] transposed, after they have changed.
+    void refresh(std::size_t l, std::size_t first, std::size_t last) {
+        const std::size_t n_in = shape_.sizes[l], n_out = shape_.sizes[l + 1];
         if constexpr (std::is_same_v<T, double>)  // only float64 epochs have copies
-            if (W_t_[l]) transpose_doubles(params_.W[l], shape_.sizes[l + 1], shape_.sizes[l], W_t_[l]);
+            if (W_t_[l]) transpose_doubles(params_.W[l] + first * n_in, last - first, n_in, W_t_[l] + first, n_out);
     }
 
 private:
@@ -540,7 +552,156 @@ private:
     std::vector<T*> W_t_;
 };
 
+// A step of an epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs): each layer's mean gradient
+// into a buffer, then one fused pass of the optimizer over W, b and their state (inplace_optimizer_step), from the last
+// layer down. Where optimizer_step_shares allows it, a step of at least 2 kMinShareRows records is cut in two shares of
+// its rows, each with a workspace and gradient sums of its own (the gather, forward pass, loss, backward pass and
+// gradient products of its rows), run side by side when the call has two threads; the shares' sums are added in share
+// order before the update, so the bits depend on the step's size alone, never on the threads. Each product of a share
+// is small enough for OpenBLAS to run it on the thread that asks, whatever its own thread count.
+template <class T>
+class OptimizerStep {
+public:
+    OptimizerStep(const Shape& shape, Params<T>& params, OptimizerRun<T>& run, std::size_t batch, bool gather,
+                  bool sparse_X)
+        : shape_(shape),
+          params_(params),
+          run_(run),
+          two_shares_(!sparse_X && optimizer_step_shares(shape.sizes, batch)),
+          buffers_(shape, two_shares_ ? share_capacity(batch) : batch, gather, two_shares_ ? 2 : 1),
+          copies_(shape, params, batch, sparse_X, true),
+          threads_(std::min<std::size_t>(std::size_t(std::max(blas::num_threads(), 1)), 2)) {}
+
+    // One step on `rows` records (picked, or start.. in turn), with decay lam/m; norms as in train_epoch.
+    LossStats operator()(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
+                         const NextRows& next, T lr, T decay, double* norms) {
+        const std::size_t shares = two_shares_ && rows >= 2 * kMinShareRows ? 2 : 1;
+        ++run_.step;
+        LossStats stats[2];
+        const auto share = [&](std::size_t s) {
+            const std::size_t begin = rows * s / shares, end = rows * (s + 1) / shares;
+            const std::size_t ahead_begin = next.rows * s / shares, ahead_end = next.rows * (s + 1) / shares;
+            const NextRows ahead = {next.picked ? next.picked + ahead_begin : nullptr, ahead_end - ahead_begin};
+            stats[s] = share_sums(data, picked ? picked + begin : nullptr, start + begin, end - begin, rows, shares,
+                                  ahead, s);
+        };
+        if (shares == 1)
+            share(0);
+        else
+            parallel_for(shares, threads_, 1, [&](std::size_t first, std::size_t last) {
+                for (std::size_t s = first; s < last; ++s) share(s);
+            });
+        for (std::size_t s = 1; s < shares; ++s) stats[0] += stats[s];
+        // The update in two parts too (each layer's first and second half of W's rows), whatever this step's
+        // shares: it runs on the same threads, and the weights' sum of squares is the parts' sums added in order.
+        const std::size_t parts = two_shares_ ? 2 : 1;
+        double part_norms[2] = {0.0, 0.0};
+        if (parts == 1) {
+            update(rows, shares, 0, 1, lr, decay, norms);
+        } else {
+            parallel_for(parts, threads_, 1, [&](std::size_t first, std::size_t last) {
+                for (std::size_t p = first; p < last; ++p)
+                    update(rows, shares, p, parts, lr, decay, norms ? &part_norms[p] : nullptr);
+            });
+            if (norms)
+                for (std::size_t p = 0; p < parts; ++p) *norms += part_norms[p];
+        }
+        return stats[0];
+    }
+
+    // The most rows a share of a step takes: half a batch, or a whole step too short to cut.
+    static std::size_t share_capacity(std::size_t batch) {
+        return std::max((batch + 1) / 2, std::min(batch, 2 * kMinShareRows - 1));
+    }
+
+private:
+
+    // Share s of a step of `rows` records (`shares` of them): its `count` records' loss, and into its buffers
+    // dL/dW and dL/db summed over them (divided by rows when the step is one share: the mean itself).
+    LossStats share_sums(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t count,
+                         std::size_t rows, std::size_t shares, const NextRows& next, std::size_t s) {
+        Workspace<T>& ws = buffers_.workspace(s);
+        Params<T>& grad = buffers_.gradients(s);
+        const std::size_t n_in = shape_.n_in();
+        BlockX<T> block;
+        take_block(data, n_in, picked, start, count, ws.x, block, shape_.n_out(), next);
+        forward_block(shape_, params_, nullptr, block, count, ws, copies_.layers());
+        prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
+        const LossStats stats =
+            inplace_loss_gradient(ws.out.back().data(), count, shape_.n_out(), shape_.loss, targets_of(data, picked, start));
+        prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
+        const T mean = T(1) / T(rows);
+        backward_block(shape_, params_, nullptr, block, count, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+            const std::size_t n_out = shape_.sizes[l + 1];
+            if (l == 0 && block.is_sparse())
+                sparse_layer_product(grad.W[0], grad.b[0], dZ, block.sparse, n_out, mean, T(0), mean, T(0));
+            else if (shares == 1)
+                mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, count, n_out, shape_.sizes[l]);
+            else
+                sum_gradient(grad.W[l], grad.b[l], dZ, A_prev, count, n_out, shape_.sizes[l]);
+        });
+        return stats;
+    }
+
+    // Part p of `parts` of the update: of each layer, last first, the rows of W (and entries of b) in its part, the
+    // shares' sums into share 0's buffers as the mean, then the optimizer's pass over them and the forward copy's
+    // columns. The layers are small enough (optimizer_step_shares) for inplace_optimizer_step to stay on its thread.
+    void update(std::size_t rows, std::size_t shares, std::size_t p, std::size_t parts, T lr, T decay, double* norms) {
+        Params<T>& grad = buffers_.gradients(0);
+        const T mean = T(1) / T(rows);
+        for (std::size_t l = shape_.n_layers(); l-- > 0;) {
+            const std::size_t n_in = shape_.sizes[l], n_out = shape_.sizes[l + 1];
+            const std::size_t first = n_out * p / parts, last = n_out * (p + 1) / parts;
+            const std::size_t w0 = first * n_in, n_w = (last - first) * n_in, n_b = last - first;
+            if (n_b == 0) continue;
+            if (shares == 2) {
+                const Params<T>& other = buffers_.gradients(1);
+                add_mean(grad.W[l] + w0, other.W[l] + w0, n_w, mean);
+                add_mean(grad.b[l] + first, other.b[l] + first, n_b, mean);
+            }
+            inplace_optimizer_step(run_.opt, run_.step, params_.W[l] + w0, grad.W[l] + w0, slot(0, true, l, w0),
+                                   slot(1, true, l, w0), n_w, lr, decay, norms);
+            inplace_optimizer_step(run_.opt, run_.step, params_.b[l] + first, grad.b[l] + first,
+                                   slot(0, false, l, first), slot(1, false, l, first), n_b, lr, T(0));
+            copies_.refresh(l, first, last);
+        }
+    }
+
+    // sums <- (sums + other) mean.
+    static void add_mean(T* sums, const T* other, std::size_t n, T mean) {
+        for (std::size_t i = 0; i < n; ++i) sums[i] = (sums[i] + other[i]) * mean;
+    }
+
+    // State array s of layer l's weights (or biases), from entry `from` on; null when the optimizer has no such array.
+    T* slot(std::size_t s, bool weights, std::size_t l, std::size_t from) const {
+        if (s >= run_.slots.size()) return nullptr;
+        return (weights ? run_.slots[s].W[l] : run_.slots[s].b[l]) + from;
+    }
+
+    const Shape& shape_;
+    Params<T>& params_;
+    OptimizerRun<T>& run_;
+    const bool two_shares_;
+    StepBuffers<T> buffers_;
+    ForwardCopies<T> copies_;
+    const std::size_t threads_;
+};
+
 }  // namespace
+
+bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
+    // OpenBLAS gives a GEMM of m n k multiply-adds min(threads, m n k / 262144) threads and a GEMV of fewer than
+    // 2304 x 4 entries one: products below these run on the thread that asks for them, whatever OpenBLAS's count.
+    constexpr double kOneThreadGemm = 2.0 * 262144.0, kOneThreadGemv = 2304.0 * 4.0;
+    if (batch < 2 * kMinShareRows) return false;
+    const double rows = double(OptimizerStep<double>::share_capacity(batch));  // a share's, or a short step's
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
+        const double n_in = double(sizes[l]), n_out = double(sizes[l + 1]);
+        if (rows * n_in * n_out >= kOneThreadGemm) return false;
+        if ((n_in == 1 || n_out == 1) && rows * std::max(n_in, n_out) >= kOneThreadGemv) return false;
+    }
+    return true;
+}
 
 bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out) {
     // A W^T packs where OpenBLAS's small-matrix rule for it fails (C of more than 1200 entries, or an inner dimension
@@ -608,6 +769,31 @@ EpochResult short_step_apart(const Shape& shape, Params<T>& params, const Datase
     return result;
 }
 
+// train_epoch with an optimizer other than plain SGD: its steps are OptimizerStep's.
+template <class T>
+EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                            std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
+                            const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
+                            std::optional<T> short_lam_over_m) {
+    EpochResult result;
+    const bool gather = order != nullptr && !data.sparse;
+    OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse);
+    StopCheck stop(should_stop);
+    for (std::size_t start = 0; start < n; start += batch) {
+        const std::size_t rows = std::min(batch, n - start);
+        const T step_lam = rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
+        const std::int64_t* picked = order ? order + start : nullptr;
+        const NextRows next = next_rows(data, picked, start, rows, n, batch, shape.n_in());
+        result.stats += step(data, picked, start, rows, next, lr, step_lam, with_norms ? &result.weight_norms : nullptr);
+        ++result.steps;
+        if (stop()) {
+            result.stopped = true;
+            break;
+        }
+    }
+    return result;
+}
+
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& should_stop,
@@ -616,8 +802,10 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     if (n == 0) return result;
     const std::size_t full_batch = batch;
     batch = std::min(batch, n);
-    const bool fused_sgd = run == nullptr || run->opt.method == Method::Sgd;
-    if (fused_sgd && !data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
+    if (run != nullptr && run->opt.method != Method::Sgd)
+        return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop, *run,
+                               with_norms, short_lam_over_m);
+    if (!data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
         if (short_lam_over_m && n % full_batch != 0)  // the linear step takes one decay: the short step on its own
             return short_step_apart(shape, params, data, order, n, full_batch, lr, lam_over_m, *short_lam_over_m,
                                     should_stop, run, with_norms);
@@ -625,33 +813,18 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); },
                                 with_norms);
     }
+    // Plain SGD: the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();
-    const bool small = SmallStep<T>::fits(shape, fused_sgd, data.sparse);
+    const bool small = SmallStep<T>::fits(shape, true, data.sparse);
     const bool gather = order != nullptr && !data.sparse && !small;
-    // Other optimizers: the mean gradient of each layer, written by one GEMM, read by one fused pass; their buffers
-    // and the workspace are kept by the thread between calls (StepBuffers).
-    std::optional<Workspace<T>> own_ws;
-    std::optional<StepBuffers<T>> step_buffers;
-    if (fused_sgd)
-        own_ws.emplace(shape, batch, gather, true);
-    else
-        step_buffers.emplace(shape, batch, gather);
-    Workspace<T>& ws = fused_sgd ? *own_ws : step_buffers->workspace();
-    Params<T> no_gradients;
-    Params<T>& grad = fused_sgd ? no_gradients : step_buffers->gradients();
+    Workspace<T> ws(shape, batch, gather, true);
     BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
-    auto slot = [&](std::size_t s, bool weights, std::size_t l) -> T* {
-        if (s >= run->slots.size()) return nullptr;
-        return weights ? run->slots[s].W[l] : run->slots[s].b[l];
-    };
-    TransposedWeights<T> transposed(shape, params, batch, data.sparse, fused_sgd, small);
+    TransposedWeights<T> transposed(shape, params, batch, data.sparse, true, small);
     T* const* W_t = transposed.layers();
     std::optional<SmallStep<T>> small_step;
     if (small) small_step.emplace(shape, batch, ws);
-    ForwardCopies<T> forward_copies(shape, params, batch, data.sparse, !fused_sgd);
-    T* const* W_forward = fused_sgd ? W_t : forward_copies.layers();
     StopCheck stop(should_stop);
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
@@ -660,7 +833,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
         if (small) {
             result.stats += (*small_step)(params, data, scale, W_t, picked, start, rows, next, lr, step_lam,
-                                               with_norms ? &result.weight_norms : nullptr);
+                                          with_norms ? &result.weight_norms : nullptr);
             ++result.steps;
             if (stop()) {
                 result.stopped = true;
@@ -669,45 +842,27 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
             continue;
         }
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
-        forward_block(shape, params, scale.data(), block, rows, ws, W_forward);
+        forward_block(shape, params, scale.data(), block, rows, ws, W_t);
         prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
         prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
-        if (!fused_sgd) ++run->step;
-        if (with_norms && fused_sgd)  // the GEMM step reads no weight outside the product: one pass of its own
+        if (with_norms)  // the GEMM step reads no weight outside the product: one pass of its own
             add_scaled_weight_norms(result.weight_norms, shape, params, scale, W_t);
-        double* norms = with_norms ? &result.weight_norms : nullptr;
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
-            const std::size_t n_out = shape.sizes[l + 1], n_w = n_out * shape.sizes[l];
-            const bool sparse = l == 0 && block.is_sparse();
-            if (fused_sgd && sparse) {
+            const std::size_t n_out = shape.sizes[l + 1];
+            if (l == 0 && block.is_sparse()) {
                 const StepCoefficients<T> c = fused_step_coefficients(scale[0], rows, lr, step_lam);
-                sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, n_out, c.alpha,
-                                     c.beta, -lr / T(rows), T(1));
-                return;
-            }
-            if (fused_sgd && W_t[l]) {  // the same step, written into the transposed copy: W^T += alpha A_prev^T dZ
+                sparse_layer_product(params.W[0], params.b[0], dZ, block.sparse, n_out, c.alpha, c.beta, -lr / T(rows),
+                                     T(1));
+            } else if (W_t[l]) {  // the same step, written into the transposed copy: W^T += alpha A_prev^T dZ
                 const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, step_lam);
                 transposed_weight_product(A_prev, dZ, rows, shape.sizes[l], n_out, c.alpha, c.beta, W_t[l]);
                 blas::sum_rows(int(rows), int(n_out), -lr / T(rows), dZ, int(n_out), T(1), params.b[l]);
-                return;
+            } else {
+                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, rows, n_out, shape.sizes[l], lr,
+                                      step_lam);
             }
-            if (fused_sgd) {
-                inplace_fused_l2_step(params.W[l], scale[l], params.b[l], dZ, A_prev, rows, n_out,
-                                      shape.sizes[l], lr, step_lam);
-                return;
-            }
-            if (sparse)
-                sparse_layer_product(grad.W[0], grad.b[0], dZ, block.sparse, n_out, T(1) / T(rows),
-                                     T(0), T(1) / T(rows), T(0));
-            else
-                mean_gradient(grad.W[l], grad.b[l], dZ, A_prev, rows, n_out, shape.sizes[l]);
-            inplace_optimizer_step(run->opt, run->step, params.W[l], grad.W[l], slot(0, true, l), slot(1, true, l),
-                                   n_w, lr, step_lam, norms);
-            inplace_optimizer_step(run->opt, run->step, params.b[l], grad.b[l], slot(0, false, l),
-                                   slot(1, false, l), n_out, lr, T(0));
-            forward_copies.refresh(l);
         }, W_t);
         ++result.steps;
         if (stop()) {

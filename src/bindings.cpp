@@ -1227,6 +1227,17 @@ PYBIND11_MODULE(_core, m) {
         "Whether a plain-SGD epoch of this network on dense X takes the one-layer step of cpp/linear_step.cpp.");
 
     m.def(
+        "optimizer_step_shares",
+        [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size) {
+            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
+            return l2fast::optimizer_step_shares(layer_sizes, batch_size);
+        },
+        py::arg("layer_sizes"), py::arg("batch_size"),
+        "Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares whose sums are "
+        "added in a fixed order: its bits then do not depend on the thread count.");
+
+    m.def(
         "shuffled_read_seconds",
         [](const py::handle& X_obj, int repeats) {
             if (repeats < 1) throw std::invalid_argument("repeats must be >= 1, got " + std::to_string(repeats));

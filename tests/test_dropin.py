@@ -632,7 +632,7 @@ def test_bench_config_R_fits_both_to_the_same_loss(monkeypatch, capsys):
 # -- threads on the cpu backend --------------------------------------------------------------------------
 
 
-def test_small_float64_networks_train_on_one_thread_and_wide_ones_keep_the_cap(monkeypatch):
+def test_small_float64_networks_train_on_one_thread_unless_cut_in_shares_and_wide_ones_keep_the_cap(monkeypatch):
     from l2fast import threads
     from l2fast.backends import cpu
 
@@ -645,18 +645,26 @@ def test_small_float64_networks_train_on_one_thread_and_wide_ones_keep_the_cap(m
         counts.append(threads._core.get_num_threads())
         return train_epoch(self, *args, **kwargs)
 
+    def fit(X, hidden, **params):
+        counts.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            dropin.MLPClassifier(hidden_layer_sizes=(hidden,), solver="sgd", max_iter=1, batch_size=200,
+                                 random_state=0, **params).fit(X, y)
+        return list(counts)
+
     monkeypatch.setattr(cpu.CpuBackend, "train_epoch", recording)
     X, y = data(m=300)
-    params = dict(solver="sgd", max_iter=1, batch_size=200, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        dropin.MLPClassifier(hidden_layer_sizes=(8,), **params).fit(X, y)  # 200 x 6 x 8: one thread
-        small = list(counts)
-        counts.clear()
-        X_wide = np.random.default_rng(0).normal(size=(300, 100))
-        dropin.MLPClassifier(hidden_layer_sizes=(64,), **params).fit(X_wide, y)  # 200 x 100 x 64 = 1.28M: the cap
-    assert small and set(small) == {1}
-    assert counts and set(counts) == {threads.get_num_threads()}
+    X_wide = np.random.default_rng(0).normal(size=(300, 100))
+    cap = threads.get_num_threads()
+    # 200 x 6 x 8, plain SGD (no shares): one thread
+    assert set(fit(X, 8, momentum=0.0)) == {1}
+    # the same with momentum: its steps run in two shares, whose bits are the same on any count, so the drop-in
+    # leaves the count to the backend's load policy
+    assert cpu._core.optimizer_step_shares([6, 8, 3], 200)
+    assert set(fit(X, 8)) == {cap}
+    # 200 x 100 x 64 = 1.28M: the cap
+    assert set(fit(X_wide, 64, momentum=0.0)) == {cap}
 
 
 def test_lbfgs_solves_run_the_other_blas_libraries_on_one_thread(monkeypatch):

@@ -7,10 +7,12 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 import threadpoolctl
+from sklearn.exceptions import ConvergenceWarning
 
 import l2fast
 from l2fast import _core, threads
@@ -339,6 +341,64 @@ def test_a_linear_models_sgd_epoch_gives_the_same_bits_on_one_and_two_threads(re
         results.append(net.weights + net.biases)
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(restore_threads, monkeypatch):
+    # Its steps are cut in two shares of records whose sums are added in order (_core.optimizer_step_shares), so its
+    # bits do not depend on the count and the policy may give it a free CPU, float64 included.
+    l2fast.set_num_threads(2)
+    seen = []
+    train_epoch = _core.train_epoch
+    monkeypatch.setattr(_core, "train_epoch", lambda *a, **k: (seen.append(_core.get_num_threads()),
+                                                                 train_epoch(*a, **k))[1])
+    X, y = make_problem("softmax", 64, 10, m=500, seed=5)
+    for busy in (0, 1):
+        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
+        for dtype, optimizer, batch in (("float64", "adam", 200), ("float32", "nesterov", 100),
+                                        ("float64", "adam", 32), ("float64", "sgd", 200)):
+            net = l2fast.Network([64, 64, 10], dtype=dtype, seed=0)
+            net.fit(X, y, epochs=1, batch_size=batch, optimizer=optimizer)
+    # a CPU free: the two-share epochs on 2; steps of 32 (one share) keep float64's cap; plain SGD's fused step
+    # (float64: the cap); one busy: the two-share epochs on 1, the others as before
+    assert seen == [2, 2, 2, 2, 1, 1, 2, 2]
+    assert _core.optimizer_step_shares([64, 64, 10], 200) and not _core.optimizer_step_shares([64, 64, 10], 32)
+    assert not _core.optimizer_step_shares([784, 256, 10], 200)  # a share's products large enough for two threads
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+def test_an_optimizers_epoch_in_two_shares_gives_the_same_bits_on_one_and_two_threads(restore_threads, dtype,
+                                                                                      optimizer):
+    X, y = make_problem("softmax", 64, 10, m=1037, seed=6)  # steps of 200 (two shares) and a short one of 37 (one)
+    results = []
+    for n in (1, 2, 1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        net = l2fast.Network([64, 64, 10], lam=0.5, dtype=dtype, seed=0)
+        history = net.fit(X, y, epochs=2, batch_size=200, lr=0.01, optimizer=optimizer)
+        results.append((net.weights + net.biases, list(history.loss)))
+    for params, losses in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(params, results[0][0]))
+        assert losses == results[0][1]
+
+
+def test_the_dropin_mlps_two_share_epochs_give_the_same_bits_on_one_and_two_threads(restore_threads):
+    from sklearn.datasets import load_digits
+
+    from l2fast.sklearn import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1.0)
+    fits = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        est = MLPClassifier(hidden_layer_sizes=(64,), max_iter=3, tol=0.0, n_iter_no_change=100, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        fits.append(est)
+    for a, b in zip(fits[0].coefs_ + fits[0].intercepts_, fits[1].coefs_ + fits[1].intercepts_):
+        assert np.array_equal(a, b)
+    assert fits[0].loss_curve_ == fits[1].loss_curve_
 
 
 @pytest.mark.parametrize("sizes, batch", [([7, 10_000], 64), ([7, 300, 2_000], 100)])

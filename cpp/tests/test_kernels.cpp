@@ -967,6 +967,72 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
     }
 }
 
+// An epoch with an optimizer whose steps optimizer_step_shares cuts in two shares of records: the same bits on one
+// thread and on two (the shares' sums added in order, the update's two parts each on its own rows), for the drop-ins'
+// 64-64-10 (steps of 200 and a short one of 37, with a decay of its own) and a narrow network whose steps of 70 cut
+// in 35 + 35, whose W rows split 4 + 5 and 3 + 4, and whose short last step (61) is one share.
+static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
+    CHECK(optimizer_step_shares({64, 64, 10}, 200));
+    CHECK(optimizer_step_shares({64, 64, 10}, 64));    // 32 + 32
+    CHECK(!optimizer_step_shares({64, 64, 10}, 63));   // too few records to cut
+    CHECK(optimizer_step_shares({64, 64, 10}, 100));   // a share's 63 rows (a short step's) x 64 x 64 < 2 x 262144
+    CHECK(!optimizer_step_shares({64, 128, 10}, 200)); // 100 x 64 x 128: OpenBLAS may take two threads
+    CHECK(!optimizer_step_shares({784, 256, 10}, 200));
+    CHECK(optimizer_step_shares({64, 1}, 200));        // a GEMV of 100 x 64 entries: one thread
+    CHECK(!optimizer_step_shares({100, 1}, 200));      // 100 x 100 entries: OpenBLAS's GEMV may take two
+    std::mt19937_64 rng(47);
+    struct Case {
+        std::vector<std::size_t> sizes;
+        std::size_t m, batch;
+        Activation act;
+    };
+    const int before = blas::num_threads();
+    for (const Case& c : {Case{{64, 64, 10}, 1037, 200, Activation::Relu}, Case{{13, 9, 7, 3}, 271, 70, Activation::Tanh}}) {
+        CHECK(optimizer_step_shares(c.sizes, c.batch));
+        const Shape shape{c.sizes, c.act, Loss::Softmax};
+        const std::size_t L = shape.n_layers();
+        const auto X = randn(c.m * c.sizes.front(), rng);
+        std::vector<std::int64_t> labels(c.m), order(c.m);
+        for (std::size_t i = 0; i < c.m; ++i) labels[i] = std::int64_t((i * 5) % c.sizes.back()), order[i] = std::int64_t(i);
+        std::shuffle(order.begin(), order.end(), rng);
+        std::vector<std::vector<double>> start;
+        for (std::size_t l = 0; l < L; ++l) start.push_back(randn(c.sizes[l] * c.sizes[l + 1], rng, 0.2));
+        for (std::size_t l = 0; l < L; ++l) start.push_back(randn(c.sizes[l + 1], rng, 0.1));
+        for (const Method method : {Method::Adam, Method::Momentum}) {
+            std::vector<std::vector<double>> first;
+            for (int threads : {1, 2, 1, 2}) {
+                blas::set_num_threads(threads);
+                Optimizer opt;
+                opt.method = method;
+                opt.nesterov = true;
+                std::vector<std::vector<double>> p = start;
+                for (std::size_t s = 0; s < opt.n_slots(); ++s)
+                    for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(start[k].size(), 0.0);
+                Params<double> params;
+                for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
+                OptimizerRun<double> run;
+                run.opt = opt;
+                for (std::size_t s = 0; s < opt.n_slots(); ++s) {
+                    run.slots.emplace_back();
+                    for (std::size_t l = 0; l < L; ++l)
+                        run.slots.back().W.push_back(p[2 * L * (s + 1) + l].data()),
+                            run.slots.back().b.push_back(p[2 * L * (s + 1) + L + l].data());
+                }
+                const Dataset<double> data{X.data(), c.m, nullptr, labels.data()};
+                for (int epoch = 0; epoch < 2; ++epoch) {
+                    const EpochResult result = train_epoch<double>(shape, params, data, order.data(), c.m, c.batch, 0.01,
+                                                                   0.002, {}, &run, true, 0.005);
+                    p.push_back({result.stats.loss_sum, result.weight_norms, double(result.stats.correct)});
+                }
+                CHECK(run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
+                if (first.empty()) first = p;
+                CHECK(p == first);
+            }
+        }
+    }
+    blas::set_num_threads(before);
+}
+
 // linear_objective (L-BFGS's evaluation at flat parameters): its gradient is gradients()' bit for bit, J is the loss
 // sum over m plus lam / 2m ||W||^2, and a kept scratch gives the same bits on every later call, one thread or two.
 static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
@@ -1268,6 +1334,7 @@ int main() {
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_optimizer_epochs_read_forward_copies_and_step_as_on_w();
     test_optimizer_epochs_on_kept_buffers_give_the_same_bits();
+    test_optimizer_steps_of_two_shares_on_one_and_two_threads();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();

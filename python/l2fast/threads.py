@@ -295,20 +295,24 @@ _adaptive = True
 
 
 @contextlib.contextmanager
-def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False):
+def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False,
+                 two_shares: bool = False):
     """Runs the block (one kernel call) on the threads `choose_threads` gives for this network and the load
     of the machine now; yields that count. Models trained together (``models`` > 1) hand OpenBLAS their
     products as one batch that it runs side by side, a product per thread, which gains at any size; so does
     a ``memory_bound`` call (a linear model's SGD epoch, whose time is reading X's rows: two threads have twice
-    the rows in flight).
-    float64 calls keep the cap: OpenBLAS's float64 GEMM kernels give other last bits on one thread than
-    on several (at the edges of the tiles), so only a fixed count keeps float64 runs repeatable."""
+    the rows in flight), and a ``two_shares`` one (an optimizer's epoch whose steps are cut in two shares of
+    records, ``_core.optimizer_step_shares``: one per thread).
+    Other float64 calls keep the cap: OpenBLAS's float64 GEMM kernels give other last bits on one thread than
+    on several (at the edges of the tiles), so only a fixed count keeps float64 runs repeatable. A two-share
+    epoch's products each run on one thread whatever the count, and its shares are added in a fixed order, so its
+    bits are the same on any count, float64 too."""
     core = _core
     cap = core.get_num_threads()
-    if cap <= 1 or dtype != np.float32:
+    if cap <= 1 or (dtype != np.float32 and not two_shares):
         yield cap
         return
-    min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound else 0
+    min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound and not two_shares else 0
     product = largest_product(layer_sizes, batch)
     busy = busy_cpus() if _adaptive and product >= min_product else 0
     n = choose_threads(cap, product, busy, os.cpu_count() or cap, min_product) if _adaptive else cap

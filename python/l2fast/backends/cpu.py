@@ -71,8 +71,13 @@ class CpuBackend(HostArrays):
         # a one-layer network with plain SGD on dense X: cpp/linear_step.cpp, which reads a step's rows on two
         # threads when a CPU is free
         sizes = _sizes(weights)
-        linear = optimizer is None and not isinstance(X, _validate.SparseFeatures) and _core.linear_step_fits(sizes)
-        with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear):
+        dense = not isinstance(X, _validate.SparseFeatures)
+        linear = optimizer is None and dense and _core.linear_step_fits(sizes)
+        # an optimizer's epoch whose steps run in two shares of records, one per thread when a CPU is free
+        records = X.shape[0] if order is None else len(order)
+        two_shares = (optimizer is not None and optimizer.name != "sgd" and dense and records > 0 and batch_size >= 1
+                      and _core.optimizer_step_shares(sizes, min(batch_size, records)))
+        with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
                                          sample_weight=sample_weight, check_finite=check_finite, with_norms=with_norms,

@@ -22,8 +22,10 @@ A scipy.sparse X is trained on as CSR by every backend (on cuda as a cupyx CSR).
 stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 
-Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), and an
-L-BFGS-B solve runs the process's other BLAS libraries on one thread while it lasts (``_lbfgs``).
+Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), except the
+momentum and Adam epochs whose steps run in two shares of records (``_core.optimizer_step_shares``: the same bits on
+any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
+libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
 
@@ -159,11 +161,14 @@ class _Trainer:
         weights = None if weights is None else backend.sample_weights(weights, len(X), net.dtype)
         return X, y, weights, scale
 
-    def threads(self, batch):
-        """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``)."""
+    def threads(self, batch, dense):
+        """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``), unless
+        their steps on dense X run in two shares of records (``_core.optimizer_step_shares``), whose bits are the same
+        on any count: those follow the machine's load (``threads.call_threads``)."""
         net = self.net
         if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
-                or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT):
+                or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT
+                or (dense and self.spec.name != "sgd" and threads._core.optimizer_step_shares(net.layer_sizes, batch))):
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
@@ -292,7 +297,7 @@ class _L2fastMLP:
         order = np.arange(m, dtype=np.int64)
         loss_outputs = self._loss_outputs()
         # One thread count for all the epochs, set once (a float64 network's count fixes its last bits)
-        with trainer.threads(batch):
+        with trainer.threads(batch, dense=isinstance(X_l2, np.ndarray)):
             try:
                 self.n_iter_ = 0
                 for _ in range(self.max_iter):
