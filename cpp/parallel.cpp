@@ -1,11 +1,12 @@
 // A small pool of helper threads that sleep on a condition variable between jobs, after spinning a
-// moment in case another job follows at once.
+// moment in case another job follows at once; the caller and the helpers claim a job's parts as they come.
 #include "parallel.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -40,10 +41,15 @@ bool spin_until(Ready ready) {
     return ready();
 }
 
+// A job is cut in `shares` contiguous parts of [0, n), fixed by n and shares alone; the caller and the helpers claim
+// them one at a time, so a helper that wakes late (or shares its core with another process) takes fewer parts or
+// none, and the caller never waits for a helper that has not started: it does the parts left itself, and waits
+// only for the parts already taken. The job's state is one word, its number and the next part to take: a claim is
+// a compare-and-swap on it, which fails once the job has moved on.
 class Pool {
 public:
     explicit Pool(std::size_t helpers) {
-        for (std::size_t i = 0; i < helpers; ++i) workers_.emplace_back([this, i] { work(i + 1); });
+        for (std::size_t i = 0; i < helpers; ++i) workers_.emplace_back([this] { work(); });
     }
 
     ~Pool() {
@@ -57,71 +63,79 @@ public:
 
     std::size_t helpers() const { return workers_.size(); }
 
-    // Share 0 runs on the caller; shares 1..shares-1 on helpers 1..shares-1.
     void run(std::size_t n, std::size_t shares, const std::function<void(std::size_t, std::size_t)>& body) {
+        std::uint64_t job;
         {
-            // The job's description changes only under the mutex; helpers read it there too.
             std::lock_guard<std::mutex> lock(mutex_);
-            body_ = &body;
-            n_ = n;
-            shares_ = shares;
-            pending_.store(shares - 1, std::memory_order_relaxed);
-            generation_.fetch_add(1, std::memory_order_release);
+            body_.store(&body, std::memory_order_relaxed);
+            n_.store(n, std::memory_order_relaxed);
+            shares_.store(shares, std::memory_order_relaxed);
+            done_.store(0, std::memory_order_relaxed);
+            job = job_of(state_.load(std::memory_order_relaxed)) + 1;
+            state_.store(job << kPartBits, std::memory_order_release);
         }
         wake_.notify_all();
-        share(0, n, shares, body);
-        const auto finished = [this] { return pending_.load(std::memory_order_acquire) == 0; };
+        take_parts(job);
+        const auto finished = [this, shares] { return done_.load(std::memory_order_acquire) == shares; };
         if (!spin_until(finished)) {
             std::unique_lock<std::mutex> lock(mutex_);
-            done_.wait(lock, finished);
+            done_cv_.wait(lock, finished);
         }
     }
 
 private:
-    static void share(std::size_t index, std::size_t n, std::size_t shares,
-                      const std::function<void(std::size_t, std::size_t)>& body) {
-        const std::size_t begin = n * index / shares, end = n * (index + 1) / shares;
-        if (begin < end) body(begin, end);
+    static constexpr unsigned kPartBits = 24;  // parts of a job: at most 2^24 (parallel_for has one per thread)
+    static std::uint64_t job_of(std::uint64_t state) { return state >> kPartBits; }
+
+    // Claims and runs parts of job `job` until none is left (or the job is over).
+    void take_parts(std::uint64_t job) {
+        std::uint64_t state = state_.load(std::memory_order_acquire);
+        while (job_of(state) == job) {
+            const std::size_t part = std::size_t(state & ((std::uint64_t(1) << kPartBits) - 1));
+            const std::size_t shares = shares_.load(std::memory_order_relaxed);
+            const std::size_t n = n_.load(std::memory_order_relaxed);
+            const auto* body = body_.load(std::memory_order_relaxed);
+            if (part >= shares) return;
+            // the fields read above are this job's if the claim succeeds: the next job is set up only after every
+            // part of this one is done, so not before this part is taken
+            if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+                continue;
+            const std::size_t begin = n * part / shares, end = n * (part + 1) / shares;
+            if (begin < end) (*body)(begin, end);
+            if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == shares) {
+                std::lock_guard<std::mutex> lock(mutex_);  // the caller cannot miss the notify
+                done_cv_.notify_one();
+            }
+            state = state_.load(std::memory_order_acquire);
+        }
     }
 
-    void work(std::size_t index) {
-        std::size_t seen = 0;
+    void work() {
+        std::uint64_t seen = 0;
         for (;;) {
             const auto changed = [&] {
                 return stopping_.load(std::memory_order_acquire) ||
-                       generation_.load(std::memory_order_acquire) != seen;
+                       job_of(state_.load(std::memory_order_acquire)) != seen;
             };
-            std::unique_lock<std::mutex> lock(mutex_, std::defer_lock);
-            if (spin_until(changed)) {
-                lock.lock();
-            } else {
-                lock.lock();
+            if (!spin_until(changed)) {
+                std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, changed);
             }
             if (stopping_.load(std::memory_order_acquire)) return;
-            seen = generation_.load(std::memory_order_relaxed);
-            if (index >= shares_) continue;
-            const auto* body = body_;
-            const std::size_t n = n_, shares = shares_;
-            lock.unlock();
-            share(index, n, shares, *body);
-            if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-                std::lock_guard<std::mutex> done_lock(mutex_);  // the caller cannot miss the notify
-                done_.notify_one();
-            }
+            seen = job_of(state_.load(std::memory_order_acquire));
+            take_parts(seen);
         }
     }
 
     std::vector<std::thread> workers_;
     std::mutex mutex_;
-    std::condition_variable wake_, done_;
-    const std::function<void(std::size_t, std::size_t)>* body_ = nullptr;
-    std::size_t n_ = 0, shares_ = 1;
-    std::atomic<std::size_t> pending_{0}, generation_{0};
+    std::condition_variable wake_, done_cv_;
+    std::atomic<const std::function<void(std::size_t, std::size_t)>*> body_{nullptr};
+    std::atomic<std::size_t> n_{0}, shares_{1}, done_{0};
+    std::atomic<std::uint64_t> state_{0};  // the job's number << kPartBits | the next part to take
     std::atomic<bool> stopping_{false};
 };
 
-// One pool per process, made on first use and remade after a fork (a child has no helper threads).
 std::mutex pool_mutex;
 std::unique_ptr<Pool> pool;
 pid_t pool_pid = 0;

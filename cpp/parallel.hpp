@@ -16,9 +16,10 @@
 
 namespace l2fast {
 
-// Runs body(begin, end) over [0, n) split in up to `threads` contiguous shares: the calling thread
-// takes the first, sleeping helper threads the rest. Runs inline when n < 2 * min_share or
-// threads < 2. Returns when every share is done; body must not throw.
+// Runs body(begin, end) over [0, n) split in up to `threads` contiguous shares (their bounds fixed by n and their
+// count): the calling thread and sleeping helper threads claim them one at a time, so a helper that starts late
+// takes fewer or none and the caller does the rest. Runs inline when n < 2 * min_share or threads < 2. Returns
+// when every share is done; body must not throw.
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body);
 

@@ -362,6 +362,25 @@ static void test_parallel_for_back_to_back_jobs() {
     }
 }
 
+// The caller and the helpers claim a job's shares as they come: right after the helpers have gone to sleep, a job of
+// two tiny shares is done by the caller alone (it takes the second share before a helper wakes) rather than waiting
+// for a helper to start, and every share still runs exactly once.
+static void test_parallel_for_caller_takes_the_shares_a_late_helper_leaves() {
+    int caller_took_both = 0;
+    const std::thread::id me = std::this_thread::get_id();
+    for (int job = 0; job < 50; ++job) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the helpers poll 50 us, then sleep
+        int runs[2] = {0, 0}, by_caller = 0;
+        parallel_for(2, 2, 1, [&](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) ++runs[i];
+            if (std::this_thread::get_id() == me) by_caller += int(end - begin);
+        });
+        CHECK(runs[0] == 1 && runs[1] == 1);
+        if (by_caller == 2) ++caller_took_both;
+    }
+    CHECK(caller_took_both > 0);
+}
+
 // An epoch of 40000 one-record steps (well over 10 ms of work) asking should_stop between them; W0 of
 // the network after it.
 static EpochResult train_long_epoch(const std::function<bool()>& should_stop, std::vector<double>& W0,
@@ -1343,6 +1362,7 @@ int main() {
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
+    test_parallel_for_caller_takes_the_shares_a_late_helper_leaves();
     test_parallel_sum_adds_the_shares_in_order();
     test_optimizer_steps_sum_the_old_squares();
     test_training_stops_when_asked();
