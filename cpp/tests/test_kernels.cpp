@@ -917,6 +917,27 @@ static void test_optimizer_epochs_read_forward_copies_and_step_as_on_w() {
     }
 }
 
+// A network's parameters (`start`: W per layer, then b per layer), then the optimizer's state arrays (zeros: each
+// array s's W per layer, then b per layer) in p, with params and run pointing into them. p may grow: its arrays stay.
+struct OptimizerModel {
+    std::vector<std::vector<double>> p;
+    Params<double> params;
+    OptimizerRun<double> run;
+
+    OptimizerModel(const std::vector<std::vector<double>>& start, std::size_t L, const Optimizer& opt) : p(start) {
+        for (std::size_t s = 0; s < opt.n_slots(); ++s)
+            for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(start[k].size(), 0.0);
+        for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
+        run.opt = opt;
+        for (std::size_t s = 0; s < opt.n_slots(); ++s) {
+            run.slots.emplace_back();
+            for (std::size_t l = 0; l < L; ++l)
+                run.slots.back().W.push_back(p[2 * L * (s + 1) + l].data()),
+                    run.slots.back().b.push_back(p[2 * L * (s + 1) + L + l].data());
+        }
+    }
+};
+
 // An epoch with an optimizer takes the buffers its thread kept from the last call (network.cpp's StepBuffers): the same
 // bits as on fresh ones after calls of other shapes and batches and after a diverged call (NaN and infinities left in
 // the buffers: every product writes with beta = 0, which never reads them), and a call made from inside another's
@@ -943,24 +964,14 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
     Net big_other_batch = big;
     big_other_batch.batch = 400;
     auto train = [&](const Net& net, Method method, const std::function<bool()>& should_stop, double lr = 0.01) {
-        std::vector<std::vector<double>> p = net.start;
         Optimizer opt;
         opt.method = method;
         opt.nesterov = true;
         opt.eps_on_v = true;
-        const std::size_t L = net.shape.n_layers();
-        for (std::size_t s = 0; s < opt.n_slots(); ++s)
-            for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(net.start[k].size(), 0.0);
-        Params<double> params;
-        for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
-        OptimizerRun<double> run;
-        run.opt = opt;
-        for (std::size_t s = 0; s < opt.n_slots(); ++s) {
-            run.slots.emplace_back();
-            for (std::size_t l = 0; l < L; ++l)
-                run.slots.back().W.push_back(p[2 * L * (s + 1) + l].data()),
-                    run.slots.back().b.push_back(p[2 * L * (s + 1) + L + l].data());
-        }
+        OptimizerModel model(net.start, net.shape.n_layers(), opt);
+        std::vector<std::vector<double>>& p = model.p;
+        Params<double>& params = model.params;
+        OptimizerRun<double>& run = model.run;
         const Dataset<double> data{net.X.data(), net.m, nullptr, net.labels.data()};
         std::vector<std::int64_t> order(net.m);
         for (std::size_t i = 0; i < net.m; ++i) order[i] = std::int64_t((i * 7919) % net.m);
@@ -1024,19 +1035,10 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
                 Optimizer opt;
                 opt.method = method;
                 opt.nesterov = true;
-                std::vector<std::vector<double>> p = start;
-                for (std::size_t s = 0; s < opt.n_slots(); ++s)
-                    for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(start[k].size(), 0.0);
-                Params<double> params;
-                for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
-                OptimizerRun<double> run;
-                run.opt = opt;
-                for (std::size_t s = 0; s < opt.n_slots(); ++s) {
-                    run.slots.emplace_back();
-                    for (std::size_t l = 0; l < L; ++l)
-                        run.slots.back().W.push_back(p[2 * L * (s + 1) + l].data()),
-                            run.slots.back().b.push_back(p[2 * L * (s + 1) + L + l].data());
-                }
+                OptimizerModel model(start, L, opt);
+                std::vector<std::vector<double>>& p = model.p;
+                Params<double>& params = model.params;
+                OptimizerRun<double>& run = model.run;
                 const Dataset<double> data{X.data(), c.m, nullptr, labels.data()};
                 for (int epoch = 0; epoch < 2; ++epoch) {
                     const EpochResult result = train_epoch<double>(shape, params, data, order.data(), c.m, c.batch, 0.01,
