@@ -338,15 +338,26 @@ struct StepFinish {  // W = beta W + alpha acc
     }
 };
 
-// b (n_out) <- b + bias_alpha sum_rows dZ, dZ (rows x n_out) with its rows ld apart: the column sums in row order.
+// b (n_out) <- b + bias_alpha sum_rows dZ, dZ (rows x n_out) with its rows ld apart: the column sums in row order,
+// four registers of columns side by side (four chains of additions instead of one after the other).
 template <class T>
 void add_column_sums(const T* dZ, std::size_t rows, std::size_t n_out, std::size_t ld, T bias_alpha, T* b) {
     using V = Vec<T>;
-    for (std::size_t c = 0; c < n_out; c += V::n) {
-        const typename V::M m = V::lanes(n_out - c);
-        typename V::R sum = V::zero();
-        for (std::size_t r = 0; r < rows; ++r) sum = V::add(sum, V::load(dZ + r * ld + c, m));
-        V::store(b + c, m, V::fma(sum, V::set1(bias_alpha), V::load(b + c, m)));
+    constexpr std::size_t kAcross = 4;
+    for (std::size_t c0 = 0; c0 < n_out; c0 += kAcross * V::n) {
+        typename V::M m[kAcross];
+        typename V::R sum[kAcross];
+        for (std::size_t v = 0; v < kAcross; ++v) {
+            const std::size_t c = c0 + v * V::n;
+            m[v] = c < n_out ? V::lanes(n_out - c) : typename V::M(0);
+            sum[v] = V::zero();
+        }
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t v = 0; v < kAcross; ++v) sum[v] = V::add(sum[v], V::load(dZ + r * ld + c0 + v * V::n, m[v]));
+        for (std::size_t v = 0; v < kAcross; ++v) {
+            T* bv = b + c0 + v * V::n;
+            V::store(bv, m[v], V::fma(sum[v], V::set1(bias_alpha), V::load(bv, m[v])));
+        }
     }
 }
 
