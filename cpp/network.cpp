@@ -315,7 +315,8 @@ public:
 
     SmallStep(const Shape& shape, std::size_t batch, Workspace<T>& ws)
         : shape_(shape), ws_(ws), rows_(shape.n_layers(), std::vector<const T*>(batch)), ahead_(batch),
-          narrow_softmax_(narrow_softmax(shape)) {
+          narrow_softmax_(narrow_softmax(shape)),
+          ld_((batch + small_lanes<T> - 1) / small_lanes<T> * small_lanes<T>) {
         std::size_t most = 0;
         for (std::size_t l = 1; l < shape.n_layers(); ++l) {
             most = std::max(most, shape.sizes[l] * shape.sizes[l + 1]);
@@ -323,8 +324,8 @@ public:
         }
         W_.resize(most);
         if (narrow_softmax_) {
-            W_fwd_.resize(shape.sizes[shape.n_layers() - 1] * small_lanes<T>);
-            dZ_.resize(batch * small_lanes<T>);
+            A_t_.resize(shape.sizes[shape.n_layers() - 1] * ld_);
+            dZ_t_.resize(shape.n_out() * ld_);
         }
     }
 
@@ -341,10 +342,9 @@ public:
         for (std::size_t l = 0; l < L; ++l) {
             const Activation act = l + 1 == L ? Activation::Identity : shape.act;
             if (l + 1 == L && narrow_softmax_) {
-                small_transpose_narrow(params.W[l], shape.n_out(), shape.sizes[l], W_fwd_.data());
-                stats = small_forward_softmax(ws_.out[l - 1].data(), rows, shape.sizes[l], W_fwd_.data(),
-                                              shape.n_out(), T(scale[l]), params.b[l], targets_of(data, picked, start),
-                                              dZ_.data());
+                small_transpose(ws_.out[l - 1].data(), rows, shape.sizes[l], ld_, A_t_.data());
+                stats = small_forward_softmax(A_t_.data(), rows, ld_, shape.sizes[l], params.W[l], shape.n_out(),
+                                              T(scale[l]), params.b[l], targets_of(data, picked, start), dZ_t_.data());
             } else if (W_t[l])
                 small_forward(rows_[l].data(), rows, shape.sizes[l], W_t[l], shape.sizes[l + 1], T(scale[l]),
                               params.b[l], act, ws_.out[l].data());
@@ -362,12 +362,12 @@ public:
         for (std::size_t l = L; l-- > 0;) {
             const std::size_t n_out = shape.sizes[l + 1], n_below = shape.sizes[l];
             const T* dZ = l + 1 == L ? ws_.out[l].data() : ws_.grad[l].data();
-            if (l + 1 == L && narrow_softmax_) {  // on W (n_out x n_below), dZ's rows a register apart
-                small_backward_input_narrow(dZ_.data(), rows, n_out, params.W[l], n_below, T(scale[l]),
+            if (l + 1 == L && narrow_softmax_) {  // on W (n_out x n_below), from dL/dZ transposed
+                small_backward_input_narrow(dZ_t_.data(), ld_, rows, n_out, params.W[l], n_below, T(scale[l]),
                                             ws_.out[l - 1].data(), shape.act, ws_.grad[l - 1].data());
                 const StepCoefficients<T> c = fused_step_coefficients(scale[l], rows, lr, lam_over_m);
-                small_weight_step_narrow(dZ_.data(), ws_.out[l - 1].data(), rows, n_below, n_out, c.alpha, c.beta,
-                                         -lr / T(rows), params.W[l], params.b[l]);
+                small_weight_step_narrow(dZ_t_.data(), ld_, ws_.out[l - 1].data(), rows, n_below, n_out, c.alpha,
+                                         c.beta, -lr / T(rows), params.W[l], params.b[l]);
                 continue;
             }
             if (!W_t[l]) {  // a narrow layer, on W (n_out x n_below); never the first
@@ -396,8 +396,9 @@ private:
     std::vector<const void*> ahead_;           // the next step's rows of X
     std::vector<T> W_;                         // a layer's W (n_out x n_in), for its input gradient
     const bool narrow_softmax_;
-    LineVector<T> W_fwd_;                      // narrow_softmax_: the output layer's W transposed and padded
-    LineVector<T> dZ_;                         // narrow_softmax_: its dL/dZ (batch x small_lanes<T>)
+    const std::size_t ld_;                     // narrow_softmax_: the row length of A_t_ and dZ_t_ (batch, padded)
+    LineVector<T> A_t_;                        // narrow_softmax_: the output layer's input transposed (n_in x ld_)
+    LineVector<T> dZ_t_;                       // narrow_softmax_: its logits, then dL/dZ, transposed (n_out x ld_)
 };
 
 // to (cols x rows, rows ld_to apart) <- from (rows x cols)^T for double, in blocks of 4 x 4 transposed in registers

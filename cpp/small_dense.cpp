@@ -19,13 +19,13 @@ namespace l2fast {
                                        Activation, T*);                                                      \
     template void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std::size_t, T, T, T,  \
                                     T*, T*, const RowsAhead&);                                               \
-    template LossStats small_forward_softmax(const T*, std::size_t, std::size_t, const T*, std::size_t, T,      \
-                                             const T*, const Targets<T>&, T*);                               \
-    template void small_backward_input_narrow(const T*, std::size_t, std::size_t, const T*, std::size_t, T,     \
-                                              const T*, Activation, T*);                                     \
-    template void small_weight_step_narrow(const T*, const T*, std::size_t, std::size_t, std::size_t, T, T, T,  \
-                                           T*, T*);                                                          \
-    template void small_transpose_narrow(const T*, std::size_t, std::size_t, T*);
+    template LossStats small_forward_softmax(const T*, std::size_t, std::size_t, std::size_t, const T*,          \
+                                             std::size_t, T, const T*, const Targets<T>&, T*);               \
+    template void small_backward_input_narrow(const T*, std::size_t, std::size_t, std::size_t, const T*,        \
+                                              std::size_t, T, const T*, Activation, T*);                     \
+    template void small_weight_step_narrow(const T*, std::size_t, const T*, std::size_t, std::size_t,           \
+                                           std::size_t, T, T, T, T*, T*);                                    \
+    template void small_transpose(const T*, std::size_t, std::size_t, std::size_t, T*);
 
 #if L2FAST_SMALL_KERNELS
 
@@ -165,6 +165,20 @@ struct Strided {
     const T* row(std::size_t i) const { return A + i * ld; }
 };
 
+// Strided, for a left operand of about 10 rows (a narrow layer's W): a panel of two registers of columns takes them
+// in one block of 10 rows instead of one of 8 and a slow one of 2 (whose few accumulators wait on each other).
+template <class T>
+struct FewRows : Strided<T> {};
+
+// Rows a block takes at once, by the panel's registers of columns (NV): as many accumulators as the registers hold
+// beside B's.
+template <class Left, int NV>
+constexpr int block_rows() {
+    if constexpr (std::is_same_v<Left, FewRows<float>> || std::is_same_v<Left, FewRows<double>>)
+        if (NV <= 2) return 10;
+    return NV <= 2 ? 8 : 6;
+}
+
 // acc[r][v] = sum_p a(i0 + r, p) B[p, c0 + v n ...] (a(i, p) the left operand's element), p = 0 .. depth - 1 in turn: R rows by NV registers of
 // columns, the last register's lanes masked to the columns that exist; then finish(i, c, mask, acc) for each.
 template <class T, int NV, int R, bool kTail, class Left, class Finish>
@@ -173,13 +187,13 @@ __attribute__((always_inline)) inline void block_product(const Left& a, std::siz
                                                          const Finish& finish) {
     using V = Vec<T>;
     typename V::R acc[R][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
     const T* rows[R] = {};  // the left operand's rows, when it is read by rows: their addresses loaded once
     if constexpr (Left::kByRows) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int r = 0; r < R; ++r) rows[r] = a.row(i0 + r);
     }
     for (std::size_t p = 0; p < depth; ++p) {
@@ -189,14 +203,14 @@ __attribute__((always_inline)) inline void block_product(const Left& a, std::siz
         for (int v = 0; v < NV; ++v) b[v] = v + 1 == NV && kTail ? V::load(Bp + v * V::n, last) : V::load(Bp + v * V::n);
         const T* column = nullptr;
         if constexpr (!Left::kByRows) column = a.column(p) + i0;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const typename V::R x = V::set1(Left::kByRows ? rows[r][p] : column[r]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(x, b[v], acc[r][v]);
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v)
@@ -228,17 +242,14 @@ private:
 template <class T, int NV, bool kTail, class Left, class Finish>
 inline void panel_product(const Left& a, std::size_t rows, std::size_t depth, const T* B, std::size_t ldb,
                           std::size_t c0, typename Vec<T>::M last, const Finish& finish, Prefetcher& ahead) {
-    constexpr int R = NV <= 2 ? 8 : 6;
+    constexpr int R = block_rows<Left, NV>();
     const std::size_t blocks = rows / R, share = blocks ? (ahead.left() + blocks - 1) / blocks : 0;
     std::size_t i = 0;
     for (; i + R <= rows; i += R) {
         block_product<T, NV, R, kTail>(a, i, depth, B, ldb, c0, last, finish);
         ahead.next(share);
     }
-    if (i + 4 <= rows) {
-        block_product<T, NV, 4, kTail>(a, i, depth, B, ldb, c0, last, finish);
-        i += 4;
-    }
+    for (; i + 4 <= rows; i += 4) block_product<T, NV, 4, kTail>(a, i, depth, B, ldb, c0, last, finish);
     if (i + 2 <= rows) {
         block_product<T, NV, 2, kTail>(a, i, depth, B, ldb, c0, last, finish);
         i += 2;
@@ -289,6 +300,18 @@ struct ForwardFinish {  // Z = act(alpha acc + b)
 };
 
 template <class T>
+struct TransposedForwardFinish {  // Z_t = alpha acc + b, a bias per row (Z_t: the logits transposed, a class a row)
+    T* Z_t;
+    std::size_t ld;
+    T alpha;
+    const T* b;
+    void operator()(std::size_t i, std::size_t c, typename Vec<T>::M m, typename Vec<T>::R acc) const {
+        using V = Vec<T>;
+        V::store(Z_t + i * ld + c, m, V::fma(acc, V::set1(alpha), V::set1(b[i])));
+    }
+};
+
+template <class T>
 struct BackwardFinish {  // dA = alpha acc * act'(A)
     T* dA;
     const T* A;
@@ -315,21 +338,32 @@ struct StepFinish {  // W = beta W + alpha acc
     }
 };
 
-// b (n_out) <- b + bias_alpha sum_rows dZ, dZ (rows x n_out) with its rows ld apart: the column sums in row order.
+// b (n_out) <- b + bias_alpha sum_rows dZ, dZ (rows x n_out) with its rows ld apart: the column sums in row order,
+// four registers of columns side by side (four chains of additions instead of one after the other).
 template <class T>
 void add_column_sums(const T* dZ, std::size_t rows, std::size_t n_out, std::size_t ld, T bias_alpha, T* b) {
     using V = Vec<T>;
-    for (std::size_t c = 0; c < n_out; c += V::n) {
-        const typename V::M m = V::lanes(n_out - c);
-        typename V::R sum = V::zero();
-        for (std::size_t r = 0; r < rows; ++r) sum = V::add(sum, V::load(dZ + r * ld + c, m));
-        V::store(b + c, m, V::fma(sum, V::set1(bias_alpha), V::load(b + c, m)));
+    constexpr std::size_t kAcross = 4;
+    for (std::size_t c0 = 0; c0 < n_out; c0 += kAcross * V::n) {
+        typename V::M m[kAcross];
+        typename V::R sum[kAcross];
+        for (std::size_t v = 0; v < kAcross; ++v) {
+            const std::size_t c = c0 + v * V::n;
+            m[v] = c < n_out ? V::lanes(n_out - c) : typename V::M(0);
+            sum[v] = V::zero();
+        }
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t v = 0; v < kAcross; ++v) sum[v] = V::add(sum[v], V::load(dZ + r * ld + c0 + v * V::n, m[v]));
+        for (std::size_t v = 0; v < kAcross; ++v) {
+            T* bv = b + c0 + v * V::n;
+            V::store(bv, m[v], V::fma(sum[v], V::set1(bias_alpha), V::load(bv, m[v])));
+        }
     }
 }
 
 // The 16 x 16 block r (r[i]: row i) transposed in place, in four rounds of shuffles (pairs of floats, of doubles,
 // then 128-bit blocks twice); the maskz forms, as in Vec.
-void transpose_16x16(__m512 r[16]) {
+__attribute__((always_inline)) inline void transpose_16x16(__m512 r[16]) {
     __m512 t[16];
     for (int i = 0; i < 8; ++i) {
         t[2 * i] = _mm512_maskz_unpacklo_ps(0xFFFF, r[2 * i], r[2 * i + 1]);
@@ -354,39 +388,27 @@ void transpose_16x16(__m512 r[16]) {
     }
 }
 
-// The n x n block r (r[i]: row i, n = T's lanes) transposed in place: float's in registers, double's (the float64
-// twin, not on a training path) through memory.
-template <class T>
-void transpose_block(typename Vec<T>::R r[]) {
-    if constexpr (std::is_same_v<T, float>) {
-        transpose_16x16(r);
-    } else {
-        constexpr std::size_t n = Vec<T>::n;
-        alignas(64) T a[n][n], t[n][n];
-        for (std::size_t i = 0; i < n; ++i) _mm512_store_pd(a[i], r[i]);
-        for (std::size_t i = 0; i < n; ++i)
-            for (std::size_t j = 0; j < n; ++j) t[j][i] = a[i][j];
-        for (std::size_t i = 0; i < n; ++i) r[i] = _mm512_load_pd(t[i]);
-    }
-}
-
 }  // namespace
 
 template <class T>
-void small_transpose_narrow(const T* W, std::size_t n_out, std::size_t n_in, T* W_t) {
+void small_transpose(const T* A, std::size_t rows, std::size_t cols, std::size_t ld, T* A_t) {
     constexpr std::size_t n = Vec<T>::n;
-    if constexpr (std::is_same_v<T, float>) {  // 16 columns of W at a time, in registers
-        for (std::size_t k0 = 0; k0 < n_in; k0 += n) {
-            const __mmask16 columns = Vec<float>::lanes(n_in - k0);
-            __m512 r[n];
-            for (std::size_t o = 0; o < n; ++o)
-                r[o] = o < n_out ? _mm512_maskz_loadu_ps(columns, W + o * n_in + k0) : _mm512_setzero_ps();
-            transpose_16x16(r);
-            for (std::size_t j = 0; j < n && k0 + j < n_in; ++j) _mm512_storeu_ps(W_t + (k0 + j) * n, r[j]);
+    if constexpr (std::is_same_v<T, float>) {  // blocks of 16 x 16, in registers
+        for (std::size_t r0 = 0; r0 < rows; r0 += n) {
+            const std::size_t height = rows - r0 < n ? rows - r0 : n;
+            const __mmask16 down = Vec<float>::lanes(height);
+            for (std::size_t c0 = 0; c0 < cols; c0 += n) {
+                const __mmask16 across = Vec<float>::lanes(cols - c0);
+                __m512 r[n];
+                for (std::size_t i = 0; i < n; ++i)
+                    r[i] = i < height ? _mm512_maskz_loadu_ps(across, A + (r0 + i) * cols + c0) : _mm512_setzero_ps();
+                transpose_16x16(r);
+                for (std::size_t j = 0; j < n && c0 + j < cols; ++j) _mm512_mask_storeu_ps(A_t + (c0 + j) * ld + r0, down, r[j]);
+            }
         }
     } else {  // the float64 twin (not on a training path): a plain loop
-        for (std::size_t k = 0; k < n_in; ++k)
-            for (std::size_t o = 0; o < n; ++o) W_t[k * n + o] = o < n_out ? W[o * n_in + k] : T(0);
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t c = 0; c < cols; ++c) A_t[c * ld + r] = A[r * cols + c];
     }
 }
 
@@ -412,16 +434,17 @@ void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, st
 }
 
 template <class T>
-LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
-                                T alpha, const T* b, const Targets<T>& y, T* dZ) {
+LossStats small_forward_softmax(const T* A_t, std::size_t rows, std::size_t ld, std::size_t n_in, const T* W,
+                                std::size_t n_out, T alpha, const T* b, const Targets<T>& y, T* dZ_t) {
     using V = Vec<T>;
     using R = typename V::R;
     constexpr std::size_t n = V::n;
-    product<T>(Strided<T>{A, n_in}, rows, n_in, W_t, n, n_out, ForwardFinish<T>{dZ, n, alpha, b, false});
-    // The softmax n records at a time, across registers: the block of their logits transposed, so that register o
-    // holds class o's logit of each record. The largest logit, the sum of the exponentials (added class by class,
-    // first to last, as inplace_loss_gradient does), the loss and dL/dZ are then operations on whole registers, and
-    // the exp and log1p a call per class and per block, instead of per record. Transposed back for the products.
+    // the logits class by class, along the records: Z_t = alpha W . A_t + b, into dZ_t
+    product<T>(FewRows<T>{{W, n_in}}, n_out, n_in, A_t, ld, rows, TransposedForwardFinish<T>{dZ_t, ld, alpha, b});
+    // The softmax n records at a time, across registers: register o holds class o's logit of each record. The
+    // largest logit, the sum of the exponentials (added class by class, first to last, as inplace_loss_gradient
+    // does), the loss and dL/dZ are operations on whole registers, and the exp and log1p a call per class and per
+    // block, instead of per record.
     LossStats stats;
     for (std::size_t start = 0; start < rows; start += n) {
         const std::size_t count = rows - start < n ? rows - start : n;
@@ -437,8 +460,7 @@ LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, 
             for (std::size_t i = 0; i < count; ++i) weight[i] = y.weights[record[i]];
         const __m512i labels = V::load_index(records, label);
         R z[n];
-        for (std::size_t i = 0; i < n; ++i) z[i] = i < count ? V::load(dZ + (start + i) * n) : V::zero();
-        transpose_block<T>(z);
+        for (std::size_t o = 0; o < n_out; ++o) z[o] = V::load(dZ_t + o * ld + start, records);
         // the first largest logit (a later one only when strictly larger): the prediction
         R top = z[0];
         __m512i best = V::set_index(0);
@@ -456,38 +478,51 @@ LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, 
         }
         // dL/dZ = w (e / total - onehot(label)), e / total as e times 1/total (one division a block)
         const R inverse = V::div(V::set1(T(1)), total), w = V::load(weight, records);
-        for (std::size_t o = 0; o < n; ++o) {
-            if (o >= n_out) {
-                z[o] = V::zero();
-                continue;
-            }
+        for (std::size_t o = 0; o < n_out; ++o) {
             const R p = V::mask_sub(V::mul(z[o], inverse), V::same(records, labels, V::set_index(typename V::Index(o))),
                                     V::set1(T(1)));
-            z[o] = y.weights ? V::mul(p, w) : p;
+            V::store(dZ_t + o * ld + start, records, y.weights ? V::mul(p, w) : p);
         }
         // each record's loss, log(total) + top - z[label], with log(total) = log1p(total - 1) (total - 1 exact: total
         // >= 1, e^0 is in it), added in record order
         V::store(loss, records, V::sub(V::add(log1p_of(V::sub(total, V::set1(T(1)))), top), at_label));
         for (std::size_t i = 0; i < count; ++i)
             stats.loss_sum += y.weights ? double(loss[i]) * double(weight[i]) : double(loss[i]);
-        transpose_block<T>(z);
-        for (std::size_t i = 0; i < count; ++i) V::store(dZ + (start + i) * n, V::lanes(n_out), z[i]);
     }
     return stats;
 }
 
 template <class T>
-void small_backward_input_narrow(const T* dZ, std::size_t rows, std::size_t n_out, const T* W, std::size_t n_in,
-                                 T alpha, const T* A_prev, Activation act, T* dA_prev) {
-    product<T>(Strided<T>{dZ, Vec<T>::n}, rows, n_out, W, n_in, n_in,
+void small_backward_input_narrow(const T* dZ_t, std::size_t ld, std::size_t rows, std::size_t n_out, const T* W,
+                                 std::size_t n_in, T alpha, const T* A_prev, Activation act, T* dA_prev) {
+    product<T>(StridedColumns<T>{dZ_t, ld}, rows, n_out, W, n_in, n_in,
                BackwardFinish<T>{dA_prev, A_prev, n_in, alpha, act == Activation::Relu});
 }
 
 template <class T>
-void small_weight_step_narrow(const T* dZ, const T* A, std::size_t rows, std::size_t n_in, std::size_t n_out, T alpha,
-                              T beta, T bias_alpha, T* W, T* b) {
-    product<T>(StridedColumns<T>{dZ, Vec<T>::n}, n_out, rows, A, n_in, n_in, StepFinish<T>{W, n_in, alpha, beta});
-    add_column_sums(dZ, rows, n_out, Vec<T>::n, bias_alpha, b);
+void small_weight_step_narrow(const T* dZ_t, std::size_t ld, const T* A, std::size_t rows, std::size_t n_in,
+                              std::size_t n_out, T alpha, T beta, T bias_alpha, T* W, T* b) {
+    using V = Vec<T>;
+    product<T>(Strided<T>{dZ_t, ld}, n_out, rows, A, n_in, n_in, StepFinish<T>{W, n_in, alpha, beta});
+    // each class's sum in row order, as add_column_sums adds: 16 records at a time transposed back, a record a register
+    const typename V::M m = V::lanes(n_out);
+    typename V::R sum = V::zero();
+    if constexpr (std::is_same_v<T, float>) {
+        for (std::size_t r0 = 0; r0 < rows; r0 += V::n) {
+            const std::size_t count = rows - r0 < V::n ? rows - r0 : V::n;
+            __m512 z[V::n];
+            for (std::size_t o = 0; o < V::n; ++o)
+                z[o] = o < n_out ? V::load(dZ_t + o * ld + r0, V::lanes(count)) : V::zero();
+            transpose_16x16(z);
+            for (std::size_t i = 0; i < count; ++i) sum = V::add(sum, z[i]);
+        }
+    } else {  // the float64 twin (not on a training path): a lane at a time
+        alignas(64) T total[V::n] = {};
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t o = 0; o < n_out; ++o) total[o] += dZ_t[o * ld + r];
+        sum = V::load(total);
+    }
+    V::store(b, m, V::fma(sum, V::set1(bias_alpha), V::load(b, m)));
 }
 
 L2FAST_INSTANTIATE(float)
@@ -517,24 +552,25 @@ void small_weight_step(const T* const*, const T*, std::size_t, std::size_t, std:
 }
 
 template <class T>
-void small_transpose_narrow(const T*, std::size_t, std::size_t, T*) {
-    throw std::logic_error("small_transpose_narrow: no small-layer kernels in this build");
+void small_transpose(const T*, std::size_t, std::size_t, std::size_t, T*) {
+    throw std::logic_error("small_transpose: no small-layer kernels in this build");
 }
 
 template <class T>
-LossStats small_forward_softmax(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*,
+LossStats small_forward_softmax(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, T, const T*,
                                 const Targets<T>&, T*) {
     throw std::logic_error("small_forward_softmax: no small-layer kernels in this build");
 }
 
 template <class T>
-void small_backward_input_narrow(const T*, std::size_t, std::size_t, const T*, std::size_t, T, const T*, Activation,
-                                 T*) {
+void small_backward_input_narrow(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, T, const T*,
+                                 Activation, T*) {
     throw std::logic_error("small_backward_input_narrow: no small-layer kernels in this build");
 }
 
 template <class T>
-void small_weight_step_narrow(const T*, const T*, std::size_t, std::size_t, std::size_t, T, T, T, T*, T*) {
+void small_weight_step_narrow(const T*, std::size_t, const T*, std::size_t, std::size_t, std::size_t, T, T, T, T*,
+                              T*) {
     throw std::logic_error("small_weight_step_narrow: no small-layer kernels in this build");
 }
 

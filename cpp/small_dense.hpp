@@ -53,36 +53,35 @@ void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, st
                        T alpha, T beta, T bias_alpha, T* W_t, T* b, const RowsAhead& ahead = {});
 
 // An output layer narrower than a register (a softmax over a few classes) keeps W (n_out x n_in) as its master copy
-// and goes through the kernels too, with its vectors along W's rows (n_in) wherever the product allows it, and its
-// logits and dL/dZ one register a record: rows of small_lanes<T> values, the lanes past n_out unused (a row per
-// register keeps each row's stores and the next row's loads on cache lines of their own).
+// and goes through the kernels too, with its logits and dL/dZ stored transposed (class by class, dZ_t: n_out x ld,
+// the batch's records along each row): its forward product then runs along the records, in whole registers, from the
+// layer's input transposed (A_t), and the softmax takes a register of 16 records at a time with no transposes.
 template <class T>
 constexpr std::size_t small_lanes = 64 / sizeof(T);
 
-// W_t (n_in x small_lanes<T>) <- W (n_out x n_in, n_out <= small_lanes<T>) transposed, each row padded with zeros:
-// the forward product's copy of such a layer's weights.
+// A_t (cols x ld: row j holds column j of A, its first `rows` entries) <- A (rows x cols, row-major), ld >= rows.
 template <class T>
-void small_transpose_narrow(const T* W, std::size_t n_out, std::size_t n_in, T* W_t);
+void small_transpose(const T* A, std::size_t rows, std::size_t cols, std::size_t ld, T* A_t);
 
-// dZ (rows x n_out, row stride small_lanes<T>) <- the softmax loss's w (softmax(z) - onehot(label)) of the logits
-// z = alpha A . W_t + b, A (rows x n_in) row-major, W_t (n_in x small_lanes<T>: W transposed, each row padded to a
-// register; n_out <= small_lanes<T>), w the record's sample weight (1 without): the forward product, the softmax of
-// each record in its register and the loss's gradient in one call. Returns the loss sum and correct count as
-// inplace_loss_gradient does, the losses added in record order.
+// dZ_t (n_out x ld) <- the softmax loss's w (softmax(z) - onehot(label)) of the logits z = alpha A . W^T + b, given
+// A_t (n_in x ld: the layer's input A, rows x n_in, transposed by small_transpose), W (n_out x n_in, n_out <=
+// small_lanes<T>), w the record's sample weight (1 without): the forward product, the softmax of each record and
+// the loss's gradient in one call. Returns the loss sum and correct count as inplace_loss_gradient does, the losses
+// added in record order.
 template <class T>
-LossStats small_forward_softmax(const T* A, std::size_t rows, std::size_t n_in, const T* W_t, std::size_t n_out,
-                                T alpha, const T* b, const Targets<T>& y, T* dZ);
+LossStats small_forward_softmax(const T* A_t, std::size_t rows, std::size_t ld, std::size_t n_in, const T* W,
+                                std::size_t n_out, T alpha, const T* b, const Targets<T>& y, T* dZ_t);
 
-// dA_prev (rows x n_in) <- (alpha dZ . W) * act'(A_prev) for such a layer: small_backward_input with dZ's rows
-// small_lanes<T> apart.
+// dA_prev (rows x n_in) <- (alpha dZ . W) * act'(A_prev) for such a layer: small_backward_input with dZ given
+// transposed (dZ_t, n_out x ld).
 template <class T>
-void small_backward_input_narrow(const T* dZ, std::size_t rows, std::size_t n_out, const T* W, std::size_t n_in,
-                                 T alpha, const T* A_prev, Activation act, T* dA_prev);
+void small_backward_input_narrow(const T* dZ_t, std::size_t ld, std::size_t rows, std::size_t n_out, const T* W,
+                                 std::size_t n_in, T alpha, const T* A_prev, Activation act, T* dA_prev);
 
-// W (n_out x n_in) <- beta W + alpha dZ^T . A (A: rows x n_in row-major, dZ: rows x n_out with rows small_lanes<T>
-// apart) and b (n_out) <- b + bias_alpha sum_rows dZ: the fused SGD step of such a layer, on W itself.
+// W (n_out x n_in) <- beta W + alpha dZ^T . A (A: rows x n_in row-major, dZ given transposed: dZ_t, n_out x ld) and
+// b (n_out) <- b + bias_alpha sum_rows dZ (in row order): the fused SGD step of such a layer, on W itself.
 template <class T>
-void small_weight_step_narrow(const T* dZ, const T* A, std::size_t rows, std::size_t n_in, std::size_t n_out, T alpha,
-                              T beta, T bias_alpha, T* W, T* b);
+void small_weight_step_narrow(const T* dZ_t, std::size_t ld, const T* A, std::size_t rows, std::size_t n_in,
+                              std::size_t n_out, T alpha, T beta, T bias_alpha, T* W, T* b);
 
 }  // namespace l2fast

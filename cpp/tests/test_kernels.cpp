@@ -1186,13 +1186,13 @@ static void small_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, 
     }
 }
 
-// The narrow output layer's kernels (n_out <= a register's lanes, W kept as it is, dZ's rows a register apart)
+// The narrow output layer's kernels (n_out <= a register's lanes, W kept as it is, the input and dL/dZ transposed)
 // against plain loops in long double: the transposed copy exactly, the forward product with the softmax loss fused
 // in (with and without sample weights, records in a shuffled order), the input gradient and the weight step.
 template <class T>
 static void small_narrow_kernels_match_plain_loops(std::size_t rows, std::size_t n_in, std::size_t n_out,
                                                    std::mt19937_64& rng) {
-    constexpr std::size_t lanes = small_lanes<T>;
+    const std::size_t ld = rows + 3;  // the transposed arrays' rows longer than the batch, their ends never touched
     const double tol = std::is_same_v<T, double> ? 1e-13 : 2e-6;
     auto draw = [&](std::size_t n) {
         const std::vector<double> v = randn(n, rng);
@@ -1200,10 +1200,10 @@ static void small_narrow_kernels_match_plain_loops(std::size_t rows, std::size_t
     };
     auto near = [&](double got, long double want, long double size) { return near_sum(got, want, size, tol); };
     const std::vector<T> A = draw(rows * n_in), W = draw(n_out * n_in), b = draw(n_out);
-    std::vector<T> W_t(n_in * lanes, T(-9));
-    small_transpose_narrow(W.data(), n_out, n_in, W_t.data());
+    std::vector<T> A_t(n_in * ld, T(-9));
+    small_transpose(A.data(), rows, n_in, ld, A_t.data());
     for (std::size_t k = 0; k < n_in; ++k)
-        for (std::size_t o = 0; o < lanes; ++o) CHECK(W_t[k * lanes + o] == (o < n_out ? W[o * n_in + k] : T(0)));
+        for (std::size_t r = 0; r < ld; ++r) CHECK(A_t[k * ld + r] == (r < rows ? A[r * n_in + k] : T(-9)));
     // the loss over records 3 * rows .. 4 * rows - 1 of a larger set, given in a shuffled order
     const std::size_t m = 4 * rows;
     std::vector<std::int64_t> labels(m), order(rows);
@@ -1217,9 +1217,11 @@ static void small_narrow_kernels_match_plain_loops(std::size_t rows, std::size_t
         y.labels = labels.data();
         y.rows = order.data();
         y.weights = weighted ? weights.data() : nullptr;
-        std::vector<T> dZ(rows * lanes, T(-9));
-        const LossStats stats = small_forward_softmax(A.data(), rows, n_in, W_t.data(), n_out, alpha, b.data(), y,
-                                                      dZ.data());
+        std::vector<T> dZ_t(n_out * ld, T(-9));
+        const LossStats stats = small_forward_softmax(A_t.data(), rows, ld, n_in, W.data(), n_out, alpha, b.data(),
+                                                      y, dZ_t.data());
+        for (std::size_t o = 0; o < n_out; ++o)
+            for (std::size_t r = rows; r < ld; ++r) CHECK(dZ_t[o * ld + r] == T(-9));
         long double loss_sum = 0;
         std::int64_t correct = 0;
         for (std::size_t r = 0; r < rows; ++r) {
@@ -1244,29 +1246,30 @@ static void small_narrow_kernels_match_plain_loops(std::size_t rows, std::size_t
             loss_sum += w * (std::log(total) + top - z[label]);
             for (std::size_t o = 0; o < n_out; ++o) {
                 const long double p = std::exp(z[o] - top) / total - (o == label ? 1 : 0);
-                CHECK(near(dZ[r * lanes + o], w * p, 4 * size + 1));  // 4 size: each p moves with every logit
+                CHECK(near(dZ_t[o * ld + r], w * p, 4 * size + 1));  // 4 size: each p moves with every logit
             }
         }
         CHECK(stats.correct == correct);
         CHECK(std::abs(stats.loss_sum - double(loss_sum)) <= 50 * tol * double(rows) * double(1 + n_in));
     }
-    // the input gradient and the weight step, from dZ's rows a register apart (the lanes past n_out never read)
-    std::vector<T> dZ(rows * lanes, std::numeric_limits<T>::quiet_NaN());
+    // the input gradient and the weight step, from dL/dZ transposed (the entries past the batch's never read)
+    std::vector<T> dZ(rows * n_out), dZ_t(n_out * ld, std::numeric_limits<T>::quiet_NaN());
     for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t o = 0; o < n_out; ++o) dZ[r * lanes + o] = T(randn(1, rng)[0]);
+        for (std::size_t o = 0; o < n_out; ++o) dZ_t[o * ld + r] = dZ[r * n_out + o] = T(randn(1, rng)[0]);
     std::vector<T> A_prev = A, dA(rows * n_in, T(-9));
     for (T& a : A_prev) a = std::max(a, T(0));
     for (Activation act : {Activation::Identity, Activation::Relu}) {
-        small_backward_input_narrow(dZ.data(), rows, n_out, W.data(), n_in, alpha, A_prev.data(), act, dA.data());
-        check_input_gradient(dA, dZ, lanes, W, A_prev, rows, n_in, n_out, alpha, act, tol);
+        small_backward_input_narrow(dZ_t.data(), ld, rows, n_out, W.data(), n_in, alpha, A_prev.data(), act,
+                                    dA.data());
+        check_input_gradient(dA, dZ, n_out, W, A_prev, rows, n_in, n_out, alpha, act, tol);
     }
     for (T beta : {T(1), T(0.4)}) {
         std::vector<T> W_new = W, b_new = b;
-        small_weight_step_narrow(dZ.data(), A.data(), rows, n_in, n_out, alpha, beta, T(-0.5), W_new.data(),
+        small_weight_step_narrow(dZ_t.data(), ld, A.data(), rows, n_in, n_out, alpha, beta, T(-0.5), W_new.data(),
                                  b_new.data());
         check_weight_step([&](std::size_t o, std::size_t k) { return W_new[o * n_in + k]; },
                           [&](std::size_t o, std::size_t k) { return W[o * n_in + k]; },
-                          [&](std::size_t r, std::size_t k) { return A[r * n_in + k]; }, b_new, b, dZ, lanes, rows,
+                          [&](std::size_t r, std::size_t k) { return A[r * n_in + k]; }, b_new, b, dZ, n_out, rows,
                           n_in, n_out, alpha, beta, tol);
     }
 }
