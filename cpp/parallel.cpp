@@ -24,11 +24,11 @@ namespace {
 // idle pool still leaves the cores to OpenBLAS's threads after 50 us. Between rounds of polling it
 // yields: when the scheduler has put a helper on the caller's core (the other one busy elsewhere),
 // the caller's share then runs instead of waiting out the spin (U at 1M: 0.2 ms a call -> 0.1).
-constexpr auto kSpin = std::chrono::microseconds(50);
+constexpr std::chrono::microseconds kSpin = kHelperPoll;
 
 template <class Ready>
-bool spin_until(Ready ready) {
-    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+bool spin_until(Ready ready, std::chrono::microseconds spin = kSpin) {
+    const auto deadline = std::chrono::steady_clock::now() + spin;
     do {
         for (int i = 0; i < 64; ++i) {
             if (ready()) return true;
@@ -63,10 +63,12 @@ public:
 
     std::size_t helpers() const { return workers_.size(); }
 
-    void run(std::size_t n, std::size_t shares, const std::function<void(std::size_t, std::size_t)>& body) {
+    void run(std::size_t n, std::size_t shares, const std::function<void(std::size_t, std::size_t)>& body,
+             std::chrono::microseconds linger) {
         std::uint64_t job;
         {
             std::lock_guard<std::mutex> lock(mutex_);
+            linger_.store(linger.count(), std::memory_order_relaxed);
             body_.store(&body, std::memory_order_relaxed);
             n_.store(n, std::memory_order_relaxed);
             shares_.store(shares, std::memory_order_relaxed);
@@ -117,7 +119,7 @@ private:
                 return stopping_.load(std::memory_order_acquire) ||
                        job_of(state_.load(std::memory_order_acquire)) != seen;
             };
-            if (!spin_until(changed)) {
+            if (!spin_until(changed, std::chrono::microseconds(linger_.load(std::memory_order_relaxed)))) {
                 std::unique_lock<std::mutex> lock(mutex_);
                 wake_.wait(lock, changed);
             }
@@ -133,6 +135,7 @@ private:
     std::atomic<const std::function<void(std::size_t, std::size_t)>*> body_{nullptr};
     std::atomic<std::size_t> n_{0}, shares_{1}, done_{0};
     std::atomic<std::uint64_t> state_{0};  // the job's number << kPartBits | the next part to take
+    std::atomic<std::int64_t> linger_{kSpin.count()};  // how long the helpers poll after the last job, in us
     std::atomic<bool> stopping_{false};
 };
 
@@ -156,7 +159,7 @@ const int fork_handlers = pthread_atfork(before_fork, after_fork_in_parent, afte
 }  // namespace
 
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
-                  const std::function<void(std::size_t, std::size_t)>& body) {
+                  const std::function<void(std::size_t, std::size_t)>& body, std::chrono::microseconds linger) {
     const std::size_t shares = std::min(threads, n / std::max<std::size_t>(min_share, 1));
     if (shares < 2) {
         if (n) body(0, n);
@@ -170,7 +173,7 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
         pool = std::make_unique<Pool>(shares - 1);
         pool_pid = getpid();
     }
-    pool->run(n, shares, body);
+    pool->run(n, shares, body, linger);
 }
 
 double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,

@@ -3,6 +3,7 @@
 // in progress, and the child makes helpers of its own.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 
@@ -20,8 +21,14 @@ namespace l2fast {
 // count): the calling thread and sleeping helper threads claim them one at a time, so a helper that starts late
 // takes fewer or none and the caller does the rest. Runs inline when n < 2 * min_share or threads < 2. Returns
 // when every share is done; body must not throw.
+// How long helpers poll for the next job after one before they sleep, unless the job asks for longer (linger): a
+// wake-up from sleep takes tens of microseconds, and polling longer would take a core from OpenBLAS's threads.
+constexpr std::chrono::microseconds kHelperPoll{50};
+
+// linger: how long the helpers poll for the next job after this one, for jobs that come back after a longer gap.
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
-                  const std::function<void(std::size_t, std::size_t)>& body);
+                  const std::function<void(std::size_t, std::size_t)>& body,
+                  std::chrono::microseconds linger = kHelperPoll);
 
 // parallel_for for a body that returns a partial sum of its share: the shares' sums added in share order, so
 // that the total depends on the share count alone, never on which thread finished first.
