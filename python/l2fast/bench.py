@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import l2fast
-from l2fast import _plotting
+from l2fast import _plotting, shuffling
 
 ACTIVATION_NAMES_SKLEARN = {"relu": "relu", "tanh": "tanh", "sigmoid": "logistic", "identity": "identity"}
 
@@ -222,7 +222,8 @@ class JaxContender:
 
     def train(self):
         """One epoch; returns the sum of its minibatches' losses, each before its own step (l2fast's)."""
-        order = self.jax.device_put(self._order_rng.permutation(self.config.m).astype(np.int32), self._jax_device)
+        order = self.jax.device_put(shuffling.epoch_order(self._order_rng, self.config.m).astype(np.int32),
+                                   self._jax_device)
         self.params, loss_sum = self._epoch(self.params, self.X, self.y, order)
         return float(loss_sum)  # waits for the epoch
 
@@ -284,7 +285,7 @@ class TorchCompileContender:
     def train(self):
         """One epoch; returns the sum of its minibatches' losses, each before its own step (l2fast's)."""
         torch, batch = self.torch, self.config.batch
-        order = torch.from_numpy(self._order_rng.permutation(self.config.m))
+        order = torch.from_numpy(shuffling.epoch_order(self._order_rng, self.config.m))
         losses = []
         for s in range(0, self.config.m, batch):
             self.params, loss = self._step(self.params, self.X, self.y, order[s:s + batch])
