@@ -40,6 +40,10 @@ def test_the_readme_starts_with_the_point_and_an_example():
     assert len(BLOCKS[0][1]) <= 12
 
 
+# Some blocks fork (worker processes). Where JAX is installed, an earlier test (bench's JAX peer) has imported it into
+# this process, and JAX warns at every fork that its threads may deadlock the child; a user pasting a block has no
+# JAX loaded, and no block uses JAX.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_every_python_block_runs_as_pasted(tmp_path, monkeypatch):
     # In order and in one namespace, as a reader pasting them into one session; warnings are errors.
     python = ["\n".join(lines) for language, lines in BLOCKS if language == "python"]
