@@ -252,10 +252,9 @@ template <class T>
 class TransposedWeights {
 public:
     // every_layer: all layers of at least kSmallMinWidth units transposed (the small-layer kernels' step, SmallStep).
-    TransposedWeights(const Shape& shape, Params<T>& params, std::size_t batch, bool sparse_X, bool fused_sgd,
-                      bool every_layer = false)
+    TransposedWeights(const Shape& shape, Params<T>& params, std::size_t batch, bool sparse_X, bool every_layer)
         : shape_(shape), params_(params), copies_(shape.n_layers()), W_t_(shape.n_layers(), nullptr) {
-        if (!std::is_same_v<T, float> || !fused_sgd) return;
+        if (!std::is_same_v<T, float>) return;
         for (std::size_t l = 0; l < shape.n_layers(); ++l) {
             const std::size_t n_in = shape.sizes[l], n_out = shape.sizes[l + 1];
             const bool transposed = every_layer ? n_out >= kSmallMinWidth : train_transposed(batch, n_in, n_out);
@@ -297,8 +296,8 @@ public:
     // output layer of a loss other than softmax, through OpenBLAS on W itself.
     static bool small_layer(std::size_t n_out) { return n_out >= kSmallMinWidth && n_out <= kSmallWidth; }
 
-    static bool fits(const Shape& shape, bool fused_sgd, bool sparse_X) {
-        if (!std::is_same_v<T, float> || !fused_sgd || sparse_X || !small_kernels_available()) return false;
+    static bool fits(const Shape& shape, bool sparse_X) {
+        if (!std::is_same_v<T, float> || sparse_X || !small_kernels_available()) return false;
         if (shape.n_layers() > 1 && shape.act != Activation::Relu && shape.act != Activation::Identity) return false;
         if (!small_layer(shape.sizes[1])) return false;  // the first layer reads the batch's rows where they lie
         for (std::size_t l = 2; l < shape.sizes.size(); ++l)
@@ -433,11 +432,11 @@ L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows
         for (std::size_t j = 0; j < cols; ++j) to[j * ld_to + i0] = from[i0 * cols + j];
 }
 
-// The buffers of an epoch with an optimizer (momentum, Adam): per share of a step (OptimizerStep), its Workspace and the
-// layers' gradient sums. A thread keeps the last ones it used, when at most kKeptBytes, for its next call on the same
-// shape: a scikit-learn drop-in's epoch on digits is 9 steps, and allocating and zeroing its 360 KB afresh (page faults
-// included) cost a few percent of it. A call that finds the kept ones in use (a should_stop that trains another network
-// on this thread) makes its own.
+// The buffers of an epoch with an optimizer (momentum, Adam): per share of a step (OptimizerStep), its Workspace and
+// the layers' gradient sums. A thread keeps the last ones it used, when at most kKeptBytes, for its next call on the
+// same shape: a scikit-learn drop-in's epoch on digits is 9 steps, and allocating and zeroing its 360 KB afresh (page
+// faults included) cost a few percent of it. A call that finds the kept ones in use (a should_stop that trains another
+// network on this thread) makes its own.
 template <class T>
 class StepBuffers {
 public:
@@ -525,9 +524,9 @@ private:
 template <class T>
 class ForwardCopies {
 public:
-    ForwardCopies(const Shape& shape, const Params<T>& params, std::size_t batch, bool sparse_X, bool with_optimizer)
+    ForwardCopies(const Shape& shape, const Params<T>& params, std::size_t batch, bool sparse_X)
         : shape_(shape), params_(params), copies_(shape.n_layers()), W_t_(shape.n_layers(), nullptr) {
-        if (!std::is_same_v<T, double> || !with_optimizer) return;
+        if (!std::is_same_v<T, double>) return;
         for (std::size_t l = 0; l < shape.n_layers(); ++l) {
             if ((l == 0 && sparse_X) || !forward_on_copy(batch, shape.sizes[l], shape.sizes[l + 1])) continue;
             copies_[l].resize(shape.sizes[l] * shape.sizes[l + 1]);
@@ -570,7 +569,7 @@ public:
           run_(run),
           two_shares_(!sparse_X && optimizer_step_shares(shape.sizes, batch)),
           buffers_(shape, two_shares_ ? share_capacity(batch) : batch, gather, two_shares_ ? 2 : 1),
-          copies_(shape, params, batch, sparse_X, true),
+          copies_(shape, params, batch, sparse_X),
           threads_(std::min<std::size_t>(std::size_t(std::max(blas::num_threads(), 1)), 2)) {}
 
     // One step on `rows` records (picked, or start.. in turn), with decay lam/m; norms as in train_epoch.
@@ -633,8 +632,8 @@ private:
         take_block(data, n_in, picked, start, count, ws.x, block, shape_.n_out(), next);
         forward_block(shape_, params_, nullptr, block, count, ws, copies_.layers());
         prefetch_rows(data.X, n_in, next, 0, next.rows / 2);
-        const LossStats stats =
-            inplace_loss_gradient(ws.out.back().data(), count, shape_.n_out(), shape_.loss, targets_of(data, picked, start));
+        const LossStats stats = inplace_loss_gradient(ws.out.back().data(), count, shape_.n_out(), shape_.loss,
+                                                      targets_of(data, picked, start));
         prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
         const T mean = T(1) / T(rows);
         backward_block(shape_, params_, nullptr, block, count, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
@@ -775,6 +774,26 @@ EpochResult short_step_apart(const Shape& shape, Params<T>& params, const Datase
     return result;
 }
 
+// Calls step(picked, start, rows, next, decay) for each step of an epoch over `order` (n records in steps of batch;
+// null order: in turn), decay being lam_over_m, or short_lam_over_m when given for a step of fewer than full_batch
+// records; counts the steps in result and ends after the step in hand when stop() says so.
+template <class T, class Step>
+void for_each_step(const Dataset<T>& data, std::size_t n_in, const std::int64_t* order, std::size_t n,
+                   std::size_t batch, std::size_t full_batch, T lam_over_m, std::optional<T> short_lam_over_m,
+                   StopCheck& stop, EpochResult& result, Step step) {
+    for (std::size_t start = 0; start < n; start += batch) {
+        const std::size_t rows = std::min(batch, n - start);
+        const T step_lam = rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
+        const std::int64_t* picked = order ? order + start : nullptr;
+        step(picked, start, rows, next_rows(data, picked, start, rows, n, batch, n_in), step_lam);
+        ++result.steps;
+        if (stop()) {
+            result.stopped = true;
+            return;
+        }
+    }
+}
+
 // train_epoch with an optimizer other than plain SGD: its steps are OptimizerStep's.
 template <class T>
 EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
@@ -785,18 +804,11 @@ EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset
     const bool gather = order != nullptr && !data.sparse;
     OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse);
     StopCheck stop(should_stop);
-    for (std::size_t start = 0; start < n; start += batch) {
-        const std::size_t rows = std::min(batch, n - start);
-        const T step_lam = rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
-        const std::int64_t* picked = order ? order + start : nullptr;
-        const NextRows next = next_rows(data, picked, start, rows, n, batch, shape.n_in());
-        result.stats += step(data, picked, start, rows, next, lr, step_lam, with_norms ? &result.weight_norms : nullptr);
-        ++result.steps;
-        if (stop()) {
-            result.stopped = true;
-            break;
-        }
-    }
+    for_each_step(data, shape.n_in(), order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
+                  [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next, T decay) {
+                      result.stats += step(data, picked, start, rows, next, lr, decay,
+                                           with_norms ? &result.weight_norms : nullptr);
+                  });
     return result;
 }
 
@@ -821,31 +833,24 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     }
     // Plain SGD: the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();
-    const bool small = SmallStep<T>::fits(shape, true, data.sparse);
+    const bool small = SmallStep<T>::fits(shape, data.sparse);
     const bool gather = order != nullptr && !data.sparse && !small;
     Workspace<T> ws(shape, batch, gather, true);
     BlockX<T> block;
     // Each layer's weight decay accumulates in a scale beside W (see inplace_fused_l2_step).
     std::vector<double> scale(shape.n_layers(), 1.0);
-    TransposedWeights<T> transposed(shape, params, batch, data.sparse, true, small);
+    TransposedWeights<T> transposed(shape, params, batch, data.sparse, small);
     T* const* W_t = transposed.layers();
     std::optional<SmallStep<T>> small_step;
     if (small) small_step.emplace(shape, batch, ws);
     StopCheck stop(should_stop);
-    for (std::size_t start = 0; start < n; start += batch) {
-        const std::size_t rows = std::min(batch, n - start);
-        const T step_lam = rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
-        const std::int64_t* picked = order ? order + start : nullptr;
-        const NextRows next = next_rows(data, picked, start, rows, n, batch, n_in);
+    for_each_step(data, n_in, order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
+                  [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next,
+                      T step_lam) {
+        double* norms = with_norms ? &result.weight_norms : nullptr;
         if (small) {
-            result.stats += (*small_step)(params, data, scale, W_t, picked, start, rows, next, lr, step_lam,
-                                          with_norms ? &result.weight_norms : nullptr);
-            ++result.steps;
-            if (stop()) {
-                result.stopped = true;
-                break;
-            }
-            continue;
+            result.stats += (*small_step)(params, data, scale, W_t, picked, start, rows, next, lr, step_lam, norms);
+            return;
         }
         take_block(data, n_in, picked, start, rows, ws.x, block, shape.n_out(), next);
         forward_block(shape, params, scale.data(), block, rows, ws, W_t);
@@ -853,8 +858,8 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         result.stats += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
                                               targets_of(data, picked, start));
         prefetch_rows(data.X, n_in, next, next.rows / 2, next.rows);
-        if (with_norms)  // the GEMM step reads no weight outside the product: one pass of its own
-            add_scaled_weight_norms(result.weight_norms, shape, params, scale, W_t);
+        if (norms)  // the GEMM step reads no weight outside the product: one pass of its own
+            add_scaled_weight_norms(*norms, shape, params, scale, W_t);
         backward_block(shape, params, scale.data(), block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
             const std::size_t n_out = shape.sizes[l + 1];
             if (l == 0 && block.is_sparse()) {
@@ -870,12 +875,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
                                       step_lam);
             }
         }, W_t);
-        ++result.steps;
-        if (stop()) {
-            result.stopped = true;
-            break;
-        }
-    }
+    });
     transposed.copy_back();
     for (std::size_t l = 0; l < shape.n_layers(); ++l)
         inplace_apply_scale(params.W[l], scale[l], shape.sizes[l + 1] * shape.sizes[l]);

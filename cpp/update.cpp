@@ -54,7 +54,8 @@ StepCoefficients<T> fused_step_coefficients(double& scale, std::size_t batch, T 
 }
 
 template <class T>
-void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, std::size_t batch,
+                           std::size_t n_out, std::size_t n_in, T lr, T lam_over_m) {
     const StepCoefficients<T> c = fused_step_coefficients(scale, batch, lr, lam_over_m);
     blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(n_in), int(batch), c.alpha, dZ, int(n_out), A_prev,
                int(n_in), c.beta, W, int(n_in));
@@ -106,13 +107,13 @@ void inplace_l2_update(T* W, const T* dW, std::size_t n, T lr, T lam_over_m, dou
 }
 
 #define L2FAST_INSTANTIATE(T)                                                                                \
-    template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, std::size_t, std::size_t,        \
-                                        std::size_t, T, T);                                     \
+    template void inplace_fused_l2_step(T*, double&, T*, const T*, const T*, std::size_t, std::size_t,       \
+                                        std::size_t, T, T);                                                  \
     template void inplace_apply_scale(T*, double&, std::size_t);                                             \
     template StepCoefficients<T> fused_step_coefficients(double&, std::size_t, T, T);                       \
-    template void accumulate_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t, T);                                                       \
-    template void mean_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);             \
-    template void sum_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);              \
+    template void accumulate_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t, T); \
+    template void mean_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);          \
+    template void sum_gradient(T*, T*, const T*, const T*, std::size_t, std::size_t, std::size_t);           \
     template void inplace_l2_update(T*, const T*, std::size_t, T, T, double*);
 L2FAST_INSTANTIATE(float)
 L2FAST_INSTANTIATE(double)

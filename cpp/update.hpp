@@ -14,7 +14,8 @@ namespace l2fast {
 // 1/2 the step is the single GEMM with beta = (1 - lr*lam_over_m) * scale instead, and scale is 1
 // again. The bias sums are blas::sum_rows.
 template <class T>
-void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, std::size_t batch, std::size_t n_out, std::size_t n_in, T lr, T lam_over_m);
+void inplace_fused_l2_step(T* W, double& scale, T* b, const T* dZ, const T* A_prev, std::size_t batch,
+                           std::size_t n_out, std::size_t n_in, T lr, T lam_over_m);
 
 // The alpha and beta of that step's GEMM (W <- beta W + alpha dZ^T A_prev), scale moved on to its
 // value after the step: the scale path or, below 1/2, the beta path.
