@@ -309,13 +309,19 @@ def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypat
         assert n == 1
 
 
-def test_a_linear_models_sgd_epoch_reads_on_two_threads_when_a_cpu_is_free(restore_threads, monkeypatch):
-    # Its products are tiny (100 x 1 at batch 256), but its time is reading X's rows (cpp/linear_step.cpp).
-    l2fast.set_num_threads(2)
+def threads_of_each_epoch(monkeypatch):
+    """A list that gets OpenBLAS's thread count as each ``_core.train_epoch`` call starts."""
     seen = []
     train_epoch = _core.train_epoch
     monkeypatch.setattr(_core, "train_epoch", lambda *a, **k: (seen.append(_core.get_num_threads()),
                                                                  train_epoch(*a, **k))[1])
+    return seen
+
+
+def test_a_linear_models_sgd_epoch_reads_on_two_threads_when_a_cpu_is_free(restore_threads, monkeypatch):
+    # Its products are tiny (100 x 1 at batch 256), but its time is reading X's rows (cpp/linear_step.cpp).
+    l2fast.set_num_threads(2)
+    seen = threads_of_each_epoch(monkeypatch)
     X = np.random.default_rng(0).normal(size=(600, 100)).astype(np.float32)
     y = (X[:, 0] > 0).astype(np.int64)
     for busy in (0, 1):
@@ -347,10 +353,7 @@ def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(resto
     # Its steps are cut in two shares of records whose sums are added in order (_core.optimizer_step_shares), so its
     # bits do not depend on the count and the policy may give it a free CPU, float64 included.
     l2fast.set_num_threads(2)
-    seen = []
-    train_epoch = _core.train_epoch
-    monkeypatch.setattr(_core, "train_epoch", lambda *a, **k: (seen.append(_core.get_num_threads()),
-                                                                 train_epoch(*a, **k))[1])
+    seen = threads_of_each_epoch(monkeypatch)
     X, y = make_problem("softmax", 64, 10, m=500, seed=5)
     for busy in (0, 1):
         monkeypatch.setattr(threads, "busy_cpus", lambda: busy)

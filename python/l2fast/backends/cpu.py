@@ -75,8 +75,8 @@ class CpuBackend(HostArrays):
         linear = optimizer is None and dense and _core.linear_step_fits(sizes)
         # an optimizer's epoch whose steps run in two shares of records, one per thread when a CPU is free
         records = X.shape[0] if order is None else len(order)
-        two_shares = (optimizer is not None and optimizer.name != "sgd" and dense and records > 0 and batch_size >= 1
-                      and _core.optimizer_step_shares(sizes, min(batch_size, records)))
+        name = None if optimizer is None else optimizer.name
+        two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense)
         with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares):
             if optimizer is None:
                 return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,

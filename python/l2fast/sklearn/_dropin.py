@@ -168,7 +168,7 @@ class _Trainer:
         net = self.net
         if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
                 or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT
-                or (dense and self.spec.name != "sgd" and threads._core.optimizer_step_shares(net.layer_sizes, batch))):
+                or threads.two_share_epoch(net.layer_sizes, batch, self.spec.name, dense)):
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
