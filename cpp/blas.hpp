@@ -32,23 +32,7 @@ inline void gemv(bool trans, int rows, int cols, double alpha, const double* A, 
 // column's rows in another order near those places (float32 10 000-class softmax: other last bits on one thread than
 // on two), while l2fast chooses the thread count by the load of the machine.
 template <class T>
-void sum_rows(int rows, int cols, T alpha, const T* A, int lda, T beta, T* y) {
-    constexpr int kChunk = 256;  // columns whose running sums stay in the first-level cache
-    T sums[kChunk];
-    for (int c0 = 0; c0 < cols; c0 += kChunk) {
-        const int width = cols - c0 < kChunk ? cols - c0 : kChunk;
-        for (int c = 0; c < width; ++c) sums[c] = T(0);
-        for (int r = 0; r < rows; ++r) {
-            const T* a = A + std::size_t(r) * std::size_t(lda) + std::size_t(c0);
-            for (int c = 0; c < width; ++c) sums[c] += a[c];
-        }
-        T* out = y + c0;
-        if (beta == T(0))
-            for (int c = 0; c < width; ++c) out[c] = alpha * sums[c];
-        else
-            for (int c = 0; c < width; ++c) out[c] = beta * out[c] + alpha * sums[c];
-    }
-}
+void sum_rows(int rows, int cols, T alpha, const T* A, int lda, T beta, T* y);
 
 inline void gemm_call(Op op_a, Op op_b, int m, int n, int k, float alpha, const float* A, int lda, const float* B,
                       int ldb, float beta, float* C, int ldc) {
