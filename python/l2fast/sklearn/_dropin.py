@@ -209,12 +209,12 @@ class _Trainer:
         return loss_sum, norm_sum
 
 
-def _shuffled(order, random_state):
-    """``sklearn.utils.shuffle(order, random_state=random_state)``: the same draws, so the same order, without
-    its checks of the arguments (1.3 ms an epoch)."""
-    permutation = np.arange(len(order))
-    random_state.shuffle(permutation)
-    return order[permutation]
+def shuffle_(order, random_state):
+    """``order = sklearn.utils.shuffle(order, random_state=random_state)`` in place: the same draws, so the same order,
+    without its checks of the arguments (1.3 ms an epoch). scikit-learn shuffles arange(n) and indexes order with it;
+    ``RandomState.shuffle`` swaps positions whatever they hold, so shuffling order itself (a 1-D array, as arange)
+    gives order[that permutation] without the two arrays."""
+    random_state.shuffle(order)
 
 
 def _l2fast_loss(est):
@@ -302,7 +302,7 @@ class _L2fastMLP:
                 self.n_iter_ = 0
                 for _ in range(self.max_iter):
                     if self.shuffle:
-                        order = _shuffled(order, self._random_state)
+                        shuffle_(order, self._random_state)
                     lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
                     loss_sum, norm_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
                     # scikit-learn's per-batch loss (mean + alpha/(2b) ||W||^2) times b, summed, over m
