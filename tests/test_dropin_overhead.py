@@ -23,3 +23,33 @@ def test_shuffle_in_place_is_scikit_learns_shuffle(n, seed):
     mine, its = ours.get_state(), theirs.get_state()
     np.testing.assert_array_equal(mine[1], its[1])
     assert mine[2:] == its[2:]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_network_holding_is_a_network_given_these_parameters(backend, dtype):
+    """Network._holding (the drop-ins' network, made without initial draws) is Network(...) after set_parameters:
+    the same attributes and copies of the arrays, checked as set_parameters checks them, refusals naming them."""
+    from l2fast import Network
+
+    rng = np.random.default_rng(0)
+    coefs = [rng.normal(size=(5, 4)), rng.normal(size=(4, 3))]  # scikit-learn's (n_in, n_out) layout
+    weights, biases = [W.T for W in coefs], [rng.normal(size=4), rng.normal(size=3)]
+    held = Network._holding([5, 4, 3], "tanh", "softmax", backend, dtype, weights, biases)
+    made = Network([5, 4, 3], activation="tanh", loss="softmax", backend=backend, dtype=dtype)
+    made.set_parameters(weights, biases)
+    for name in ("layer_sizes", "activation", "loss", "dtype", "backend", "lam", "seed", "optimizer_state"):
+        assert getattr(held, name) == getattr(made, name), name
+    for ours, theirs, given in zip(held.weights + held.biases, made.weights + made.biases, weights + biases):
+        assert ours.dtype == theirs.dtype == dtype and ours.flags.c_contiguous
+        np.testing.assert_array_equal(ours, theirs)
+    for array, given in zip(held._weights + held._biases, weights + biases):
+        assert not np.may_share_memory(array, given)  # trained in place: the caller's arrays stay as they were
+    X = rng.normal(size=(6, 5))
+    np.testing.assert_array_equal(held.predict_proba(X), made.predict_proba(X))
+    with pytest.raises(ValueError, match=r"weights\[1\]: expected shape \(3, 4\)"):
+        Network._holding([5, 4, 3], "tanh", "softmax", backend, dtype, [weights[0], weights[1][:2]], biases)
+    with pytest.raises(ValueError, match=r"biases\[0\]: contains NaN"):
+        Network._holding([5, 4, 3], "tanh", "softmax", backend, dtype, weights, [np.full(4, np.nan), biases[1]])
+    with pytest.raises(ValueError, match="activation"):
+        Network._holding([5, 4, 3], "gelu", "softmax", backend, dtype, weights, biases)

@@ -119,8 +119,11 @@ def _finite_as(array, dtype, name, xp=np, all_finite=None):
     """array as a C-contiguous array of dtype, every value finite after the cast: a float64 value
     beyond float32's range becomes infinity in a float32 network, and is refused as such.
     ``all_finite(cast)`` tells whether the cast is finite (default: xp.isfinite(cast).all())."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = xp.ascontiguousarray(array, dtype=dtype)
+    if array.dtype == dtype:  # no cast, nothing to overflow (np.errstate costs more than a small array's check)
+        cast = xp.ascontiguousarray(array)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = xp.ascontiguousarray(array, dtype=dtype)
     finite = bool(xp.isfinite(cast).all()) if all_finite is None else all_finite(cast)
     if not finite:
         _finite(array, name, xp)

@@ -91,13 +91,6 @@ def _features(backend, X, n_in, dtype):
     return backend.features(X, n_in, dtype)
 
 
-def _network(sizes, activation, loss, backend, dtype, weights, biases):
-    """A Network holding the given weights (n_out, n_in) and biases."""
-    net = Network(sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=0)
-    net.set_parameters(weights, biases)
-    return net
-
-
 def _lbfgs(backend, fun, x0, options):
     """SciPy's L-BFGS-B on fun (J and its gradient), with the process's other BLAS libraries on one thread meanwhile
     when the backend is cpu (``solvers.other_blas_on_one_thread``)."""
@@ -118,8 +111,8 @@ class _Trainer:
     def __init__(self, est, dtype):
         sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
         self.loss = _l2fast_loss(est)
-        self.net = _network(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
-                            [W.T for W in est.coefs_], est.intercepts_)
+        self.net = Network._holding(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
+                                    [W.T for W in est.coefs_], est.intercepts_)
         if est.solver == "adam":
             self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon, eps_on_v=True)
         elif est.momentum > 0:
@@ -519,9 +512,8 @@ class LogisticRegression(linear_model.LogisticRegression):
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == start_W.shape:
             start_W[...] = self.coef_
             start_b[...] = self.intercept_
-        net = _network([X.shape[1], n_out], "identity", "logistic" if binary else "softmax", backend_name(self),
-                       X.dtype,
-                       [start_W], [start_b])
+        net = Network._holding([X.shape[1], n_out], "identity", "logistic" if binary else "softmax",
+                               backend_name(self), X.dtype, [start_W], [start_b])
         net.lam = _penalty.lam_from_C(C, scale)
         backend = net._backend
         X_l2 = _features(backend, X, X.shape[1], net.dtype)
