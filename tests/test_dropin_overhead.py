@@ -53,3 +53,63 @@ def test_network_holding_is_a_network_given_these_parameters(backend, dtype):
         Network._holding([5, 4, 3], "tanh", "softmax", backend, dtype, weights, [np.full(4, np.nan), biases[1]])
     with pytest.raises(ValueError, match="activation"):
         Network._holding([5, 4, 3], "gelu", "softmax", backend, dtype, weights, biases)
+
+
+def test_parameter_check_is_made_once_per_set_of_values_and_still_refuses(monkeypatch):
+    """A drop-in skips scikit-learn's parameter check for values it already passed (same types and values), and
+    runs it on every other set: a bad value is still refused with scikit-learn's error after good ones passed."""
+    import sklearn.base
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    checked = []
+    check = sklearn.base.validate_parameter_constraints
+    monkeypatch.setattr(sklearn.base, "validate_parameter_constraints",
+                        lambda constraints, params, caller_name: checked.append(params) or
+                        check(constraints, params, caller_name))
+    ours = _dropin.MLPClassifier(hidden_layer_sizes=(3, 2), alpha=0.125)
+    ours._validate_params()
+    ours._validate_params()
+    _dropin.MLPClassifier(hidden_layer_sizes=(3, 2), alpha=0.125)._validate_params()
+    assert len(checked) == 1
+    for name, bad in (("alpha", -1.0), ("shuffle", 1), ("hidden_layer_sizes", "3"), ("solver", "newton")):
+        # shuffle=1 equals True, which passed: the check tells them apart by type, as scikit-learn's does
+        ours.set_params(**{name: bad})
+        theirs = MLPClassifier(**{name: bad})
+        with pytest.raises(InvalidParameterError) as ours_error:
+            ours._validate_params()
+        with pytest.raises(InvalidParameterError) as their_error:
+            theirs._validate_params()
+        assert str(ours_error.value) == str(their_error.value).replace("MLPClassifier", type(ours).__name__)
+        ours.set_params(**_dropin.MLPClassifier(hidden_layer_sizes=(3, 2), alpha=0.125).get_params())
+    checked.clear()
+    for value in (np.float64(0.125), np.random.RandomState(0)):  # not a plain scalar: checked every time
+        other = _dropin.MLPClassifier(alpha=value) if isinstance(value, float) else \
+            _dropin.MLPClassifier(random_state=value)
+        other._validate_params()
+        other._validate_params()
+    assert len(checked) == 4
+
+    class Stricter(_dropin.MLPClassifier):  # its own constraints: its own record of what passed them
+        _parameter_constraints = {**_dropin.MLPClassifier._parameter_constraints, "alpha": [None]}
+
+    with pytest.raises(InvalidParameterError, match="'alpha' parameter of Stricter"):
+        Stricter(hidden_layer_sizes=(3, 2), alpha=0.125)._validate_params()
+
+
+@pytest.mark.parametrize("cls", [_dropin.MLPClassifier, _dropin.MLPRegressor, _dropin.LogisticRegression])
+def test_parameter_names_are_the_signatures(cls):
+    import inspect
+
+    from l2fast.sklearn import _patch
+
+    for c in (cls, getattr(_patch, cls.__name__, cls)):
+        assert c._get_param_names() == sorted(inspect.signature(c).parameters)
+        assert c._get_param_names() is not c._get_param_names()  # a fresh list each call, as scikit-learn's
+
+    class Renamed(cls):  # a subclass with another constructor gets its own names
+        def __init__(self, extra=1, **params):
+            super().__init__(**params)
+            self.extra = extra
+
+    assert Renamed._get_param_names() == ["extra"]
