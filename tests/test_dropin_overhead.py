@@ -113,3 +113,52 @@ def test_parameter_names_are_the_signatures(cls):
             self.extra = extra
 
     assert Renamed._get_param_names() == ["extra"]
+
+
+def _inputs_cases():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5))
+    y = rng.integers(0, 3, 40)
+    with_nan, with_inf, huge = X.copy(), X.copy(), np.full((40, 5), 1e308)
+    with_nan[3, 2], with_inf[7, 1] = np.nan, -np.inf
+    return {"C": (X, y), "F": (np.asfortranarray(X), y), "float32": (X.astype(np.float32), y),
+            "strided": (np.repeat(X, 2, axis=1)[:, ::2], y), "uint8-labels": (X, y.astype(np.uint8)),
+            "nan": (with_nan, y), "inf": (with_inf, y), "sum-overflows": (huge, y),
+            "no-rows": (X[:0], y[:0]), "no-columns": (X[:, :0], y), "lengths": (X, y[:-1]),
+            "int-X": (rng.integers(0, 5, (40, 5)), y), "big-endian": (X.astype(">f8"), y),
+            "memmap-like": (X.view(np.memmap), y), "list": (X.tolist(), y)}
+
+
+@pytest.mark.parametrize("assume_finite", [False, True])
+@pytest.mark.parametrize("case", list(_inputs_cases()))
+def test_dense_inputs_are_validate_datas(case, assume_finite, monkeypatch):
+    """A fresh fit's X and y, taken without validate_data where they are a plain NumPy float X and integer y: the
+    same arrays (X itself), n_features_in_, no stale feature_names_in_, and scikit-learn's own refusals."""
+    import sklearn
+    from sklearn.neural_network import MLPClassifier
+
+    pandas = pytest.importorskip("pandas")
+    X, y = _inputs_cases()[case]
+    results = []
+    for est in (_dropin.MLPClassifier(), MLPClassifier()):
+        frame = pandas.DataFrame(np.ones((6, 7)), columns=[f"f{i}" for i in range(7)])
+        est._validate_input(frame, np.arange(6) % 2, False, True)  # fitted on named features before
+        assert list(est.feature_names_in_) == list(frame.columns)
+        calls = []
+        validate_data = _dropin.validate_data
+        monkeypatch.setattr(_dropin, "validate_data", lambda *a, **k: calls.append(1) or validate_data(*a, **k))
+        with sklearn.config_context(assume_finite=assume_finite):
+            try:
+                X_out, y_out = est._validate_input(X, y, False, True)
+            except Exception as exc:  # noqa: BLE001 (compared below with scikit-learn's)
+                results.append((type(exc), str(exc)))
+                continue
+        results.append((X_out is X, X_out.dtype, np.asarray(X_out).tobytes(), y_out.tobytes(), est.n_features_in_,
+                        hasattr(est, "feature_names_in_")))
+        if isinstance(est, _dropin.MLPClassifier):
+            plain = ("C", "F", "float32", "strided", "uint8-labels") + (("nan", "inf", "sum-overflows") if assume_finite
+                                                                         else ())
+            assert len(calls) == (0 if case in plain else 1)  # the shortcut takes exactly these
+    assert results[0] == results[1]
+    if case in ("C", "F", "float32", "strided"):
+        assert results[0][0]  # the array itself, no copy
