@@ -310,6 +310,12 @@ def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[
             and _core.optimizer_step_shares(list(layer_sizes), batch))
 
 
+def chooses_threads(dtype, two_shares: bool = False) -> bool:
+    """Whether ``call_threads`` chooses the thread count of a call on this dtype: float32 ones and two-share epochs;
+    other float64 calls keep the cap (see there)."""
+    return dtype == np.float32 or two_shares
+
+
 @contextlib.contextmanager
 def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False,
                  two_shares: bool = False):
@@ -325,7 +331,7 @@ def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1,
     bits are the same on any count, float64 too."""
     core = _core
     cap = core.get_num_threads()
-    if cap <= 1 or (dtype != np.float32 and not two_shares):
+    if cap <= 1 or not chooses_threads(dtype, two_shares):
         yield cap
         return
     min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound and not two_shares else 0

@@ -240,41 +240,53 @@ class _Trainer:
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
-    def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
-        """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
-        short last batch of b' records with alpha/b' (on cpu in the same call). Returns the summed (weighted) data loss and the sum over
-        the steps of ||W||^2 at the weights each step's loss was computed with (scikit-learn adds alpha/2 of it
-        to each batch's loss). Runs inside ``threads(batch)``, which the caller enters once for all its epochs."""
+    def epochs(self, X, y, weights, m, batch, alpha, scale):
+        """``epoch(order, lr)``: one epoch of minibatch steps over ``order`` (m records): its full batches with the
+        decay alpha/b, then the short last batch of b' records with alpha/b' (on cpu in the same call). Returns the
+        summed (weighted) data loss and the sum over the steps of ||W||^2 at the weights each step's loss was
+        computed with (scikit-learn adds alpha/2 of it to each batch's loss). What every epoch of the fit shares
+        (the decays, the backend's call) is worked out here, once. Runs inside ``threads(batch)``, which the caller
+        enters once for all its epochs."""
         net, state = self.net, self.state
         stepper = None if self.spec.name == "sgd" else self.spec
-        if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
-            # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
-            # a change of rate when l2fast's velocity is rescaled by the old rate over the new
-            for V in state.slots[0]:
-                V *= self.lr / lr
-        self.lr = lr
-        n_full = len(order) // batch * batch
-        n_short = len(order) - n_full
-
-        def lam_over_m(b):
-            return _penalty.lam_over_m_from_alpha(alpha, b, scale)
-
+        n_short = m % batch
+        lam_full = _penalty.lam_over_m_from_alpha(alpha, batch, scale)
+        lam_short = _penalty.lam_over_m_from_alpha(alpha, max(n_short, 1), scale)
+        steps = -(-m // batch)
+        # X passed scikit-learn's check (or the backend's features) once per fit: check_finite=False
         if net.backend == "cpu":  # one call, the short batch's decay given beside (a call costs ~60 us of a 1 ms epoch)
-            calls = [(order, lam_over_m(batch), {"short_lam_over_m": lam_over_m(n_short)} if n_short else {})]
+            run = net._backend.epoch_runner(net._weights, net._biases, X, y, m, batch, net.activation, net.loss,
+                                            stepper, state.slots, weights, check_finite=False, with_norms=True)
+            short = lam_short if n_short else None
+
+            def steps_of(order, lr):
+                loss_sum, _, norm_sum = run(order, lr, lam_full, state.step, short)
+                state.step += steps
+                return loss_sum, norm_sum
         else:
-            calls = [(order[:n_full], lam_over_m(batch), {}), (order[n_full:], lam_over_m(max(n_short, 1)), {})]
-        loss_sum = norm_sum = 0.0
-        for rows, lam, short in calls:
-            if len(rows) == 0:
-                continue
-            part, _, norms = net._backend.train_epoch(
-                net._weights, net._biases, X, y, rows, batch, lr, lam, net.activation, net.loss, stepper, state.slots,
-                state.step, sample_weight=weights, with_norms=True,
-                check_finite=False, **short)  # X passed scikit-learn's check (or the backend's features) once per fit
-            state.step += -(-len(rows) // batch)
-            loss_sum += part
-            norm_sum += norms
-        return loss_sum, norm_sum
+            def steps_of(order, lr):
+                loss_sum = norm_sum = 0.0
+                for rows, lam in ((order[:m - n_short], lam_full), (order[m - n_short:], lam_short)):
+                    if len(rows) == 0:
+                        continue
+                    part, _, norms = net._backend.train_epoch(
+                        net._weights, net._biases, X, y, rows, batch, lr, lam, net.activation, net.loss, stepper,
+                        state.slots, state.step, sample_weight=weights, with_norms=True, check_finite=False)
+                    state.step += -(-len(rows) // batch)
+                    loss_sum += part
+                    norm_sum += norms
+                return loss_sum, norm_sum
+
+        def epoch(order, lr):
+            if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
+                # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
+                # a change of rate when l2fast's velocity is rescaled by the old rate over the new
+                for V in state.slots[0]:
+                    V *= self.lr / lr
+            self.lr = lr
+            return steps_of(order, lr)
+
+        return epoch
 
 
 def shuffle_(order, random_state):
@@ -366,13 +378,14 @@ class _L2fastMLP(_ParametersChecked):
         loss_outputs = self._loss_outputs()
         # One thread count for all the epochs, set once (a float64 network's count fixes its last bits)
         with trainer.threads(batch, dense=isinstance(X_l2, np.ndarray)):
+            epoch = trainer.epochs(X_l2, y_l2, w_l2, m, batch, self.alpha, scale)
             try:
                 self.n_iter_ = 0
                 for _ in range(self.max_iter):
                     if self.shuffle:
                         shuffle_(order, self._random_state)
                     lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
-                    loss_sum, norm_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
+                    loss_sum, norm_sum = epoch(order, lr)
                     # scikit-learn's per-batch loss (mean + alpha/(2b) ||W||^2) times b, summed, over m
                     self.loss_ = loss_sum / m / loss_outputs + 0.5 * self.alpha * scale * norm_sum / m
                     self.n_iter_ += 1
