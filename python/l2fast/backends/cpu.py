@@ -91,17 +91,13 @@ class CpuBackend(HostArrays):
         if optimizer is not None:
             options.update(slots=[list(slot) for slot in slots], **core_options(optimizer))
         X_core = core_X(X)
-        chooses = threads.chooses_threads(X.dtype, two_shares)  # else call_threads would keep the cap: not entered
+        kernel_threads = threads.KernelThreads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares)
 
         def run(order, lr, lam_over_m, step=0, short_lam_over_m=None):
             if optimizer is not None:
                 options["step"] = step
-            if not chooses:
-                return _core.train_epoch(weights, biases, X_core, y, order, batch_size, lr, lam_over_m, activation,
-                                         loss, short_lam_over_m=short_lam_over_m, **options)
-            with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares):
-                return _core.train_epoch(weights, biases, X_core, y, order, batch_size, lr, lam_over_m, activation,
-                                         loss, short_lam_over_m=short_lam_over_m, **options)
+            return kernel_threads.run(_core.train_epoch, weights, biases, X_core, y, order, batch_size, lr, lam_over_m,
+                                      activation, loss, short_lam_over_m=short_lam_over_m, **options)
 
         return run
 
