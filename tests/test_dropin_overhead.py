@@ -162,3 +162,80 @@ def test_dense_inputs_are_validate_datas(case, assume_finite, monkeypatch):
     assert results[0] == results[1]
     if case in ("C", "F", "float32", "strided"):
         assert results[0][0]  # the array itself, no copy
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 42, 2**31, 2**32 - 1])
+def test_legacy_random_state_is_randomstates(seed):
+    """A plain int seed's random state, made without SeedSequence's seeding that the legacy seeding overwrites, is
+    RandomState(seed): the same state, no seed sequence kept, the same draws."""
+    ours, theirs = _dropin.legacy_random_state(seed), np.random.RandomState(seed)
+    assert type(ours) is np.random.RandomState and type(ours._bit_generator) is np.random.MT19937
+    mine, its = ours.get_state(), theirs.get_state()
+    np.testing.assert_array_equal(mine[1], its[1])
+    assert mine[2:] == its[2:]
+    assert ours._bit_generator._seed_seq is None and theirs._bit_generator._seed_seq is None
+    np.testing.assert_array_equal(ours.uniform(size=700), theirs.uniform(size=700))  # past a regeneration
+    assert ours.randint(2**40) == theirs.randint(2**40)
+
+
+def test_legacy_random_state_leaves_other_seeds_to_check_random_state(monkeypatch):
+    from sklearn.utils import check_random_state
+
+    given = np.random.RandomState(3)
+    assert _dropin.legacy_random_state(given) is given is check_random_state(given)
+    assert _dropin.legacy_random_state(None) is check_random_state(None)  # NumPy's global RandomState
+    for seed in (np.int64(5), np.uint32(7)):
+        np.testing.assert_array_equal(_dropin.legacy_random_state(seed).get_state()[1],
+                                      np.random.RandomState(seed).get_state()[1])
+    for bad in (-1, 2**32, 1.5, "0"):
+        with pytest.raises(ValueError) as ours:
+            _dropin.legacy_random_state(bad)
+        with pytest.raises(ValueError) as theirs:
+            check_random_state(bad)
+        assert str(ours.value) == str(theirs.value)
+    # a NumPy whose MT19937 would not give RandomState's state that way: RandomState itself makes it
+    made = []
+    monkeypatch.setattr(_dropin, "_seeded_legacy", lambda seed: made.append(seed) or np.random.RandomState(seed + 1))
+    _dropin._legacy_seeding_is_randomstates.cache_clear()
+    try:
+        np.testing.assert_array_equal(_dropin.legacy_random_state(9).get_state()[1],
+                                      np.random.RandomState(9).get_state()[1])
+        assert made == [0]  # the one check, then never again
+    finally:
+        _dropin._legacy_seeding_is_randomstates.cache_clear()
+
+
+@pytest.mark.parametrize("how", ["fit", "early-stopping", "partial_fit", "warm_start", "instance"])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_random_state_is_consumed_as_scikit_learns_mlp_consumes_it(solver, how):
+    """After a fit (its initial weights, validation split and shuffles), the drop-in's random state is where
+    scikit-learn's own MLP leaves its own, and both reach the same weights."""
+    import warnings
+
+    from sklearn.datasets import make_classification
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = make_classification(n_samples=150, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    states = []
+    for cls in (_dropin.MLPClassifier, MLPClassifier):
+        params = dict(hidden_layer_sizes=(5,), solver=solver, max_iter=4, batch_size=32, random_state=7,
+                      early_stopping=how == "early-stopping", warm_start=how == "warm_start")
+        if how == "instance":
+            params["random_state"] = np.random.RandomState(7)
+        est = cls(**params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if how == "partial_fit":
+                est.partial_fit(X[:70], y[:70], classes=[0, 1, 2])
+                est.partial_fit(X[70:], y[70:])
+            else:
+                est.fit(X, y)
+                if how in ("warm_start", "instance"):
+                    est.fit(X, y)
+        states.append((est._random_state.get_state(), est.coefs_))
+    (mine, ours), (its, theirs) = states
+    np.testing.assert_array_equal(mine[1], its[1])
+    assert mine[2:] == its[2:]
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
