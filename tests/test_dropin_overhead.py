@@ -239,3 +239,27 @@ def test_random_state_is_consumed_as_scikit_learns_mlp_consumes_it(solver, how):
     assert mine[2:] == its[2:]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_fitted_arrays_are_the_estimators_own(backend):
+    """coefs_ and intercepts_ are C-contiguous copies in scikit-learn's layout, sharing no memory with the network
+    that goes on training (a partial_fit after): a one-output layer too, whose transposed weights are contiguous
+    either way."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    y = (X[:, 0] > 0).astype(int)  # two classes: one logistic output, W of shape (1, 4) in the network
+    est = _dropin.MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.partial_fit(X, y, classes=[0, 1])
+        before = [a.copy() for a in est.coefs_]
+        est.partial_fit(X, y)
+    net = est._l2fast_trainer.net
+    assert [W.shape for W in est.coefs_] == [(3, 4), (4, 1)]
+    for array, own in zip(est.coefs_ + est.intercepts_, net._weights + net._biases):
+        assert array.flags.c_contiguous and not np.shares_memory(array, own)
+    assert any(not np.array_equal(a, b) for a, b in zip(est.coefs_, before))

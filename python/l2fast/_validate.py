@@ -27,6 +27,8 @@ def float_dtype(dtype):
         resolved = np.dtype(dtype)
     except TypeError:
         resolved = None
+    if resolved is not None and resolved.type in (np.float32, np.float64) and resolved.isnative:
+        return resolved  # (dtype.name is Python code in NumPy: 2-5 us, a few times a fit)
     if resolved is None or resolved.name not in DTYPES:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     if not resolved.isnative:
@@ -94,7 +96,8 @@ def fits_in_memory(n_bytes, what):
 
 
 def _numeric_array(values, name, *, allow_bool=False, xp=np):
-    if str(getattr(values, "dtype", "")) == "torch.bfloat16":
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and not isinstance(dtype, np.dtype) and str(dtype) == "torch.bfloat16":
         values = values.float()  # torch cannot hand NumPy a bfloat16 tensor; float32 holds it exactly
     try:
         array = xp.asarray(values)
@@ -103,6 +106,8 @@ def _numeric_array(values, name, *, allow_bool=False, xp=np):
     kind = array.dtype.kind
     if kind == "b" and allow_bool:
         return array
+    if kind in "iu" or (kind == "f" and array.dtype.itemsize >= 4):
+        return array  # the common case, before dtype.name (Python code in NumPy)
     if (kind == "f" and array.dtype.itemsize < 4) or array.dtype.name == "bfloat16":
         return array.astype(np.float32)  # half precision (float16, ml_dtypes' bfloat16): widened exactly
     if kind not in "iuf":

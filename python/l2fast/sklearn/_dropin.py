@@ -218,7 +218,8 @@ class _Trainer:
 
     def store(self, est):
         """The network's parameters back into the estimator's arrays, (n_in, n_out) layout."""
-        est.coefs_ = [np.ascontiguousarray(W.T) for W in self.net._to_host(self.net._weights)]
+        to_host = self.net._backend.to_host  # one copy, in scikit-learn's layout (np.array copies a contiguous W.T too)
+        est.coefs_ = [np.array(to_host(W).T, order="C") for W in self.net._weights]
         est.intercepts_ = self.net._to_host(self.net._biases)
 
     def data(self, X, y, sample_weight):
