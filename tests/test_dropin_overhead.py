@@ -263,3 +263,62 @@ def test_fitted_arrays_are_the_estimators_own(backend):
     for array, own in zip(est.coefs_ + est.intercepts_, net._weights + net._biases):
         assert array.flags.c_contiguous and not np.shares_memory(array, own)
     assert any(not np.array_equal(a, b) for a, b in zip(est.coefs_, before))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])
+@pytest.mark.parametrize("n_iter_no_change", [10**6, 4])
+def test_orders_made_ahead_give_back_the_draws_of_epochs_that_did_not_run(monkeypatch, stop, n_iter_no_change):
+    """A fit that ends in its 6th epoch (Ctrl-C, which scikit-learn's loop catches, or an error) leaves the random
+    state after 6 shuffles, as scikit-learn's loop does, though the orders of later epochs were made ahead."""
+    import warnings
+
+    from sklearn.datasets import make_classification
+    from sklearn.exceptions import ConvergenceWarning
+
+    from l2fast.backends import cpu
+
+    X, y = make_classification(n_samples=90, n_features=5, n_informative=3, n_classes=3, random_state=0)
+    params = dict(hidden_layer_sizes=(4,), solver="adam", batch_size=16, tol=0.0, n_iter_no_change=n_iter_no_change,
+                  backend="cpu")
+
+    def fit(max_iter, random_state):
+        est = _dropin.MLPClassifier(max_iter=max_iter, random_state=random_state, **params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                est.fit(X, y)
+            except ValueError:
+                pass
+        return random_state.get_state()
+
+    expected = fit(6, np.random.RandomState(3))  # six epochs run: six shuffles
+    calls = []
+    train_epoch = cpu._core.train_epoch
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise stop("stopped")
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cpu._core, "train_epoch", stopping)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        got = fit(30, np.random.RandomState(3))
+    assert len(calls) == 6
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2:] == expected[2:]
+
+
+def test_orders_are_made_ahead_only_for_epochs_sure_to_run():
+    rs, theirs = np.random.RandomState(0), np.random.RandomState(0)
+    orders = _dropin._Orders(50, rs, shuffle=True)
+    expected = np.arange(50)
+    for sure in (3, 1, 1, 2, 5):
+        expected = shuffle(expected, random_state=theirs)
+        np.testing.assert_array_equal(orders.next(sure), expected)
+    # made ahead: 3, then 2 (the last call takes the second of those): 5 shuffles for 5 epochs
+    assert rs.get_state()[2] == theirs.get_state()[2]
+    np.testing.assert_array_equal(rs.get_state()[1], theirs.get_state()[1])
+    unshuffled = _dropin._Orders(50, rs, shuffle=False)
+    assert all(np.array_equal(unshuffled.next(9), np.arange(50)) for _ in range(3))

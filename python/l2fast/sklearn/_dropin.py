@@ -302,6 +302,47 @@ def shuffle_(order, random_state):
     random_state.shuffle(order)
 
 
+_AHEAD_ENTRIES = 1 << 18  # the most entries (2 MiB of int64) of orders made ahead at once
+
+
+class _Orders:
+    """The epochs' orders of records, each scikit-learn's shuffle of the last (``shuffle_``, the same draws), made for
+    as many coming epochs as will run for certain in one go: there the shuffles run warm, where after an epoch's kernel
+    a shuffle of 1797 records took 36 us, 22 warm. ``rewind`` gives back the draws of orders made but not used (a fit
+    ended by an exception or Ctrl-C), so that the random state ends where scikit-learn's does."""
+
+    def __init__(self, m, random_state, shuffle):
+        self._last = np.arange(m, dtype=np.int64)
+        self._random_state, self._shuffle = random_state, shuffle
+        self._ahead, self._used, self._before = (), 0, None
+
+    def next(self, sure):
+        """The coming epoch's order; ``sure`` of the coming epochs (this one too) run for certain."""
+        if not self._shuffle:
+            return self._last
+        if self._used == len(self._ahead):
+            count = max(1, min(sure, _AHEAD_ENTRIES // len(self._last)))
+            self._before = self._random_state.get_state() if count > 1 else None
+            self._ahead, self._used = np.empty((count, len(self._last)), dtype=np.int64), 0
+            previous = self._last
+            for order in self._ahead:
+                order[...] = previous
+                shuffle_(order, self._random_state)
+                previous = order
+        self._last = self._ahead[self._used]
+        self._used += 1
+        return self._last
+
+    def rewind(self):
+        """The random state back where the orders used so far leave it."""
+        if self._used < len(self._ahead) and self._before is not None:
+            self._random_state.set_state(self._before)
+            scratch = np.empty(len(self._last), dtype=np.int64)  # a shuffle's draws depend on the length alone
+            for _ in range(self._used):
+                self._random_state.shuffle(scratch)
+            self._ahead = self._ahead[:self._used]
+
+
 def _l2fast_loss(est):
     if not is_classifier(est):
         return "squared_error"
@@ -455,7 +496,7 @@ class _L2fastMLP(_ParametersChecked):
             batch = int(np.clip(self.batch_size, 1, m))
         trainer = self._trainer(X, fresh)
         X_l2, y_l2, w_l2, scale = trainer.data(X_train, y_train, w_train)
-        order = np.arange(m, dtype=np.int64)
+        orders = _Orders(m, self._random_state, self.shuffle)
         loss_outputs = self._loss_outputs()
         # One thread count for all the epochs, set once (a float64 network's count fixes its last bits)
         with trainer.threads(batch, dense=isinstance(X_l2, np.ndarray)):
@@ -463,8 +504,10 @@ class _L2fastMLP(_ParametersChecked):
             try:
                 self.n_iter_ = 0
                 for _ in range(self.max_iter):
-                    if self.shuffle:
-                        shuffle_(order, self._random_state)
+                    # the epochs sure to run: no stop before the no-improvement count (+1 an epoch) passes its limit
+                    sure = 1 if incremental else min(self.max_iter - self.n_iter_,
+                                                     self.n_iter_no_change - self._no_improvement_count + 1)
+                    order = orders.next(sure)
                     lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
                     loss_sum, norm_sum = epoch(order, lr)
                     # scikit-learn's per-batch loss (mean + alpha/(2b) ||W||^2) times b, summed, over m
@@ -492,6 +535,8 @@ class _L2fastMLP(_ParametersChecked):
                                       "optimization hasn't converged yet.", ConvergenceWarning)
             except KeyboardInterrupt:
                 warnings.warn("Training interrupted by user.")
+            finally:
+                orders.rewind()
         trainer.store(self)
         if self.early_stopping:
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
