@@ -322,3 +322,26 @@ def test_orders_are_made_ahead_only_for_epochs_sure_to_run():
     np.testing.assert_array_equal(rs.get_state()[1], theirs.get_state()[1])
     unshuffled = _dropin._Orders(50, rs, shuffle=False)
     assert all(np.array_equal(unshuffled.next(9), np.arange(50)) for _ in range(3))
+
+
+@pytest.mark.parametrize("sizes", [(3, 0), [2, -1], (np.int64(0),), (2.0, 0.0), 0])
+def test_hidden_layer_sizes_refused_as_scikit_learn_refuses_them(sizes):
+    from sklearn.neural_network import MLPClassifier
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.arange(20) % 2
+    with pytest.raises(ValueError) as ours:
+        _dropin.MLPClassifier(hidden_layer_sizes=sizes, max_iter=1).fit(X, y)
+    with pytest.raises(ValueError) as theirs:
+        MLPClassifier(hidden_layer_sizes=sizes, max_iter=1).fit(X, y)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_is_classifier_is_scikit_learns_for_the_dropins():
+    import sklearn.base
+
+    from l2fast.sklearn import _patch
+
+    for est in (_dropin.MLPClassifier(), _dropin.MLPRegressor(), _dropin.LogisticRegression(),
+                _patch.LogisticRegression()):
+        assert _dropin.is_classifier(est) == sklearn.base.is_classifier(est)

@@ -40,7 +40,7 @@ import scipy.optimize
 import scipy.sparse
 from numpy.random.bit_generator import ISpawnableSeedSequence
 from sklearn import get_config, linear_model, neural_network
-from sklearn.base import is_classifier
+from sklearn.base import ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
@@ -72,6 +72,12 @@ _said = set()
 # so the count is chosen by shape alone: below ~1M multiply-adds a second thread gained nothing on the quiet
 # 2-core machine (64-64-10, batch 200) and cost 2-3x when other processes held the cores (benchmarks/README.md).
 _ONE_THREAD_PRODUCT = 1 << 20
+
+
+def is_classifier(est) -> bool:
+    """scikit-learn's ``is_classifier`` for the drop-ins, whose classifiers are its ClassifierMixin's subclasses (its
+    version builds the estimator's tags each call: 10-20 us, several times a fit)."""
+    return isinstance(est, ClassifierMixin)
 
 
 def say_once(who: str, what: str) -> None:
@@ -410,7 +416,8 @@ class _L2fastMLP(_ParametersChecked):
         hidden_layer_sizes = self.hidden_layer_sizes
         hidden_layer_sizes = list(hidden_layer_sizes if hasattr(hidden_layer_sizes, "__iter__") else
                                   [hidden_layer_sizes])
-        if np.any(np.array(hidden_layer_sizes) <= 0):
+        if (any(size <= 0 for size in hidden_layer_sizes) if all(type(size) is int for size in hidden_layer_sizes)
+                else np.any(np.array(hidden_layer_sizes) <= 0)):  # NumPy's test for anything but plain ints
             raise ValueError(f"hidden_layer_sizes must be > 0, got {hidden_layer_sizes}.")
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
