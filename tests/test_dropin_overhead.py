@@ -345,3 +345,14 @@ def test_is_classifier_is_scikit_learns_for_the_dropins():
     for est in (_dropin.MLPClassifier(), _dropin.MLPRegressor(), _dropin.LogisticRegression(),
                 _patch.LogisticRegression()):
         assert _dropin.is_classifier(est) == sklearn.base.is_classifier(est)
+
+
+@pytest.mark.parametrize("labels", [np.arange(30) % 4, (np.arange(30) % 3).astype(np.uint8), np.arange(30) % 5 - 2,
+                                    np.array([0, 10**9, 0]), np.array([7, 7, 3], dtype=np.int16),
+                                    np.array([2, 0, 2], dtype=np.uint64), np.array([5, 3, 5], dtype=np.uint32),
+                                    np.array([1200] * 3 + [0]), np.array([], dtype=np.int64)],
+                         ids=["small", "uint8", "negative", "far-apart", "int16", "uint64", "uint32", "beyond-count", "none"])
+def test_sorted_labels_are_numpys_unique(labels):
+    ours, theirs = _dropin._sorted_labels(labels), np.unique(labels)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    np.testing.assert_array_equal(ours, theirs)

@@ -124,6 +124,13 @@ def _dense_inputs(est, X, y):
     return X, y
 
 
+def _sorted_labels(y):
+    """``np.unique(y)`` of 1-D integer labels; by counting where they are a few non-negative ones (50 -> 11 us)."""
+    if len(y) and (y.dtype.kind == "i" or y.dtype.itemsize < 8) and y.min() >= 0 and y.max() <= 4 * len(y) + 256:
+        return np.flatnonzero(np.bincount(y)).astype(y.dtype, copy=False)
+    return np.unique(y)
+
+
 def _lbfgs(backend, fun, x0, options):
     """SciPy's L-BFGS-B on fun (J and its gradient), with the process's other BLAS libraries on one thread meanwhile
     when the backend is cpu (``solvers.other_blas_on_one_thread``)."""
@@ -596,7 +603,7 @@ class MLPClassifier(_L2fastMLP, neural_network.MLPClassifier):
         checked = _dense_inputs(self, X, y) if reset else None
         X, y = checked if checked is not None else validate_data(
             self, X, y, accept_sparse=["csr", "csc"], multi_output=True, dtype=(np.float64, np.float32), reset=reset)
-        classes = np.unique(y)
+        classes = _sorted_labels(y)
         if len(classes) < 2:
             return super()._validate_input(X, y, incremental, reset)
         binarizer = LabelBinarizer()
