@@ -258,6 +258,15 @@ class _Trainer:
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
+    def _new_rate(self, lr):
+        """The coming epochs' rate, unlike the last's (None before the first)."""
+        if self.spec.name == "momentum" and self.lr is not None:
+            # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
+            # a change of rate when l2fast's velocity is rescaled by the old rate over the new
+            for V in self.state.slots[0]:
+                V *= self.lr / lr
+        self.lr = lr
+
     def epochs(self, X, y, weights, m, batch, alpha, scale):
         """``epoch(order, lr)``: one epoch of minibatch steps over ``order`` (m records): its full batches with the
         decay alpha/b, then the short last batch of b' records with alpha/b' (on cpu in the same call). Returns the
@@ -277,12 +286,16 @@ class _Trainer:
                                             stepper, state.slots, weights, check_finite=False, with_norms=True)
             short = lam_short if n_short else None
 
-            def steps_of(order, lr):
+            def epoch(order, lr):
+                if lr != self.lr:
+                    self._new_rate(lr)
                 loss_sum, _, norm_sum = run(order, lr, lam_full, state.step, short)
                 state.step += steps
                 return loss_sum, norm_sum
         else:
-            def steps_of(order, lr):
+            def epoch(order, lr):
+                if lr != self.lr:
+                    self._new_rate(lr)
                 loss_sum = norm_sum = 0.0
                 for rows, lam in ((order[:m - n_short], lam_full), (order[m - n_short:], lam_short)):
                     if len(rows) == 0:
@@ -294,15 +307,6 @@ class _Trainer:
                     loss_sum += part
                     norm_sum += norms
                 return loss_sum, norm_sum
-
-        def epoch(order, lr):
-            if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
-                # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
-                # a change of rate when l2fast's velocity is rescaled by the old rate over the new
-                for V in state.slots[0]:
-                    V *= self.lr / lr
-            self.lr = lr
-            return steps_of(order, lr)
 
         return epoch
 
