@@ -455,3 +455,30 @@ def test_load_benchmark_runs_each_contender_quiet_and_beside_a_busy_loop():
         assert {"l2fast cpu", "l2fast cpu 1 thread", "l2fast numpy"} <= set(results)
         assert all(r["median_s"] > 0 and r["over_quiet"] > 0 for r in results.values())
     assert all(r["over_quiet"] == 1.0 for r in levels[0]["results"]["B epoch"].values())
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+@pytest.mark.parametrize("cap", [1, 2, 3])
+def test_kernel_threads_run_a_call_on_call_threads_count(restore_threads, monkeypatch, cap, adaptive):
+    """KernelThreads (the rule's inputs worked out once for a fit's epochs) runs each call on the count that
+    call_threads gives it, for every kind of call and load, and puts the cap back after it, also when it raises."""
+    l2fast.set_num_threads(cap, adaptive=adaptive)
+    cases = [([784, 256, 10], 128, np.float64, {}), ([784, 256, 10], 128, np.float32, {}),
+             ([64, 64, 10], 32, np.float32, {}), ([64, 64, 10], 200, np.float64, {"two_shares": True}),
+             ([100, 1], 256, np.float32, {"memory_bound": True}), ([100, 1], 256, np.float64, {"memory_bound": True}),
+             ([64, 64, 10], 32, np.float32, {"models": 3})]
+    for busy in (0, 1, 5):
+        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
+        for sizes, batch, dtype, options in cases:
+            with threads.call_threads(sizes, batch, np.dtype(dtype), **options) as expected:
+                pass
+            kernel_threads = threads.KernelThreads(sizes, batch, np.dtype(dtype), **options)
+            assert kernel_threads.run(lambda a, b=0: (_core.get_num_threads(), a, b), 7, b=8) == (expected, 7, 8)
+            assert _core.get_num_threads() == cap
+
+            def failing():
+                raise KeyError("inside")
+
+            with pytest.raises(KeyError, match="inside"):
+                kernel_threads.run(failing)
+            assert _core.get_num_threads() == cap

@@ -27,6 +27,8 @@ def float_dtype(dtype):
         resolved = np.dtype(dtype)
     except TypeError:
         resolved = None
+    if resolved is not None and resolved.type in (np.float32, np.float64) and resolved.isnative:
+        return resolved  # (dtype.name is Python code in NumPy: 2-5 us, a few times a fit)
     if resolved is None or resolved.name not in DTYPES:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     if not resolved.isnative:
@@ -94,7 +96,8 @@ def fits_in_memory(n_bytes, what):
 
 
 def _numeric_array(values, name, *, allow_bool=False, xp=np):
-    if str(getattr(values, "dtype", "")) == "torch.bfloat16":
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and not isinstance(dtype, np.dtype) and str(dtype) == "torch.bfloat16":
         values = values.float()  # torch cannot hand NumPy a bfloat16 tensor; float32 holds it exactly
     try:
         array = xp.asarray(values)
@@ -103,6 +106,8 @@ def _numeric_array(values, name, *, allow_bool=False, xp=np):
     kind = array.dtype.kind
     if kind == "b" and allow_bool:
         return array
+    if kind in "iu" or (kind == "f" and array.dtype.itemsize >= 4):
+        return array  # the common case, before dtype.name (Python code in NumPy)
     if (kind == "f" and array.dtype.itemsize < 4) or array.dtype.name == "bfloat16":
         return array.astype(np.float32)  # half precision (float16, ml_dtypes' bfloat16): widened exactly
     if kind not in "iuf":
@@ -119,8 +124,11 @@ def _finite_as(array, dtype, name, xp=np, all_finite=None):
     """array as a C-contiguous array of dtype, every value finite after the cast: a float64 value
     beyond float32's range becomes infinity in a float32 network, and is refused as such.
     ``all_finite(cast)`` tells whether the cast is finite (default: xp.isfinite(cast).all())."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = xp.ascontiguousarray(array, dtype=dtype)
+    if array.dtype == dtype:  # no cast, nothing to overflow (np.errstate costs more than a small array's check)
+        cast = xp.ascontiguousarray(array)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = xp.ascontiguousarray(array, dtype=dtype)
     finite = bool(xp.isfinite(cast).all()) if all_finite is None else all_finite(cast)
     if not finite:
         _finite(array, name, xp)

@@ -310,6 +310,34 @@ def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[
             and _core.optimizer_step_shares(list(layer_sizes), batch))
 
 
+class KernelThreads:
+    """The thread rule of ``call_threads`` for the calls of one network on one batch size and dtype, its inputs worked
+    out once: a fit's epochs call ``run`` each (a call costs a few microseconds where entering ``call_threads`` cost
+    ~20, cold, of a 1 ms epoch); each call still gets the count for the load of the machine then."""
+
+    def __init__(self, layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False,
+                 two_shares: bool = False):
+        self._chooses = dtype == np.float32 or two_shares  # other float64 calls keep the cap (see call_threads)
+        self._product = largest_product(layer_sizes, batch)
+        self._min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound and not two_shares else 0
+
+    def count(self):
+        """(the count for a call now, the cap)."""
+        cap = _core.get_num_threads()
+        if cap <= 1 or not self._chooses or not _adaptive:
+            return cap, cap
+        busy = busy_cpus() if self._product >= self._min_product else 0
+        return choose_threads(cap, self._product, busy, _cpus_online() or cap, self._min_product), cap
+
+    def run(self, kernel, *args, **kwargs):
+        """kernel(*args, **kwargs) on the count for now, as inside ``call_threads``."""
+        n, cap = self.count()
+        if n >= cap:
+            return kernel(*args, **kwargs)
+        with _limit(_core, n):
+            return kernel(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1, memory_bound: bool = False,
                  two_shares: bool = False):
@@ -323,19 +351,11 @@ def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1,
     on several (at the edges of the tiles), so only a fixed count keeps float64 runs repeatable. A two-share
     epoch's products each run on one thread whatever the count, and its shares are added in a fixed order, so its
     bits are the same on any count, float64 too."""
-    core = _core
-    cap = core.get_num_threads()
-    if cap <= 1 or (dtype != np.float32 and not two_shares):
-        yield cap
-        return
-    min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound and not two_shares else 0
-    product = largest_product(layer_sizes, batch)
-    busy = busy_cpus() if _adaptive and product >= min_product else 0
-    n = choose_threads(cap, product, busy, _cpus_online() or cap, min_product) if _adaptive else cap
+    n, cap = KernelThreads(layer_sizes, batch, dtype, models, memory_bound, two_shares).count()
     if n >= cap:
         yield cap
         return
-    with _limit(core, n):
+    with _limit(_core, n):
         yield n
 
 

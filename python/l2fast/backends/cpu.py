@@ -68,24 +68,38 @@ class CpuBackend(HostArrays):
         """The numpy backend's train_epoch; ``short_lam_over_m`` (cpu only), when given, is the decay of a step on
         fewer than ``batch_size`` records (the last) instead of ``lam_over_m``: the scikit-learn drop-ins take an
         epoch with its short last batch in one call."""
+        records = X.shape[0] if order is None else len(order)
+        run = self.epoch_runner(weights, biases, X, y, records, batch_size, activation, loss, optimizer, slots,
+                                sample_weight, check_finite, with_norms)
+        return run(order, lr, lam_over_m, step, short_lam_over_m)
+
+    def epoch_runner(self, weights, biases, X, y, records, batch_size, activation, loss, optimizer=None, slots=(),
+                     sample_weight=None, check_finite=True, with_norms=False):
+        """``run(order, lr, lam_over_m, step=0, short_lam_over_m=None)``: ``train_epoch`` on these arrays (used in
+        place: the lists of weights, biases and slots must keep their arrays) for epochs over ``records`` rows, with
+        what is the same in every epoch (the thread rule's inputs, the keyword arguments) worked out once: the
+        drop-ins' fits call it for each of their small epochs."""
         # a one-layer network with plain SGD on dense X: cpp/linear_step.cpp, which reads a step's rows on two
         # threads when a CPU is free
         sizes = _sizes(weights)
         dense = not isinstance(X, _validate.SparseFeatures)
         linear = optimizer is None and dense and _core.linear_step_fits(sizes)
         # an optimizer's epoch whose steps run in two shares of records, one per thread when a CPU is free
-        records = X.shape[0] if order is None else len(order)
         name = None if optimizer is None else optimizer.name
         two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense)
-        with threads.call_threads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares):
-            if optimizer is None:
-                return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
-                                         sample_weight=sample_weight, check_finite=check_finite, with_norms=with_norms,
-                                         short_lam_over_m=short_lam_over_m)
-            return _core.train_epoch(weights, biases, core_X(X), y, order, batch_size, lr, lam_over_m, activation, loss,
-                                     slots=[list(slot) for slot in slots], step=step, sample_weight=sample_weight,
-                                     check_finite=check_finite, with_norms=with_norms, short_lam_over_m=short_lam_over_m,
-                                     **core_options(optimizer))
+        options = {"sample_weight": sample_weight, "check_finite": check_finite, "with_norms": with_norms}
+        if optimizer is not None:
+            options.update(slots=[list(slot) for slot in slots], **core_options(optimizer))
+        X_core = core_X(X)
+        kernel_threads = threads.KernelThreads(sizes, batch_size, X.dtype, memory_bound=linear, two_shares=two_shares)
+
+        def run(order, lr, lam_over_m, step=0, short_lam_over_m=None):
+            if optimizer is not None:
+                options["step"] = step
+            return kernel_threads.run(_core.train_epoch, weights, biases, X_core, y, order, batch_size, lr, lam_over_m,
+                                      activation, loss, short_lam_over_m=short_lam_over_m, **options)
+
+        return run
 
     def train_epoch_stacked(self, weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss,
                             sample_weight=None, check_finite=True):

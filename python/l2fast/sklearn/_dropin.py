@@ -30,6 +30,7 @@ libraries on one thread while it lasts (``_lbfgs``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -37,11 +38,13 @@ import warnings
 import numpy as np
 import scipy.optimize
 import scipy.sparse
-from sklearn import linear_model, neural_network
-from sklearn.base import is_classifier
+from numpy.random.bit_generator import ISpawnableSeedSequence
+from sklearn import get_config, linear_model, neural_network
+from sklearn.base import ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model._logistic import _check_solver
 from sklearn.model_selection import train_test_split
+from sklearn.neural_network._multilayer_perceptron import _STOCHASTIC_SOLVERS
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils._array_api import _is_numpy_namespace, get_namespace
@@ -50,6 +53,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from l2fast import optim, solvers, threads
@@ -68,6 +72,12 @@ _said = set()
 # so the count is chosen by shape alone: below ~1M multiply-adds a second thread gained nothing on the quiet
 # 2-core machine (64-64-10, batch 200) and cost 2-3x when other processes held the cores (benchmarks/README.md).
 _ONE_THREAD_PRODUCT = 1 << 20
+
+
+def is_classifier(est) -> bool:
+    """scikit-learn's ``is_classifier`` for the drop-ins, whose classifiers are its ClassifierMixin's subclasses (its
+    version builds the estimator's tags each call: 10-20 us, several times a fit)."""
+    return isinstance(est, ClassifierMixin)
 
 
 def say_once(who: str, what: str) -> None:
@@ -91,11 +101,34 @@ def _features(backend, X, n_in, dtype):
     return backend.features(X, n_in, dtype)
 
 
-def _network(sizes, activation, loss, backend, dtype, weights, biases):
-    """A Network holding the given weights (n_out, n_in) and biases."""
-    net = Network(sizes, activation=activation, loss=loss, backend=backend, dtype=dtype, seed=0)
-    net.set_parameters(weights, biases)
-    return net
+def _dense_inputs(est, X, y):
+    """What ``validate_data(est, X, y, reset=True, multi_output=True, dtype=(float64, float32))`` returns for a NumPy
+    float X (2-D, a row and a column at least, finite) and a 1-D NumPy integer y of its length: the two arrays
+    themselves, est's ``n_features_in_`` set and ``feature_names_in_`` removed, without its generic checks (dataframe,
+    array API and sparse detection: 0.3-0.5 ms of a small fit). None for any other input, which validate_data then
+    takes, and refuses with its own messages."""
+    if not (type(X) is np.ndarray and X.ndim == 2 and X.dtype in (np.float64, np.float32) and X.shape[0] >= 1
+            and X.shape[1] >= 1 and type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu"
+            and len(y) == len(X)):
+        return None
+    config = get_config()
+    if config["array_api_dispatch"]:
+        return None
+    if not config["assume_finite"]:
+        with np.errstate(over="ignore"):  # scikit-learn's first test: a finite sum (else it looks for the value)
+            if not np.isfinite(X.sum()):
+                return None
+    if hasattr(est, "feature_names_in_"):
+        del est.feature_names_in_
+    est.n_features_in_ = X.shape[1]
+    return X, y
+
+
+def _sorted_labels(y):
+    """``np.unique(y)`` of 1-D integer labels; by counting where they are a few non-negative ones (50 -> 11 us)."""
+    if len(y) and (y.dtype.kind == "i" or y.dtype.itemsize < 8) and y.min() >= 0 and y.max() <= 4 * len(y) + 256:
+        return np.flatnonzero(np.bincount(y)).astype(y.dtype, copy=False)
+    return np.unique(y)
 
 
 def _lbfgs(backend, fun, x0, options):
@@ -111,6 +144,58 @@ def _lbfgs_options(max_fun, max_iter, tol, verbose):
             **_get_additional_lbfgs_options_dict("iprint", iprint)}
 
 
+_SCALARS = (int, float, str, bool, type(None))
+_CHECKED_KEEP = 256  # parameter sets remembered per class as checked (a grid search's worth)
+
+
+def _parameters_key(params):
+    """A hashable key for an estimator's parameters whose values are all of the types above or tuples of them, which
+    scikit-learn's constraints judge by type and value alone (so two equal keys pass or fail alike); else None. Types
+    are in the key: 1, 1.0 and True are equal values that a constraint may tell apart."""
+    key = []
+    for name, value in params.items():
+        kind = type(value)
+        if kind is tuple:
+            kind = (tuple, *map(type, value))
+            if not all(t in _SCALARS for t in kind[1:]):
+                return None
+        elif kind not in _SCALARS:
+            return None
+        key.append((name, kind, value))
+    return tuple(key)
+
+
+class _ParametersChecked:
+    """scikit-learn's check of the constructor's parameters, made once per class and set of values: a fit with
+    parameters already found valid skips it (0.2-0.4 ms of a small fit, as much again for inspect.signature in
+    ``get_params``). The parameter names are read from ``__init__``'s signature once per class."""
+
+    _param_names_seen: dict = {}  # class -> (its __init__, its parameter names)
+    _checked_seen: dict = {}  # class -> (its _parameter_constraints, the keys of parameter sets that passed them)
+
+    @classmethod
+    def _get_param_names(cls):
+        seen = _ParametersChecked._param_names_seen.get(cls)
+        if seen is None or seen[0] is not cls.__init__:
+            seen = _ParametersChecked._param_names_seen[cls] = (cls.__init__,
+                                                                 super(_ParametersChecked, cls)._get_param_names())
+        return list(seen[1])
+
+    def _validate_params(self):
+        cls = type(self)
+        key = _parameters_key(self.get_params(deep=False))
+        seen = _ParametersChecked._checked_seen.get(cls)
+        if seen is None or seen[0] is not cls._parameter_constraints:
+            seen = _ParametersChecked._checked_seen[cls] = (cls._parameter_constraints, set())
+        if key is not None and key in seen[1]:
+            return
+        super()._validate_params()
+        if key is not None:
+            if len(seen[1]) >= _CHECKED_KEEP:
+                seen[1].clear()
+            seen[1].add(key)
+
+
 class _Trainer:
     """The l2fast side of one MLP: a Network mirroring ``coefs_``/``intercepts_`` and the optimizer's state
     (velocities or moments and the step count), kept across ``partial_fit`` calls."""
@@ -118,8 +203,8 @@ class _Trainer:
     def __init__(self, est, dtype):
         sizes = [est.coefs_[0].shape[0]] + [W.shape[1] for W in est.coefs_]
         self.loss = _l2fast_loss(est)
-        self.net = _network(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
-                            [W.T for W in est.coefs_], est.intercepts_)
+        self.net = Network._holding(sizes, _ACTIVATIONS[est.activation], self.loss, backend_name(est), dtype,
+                                    [W.T for W in est.coefs_], est.intercepts_)
         if est.solver == "adam":
             self.spec = optim.Adam(est.beta_1, est.beta_2, est.epsilon, eps_on_v=True)
         elif est.momentum > 0:
@@ -146,7 +231,8 @@ class _Trainer:
 
     def store(self, est):
         """The network's parameters back into the estimator's arrays, (n_in, n_out) layout."""
-        est.coefs_ = [np.ascontiguousarray(W.T) for W in self.net._to_host(self.net._weights)]
+        to_host = self.net._backend.to_host  # one copy, in scikit-learn's layout (np.array copies a contiguous W.T too)
+        est.coefs_ = [np.array(to_host(W).T, order="C") for W in self.net._weights]
         est.intercepts_ = self.net._to_host(self.net._biases)
 
     def data(self, X, y, sample_weight):
@@ -172,49 +258,106 @@ class _Trainer:
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
-    def epoch(self, X, y, weights, order, batch, lr, alpha, scale):
-        """One epoch of minibatch steps over ``order``: its full batches with the decay alpha/b, then the
-        short last batch of b' records with alpha/b' (on cpu in the same call). Returns the summed (weighted) data loss and the sum over
-        the steps of ||W||^2 at the weights each step's loss was computed with (scikit-learn adds alpha/2 of it
-        to each batch's loss). Runs inside ``threads(batch)``, which the caller enters once for all its epochs."""
-        net, state = self.net, self.state
-        stepper = None if self.spec.name == "sgd" else self.spec
-        if self.spec.name == "momentum" and self.lr is not None and lr != self.lr:
+    def _new_rate(self, lr):
+        """The coming epochs' rate, unlike the last's (None before the first)."""
+        if self.spec.name == "momentum" and self.lr is not None:
             # scikit-learn's velocity holds steps (-lr g), l2fast's gradients (g): the same steps follow
             # a change of rate when l2fast's velocity is rescaled by the old rate over the new
-            for V in state.slots[0]:
+            for V in self.state.slots[0]:
                 V *= self.lr / lr
         self.lr = lr
-        n_full = len(order) // batch * batch
-        n_short = len(order) - n_full
 
-        def lam_over_m(b):
-            return _penalty.lam_over_m_from_alpha(alpha, b, scale)
-
+    def epochs(self, X, y, weights, m, batch, alpha, scale):
+        """``epoch(order, lr)``: one epoch of minibatch steps over ``order`` (m records): its full batches with the
+        decay alpha/b, then the short last batch of b' records with alpha/b' (on cpu in the same call). Returns the
+        summed (weighted) data loss and the sum over the steps of ||W||^2 at the weights each step's loss was
+        computed with (scikit-learn adds alpha/2 of it to each batch's loss). What every epoch of the fit shares
+        (the decays, the backend's call) is worked out here, once. Runs inside ``threads(batch)``, which the caller
+        enters once for all its epochs."""
+        net, state = self.net, self.state
+        stepper = None if self.spec.name == "sgd" else self.spec
+        n_short = m % batch
+        lam_full = _penalty.lam_over_m_from_alpha(alpha, batch, scale)
+        lam_short = _penalty.lam_over_m_from_alpha(alpha, max(n_short, 1), scale)
+        steps = -(-m // batch)
+        # X passed scikit-learn's check (or the backend's features) once per fit: check_finite=False
         if net.backend == "cpu":  # one call, the short batch's decay given beside (a call costs ~60 us of a 1 ms epoch)
-            calls = [(order, lam_over_m(batch), {"short_lam_over_m": lam_over_m(n_short)} if n_short else {})]
+            run = net._backend.epoch_runner(net._weights, net._biases, X, y, m, batch, net.activation, net.loss,
+                                            stepper, state.slots, weights, check_finite=False, with_norms=True)
+            short = lam_short if n_short else None
+
+            def epoch(order, lr):
+                if lr != self.lr:
+                    self._new_rate(lr)
+                loss_sum, _, norm_sum = run(order, lr, lam_full, state.step, short)
+                state.step += steps
+                return loss_sum, norm_sum
         else:
-            calls = [(order[:n_full], lam_over_m(batch), {}), (order[n_full:], lam_over_m(max(n_short, 1)), {})]
-        loss_sum = norm_sum = 0.0
-        for rows, lam, short in calls:
-            if len(rows) == 0:
-                continue
-            part, _, norms = net._backend.train_epoch(
-                net._weights, net._biases, X, y, rows, batch, lr, lam, net.activation, net.loss, stepper, state.slots,
-                state.step, sample_weight=weights, with_norms=True,
-                check_finite=False, **short)  # X passed scikit-learn's check (or the backend's features) once per fit
-            state.step += -(-len(rows) // batch)
-            loss_sum += part
-            norm_sum += norms
-        return loss_sum, norm_sum
+            def epoch(order, lr):
+                if lr != self.lr:
+                    self._new_rate(lr)
+                loss_sum = norm_sum = 0.0
+                for rows, lam in ((order[:m - n_short], lam_full), (order[m - n_short:], lam_short)):
+                    if len(rows) == 0:
+                        continue
+                    part, _, norms = net._backend.train_epoch(
+                        net._weights, net._biases, X, y, rows, batch, lr, lam, net.activation, net.loss, stepper,
+                        state.slots, state.step, sample_weight=weights, with_norms=True, check_finite=False)
+                    state.step += -(-len(rows) // batch)
+                    loss_sum += part
+                    norm_sum += norms
+                return loss_sum, norm_sum
+
+        return epoch
 
 
-def _shuffled(order, random_state):
-    """``sklearn.utils.shuffle(order, random_state=random_state)``: the same draws, so the same order, without
-    its checks of the arguments (1.3 ms an epoch)."""
-    permutation = np.arange(len(order))
-    random_state.shuffle(permutation)
-    return order[permutation]
+def shuffle_(order, random_state):
+    """``order = sklearn.utils.shuffle(order, random_state=random_state)`` in place: the same draws, so the same order,
+    without its checks of the arguments (1.3 ms an epoch). scikit-learn shuffles arange(n) and indexes order with it;
+    ``RandomState.shuffle`` swaps positions whatever they hold, so shuffling order itself (a 1-D array, as arange)
+    gives order[that permutation] without the two arrays."""
+    random_state.shuffle(order)
+
+
+_AHEAD_ENTRIES = 1 << 18  # the most entries (2 MiB of int64) of orders made ahead at once
+
+
+class _Orders:
+    """The epochs' orders of records, each scikit-learn's shuffle of the last (``shuffle_``, the same draws), made for
+    as many coming epochs as will run for certain in one go: there the shuffles run warm, where after an epoch's kernel
+    a shuffle of 1797 records took 36 us, 22 warm. ``rewind`` gives back the draws of orders made but not used (a fit
+    ended by an exception or Ctrl-C), so that the random state ends where scikit-learn's does."""
+
+    def __init__(self, m, random_state, shuffle):
+        self._last = np.arange(m, dtype=np.int64)
+        self._random_state, self._shuffle = random_state, shuffle
+        self._ahead, self._used, self._before = (), 0, None
+
+    def next(self, sure):
+        """The coming epoch's order; ``sure`` of the coming epochs (this one too) run for certain."""
+        if not self._shuffle:
+            return self._last
+        if self._used == len(self._ahead):
+            count = max(1, min(sure, _AHEAD_ENTRIES // len(self._last)))
+            self._before = self._random_state.get_state() if count > 1 else None
+            self._ahead, self._used = np.empty((count, len(self._last)), dtype=np.int64), 0
+            previous = self._last
+            for order in self._ahead:
+                order[...] = previous
+                shuffle_(order, self._random_state)
+                previous = order
+        self._last = self._ahead[self._used]
+        self._used += 1
+        return self._last
+
+    def rewind(self):
+        """The random state back where the orders used so far leave it."""
+        if self._used < len(self._ahead) and self._before is not None:
+            self._random_state.set_state(self._before)
+            scratch = np.empty(len(self._last), dtype=np.int64)  # a shuffle's draws depend on the length alone
+            for _ in range(self._used):
+                self._random_state.shuffle(scratch)
+            self._ahead = self._ahead[:self._used]
 
 
 def _l2fast_loss(est):
@@ -223,7 +366,49 @@ def _l2fast_loss(est):
     return "softmax" if est.out_activation_ == "softmax" else "logistic"
 
 
-class _L2fastMLP:
+class _DroppedSeedSequence(ISpawnableSeedSequence):
+    """The seed sequence of an MT19937 that is seeded the legacy way at once, which overwrites the state it gives and
+    drops it: its words are zeros, not SeedSequence's hash of OS entropy (0.1-0.3 ms). A list, which MT19937 copies
+    faster than an array."""
+
+    def generate_state(self, n_words, dtype=np.uint32):
+        return [0] * n_words
+
+    def spawn(self, n_children):
+        raise TypeError("this seed sequence is dropped by legacy seeding: nothing spawns from it")
+
+
+def _seeded_legacy(seed):
+    bit_generator = np.random.MT19937(_DroppedSeedSequence())
+    bit_generator._legacy_seeding(seed)
+    return np.random.RandomState(bit_generator)
+
+
+@functools.lru_cache(maxsize=None)
+def _legacy_seeding_is_randomstates():
+    """Whether ``_seeded_legacy`` gives RandomState(seed)'s state with this NumPy: checked once per process."""
+    try:
+        for seed in (0, 2**32 - 1, 987654321):
+            ours, theirs = _seeded_legacy(seed), np.random.RandomState(seed)
+            mine, its = ours.get_state(), theirs.get_state()
+            if ours._bit_generator._seed_seq is not None or not (np.array_equal(mine[1], its[1])
+                                                                  and mine[2:] == its[2:]):
+                return False
+        return True
+    except Exception:  # noqa: BLE001 (then scikit-learn's way)
+        return False
+
+
+def legacy_random_state(seed):
+    """``check_random_state(seed)``; a plain int seed's ``RandomState(seed)`` made as RandomState makes it (an MT19937
+    seeded the legacy way) without first seeding the MT19937 from the OS, which the legacy seeding overwrites (0.13 ms
+    warm, 0.3 ms in a small fit)."""
+    if type(seed) is not int or not 0 <= seed < 2**32 or not _legacy_seeding_is_randomstates():
+        return check_random_state(seed)
+    return _seeded_legacy(seed)
+
+
+class _L2fastMLP(_ParametersChecked):
     """The training loops of scikit-learn's MLP run by l2fast; everything else is inherited."""
 
     _parameter_constraints: dict = {**neural_network.MLPClassifier._parameter_constraints, **_BACKEND_CONSTRAINT}
@@ -235,6 +420,41 @@ class _L2fastMLP:
         if not is_classifier(self) and self.loss != "squared_error":
             return f"loss={self.loss!r}"
         return None
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        """scikit-learn's ``_fit``, step by step: its checks, initial weights, solver and final check; the random
+        state of a plain int ``random_state`` made by ``legacy_random_state``."""
+        hidden_layer_sizes = self.hidden_layer_sizes
+        hidden_layer_sizes = list(hidden_layer_sizes if hasattr(hidden_layer_sizes, "__iter__") else
+                                  [hidden_layer_sizes])
+        if (any(size <= 0 for size in hidden_layer_sizes) if all(type(size) is int for size in hidden_layer_sizes)
+                else np.any(np.array(hidden_layer_sizes) <= 0)):  # NumPy's test for anything but plain ints
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {hidden_layer_sizes}.")
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        self.n_outputs_ = y.shape[1]
+        layer_units = [X.shape[1]] + hidden_layer_sizes + [self.n_outputs_]
+        self._random_state = legacy_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, layer_units, X.dtype)
+        # scikit-learn's solvers' buffers, which its own code (the fall-backs) fills
+        activations = [X] + [None] * (len(layer_units) - 1)
+        deltas = [None] * (len(activations) - 1)
+        coef_grads = [np.empty((n_in, n_out), dtype=X.dtype) for n_in, n_out in zip(layer_units, layer_units[1:])]
+        intercept_grads = [np.empty(n_out, dtype=X.dtype) for n_out in layer_units[1:]]
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self._fit_stochastic(X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units,
+                                 incremental)
+        elif self.solver == "lbfgs":
+            self._fit_lbfgs(X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units)
+        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large values "
+                             "and need to be preprocessed.")
+        return self
 
     def _trainer(self, X, fresh):
         dtype = np.dtype(X.dtype)
@@ -294,17 +514,20 @@ class _L2fastMLP:
             batch = int(np.clip(self.batch_size, 1, m))
         trainer = self._trainer(X, fresh)
         X_l2, y_l2, w_l2, scale = trainer.data(X_train, y_train, w_train)
-        order = np.arange(m, dtype=np.int64)
+        orders = _Orders(m, self._random_state, self.shuffle)
         loss_outputs = self._loss_outputs()
         # One thread count for all the epochs, set once (a float64 network's count fixes its last bits)
         with trainer.threads(batch, dense=isinstance(X_l2, np.ndarray)):
+            epoch = trainer.epochs(X_l2, y_l2, w_l2, m, batch, self.alpha, scale)
             try:
                 self.n_iter_ = 0
                 for _ in range(self.max_iter):
-                    if self.shuffle:
-                        order = _shuffled(order, self._random_state)
+                    # the epochs sure to run: no stop before the no-improvement count (+1 an epoch) passes its limit
+                    sure = 1 if incremental else min(self.max_iter - self.n_iter_,
+                                                     self.n_iter_no_change - self._no_improvement_count + 1)
+                    order = orders.next(sure)
                     lr = self._optimizer.learning_rate_init if self.solver == "adam" else self._optimizer.learning_rate
-                    loss_sum, norm_sum = trainer.epoch(X_l2, y_l2, w_l2, order, batch, lr, self.alpha, scale)
+                    loss_sum, norm_sum = epoch(order, lr)
                     # scikit-learn's per-batch loss (mean + alpha/(2b) ||W||^2) times b, summed, over m
                     self.loss_ = loss_sum / m / loss_outputs + 0.5 * self.alpha * scale * norm_sum / m
                     self.n_iter_ += 1
@@ -330,6 +553,8 @@ class _L2fastMLP:
                                       "optimization hasn't converged yet.", ConvergenceWarning)
             except KeyboardInterrupt:
                 warnings.warn("Training interrupted by user.")
+            finally:
+                orders.rewind()
         trainer.store(self)
         if self.early_stopping:
             self.coefs_, self.intercepts_ = self._best_coefs, self._best_intercepts
@@ -374,13 +599,15 @@ class MLPClassifier(_L2fastMLP, neural_network.MLPClassifier):
         """scikit-learn's, with its LabelBinarizer's findings made directly in the common case: a fresh fit on
         1-D integer labels of two classes or more. Their type of target is then "binary" or "multiclass", the
         classes the sorted distinct labels and the binarized y labels == classes (the last column alone for two
-        classes): what the binarizer finds through four calls of ``type_of_target`` (1.5 ms of a digits fit)."""
+        classes): what the binarizer finds through four calls of ``type_of_target`` (1.5 ms of a digits fit). A
+        plain NumPy X is taken as validate_data takes it, without its generic checks (``_dense_inputs``)."""
         fresh = not hasattr(self, "classes_") or (not self.warm_start and not incremental)
         if not (fresh and isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu"):
             return super()._validate_input(X, y, incremental, reset)
-        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
-                             dtype=(np.float64, np.float32), reset=reset)
-        classes = np.unique(y)
+        checked = _dense_inputs(self, X, y) if reset else None
+        X, y = checked if checked is not None else validate_data(
+            self, X, y, accept_sparse=["csr", "csc"], multi_output=True, dtype=(np.float64, np.float32), reset=reset)
+        classes = _sorted_labels(y)
         if len(classes) < 2:
             return super()._validate_input(X, y, incremental, reset)
         binarizer = LabelBinarizer()
@@ -427,7 +654,7 @@ class MLPRegressor(_L2fastMLP, neural_network.MLPRegressor):
         self.backend = backend
 
 
-class LogisticRegression(linear_model.LogisticRegression):
+class LogisticRegression(_ParametersChecked, linear_model.LogisticRegression):
     """scikit-learn's ``LogisticRegression`` with the L2 penalty or none, fitted by l2fast on ``backend``
     (see the module's docstring)."""
 
@@ -519,9 +746,8 @@ class LogisticRegression(linear_model.LogisticRegression):
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == start_W.shape:
             start_W[...] = self.coef_
             start_b[...] = self.intercept_
-        net = _network([X.shape[1], n_out], "identity", "logistic" if binary else "softmax", backend_name(self),
-                       X.dtype,
-                       [start_W], [start_b])
+        net = Network._holding([X.shape[1], n_out], "identity", "logistic" if binary else "softmax",
+                               backend_name(self), X.dtype, [start_W], [start_b])
         net.lam = _penalty.lam_from_C(C, scale)
         backend = net._backend
         X_l2 = _features(backend, X, X.shape[1], net.dtype)
