@@ -71,11 +71,11 @@ typedef std::int64_t LongVec __attribute__((vector_size(32)));
     }
 }
 
-// z[r n_out + k] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
+// z[r z_rec + k z_out] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
 // multiple of the vector width, zero past n_in, as are W's rows): eight records meet each weight vector at once.
 template <class T>
 L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P,
-                                     std::size_t n_out, T* z) {
+                                     std::size_t n_out, T* z, std::size_t z_rec, std::size_t z_out) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
@@ -89,23 +89,23 @@ L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::si
             }
             T sums[kGroup];
             sum_lanes(acc, sums);
-            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * n_out + k] = sums[r] + b[k];
+            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * z_rec + k * z_out] = sums[r] + b[k];
         }
     }
 }
 
-// G[k] += sum_r d[r n_out + k] x[r] and db[k] += sum_r d[r n_out + k] over the block's rows (as block_forward's;
+// G[k] += sum_r d[r z_rec + k z_out] x[r] and db[k] += the same d's over the block's rows (as block_forward's;
 // d is zero on the rows past the block's records): each vector of G is read and written once per eight records.
 template <class T>
 L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P,
-                                      std::size_t n_out) {
+                                      std::size_t n_out, std::size_t z_rec, std::size_t z_out) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
         const T* xg = x + g * P;
         for (std::size_t k = 0; k < n_out; ++k) {
             T dk[kGroup];
-            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * n_out + k];
+            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * z_rec + k * z_out];
             // the eight records' terms in two chains of four (even and odd records), added at the end: one chain of
             // eight dependent multiply-adds per vector of G kept the core waiting on each result in turn
             db[k] += ((dk[0] + dk[2]) + (dk[4] + dk[6])) + ((dk[1] + dk[3]) + (dk[5] + dk[7]));
@@ -136,19 +136,26 @@ void copy_row(T* dst, const T* src, std::size_t n_in) {
 template <class T>
 void wide_copy_row(T* dst, const T* src, std::size_t n_in);
 template <class T>
-void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z);
+void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                  std::size_t z_rec, std::size_t z_out);
 template <class T>
-void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out);
+void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                   std::size_t z_rec, std::size_t z_out);
 #endif
 
-// The block kernels of one instruction set.
+// The block kernels of one instruction set. The logits z and dL/dz of a block are at z[r z_rec + k z_out]: record by
+// record (z_rec = n_out, z_out = 1), or class by class (z_rec = 1, z_out = the block's rows) for the AVX-512
+// softmax, which takes 16 records a register.
 template <class T>
 struct BlockKernels {
     std::size_t width;  // rows (and W's rows) are padded to a multiple of this many values
     std::size_t group;  // forward and backward take the block's records this many at a time
+    bool softmax_by_class;  // the softmax loss on logits class by class (small_softmax_transposed)
     void (*copy_row)(T* dst, const T* src, std::size_t n_in);
-    void (*forward)(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z);
-    void (*backward)(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out);
+    void (*forward)(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                    std::size_t z_rec, std::size_t z_out);
+    void (*backward)(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                     std::size_t z_rec, std::size_t z_out);
 };
 
 std::atomic<bool> wide_kernels_allowed{true};  // set_linear_wide_kernels
@@ -156,9 +163,9 @@ std::atomic<bool> wide_kernels_allowed{true};  // set_linear_wide_kernels
 template <class T>
 BlockKernels<T> block_kernels() {
 #if L2FAST_WIDE_KERNELS
-    if (small_kernels_available() && wide_kernels_allowed.load(std::memory_order_relaxed)) return {kLine / sizeof(T), 16, wide_copy_row<T>, wide_forward<T>, wide_backward<T>};
+    if (small_kernels_available() && wide_kernels_allowed.load(std::memory_order_relaxed)) return {kLine / sizeof(T), 16, true, wide_copy_row<T>, wide_forward<T>, wide_backward<T>};
 #endif
-    return {kWidth<T>, kGroup, copy_row<T>, block_forward<T>, block_backward<T>};
+    return {kWidth<T>, kGroup, false, copy_row<T>, block_forward<T>, block_backward<T>};
 }
 
 }  // namespace
@@ -253,11 +260,11 @@ void wide_copy_row(T* dst, const T* src, std::size_t n_in) {
     if (j < n_in) V::store(dst + j, V::lanes(n_in - j), V::load(src + j, V::lanes(n_in - j)));
 }
 
-// z[r n_out + k] = W[k] . x[r] + b[k] for records r < R and outputs k0 <= k < k0 + K: R x K sums in registers, each
-// vector of the R rows and of the K rows of W loaded once for all of them.
+// z[r z_rec + k z_out] = W[k] . x[r] + b[k] for records r < R and outputs k0 <= k < k0 + K: R x K sums in registers,
+// each vector of the R rows and of the K rows of W loaded once for all of them.
 template <class T, int R, int K>
-[[gnu::always_inline]] inline void forward_tile(const T* W, const T* b, const T* x, std::size_t P, std::size_t n_out,
-                                                std::size_t k0, T* z) {
+[[gnu::always_inline]] inline void forward_tile(const T* W, const T* b, const T* x, std::size_t P, std::size_t k0,
+                                                T* z, std::size_t z_rec, std::size_t z_out) {
     using V = Wide<T>;
     constexpr int A = R * K;
     typename V::R acc[A];
@@ -278,7 +285,7 @@ template <class T, int R, int K>
         V::store(sums, lane_sums<T>(chunk, std::size_t(count)));
         for (int i = 0; i < count; ++i) {
             const int r = (c + i) / K, k = (c + i) % K;
-            z[r * n_out + k0 + k] = sums[i] + b[k0 + k];
+            z[r * z_rec + (k0 + k) * z_out] = sums[i] + b[k0 + k];
         }
     }
 }
@@ -288,27 +295,31 @@ constexpr std::size_t kWideGroup = 16;
 // block_forward's z for rows a multiple of kWideGroup: outputs four at a time with four records, the last one to
 // three outputs with more records (sixteen for one output), each tile's sums 16 to a register.
 template <class T>
-void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z) {
+void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                  std::size_t z_rec, std::size_t z_out) {
     for (std::size_t g = 0; g < rows; g += kWideGroup) {
         const T* xg = x + g * P;
-        T* zg = z + g * n_out;
+        T* zg = z + g * z_rec;
         std::size_t k0 = 0;
         for (; k0 + 4 <= n_out; k0 += 4)
-            for (std::size_t r = 0; r < kWideGroup; r += 4) forward_tile<T, 4, 4>(W, b, xg + r * P, P, n_out, k0, zg + r * n_out);
+            for (std::size_t r = 0; r < kWideGroup; r += 4)
+                forward_tile<T, 4, 4>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
         if (n_out - k0 == 3)
-            for (std::size_t r = 0; r < kWideGroup; r += 4) forward_tile<T, 4, 3>(W, b, xg + r * P, P, n_out, k0, zg + r * n_out);
+            for (std::size_t r = 0; r < kWideGroup; r += 4)
+                forward_tile<T, 4, 3>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
         else if (n_out - k0 == 2)
-            for (std::size_t r = 0; r < kWideGroup; r += 8) forward_tile<T, 8, 2>(W, b, xg + r * P, P, n_out, k0, zg + r * n_out);
+            for (std::size_t r = 0; r < kWideGroup; r += 8)
+                forward_tile<T, 8, 2>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
         else if (n_out - k0 == 1)
-            forward_tile<T, 16, 1>(W, b, xg, P, n_out, k0, zg);
+            forward_tile<T, 16, 1>(W, b, xg, P, k0, zg, z_rec, z_out);
     }
 }
 
-// G[k][j0 + v n..] += sum_r d[r n_out + k] x[r][j0 + v n..] for k0 <= k < k0 + K and v < J: the K x J vectors of G
-// stay in registers while the records go by, each row's vectors loaded once for the K outputs.
+// G[k][j0 + v n..] += sum_r d[r z_rec + k z_out] x[r][j0 + v n..] for k0 <= k < k0 + K and v < J: the K x J vectors
+// of G stay in registers while the records go by, each row's vectors loaded once for the K outputs.
 template <class T, int K, int J>
 [[gnu::always_inline]] inline void backward_tile(T* G, const T* d, const T* x, std::size_t rows, std::size_t P,
-                                                 std::size_t n_out, std::size_t k0, std::size_t j0) {
+                                                 std::size_t z_rec, std::size_t z_out, std::size_t k0, std::size_t j0) {
     using V = Wide<T>;
     typename V::R acc[K * J];
     for (int k = 0; k < K; ++k)
@@ -317,7 +328,7 @@ template <class T, int K, int J>
         typename V::R xr[J];
         for (int v = 0; v < J; ++v) xr[v] = V::load(x + r * P + j0 + v * V::n);
         for (int k = 0; k < K; ++k) {
-            const typename V::R dk = V::set1(d[r * n_out + k0 + k]);
+            const typename V::R dk = V::set1(d[r * z_rec + (k0 + k) * z_out]);
             for (int v = 0; v < J; ++v) acc[k * J + v] = V::fma(dk, xr[v], acc[k * J + v]);
         }
     }
@@ -327,34 +338,39 @@ template <class T, int K, int J>
 
 // backward_tile over a row's vectors from `first` to `vectors`, J at a time and the rest in one narrower tile.
 template <class T, int K, int J>
-void backward_columns(T* G, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, std::size_t k0,
-                      std::size_t first, std::size_t vectors) {
+void backward_columns(T* G, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t z_rec,
+                      std::size_t z_out, std::size_t k0, std::size_t first, std::size_t vectors) {
     std::size_t v = first;
-    for (; v + J <= vectors; v += J) backward_tile<T, K, J>(G, d, x, rows, P, n_out, k0, v * Wide<T>::n);
+    for (; v + J <= vectors; v += J) backward_tile<T, K, J>(G, d, x, rows, P, z_rec, z_out, k0, v * Wide<T>::n);
     if constexpr (J > 1)
-        if (v < vectors) backward_columns<T, K, J - 1>(G, d, x, rows, P, n_out, k0, v, vectors);
+        if (v < vectors) backward_columns<T, K, J - 1>(G, d, x, rows, P, z_rec, z_out, k0, v, vectors);
 }
 
 // block_backward's sums, rows a multiple of kWideGroup: G in tiles of four outputs by four vectors (the last, of
 // fewer outputs, by up to eight), each tile in registers through the rows.
 template <class T>
-void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out) {
+void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                   std::size_t z_rec, std::size_t z_out) {
     const std::size_t vectors = P / Wide<T>::n;
     std::size_t k0 = 0;
-    for (; k0 + 4 <= n_out; k0 += 4) backward_columns<T, 4, 4>(G, d, x, rows, P, n_out, k0, 0, vectors);
-    if (n_out - k0 == 3) backward_columns<T, 3, 5>(G, d, x, rows, P, n_out, k0, 0, vectors);
-    else if (n_out - k0 == 2) backward_columns<T, 2, 8>(G, d, x, rows, P, n_out, k0, 0, vectors);
-    else if (n_out - k0 == 1) backward_columns<T, 1, 8>(G, d, x, rows, P, n_out, k0, 0, vectors);
+    for (; k0 + 4 <= n_out; k0 += 4) backward_columns<T, 4, 4>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    if (n_out - k0 == 3) backward_columns<T, 3, 5>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    else if (n_out - k0 == 2) backward_columns<T, 2, 8>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    else if (n_out - k0 == 1) backward_columns<T, 1, 8>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
     for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t k = 0; k < n_out; ++k) db[k] += d[r * n_out + k];
+        for (std::size_t k = 0; k < n_out; ++k) db[k] += d[r * z_rec + k * z_out];
 }
 
 template void wide_copy_row(float*, const float*, std::size_t);
 template void wide_copy_row(double*, const double*, std::size_t);
-template void wide_forward(const float*, const float*, const float*, std::size_t, std::size_t, std::size_t, float*);
-template void wide_forward(const double*, const double*, const double*, std::size_t, std::size_t, std::size_t, double*);
-template void wide_backward(float*, float*, const float*, const float*, std::size_t, std::size_t, std::size_t);
-template void wide_backward(double*, double*, const double*, const double*, std::size_t, std::size_t, std::size_t);
+template void wide_forward(const float*, const float*, const float*, std::size_t, std::size_t, std::size_t, float*,
+                           std::size_t, std::size_t);
+template void wide_forward(const double*, const double*, const double*, std::size_t, std::size_t, std::size_t, double*,
+                           std::size_t, std::size_t);
+template void wide_backward(float*, float*, const float*, const float*, std::size_t, std::size_t, std::size_t,
+                            std::size_t, std::size_t);
+template void wide_backward(double*, double*, const double*, const double*, std::size_t, std::size_t, std::size_t,
+                            std::size_t, std::size_t);
 
 }  // namespace
 
@@ -447,6 +463,9 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
                 const Records<T>& records, std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
     const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
     const std::size_t group = kernels.group;
+    // the softmax's logits class by class where the kernels take them so (a class's logits a row of `block`)
+    const bool by_class = kernels.softmax_by_class && shape.loss == Loss::Softmax && n_out <= small_lanes<T>;
+    const std::size_t z_rec = by_class ? 1 : n_out, z_out = by_class ? block : 1;
     LossStats stats;
     std::fill(buf.G.begin(), buf.G.end(), T(0));
     std::fill(buf.db.begin(), buf.db.end(), T(0));
@@ -463,15 +482,18 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
         const std::size_t per_group = (block - next + 2 * padded / group - 1) / (2 * padded / group);
         for (std::size_t g = 0; g < padded; g += group) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            kernels.forward(W, b, buf.x.data() + g * P, group, P, n_out, buf.z.data() + g * n_out);
+            kernels.forward(W, b, buf.x.data() + g * P, group, P, n_out, buf.z.data() + g * z_rec, z_rec, z_out);
         }
         const std::int64_t* picked = records.order ? records.order + first : nullptr;
-        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets_of(records.data, picked, first));
-        std::fill(buf.z.begin() + count * n_out, buf.z.begin() + padded * n_out, T(0));
+        const Targets<T> targets = targets_of(records.data, picked, first);
+        stats += by_class ? small_softmax_transposed(buf.z.data(), block, count, n_out, targets)
+                          : inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets);
+        for (std::size_t k = 0; k < (by_class ? n_out : 1); ++k)  // dL/dz zero on the padding rows
+            std::fill(buf.z.begin() + k * z_out + count * z_rec, buf.z.begin() + k * z_out + padded * z_rec, T(0));
         for (std::size_t g = 0; g < padded; g += group) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            kernels.backward(buf.G.data(), buf.db.data(), buf.z.data() + g * n_out, buf.x.data() + g * P, group, P,
-                             n_out);
+            kernels.backward(buf.G.data(), buf.db.data(), buf.z.data() + g * z_rec, buf.x.data() + g * P, group, P,
+                             n_out, z_rec, z_out);
         }
     }
     buf.stats = stats;
