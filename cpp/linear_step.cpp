@@ -252,12 +252,16 @@ template <class T>
     return acc[0];
 }
 
+// The row's last values go as the register that ends with the row (overlapping the one before it): a masked load of
+// the tail would still read the cache line past the row, one more line from memory for most rows of a shuffled X.
 template <class T>
 void wide_copy_row(T* dst, const T* src, std::size_t n_in) {
     using V = Wide<T>;
     std::size_t j = 0;
     for (; j + V::n <= n_in; j += V::n) V::store(dst + j, V::load(src + j));
-    if (j < n_in) V::store(dst + j, V::lanes(n_in - j), V::load(src + j, V::lanes(n_in - j)));
+    if (j == n_in) return;
+    if (n_in >= V::n) V::store(dst + n_in - V::n, V::load(src + n_in - V::n));
+    else V::store(dst, V::lanes(n_in), V::load(src, V::lanes(n_in)));
 }
 
 // z[r z_rec + k z_out] = W[k] . x[r] + b[k] for records r < R and outputs k0 <= k < k0 + K: R x K sums in registers,
