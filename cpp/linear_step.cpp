@@ -2,8 +2,10 @@
 #include "linear_step.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -11,7 +13,13 @@
 #include "blas.hpp"
 #include "linear.hpp"
 #include "parallel.hpp"
+#include "small_dense.hpp"
 #include "vectors.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define L2FAST_WIDE_KERNELS 1
+#include <immintrin.h>
+#endif
 
 namespace l2fast {
 
@@ -63,11 +71,11 @@ typedef std::int64_t LongVec __attribute__((vector_size(32)));
     }
 }
 
-// z[r n_out + k] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
+// z[r z_rec + k z_out] = W[k] . x[r] + b[k] for the block's records r < rows (a multiple of 8; x rows of width P, a
 // multiple of the vector width, zero past n_in, as are W's rows): eight records meet each weight vector at once.
 template <class T>
 L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P,
-                                     std::size_t n_out, T* z) {
+                                     std::size_t n_out, T* z, std::size_t z_rec, std::size_t z_out) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
@@ -81,23 +89,23 @@ L2FAST_FMA_CLONES void block_forward(const T* W, const T* b, const T* x, std::si
             }
             T sums[kGroup];
             sum_lanes(acc, sums);
-            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * n_out + k] = sums[r] + b[k];
+            for (std::size_t r = 0; r < kGroup; ++r) z[(g + r) * z_rec + k * z_out] = sums[r] + b[k];
         }
     }
 }
 
-// G[k] += sum_r d[r n_out + k] x[r] and db[k] += sum_r d[r n_out + k] over the block's rows (as block_forward's;
+// G[k] += sum_r d[r z_rec + k z_out] x[r] and db[k] += the same d's over the block's rows (as block_forward's;
 // d is zero on the rows past the block's records): each vector of G is read and written once per eight records.
 template <class T>
 L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P,
-                                      std::size_t n_out) {
+                                      std::size_t n_out, std::size_t z_rec, std::size_t z_out) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
     for (std::size_t g = 0; g < rows; g += kGroup) {
         const T* xg = x + g * P;
         for (std::size_t k = 0; k < n_out; ++k) {
             T dk[kGroup];
-            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * n_out + k];
+            for (std::size_t r = 0; r < kGroup; ++r) dk[r] = d[(g + r) * z_rec + k * z_out];
             // the eight records' terms in two chains of four (even and odd records), added at the end: one chain of
             // eight dependent multiply-adds per vector of G kept the core waiting on each result in turn
             db[k] += ((dk[0] + dk[2]) + (dk[4] + dk[6])) + ((dk[1] + dk[3]) + (dk[5] + dk[7]));
@@ -114,6 +122,266 @@ L2FAST_FMA_CLONES void block_backward(T* G, T* db, const T* d, const T* x, std::
         }
     }
 }
+
+// A row copied into a block (n_in values; the padding past them stays as it is, zero).
+template <class T>
+void copy_row(T* dst, const T* src, std::size_t n_in) {
+    std::memcpy(dst, src, n_in * sizeof(T));
+}
+
+#if L2FAST_WIDE_KERNELS
+// The same three kernels in AVX-512 registers (defined below, run where small_kernels_available()): rows padded to
+// 64 bytes, records 16 at a time, and register tiles of several records and outputs that load each vector of a
+// row and of W once for all of them (the kernels above load one for each multiply-add, and wait on the loads).
+template <class T>
+void wide_copy_row(T* dst, const T* src, std::size_t n_in);
+template <class T>
+void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                  std::size_t z_rec, std::size_t z_out);
+template <class T>
+void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                   std::size_t z_rec, std::size_t z_out);
+#endif
+
+// The block kernels of one instruction set. The logits z and dL/dz of a block are at z[r z_rec + k z_out]: record by
+// record (z_rec = n_out, z_out = 1), or class by class (z_rec = 1, z_out = the block's rows) for the AVX-512
+// softmax, which takes 16 records a register.
+template <class T>
+struct BlockKernels {
+    std::size_t width;  // rows (and W's rows) are padded to a multiple of this many values
+    std::size_t group;  // forward and backward take the block's records this many at a time
+    bool softmax_by_class;  // the softmax loss on logits class by class (small_softmax_transposed)
+    void (*copy_row)(T* dst, const T* src, std::size_t n_in);
+    void (*forward)(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                    std::size_t z_rec, std::size_t z_out);
+    void (*backward)(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                     std::size_t z_rec, std::size_t z_out);
+};
+
+std::atomic<bool> wide_kernels_allowed{true};  // set_linear_wide_kernels
+
+template <class T>
+BlockKernels<T> block_kernels() {
+#if L2FAST_WIDE_KERNELS
+    if (small_kernels_available() && wide_kernels_allowed.load(std::memory_order_relaxed)) return {kLine / sizeof(T), 16, true, wide_copy_row<T>, wide_forward<T>, wide_backward<T>};
+#endif
+    return {kWidth<T>, kGroup, false, copy_row<T>, block_forward<T>, block_backward<T>};
+}
+
+}  // namespace
+
+#if L2FAST_WIDE_KERNELS
+// Everything from here to the pop is compiled for AVX-512 (fused multiply-adds included) and runs only where
+// small_kernels_available(): nothing of the standard library is instantiated in it, so that no AVX-512 copy of a
+// shared inline function can stand in for another file's (as in small_dense.cpp).
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+
+namespace {
+
+template <class T>
+struct Wide;
+
+template <>
+struct Wide<float> {
+    using R = __m512;
+    using M = __mmask16;
+    static constexpr std::size_t n = 16;
+    static R zero() { return _mm512_setzero_ps(); }
+    static R set1(float x) { return _mm512_set1_ps(x); }
+    static R load(const float* p) { return _mm512_loadu_ps(p); }
+    static R load(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+    static void store(float* p, R x) { _mm512_storeu_ps(p, x); }
+    static void store(float* p, M m, R x) { _mm512_mask_storeu_ps(p, m, x); }
+    static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+    static R add(R a, R b) { return _mm512_add_ps(a, b); }
+    static R blend(M m, R a, R b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
+    static M lanes(std::size_t left) { return left >= n ? M(0xFFFF) : M((1u << left) - 1); }
+    // the lanes whose index has bit `width` (a power of two) set; and x with lane i moved to lane i ^ width
+    static constexpr M upper(int width) { return width == 1 ? 0xAAAA : width == 2 ? 0xCCCC : width == 4 ? 0xF0F0 : 0xFF00; }
+    template <int width>
+    static R swap(R x) {
+        typedef std::int32_t Lanes __attribute__((vector_size(64)));
+        constexpr int w = width;
+        return __builtin_shuffle(x, Lanes{0 ^ w, 1 ^ w, 2 ^ w, 3 ^ w, 4 ^ w, 5 ^ w, 6 ^ w, 7 ^ w, 8 ^ w, 9 ^ w, 10 ^ w,
+                                          11 ^ w, 12 ^ w, 13 ^ w, 14 ^ w, 15 ^ w});
+    }
+};
+
+template <>
+struct Wide<double> {
+    using R = __m512d;
+    using M = __mmask8;
+    static constexpr std::size_t n = 8;
+    static R zero() { return _mm512_setzero_pd(); }
+    static R set1(double x) { return _mm512_set1_pd(x); }
+    static R load(const double* p) { return _mm512_loadu_pd(p); }
+    static R load(const double* p, M m) { return _mm512_maskz_loadu_pd(m, p); }
+    static void store(double* p, R x) { _mm512_storeu_pd(p, x); }
+    static void store(double* p, M m, R x) { _mm512_mask_storeu_pd(p, m, x); }
+    static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+    static R add(R a, R b) { return _mm512_add_pd(a, b); }
+    static R blend(M m, R a, R b) { return _mm512_mask_blend_pd(m, a, b); }
+    static M lanes(std::size_t left) { return left >= n ? M(0xFF) : M((1u << left) - 1); }
+    static constexpr M upper(int width) { return width == 1 ? 0xAA : width == 2 ? 0xCC : 0xF0; }
+    template <int width>
+    static R swap(R x) {
+        typedef std::int64_t Lanes __attribute__((vector_size(64)));
+        constexpr int w = width;
+        return __builtin_shuffle(x, Lanes{0 ^ w, 1 ^ w, 2 ^ w, 3 ^ w, 4 ^ w, 5 ^ w, 6 ^ w, 7 ^ w});
+    }
+};
+
+// Folds acc[0..2 pairs) into acc[0..pairs): register i takes acc[2i]'s partial sums in the lanes whose index has bit
+// `width` clear and acc[2i+1]'s in the others, each lane adding its partner's (lane ^ width).
+template <class T, int width>
+[[gnu::always_inline]] inline void fold(typename Wide<T>::R* acc, std::size_t pairs) {
+    using V = Wide<T>;
+    for (std::size_t i = 0; i < pairs; ++i)
+        acc[i] = V::add(V::blend(V::upper(width), acc[2 * i], acc[2 * i + 1]),
+                        V::template swap<width>(V::blend(V::upper(width), acc[2 * i + 1], acc[2 * i])));
+}
+
+// Lane i of the result: the sum of acc[i]'s lanes, i < count <= n (acc holds n registers, those from count on zero).
+template <class T>
+[[gnu::always_inline]] inline typename Wide<T>::R lane_sums(typename Wide<T>::R* acc, std::size_t count) {
+    fold<T, 1>(acc, (count + 1) / 2);
+    fold<T, 2>(acc, (count + 3) / 4);
+    fold<T, 4>(acc, (count + 7) / 8);
+    if constexpr (Wide<T>::n == 16) fold<T, 8>(acc, 1);
+    return acc[0];
+}
+
+// The row's last values go as the register that ends with the row (overlapping the one before it): a masked load of
+// the tail would still read the cache line past the row, one more line from memory for most rows of a shuffled X.
+template <class T>
+void wide_copy_row(T* dst, const T* src, std::size_t n_in) {
+    using V = Wide<T>;
+    std::size_t j = 0;
+    for (; j + V::n <= n_in; j += V::n) V::store(dst + j, V::load(src + j));
+    if (j == n_in) return;
+    if (n_in >= V::n) V::store(dst + n_in - V::n, V::load(src + n_in - V::n));
+    else V::store(dst, V::lanes(n_in), V::load(src, V::lanes(n_in)));
+}
+
+// z[r z_rec + k z_out] = W[k] . x[r] + b[k] for records r < R and outputs k0 <= k < k0 + K: R x K sums in registers,
+// each vector of the R rows and of the K rows of W loaded once for all of them.
+template <class T, int R, int K>
+[[gnu::always_inline]] inline void forward_tile(const T* W, const T* b, const T* x, std::size_t P, std::size_t k0,
+                                                T* z, std::size_t z_rec, std::size_t z_out) {
+    using V = Wide<T>;
+    constexpr int A = R * K;
+    typename V::R acc[A];
+    for (int a = 0; a < A; ++a) acc[a] = V::zero();
+    for (std::size_t j = 0; j < P; j += V::n) {
+        typename V::R xr[R];
+        for (int r = 0; r < R; ++r) xr[r] = V::load(x + r * P + j);
+        for (int k = 0; k < K; ++k) {
+            const typename V::R w = V::load(W + (k0 + k) * P + j);
+            for (int r = 0; r < R; ++r) acc[r * K + k] = V::fma(w, xr[r], acc[r * K + k]);
+        }
+    }
+    for (int c = 0; c < A; c += int(V::n)) {
+        const int count = A - c < int(V::n) ? A - c : int(V::n);
+        typename V::R chunk[V::n];
+        for (int i = 0; i < int(V::n); ++i) chunk[i] = i < count ? acc[c + i] : V::zero();
+        alignas(64) T sums[V::n];
+        V::store(sums, lane_sums<T>(chunk, std::size_t(count)));
+        for (int i = 0; i < count; ++i) {
+            const int r = (c + i) / K, k = (c + i) % K;
+            z[r * z_rec + (k0 + k) * z_out] = sums[i] + b[k0 + k];
+        }
+    }
+}
+
+constexpr std::size_t kWideGroup = 16;
+
+// block_forward's z for rows a multiple of kWideGroup: outputs four at a time with four records, the last one to
+// three outputs with more records (sixteen for one output), each tile's sums 16 to a register.
+template <class T>
+void wide_forward(const T* W, const T* b, const T* x, std::size_t rows, std::size_t P, std::size_t n_out, T* z,
+                  std::size_t z_rec, std::size_t z_out) {
+    for (std::size_t g = 0; g < rows; g += kWideGroup) {
+        const T* xg = x + g * P;
+        T* zg = z + g * z_rec;
+        std::size_t k0 = 0;
+        for (; k0 + 4 <= n_out; k0 += 4)
+            for (std::size_t r = 0; r < kWideGroup; r += 4)
+                forward_tile<T, 4, 4>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
+        if (n_out - k0 == 3)
+            for (std::size_t r = 0; r < kWideGroup; r += 4)
+                forward_tile<T, 4, 3>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
+        else if (n_out - k0 == 2)
+            for (std::size_t r = 0; r < kWideGroup; r += 8)
+                forward_tile<T, 8, 2>(W, b, xg + r * P, P, k0, zg + r * z_rec, z_rec, z_out);
+        else if (n_out - k0 == 1)
+            forward_tile<T, 16, 1>(W, b, xg, P, k0, zg, z_rec, z_out);
+    }
+}
+
+// G[k][j0 + v n..] += sum_r d[r z_rec + k z_out] x[r][j0 + v n..] for k0 <= k < k0 + K and v < J: the K x J vectors
+// of G stay in registers while the records go by, each row's vectors loaded once for the K outputs.
+template <class T, int K, int J>
+[[gnu::always_inline]] inline void backward_tile(T* G, const T* d, const T* x, std::size_t rows, std::size_t P,
+                                                 std::size_t z_rec, std::size_t z_out, std::size_t k0, std::size_t j0) {
+    using V = Wide<T>;
+    typename V::R acc[K * J];
+    for (int k = 0; k < K; ++k)
+        for (int v = 0; v < J; ++v) acc[k * J + v] = V::load(G + (k0 + k) * P + j0 + v * V::n);
+    for (std::size_t r = 0; r < rows; ++r) {
+        typename V::R xr[J];
+        for (int v = 0; v < J; ++v) xr[v] = V::load(x + r * P + j0 + v * V::n);
+        for (int k = 0; k < K; ++k) {
+            const typename V::R dk = V::set1(d[r * z_rec + (k0 + k) * z_out]);
+            for (int v = 0; v < J; ++v) acc[k * J + v] = V::fma(dk, xr[v], acc[k * J + v]);
+        }
+    }
+    for (int k = 0; k < K; ++k)
+        for (int v = 0; v < J; ++v) V::store(G + (k0 + k) * P + j0 + v * V::n, acc[k * J + v]);
+}
+
+// backward_tile over a row's vectors from `first` to `vectors`, J at a time and the rest in one narrower tile.
+template <class T, int K, int J>
+void backward_columns(T* G, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t z_rec,
+                      std::size_t z_out, std::size_t k0, std::size_t first, std::size_t vectors) {
+    std::size_t v = first;
+    for (; v + J <= vectors; v += J) backward_tile<T, K, J>(G, d, x, rows, P, z_rec, z_out, k0, v * Wide<T>::n);
+    if constexpr (J > 1)
+        if (v < vectors) backward_columns<T, K, J - 1>(G, d, x, rows, P, z_rec, z_out, k0, v, vectors);
+}
+
+// block_backward's sums, rows a multiple of kWideGroup: G in tiles of four outputs by four vectors (the last, of
+// fewer outputs, by up to eight), each tile in registers through the rows.
+template <class T>
+void wide_backward(T* G, T* db, const T* d, const T* x, std::size_t rows, std::size_t P, std::size_t n_out,
+                   std::size_t z_rec, std::size_t z_out) {
+    const std::size_t vectors = P / Wide<T>::n;
+    std::size_t k0 = 0;
+    for (; k0 + 4 <= n_out; k0 += 4) backward_columns<T, 4, 4>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    if (n_out - k0 == 3) backward_columns<T, 3, 5>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    else if (n_out - k0 == 2) backward_columns<T, 2, 8>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    else if (n_out - k0 == 1) backward_columns<T, 1, 8>(G, d, x, rows, P, z_rec, z_out, k0, 0, vectors);
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t k = 0; k < n_out; ++k) db[k] += d[r * z_rec + k * z_out];
+}
+
+template void wide_copy_row(float*, const float*, std::size_t);
+template void wide_copy_row(double*, const double*, std::size_t);
+template void wide_forward(const float*, const float*, const float*, std::size_t, std::size_t, std::size_t, float*,
+                           std::size_t, std::size_t);
+template void wide_forward(const double*, const double*, const double*, std::size_t, std::size_t, std::size_t, double*,
+                           std::size_t, std::size_t);
+template void wide_backward(float*, float*, const float*, const float*, std::size_t, std::size_t, std::size_t,
+                            std::size_t, std::size_t);
+template void wide_backward(double*, double*, const double*, const double*, std::size_t, std::size_t, std::size_t,
+                            std::size_t, std::size_t);
+
+}  // namespace
+
+#pragma GCC pop_options
+#endif
+
+namespace {
 
 // Asks for the cache lines of n_bytes at p.
 inline void prefetch_bytes(const void* p, std::size_t n_bytes) {
@@ -144,63 +412,100 @@ struct Records {
     }
 };
 
-// W as rows of width P (a multiple of the vector width; zero past n_in), and the rows per block.
+// W as rows of width P (a multiple of the kernels' width; zero past n_in), and the rows per block.
 struct StepLayout {
     std::size_t P, block;
 
     template <class T>
-    static StepLayout of(std::size_t n_in) {
-        const std::size_t P = (n_in + kWidth<T> - 1) / kWidth<T> * kWidth<T>;
-        return {P, std::clamp<std::size_t>(kBlockBytes / (P * sizeof(T)) / kGroup * kGroup, kGroup, kBlock)};
+    static StepLayout of(std::size_t n_in, const BlockKernels<T>& kernels) {
+        const std::size_t P = (n_in + kernels.width - 1) / kernels.width * kernels.width, group = kernels.group;
+        return {P, std::clamp<std::size_t>(kBlockBytes / (P * sizeof(T)) / group * group, group, kBlock)};
     }
 };
 
-// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, and
-// the share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz.
+// n values of T, zero, from the start of a cache line and on whole lines: a 64-byte vector of a row never spans two
+// lines, and the two shares' buffers (written by two threads) share none.
 template <class T>
-struct ShareBuffers {
-    std::vector<T> x, z, G, db;
+class LineAligned {
+public:
+    explicit LineAligned(std::size_t n) : storage_((n * sizeof(T) + 2 * kLine - 1) / kLine * kLine / sizeof(T), T(0)) {
+        void* start = storage_.data();
+        std::size_t space = storage_.size() * sizeof(T);
+        data_ = static_cast<T*>(std::align(kLine, n * sizeof(T), start, space));
+        size_ = n;
+    }
+    LineAligned(const LineAligned&) = delete;
+    LineAligned& operator=(const LineAligned&) = delete;
+    LineAligned(LineAligned&&) = default;  // the storage moves with its pointer
 
-    ShareBuffers(const StepLayout& layout, std::size_t n_out)
-        : x(layout.block * layout.P, T(0)), z(layout.block * n_out, T(0)), G(n_out * layout.P), db(n_out) {}
+    T* data() { return data_; }
+    const T* data() const { return data_; }
+    T* begin() { return data_; }
+    T* end() { return data_ + size_; }
+    T& operator[](std::size_t i) { return data_[i]; }
+
+private:
+    std::vector<T> storage_;
+    T* data_;
+    std::size_t size_;
 };
 
-// One share of a step, records start..start+rows-1: its sums into buf, the loss sum returned.
+// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, the
+// share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz, and its loss sum.
 template <class T>
-LossStats share_sums(const Shape& shape, const StepLayout& layout, const T* W, const T* b, const Records<T>& records,
-                     std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
+struct ShareBuffers {
+    LineAligned<T> x, z, G, db;
+    alignas(kLine) LossStats stats;
+
+    ShareBuffers(const StepLayout& layout, std::size_t n_out)
+        : x(layout.block * layout.P), z(layout.block * n_out), G(n_out * layout.P), db(n_out) {}
+};
+
+// One share of a step, records start..start+rows-1: its sums and loss sum into buf.
+template <class T>
+void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels<T>& kernels, const T* W, const T* b,
+                const Records<T>& records, std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
     const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
+    const std::size_t group = kernels.group;
+    // the softmax's logits class by class where the kernels take them so (a class's logits a row of `block`)
+    const bool by_class = kernels.softmax_by_class && shape.loss == Loss::Softmax && n_out <= small_lanes<T>;
+    const std::size_t z_rec = by_class ? 1 : n_out, z_out = by_class ? block : 1;
     LossStats stats;
     std::fill(buf.G.begin(), buf.G.end(), T(0));
     std::fill(buf.db.begin(), buf.db.end(), T(0));
     for (std::size_t first = start; first < start + rows; first += block) {
         const std::size_t count = std::min(block, start + rows - first);
-        const std::size_t padded = (count + kGroup - 1) / kGroup * kGroup;
+        const std::size_t padded = (count + group - 1) / group * group;
         for (std::size_t r = 0; r < count; ++r) {
             if (r < kAhead) records.prefetch(first + count + r);
-            std::memcpy(buf.x.data() + r * P, records.row(first + r), n_in * sizeof(T));
+            kernels.copy_row(buf.x.data() + r * P, records.row(first + r), n_in);
         }
         // the next block's rows are asked for a few at a time while this one computes (all at once, they would
         // queue for the core's few line-fill buffers and hold up the instructions behind them)
         std::size_t next = std::min(kAhead, block);
-        const std::size_t per_group = (block - next + 2 * padded / kGroup - 1) / (2 * padded / kGroup);
-        for (std::size_t g = 0; g < padded; g += kGroup) {
+        const std::size_t per_group = (block - next + 2 * padded / group - 1) / (2 * padded / group);
+        for (std::size_t g = 0; g < padded; g += group) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            block_forward(W, b, buf.x.data() + g * P, kGroup, P, n_out, buf.z.data() + g * n_out);
+            kernels.forward(W, b, buf.x.data() + g * P, group, P, n_out, buf.z.data() + g * z_rec, z_rec, z_out);
         }
         const std::int64_t* picked = records.order ? records.order + first : nullptr;
-        stats += inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets_of(records.data, picked, first));
-        std::fill(buf.z.begin() + count * n_out, buf.z.begin() + padded * n_out, T(0));
-        for (std::size_t g = 0; g < padded; g += kGroup) {
+        const Targets<T> targets = targets_of(records.data, picked, first);
+        stats += by_class ? small_softmax_transposed(buf.z.data(), block, count, n_out, targets)
+                          : inplace_loss_gradient(buf.z.data(), count, n_out, shape.loss, targets);
+        for (std::size_t k = 0; k < (by_class ? n_out : 1); ++k)  // dL/dz zero on the padding rows
+            std::fill(buf.z.begin() + k * z_out + count * z_rec, buf.z.begin() + k * z_out + padded * z_rec, T(0));
+        for (std::size_t g = 0; g < padded; g += group) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
-            block_backward(buf.G.data(), buf.db.data(), buf.z.data() + g * n_out, buf.x.data() + g * P, kGroup, P,
-                           n_out);
+            kernels.backward(buf.G.data(), buf.db.data(), buf.z.data() + g * z_rec, buf.x.data() + g * P, group, P,
+                             n_out, z_rec, z_out);
         }
     }
-    return stats;
+    buf.stats = stats;
 }
 
 }  // namespace
+
+void set_linear_wide_kernels(bool on) { wide_kernels_allowed.store(on, std::memory_order_relaxed); }
 
 bool linear_step_fits(const Shape& shape) {
     return shape.n_layers() == 1 && shape.n_out() * shape.n_in() <= kMaxWeights;
@@ -215,15 +520,17 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     batch = std::min(batch, n);
     const std::size_t n_in = shape.n_in(), n_out = shape.n_out();
     const Records<T> records{data, order, n, n_in, n_out};
-    const StepLayout layout = StepLayout::of<T>(n_in);
+    const BlockKernels<T> kernels = block_kernels<T>();
+    const StepLayout layout = StepLayout::of<T>(n_in, kernels);
     const std::size_t P = layout.P;
-    std::vector<T> W(n_out * P, T(0));
+    LineAligned<T> W(n_out * P);
     for (std::size_t k = 0; k < n_out; ++k) std::copy_n(params.W[0] + k * n_in, n_in, W.data() + k * P);
-    std::vector<ShareBuffers<T>> shares(kShares, ShareBuffers<T>(layout, n_out));
+    std::vector<ShareBuffers<T>> shares;
+    shares.reserve(kShares);
+    for (std::size_t s = 0; s < kShares; ++s) shares.emplace_back(layout, n_out);
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1), kShares);
     const T decay = T(1) - lr * lam_over_m;
     T* b = params.b[0];
-    LossStats share_stats[kShares];
     for (std::size_t start = 0; start < n; start += batch) {
         const std::size_t rows = std::min(batch, n - start);
         // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on
@@ -232,10 +539,10 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
             for (std::size_t s = first; s < last; ++s) {
                 const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
-                share_stats[s] = share_sums(shape, layout, W.data(), b, records, begin, end - begin, shares[s]);
+                share_sums(shape, layout, kernels, W.data(), b, records, begin, end - begin, shares[s]);
             }
         });
-        for (std::size_t s = 0; s < parts; ++s) result.stats += share_stats[s];
+        for (std::size_t s = 0; s < parts; ++s) result.stats += shares[s].stats;
         for (std::size_t s = 1; s < parts; ++s) {
             for (std::size_t i = 0; i < n_out * P; ++i) shares[0].G[i] += shares[s].G[i];
             for (std::size_t k = 0; k < n_out; ++k) shares[0].db[k] += shares[s].db[k];

@@ -14,17 +14,23 @@ namespace l2fast {
 bool linear_step_fits(const Shape& shape);
 
 // train_epoch for a one-layer network trained with plain SGD on dense X. A step reads each of its records once,
-// from X itself in the epoch's order (no gathered copy): in blocks of 32 records, z = W x + b four records at a
-// time, the block's losses and dL/dz, then the block's share of G = sum dL/dz x^T while its rows are still in the
-// first-level cache; the records a few rows ahead are prefetched as the block goes. The step ends with
-// W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, one pass over the small W. The same
-// step as train_epoch's (the GEMM path), up to the order of the float sums; single-threaded, so its results do not
-// depend on the thread count. stop is asked after each step; true ends the epoch there (`stopped`). with_norms: the
-// result's weight_norms as train_epoch's.
+// from X itself in the epoch's order (no gathered copy): in blocks of up to 32 records copied out of X (rows padded to
+// whole vectors), z = W x + b several records and outputs at a time in registers, the block's losses and dL/dz (the
+// softmax's logits class by class on AVX-512 machines), then the block's share of G = sum dL/dz x^T while its rows
+// are still in the first-level cache; the records a few rows ahead are prefetched as the block goes. The step ends
+// with W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, one pass over the small W. The same step
+// as train_epoch's (the GEMM path), up to the order of the float sums. A step of 128 records or more is cut in two
+// shares whatever the threads (run side by side on two), so its results do not depend on the thread count. stop is
+// asked after each step; true ends the epoch there (`stopped`). with_norms: the result's weight_norms as
+// train_epoch's.
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                              std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
                              bool with_norms = false);
+
+// Whether linear_sgd_epoch runs its AVX-512 kernels where the machine has them (true, the default) or the AVX2 ones
+// everywhere (false): the tests run both sets on a machine with AVX-512.
+void set_linear_wide_kernels(bool on);
 
 // Seconds to read every row of X (m x n_in) once, in a shuffled order of the rows (drawn here, seeded), summing
 // them, with the prefetching linear_sgd_epoch does: the memory traffic an epoch of a linear model cannot avoid, the

@@ -21,6 +21,7 @@ namespace l2fast {
                                     T*, T*, const RowsAhead&);                                               \
     template LossStats small_forward_softmax(const T*, std::size_t, std::size_t, std::size_t, const T*,          \
                                              std::size_t, T, const T*, const Targets<T>&, T*);               \
+    template LossStats small_softmax_transposed(T*, std::size_t, std::size_t, std::size_t, const Targets<T>&);    \
     template void small_backward_input_narrow(const T*, std::size_t, std::size_t, std::size_t, const T*,        \
                                               std::size_t, T, const T*, Activation, T*);                     \
     template void small_weight_step_narrow(const T*, std::size_t, const T*, std::size_t, std::size_t,           \
@@ -436,11 +437,16 @@ void small_weight_step(const T* const* A_rows, const T* dZ, std::size_t rows, st
 template <class T>
 LossStats small_forward_softmax(const T* A_t, std::size_t rows, std::size_t ld, std::size_t n_in, const T* W,
                                 std::size_t n_out, T alpha, const T* b, const Targets<T>& y, T* dZ_t) {
+    // the logits class by class, along the records: Z_t = alpha W . A_t + b, into dZ_t
+    product<T>(FewRows<T>{{W, n_in}}, n_out, n_in, A_t, ld, rows, TransposedForwardFinish<T>{dZ_t, ld, alpha, b});
+    return small_softmax_transposed(dZ_t, ld, rows, n_out, y);
+}
+
+template <class T>
+LossStats small_softmax_transposed(T* dZ_t, std::size_t ld, std::size_t rows, std::size_t n_out, const Targets<T>& y) {
     using V = Vec<T>;
     using R = typename V::R;
     constexpr std::size_t n = V::n;
-    // the logits class by class, along the records: Z_t = alpha W . A_t + b, into dZ_t
-    product<T>(FewRows<T>{{W, n_in}}, n_out, n_in, A_t, ld, rows, TransposedForwardFinish<T>{dZ_t, ld, alpha, b});
     // The softmax n records at a time, across registers: register o holds class o's logit of each record. The
     // largest logit, the sum of the exponentials (added class by class, first to last, as inplace_loss_gradient
     // does), the loss and dL/dZ are operations on whole registers, and the exp and log1p a call per class and per
@@ -560,6 +566,11 @@ template <class T>
 LossStats small_forward_softmax(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, T, const T*,
                                 const Targets<T>&, T*) {
     throw std::logic_error("small_forward_softmax: no small-layer kernels in this build");
+}
+
+template <class T>
+LossStats small_softmax_transposed(T*, std::size_t, std::size_t, std::size_t, const Targets<T>&) {
+    throw std::logic_error("small_softmax_transposed: no small-layer kernels in this build");
 }
 
 template <class T>

@@ -72,6 +72,11 @@ template <class T>
 LossStats small_forward_softmax(const T* A_t, std::size_t rows, std::size_t ld, std::size_t n_in, const T* W,
                                 std::size_t n_out, T alpha, const T* b, const Targets<T>& y, T* dZ_t);
 
+// The same softmax loss on logits given class by class (dZ_t, n_out x ld: the first `rows` entries of each row), in
+// place: dZ_t <- w (softmax(z) - onehot(label)). The second half of small_forward_softmax.
+template <class T>
+LossStats small_softmax_transposed(T* dZ_t, std::size_t ld, std::size_t rows, std::size_t n_out, const Targets<T>& y);
+
 // dA_prev (rows x n_in) <- (alpha dZ . W) * act'(A_prev) for such a layer: small_backward_input with dZ given
 // transposed (dZ_t, n_out x ld).
 template <class T>
