@@ -456,3 +456,31 @@ def test_version_1_files_still_load(tmp_path):
     for p, q in zip(parameters(back), parameters(net)):
         np.testing.assert_array_equal(p, q)
     assert back.optimizer_state is None
+
+
+# -- one hidden layer in two parts of its units (the drop-ins' steps of 64 records or more) --------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("case", [
+    ("softmax", 9, 7, "relu", True, False),     # odd hidden layer: parts of 3 and 4 units
+    ("logistic", 1, 16, "tanh", False, True),   # records in turn (no gather), sample weights
+    ("squared_error", 3, 12, "sigmoid", True, True),
+], ids=["softmax-relu", "logistic-tanh-in-turn", "regression-weights"])
+def test_one_hidden_layer_in_unit_parts_matches_the_reference(dtype, name, case):
+    # Steps of >= 64 records on a network of one hidden layer run in two parts of its units (UnitPartsStep in
+    # cpp/network.cpp): the products split by the hidden units, the logits the two parts' shares added in order.
+    loss, n_out, hidden, activation, shuffle, weighted = case
+    assert _core.optimizer_step_shares([11, hidden, n_out], 80)
+    X, y = make_problem(loss, 11, n_out, m=293, seed=31)  # 3 steps of 80 and a short one of 53
+    weights = np.random.default_rng(32).uniform(0.2, 2.0, size=len(X)) if weighted else None
+    ref, fast = twin_networks([11, hidden, n_out], activation, loss, dtype, "cpu", lam=1.5)
+    fit = dict(epochs=3, lr=0.02, batch_size=80, shuffle=shuffle, optimizer=OPTIMIZERS[name], sample_weight=weights)
+    ref_history, history = ref.fit(X, y, **fit), fast.fit(X, y, **fit)
+    for p, p_ref in zip(parameters(fast), parameters(ref)):
+        assert_parity(p, p_ref, dtype, f"{name}: parameters after fit")
+    for slot, ref_slot in zip(fast.optimizer_state.slots, ref.optimizer_state.slots):
+        for a, b in zip(slot, ref_slot):
+            assert_parity(a, b, dtype, f"{name}: optimizer state")
+    assert_parity(np.array(history.loss), np.array(ref_history.loss), dtype, "history.loss")
