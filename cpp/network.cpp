@@ -717,15 +717,15 @@ private:
 
 // A step of an epoch with an optimizer on a network of one hidden layer (scikit-learn's MLPs' default shape), where
 // OptimizerStep would cut a step in two shares of records (optimizer_step_shares), cut instead in two parts of the
-// hidden units, each with W1's rows and W2's columns of its units, their state and their gradients: a part's forward
-// pass ends in its share of the logits (its units' outputs times their columns of W2), the logits are the two shares
-// added in part order with b2, and from dL/dZ2 on, each part takes its units' backward pass and update on its own. So
-// per step only the shares of the logits and dL/dZ2 (rows x n_out each) pass between the threads, where shares of
-// records pass every weight each step (the gradient sums one way, the updated halves of W the other: 64-64-10 in
-// float64, 38 KB each way), and each part's weights stay with the thread that updates them. A part gathers the
-// step's rows itself; once the next step's records are known, a part's job runs its backward pass and update, then
-// the next step's gather and forward pass (its weights are its own): one hand-off a step. The parts depend on the
-// hidden layer's size alone, so the bits are the same on one thread or two.
+// hidden units, each with W1's rows and W2's columns of its units, their state and their gradients. A part's forward
+// pass ends in its share of the logits (its units' outputs times their columns of W2); each part then takes half of
+// the records' logits (the two shares added in part order, then b2), loss and dL/dZ2, and from dL/dZ2 on, its units'
+// backward pass and update on its own. So per step only the shares of the logits and of dL/dZ2 (rows x n_out) pass
+// between the threads, where shares of records pass every weight each step (the gradient sums one way, the updated
+// halves of W the other: 64-64-10 in float64, 38 KB each way), and each part's weights stay with the thread that
+// updates them. A part gathers the step's rows itself; once the next step's records are known, a part's job runs its
+// backward pass and update, then the next step's gather and forward pass (its weights are its own): two hand-offs a
+// step. The parts depend on the hidden layer's size alone, so the bits are the same on one thread or two.
 template <class T>
 class UnitPartsStep {
 public:
@@ -749,27 +749,26 @@ public:
         Buffers& buf = *buffers_;
         ++run_.step;
         if (!(buf.ready && buf.ready_picked == picked && buf.ready_start == start && buf.ready_rows == rows))
-            run_parts([&](std::size_t p) { forward(buf.parts[p], data, picked, start, rows, p == 0); });
+            run_parts([&](std::size_t p) { forward(buf.parts[p], data, picked, start, rows, p); });
         buf.ready = false;
-        // The logits, the loss and dL/dZ2 (in place), and b2's mean gradient: on the calling thread, between the jobs.
-        const std::size_t n_out = shape_.n_out();
-        T* Z = buf.logits.data();
-        const T *P0 = buf.parts[0].partial.data(), *P1 = buf.parts[1].partial.data(), *b2 = params_.b[1];
-        for (std::size_t i = 0; i < rows; ++i)
-            for (std::size_t o = 0; o < n_out; ++o) Z[i * n_out + o] = (P0[i * n_out + o] + P1[i * n_out + o]) + b2[o];
-        const LossStats stats = inplace_loss_gradient(Z, rows, n_out, shape_.loss, targets_of(data, picked, start));
-        const T mean = T(1) / T(rows);
-        blas::sum_rows(int(rows), int(n_out), mean, Z, int(n_out), T(0), buf.b2_grad.data());
+        // The logits, the loss and dL/dZ2 (in place), each part for its half of the records.
+        LossStats stats[kParts];
+        run_parts([&](std::size_t p) { stats[p] = loss_rows(data, picked, start, rows, p); });
+        for (std::size_t p = 1; p < kParts; ++p) stats[0] += stats[p];
         // Pipelined when the next step's records are known (shuffled dense X): its forward pass in the same job.
         const bool ahead = next.picked != nullptr && next.rows > 0;
+        const std::size_t n_out = shape_.n_out();
+        const T mean = T(1) / T(rows);
         double part_norms[2] = {0.0, 0.0};
         run_parts([&](std::size_t p) {
             Part& part = buf.parts[p];
-            backward_update(part, rows, mean, lr, decay, norms ? &part_norms[p] : nullptr);
-            if (p == 0)
+            if (p == 0) {
+                blas::sum_rows(int(rows), int(n_out), mean, buf.logits.data(), int(n_out), T(0), buf.b2_grad.data());
                 inplace_optimizer_step(run_.opt, run_.step, params_.b[1], buf.b2_grad.data(), slot(0, false, 1, 0),
                                        slot(1, false, 1, 0), n_out, lr, T(0));
-            if (ahead) forward(part, data, next.picked, start + rows, next.rows, p == 0);
+            }
+            backward_update(part, rows, mean, lr, decay, norms ? &part_norms[p] : nullptr);
+            if (ahead) forward(part, data, next.picked, start + rows, next.rows, p);
         });
         if (norms) *norms += part_norms[0] + part_norms[1];
         if (ahead) {
@@ -778,7 +777,7 @@ public:
             buf.ready_start = start + rows;
             buf.ready_rows = next.rows;
         }
-        return stats;
+        return stats[0];
     }
 
 private:
@@ -851,14 +850,17 @@ private:
             for (std::size_t o = 0; o < n_out; ++o) part.W2_t[j * n_out + o] = W2[o * H + j];
     }
 
-    // The part's forward pass on the step's records: its units' outputs and its share of the logits. The first part
-    // asks for the records' targets as it gathers (the calling thread reads them next).
+    // The records of part p's half of a step of `rows` (its loss_rows): begin..end-1.
+    static std::size_t half_begin(std::size_t rows, std::size_t p) { return rows * p / kParts; }
+
+    // Part p's forward pass on the step's records: its units' outputs and its share of the logits. It asks for the
+    // targets of its half of the records as it gathers (its loss_rows reads them next).
     void forward(Part& part, const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
-                 bool with_targets) {
+                 std::size_t p) {
         const std::size_t n_in = shape_.n_in(), n_out = shape_.n_out(), units = part.units;
         if (picked) {
-            gather_rows(data, n_in, n_out, picked, rows, part.x.data(),
-                        with_targets ? NextRows{picked, rows} : NextRows{});
+            const std::size_t begin = half_begin(rows, p), end = half_begin(rows, p + 1);
+            gather_rows(data, n_in, n_out, picked, rows, part.x.data(), NextRows{picked + begin, end - begin});
             part.X = part.x.data();
         } else {
             part.X = data.X + start * n_in;
@@ -868,6 +870,21 @@ private:
         inplace_bias_activation(part.A.data(), params_.b[0] + part.first, rows, units, shape_.act);
         blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(n_out), int(units), T(1), part.A.data(), int(units),
                    part.W2_t.data(), int(n_out), T(0), part.partial.data(), int(n_out));
+    }
+
+    // Part p's half of the records: their logits (the parts' shares added in part order, then b2), their loss and
+    // dL/dZ2, in place in the logits' buffer.
+    LossStats loss_rows(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
+                        std::size_t p) {
+        const std::size_t n_out = shape_.n_out(), begin = half_begin(rows, p), end = half_begin(rows, p + 1);
+        Buffers& buf = *buffers_;
+        T* Z = buf.logits.data() + begin * n_out;
+        const T *P0 = buf.parts[0].partial.data() + begin * n_out, *P1 = buf.parts[1].partial.data() + begin * n_out;
+        const T* b2 = params_.b[1];
+        for (std::size_t i = 0; i < (end - begin) * n_out; i += n_out)
+            for (std::size_t o = 0; o < n_out; ++o) Z[i + o] = (P0[i + o] + P1[i + o]) + b2[o];
+        return inplace_loss_gradient(Z, end - begin, n_out, shape_.loss,
+                                     targets_of(data, picked ? picked + begin : nullptr, start + begin));
     }
 
     // The part's backward pass from dL/dZ2 (the logits' buffer), then the optimizer's step on its weights and biases
