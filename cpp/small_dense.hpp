@@ -2,8 +2,9 @@
 // registers, with the passes around them fused in (the batch's rows read where they lie, bias + activation, the
 // activation's derivative, the bias gradient and the SGD step); and a softmax output layer of fewer units, its loss
 // fused into its forward product. OpenBLAS's small-matrix kernels run the wide layers' products alone about as fast
-// (8-15 % faster at 64-64-10, batch 32); what the kernels save is the gather, the elementwise passes, the bias GEMVs
-// and the loss's own passes around them (see benchmarks/README.md, "Small networks").
+// (64-64-10, batch 32: within 4 % either way since session 12, 8-15 % faster before); what the kernels save is the
+// gather, the elementwise passes, the bias GEMVs and the loss's own passes around them (see benchmarks/README.md,
+// "Small networks").
 #pragma once
 
 #include <cstddef>

@@ -1298,6 +1298,40 @@ static void test_small_kernels_match_plain_loops() {
             }
 }
 
+// The narrow softmax's e^x (float: a polynomial of l2fast's own) at the ends of its range: logits whose
+// differences run from 0 to far below e^x's underflow (-300) and near float's largest, against long double; a NaN
+// logit makes its own record's dL/dZ NaN and no other's.
+static void test_small_softmax_at_extreme_logits() {
+    if (!small_kernels_available()) return;
+    constexpr std::size_t rows = 20, n_out = 10, ld = 32;
+    const float spread[n_out] = {0.0f, -1e-3f, -0.35f, -5.0f, -40.0f, -87.0f, -88.5f, -103.0f, -104.5f, -300.0f};
+    std::vector<float> Z_t(n_out * ld, 0.0f);
+    std::vector<std::int64_t> labels(rows);
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float shift = r % 3 == 0 ? 0.0f : r % 3 == 1 ? 1e4f : -2e4f;
+        for (std::size_t o = 0; o < n_out; ++o) Z_t[o * ld + r] = shift + spread[(o + r) % n_out];
+        labels[r] = std::int64_t(r % n_out);
+    }
+    Z_t[4 * ld + 7] = std::numeric_limits<float>::quiet_NaN();  // record 7's class 4
+    Targets<float> y;
+    y.labels = labels.data();
+    const std::vector<float> z = Z_t;
+    small_softmax_transposed(Z_t.data(), ld, rows, n_out, y);
+    for (std::size_t r = 0; r < rows; ++r) {
+        if (r == 7) {
+            for (std::size_t o = 0; o < n_out; ++o) CHECK(std::isnan(Z_t[o * ld + r]));
+            continue;
+        }
+        long double top = z[r], total = 0;
+        for (std::size_t o = 0; o < n_out; ++o) top = std::max(top, (long double)z[o * ld + r]);
+        for (std::size_t o = 0; o < n_out; ++o) total += std::exp((long double)z[o * ld + r] - top);
+        for (std::size_t o = 0; o < n_out; ++o) {
+            const long double p = std::exp((long double)z[o * ld + r] - top) / total - (std::int64_t(o) == labels[r]);
+            CHECK(std::abs(Z_t[o * ld + r] - p) <= 4e-7L * (std::abs(p) + 1e-30L) + 1e-44L);
+        }
+    }
+}
+
 static void test_shuffled_order_is_a_permutation_and_asks_for_spare_words() {
     std::mt19937_64 gen(17);
     for (std::size_t m : {std::size_t(0), std::size_t(1), std::size_t(2), std::size_t(7), std::size_t(1000)}) {
@@ -1359,6 +1393,7 @@ static void test_linear_steps_of_two_shares_on_one_and_two_threads() {
 
 int main() {
     test_small_kernels_match_plain_loops();
+    test_small_softmax_at_extreme_logits();
     test_small_layers_train_transposed_where_openblas_would_pack();
     test_optimizer_epochs_read_forward_copies_and_step_as_on_w();
     test_optimizer_epochs_on_kept_buffers_give_the_same_bits();
