@@ -4,10 +4,10 @@
 // stream X), and a shuffled order of only 256 distinct records (rows in L1/L2: the compute alone). Thread CPU time,
 // best and median of the epochs; then _core.shuffled_read_seconds's floor. benchmarks/README.md, A (session 12).
 //
-//   cmake -S cpp -B /tmp/cppt -DL2FAST_CPP_TESTS=ON -DPython_EXECUTABLE=$PWD/.venv/bin/python && cmake --build /tmp/cppt
+//   cmake -S cpp -B /tmp/cppt -DPython_EXECUTABLE=$PWD/.venv/bin/python && cmake --build /tmp/cppt
 //   OB=$(.venv/bin/python -c "import scipy_openblas32 as s; print(s.get_lib_dir())")
-//   g++ -O2 -std=gnu++17 -Icpp -isystem $OB/../include benchmarks/linear_epoch_parts.cpp /tmp/cppt/libl2fast_kernels.a \
-//       -L$OB -lscipy_openblas -Wl,-rpath,$OB -lmvec -lpthread -o /tmp/parts
+//   g++ -O2 -std=gnu++17 -Icpp -isystem $OB/../include benchmarks/linear_epoch_parts.cpp \
+//       /tmp/cppt/libl2fast_kernels.a -L$OB -lscipy_openblas -Wl,-rpath,$OB -lmvec -lpthread -o /tmp/parts
 //   /tmp/parts K THREADS EPOCHS     (K = 1: logistic 100 -> 1, K = 10: softmax 100 -> 10)
 #include <sys/mman.h>
 #include <time.h>
