@@ -383,12 +383,19 @@ template void wide_backward(double*, double*, const double*, const double*, std:
 
 namespace {
 
-// Asks for the cache lines of n_bytes at p.
-inline void prefetch_bytes(const void* p, std::size_t n_bytes) {
+// Asks for the cache lines of n_bytes at p, into L2 (prefetcht1): the rows are copied out of it a block later. Into
+// L1 (prefetcht0), each of a row's seven lines holds one of the core's few L1 miss buffers until it arrives, and an
+// epoch on a shuffled X larger than L3 ran no faster than with no prefetching at all (AMD EPYC, 32 MB L3, A's 40 MB
+// X: 100 -> 1 on one thread 7.1-9.1 ms either way, 3.7-4.2 ms into L2; benchmarks/README.md, A, session 12).
+//
+// Always inlined, as is Records::prefetch: GCC's interprocedural analysis takes a function whose only effect is a
+// prefetch for one without side effects and deletes the calls to it: at 1c20ea9 (session 11's end) this file's object
+// code held no prefetch at all, which is why prefetching or not had measured the same (sessions 8 and 11).
+[[gnu::always_inline]] inline void prefetch_bytes(const void* p, std::size_t n_bytes) {
     const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t(kLine - 1);
     const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + n_bytes;
     for (std::uintptr_t line = first; line < end; line += kLine)
-        __builtin_prefetch(reinterpret_cast<const void*>(line));
+        __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
 }
 
 // The epoch's records in order: record i of the epoch is row order[i] of X (row i without an order).
@@ -402,7 +409,7 @@ struct Records {
     const T* row(std::size_t i) const { return data.X + at(i) * n_in; }
 
     // Asks for record i's row and target, when there is such a record.
-    void prefetch(std::size_t i) const {
+    [[gnu::always_inline]] void prefetch(std::size_t i) const {
         if (i >= n) return;
         const std::size_t r = at(i);
         prefetch_bytes(data.X + r * n_in, n_in * sizeof(T));

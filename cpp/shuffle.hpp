@@ -18,4 +18,13 @@ namespace l2fast {
 // for NumPy's Generator.permutation, whose bounded draws (masked rejection) each wait on the generator.
 std::ptrdiff_t shuffled_order(const std::uint64_t* raw, std::size_t n_raw, std::int64_t* order, std::size_t m);
 
+// shuffled_order with the words drawn as it goes from a generator (next_raw(state): NumPy's bit generators' raw
+// words, those random_raw gives), then spare_words more drawn and dropped: the order and the generator's state are
+// those of shuffled_order on random_raw(m - 1 + spare_words), without that array, whose 800 KB (m = 100 000) and the
+// order's, fresh every epoch, glibc gave back and faulted in again (about 0.5 ms of a 0.9 ms draw). Returns false,
+// having drawn some words, when m <= 1 or a word was rejected (which would take a spare from the end): the caller
+// then puts the generator back and takes shuffled_order's path.
+bool shuffled_order_drawn(std::uint64_t (*next_raw)(void*), void* state, std::int64_t* order, std::size_t m,
+                          std::size_t spare_words);
+
 }  // namespace l2fast

@@ -1273,6 +1273,37 @@ PYBIND11_MODULE(_core, m) {
         "with its exact rejection taking spare words from the end: (order, words used), or None when a rejection "
         "found no spare word (draw more and call again). See cpp/shuffle.hpp.");
 
+    m.def(
+        "epoch_order_drawn",
+        [](const py::handle& capsule, py::ssize_t m, py::ssize_t spare_words) -> py::object {
+            if (m < 0 || spare_words < 0) throw std::invalid_argument("m and spare_words must be >= 0");
+            // NumPy's bitgen_t (numpy/random/bitgen.h), which a BitGenerator's capsule holds
+            struct BitGen {
+                void* state;
+                std::uint64_t (*next_uint64)(void*);
+                std::uint32_t (*next_uint32)(void*);
+                double (*next_double)(void*);
+                std::uint64_t (*next_raw)(void*);
+            };
+            auto* bitgen = static_cast<BitGen*>(PyCapsule_GetPointer(capsule.ptr(), "BitGenerator"));
+            if (bitgen == nullptr) throw py::error_already_set();
+            py::array_t<std::int64_t> order(m);
+            std::int64_t* out = order.mutable_data();
+            bool drawn;
+            {
+                ReleasedGil release;  // the caller holds the bit generator's lock
+                drawn = l2fast::shuffled_order_drawn(bitgen->next_raw, bitgen->state, out, std::size_t(m),
+                                                     std::size_t(spare_words));
+            }
+            if (!drawn) return py::none();
+            return std::move(order);
+        },
+        py::arg("capsule"), py::arg("m"), py::arg("spare_words"),
+        "epoch_order's permutation with the words drawn as it goes from a BitGenerator's capsule (its raw words), then "
+        "spare_words more drawn and dropped: the order and state epoch_order(random_raw(m - 1 + spare_words), m) "
+        "gives. None when m <= 1 or a word was rejected, having drawn some words (restore the state). The caller holds "
+        "the bit generator's lock. See cpp/shuffle.hpp.");
+
     m.def("blas_config", [] { return std::string(l2fast::blas::config()); }, "OpenBLAS's build description.");
     m.def("get_num_threads", &l2fast::blas::num_threads, "Threads OpenBLAS uses for l2fast's GEMMs.");
     m.def(

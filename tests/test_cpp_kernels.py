@@ -33,3 +33,9 @@ def test_cpp_kernel_tests_pass(tmp_path, flags):
     result = subprocess.run([str(tmp_path / "test_kernels")], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0 and "OK: 0 failure(s)" in result.stdout, result.stdout + result.stderr
     assert "runtime error" not in result.stderr and "Sanitizer" not in result.stderr, result.stderr
+    # The linear step's prefetches are in its object code: GCC once deleted every call to its prefetch-only helpers,
+    # taking them for functions without side effects (benchmarks/README.md, A, session 12).
+    objdump, linear_step = shutil.which("objdump"), tmp_path / "CMakeFiles" / "l2fast_kernels.dir" / "linear_step.cpp.o"
+    if not flags and objdump and linear_step.exists():
+        disassembly = subprocess.run([objdump, "-d", str(linear_step)], capture_output=True, text=True).stdout
+        assert "prefetcht1" in disassembly

@@ -44,6 +44,36 @@ def test_rejected_words_are_replaced_by_spares():
     np.testing.assert_array_equal(order, expected)
 
 
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.MT19937, np.random.Philox])
+@pytest.mark.parametrize("m", [2, 3, 17, 1001, 100_000])
+def test_order_drawn_as_it_goes_is_the_order_of_random_raw(bits, m):
+    # epoch_order draws the words as the swaps go (_core.epoch_order_drawn): the order and the generator's state
+    # after it are those of the path through random_raw's words
+    rng, twin = np.random.Generator(bits(m)), np.random.Generator(bits(m))
+    order = shuffling.epoch_order(rng, m)
+    raw = twin.bit_generator.random_raw(m - 1 + shuffling.SPARE_WORDS)
+    expected = (_core.epoch_order(raw, m) if m > 2000 else shuffling.python_order(raw, m))[0]
+    np.testing.assert_array_equal(order, expected)
+    np.testing.assert_array_equal(rng.bit_generator.random_raw(8), twin.bit_generator.random_raw(8))  # same state
+
+
+def test_a_rejection_while_drawing_puts_the_generator_back(monkeypatch):
+    # a rejected word would need a spare from the end: epoch_order_drawn returns None having drawn words, and
+    # epoch_order puts the generator back and takes random_raw's words
+    drawn = _core.epoch_order_drawn
+
+    def rejected(capsule, m, spares):
+        drawn(capsule, m // 2, spares)  # some words drawn
+        return None
+
+    monkeypatch.setattr(_core, "epoch_order_drawn", rejected)
+    rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+    order = shuffling.epoch_order(rng, 50)
+    raw = twin.bit_generator.random_raw(49 + shuffling.SPARE_WORDS)
+    np.testing.assert_array_equal(order, shuffling.python_order(raw, 50)[0])
+    np.testing.assert_array_equal(rng.bit_generator.random_raw(8), twin.bit_generator.random_raw(8))  # same state
+
+
 def test_spares_running_out_asks_for_more_words():
     words = np.zeros(4, dtype=np.uint64)  # m = 5: bound 5 rejects the zero word, and no spare is left
     assert _core.epoch_order(words, 5) is None

@@ -1353,6 +1353,36 @@ static void test_shuffled_order_is_a_permutation_and_asks_for_spare_words() {
     CHECK(shuffled_order(raw.data(), 3, order.data(), 5) == -1);
 }
 
+// shuffled_order_drawn, its words from a generator, gives shuffled_order's order on the same words and draws the
+// spare words after them; a rejected word (it would need a spare from the end) makes it return false.
+struct WordsInTurn {
+    const std::uint64_t* words;
+    std::size_t next = 0;
+    static std::uint64_t draw(void* self) {
+        auto* w = static_cast<WordsInTurn*>(self);
+        return w->words[w->next++];
+    }
+};
+
+static void test_shuffled_order_drawn_is_the_order_of_the_drawn_words() {
+    std::mt19937_64 gen(23);
+    for (std::size_t m : {std::size_t(2), std::size_t(3), std::size_t(50), std::size_t(1000)}) {
+        std::vector<std::uint64_t> raw(m - 1 + 4);
+        for (auto& w : raw) w = gen();
+        std::vector<std::int64_t> expected(m), order(m, -1);
+        CHECK(shuffled_order(raw.data(), raw.size(), expected.data(), m) == std::ptrdiff_t(m - 1));
+        WordsInTurn words{raw.data()};
+        CHECK(shuffled_order_drawn(WordsInTurn::draw, &words, order.data(), m, 4));
+        CHECK(order == expected && words.next == raw.size());
+    }
+    std::vector<std::uint64_t> raw = {0, gen(), gen(), gen(), gen(), gen(), gen(), gen()};  // bound 5 rejects 0
+    std::vector<std::int64_t> order(5);
+    WordsInTurn words{raw.data()};
+    CHECK(!shuffled_order_drawn(WordsInTurn::draw, &words, order.data(), 5, 4));
+    WordsInTurn none{raw.data()};
+    CHECK(!shuffled_order_drawn(WordsInTurn::draw, &none, order.data(), 1, 4) && none.next == 0);
+}
+
 // The linear step (linear_sgd_epoch, asked to stop after every step) with steps of two shares (batch >= 128) on one
 // thread and on two, where the two threads run the whole epoch and meet twice a step: the same bits, and asked to stop
 // after the third step, both stop there with the same W. Run under ThreadSanitizer by tests/test_cpp_kernels.py.
@@ -1430,6 +1460,7 @@ int main() {
     test_newton_passes_agree();
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
     test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
+    test_shuffled_order_drawn_is_the_order_of_the_drawn_words();
     test_linear_steps_of_two_shares_on_one_and_two_threads();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;

@@ -1,0 +1,87 @@
+"""Config A's linear epochs in fresh processes, alternating builds (issue 19 item 3; benchmarks/README.md, A).
+
+    python benchmarks/linear_a_rounds.py --python old=/path/.venv/bin/python --python new=.venv/bin/python --rounds 5
+
+runs, per round, one fresh process of each build and each model (100 -> 1 logistic, 100 -> 10 softmax), in turn,
+on A's data (100k x 100 float32, batch 256, plain SGD, shuffled), and prints each process's figures and the
+ratios first / each other build per round. A child (``--child K``) times ``fit(epochs=1)`` ``--calls`` times (the
+epoch as ``History.seconds`` gives it, the call's wall time, the calling thread's CPU time and the process's CPU
+time, which counts the helper thread too), then one ``fit(epochs=15)`` (its epochs' seconds).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def child(k, calls):
+    import numpy as np
+    import l2fast
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100_000, 100)).astype(np.float32)
+    if k == 1:  # the targets without NumPy's BLAS (its threads would spin into the timed epochs)
+        w = rng.normal(size=100).astype(np.float32)
+        y = (np.einsum("ij,j->i", X, w) > 0).astype(np.int64)
+    else:
+        y = rng.integers(0, k, size=100_000)
+    loss = "logistic" if k == 1 else "softmax"
+    net = l2fast.Network([100, k], activation="identity", loss=loss, lam=1.0, backend="cpu", dtype="float32", seed=0)
+    net.fit(X, y, epochs=1, lr=0.01, batch_size=256)  # warm-up
+    epoch, wall, thread, process = [], [], [], []
+    for _ in range(calls):
+        t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+        history = net.fit(X, y, epochs=1, lr=0.01, batch_size=256)
+        wall.append(time.perf_counter() - t0)
+        thread.append(time.thread_time() - c0)
+        process.append(time.process_time() - p0)
+        epoch.append(history.seconds[0])
+    history = net.fit(X, y, epochs=15, lr=0.01, batch_size=256)
+    ms = lambda v: 1e3 * statistics.median(v)
+    print(json.dumps({"fit1": ms(epoch), "fit1_min": 1e3 * min(epoch), "fit15": ms(history.seconds),
+                      "wall1": ms(wall), "thread1": ms(thread), "process1": ms(process)}))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--python", action="append", default=[], help="name=interpreter, the first the reference")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--child", type=int)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.calls)
+    builds = [p.split("=", 1) for p in args.python]
+    keys = ["fit1", "fit1_min", "fit15", "wall1", "thread1", "process1"]
+    ratios = {k: {name: [] for name, _ in builds[1:]} for k in (1, 10)}
+    load = lambda: open("/proc/loadavg").read().split()[:3]
+    print("load", *load(), flush=True)
+    for rnd in range(args.rounds):
+        for k in (1, 10):
+            got = {}
+            for name, python in builds:
+                out = subprocess.run([python, os.path.abspath(__file__), "--child", str(k), "--calls", str(args.calls)],
+                                     capture_output=True, text=True, check=True, cwd="/tmp")
+                got[name] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"round {rnd} 100->{k:<2} {name:>6} " + " ".join(f"{key} {got[name][key]:6.2f}" for key in keys),
+                      flush=True)
+            ref = builds[0][0]
+            for name, _ in builds[1:]:
+                r = {key: got[ref][key] / got[name][key] for key in ("fit1", "fit15", "wall1", "process1")}
+                ratios[k][name].append(r)
+                print(f"round {rnd} 100->{k:<2} {ref}/{name} " + " ".join(f"{key} {v:.2f}x" for key, v in r.items()),
+                      f"load {' '.join(load())}", flush=True)
+    for k in (1, 10):
+        for name, rs in ratios[k].items():
+            for key in ("fit1", "fit15", "wall1", "process1"):
+                v = [r[key] for r in rs]
+                print(f"100->{k:<2} {builds[0][0]}/{name} {key}: median {statistics.median(v):.2f}x "
+                      f"min {min(v):.2f}x max {max(v):.2f}x  per round " + " ".join(f"{x:.2f}" for x in v))
+    print("load", *load())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
