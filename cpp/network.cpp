@@ -4,12 +4,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <utility>
 
 #include "aligned.hpp"
 #include "blas.hpp"
@@ -434,84 +432,48 @@ L2FAST_VECTOR_CLONES void transpose_doubles(const double* from, std::size_t rows
         for (std::size_t j = 0; j < cols; ++j) to[j * ld_to + i0] = from[i0 * cols + j];
 }
 
-// Buffers of type B that a thread keeps after a call, when at most kKeptBytes, for its next call with the same key (the
-// shape and sizes they were made for): a scikit-learn drop-in's epoch on digits is 9 steps, and allocating and zeroing
-// its few hundred KB afresh (page faults included) cost a few percent of it. A call that finds the kept ones in use (a
-// should_stop that trains another network on this thread) makes its own. One slot per buffer type and thread.
-template <class B>
-class KeptBuffers {
+// The buffers of an epoch with an optimizer (momentum, Adam): per share of a step (OptimizerStep), its Workspace and
+// the layers' gradient sums. A thread keeps the last ones it used, when at most kKeptBytes, for its next call on the
+// same shape: a scikit-learn drop-in's epoch on digits is 9 steps, and allocating and zeroing its 360 KB afresh (page
+// faults included) cost a few percent of it. A call that finds the kept ones in use (a should_stop that trains another
+// network on this thread) makes its own.
+template <class T>
+class StepBuffers {
 public:
-    template <class... Args>
-    KeptBuffers(std::vector<std::size_t> key, std::size_t bytes, Args&&... args) {
+    StepBuffers(const Shape& shape, std::size_t rows, bool gather, std::size_t shares) {
         Kept& kept = kept_buffers();
-        if (kept.in_use || bytes > kKeptBytes) {
-            own_ = std::make_unique<B>(std::forward<Args>(args)...);
+        std::size_t values = gather ? rows * shape.n_in() : 0;
+        for (std::size_t l = 0; l < shape.n_layers(); ++l)
+            values += 2 * rows * shape.sizes[l + 1] + (shape.sizes[l] + 1) * shape.sizes[l + 1];
+        if (kept.in_use || shares * values * sizeof(T) > kKeptBytes) {
+            own_ = std::make_unique<Buffers>(shape, rows, gather, shares);
             buffers_ = own_.get();
             return;
         }
-        if (!kept.buffers || kept.key != key) {
+        if (!kept.buffers || kept.sizes != shape.sizes || kept.rows != rows || kept.gather != gather ||
+            kept.shares != shares) {
             kept.buffers.reset();
-            kept.buffers = std::make_unique<B>(std::forward<Args>(args)...);
-            kept.key = std::move(key);
+            kept.buffers = std::make_unique<Buffers>(shape, rows, gather, shares);
+            kept.sizes = shape.sizes;
+            kept.rows = rows;
+            kept.gather = gather;
+            kept.shares = shares;
         }
         kept.in_use = true;
         kept_ = &kept;
         buffers_ = kept.buffers.get();
     }
-    KeptBuffers(const KeptBuffers&) = delete;
-    KeptBuffers& operator=(const KeptBuffers&) = delete;
-    ~KeptBuffers() {
+    StepBuffers(const StepBuffers&) = delete;
+    StepBuffers& operator=(const StepBuffers&) = delete;
+    ~StepBuffers() {
         if (kept_) kept_->in_use = false;
     }
-
-    B& operator*() const { return *buffers_; }
-    B* operator->() const { return buffers_; }
-
-private:
-    static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
-
-    struct Kept {
-        std::vector<std::size_t> key;
-        bool in_use = false;
-        std::unique_ptr<B> buffers;
-    };
-
-    static Kept& kept_buffers() {
-        thread_local Kept kept;
-        return kept;
-    }
-
-    std::unique_ptr<B> own_;
-    Kept* kept_ = nullptr;
-    B* buffers_ = nullptr;
-};
-
-// The key a layered network's buffers are kept by: its layer sizes, then the call's own sizes and switches.
-inline std::vector<std::size_t> buffers_key(const Shape& shape, std::initializer_list<std::size_t> more) {
-    std::vector<std::size_t> key(shape.sizes);
-    key.insert(key.end(), more);
-    return key;
-}
-
-// The buffers of an epoch with an optimizer (momentum, Adam): per share of a step (OptimizerStep), its Workspace and
-// the layers' gradient sums, kept by the thread for its next call on the same shape (KeptBuffers).
-template <class T>
-class StepBuffers {
-public:
-    StepBuffers(const Shape& shape, std::size_t rows, bool gather, std::size_t shares)
-        : buffers_(buffers_key(shape, {rows, gather, shares}), shares * values(shape, rows, gather) * sizeof(T), shape,
-                   rows, gather, shares) {}
 
     Workspace<T>& workspace(std::size_t share) { return buffers_->ws[share]; }
     Params<T>& gradients(std::size_t share) { return buffers_->grad[share]; }
 
 private:
-    static std::size_t values(const Shape& shape, std::size_t rows, bool gather) {
-        std::size_t values = gather ? rows * shape.n_in() : 0;
-        for (std::size_t l = 0; l < shape.n_layers(); ++l)
-            values += 2 * rows * shape.sizes[l + 1] + (shape.sizes[l] + 1) * shape.sizes[l + 1];
-        return values;
-    }
+    static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
 
     struct Buffers {
         std::vector<Workspace<T>> ws;
@@ -534,7 +496,22 @@ private:
         }
     };
 
-    KeptBuffers<Buffers> buffers_;
+    struct Kept {
+        std::vector<std::size_t> sizes;
+        std::size_t rows = 0, shares = 0;
+        bool gather = false;
+        bool in_use = false;
+        std::unique_ptr<Buffers> buffers;
+    };
+
+    static Kept& kept_buffers() {
+        thread_local Kept kept;
+        return kept;
+    }
+
+    std::unique_ptr<Buffers> own_;
+    Kept* kept_ = nullptr;
+    Buffers* buffers_ = nullptr;
 };
 
 // A float64 epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs) runs the forward product of
@@ -715,219 +692,6 @@ private:
     const std::size_t threads_;
 };
 
-// A step of an epoch with an optimizer on a network of one hidden layer (scikit-learn's MLPs' default shape), where
-// OptimizerStep would cut a step in two shares of records (optimizer_step_shares), cut instead in two parts of the
-// hidden units, each with W1's rows and W2's columns of its units, their state and their gradients. A part's forward
-// pass ends in its share of the logits (its units' outputs times their columns of W2); each part then takes half of
-// the records' logits (the two shares added in part order, then b2), loss and dL/dZ2, and from dL/dZ2 on, its units'
-// backward pass and update on its own. So per step only the shares of the logits and of dL/dZ2 (rows x n_out) pass
-// between the threads, where shares of records pass every weight each step (the gradient sums one way, the updated
-// halves of W the other: 64-64-10 in float64, 38 KB each way), and each part's weights stay with the thread that
-// updates them. A part gathers the step's rows itself; once the next step's records are known, a part's job runs its
-// backward pass and update, then the next step's gather and forward pass (its weights are its own): two hand-offs a
-// step. The parts depend on the hidden layer's size alone, so the bits are the same on one thread or two.
-template <class T>
-class UnitPartsStep {
-public:
-    static bool fits(const Shape& shape, bool two_shares) {
-        return two_shares && shape.n_layers() == 2 && shape.sizes[1] >= 2;
-    }
-
-    UnitPartsStep(const Shape& shape, Params<T>& params, OptimizerRun<T>& run, std::size_t batch)
-        : shape_(shape),
-          params_(params),
-          run_(run),
-          buffers_(buffers_key(shape, {batch}), values(shape, batch) * sizeof(T), shape, batch),
-          threads_(std::min<std::size_t>(std::size_t(std::max(blas::num_threads(), 1)), 2)) {
-        buffers_->ready = false;  // a forward pass left by the last call (stopped early) is not this call's
-        for (Part& part : buffers_->parts) refresh(part);
-    }
-
-    // One step on `rows` records (picked, or start.. in turn), with decay lam/m; norms as in train_epoch.
-    LossStats operator()(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
-                         const NextRows& next, T lr, T decay, double* norms) {
-        Buffers& buf = *buffers_;
-        ++run_.step;
-        if (!(buf.ready && buf.ready_picked == picked && buf.ready_start == start && buf.ready_rows == rows))
-            run_parts([&](std::size_t p) { forward(buf.parts[p], data, picked, start, rows, p); });
-        buf.ready = false;
-        // The logits, the loss and dL/dZ2 (in place), each part for its half of the records.
-        LossStats stats[kParts];
-        run_parts([&](std::size_t p) { stats[p] = loss_rows(data, picked, start, rows, p); });
-        for (std::size_t p = 1; p < kParts; ++p) stats[0] += stats[p];
-        // Pipelined when the next step's records are known (shuffled dense X): its forward pass in the same job.
-        const bool ahead = next.picked != nullptr && next.rows > 0;
-        const std::size_t n_out = shape_.n_out();
-        const T mean = T(1) / T(rows);
-        double part_norms[2] = {0.0, 0.0};
-        run_parts([&](std::size_t p) {
-            Part& part = buf.parts[p];
-            if (p == 0) {
-                blas::sum_rows(int(rows), int(n_out), mean, buf.logits.data(), int(n_out), T(0), buf.b2_grad.data());
-                inplace_optimizer_step(run_.opt, run_.step, params_.b[1], buf.b2_grad.data(), slot(0, false, 1, 0),
-                                       slot(1, false, 1, 0), n_out, lr, T(0));
-            }
-            backward_update(part, rows, mean, lr, decay, norms ? &part_norms[p] : nullptr);
-            if (ahead) forward(part, data, next.picked, start + rows, next.rows, p);
-        });
-        if (norms) *norms += part_norms[0] + part_norms[1];
-        if (ahead) {
-            buf.ready = true;
-            buf.ready_picked = next.picked;
-            buf.ready_start = start + rows;
-            buf.ready_rows = next.rows;
-        }
-        return stats[0];
-    }
-
-private:
-    static constexpr std::size_t kParts = 2;
-    // As OptimizerStep's (the drop-ins call one epoch after another).
-    static constexpr std::chrono::microseconds kEpochsPoll{300};
-
-    // Part p's hidden units (first, first + units), its copies of its weights and its buffers.
-    struct Part {
-        std::size_t first = 0, units = 0;
-        LineVector<T> x;        // the step's rows of X, gathered (rows x n_in)
-        const T* X = nullptr;   // the rows in use: x, or X's own in turn
-        LineVector<T> W1_t;     // W1's rows of the part, transposed (n_in x units)
-        LineVector<T> W2_t;     // W2's columns of the part, transposed (units x n_out)
-        LineVector<T> A;        // the units' outputs (rows x units)
-        LineVector<T> dZ;       // their dL/dZ (rows x units)
-        LineVector<T> partial;  // the part's share of the logits (rows x n_out)
-        LineVector<T> G1, g1;   // the mean gradients of W1's rows (units x n_in) and b1's entries
-        LineVector<T> G2;       // the mean gradient of W2's columns (n_out x units)
-
-        Part(const Shape& shape, std::size_t batch, std::size_t p)
-            : first(shape.sizes[1] * p / kParts),
-              units(shape.sizes[1] * (p + 1) / kParts - first),
-              x(batch * shape.n_in()),
-              W1_t(shape.n_in() * units),
-              W2_t(units * shape.n_out()),
-              A(batch * units),
-              dZ(batch * units),
-              partial(batch * shape.n_out()),
-              G1(units * shape.n_in()),
-              g1(units),
-              G2(shape.n_out() * units) {}
-    };
-
-    struct Buffers {
-        std::vector<Part> parts;
-        LineVector<T> logits;  // rows x n_out: the logits, then dL/dZ2
-        LineVector<T> b2_grad;
-        bool ready = false;  // the parts' forward pass done for the step of these records
-        const std::int64_t* ready_picked = nullptr;
-        std::size_t ready_start = 0, ready_rows = 0;
-
-        Buffers(const Shape& shape, std::size_t batch) : logits(batch * shape.n_out()), b2_grad(shape.n_out()) {
-            for (std::size_t p = 0; p < kParts; ++p) parts.emplace_back(shape, batch, p);
-        }
-    };
-
-    static std::size_t values(const Shape& shape, std::size_t batch) {
-        const std::size_t n_in = shape.n_in(), H = shape.sizes[1], n_out = shape.n_out();
-        return kParts * batch * (n_in + n_out) + 2 * batch * H + 2 * (n_in + n_out + 1) * H + (batch + 1) * n_out;
-    }
-
-    template <class Job>
-    void run_parts(const Job& job) {
-        parallel_for(kParts, threads_, 1, [&](std::size_t first, std::size_t last) {
-            for (std::size_t p = first; p < last; ++p) job(p);
-        }, kEpochsPoll);
-    }
-
-    // The part's copies of its weights, after they changed.
-    void refresh(Part& part) {
-        const std::size_t n_in = shape_.n_in(), H = shape_.sizes[1], n_out = shape_.n_out();
-        const T* W1 = params_.W[0] + part.first * n_in;
-        if constexpr (std::is_same_v<T, double>)
-            transpose_doubles(W1, part.units, n_in, part.W1_t.data(), part.units);
-        else
-            transpose(W1, part.units, n_in, part.W1_t.data());
-        const T* W2 = params_.W[1] + part.first;
-        for (std::size_t j = 0; j < part.units; ++j)
-            for (std::size_t o = 0; o < n_out; ++o) part.W2_t[j * n_out + o] = W2[o * H + j];
-    }
-
-    // The records of part p's half of a step of `rows` (its loss_rows): begin..end-1.
-    static std::size_t half_begin(std::size_t rows, std::size_t p) { return rows * p / kParts; }
-
-    // Part p's forward pass on the step's records: its units' outputs and its share of the logits. It asks for the
-    // targets of its half of the records as it gathers (its loss_rows reads them next).
-    void forward(Part& part, const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
-                 std::size_t p) {
-        const std::size_t n_in = shape_.n_in(), n_out = shape_.n_out(), units = part.units;
-        if (picked) {
-            const std::size_t begin = half_begin(rows, p), end = half_begin(rows, p + 1);
-            gather_rows(data, n_in, n_out, picked, rows, part.x.data(), NextRows{picked + begin, end - begin});
-            part.X = part.x.data();
-        } else {
-            part.X = data.X + start * n_in;
-        }
-        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n_in), T(1), part.X, int(n_in),
-                   part.W1_t.data(), int(units), T(0), part.A.data(), int(units));
-        inplace_bias_activation(part.A.data(), params_.b[0] + part.first, rows, units, shape_.act);
-        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(n_out), int(units), T(1), part.A.data(), int(units),
-                   part.W2_t.data(), int(n_out), T(0), part.partial.data(), int(n_out));
-    }
-
-    // Part p's half of the records: their logits (the parts' shares added in part order, then b2), their loss and
-    // dL/dZ2, in place in the logits' buffer.
-    LossStats loss_rows(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
-                        std::size_t p) {
-        const std::size_t n_out = shape_.n_out(), begin = half_begin(rows, p), end = half_begin(rows, p + 1);
-        Buffers& buf = *buffers_;
-        T* Z = buf.logits.data() + begin * n_out;
-        const T *P0 = buf.parts[0].partial.data() + begin * n_out, *P1 = buf.parts[1].partial.data() + begin * n_out;
-        const T* b2 = params_.b[1];
-        for (std::size_t i = 0; i < (end - begin) * n_out; i += n_out)
-            for (std::size_t o = 0; o < n_out; ++o) Z[i + o] = (P0[i + o] + P1[i + o]) + b2[o];
-        return inplace_loss_gradient(Z, end - begin, n_out, shape_.loss,
-                                     targets_of(data, picked ? picked + begin : nullptr, start + begin));
-    }
-
-    // The part's backward pass from dL/dZ2 (the logits' buffer), then the optimizer's step on its weights and biases
-    // (W1's rows, b1's entries, W2's columns) and its copies refreshed; norms gets the sum of squares of its weights
-    // before the step.
-    void backward_update(Part& part, std::size_t rows, T mean, T lr, T decay, double* norms) {
-        const std::size_t n_in = shape_.n_in(), H = shape_.sizes[1], n_out = shape_.n_out(), units = part.units;
-        const T* dZ2 = buffers_->logits.data();
-        T* W2 = params_.W[1] + part.first;
-        blas::gemm(blas::Op::T, blas::Op::N, int(n_out), int(units), int(rows), mean, dZ2, int(n_out),
-                   part.A.data(), int(units), T(0), part.G2.data(), int(units));
-        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n_out), T(1), dZ2, int(n_out), W2, int(H),
-                   T(0), part.dZ.data(), int(units));
-        inplace_activation_backward(part.dZ.data(), part.A.data(), rows * units, shape_.act);
-        blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in), int(rows), mean, part.dZ.data(), int(units),
-                   part.X, int(n_in), T(0), part.G1.data(), int(n_in));
-        blas::sum_rows(int(rows), int(units), mean, part.dZ.data(), int(units), T(0), part.g1.data());
-        const std::size_t w1 = part.first * n_in;
-        inplace_optimizer_step(run_.opt, run_.step, params_.W[0] + w1, part.G1.data(), slot(0, true, 0, w1),
-                               slot(1, true, 0, w1), units * n_in, lr, decay, norms);
-        inplace_optimizer_step(run_.opt, run_.step, params_.b[0] + part.first, part.g1.data(),
-                               slot(0, false, 0, part.first), slot(1, false, 0, part.first), units, lr, T(0));
-        for (std::size_t o = 0; o < n_out; ++o) {
-            const std::size_t w2 = o * H + part.first;
-            inplace_optimizer_step(run_.opt, run_.step, params_.W[1] + w2, part.G2.data() + o * units,
-                                   slot(0, true, 1, w2), slot(1, true, 1, w2), units, lr, decay, norms);
-        }
-        refresh(part);
-    }
-
-    // State array s of layer l's weights (or biases), from entry `from` on; null when the optimizer has no such array.
-    T* slot(std::size_t s, bool weights, std::size_t l, std::size_t from) const {
-        if (s >= run_.slots.size()) return nullptr;
-        return (weights ? run_.slots[s].W[l] : run_.slots[s].b[l]) + from;
-    }
-
-    const Shape& shape_;
-    Params<T>& params_;
-    OptimizerRun<T>& run_;
-    KeptBuffers<Buffers> buffers_;
-    const std::size_t threads_;
-};
-
 }  // namespace
 
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
@@ -1037,19 +801,9 @@ EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset
                             const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
                             std::optional<T> short_lam_over_m) {
     EpochResult result;
-    StopCheck stop(should_stop);
-    if (UnitPartsStep<T>::fits(shape, !data.sparse && optimizer_step_shares(shape.sizes, batch))) {
-        UnitPartsStep<T> step(shape, params, run, batch);
-        for_each_step(data, shape.n_in(), order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
-                      [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next,
-                          T decay) {
-                          result.stats += step(data, picked, start, rows, next, lr, decay,
-                                               with_norms ? &result.weight_norms : nullptr);
-                      });
-        return result;
-    }
     const bool gather = order != nullptr && !data.sparse;
     OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse);
+    StopCheck stop(should_stop);
     for_each_step(data, shape.n_in(), order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
                   [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next, T decay) {
                       result.stats += step(data, picked, start, rows, next, lr, decay,

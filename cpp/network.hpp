@@ -70,11 +70,10 @@ bool train_transposed(std::size_t batch, std::size_t n_in, std::size_t n_out);
 // weights (ForwardCopies in network.cpp): where A W^T would pack and A W_t takes OpenBLAS's small-matrix kernel.
 bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out);
 
-// Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares run side by side on two
-// threads when the call has them, added in a fixed order (so the bits never depend on the threads): when every product
-// of a share of a `batch`-record step (the layers `sizes`) is small enough for OpenBLAS to run it on one thread and the
-// batch is at least 64 records. One hidden layer: two parts of its units, every step (UnitPartsStep); deeper networks:
-// two shares of the records of each step of at least 64 (OptimizerStep). Sparse X keeps whole steps.
+// Whether an epoch with an optimizer (momentum, Adam) on dense X cuts each step of at least 64 records in two shares of
+// its rows, run side by side on two threads when the call has them, their gradient sums added in a fixed order (so the
+// bits never depend on the threads): when every product of a share of a `batch`-record step (the layers `sizes`) is
+// small enough for OpenBLAS to run it on one thread. Sparse X keeps whole steps.
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch);
 
 // Validation: each throws std::invalid_argument naming the offending argument.

@@ -1234,9 +1234,8 @@ PYBIND11_MODULE(_core, m) {
             return l2fast::optimizer_step_shares(layer_sizes, batch_size);
         },
         py::arg("layer_sizes"), py::arg("batch_size"),
-        "Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares (of the hidden "
-        "units for one hidden layer, else of the records) added in a fixed order: its bits then do not depend on "
-        "the thread count.");
+        "Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares whose sums are "
+        "added in a fixed order: its bits then do not depend on the thread count.");
 
     m.def(
         "shuffled_read_seconds",

@@ -458,19 +458,19 @@ def test_version_1_files_still_load(tmp_path):
     assert back.optimizer_state is None
 
 
-# -- one hidden layer in two parts of its units (the drop-ins' steps of 64 records or more) --------------------
+# -- an optimizer's steps in two shares of records (the drop-ins' steps of 64 records or more) ---------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "adamw"])
 @pytest.mark.parametrize("case", [
-    ("softmax", 9, 7, "relu", True, False),     # odd hidden layer: parts of 3 and 4 units
+    ("softmax", 9, 7, "relu", True, False),
     ("logistic", 1, 16, "tanh", False, True),   # records in turn (no gather), sample weights
     ("squared_error", 3, 12, "sigmoid", True, True),
 ], ids=["softmax-relu", "logistic-tanh-in-turn", "regression-weights"])
-def test_one_hidden_layer_in_unit_parts_matches_the_reference(dtype, name, case):
-    # Steps of >= 64 records on a network of one hidden layer run in two parts of its units (UnitPartsStep in
-    # cpp/network.cpp): the products split by the hidden units, the logits the two parts' shares added in order.
+def test_steps_in_two_shares_of_records_match_the_reference(dtype, name, case):
+    # Steps of >= 64 records run in two shares of records (OptimizerStep in cpp/network.cpp), their gradient sums
+    # added in share order; the short last step is one share.
     loss, n_out, hidden, activation, shuffle, weighted = case
     assert _core.optimizer_step_shares([11, hidden, n_out], 80)
     X, y = make_problem(loss, 11, n_out, m=293, seed=31)  # 3 steps of 80 and a short one of 53

@@ -309,7 +309,7 @@ _adaptive = True
 
 def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool) -> bool:
     """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD's fused step) on a dense (or sparse)
-    X in steps of `batch` records cuts its steps in two shares (``_core.optimizer_step_shares``): its
+    X in steps of `batch` records cuts its steps in two shares of records (``_core.optimizer_step_shares``): its
     bits are then the same on any thread count, float64 too (``call_threads``'s ``two_shares``)."""
     return (_core is not None and optimizer not in (None, "sgd") and dense and batch >= 1
             and _core.optimizer_step_shares(list(layer_sizes), batch))
@@ -350,8 +350,8 @@ def call_threads(layer_sizes: Sequence[int], batch: int, dtype, models: int = 1,
     of the machine now; yields that count. Models trained together (``models`` > 1) hand OpenBLAS their
     products as one batch that it runs side by side, a product per thread, which gains at any size; so does
     a ``memory_bound`` call (a linear model's SGD epoch, whose time is reading X's rows: two threads have twice
-    the rows in flight), and a ``two_shares`` one (an optimizer's epoch whose steps are cut in two shares, of
-    a single hidden layer's units or of the records, ``_core.optimizer_step_shares``: one per thread).
+    the rows in flight), and a ``two_shares`` one (an optimizer's epoch whose steps are cut in two shares of
+    records, ``_core.optimizer_step_shares``: one per thread).
     Other float64 calls keep the cap: OpenBLAS's float64 GEMM kernels give other last bits on one thread than
     on several (at the edges of the tiles), so only a fixed count keeps float64 runs repeatable. A two-share
     epoch's products each run on one thread whatever the count, and its shares are added in a fixed order, so its

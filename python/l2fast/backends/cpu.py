@@ -84,7 +84,7 @@ class CpuBackend(HostArrays):
         sizes = _sizes(weights)
         dense = not isinstance(X, _validate.SparseFeatures)
         linear = optimizer is None and dense and _core.linear_step_fits(sizes)
-        # an optimizer's epoch whose steps run in two shares (units or records), one per thread when a CPU is free
+        # an optimizer's epoch whose steps run in two shares of records, one per thread when a CPU is free
         name = None if optimizer is None else optimizer.name
         two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense)
         options = {"sample_weight": sample_weight, "check_finite": check_finite, "with_norms": with_norms}

@@ -23,8 +23,8 @@ stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 
 Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), except the
-momentum and Adam epochs whose steps run in two shares (of the hidden units with one hidden layer, else of the
-records; ``_core.optimizer_step_shares``: the same bits on any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
+momentum and Adam epochs whose steps run in two shares of records (``_core.optimizer_step_shares``: the same bits on
+any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
 libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
@@ -249,7 +249,7 @@ class _Trainer:
 
     def threads(self, batch, dense):
         """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``), unless
-        their steps on dense X run in two shares (``_core.optimizer_step_shares``), whose bits are the same
+        their steps on dense X run in two shares of records (``_core.optimizer_step_shares``), whose bits are the same
         on any count: those follow the machine's load (``threads.call_threads``)."""
         net = self.net
         if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
