@@ -118,7 +118,7 @@ struct Vec<double> {
 // precision), e^r by its Taylor polynomial to degree 7 (truncation below 6e-9 relative), times 2^n by scalef (0
 // below e^-104, +inf above float's range; NaN stays NaN). Within 1 ulp of the exact value (0.9 at worst, checked
 // over [-87.3, 88.7]).
-__attribute__((always_inline)) inline __m512 exp_inline(__m512 x) {
+__attribute__((always_inline)) inline __m512 exp_of(__m512 x) {
     x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // NaN in x passes (max returns its second operand)
     x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -136,9 +136,8 @@ __attribute__((always_inline)) inline __m512 exp_inline(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// e^x and log1p(x) of each lane: libmvec's, or (no libmvec) the scalar functions a lane at a time; float's e^x
-// inline (above).
-__m512 exp_of(__m512 x) { return exp_inline(x); }
+// double's e^x and log1p(x) of each lane, and float's log1p: libmvec's, or (no libmvec) the scalar functions a lane at
+// a time.
 #ifdef L2FAST_HAVE_LIBMVEC
 __m512d exp_of(__m512d x) { return _ZGVeN8v_exp(x); }
 __m512 log1p_of(__m512 x) { return _ZGVeN16v_log1pf(x); }
