@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 namespace l2fast {
@@ -69,6 +70,7 @@ public:
         {
             std::lock_guard<std::mutex> lock(mutex_);
             linger_.store(linger.count(), std::memory_order_relaxed);
+            caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
             body_.store(&body, std::memory_order_relaxed);
             n_.store(n, std::memory_order_relaxed);
             shares_.store(shares, std::memory_order_relaxed);
@@ -125,6 +127,9 @@ private:
             }
             if (stopping_.load(std::memory_order_acquire)) return;
             seen = job_of(state_.load(std::memory_order_acquire));
+            // the caller's CPU as of this job, or an earlier one's (read without the lock): a hint, never a fault
+            const int caller = caller_cpu_.load(std::memory_order_relaxed);
+            if (caller >= 0 && current_cpu() == caller) leave_cpu(caller);
             take_parts(seen);
         }
     }
@@ -137,6 +142,7 @@ private:
     std::atomic<std::uint64_t> state_{0};  // the job's number << kPartBits | the next part to take
     std::atomic<std::int64_t> linger_{kSpin.count()};  // how long the helpers poll after the last job, in us
     std::atomic<bool> stopping_{false};
+    std::atomic<int> caller_cpu_{-1};  // the CPU the caller of the latest job ran on when it posted it
 };
 
 std::mutex pool_mutex;
@@ -157,6 +163,32 @@ void after_fork_in_child() {
 const int fork_handlers = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 
 }  // namespace
+
+int current_cpu() {
+#if defined(__linux__)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+bool leave_cpu(int cpu) {
+#if defined(__linux__)
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0 || !CPU_ISSET(cpu, &allowed) || CPU_COUNT(&allowed) < 2)
+        return false;
+    cpu_set_t elsewhere = allowed;
+    CPU_CLR(cpu, &elsewhere);
+    if (sched_setaffinity(0, sizeof elsewhere, &elsewhere) != 0) return false;
+    const bool moved = current_cpu() != cpu;  // the kernel moves the thread before the call returns
+    (void)sched_setaffinity(0, sizeof allowed, &allowed);
+    return moved;
+#else
+    (void)cpu;
+    return false;
+#endif
+}
 
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body, std::chrono::microseconds linger) {

@@ -21,6 +21,18 @@ namespace l2fast {
 // wake-up from sleep takes tens of microseconds, and polling longer would take a core from OpenBLAS's threads.
 constexpr std::chrono::microseconds kHelperPoll{50};
 
+// The CPU the calling thread runs on now, or -1 where that cannot be told.
+int current_cpu();
+
+// Moves the calling thread off `cpu` when it runs there and its CPU mask allows another: the mask without `cpu` for a
+// moment (the kernel moves a thread off a CPU its mask no longer holds before the call returns), then the mask as it
+// was, so the thread may run on every CPU it could before. Returns whether it moved. The pool's helpers call it when
+// they find themselves on the caller's CPU: a helper woken after the machine idled a while is often put on its
+// waker's CPU, beside the caller, while the other core stays idle, and the two then take turns on one core until the
+// scheduler moves one (digits fits after 0.25 s of sleep: the helper on the caller's CPU at the start of 31-63 % of
+// the jobs, running 15-33 % of the parts instead of half; benchmarks/README.md, R, session 13).
+bool leave_cpu(int cpu);
+
 // Runs body(begin, end) over [0, n) split in up to `threads` contiguous shares (their bounds fixed by n and their
 // count): the calling thread and sleeping helper threads claim them one at a time, so a helper that starts late
 // takes fewer or none and the caller does the rest. Runs inline when n < 2 * min_share or threads < 2. Returns

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <sched.h>
+
 #include "activations.hpp"
 #include "blas.hpp"
 #include "dense.hpp"
@@ -360,6 +362,32 @@ static void test_parallel_for_back_to_back_jobs() {
         CHECK(once);
         if (job % 500 == 499) std::this_thread::sleep_for(std::chrono::microseconds(200));  // let helpers sleep
     }
+}
+
+// leave_cpu moves the calling thread off the CPU it names when the thread runs there and may run elsewhere, and
+// leaves its CPU mask as it was; a CPU it does not run on, or one outside the mask, changes nothing.
+static void test_leave_cpu_moves_off_and_keeps_the_mask() {
+#if defined(__linux__)
+    cpu_set_t before;
+    CHECK(sched_getaffinity(0, sizeof before, &before) == 0);
+    const int here = current_cpu();
+    CHECK(here >= 0 && CPU_ISSET(here, &before));
+    CHECK(!leave_cpu(-1) && !leave_cpu(CPU_SETSIZE));
+    if (CPU_COUNT(&before) < 2) {
+        CHECK(!leave_cpu(here));  // nowhere else to go
+        std::printf("leave_cpu: one CPU allowed, the move itself not exercised\n");
+        return;
+    }
+    CHECK(leave_cpu(here));
+    cpu_set_t after;
+    CHECK(sched_getaffinity(0, sizeof after, &after) == 0);
+    CHECK(CPU_EQUAL(&before, &after));
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)  // a CPU outside the mask: nothing to leave
+        if (!CPU_ISSET(cpu, &before)) {
+            CHECK(!leave_cpu(cpu));
+            break;
+        }
+#endif
 }
 
 // The caller and the helpers claim a job's shares as they come: right after the helpers have gone to sleep, a job of
@@ -1437,6 +1465,7 @@ int main() {
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
     test_parallel_for_caller_takes_the_shares_a_late_helper_leaves();
+    test_leave_cpu_moves_off_and_keeps_the_mask();
     test_parallel_sum_adds_the_shares_in_order();
     test_optimizer_steps_sum_the_old_squares();
     test_training_stops_when_asked();
