@@ -44,6 +44,9 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
     import numpy as np
     import l2fast
 
+    # Ctrl-C in a terminal: Python's own handler. A process started in the background of a non-interactive shell (a
+    # test suite run with `&`) inherits SIGINT ignored, and Python then leaves it so: no KeyboardInterrupt would come.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     backend, optimizer = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     # One record per step: an epoch of several seconds on either backend, so the signal lands in the first.
