@@ -122,6 +122,49 @@ def test_loadavg_gives_the_runnable_tasks():
     assert threads.busy_cpus() >= 0
 
 
+def test_a_reading_that_finds_work_is_taken_again_soon_then_less_often_while_the_work_lasts(monkeypatch):
+    clock, answers, reads = [100.0], [], []
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "read_busy_cpus", lambda: reads.append(clock[0]) or answers.pop(0))
+    monkeypatch.setattr(threads, "_busy_seen", (-1.0, 0, 0.0))
+
+    def at(t, answer=None):
+        clock[0] = 100.0 + t
+        if answer is not None:
+            answers.append(answer)
+        return threads.busy_cpus()
+
+    first = threads.BUSY_FIRST_LIFETIME
+    assert at(0.0, 1) == 1  # a kernel task for a moment after a wake-up...
+    assert at(first / 2) == 1 and len(reads) == 1  # ...serves a short while
+    assert at(first * 1.5, 0) == 0 and len(reads) == 2  # read again: gone, and a quiet reading serves 0.2 s
+    assert at(first * 1.5 + threads.BUSY_READING_LIFETIME * 0.9) == 0 and len(reads) == 2
+    # work that lasts: each busy reading in a row serves twice as long, up to BUSY_READING_LIFETIME
+    t, lifetimes = 1.0, []
+    for _ in range(8):
+        assert at(t, 1) == 1
+        lifetimes.append(threads._busy_seen[2])
+        t += threads._busy_seen[2] * 1.01
+    assert lifetimes[:3] == [first, 2 * first, 4 * first]
+    assert lifetimes[-1] == threads.BUSY_READING_LIFETIME
+    assert not answers
+    # after a long gap a busy reading is new work again: the short lifetime
+    assert at(t + 5.0, 1) == 1 and threads._busy_seen[2] == first
+
+
+def test_a_quiet_reading_stops_once_most_samples_found_this_thread_alone(monkeypatch):
+    texts = iter(["0.0 0.0 0.0 1/80 9", "0.0 0.0 0.0 2/80 9", "0.0 0.0 0.0 1/80 9", "0.0 0.0 0.0 1/80 9",
+                  "0.0 0.0 0.0 3/80 9"])
+    taken = []
+    monkeypatch.setattr(threads, "_read", lambda path: taken.append(path) or next(texts))
+    assert threads.read_busy_cpus(samples=5, interval=0.0) == 0
+    assert len(taken) == 4  # three of five found this thread alone: the fifth is not needed
+    busy = iter(["0.0 0.0 0.0 3/80 9"] * 5)
+    monkeypatch.setattr(threads, "_read", lambda path: next(busy))
+    monkeypatch.setattr(threads, "_own_running_threads", lambda: 1)
+    assert threads.read_busy_cpus(samples=5, interval=0.0) == 2
+
+
 @pytest.mark.parametrize("cap, product, busy, online, n", [
     (2, 10**5, 0, 2, 1),      # too small to gain from a second thread
     (2, 10**8, 0, 2, 2),      # large, machine quiet

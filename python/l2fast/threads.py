@@ -221,16 +221,31 @@ def _own_running_threads() -> int:
     return max(running, 1)
 
 
-_busy_seen = (-1.0, 0)  # (time.monotonic() of the last reading, its value)
+_busy_seen = (-1.0, 0, 0.0)  # (time.monotonic() of the last reading, its value, how long it serves)
 BUSY_READING_LIFETIME = 0.2  # seconds a reading (about 1 ms on a busy machine) serves the calls that follow
+# A reading that finds other work serves this long at first, twice as long for each such reading in a row, up to
+# BUSY_READING_LIFETIME: a machine that wakes from idle often runs a kernel task for a few milliseconds (5-12 ms seen
+# on the 2-vCPU EPYC guest, in 2 of 60 wakes after 0.25 s of sleep), and a reading taken then made a whole small fit
+# after a pause run on one thread (3-6 of 25 digits fits, 22-28 ms instead of 15-18; benchmarks/README.md, R, session
+# 14). Work that lasts is read again a few times in its first 0.3 s (0.5 ms each), then every 0.2 s as before.
+BUSY_FIRST_LIFETIME = 0.005
 
 
 def busy_cpus() -> int:
-    """CPUs kept busy by other processes now (see `read_busy_cpus`), read at most every 0.2 s."""
+    """CPUs kept busy by other processes now (see `read_busy_cpus`), read at most every 0.2 s, or sooner after a
+    reading that found some (BUSY_FIRST_LIFETIME)."""
     global _busy_seen
     now = time.monotonic()
-    if now - _busy_seen[0] > BUSY_READING_LIFETIME:
-        _busy_seen = (now, read_busy_cpus())
+    seen, value, lifetime = _busy_seen
+    if now - seen > lifetime:
+        busy = read_busy_cpus()
+        if busy == 0:
+            lifetime = BUSY_READING_LIFETIME
+        elif value > 0 and now - seen <= 2 * lifetime:  # busy again, at the first chance to read: work that lasts
+            lifetime = min(2 * lifetime, BUSY_READING_LIFETIME)
+        else:
+            lifetime = BUSY_FIRST_LIFETIME
+        _busy_seen = (now, busy, lifetime)
     return _busy_seen[1]
 
 
@@ -240,13 +255,16 @@ def read_busy_cpus(samples: int = 5, interval: float = 1e-4) -> int:
     this process's own, counted once after them. 0 where /proc/loadavg cannot be read. The waits between readings
     spin: a sleep of 0.1 ms takes 0.2-0.7 ms on a busy machine (the wake-up waits for a core), which with a count of
     our own threads per reading made the reading 1.2-2.7 ms, a tenth of a small fit taken after a pause (its first
-    call reads afresh); now about 0.5 ms."""
+    call reads afresh); now about 0.5 ms. It stops as soon as most of the readings it would take have found this
+    thread alone (the median is then this thread): a quiet machine's reading takes 0.3 ms instead of 0.6."""
     readings = []
     for i in range(samples):
         text = _read("/proc/loadavg")
         if text is None:
             return 0
         readings.append(parse_loadavg_running(text))
+        if sum(1 for r in readings if r <= 1) > samples // 2:
+            return 0
         if i + 1 < samples:
             deadline = time.perf_counter() + interval
             while time.perf_counter() < deadline:
