@@ -468,11 +468,16 @@ struct ShareBuffers {
         : x(layout.block * layout.P), z(layout.block * n_out), G(n_out * layout.P), db(n_out) {}
 };
 
-// One share of a step, records start..start+rows-1: its sums and loss sum into buf.
+// One share of a step, records start..start+rows-1: its sums and loss sum into buf. Its last block asks for the rows
+// that follow from `successor` on: the next records in turn (successor = start + rows) when this thread takes the
+// step's next share too, else the first ones of the next step's share that this thread will most likely take.
 template <class T>
 void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels<T>& kernels, const T* W, const T* b,
-                const Records<T>& records, std::size_t start, std::size_t rows, ShareBuffers<T>& buf) {
+                const Records<T>& records, std::size_t start, std::size_t rows, std::size_t successor,
+                ShareBuffers<T>& buf) {
     const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
+    const std::size_t end = start + rows;
+    const auto prefetch = [&](std::size_t i) { records.prefetch(i < end ? i : successor + (i - end)); };
     const std::size_t group = kernels.group;
     // the softmax's logits class by class where the kernels take them so (a class's logits a row of `block`)
     const bool by_class = kernels.softmax_by_class && shape.loss == Loss::Softmax && n_out <= small_lanes<T>;
@@ -484,7 +489,7 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
         const std::size_t count = std::min(block, start + rows - first);
         const std::size_t padded = (count + group - 1) / group * group;
         for (std::size_t r = 0; r < count; ++r) {
-            if (r < kAhead) records.prefetch(first + count + r);
+            if (r < kAhead) prefetch(first + count + r);
             kernels.copy_row(buf.x.data() + r * P, records.row(first + r), n_in);
         }
         // the next block's rows are asked for a few at a time while this one computes (all at once, they would
@@ -492,7 +497,7 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
         std::size_t next = std::min(kAhead, block);
         const std::size_t per_group = (block - next + 2 * padded / group - 1) / (2 * padded / group);
         for (std::size_t g = 0; g < padded; g += group) {
-            for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
+            for (std::size_t q = 0; q < per_group && next < block; ++q) prefetch(first + count + next++);
             kernels.forward(W, b, buf.x.data() + g * P, group, P, n_out, buf.z.data() + g * z_rec, z_rec, z_out);
         }
         const std::int64_t* picked = records.order ? records.order + first : nullptr;
@@ -502,7 +507,7 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
         for (std::size_t k = 0; k < (by_class ? n_out : 1); ++k)  // dL/dz zero on the padding rows
             std::fill(buf.z.begin() + k * z_out + count * z_rec, buf.z.begin() + k * z_out + padded * z_rec, T(0));
         for (std::size_t g = 0; g < padded; g += group) {
-            for (std::size_t q = 0; q < per_group && next < block; ++q) records.prefetch(first + count + next++);
+            for (std::size_t q = 0; q < per_group && next < block; ++q) prefetch(first + count + next++);
             kernels.backward(buf.G.data(), buf.db.data(), buf.z.data() + g * z_rec, buf.x.data() + g * P, group, P,
                              n_out, z_rec, z_out);
         }
@@ -517,6 +522,13 @@ void set_linear_wide_kernels(bool on) { wide_kernels_allowed.store(on, std::memo
 bool linear_step_fits(const Shape& shape) {
     return shape.n_layers() == 1 && shape.n_out() * shape.n_in() <= kMaxWeights;
 }
+
+namespace {
+
+// The parts a step of `rows` records is cut in, whatever the threads.
+std::size_t parts_of(std::size_t rows) { return rows >= kShareRows * kShares ? kShares : 1; }
+
+}  // namespace
 
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
@@ -542,11 +554,20 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         const std::size_t rows = std::min(batch, n - start);
         // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on
         // them; on two threads the parts read X side by side, twice the rows in flight from memory.
-        const std::size_t parts = rows >= kShareRows * kShares ? kShares : 1, per_part = (rows + parts - 1) / parts;
+        const std::size_t parts = parts_of(rows), per_part = (rows + parts - 1) / parts;
+        // On two threads share s asks for the first rows of the next step's share s, which the same thread most often
+        // takes (the caller the first, the helper the second): the rows after its own are the other thread's, and
+        // asked for here they would arrive in the wrong core's caches, leaving each share's first block to wait on
+        // memory row by row. On one thread the rows in turn.
+        const std::size_t next_start = start + rows, next_rows = std::min(batch, n - std::min(n, next_start));
+        const std::size_t next_parts = next_rows ? parts_of(next_rows) : 0;
+        const std::size_t next_per_part = next_parts ? (next_rows + next_parts - 1) / next_parts : 0;
+        const bool side_by_side = parts > 1 && threads > 1;
         parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
             for (std::size_t s = first; s < last; ++s) {
                 const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
-                share_sums(shape, layout, kernels, W.data(), b, records, begin, end - begin, shares[s]);
+                const std::size_t successor = !side_by_side ? end : s < next_parts ? next_start + s * next_per_part : n;
+                share_sums(shape, layout, kernels, W.data(), b, records, begin, end - begin, successor, shares[s]);
             }
         });
         for (std::size_t s = 0; s < parts; ++s) result.stats += shares[s].stats;
