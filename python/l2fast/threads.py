@@ -249,14 +249,15 @@ def busy_cpus() -> int:
     return _busy_seen[1]
 
 
-def read_busy_cpus(samples: int = 5, interval: float = 1e-4) -> int:
+def read_busy_cpus(samples: int = 3, interval: float = 5e-5) -> int:
     """CPUs kept busy by other processes: the runnable tasks of the machine (the median of a few readings a fraction
     of a millisecond apart: a task runnable for a moment is not load; one that is runnable in most readings is) less
     this process's own, counted once after them. 0 where /proc/loadavg cannot be read. The waits between readings
     spin: a sleep of 0.1 ms takes 0.2-0.7 ms on a busy machine (the wake-up waits for a core), which with a count of
     our own threads per reading made the reading 1.2-2.7 ms, a tenth of a small fit taken after a pause (its first
-    call reads afresh); now about 0.5 ms. It stops as soon as most of the readings it would take have found this
-    thread alone (the median is then this thread): a quiet machine's reading takes 0.3 ms instead of 0.6."""
+    call reads afresh). It stops as soon as most of the readings it would take have found this thread alone (the
+    median is then this thread). Three readings 50 us apart, since a reading that finds work is taken again 5 ms later
+    (busy_cpus): five 0.1 ms apart took 0.6 ms of a digits fit after a pause, these about 0.15 ms."""
     readings = []
     for i in range(samples):
         text = _read("/proc/loadavg")
