@@ -6,7 +6,8 @@ runs, per round, one fresh process of each build and each model (100 -> 1 logist
 on A's data (100k x 100 float32, batch 256, plain SGD, shuffled), and prints each process's figures and the
 ratios first / each other build per round. A child (``--child K``) times ``fit(epochs=1)`` ``--calls`` times (the
 epoch as ``History.seconds`` gives it, the call's wall time, the calling thread's CPU time and the process's CPU
-time, which counts the helper thread too), then one ``fit(epochs=15)`` (its epochs' seconds).
+time, which counts the helper thread too), then one ``fit(epochs=15)`` (its epochs' seconds), then the floor as
+bench A measures it (``_core.shuffled_read_seconds``, the median of nine single reads) and the epoch over it.
 """
 import argparse
 import json
@@ -41,8 +42,17 @@ def child(k, calls):
         epoch.append(history.seconds[0])
     history = net.fit(X, y, epochs=15, lr=0.01, batch_size=256)
     ms = lambda v: 1e3 * statistics.median(v)
+    # the floor as bench A takes it: X's rows read once in a shuffled order, the median of single reads (a build
+    # without the measure gives nan)
+    try:
+        from l2fast import _core
+        read = getattr(_core, "shuffled_read_seconds", None)
+    except ImportError:
+        read = None
+    floor = ms([read(X, 1) for _ in range(9)]) if read is not None else float("nan")
     print(json.dumps({"fit1": ms(epoch), "fit1_min": 1e3 * min(epoch), "fit15": ms(history.seconds),
-                      "wall1": ms(wall), "thread1": ms(thread), "process1": ms(process)}))
+                      "wall1": ms(wall), "thread1": ms(thread), "process1": ms(process), "floor": floor,
+                      "fit1_floor": ms(epoch) / floor}))
 
 
 def main():
@@ -55,8 +65,9 @@ def main():
     if args.child:
         return child(args.child, args.calls)
     builds = [p.split("=", 1) for p in args.python]
-    keys = ["fit1", "fit1_min", "fit15", "wall1", "thread1", "process1"]
+    keys = ["fit1", "fit1_min", "fit15", "wall1", "thread1", "process1", "floor", "fit1_floor"]
     ratios = {k: {name: [] for name, _ in builds[1:]} for k in (1, 10)}
+    floors = {k: {name: [] for name, _ in builds} for k in (1, 10)}
     load = lambda: open("/proc/loadavg").read().split()[:3]
     print("load", *load(), flush=True)
     for rnd in range(args.rounds):
@@ -66,6 +77,7 @@ def main():
                 out = subprocess.run([python, os.path.abspath(__file__), "--child", str(k), "--calls", str(args.calls)],
                                      capture_output=True, text=True, check=True, cwd="/tmp")
                 got[name] = json.loads(out.stdout.strip().splitlines()[-1])
+                floors[k][name].append(got[name]["fit1_floor"])
                 print(f"round {rnd} 100->{k:<2} {name:>6} " + " ".join(f"{key} {got[name][key]:6.2f}" for key in keys),
                       flush=True)
             ref = builds[0][0]
@@ -75,6 +87,11 @@ def main():
                 print(f"round {rnd} 100->{k:<2} {ref}/{name} " + " ".join(f"{key} {v:.2f}x" for key, v in r.items()),
                       f"load {' '.join(load())}", flush=True)
     for k in (1, 10):
+        for name, per_round in floors[k].items():
+            if per_round and per_round[0] == per_round[0]:  # not nan
+                print(f"100->{k:<2} {name} epoch of fit(epochs=1) / floor: median {statistics.median(per_round):.2f}x "
+                      f"min {min(per_round):.2f}x max {max(per_round):.2f}x  per round "
+                      + " ".join(f"{x:.2f}" for x in per_round))
         for name, rs in ratios[k].items():
             for key in ("fit1", "fit15", "wall1", "process1"):
                 v = [r[key] for r in rs]
