@@ -226,8 +226,8 @@ BUSY_READING_LIFETIME = 0.2  # seconds a reading (about 1 ms on a busy machine) 
 # A reading that finds other work serves this long at first, twice as long for each such reading in a row, up to
 # BUSY_READING_LIFETIME: a machine that wakes from idle often runs a kernel task for a few milliseconds (5-12 ms seen
 # on the 2-vCPU EPYC guest, in 2 of 60 wakes after 0.25 s of sleep), and a reading taken then made a whole small fit
-# after a pause run on one thread (3-6 of 25 digits fits, 22-28 ms instead of 15-18; benchmarks/README.md, R, session
-# 14). Work that lasts is read again a few times in its first 0.3 s (0.5 ms each), then every 0.2 s as before.
+# after a pause run on one thread (3-6 of 25 digits fits, 24-44 ms instead of about 17; benchmarks/README.md, R, session
+# 14). Work that lasts is read again a few times in its first 0.3 s (0.1-0.3 ms each), then every 0.2 s as before.
 BUSY_FIRST_LIFETIME = 0.005
 
 
@@ -257,7 +257,7 @@ def read_busy_cpus(samples: int = 3, interval: float = 5e-5) -> int:
     our own threads per reading made the reading 1.2-2.7 ms, a tenth of a small fit taken after a pause (its first
     call reads afresh). It stops as soon as most of the readings it would take have found this thread alone (the
     median is then this thread). Three readings 50 us apart, since a reading that finds work is taken again 5 ms later
-    (busy_cpus): five 0.1 ms apart took 0.6 ms of a digits fit after a pause, these about 0.15 ms."""
+    (busy_cpus): five 0.1 ms apart took 0.6 ms of a digits fit after a pause, these 0.23 ms (0.08 ms warm)."""
     readings = []
     for i in range(samples):
         text = _read("/proc/loadavg")
