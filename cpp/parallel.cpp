@@ -45,8 +45,8 @@ bool spin_until(Ready ready, std::chrono::microseconds spin = kSpin) {
 // A job is cut in `shares` contiguous parts of [0, n), fixed by n and shares alone; the caller and the helpers claim
 // them one at a time, so a helper that wakes late (or shares its core with another process) takes fewer parts or
 // none, and the caller never waits for a helper that has not started: it does the parts left itself, and waits
-// only for the parts already taken. The job's state is one word, its number and the next part to take: a claim is
-// a compare-and-swap on it, which fails once the job has moved on.
+// only for the parts already taken. The job's state is one word, its number, its share count and the next part to
+// take: a claim is a compare-and-swap on it, which fails once the job has moved on.
 class Pool {
 public:
     explicit Pool(std::size_t helpers) {
@@ -73,10 +73,9 @@ public:
             caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
             body_.store(&body, std::memory_order_relaxed);
             n_.store(n, std::memory_order_relaxed);
-            shares_.store(shares, std::memory_order_relaxed);
             done_.store(0, std::memory_order_relaxed);
             job = job_of(state_.load(std::memory_order_relaxed)) + 1;
-            state_.store(job << kPartBits, std::memory_order_release);
+            state_.store(state_of(job, shares, 0), std::memory_order_release);
         }
         wake_.notify_all();
         take_parts(job);
@@ -87,21 +86,33 @@ public:
         }
     }
 
+    static constexpr std::size_t kMaxShares = (std::size_t(1) << 12) - 1;
+
 private:
-    static constexpr unsigned kPartBits = 24;  // parts of a job: at most 2^24 (parallel_for has one per thread)
-    static std::uint64_t job_of(std::uint64_t state) { return state >> kPartBits; }
+    // The job's state is one word: its number, its share count and the next part to take. The share count is in the
+    // word, not beside it, so that a claim is checked against the very job it claims: a thread that read the state of
+    // a finished job while its caller was setting up the next one (new share count and all) must fail its claim, not
+    // take part `shares` of the old job, run it with the new job's fields and count it as done for the new job (a
+    // hang at 1 in ~60 runs of test_parallel_for_back_to_back_jobs, the new job's count past its shares).
+    static constexpr unsigned kPartBits = 12, kShareBits = 12;  // then 40 bits of job number
+    static constexpr std::uint64_t kPartMask = (std::uint64_t(1) << kPartBits) - 1;
+    static std::uint64_t state_of(std::uint64_t job, std::size_t shares, std::size_t part) {
+        return job << (kShareBits + kPartBits) | std::uint64_t(shares) << kPartBits | part;
+    }
+    static std::uint64_t job_of(std::uint64_t state) { return state >> (kShareBits + kPartBits); }
+    static std::size_t shares_of(std::uint64_t state) { return std::size_t(state >> kPartBits & kPartMask); }
+    static std::size_t part_of(std::uint64_t state) { return std::size_t(state & kPartMask); }
 
     // Claims and runs parts of job `job` until none is left (or the job is over).
     void take_parts(std::uint64_t job) {
         std::uint64_t state = state_.load(std::memory_order_acquire);
         while (job_of(state) == job) {
-            const std::size_t part = std::size_t(state & ((std::uint64_t(1) << kPartBits) - 1));
-            const std::size_t shares = shares_.load(std::memory_order_relaxed);
+            const std::size_t part = part_of(state), shares = shares_of(state);
+            if (part >= shares) return;
+            // n and body are read after a state of this job (acquire) and before the claim: if the claim succeeds, the
+            // job still had this part to do, so its caller has not yet set up the next job over them
             const std::size_t n = n_.load(std::memory_order_relaxed);
             const auto* body = body_.load(std::memory_order_relaxed);
-            if (part >= shares) return;
-            // the fields read above are this job's if the claim succeeds: the next job is set up only after every
-            // part of this one is done, so not before this part is taken
             if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel, std::memory_order_acquire))
                 continue;
             const std::size_t begin = n * part / shares, end = n * (part + 1) / shares;
@@ -138,8 +149,8 @@ private:
     std::mutex mutex_;
     std::condition_variable wake_, done_cv_;
     std::atomic<const std::function<void(std::size_t, std::size_t)>*> body_{nullptr};
-    std::atomic<std::size_t> n_{0}, shares_{1}, done_{0};
-    std::atomic<std::uint64_t> state_{0};  // the job's number << kPartBits | the next part to take
+    std::atomic<std::size_t> n_{0}, done_{0};
+    std::atomic<std::uint64_t> state_{0};  // state_of(the job's number, its shares, the next part to take)
     std::atomic<std::int64_t> linger_{kSpin.count()};  // how long the helpers poll after the last job, in us
     std::atomic<bool> stopping_{false};
     std::atomic<int> caller_cpu_{-1};  // the CPU the caller of the latest job ran on when it posted it
@@ -190,9 +201,17 @@ bool leave_cpu(int cpu) {
 #endif
 }
 
+namespace {
+
+std::size_t share_count(std::size_t n, std::size_t threads, std::size_t min_share) {
+    return std::min({threads, n / std::max<std::size_t>(min_share, 1), Pool::kMaxShares});
+}
+
+}  // namespace
+
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body, std::chrono::microseconds linger) {
-    const std::size_t shares = std::min(threads, n / std::max<std::size_t>(min_share, 1));
+    const std::size_t shares = share_count(n, threads, min_share);
     if (shares < 2) {
         if (n) body(0, n);
         return;
@@ -210,7 +229,7 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
 
 double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,
                     const std::function<double(std::size_t, std::size_t)>& body) {
-    const std::size_t shares = std::min(threads, n / std::max<std::size_t>(min_share, 1));
+    const std::size_t shares = share_count(n, threads, min_share);
     if (shares < 2) return n ? body(0, n) : 0.0;
     std::vector<double> sums(shares, 0.0);
     // share i begins at floor(n i / shares), and every share has at least min_share >= 1 entries, so i is

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <random>
@@ -362,6 +363,47 @@ static void test_parallel_for_back_to_back_jobs() {
         CHECK(once);
         if (job % 500 == 499) std::this_thread::sleep_for(std::chrono::microseconds(200));  // let helpers sleep
     }
+}
+
+// Jobs of two shares and of four, one after the other, many times: a helper that read the state of a finished job of
+// two shares while its caller was setting up the next job of four once took part 2 of the old job, ran it with the
+// new job's fields and counted it as done for the new one, so the new job's count passed its share count and its
+// caller waited forever (or returned before a part was done). Every index is done once per job, no part runs after
+// parallel_for returns, and a watchdog fails the test, rather than hang it, when a job never finishes.
+static void test_parallel_for_jobs_of_changing_share_counts() {
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+    constexpr int kJobs = 20000;  // the sanitizers find the race itself; the release build runs into its effects
+#else
+    constexpr int kJobs = 400000;  // before the fix: a hang or a miscount in about two runs of three of 200000 jobs
+#endif
+    std::atomic<bool> finished{false};
+    std::thread watchdog([&] {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+        while (!finished.load() && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (!finished.load()) {
+            std::printf("FAILED: parallel_for jobs of changing share counts did not finish in 60 s\n");
+            std::fflush(stdout);
+            std::_Exit(1);
+        }
+    });
+    std::vector<int> hits(400);
+    std::atomic<int> running{0};
+    int wrong = 0;
+    for (int job = 0; job < kJobs; ++job) {
+        const std::size_t n = job % 2 ? 400 : 100, threads = job % 2 ? 4 : 2;  // shares of 100 records
+        std::fill(hits.begin(), hits.end(), 0);
+        parallel_for(n, threads, 50, [&](std::size_t begin, std::size_t end) {
+            running.fetch_add(1);
+            for (std::size_t i = begin; i < end; ++i) ++hits[i];
+            running.fetch_sub(1);
+        });
+        wrong += running.load() != 0;
+        for (std::size_t i = 0; i < hits.size(); ++i) wrong += hits[i] != (i < n ? 1 : 0);
+    }
+    finished.store(true);
+    watchdog.join();
+    CHECK(wrong == 0);
 }
 
 // leave_cpu moves the calling thread off the CPU it names when the thread runs there and may run elsewhere, and
@@ -1464,6 +1506,7 @@ int main() {
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
+    test_parallel_for_jobs_of_changing_share_counts();
     test_parallel_for_caller_takes_the_shares_a_late_helper_leaves();
     test_leave_cpu_moves_off_and_keeps_the_mask();
     test_parallel_sum_adds_the_shares_in_order();
