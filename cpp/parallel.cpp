@@ -7,9 +7,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
@@ -84,6 +86,17 @@ public:
             std::unique_lock<std::mutex> lock(mutex_);
             done_cv_.wait(lock, finished);
         }
+        // every part is done (or has thrown), so no thread touches the job any more: its first exception, if any,
+        // goes to the caller, and the pool is ready for the next job
+        if (failed_.load(std::memory_order_acquire)) {
+            std::exception_ptr error;
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                error = std::exchange(error_, nullptr);
+                failed_.store(false, std::memory_order_relaxed);
+            }
+            std::rethrow_exception(error);
+        }
     }
 
     static constexpr std::size_t kMaxShares = (std::size_t(1) << 12) - 1;
@@ -116,7 +129,15 @@ private:
             if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel, std::memory_order_acquire))
                 continue;
             const std::size_t begin = n * part / shares, end = n * (part + 1) / shares;
-            if (begin < end) (*body)(begin, end);
+            if (begin < end) {
+                try {
+                    (*body)(begin, end);
+                } catch (...) {  // counted as done all the same: the caller rethrows it once every part is over
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    if (!error_) error_ = std::current_exception();
+                    failed_.store(true, std::memory_order_release);
+                }
+            }
             if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == shares) {
                 std::lock_guard<std::mutex> lock(mutex_);  // the caller cannot miss the notify
                 done_cv_.notify_one();
@@ -153,6 +174,8 @@ private:
     std::atomic<std::uint64_t> state_{0};  // state_of(the job's number, its shares, the next part to take)
     std::atomic<std::int64_t> linger_{kSpin.count()};  // how long the helpers poll after the last job, in us
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> failed_{false};  // a part of the job in hand threw: error_ holds the first exception
+    std::exception_ptr error_;          // under mutex_
     std::atomic<int> caller_cpu_{-1};  // the CPU the caller of the latest job ran on when it posted it
 };
 

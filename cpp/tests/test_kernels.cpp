@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -404,6 +405,35 @@ static void test_parallel_for_jobs_of_changing_share_counts() {
     finished.store(true);
     watchdog.join();
     CHECK(wrong == 0);
+}
+
+// A share that throws, on the caller's thread or a helper's: the other shares still run, parallel_for rethrows the
+// exception to its caller once every share is over (a helper's never ends the process), and the next job runs whole.
+static void test_parallel_for_passes_a_shares_exception_to_the_caller() {
+    std::vector<int> hits(400);
+    int caught = 0, whole = 0;
+    for (int job = 0; job < 400; ++job) {
+        const std::size_t thrower = std::size_t(job) % 4;  // shares of 100: the share that throws, whoever runs it
+        std::fill(hits.begin(), hits.end(), 0);
+        try {
+            parallel_for(400, 4, 50, [&](std::size_t begin, std::size_t end) {
+                if (begin / 100 == thrower) throw std::runtime_error("share " + std::to_string(thrower));
+                for (std::size_t i = begin; i < end; ++i) ++hits[i];
+            });
+        } catch (const std::runtime_error& e) {
+            caught += std::string(e.what()) == "share " + std::to_string(thrower);
+        }
+        bool others = true;
+        for (std::size_t i = 0; i < hits.size(); ++i) others = others && hits[i] == (i / 100 == thrower ? 0 : 1);
+        whole += others;
+        std::fill(hits.begin(), hits.end(), 0);
+        parallel_for(400, 4, 50, [&](std::size_t begin, std::size_t end) {
+            for (std::size_t i = begin; i < end; ++i) ++hits[i];
+        });
+        whole += std::all_of(hits.begin(), hits.end(), [](int h) { return h == 1; });
+    }
+    CHECK(caught == 400);
+    CHECK(whole == 800);
 }
 
 // leave_cpu moves the calling thread off the CPU it names when the thread runs there and may run elsewhere, and
@@ -1507,6 +1537,7 @@ int main() {
     test_parallel_for_covers_every_index_once();
     test_parallel_for_back_to_back_jobs();
     test_parallel_for_jobs_of_changing_share_counts();
+    test_parallel_for_passes_a_shares_exception_to_the_caller();
     test_parallel_for_caller_takes_the_shares_a_late_helper_leaves();
     test_leave_cpu_moves_off_and_keeps_the_mask();
     test_parallel_sum_adds_the_shares_in_order();
