@@ -34,8 +34,10 @@ void set_linear_wide_kernels(bool on);
 
 // Seconds to read every row of X (m x n_in) once, in a shuffled order of the rows (drawn here, seeded), summing
 // them, with the prefetching linear_sgd_epoch does: the memory traffic an epoch of a linear model cannot avoid, the
-// floor `l2fast bench` compares config A with. The best of `repeats` orders.
+// floor `l2fast bench` compares config A with. The best of `repeats` orders. With batch > 0, the floor as issue 19
+// words it: each batch's rows gathered once (copied into a buffer, same order and prefetching), then the buffer read
+// twice from cache, as the fused step's forward and gradient passes read their rows.
 template <class T>
-double shuffled_read_seconds(const T* X, std::size_t m, std::size_t n_in, int repeats);
+double shuffled_read_seconds(const T* X, std::size_t m, std::size_t n_in, int repeats, std::size_t batch = 0);
 
 }  // namespace l2fast

@@ -839,13 +839,13 @@ void axpy_t(double alpha, const py::handle& x_obj, const py::handle& y_obj) {
 }
 
 template <class T>
-double shuffled_read_t(const py::handle& X_obj, int repeats) {
+double shuffled_read_t(const py::handle& X_obj, int repeats, std::size_t batch) {
     const py::array X = checked<T>(X_obj, "X", {-1, -1});
     if (X.shape(0) == 0 || X.shape(1) == 0) throw std::invalid_argument("X: expected at least one row and column");
     const T* data = cptr<T>(X);
     const std::size_t m = std::size_t(X.shape(0)), n_in = std::size_t(X.shape(1));
     ReleasedGil release;
-    return l2fast::shuffled_read_seconds(data, m, n_in, repeats);
+    return l2fast::shuffled_read_seconds(data, m, n_in, repeats, batch);
 }
 
 // Float or double from an array's dtype; anything else is a TypeError naming the argument.
@@ -1239,15 +1239,19 @@ PYBIND11_MODULE(_core, m) {
 
     m.def(
         "shuffled_read_seconds",
-        [](const py::handle& X_obj, int repeats) {
+        [](const py::handle& X_obj, int repeats, long long batch_size) {
             if (repeats < 1) throw std::invalid_argument("repeats must be >= 1, got " + std::to_string(repeats));
+            if (batch_size < 0)
+                throw std::invalid_argument("batch_size must be >= 0, got " + std::to_string(batch_size));
+            const std::size_t batch = std::size_t(batch_size);
             return by_array_dtype(
-                X_obj, "X", [&] { return shuffled_read_t<float>(X_obj, repeats); },
-                [&] { return shuffled_read_t<double>(X_obj, repeats); });
+                X_obj, "X", [&] { return shuffled_read_t<float>(X_obj, repeats, batch); },
+                [&] { return shuffled_read_t<double>(X_obj, repeats, batch); });
         },
-        py::arg("X"), py::arg("repeats") = 5,
+        py::arg("X"), py::arg("repeats") = 5, py::arg("batch_size") = 0,
         "Seconds to read every row of X (m x n_in, float32 or float64, C order) once in a shuffled order, the best of "
-        "`repeats` orders: the memory traffic an epoch of a linear model on X cannot avoid.");
+        "`repeats` orders: the memory traffic an epoch of a linear model on X cannot avoid. With batch_size > 0, "
+        "each batch's rows are gathered once into a buffer and the buffer then read twice (issue 19's floor).");
 
     m.def(
         "epoch_order",

@@ -51,6 +51,8 @@ def test_bench_writes_its_record(tmp_path, capsys):
         assert entry["ratios"]["l2fast numpy / l2fast cpu"] > 0
         assert entry["ratios"][f"l2fast cpu / {bench.GemmOnlyContender.name}"] > 0
         assert set(record["lambda_price"][key]) == {"numpy", "cpu"}
+    for name in (bench.ShuffledReadContender.name, bench.GatheredBatchContender.name):  # the linear model's floors
+        assert record["configs"]["A"]["ratios"][f"l2fast cpu / {name}"] > 0
     (row,) = record["update"]
     assert row["parameters"] == 10_000 and set(row["median_s"]) == {"l2fast", "naive", "axpy"}
     assert {row["backend"] for row in record["sweep"]} == {"numpy", "cpu"}
@@ -78,6 +80,14 @@ def test_standalone_l2_update_matches_the_reference_formula(shape):
         np.testing.assert_allclose(W, want, rtol=tol, atol=tol)
 
 
+def test_floor_reads_take_time_for_every_batch_size():
+    X = np.random.default_rng(0).normal(size=(3000, 37)).astype(np.float32)
+    for batch in (0, 1, 256, 2999, 3000, 10**6):  # 0: the rows read once; else gathered by batch, read twice
+        for data in (X, X.astype(np.float64)):
+            seconds = _core.shuffled_read_seconds(data, 2, batch)
+            assert 0 < seconds < 10
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda W, dW: _core.l2_update(W, dW.astype(np.float32), 0.1, 0.0), TypeError, "dW: expected dtype float64"),
     (lambda W, dW: _core.l2_update(W, dW[:3], 0.1, 0.0), ValueError, r"dW: expected shape \(7, 5\)"),
@@ -90,6 +100,10 @@ def test_standalone_l2_update_matches_the_reference_formula(shape):
     (lambda W, dW: _core.axpy(float("nan"), dW, W), ValueError, "alpha"),
     (lambda W, dW: _core.gemm_only_epoch_seconds([3], 10, 2, "float32"), ValueError, "layer_sizes"),
     (lambda W, dW: _core.gemm_only_epoch_seconds([3, 2], 10, 2, "int8"), ValueError, "dtype"),
+    (lambda W, dW: _core.shuffled_read_seconds(W, 1, -1), ValueError, "batch_size"),
+    (lambda W, dW: _core.shuffled_read_seconds(W, 0, 4), ValueError, "repeats"),
+    (lambda W, dW: _core.shuffled_read_seconds(W[:0], 1, 4), ValueError, "X"),
+    (lambda W, dW: _core.shuffled_read_seconds(W.astype(np.int32), 1, 4), TypeError, "X"),
 ])
 def test_standalone_kernels_validate(call, error, match):
     W = np.ones((7, 5))

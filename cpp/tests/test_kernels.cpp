@@ -436,6 +436,21 @@ static void test_parallel_for_passes_a_shares_exception_to_the_caller() {
     CHECK(whole == 800);
 }
 
+// The floors' reads (bench A): rows read once, or gathered by batch and read twice, for batches of one row, of
+// several, of every row and of more rows than there are (the buffer then holds every row, never more): each takes
+// some time and reads inside X and its buffer (the sanitizer builds check the second).
+static void test_floor_reads_for_every_batch_size() {
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> normal;
+    const std::size_t m = 301, n_in = 19;
+    std::vector<float> X(m * n_in);
+    for (float& v : X) v = normal(rng);
+    for (std::size_t batch : {std::size_t(0), std::size_t(1), std::size_t(7), m, m + 5}) {
+        const double seconds = shuffled_read_seconds(X.data(), m, n_in, 2, batch);
+        CHECK(seconds > 0 && seconds < 10);
+    }
+}
+
 // leave_cpu moves the calling thread off the CPU it names when the thread runs there and may run elsewhere, and
 // leaves its CPU mask as it was; a CPU it does not run on, or one outside the mask, changes nothing.
 static void test_leave_cpu_moves_off_and_keeps_the_mask() {
@@ -1564,6 +1579,7 @@ int main() {
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
     test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
     test_shuffled_order_drawn_is_the_order_of_the_drawn_words();
+    test_floor_reads_for_every_batch_size();
     test_linear_steps_of_two_shares_on_one_and_two_threads();
     std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;

@@ -355,6 +355,24 @@ class ShuffledReadContender:
         return self.core.shuffled_read_seconds(self.X, 1)
 
 
+class GatheredBatchContender:
+    """Issue 19's floor of a linear model's epoch: each batch's rows gathered once out of X in a shuffled order (copied
+    into a buffer, with the same prefetching), then the batch read twice from cache, as a step's forward and gradient
+    passes read it (``_core.shuffled_read_seconds(X, 1, batch)``). Looser than the floor above: a fused step reads
+    each block of rows from L1 while it is there, so it can come in under this one."""
+
+    name = "X gathered by batch, batch read twice (issue's floor)"
+    device = "cpu"
+
+    def __init__(self, config, X):
+        from l2fast.backends.cpu import _core
+
+        self.core, self.X, self.batch = _core, X, config.batch
+
+    def epoch(self):
+        return self.core.shuffled_read_seconds(self.X, 1, self.batch)
+
+
 class GpuGemmOnlyContender:
     """The GPU's limit: the GEMMs of one epoch alone (forward, input gradients, weight gradients with
     beta = 1, a partial last batch included) through cuBLAS, as one CUDA graph timed with CUDA events
@@ -496,7 +514,8 @@ def ratios_for(results, ours):
     return ratios
 
 
-LIMITS = {GemmOnlyContender.name: "cpu", ShuffledReadContender.name: "cpu", GpuGemmOnlyContender.name: "cuda"}
+LIMITS = {GemmOnlyContender.name: "cpu", ShuffledReadContender.name: "cpu", GatheredBatchContender.name: "cpu",
+          GpuGemmOnlyContender.name: "cuda"}
 
 
 def bench_config(config, backends, repeats, out):
@@ -506,7 +525,7 @@ def bench_config(config, backends, repeats, out):
     if "cpu" in backends:
         contenders.append(GemmOnlyContender(config))
         if len(config.sizes) == 2:
-            contenders.append(ShuffledReadContender(config, X))
+            contenders += [ShuffledReadContender(config, X), GatheredBatchContender(config, X)]
     if "cuda" in backends:
         contenders.append(GpuGemmOnlyContender(config))
     results = summarise(interleaved(contenders, repeats), config.m)
