@@ -361,7 +361,7 @@ class GatheredBatchContender:
     passes read it (``_core.shuffled_read_seconds(X, 1, batch)``). Looser than the floor above: a fused step reads
     each block of rows from L1 while it is there, so it can come in under this one."""
 
-    name = "X gathered by batch, batch read twice (issue's floor)"
+    name = "X by batch, read twice (issue's floor)"
     device = "cpu"
 
     def __init__(self, config, X):
