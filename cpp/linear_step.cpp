@@ -618,9 +618,7 @@ L2FAST_FMA_CLONES T read_rows(const Records<T>& records) {
     return tail;
 }
 
-// The floor for a step of `batch` records: the batch's rows gathered once out of X (copied, in the shuffled
-// order, with the same prefetching) into a buffer, then the buffer read twice from cache, as a fused step's forward
-// and gradient passes read it. Returns the sum of what it read.
+// The sum of count values, in four vector accumulators (read_rows' loop over one contiguous array).
 template <class T>
 L2FAST_FMA_CLONES T sum_values(const T* x, std::size_t count) {
     using V = Vec<T>;
@@ -636,6 +634,9 @@ L2FAST_FMA_CLONES T sum_values(const T* x, std::size_t count) {
     return tail;
 }
 
+// The floor for steps of `batch` records: each batch's rows gathered once out of X (copied, in the shuffled
+// order, with the same prefetching) into a buffer, then the buffer read twice from cache, as a fused step's forward
+// and gradient passes read it. Returns the sum of what it read.
 template <class T>
 T gather_and_read_twice(const Records<T>& records, std::size_t batch, T* buffer) {
     T total = T(0);
