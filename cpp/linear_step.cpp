@@ -596,42 +596,47 @@ template EpochResult linear_sgd_epoch(const Shape&, Params<double>&, const Datas
 
 namespace {
 
-// Reads the epoch's records' rows in order, prefetched as the step does, summing them into a few vectors (kept in
-// registers: a sum in memory would make the loop one store after another instead of a read). Returns the sum.
+// Adds the count values at x into four vectors and a scalar tail, four vectors at a time, then one, then singles: the
+// floors' reads, kept in registers by their callers (a sum in memory would make the loop one store after another
+// instead of a read).
 template <class T>
-L2FAST_FMA_CLONES T read_rows(const Records<T>& records) {
+[[gnu::always_inline]] inline void add_values(Vec<T> acc[4], T& tail, const T* x, std::size_t count) {
     using V = Vec<T>;
     constexpr std::size_t L = kWidth<T>;
-    V acc[4] = {};
-    T tail = T(0);
-    for (std::size_t i = 0; i < records.n; ++i) {
-        records.prefetch(i + kAhead);
-        const T* x = records.row(i);
-        std::size_t j = 0;
-        for (; j + 4 * L <= records.n_in; j += 4 * L)
-            for (std::size_t h = 0; h < 4; ++h) acc[h] += load<V>(x + j + h * L);
-        for (; j + L <= records.n_in; j += L) acc[0] += load<V>(x + j);
-        for (; j < records.n_in; ++j) tail += x[j];
-    }
-    const V all = acc[0] + acc[1] + acc[2] + acc[3];
-    for (std::size_t l = 0; l < L; ++l) tail += all[l];
-    return tail;
-}
-
-// The sum of count values, in four vector accumulators (read_rows' loop over one contiguous array).
-template <class T>
-L2FAST_FMA_CLONES T sum_values(const T* x, std::size_t count) {
-    using V = Vec<T>;
-    constexpr std::size_t L = kWidth<T>;
-    V acc[4] = {};
     std::size_t j = 0;
     for (; j + 4 * L <= count; j += 4 * L)
         for (std::size_t h = 0; h < 4; ++h) acc[h] += load<V>(x + j + h * L);
-    T tail = T(0);
+    for (; j + L <= count; j += L) acc[0] += load<V>(x + j);
     for (; j < count; ++j) tail += x[j];
-    const V all = acc[0] + acc[1] + acc[2] + acc[3];
-    for (std::size_t l = 0; l < L; ++l) tail += all[l];
+}
+
+// The sum of what add_values added.
+template <class T>
+[[gnu::always_inline]] inline T total_of(const Vec<T> acc[4], T tail) {
+    const Vec<T> all = acc[0] + acc[1] + acc[2] + acc[3];
+    for (std::size_t l = 0; l < kWidth<T>; ++l) tail += all[l];
     return tail;
+}
+
+// Reads the epoch's records' rows in order, prefetched as the step does, summing them. Returns the sum.
+template <class T>
+L2FAST_FMA_CLONES T read_rows(const Records<T>& records) {
+    Vec<T> acc[4] = {};
+    T tail = T(0);
+    for (std::size_t i = 0; i < records.n; ++i) {
+        records.prefetch(i + kAhead);
+        add_values(acc, tail, records.row(i), records.n_in);
+    }
+    return total_of(acc, tail);
+}
+
+// The sum of count contiguous values.
+template <class T>
+L2FAST_FMA_CLONES T sum_values(const T* x, std::size_t count) {
+    Vec<T> acc[4] = {};
+    T tail = T(0);
+    add_values(acc, tail, x, count);
+    return total_of(acc, tail);
 }
 
 // The floor for steps of `batch` records: each batch's rows gathered once out of X (copied, in the shuffled
