@@ -457,15 +457,20 @@ private:
     std::size_t size_;
 };
 
-// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, the
-// share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz, and its loss sum.
+// What one share of a step works in: its block of rows copied out of X (rows of width P), the block's logits, its
+// own copy of W (n_out x P) and b, the share's sums G = sum dL/dz x^T (n_out x P) and db = sum dL/dz of the last two
+// steps (by the steps' parity: a step's sums are read by the next step's shares while this step's are written), and
+// its loss sum.
 template <class T>
 struct ShareBuffers {
-    LineAligned<T> x, z, G, db;
+    LineAligned<T> x, z, W, b;
+    LineAligned<T> G[2], db[2];
     alignas(kLine) LossStats stats;
 
     ShareBuffers(const StepLayout& layout, std::size_t n_out)
-        : x(layout.block * layout.P), z(layout.block * n_out), G(n_out * layout.P), db(n_out) {}
+        : x(layout.block * layout.P), z(layout.block * n_out), W(n_out * layout.P), b(n_out),
+          G{LineAligned<T>(n_out * layout.P), LineAligned<T>(n_out * layout.P)},
+          db{LineAligned<T>(n_out), LineAligned<T>(n_out)} {}
 };
 
 // One share of a step, records start..start+rows-1: its sums and loss sum into buf. Its last block asks for the rows
@@ -474,7 +479,7 @@ struct ShareBuffers {
 template <class T>
 void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels<T>& kernels, const T* W, const T* b,
                 const Records<T>& records, std::size_t start, std::size_t rows, std::size_t successor,
-                ShareBuffers<T>& buf) {
+                ShareBuffers<T>& buf, std::size_t parity) {
     const std::size_t n_in = records.n_in, n_out = records.n_out, P = layout.P, block = layout.block;
     const std::size_t end = start + rows;
     const auto prefetch = [&](std::size_t i) { records.prefetch(i < end ? i : successor + (i - end)); };
@@ -483,8 +488,10 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
     const bool by_class = kernels.softmax_by_class && shape.loss == Loss::Softmax && n_out <= small_lanes<T>;
     const std::size_t z_rec = by_class ? 1 : n_out, z_out = by_class ? block : 1;
     LossStats stats;
-    std::fill(buf.G.begin(), buf.G.end(), T(0));
-    std::fill(buf.db.begin(), buf.db.end(), T(0));
+    LineAligned<T>& G = buf.G[parity];
+    LineAligned<T>& db = buf.db[parity];
+    std::fill(G.begin(), G.end(), T(0));
+    std::fill(db.begin(), db.end(), T(0));
     for (std::size_t first = start; first < start + rows; first += block) {
         const std::size_t count = std::min(block, start + rows - first);
         const std::size_t padded = (count + group - 1) / group * group;
@@ -508,8 +515,8 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
             std::fill(buf.z.begin() + k * z_out + count * z_rec, buf.z.begin() + k * z_out + padded * z_rec, T(0));
         for (std::size_t g = 0; g < padded; g += group) {
             for (std::size_t q = 0; q < per_group && next < block; ++q) prefetch(first + count + next++);
-            kernels.backward(buf.G.data(), buf.db.data(), buf.z.data() + g * z_rec, buf.x.data() + g * P, group, P,
-                             n_out, z_rec, z_out);
+            kernels.backward(G.data(), db.data(), buf.z.data() + g * z_rec, buf.x.data() + g * P, group, P, n_out,
+                             z_rec, z_out);
         }
     }
     buf.stats = stats;
@@ -528,6 +535,44 @@ namespace {
 // The parts a step of `rows` records is cut in, whatever the threads.
 std::size_t parts_of(std::size_t rows) { return rows >= kShareRows * kShares ? kShares : 1; }
 
+// A step's update, waiting to be applied: its shares' sums (parts of them, in the buffers of its parity) and its
+// step size -lr/b. parts = 0: none.
+template <class T>
+struct PendingUpdate {
+    std::size_t parts = 0, parity = 0;
+    T step = T(0);
+};
+
+// Each share keeps its own W and b and, before its sums, applies the step before to them itself: W <- decay W + step
+// (G_0 + G_1), b <- b + step (db_0 + db_1), the same operations in the same order on every copy, so the copies stay
+// equal bit for bit (and equal to one W updated once). On two threads the update then runs on both at once, between
+// the steps no thread waits for the other to update, and W never moves between the cores' caches (only the sums do).
+// A share never misses an update it later needs: a step's parts follow from its rows alone, and only an epoch's last
+// step can be shorter (one share), whose update share 0 applies at the end. norms, when given: the sum of squares of
+// W as the step will find it, added in.
+template <class T>
+void apply_update(const PendingUpdate<T>& pending, std::vector<ShareBuffers<T>>& shares, T decay, ShareBuffers<T>& own,
+                  double* norms, std::size_t n_w) {
+    T* W = own.W.data();
+    T* b = own.b.data();
+    const std::size_t n_out = std::size_t(own.b.end() - own.b.begin());
+    if (pending.parts == 1) {
+        const T* G = shares[0].G[pending.parity].data();
+        const T* db = shares[0].db[pending.parity].data();
+        for (std::size_t i = 0; i < n_w; ++i) W[i] = decay * W[i] + pending.step * G[i];
+        for (std::size_t k = 0; k < n_out; ++k) b[k] += pending.step * db[k];
+    } else if (pending.parts == 2) {
+        static_assert(kShares == 2, "apply_update adds two shares' sums");
+        const T* G0 = shares[0].G[pending.parity].data();
+        const T* G1 = shares[1].G[pending.parity].data();
+        const T* db0 = shares[0].db[pending.parity].data();
+        const T* db1 = shares[1].db[pending.parity].data();
+        for (std::size_t i = 0; i < n_w; ++i) W[i] = decay * W[i] + pending.step * (G0[i] + G1[i]);
+        for (std::size_t k = 0; k < n_out; ++k) b[k] += pending.step * (db0[k] + db1[k]);
+    }
+    if (norms) *norms += sum_squares(W, n_w);  // zero past n_in
+}
+
 }  // namespace
 
 template <class T>
@@ -542,15 +587,21 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     const BlockKernels<T> kernels = block_kernels<T>();
     const StepLayout layout = StepLayout::of<T>(n_in, kernels);
     const std::size_t P = layout.P;
-    LineAligned<T> W(n_out * P);
-    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(params.W[0] + k * n_in, n_in, W.data() + k * P);
     std::vector<ShareBuffers<T>> shares;
     shares.reserve(kShares);
-    for (std::size_t s = 0; s < kShares; ++s) shares.emplace_back(layout, n_out);
+    for (std::size_t s = 0; s < kShares; ++s) {
+        shares.emplace_back(layout, n_out);
+        for (std::size_t k = 0; k < n_out; ++k)
+            std::copy_n(params.W[0] + k * n_in, n_in, shares[s].W.data() + k * P);
+        std::copy_n(params.b[0], n_out, shares[s].b.data());
+    }
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1), kShares);
     const T decay = T(1) - lr * lam_over_m;
-    T* b = params.b[0];
-    for (std::size_t start = 0; start < n; start += batch) {
+    // The step before this one, whose update each share applies to its own W and b before its sums (see
+    // apply_update): none before an epoch's first step.
+    PendingUpdate<T> pending;
+    double norms = 0.0;  // the weights' sum of squares as each step found them, added up by share 0
+    for (std::size_t start = 0, step = 0; start < n; start += batch, ++step) {
         const std::size_t rows = std::min(batch, n - start);
         // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on
         // them; on two threads the parts read X side by side, twice the rows in flight from memory.
@@ -563,29 +614,30 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         const std::size_t next_parts = next_rows ? parts_of(next_rows) : 0;
         const std::size_t next_per_part = next_parts ? (next_rows + next_parts - 1) / next_parts : 0;
         const bool side_by_side = parts > 1 && threads > 1;
+        const std::size_t parity = step % 2;
         parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
             for (std::size_t s = first; s < last; ++s) {
+                ShareBuffers<T>& own = shares[s];
+                apply_update(pending, shares, decay, own, s == 0 && with_norms ? &norms : nullptr, n_out * P);
                 const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
                 const std::size_t successor = !side_by_side ? end : s < next_parts ? next_start + s * next_per_part : n;
-                share_sums(shape, layout, kernels, W.data(), b, records, begin, end - begin, successor, shares[s]);
+                share_sums(shape, layout, kernels, own.W.data(), own.b.data(), records, begin, end - begin, successor,
+                           own, parity);
             }
         });
         for (std::size_t s = 0; s < parts; ++s) result.stats += shares[s].stats;
-        for (std::size_t s = 1; s < parts; ++s) {
-            for (std::size_t i = 0; i < n_out * P; ++i) shares[0].G[i] += shares[s].G[i];
-            for (std::size_t k = 0; k < n_out; ++k) shares[0].db[k] += shares[s].db[k];
-        }
-        const T step = -lr / T(rows);
-        if (with_norms) result.weight_norms += sum_squares(W.data(), n_out * P);  // zero past n_in
-        for (std::size_t i = 0; i < n_out * P; ++i) W[i] = decay * W[i] + step * shares[0].G[i];
-        for (std::size_t k = 0; k < n_out; ++k) b[k] += step * shares[0].db[k];
+        pending = {parts, parity, -lr / T(rows)};
         ++result.steps;
         if (stop && stop()) {
             result.stopped = true;
             break;
         }
     }
-    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(W.data() + k * P, n_in, params.W[0] + k * n_in);
+    // the last step's update, on share 0's copy (a share that skipped steps, the short last one's, is behind)
+    apply_update(pending, shares, decay, shares[0], nullptr, n_out * P);
+    result.weight_norms += norms;
+    for (std::size_t k = 0; k < n_out; ++k) std::copy_n(shares[0].W.data() + k * P, n_in, params.W[0] + k * n_in);
+    std::copy_n(shares[0].b.data(), n_out, params.b[0]);
     return result;
 }
 

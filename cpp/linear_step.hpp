@@ -17,8 +17,9 @@ bool linear_step_fits(const Shape& shape);
 // from X itself in the epoch's order (no gathered copy): in blocks of up to 32 records copied out of X (rows padded to
 // whole vectors), z = W x + b several records and outputs at a time in registers, the block's losses and dL/dz (the
 // softmax's logits class by class on AVX-512 machines), then the block's share of G = sum dL/dz x^T while its rows
-// are still in the first-level cache; the records a few rows ahead are prefetched as the block goes. The step ends
-// with W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, one pass over the small W. The same step
+// are still in the first-level cache; the records a few rows ahead are prefetched as the block goes. The step's update,
+// W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, is one pass over the small W, made by each
+// share on a copy of W of its own before the next step's sums (both threads at once, no serial pass). The same step
 // as train_epoch's (the GEMM path), up to the order of the float sums. A step of 128 records or more is cut in two
 // shares whatever the threads (run side by side on two), so its results do not depend on the thread count. stop is
 // asked after each step; true ends the epoch there (`stopped`). with_norms: the result's weight_norms as

@@ -580,13 +580,15 @@ static void test_stacked_training_equals_separate_runs() {
 }
 
 // A one-layer network's SGD epoch (linear_sgd_epoch: rows copied a block at a time, padded to whole vectors)
-// equals the step written out plainly: softmax probabilities, w (p - onehot), W <- (1 - lr lam/m) W - (lr/b) G.
-// A shuffled order, batches of 12 over 50 records (partial groups, blocks and batch); 13 inputs (padded to 16) and 3
-// outputs, and the shapes that take each of the AVX-512 kernels' tiles (outputs four at a time and a last tile of
-// one to three; a row's vectors in tiles of up to eight, the last narrower).
-static void test_linear_step_equals_the_plain_formula(std::size_t n_in, std::size_t n_out) {
+// equals the step written out plainly: softmax probabilities, w (p - onehot), W <- (1 - lr lam/m) W - (lr/b) G, and
+// its weights' sum of squares is that of W before each step, added up. A shuffled order, batches of 12 over 50 records
+// (partial groups, blocks and batch); 13 inputs (padded to 16) and 3 outputs, and the shapes that take each of the
+// AVX-512 kernels' tiles (outputs four at a time and a last tile of one to three; a row's vectors in tiles of up to
+// eight, the last narrower). With m = 700, batch = 200: steps of two shares, each applying the step before to its own
+// copy of W, and a short last step of one share.
+static void test_linear_step_equals_the_plain_formula(std::size_t n_in, std::size_t n_out, std::size_t m = 50,
+                                                      std::size_t batch = 12) {
     std::mt19937_64 rng(7 + n_in * 100 + n_out);
-    const std::size_t m = 50, batch = 12;
     Shape shape{{n_in, n_out}, Activation::Relu, Loss::Softmax};
     auto X = randn(m * n_in, rng), W = randn(n_out * n_in, rng, 0.3), b = randn(n_out, rng, 0.1);
     std::vector<std::int64_t> y(m), order(m);
@@ -601,11 +603,13 @@ static void test_linear_step_equals_the_plain_formula(std::size_t n_in, std::siz
     const double lr = 0.3, lam_over_m = 0.02;
     Params<double> params{{W.data()}, {b.data()}};
     Dataset<double> data{X.data(), m, nullptr, y.data(), weight.data()};
-    const EpochResult r = train_epoch<double>(shape, params, data, order.data(), m, batch, lr, lam_over_m);
-    CHECK(r.steps == 5 && !r.stopped);
-    double loss_sum = 0.0;
+    const EpochResult r = train_epoch<double>(shape, params, data, order.data(), m, batch, lr, lam_over_m, {}, nullptr,
+                                              true);
+    CHECK(r.steps == (m + batch - 1) / batch && !r.stopped);
+    double loss_sum = 0.0, norms = 0.0;
     for (std::size_t start = 0; start < m; start += batch) {
         const std::size_t rows = std::min(batch, m - start);
+        for (double w : W_plain) norms += w * w;
         std::vector<double> G(n_out * n_in, 0.0), db(n_out, 0.0);
         for (std::size_t i = start; i < start + rows; ++i) {
             const std::size_t rec = std::size_t(order[i]);
@@ -632,6 +636,7 @@ static void test_linear_step_equals_the_plain_formula(std::size_t n_in, std::siz
     CHECK(max_abs_diff(W, W_plain) < 1e-12);
     CHECK(max_abs_diff(b, b_plain) < 1e-12);
     CHECK(std::abs(r.stats.loss_sum - loss_sum) <= 1e-12 * loss_sum);
+    CHECK(std::abs(r.weight_norms - norms) <= 1e-12 * norms);
 }
 
 // Callers on several threads at once (networks trained side by side in Python threads): every job
@@ -1567,6 +1572,8 @@ int main() {
         for (const auto& [n_in, n_out] : std::vector<std::pair<std::size_t, std::size_t>>{
                  {13, 3}, {9, 2}, {100, 5}, {37, 6}, {70, 7}, {21, 10}, {130, 4}, {100, 1}})
             test_linear_step_equals_the_plain_formula(n_in, n_out);
+        test_linear_step_equals_the_plain_formula(21, 10, 700, 200);
+        test_linear_step_equals_the_plain_formula(100, 1, 700, 200);
     }
     set_linear_wide_kernels(true);
     test_training_lowers_the_cost_and_gradients_vanish_at_lam_only();
