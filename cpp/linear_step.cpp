@@ -197,6 +197,8 @@ struct Wide<float> {
     static R add(R a, R b) { return _mm512_add_ps(a, b); }
     static R blend(M m, R a, R b) { return _mm512_mask_blend_ps(m, a, b); }  // b where m, else a
     static M lanes(std::size_t left) { return left >= n ? M(0xFFFF) : M((1u << left) - 1); }
+    // lane i of the result: lane from[i] of x
+    static R gather_lanes(const std::int32_t* from, R x) { return _mm512_permutexvar_ps(_mm512_loadu_si512(from), x); }
     // the lanes whose index has bit `width` (a power of two) set; and x with lane i moved to lane i ^ width
     static constexpr M upper(int width) { return width == 1 ? 0xAAAA : width == 2 ? 0xCCCC : width == 4 ? 0xF0F0 : 0xFF00; }
     template <int width>
@@ -223,6 +225,10 @@ struct Wide<double> {
     static R add(R a, R b) { return _mm512_add_pd(a, b); }
     static R blend(M m, R a, R b) { return _mm512_mask_blend_pd(m, a, b); }
     static M lanes(std::size_t left) { return left >= n ? M(0xFF) : M((1u << left) - 1); }
+    static R gather_lanes(const std::int32_t* from, R x) {
+        return _mm512_permutexvar_pd(_mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(from))),
+                                     x);
+    }
     static constexpr M upper(int width) { return width == 1 ? 0xAA : width == 2 ? 0xCC : 0xF0; }
     template <int width>
     static R swap(R x) {
@@ -264,8 +270,23 @@ void wide_copy_row(T* dst, const T* src, std::size_t n_in) {
     else V::store(dst, V::lanes(n_in), V::load(src, V::lanes(n_in)));
 }
 
+// Where a tile's R x K sums (lane r K + k of one register) come from for output k's run of R records: from[k][r].
+template <int R, int K>
+struct ClassRuns {
+    std::int32_t from[K][16];
+};
+
+template <int R, int K>
+constexpr ClassRuns<R, K> class_runs() {
+    ClassRuns<R, K> runs{};
+    for (int k = 0; k < K; ++k)
+        for (int r = 0; r < R; ++r) runs.from[k][r] = r * K + k;
+    return runs;
+}
+
 // z[r z_rec + k z_out] = W[k] . x[r] + b[k] for records r < R and outputs k0 <= k < k0 + K: R x K sums in registers,
-// each vector of the R rows and of the K rows of W loaded once for all of them.
+// each vector of the R rows and of the K rows of W loaded once for all of them. With z class by class (z_rec = 1) and
+// the sums in one register, each output's R sums are stored as one run (instead of R K scalar stores).
 template <class T, int R, int K>
 [[gnu::always_inline]] inline void forward_tile(const T* W, const T* b, const T* x, std::size_t P, std::size_t k0,
                                                 T* z, std::size_t z_rec, std::size_t z_out) {
@@ -279,6 +300,19 @@ template <class T, int R, int K>
         for (int k = 0; k < K; ++k) {
             const typename V::R w = V::load(W + (k0 + k) * P + j);
             for (int r = 0; r < R; ++r) acc[r * K + k] = V::fma(w, xr[r], acc[r * K + k]);
+        }
+    }
+    if constexpr (A <= int(V::n)) {
+        if (z_rec == 1) {  // the tile's sums, lane r K + k, go out as K runs of R records: z class by class
+            typename V::R chunk[V::n];
+            for (int i = 0; i < int(V::n); ++i) chunk[i] = i < A ? acc[i] : V::zero();
+            const typename V::R sums = lane_sums<T>(chunk, std::size_t(A));
+            static constexpr ClassRuns<R, K> runs = class_runs<R, K>();
+            for (int k = 0; k < K; ++k) {
+                const typename V::R run = K == 1 ? sums : V::gather_lanes(runs.from[k], sums);
+                V::store(z + (k0 + k) * z_out, V::lanes(R), V::add(run, V::set1(b[k0 + k])));
+            }
+            return;
         }
     }
     for (int c = 0; c < A; c += int(V::n)) {
