@@ -8,7 +8,9 @@ ratios first / each other build per round. A child (``--child K``) times ``fit(e
 epoch as ``History.seconds`` gives it, the call's wall time, the calling thread's CPU time and the process's CPU
 time, which counts the helper thread too), then one ``fit(epochs=15)`` (its epochs' seconds), then the floors as
 bench A measures them (``_core.shuffled_read_seconds``, the median of nine single reads: the rows read once, and the
-issue's floor, each batch of 256 gathered once and then read twice) and the epoch over each.
+issue's floor, each batch of 256 gathered once and then read twice) and the epoch over each; then the same two ratios
+from nine pairs taken back to back (an epoch and the two floors, which first in turn), the median of the pairs'
+ratios (``*_paired``): the host's speed moves within seconds, and the separate medians carry that into their ratio.
 """
 import argparse
 import json
@@ -57,10 +59,24 @@ def child(k, calls):
         issue_floor = ms([read(X, 1, 256) for _ in range(9)]) if read is not None else float("nan")
     except TypeError:
         issue_floor = float("nan")
+    # the same ratios in pairs taken back to back (an epoch, then the two floors, or the floors first, in turn): the
+    # host's speed moves by tens of percent from one second to the next, and an epoch and a floor measured seconds
+    # apart carry that into their ratio; the median of nine pairs
+    paired_floor, paired_issue = [], []
+    if not math.isnan(issue_floor):
+        for i in range(9):
+            if i % 2:
+                floors_first = (read(X, 1), read(X, 1, 256))
+            seconds = net.fit(X, y, epochs=1, lr=0.01, batch_size=256).seconds[0]
+            once, by_batch = (read(X, 1), read(X, 1, 256)) if i % 2 == 0 else floors_first
+            paired_floor.append(seconds / once)
+            paired_issue.append(seconds / by_batch)
+    median_or_nan = lambda v: statistics.median(v) if v else float("nan")
     print(json.dumps({"fit1": ms(epoch), "fit1_min": 1e3 * min(epoch), "fit15": ms(history.seconds),
                       "wall1": ms(wall), "thread1": ms(thread), "process1": ms(process), "floor": floor,
                       "fit1_floor": ms(epoch) / floor, "issue_floor": issue_floor,
-                      "fit1_issue_floor": ms(epoch) / issue_floor}))
+                      "fit1_issue_floor": ms(epoch) / issue_floor, "fit1_floor_paired": median_or_nan(paired_floor),
+                      "fit1_issue_floor_paired": median_or_nan(paired_issue)}))
 
 
 def main():
@@ -74,9 +90,10 @@ def main():
         return child(args.child, args.calls)
     builds = [p.split("=", 1) for p in args.python]
     keys = ["fit1", "fit1_min", "fit15", "wall1", "thread1", "process1", "floor", "fit1_floor", "issue_floor",
-            "fit1_issue_floor"]
+            "fit1_issue_floor", "fit1_floor_paired", "fit1_issue_floor_paired"]
+    kinds = ("floor", "issue_floor", "floor_paired", "issue_floor_paired")
     ratios = {k: {name: [] for name, _ in builds[1:]} for k in (1, 10)}
-    floors = {(k, f): {name: [] for name, _ in builds} for k in (1, 10) for f in ("floor", "issue_floor")}
+    floors = {(k, f): {name: [] for name, _ in builds} for k in (1, 10) for f in kinds}
     load = lambda: open("/proc/loadavg").read().split()[:3]
     print("load", *load(), flush=True)
     for rnd in range(args.rounds):
@@ -86,7 +103,7 @@ def main():
                 out = subprocess.run([python, os.path.abspath(__file__), "--child", str(k), "--calls", str(args.calls)],
                                      capture_output=True, text=True, check=True, cwd="/tmp")
                 got[name] = json.loads(out.stdout.strip().splitlines()[-1])
-                for f in ("floor", "issue_floor"):
+                for f in kinds:
                     floors[k, f][name].append(got[name].get(f"fit1_{f}", float("nan")))
                 print(f"round {rnd} 100->{k:<2} {name:>6} "
                       + " ".join(f"{key} {got[name].get(key, float('nan')):6.2f}" for key in keys), flush=True)
@@ -97,7 +114,7 @@ def main():
                 print(f"round {rnd} 100->{k:<2} {ref}/{name} " + " ".join(f"{key} {v:.2f}x" for key, v in r.items()),
                       f"load {' '.join(load())}", flush=True)
     for k in (1, 10):
-        for f in ("floor", "issue_floor"):
+        for f in kinds:
             for name, per_round in floors[k, f].items():
                 if per_round and not math.isnan(per_round[0]):  # a build without the floor measure gives nan
                     print(f"100->{k:<2} {name} epoch of fit(epochs=1) / {f}: median {statistics.median(per_round):.2f}x "
