@@ -64,11 +64,14 @@ def child(k, calls):
     # apart carry that into their ratio; the median of nine pairs
     paired_floor, paired_issue = [], []
     if not math.isnan(issue_floor):
+        floors = lambda: (read(X, 1), read(X, 1, 256))
         for i in range(9):
-            if i % 2:
-                floors_first = (read(X, 1), read(X, 1, 256))
+            floors_first = i % 2 == 1
+            if floors_first:
+                once, by_batch = floors()
             seconds = net.fit(X, y, epochs=1, lr=0.01, batch_size=256).seconds[0]
-            once, by_batch = (read(X, 1), read(X, 1, 256)) if i % 2 == 0 else floors_first
+            if not floors_first:
+                once, by_batch = floors()
             paired_floor.append(seconds / once)
             paired_issue.append(seconds / by_batch)
     median_or_nan = lambda v: statistics.median(v) if v else float("nan")

@@ -225,10 +225,6 @@ struct Wide<double> {
     static R add(R a, R b) { return _mm512_add_pd(a, b); }
     static R blend(M m, R a, R b) { return _mm512_mask_blend_pd(m, a, b); }
     static M lanes(std::size_t left) { return left >= n ? M(0xFF) : M((1u << left) - 1); }
-    static R gather_lanes(const std::int32_t* from, R x) {
-        return _mm512_permutexvar_pd(_mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(from))),
-                                     x);
-    }
     static constexpr M upper(int width) { return width == 1 ? 0xAA : width == 2 ? 0xCC : 0xF0; }
     template <int width>
     static R swap(R x) {
@@ -481,6 +477,7 @@ public:
 
     T* data() { return data_; }
     const T* data() const { return data_; }
+    std::size_t size() const { return size_; }
     T* begin() { return data_; }
     T* end() { return data_ + size_; }
     T& operator[](std::size_t i) { return data_[i]; }
@@ -586,10 +583,10 @@ struct PendingUpdate {
 // W as the step will find it, added in.
 template <class T>
 void apply_update(const PendingUpdate<T>& pending, std::vector<ShareBuffers<T>>& shares, T decay, ShareBuffers<T>& own,
-                  double* norms, std::size_t n_w) {
+                  double* norms) {
     T* W = own.W.data();
     T* b = own.b.data();
-    const std::size_t n_out = std::size_t(own.b.end() - own.b.begin());
+    const std::size_t n_w = own.W.size(), n_out = own.b.size();
     if (pending.parts == 1) {
         const T* G = shares[0].G[pending.parity].data();
         const T* db = shares[0].db[pending.parity].data();
@@ -652,7 +649,7 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
             for (std::size_t s = first; s < last; ++s) {
                 ShareBuffers<T>& own = shares[s];
-                apply_update(pending, shares, decay, own, s == 0 && with_norms ? &norms : nullptr, n_out * P);
+                apply_update(pending, shares, decay, own, s == 0 && with_norms ? &norms : nullptr);
                 const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
                 const std::size_t successor = !side_by_side ? end : s < next_parts ? next_start + s * next_per_part : n;
                 share_sums(shape, layout, kernels, own.W.data(), own.b.data(), records, begin, end - begin, successor,
@@ -668,7 +665,7 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         }
     }
     // the last step's update, on share 0's copy (a share that skipped steps, the short last one's, is behind)
-    apply_update(pending, shares, decay, shares[0], nullptr, n_out * P);
+    apply_update(pending, shares, decay, shares[0], nullptr);
     result.weight_norms += norms;
     for (std::size_t k = 0; k < n_out; ++k) std::copy_n(shares[0].W.data() + k * P, n_in, params.W[0] + k * n_in);
     std::copy_n(shares[0].b.data(), n_out, params.b[0]);
