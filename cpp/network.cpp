@@ -552,7 +552,8 @@ private:
     std::vector<T*> W_t_;
 };
 
-// A step of an epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs): each layer's mean gradient
+// A step of an epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs; plain SGD where
+// sgd_step_shares says so): each layer's mean gradient
 // into a buffer, then one fused pass of the optimizer over W, b and their state (inplace_optimizer_step), from the last
 // layer down. Where optimizer_step_shares allows it, a step of at least 2 kMinShareRows records is cut in two shares of
 // its rows, each with a workspace and gradient sums of its own (the gather, forward pass, loss, backward pass and
@@ -708,6 +709,12 @@ bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t ba
     return true;
 }
 
+bool sgd_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch, bool single) {
+    Shape shape;
+    shape.sizes = sizes;
+    return !single && !linear_step_fits(shape) && optimizer_step_shares(sizes, batch);
+}
+
 bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out) {
     // A W^T packs where OpenBLAS's small-matrix rule for it fails (C of more than 1200 entries, or an inner dimension
     // below 32: see train_transposed) and A W_t does not: at most 100^3 multiply-adds, one product (W_t's rows in
@@ -831,7 +838,13 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         return linear_sgd_epoch(shape, params, data, order, n, batch, lr, lam_over_m, [&] { return stop(); },
                                 with_norms);
     }
-    // Plain SGD: the L2 step fused into each layer's weight product (inplace_fused_l2_step).
+    // Plain SGD on a float64 network whose steps cut in two shares: OptimizerStep's steps with SGD's update.
+    if (!data.sparse && sgd_step_shares(shape.sizes, batch, std::is_same_v<T, float>)) {
+        OptimizerRun<T> sgd;  // plain SGD keeps no state
+        return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop,
+                               run != nullptr ? *run : sgd, with_norms, short_lam_over_m);
+    }
+    // Otherwise the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();
     const bool small = SmallStep<T>::fits(shape, data.sparse);
     const bool gather = order != nullptr && !data.sparse && !small;

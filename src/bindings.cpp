@@ -1238,6 +1238,19 @@ PYBIND11_MODULE(_core, m) {
         "added in a fixed order: its bits then do not depend on the thread count.");
 
     m.def(
+        "sgd_step_shares",
+        [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& dtype) {
+            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
+            if (dtype != "float32" && dtype != "float64")
+                throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+            return l2fast::sgd_step_shares(layer_sizes, batch_size, dtype == "float32");
+        },
+        py::arg("layer_sizes"), py::arg("batch_size"), py::arg("dtype"),
+        "Whether a plain-SGD epoch on dense X cuts its steps in the two shares of optimizer_step_shares (float64 "
+        "networks that are not linear models): its bits then do not depend on the thread count.");
+
+    m.def(
         "shuffled_read_seconds",
         [](const py::handle& X_obj, int repeats, long long batch_size) {
             if (repeats < 1) throw std::invalid_argument("repeats must be >= 1, got " + std::to_string(repeats));

@@ -645,11 +645,11 @@ def test_small_float64_networks_train_on_one_thread_unless_cut_in_shares_and_wid
         counts.append(threads._core.get_num_threads())
         return train_epoch(*args, **kwargs)
 
-    def fit(X, hidden, **params):
+    def fit(X, hidden, batch_size=200, **params):
         counts.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            dropin.MLPClassifier(hidden_layer_sizes=(hidden,), solver="sgd", max_iter=1, batch_size=200,
+            dropin.MLPClassifier(hidden_layer_sizes=(hidden,), solver="sgd", max_iter=1, batch_size=batch_size,
                                  random_state=0, **params).fit(X, y)
         return list(counts)
 
@@ -658,11 +658,12 @@ def test_small_float64_networks_train_on_one_thread_unless_cut_in_shares_and_wid
     X, y = data(m=300)
     X_wide = np.random.default_rng(0).normal(size=(300, 100))
     cap = threads.get_num_threads()
-    # 200 x 6 x 8, plain SGD (no shares): one thread
-    assert set(fit(X, 8, momentum=0.0)) == {1}
-    # the same with momentum: its steps run in two shares, whose bits are the same on any count, so the drop-in
-    # leaves the count to the backend's load policy
-    assert cpu._core.optimizer_step_shares([6, 8, 3], 200)
+    # 32 x 6 x 8, plain SGD in steps too short for two shares: one thread
+    assert set(fit(X, 8, batch_size=32, momentum=0.0)) == {1}
+    # steps of 200, plain SGD or with momentum: they run in two shares, whose bits are the same on any count, so the
+    # drop-in leaves the count to the backend's load policy
+    assert cpu._core.optimizer_step_shares([6, 8, 3], 200) and cpu._core.sgd_step_shares([6, 8, 3], 200, "float64")
+    assert set(fit(X, 8, momentum=0.0)) == {cap}
     assert set(fit(X, 8)) == {cap}
     # 200 x 100 x 64 = 1.28M: the cap
     assert set(fit(X_wide, 64, momentum=0.0)) == {cap}

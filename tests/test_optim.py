@@ -462,7 +462,7 @@ def test_version_1_files_still_load(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw"])
 @pytest.mark.parametrize("case", [
     ("softmax", 9, 7, "relu", True, False),
     ("logistic", 1, 16, "tanh", False, True),   # records in turn (no gather), sample weights
@@ -470,9 +470,11 @@ def test_version_1_files_still_load(tmp_path):
 ], ids=["softmax-relu", "logistic-tanh-in-turn", "regression-weights"])
 def test_steps_in_two_shares_of_records_match_the_reference(dtype, name, case):
     # Steps of >= 64 records run in two shares of records (OptimizerStep in cpp/network.cpp), their gradient sums
-    # added in share order; the short last step is one share.
+    # added in share order; the short last step is one share. Plain SGD too in float64 (sgd_step_shares; float32
+    # keeps its fused step).
     loss, n_out, hidden, activation, shuffle, weighted = case
     assert _core.optimizer_step_shares([11, hidden, n_out], 80)
+    assert _core.sgd_step_shares([11, hidden, n_out], 80, dtype) == (dtype == "float64")
     X, y = make_problem(loss, 11, n_out, m=293, seed=31)  # 3 steps of 80 and a short one of 53
     weights = np.random.default_rng(32).uniform(0.2, 2.0, size=len(X)) if weighted else None
     ref, fast = twin_networks([11, hidden, n_out], activation, loss, dtype, "cpu", lam=1.5)
@@ -480,7 +482,7 @@ def test_steps_in_two_shares_of_records_match_the_reference(dtype, name, case):
     ref_history, history = ref.fit(X, y, **fit), fast.fit(X, y, **fit)
     for p, p_ref in zip(parameters(fast), parameters(ref)):
         assert_parity(p, p_ref, dtype, f"{name}: parameters after fit")
-    for slot, ref_slot in zip(fast.optimizer_state.slots, ref.optimizer_state.slots):
+    for slot, ref_slot in zip(*(net.optimizer_state.slots if net.optimizer_state else () for net in (fast, ref))):
         for a, b in zip(slot, ref_slot):
             assert_parity(a, b, dtype, f"{name}: optimizer state")
     assert_parity(np.array(history.loss), np.array(ref_history.loss), dtype, "history.loss")

@@ -404,15 +404,23 @@ def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(resto
                                         ("float64", "adam", 32), ("float64", "sgd", 200)):
             net = l2fast.Network([64, 64, 10], dtype=dtype, seed=0)
             net.fit(X, y, epochs=1, batch_size=batch, optimizer=optimizer)
-    # a CPU free: the two-share epochs on 2; steps of 32 (one share) keep float64's cap; plain SGD's fused step
-    # (float64: the cap); one busy: the two-share epochs on 1, the others as before
-    assert seen == [2, 2, 2, 2, 1, 1, 2, 2]
+    # a CPU free: the two-share epochs (float64 plain SGD's too) on 2; steps of 32 (one share) keep float64's cap;
+    # one busy: the two-share epochs on 1, the others as before
+    assert seen == [2, 2, 2, 2, 1, 1, 2, 1]
     assert _core.optimizer_step_shares([64, 64, 10], 200) and not _core.optimizer_step_shares([64, 64, 10], 32)
     assert not _core.optimizer_step_shares([784, 256, 10], 200)  # a share's products large enough for two threads
+    # plain SGD: float64 only, and not a linear model (cpp/linear_step.cpp takes it)
+    assert _core.sgd_step_shares([64, 64, 10], 200, "float64")
+    assert not _core.sgd_step_shares([64, 64, 10], 200, "float32")
+    assert not _core.sgd_step_shares([64, 64, 10], 32, "float64")
+    assert not _core.sgd_step_shares([64, 10], 200, "float64")
+    assert not _core.sgd_step_shares([784, 256, 10], 200, "float64")
+    with pytest.raises(ValueError, match="dtype"):
+        _core.sgd_step_shares([64, 64, 10], 200, "float16")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov", "sgd"])
 def test_an_optimizers_epoch_in_two_shares_gives_the_same_bits_on_one_and_two_threads(restore_threads, dtype,
                                                                                       optimizer):
     X, y = make_problem("softmax", 64, 10, m=1037, seed=6)  # steps of 200 (two shares) and a short one of 37 (one)

@@ -326,12 +326,16 @@ _limit = _Limit()
 _adaptive = True
 
 
-def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool) -> bool:
-    """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD's fused step) on a dense (or sparse)
-    X in steps of `batch` records cuts its steps in two shares of records (``_core.optimizer_step_shares``): its
-    bits are then the same on any thread count, float64 too (``call_threads``'s ``two_shares``)."""
-    return (_core is not None and optimizer not in (None, "sgd") and dense and batch >= 1
-            and _core.optimizer_step_shares(list(layer_sizes), batch))
+def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool, dtype) -> bool:
+    """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD) on a dense (or sparse) X of this
+    dtype in steps of `batch` records cuts its steps in two shares of records (``_core.optimizer_step_shares``; plain
+    SGD: ``_core.sgd_step_shares``, float64 only): its bits are then the same on any thread count, float64 too
+    (``call_threads``'s ``two_shares``)."""
+    if _core is None or not dense or batch < 1:
+        return False
+    if optimizer in (None, "sgd"):
+        return _core.sgd_step_shares(list(layer_sizes), batch, np.dtype(dtype).name)
+    return _core.optimizer_step_shares(list(layer_sizes), batch)
 
 
 class KernelThreads:

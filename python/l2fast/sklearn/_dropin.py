@@ -23,8 +23,8 @@ stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 
 Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), except the
-momentum and Adam epochs whose steps run in two shares of records (``_core.optimizer_step_shares``: the same bits on
-any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
+epochs whose steps run in two shares of records (``_core.optimizer_step_shares``, ``_core.sgd_step_shares``: the same
+bits on any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
 libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
@@ -249,12 +249,12 @@ class _Trainer:
 
     def threads(self, batch, dense):
         """The thread count for this network's epochs: one for small float64 ones (``_ONE_THREAD_PRODUCT``), unless
-        their steps on dense X run in two shares of records (``_core.optimizer_step_shares``), whose bits are the same
+        their steps on dense X run in two shares of records (``threads.two_share_epoch``), whose bits are the same
         on any count: those follow the machine's load (``threads.call_threads``)."""
         net = self.net
         if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
                 or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT
-                or threads.two_share_epoch(net.layer_sizes, batch, self.spec.name, dense)):
+                or threads.two_share_epoch(net.layer_sizes, batch, self.spec.name, dense, net.dtype)):
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
