@@ -552,26 +552,44 @@ private:
     std::vector<T*> W_t_;
 };
 
+// The most rows a share of a step takes: half a batch, or a whole step too short to cut.
+std::size_t share_capacity(std::size_t batch) {
+    return std::max((batch + 1) / 2, std::min(batch, 2 * kMinShareRows - 1));
+}
+
+// Whether OpenBLAS runs every product of a share of a `batch`-record step on the thread that asks for it, whatever its
+// own count: it gives a GEMM of m n k multiply-adds min(threads, m n k / 262144) threads and a GEMV of fewer than
+// 2304 x 4 entries one.
+bool share_products_unthreaded(const std::vector<std::size_t>& sizes, std::size_t batch) {
+    constexpr double kOneThreadGemm = 2.0 * 262144.0, kOneThreadGemv = 2304.0 * 4.0;
+    const double rows = double(share_capacity(batch));
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
+        const double n_in = double(sizes[l]), n_out = double(sizes[l + 1]);
+        if (rows * n_in * n_out >= kOneThreadGemm) return false;
+        if ((n_in == 1 || n_out == 1) && rows * std::max(n_in, n_out) >= kOneThreadGemv) return false;
+    }
+    return true;
+}
+
 // A step of an epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs; plain SGD where
-// sgd_step_shares says so): each layer's mean gradient
-// into a buffer, then one fused pass of the optimizer over W, b and their state (inplace_optimizer_step), from the last
-// layer down. Where optimizer_step_shares allows it, a step of at least 2 kMinShareRows records is cut in two shares of
-// its rows, each with a workspace and gradient sums of its own (the gather, forward pass, loss, backward pass and
-// gradient products of its rows), run side by side when the call has two threads; the shares' sums are added in share
-// order before the update, so the bits depend on the step's size alone, never on the threads. Each product of a share
-// is small enough for OpenBLAS to run it on the thread that asks, whatever its own thread count.
+// sgd_step_shares says so): each layer's mean gradient into a buffer, then one fused pass of the optimizer over W, b
+// and their state (inplace_optimizer_step), from the last layer down. Where optimizer_step_shares allows it, a step of
+// at least 2 kMinShareRows records is cut in two shares of its rows, each with a workspace and gradient sums of its own
+// (the gather, forward pass, loss, backward pass and gradient products of its rows), run side by side when the call
+// has two threads (share_threads_for); the shares' sums are added in share order before the update, so the bits
+// depend on the step's size alone, never on the threads.
 template <class T>
 class OptimizerStep {
 public:
     OptimizerStep(const Shape& shape, Params<T>& params, OptimizerRun<T>& run, std::size_t batch, bool gather,
-                  bool sparse_X)
+                  bool sparse_X, std::size_t share_threads)
         : shape_(shape),
           params_(params),
           run_(run),
           two_shares_(!sparse_X && optimizer_step_shares(shape.sizes, batch)),
           buffers_(shape, two_shares_ ? share_capacity(batch) : batch, gather, two_shares_ ? 2 : 1),
           copies_(shape, params, batch, sparse_X),
-          threads_(std::min<std::size_t>(std::size_t(std::max(blas::num_threads(), 1)), 2)) {}
+          threads_(share_threads_for(shape, batch, share_threads)) {}
 
     // One step on `rows` records (picked, or start.. in turn), with decay lam/m; norms as in train_epoch.
     LossStats operator()(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t rows,
@@ -610,12 +628,16 @@ public:
         return stats[0];
     }
 
-    // The most rows a share of a step takes: half a batch, or a whole step too short to cut.
-    static std::size_t share_capacity(std::size_t batch) {
-        return std::max((batch + 1) / 2, std::min(batch, 2 * kMinShareRows - 1));
+private:
+    // The threads the shares run on: share_threads when given (the caller runs OpenBLAS on one thread for the epoch,
+    // as the cpu backend does), else OpenBLAS's count; at most two. One where OpenBLAS would thread a share's products
+    // itself: two shares would then call on its threads at once.
+    static std::size_t share_threads_for(const Shape& shape, std::size_t batch, std::size_t share_threads) {
+        const std::size_t blas_threads = std::size_t(std::max(blas::num_threads(), 1));
+        const std::size_t threads = std::min<std::size_t>(share_threads ? share_threads : blas_threads, 2);
+        return blas_threads > 1 && !share_products_unthreaded(shape.sizes, batch) ? 1 : threads;
     }
 
-private:
     // The helpers poll this long for the next step's jobs: a scikit-learn drop-in calls one epoch after another with
     // 0.1-0.3 ms of Python between them (digits: 9 steps an epoch), and a helper woken from sleep for each would give
     // the next epoch's first steps no second thread (digits, Adam, 20 epochs, two threads: the epochs 17.7-20.3 ms a
@@ -651,7 +673,8 @@ private:
 
     // Part p of `parts` of the update: of each layer, last first, the rows of W (and entries of b) in its part, the
     // shares' sums into share 0's buffers as the mean, then the optimizer's pass over them and the forward copy's
-    // columns. The layers are small enough (optimizer_step_shares) for inplace_optimizer_step to stay on its thread.
+    // columns. The layers are small enough (optimizer_step_shares: at most 2^21 / 32 weights) for
+    // inplace_optimizer_step to stay on its thread.
     void update(std::size_t rows, std::size_t shares, std::size_t p, std::size_t parts, T lr, T decay, double* norms) {
         Params<T>& grad = buffers_.gradients(0);
         const T mean = T(1) / T(rows);
@@ -696,16 +719,15 @@ private:
 }  // namespace
 
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
-    // OpenBLAS gives a GEMM of m n k multiply-adds min(threads, m n k / 262144) threads and a GEMV of fewer than
-    // 2304 x 4 entries one: products below these run on the thread that asks for them, whatever OpenBLAS's count.
-    constexpr double kOneThreadGemm = 2.0 * 262144.0, kOneThreadGemv = 2304.0 * 4.0;
+    // Two shares, each on one OpenBLAS thread, against whole steps on OpenBLAS's two (float64, Adam, 20 epochs,
+    // benchmarks/README.md, R, session 17): 64-100-10 on digits 30 -> 22-25 ms, 64-256-10 58 -> 42-45 ms, 64-512-10
+    // (3.3 M multiply-adds a share's product) 105-130 -> 80-113 ms; 784-256-10 and 784-100-10 (20 M and 7.8 M) no
+    // faster or slower.
+    constexpr double kMostShareProduct = double(std::size_t(1) << 21);
     if (batch < 2 * kMinShareRows) return false;
-    const double rows = double(OptimizerStep<double>::share_capacity(batch));  // a share's, or a short step's
-    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
-        const double n_in = double(sizes[l]), n_out = double(sizes[l + 1]);
-        if (rows * n_in * n_out >= kOneThreadGemm) return false;
-        if ((n_in == 1 || n_out == 1) && rows * std::max(n_in, n_out) >= kOneThreadGemv) return false;
-    }
+    const double rows = double(share_capacity(batch));  // a share's, or a short step's
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l)
+        if (rows * double(sizes[l]) * double(sizes[l + 1]) > kMostShareProduct) return false;
     return true;
 }
 
@@ -806,10 +828,10 @@ template <class T>
 EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                             std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
                             const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
-                            std::optional<T> short_lam_over_m) {
+                            std::optional<T> short_lam_over_m, std::size_t share_threads) {
     EpochResult result;
     const bool gather = order != nullptr && !data.sparse;
-    OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse);
+    OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse, share_threads);
     StopCheck stop(should_stop);
     for_each_step(data, shape.n_in(), order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
                   [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next, T decay) {
@@ -822,14 +844,15 @@ EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& should_stop,
-                        OptimizerRun<T>* run, bool with_norms, std::optional<T> short_lam_over_m) {
+                        OptimizerRun<T>* run, bool with_norms, std::optional<T> short_lam_over_m,
+                        std::size_t share_threads) {
     EpochResult result;
     if (n == 0) return result;
     const std::size_t full_batch = batch;
     batch = std::min(batch, n);
     if (run != nullptr && run->opt.method != Method::Sgd)
         return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop, *run,
-                               with_norms, short_lam_over_m);
+                               with_norms, short_lam_over_m, share_threads);
     if (!data.sparse && linear_step_fits(shape)) {  // a linear model: one read of each step's rows
         if (short_lam_over_m && n % full_batch != 0)  // the linear step takes one decay: the short step on its own
             return short_step_apart(shape, params, data, order, n, full_batch, lr, lam_over_m, *short_lam_over_m,
@@ -842,7 +865,7 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
     if (!data.sparse && sgd_step_shares(shape.sizes, batch, std::is_same_v<T, float>)) {
         OptimizerRun<T> sgd;  // plain SGD keeps no state
         return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop,
-                               run != nullptr ? *run : sgd, with_norms, short_lam_over_m);
+                               run != nullptr ? *run : sgd, with_norms, short_lam_over_m, share_threads);
     }
     // Otherwise the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();
@@ -1173,7 +1196,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
 #define L2FAST_INSTANTIATE(T)                                                                                   \
     template EpochResult train_epoch(const Shape&, Params<T>&, const Dataset<T>&, const std::int64_t*,        \
                                      std::size_t, std::size_t, T, T, const std::function<bool()>&,             \
-                                     OptimizerRun<T>*, bool, std::optional<T>);                                  \
+                                     OptimizerRun<T>*, bool, std::optional<T>, std::size_t);                     \
     template StackedEpochResult train_epoch_stacked(const Shape&, std::vector<Params<T>>&, const Dataset<T>&,  \
                                                     const std::int64_t*, std::size_t, std::size_t, T,          \
                                                     const std::vector<T>&, const std::function<bool()>&);      \

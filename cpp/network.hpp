@@ -72,8 +72,9 @@ bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out);
 
 // Whether an epoch with an optimizer (momentum, Adam) on dense X cuts each step of at least 64 records in two shares of
 // its rows, run side by side on two threads when the call has them, their gradient sums added in a fixed order (so the
-// bits never depend on the threads): when every product of a share of a `batch`-record step (the layers `sizes`) is
-// small enough for OpenBLAS to run it on one thread. Sparse X keeps whole steps.
+// bits never depend on the threads): when every product of a share of a `batch`-record step (the layers `sizes`) has
+// at most 2^21 multiply-adds, where two shares on one OpenBLAS thread each were measured faster than whole steps on
+// OpenBLAS's threads. Sparse X keeps whole steps.
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch);
 
 // Whether a plain-SGD epoch on dense X runs in those two shares too, SGD's update after the shares' sums (g = G +
@@ -116,12 +117,16 @@ struct OptimizerRun {
 // dense X where sgd_step_shares says so.
 // short_lam_over_m, when given, is the decay of a step on fewer than batch records (the last, when batch does not
 // divide n) instead of lam_over_m: scikit-learn's MLP decays each batch of b records by alpha/b, its short last
-// batch too, which one call then takes along with the full ones.
+// batch too, which one call then takes along with the full ones. share_threads: the threads for steps cut in two
+// shares (optimizer_step_shares), at most two; 0: OpenBLAS's count. A caller that gives it runs OpenBLAS on one thread
+// for the epoch (the cpu backend does), so that each share's products stay on its own thread; where OpenBLAS has more
+// and would thread a share's products itself, the shares run one after the other.
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,
                         const std::function<bool()>& should_stop = {}, OptimizerRun<T>* run = nullptr,
-                        bool with_norms = false, std::optional<T> short_lam_over_m = std::nullopt);
+                        bool with_norms = false, std::optional<T> short_lam_over_m = std::nullopt,
+                        std::size_t share_threads = 0);
 
 // train_epoch for K models of one shape at once: one order, one gathered batch for all, each
 // layer's K GEMMs handed to OpenBLAS as one batch, model k stepping with its own lam_over_m[k].

@@ -446,13 +446,15 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
                         const py::handle& order_obj, long long batch_size, double lr, double lam_over_m,
                         const std::string& activation, const std::string& loss, const OptimizerArgs& args,
                         const py::list& slots, long long step, const py::handle& sample_weight, bool check_X_finite,
-                        bool with_norms, std::optional<double> short_lam_over_m) {
+                        bool with_norms, std::optional<double> short_lam_over_m, long long share_threads) {
     Net<T> net = take_network<T>(weights, biases, activation, loss, true);
     finite_scalar(lam_over_m, "lam_over_m", false);
     if (short_lam_over_m) finite_scalar(*short_lam_over_m, "short_lam_over_m", false);
     l2fast::OptimizerRun<T> run;
     run.opt = args.parse();
     if (step < 0) throw std::invalid_argument("step must be >= 0, got " + std::to_string(step));
+    if (share_threads < 0)
+        throw std::invalid_argument("share_threads must be >= 0, got " + std::to_string(share_threads));
     run.step = step;
     std::vector<py::array> written = net.keep;
     run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
@@ -469,7 +471,8 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
         ReleasedGil release;
         result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
                                      std::size_t(batch_size), T(lr), T(lam_over_m), interrupted, &run, with_norms,
-                                     short_lam_over_m ? std::optional<T>(T(*short_lam_over_m)) : std::nullopt);
+                                     short_lam_over_m ? std::optional<T>(T(*short_lam_over_m)) : std::nullopt,
+                                     std::size_t(share_threads));
     }
     if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
     if (with_norms) return py::make_tuple(result.stats.loss_sum, result.stats.correct, result.weight_norms);
@@ -967,12 +970,12 @@ PYBIND11_MODULE(_core, m) {
            const std::string& activation, const std::string& loss, const std::string& optimizer,
            const py::list& slots, long long step, double momentum, bool nesterov, double beta1, double beta2,
            double eps, bool decoupled, bool eps_on_v, const py::handle& sample_weight, bool check_finite,
-           bool with_norms, std::optional<double> short_lam_over_m) {
+           bool with_norms, std::optional<double> short_lam_over_m, long long share_threads) {
             const OptimizerArgs args{optimizer, momentum, nesterov, beta1, beta2, eps, decoupled, eps_on_v};
             return by_dtype(
                 weights,
-                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite, with_norms, short_lam_over_m); },
-                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite, with_norms, short_lam_over_m); });
+                [&] { return train_epoch_t<float>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite, with_norms, short_lam_over_m, share_threads); },
+                [&] { return train_epoch_t<double>(weights, biases, X, y, order, batch_size, lr, lam_over_m, activation, loss, args, slots, step, sample_weight, check_finite, with_norms, short_lam_over_m, share_threads); });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("order"), py::arg("batch_size"),
         py::arg("lr"), py::arg("lam_over_m"), py::arg("activation"), py::arg("loss"), py::kw_only(),
@@ -980,6 +983,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("nesterov") = false, py::arg("beta1") = 0.9, py::arg("beta2") = 0.999, py::arg("eps") = 1e-8,
         py::arg("decoupled") = false, py::arg("eps_on_v") = false, py::arg("sample_weight") = py::none(),
         py::arg("check_finite") = true, py::arg("with_norms") = false, py::arg("short_lam_over_m") = py::none(),
+        py::arg("share_threads") = 0,
         "One epoch of minibatch steps in place on weights and biases: the fused L2 step of gradient descent,\n"
         "or another optimizer ('momentum', 'adam') with its state arrays slots (lists of 2L arrays, see\n"
         "l2fast.optim.OptimizerState) after step earlier steps. Returns (loss_sum, correct) over the\n"
@@ -987,7 +991,10 @@ PYBIND11_MODULE(_core, m) {
         "sum_l ||W_l||^2 at the weights each step's loss was computed with. A signal (Ctrl-C) ends the epoch\n"
         "after the step in hand and raises its exception; the parameters are then those after that step.\n"
         "check_finite=False skips the scan of X for NaN and infinity (as in gradients). short_lam_over_m, when\n"
-        "given, is the decay of a step on fewer than batch_size records (the last) instead of lam_over_m.");
+        "given, is the decay of a step on fewer than batch_size records (the last) instead of lam_over_m.\n"
+        "share_threads: the threads for steps cut in two shares of records (optimizer_step_shares,\n"
+        "sgd_step_shares), at most 2; 0: OpenBLAS's count. Give it with OpenBLAS on one thread for the call\n"
+        "(the cpu backend does): each share's products then stay on its thread.");
 
     m.def(
         "train_epoch_stacked",

@@ -641,8 +641,8 @@ def test_small_float64_networks_train_on_one_thread_unless_cut_in_shares_and_wid
     counts = []
     train_epoch = cpu._core.train_epoch
 
-    def recording(*args, **kwargs):  # the count each epoch's kernel call runs with
-        counts.append(threads._core.get_num_threads())
+    def recording(*args, **kwargs):  # the count each epoch's kernel call runs with: its shares', or OpenBLAS's
+        counts.append(kwargs.get("share_threads") or threads._core.get_num_threads())
         return train_epoch(*args, **kwargs)
 
     def fit(X, hidden, batch_size=200, **params):
@@ -665,8 +665,9 @@ def test_small_float64_networks_train_on_one_thread_unless_cut_in_shares_and_wid
     assert cpu._core.optimizer_step_shares([6, 8, 3], 200) and cpu._core.sgd_step_shares([6, 8, 3], 200, "float64")
     assert set(fit(X, 8, momentum=0.0)) == {cap}
     assert set(fit(X, 8)) == {cap}
-    # 200 x 100 x 64 = 1.28M: the cap
-    assert set(fit(X_wide, 64, momentum=0.0)) == {cap}
+    # 200 x 100 x 256 = 5.1M, too large for shares (100 x 100 x 256 a share's product): OpenBLAS's cap
+    assert not cpu._core.sgd_step_shares([100, 256, 3], 200, "float64")
+    assert set(fit(X_wide, 256, momentum=0.0)) == {cap}
 
 
 def test_lbfgs_solves_run_the_other_blas_libraries_on_one_thread(monkeypatch):

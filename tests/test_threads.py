@@ -352,12 +352,19 @@ def test_float64_calls_keep_the_cap_whatever_the_load(restore_threads, monkeypat
         assert n == 1
 
 
-def threads_of_each_epoch(monkeypatch):
-    """A list that gets OpenBLAS's thread count as each ``_core.train_epoch`` call starts."""
+def threads_of_each_epoch(monkeypatch, blas_counts=None):
+    """A list that gets the thread count of each ``_core.train_epoch`` call as it starts: its share_threads when it
+    has them (an epoch in two shares of records), else OpenBLAS's count. blas_counts, when given, gets OpenBLAS's."""
     seen = []
     train_epoch = _core.train_epoch
-    monkeypatch.setattr(_core, "train_epoch", lambda *a, **k: (seen.append(_core.get_num_threads()),
-                                                                 train_epoch(*a, **k))[1])
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("share_threads") or _core.get_num_threads())
+        if blas_counts is not None:
+            blas_counts.append(_core.get_num_threads())
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "train_epoch", recording)
     return seen
 
 
@@ -372,8 +379,9 @@ def test_a_linear_models_sgd_epoch_reads_on_two_threads_when_a_cpu_is_free(resto
         for sizes, optimizer in (([100, 1], "sgd"), ([100, 1], "adam"), ([100, 8, 1], "sgd")):
             net = l2fast.Network(sizes, loss="logistic", seed=0)
             net.fit(X, y, epochs=1, batch_size=256, optimizer=optimizer)
-    # a CPU free: the linear SGD epoch on 2, Adam's and the hidden layer's tiny products on 1; one busy: all on 1
-    assert seen == [2, 1, 1, 1, 1, 1]
+    # a CPU free: the linear SGD epoch on 2, Adam's in two shares of records on 2 too, the hidden layer's tiny
+    # products on 1; one busy: all on 1
+    assert seen == [2, 2, 1, 1, 1, 1]
     # the policy asks the C++ which networks take that step: one layer of at most 8192 weights
     assert _core.linear_step_fits([100, 1]) and _core.linear_step_fits([819, 10])
     assert not _core.linear_step_fits([100, 8, 1]) and not _core.linear_step_fits([1000, 10])
@@ -396,7 +404,8 @@ def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(resto
     # Its steps are cut in two shares of records whose sums are added in order (_core.optimizer_step_shares), so its
     # bits do not depend on the count and the policy may give it a free CPU, float64 included.
     l2fast.set_num_threads(2)
-    seen = threads_of_each_epoch(monkeypatch)
+    blas_counts = []
+    seen = threads_of_each_epoch(monkeypatch, blas_counts)
     X, y = make_problem("softmax", 64, 10, m=500, seed=5)
     for busy in (0, 1):
         monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
@@ -407,8 +416,13 @@ def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(resto
     # a CPU free: the two-share epochs (float64 plain SGD's too) on 2; steps of 32 (one share) keep float64's cap;
     # one busy: the two-share epochs on 1, the others as before
     assert seen == [2, 2, 2, 2, 1, 1, 2, 1]
+    # OpenBLAS on one thread in the two-share epochs, so that each share's products stay on its own thread
+    assert blas_counts == [1, 1, 2, 1, 1, 1, 2, 1]
+    assert _core.get_num_threads() == 2  # and back after them
     assert _core.optimizer_step_shares([64, 64, 10], 200) and not _core.optimizer_step_shares([64, 64, 10], 32)
-    assert not _core.optimizer_step_shares([784, 256, 10], 200)  # a share's products large enough for two threads
+    # up to 2^21 multiply-adds a share's product: 64-256-10 at batch 200, not 784-100-10
+    assert _core.optimizer_step_shares([64, 256, 10], 200) and not _core.optimizer_step_shares([784, 100, 10], 200)
+    assert not _core.optimizer_step_shares([784, 256, 10], 200)
     # plain SGD: float64 only, and not a linear model (cpp/linear_step.cpp takes it)
     assert _core.sgd_step_shares([64, 64, 10], 200, "float64")
     assert not _core.sgd_step_shares([64, 64, 10], 200, "float32")
@@ -524,10 +538,14 @@ def test_kernel_threads_run_a_call_on_call_threads_count(restore_threads, monkey
             with threads.call_threads(sizes, batch, np.dtype(dtype), **options) as expected:
                 pass
             kernel_threads = threads.KernelThreads(sizes, batch, np.dtype(dtype), **options)
-            assert kernel_threads.run(lambda a, b=0: (_core.get_num_threads(), a, b), 7, b=8) == (expected, 7, 8)
+            if options.get("two_shares"):  # the count as share_threads, OpenBLAS on one thread meanwhile
+                assert kernel_threads.run(lambda a, b=0, share_threads=0: (share_threads, _core.get_num_threads(), a,
+                                                                           b), 7, b=8) == (expected, 1, 7, 8)
+            else:
+                assert kernel_threads.run(lambda a, b=0: (_core.get_num_threads(), a, b), 7, b=8) == (expected, 7, 8)
             assert _core.get_num_threads() == cap
 
-            def failing():
+            def failing(**_):
                 raise KeyError("inside")
 
             with pytest.raises(KeyError, match="inside"):

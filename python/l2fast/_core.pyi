@@ -36,6 +36,7 @@ def train_epoch(
     check_finite: bool = True,
     with_norms: bool = False,
     short_lam_over_m: Optional[float] = None,
+    share_threads: int = 0,
 ) -> Union[tuple[float, int], tuple[float, int, float]]: ...
 def train_epoch_stacked(
     weights: list[list[np.ndarray]],

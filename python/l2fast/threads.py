@@ -348,6 +348,7 @@ class KernelThreads:
         self._chooses = dtype == np.float32 or two_shares  # other float64 calls keep the cap (see call_threads)
         self._product = largest_product(layer_sizes, batch)
         self._min_product = MIN_THREADED_PRODUCT if models == 1 and not memory_bound and not two_shares else 0
+        self._two_shares = two_shares
 
     def count(self):
         """(the count for a call now, the cap)."""
@@ -358,8 +359,13 @@ class KernelThreads:
         return choose_threads(cap, self._product, busy, _cpus_online() or cap, self._min_product), cap
 
     def run(self, kernel, *args, **kwargs):
-        """kernel(*args, **kwargs) on the count for now, as inside ``call_threads``."""
+        """kernel(*args, **kwargs) on the count for now, as inside ``call_threads``. A two-share epoch's kernel
+        (``_core.train_epoch``) gets the count as ``share_threads`` and runs with OpenBLAS on one thread, so that each
+        share's products stay on the share's own thread."""
         n, cap = self.count()
+        if self._two_shares:
+            with _limit(_core, 1):
+                return kernel(*args, share_threads=n, **kwargs)
         if n >= cap:
             return kernel(*args, **kwargs)
         with _limit(_core, n):
