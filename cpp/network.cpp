@@ -673,8 +673,8 @@ private:
 
     // Part p of `parts` of the update: of each layer, last first, the rows of W (and entries of b) in its part, the
     // shares' sums into share 0's buffers as the mean, then the optimizer's pass over them and the forward copy's
-    // columns. The layers are small enough (optimizer_step_shares: at most 2^21 / 32 weights) for
-    // inplace_optimizer_step to stay on its thread.
+    // columns. inplace_optimizer_step stays on its thread: the parts run side by side only with OpenBLAS's count at one
+    // (share_threads_for), which it takes as its own.
     void update(std::size_t rows, std::size_t shares, std::size_t p, std::size_t parts, T lr, T decay, double* norms) {
         Params<T>& grad = buffers_.gradients(0);
         const T mean = T(1) / T(rows);
@@ -719,15 +719,20 @@ private:
 }  // namespace
 
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
-    // Two shares, each on one OpenBLAS thread, against whole steps on OpenBLAS's two (float64, Adam, 20 epochs,
-    // benchmarks/README.md, R, session 17): 64-100-10 on digits 30 -> 22-25 ms, 64-256-10 58 -> 42-45 ms, 64-512-10
-    // (3.3 M multiply-adds a share's product) 105-130 -> 80-113 ms; 784-256-10 and 784-100-10 (20 M and 7.8 M) no
-    // faster or slower.
-    constexpr double kMostShareProduct = double(std::size_t(1) << 21);
+    // Two shares, each on one OpenBLAS thread, against whole steps on OpenBLAS's two (Adam, the median epoch of
+    // 10 000 records, batch 200; benchmarks/README.md, R, session 17): faster for 64-100-10, 64-256-10, 784-100-10
+    // (7.8 M multiply-adds a share's product: float64 52-56 ms against 75-89, float32 26 against 34-43) and
+    // 784-128-10 (10 M: 64 against 78-84, 32-33 against 43-53); slower for 784-256-10 in float32 (84-89 against
+    // 64-70) and 128-256-10 in float64 (30-36 against 29), even for 300-300-10. OpenBLAS cuts a product of a
+    // narrow layer (its units, the columns of A W^T) into thin pieces for its threads.
+    constexpr double kMostShareProduct = double(std::size_t(1) << 21), kMostNarrowProduct = double(std::size_t(1) << 24);
+    constexpr std::size_t kNarrowUnits = 128;
     if (batch < 2 * kMinShareRows) return false;
     const double rows = double(share_capacity(batch));  // a share's, or a short step's
-    for (std::size_t l = 0; l + 1 < sizes.size(); ++l)
-        if (rows * double(sizes[l]) * double(sizes[l + 1]) > kMostShareProduct) return false;
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
+        const double product = rows * double(sizes[l]) * double(sizes[l + 1]);
+        if (product > (sizes[l + 1] <= kNarrowUnits ? kMostNarrowProduct : kMostShareProduct)) return false;
+    }
     return true;
 }
 

@@ -73,8 +73,8 @@ bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out);
 // Whether an epoch with an optimizer (momentum, Adam) on dense X cuts each step of at least 64 records in two shares of
 // its rows, run side by side on two threads when the call has them, their gradient sums added in a fixed order (so the
 // bits never depend on the threads): when every product of a share of a `batch`-record step (the layers `sizes`) has
-// at most 2^21 multiply-adds, where two shares on one OpenBLAS thread each were measured faster than whole steps on
-// OpenBLAS's threads. Sparse X keeps whole steps.
+// at most 2^21 multiply-adds, or 2^24 for a layer of at most 128 units, where two shares on one OpenBLAS thread each
+// were measured faster than whole steps on OpenBLAS's threads. Sparse X keeps whole steps.
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch);
 
 // Whether a plain-SGD epoch on dense X runs in those two shares too, SGD's update after the shares' sums (g = G +

@@ -420,8 +420,9 @@ def test_an_optimizers_epoch_in_two_shares_follows_the_load_in_float64_too(resto
     assert blas_counts == [1, 1, 2, 1, 1, 1, 2, 1]
     assert _core.get_num_threads() == 2  # and back after them
     assert _core.optimizer_step_shares([64, 64, 10], 200) and not _core.optimizer_step_shares([64, 64, 10], 32)
-    # up to 2^21 multiply-adds a share's product: 64-256-10 at batch 200, not 784-100-10
-    assert _core.optimizer_step_shares([64, 256, 10], 200) and not _core.optimizer_step_shares([784, 100, 10], 200)
+    # up to 2^21 multiply-adds a share's product, 2^24 for a layer of at most 128 units: 64-256-10 and 784-100-10
+    # at batch 200, not 784-256-10
+    assert _core.optimizer_step_shares([64, 256, 10], 200) and _core.optimizer_step_shares([784, 100, 10], 200)
     assert not _core.optimizer_step_shares([784, 256, 10], 200)
     # plain SGD: float64 only, and not a linear model (cpp/linear_step.cpp takes it)
     assert _core.sgd_step_shares([64, 64, 10], 200, "float64")

@@ -1153,7 +1153,10 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
     CHECK(optimizer_step_shares({64, 128, 10}, 200));  // 100 x 64 x 128 multiply-adds <= 2^21
     CHECK(optimizer_step_shares({64, 256, 10}, 200));
     CHECK(!optimizer_step_shares({64, 512, 10}, 200)); // 100 x 64 x 512 > 2^21
-    CHECK(!optimizer_step_shares({784, 100, 10}, 200));
+    CHECK(optimizer_step_shares({784, 128, 10}, 200)); // 100 x 784 x 128 <= 2^24, a layer of 128 units
+    CHECK(!optimizer_step_shares({784, 129, 10}, 200));
+    CHECK(!optimizer_step_shares({784, 256, 10}, 200));
+    CHECK(!optimizer_step_shares({2000, 100, 10}, 200)); // 100 x 2000 x 100 > 2^24
     CHECK(optimizer_step_shares({100, 1}, 200));
     CHECK(sgd_step_shares({64, 64, 10}, 200, false) && !sgd_step_shares({64, 64, 10}, 200, true));
     CHECK(!sgd_step_shares({100, 1}, 200, false));     // a linear model: linear_step.cpp's own step
