@@ -673,8 +673,9 @@ private:
 
     // Part p of `parts` of the update: of each layer, last first, the rows of W (and entries of b) in its part, the
     // shares' sums into share 0's buffers as the mean, then the optimizer's pass over them and the forward copy's
-    // columns. inplace_optimizer_step stays on its thread: the parts run side by side only with OpenBLAS's count at one
-    // (share_threads_for), which it takes as its own.
+    // columns. inplace_optimizer_step stays on its thread: the parts run side by side (share_threads_for) only with
+    // OpenBLAS's count at one, which it takes as its own, or on layers below share_products_unthreaded's bounds, far
+    // fewer weights than it splits.
     void update(std::size_t rows, std::size_t shares, std::size_t p, std::size_t parts, T lr, T decay, double* norms) {
         Params<T>& grad = buffers_.gradients(0);
         const T mean = T(1) / T(rows);
