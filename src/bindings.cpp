@@ -269,6 +269,13 @@ double finite_scalar(double v, const char* name, bool positive) {
     return v;
 }
 
+// Whether a dtype given by name is float32 (else float64); throws naming it otherwise.
+bool is_float32(const std::string& dtype) {
+    if (dtype != "float32" && dtype != "float64")
+        throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+    return dtype == "float32";
+}
+
 py::tuple stats_tuple(const l2fast::LossStats& s) { return py::make_tuple(s.loss_sum, s.correct); }
 
 // What one training epoch reads besides the parameters: the data, the order (null: records in turn)
@@ -1213,11 +1220,10 @@ PYBIND11_MODULE(_core, m) {
                     throw std::invalid_argument("layer_sizes: a layer of more than 2^31 - 1 units is beyond BLAS's int sizes");
             if (std::min(batch_size, m) > std::size_t(std::numeric_limits<int>::max()))
                 throw std::invalid_argument("batch_size: more than 2^31 - 1 records in one batch is beyond BLAS's int sizes");
-            if (dtype != "float32" && dtype != "float64")
-                throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+            const bool single = is_float32(dtype);
             ReleasedGil release;
-            return dtype == "float32" ? l2fast::gemm_only_epoch_seconds<float>(shape, m, batch_size)
-                                      : l2fast::gemm_only_epoch_seconds<double>(shape, m, batch_size);
+            return single ? l2fast::gemm_only_epoch_seconds<float>(shape, m, batch_size)
+                          : l2fast::gemm_only_epoch_seconds<double>(shape, m, batch_size);
         },
         py::arg("layer_sizes"), py::arg("m"), py::arg("batch_size"), py::arg("dtype"),
         "Seconds for the GEMMs alone of one training epoch at these shapes, through l2fast's BLAS.");
@@ -1249,9 +1255,7 @@ PYBIND11_MODULE(_core, m) {
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& dtype) {
             if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
             if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            if (dtype != "float32" && dtype != "float64")
-                throw std::invalid_argument("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
-            return l2fast::sgd_step_shares(layer_sizes, batch_size, dtype == "float32");
+            return l2fast::sgd_step_shares(layer_sizes, batch_size, is_float32(dtype));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("dtype"),
         "Whether a plain-SGD epoch on dense X cuts its steps in the two shares of optimizer_step_shares (float64 "
