@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "linear_step.hpp"
 #include "parallel.hpp"
 #include "vectors.hpp"
 
@@ -65,12 +66,46 @@ L2FAST_LINEAR_CLONES T dot(const T* a, const T* b, std::size_t n) {
     return sum;
 }
 
+// One round of transpose8 on rows a = v[r] (r without `bit`) and b = v[r + bit]: afterwards v[r][l] is what
+// v[r | (l & bit)][l & ~bit] was and v[r + bit][l] what v[r | (l & bit)][l | bit] was.
+template <std::size_t bit, class V>
+[[gnu::always_inline]] inline void swap_index_bit(V& a, V& b) {
+    const V ra = a, rb = b;
+    if constexpr (bit == 1) {
+        a = __builtin_shufflevector(ra, rb, 0, 8, 2, 10, 4, 12, 6, 14);
+        b = __builtin_shufflevector(ra, rb, 1, 9, 3, 11, 5, 13, 7, 15);
+    } else if constexpr (bit == 2) {
+        a = __builtin_shufflevector(ra, rb, 0, 1, 8, 9, 4, 5, 12, 13);
+        b = __builtin_shufflevector(ra, rb, 2, 3, 10, 11, 6, 7, 14, 15);
+    } else {
+        a = __builtin_shufflevector(ra, rb, 0, 1, 2, 3, 8, 9, 10, 11);
+        b = __builtin_shufflevector(ra, rb, 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+
+// The eight vectors v[0..7] of eight lanes each as the columns of a matrix: afterwards v[l][r] is what v[r][l] was.
+// Three rounds of two-vector shuffles, each swapping one bit of the row index with the same bit of the lane index
+// (written out, so that v stays in registers).
+template <class V>
+[[gnu::always_inline]] inline void transpose8(V v[8]) {
+    swap_index_bit<1>(v[0], v[1]), swap_index_bit<1>(v[2], v[3]);
+    swap_index_bit<1>(v[4], v[5]), swap_index_bit<1>(v[6], v[7]);
+    swap_index_bit<2>(v[0], v[2]), swap_index_bit<2>(v[1], v[3]);
+    swap_index_bit<2>(v[4], v[6]), swap_index_bit<2>(v[5], v[7]);
+    swap_index_bit<4>(v[0], v[4]), swap_index_bit<4>(v[1], v[5]);
+    swap_index_bit<4>(v[2], v[6]), swap_index_bit<4>(v[3], v[7]);
+}
+
 // dot(w, x_r) for the R consecutive records x_0 .. x_{R-1} of x (rows of n), w loaded once for all R. Each
 // record's sum is dot()'s, term for term, so a record's z does not depend on the records it is grouped with.
 // R = 8 where a vector of partial sums is one register (AVX-512): eight sums in flight keep both of a core's
-// adders busy; R = 4 elsewhere, whose sixteen registers hold no more.
+// adders busy; R = 4 elsewhere, whose sixteen registers hold no more. With R = 8 the eight records' partial sums
+// are transposed, so that one vector add takes the same step of all eight sums (lane by lane, in dot()'s order:
+// short rows spent most of their time adding up each record's lanes one by one); so are their last n mod 8
+// products when x may be read a whole vector past its last row's start (tail_readable), the lanes past the row's
+// end read but never added.
 template <class T, std::size_t R>
-L2FAST_LINEAR_CLONES void dot_rows(const T* w, const T* x, std::size_t n, T out[R]) {
+L2FAST_LINEAR_CLONES void dot_rows(const T* w, const T* x, std::size_t n, bool tail_readable, T out[R]) {
     using V = Lanes<T>;
     V acc[R] = {};
     std::size_t j = 0;
@@ -78,11 +113,32 @@ L2FAST_LINEAR_CLONES void dot_rows(const T* w, const T* x, std::size_t n, T out[
         const V wj = load<V>(w + j);
         for (std::size_t r = 0; r < R; ++r) acc[r] += wj * load<V>(x + r * n + j);
     }
-    for (std::size_t r = 0; r < R; ++r) {
-        T sum = T(0);
-        for (std::size_t l = 0; l < kLanes; ++l) sum += acc[r][l];
-        for (std::size_t t = j; t < n; ++t) sum += w[t] * x[r * n + t];
-        out[r] = sum;
+    if constexpr (R == kLanes) {
+        transpose8(acc);
+        V sum = V{};
+        for (std::size_t l = 0; l < kLanes; ++l) sum += acc[l];
+        if (j < n && tail_readable) {
+            V products[R];
+            T w_tail[kLanes] = {};  // w's row may end its array
+            std::memcpy(w_tail, w + j, (n - j) * sizeof(T));
+            const V wj = load<V>(w_tail);
+            for (std::size_t r = 0; r < R; ++r) products[r] = wj * load<V>(x + r * n + j);
+            transpose8(products);
+            for (std::size_t t = 0; t < n - j; ++t) sum += products[t];
+            j = n;
+        }
+        for (std::size_t r = 0; r < R; ++r) {
+            T s = sum[r];
+            for (std::size_t t = j; t < n; ++t) s += w[t] * x[r * n + t];
+            out[r] = s;
+        }
+    } else {
+        for (std::size_t r = 0; r < R; ++r) {
+            T sum = T(0);
+            for (std::size_t l = 0; l < kLanes; ++l) sum += acc[r][l];
+            for (std::size_t t = j; t < n; ++t) sum += w[t] * x[r * n + t];
+            out[r] = sum;
+        }
     }
 }
 
@@ -133,8 +189,10 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
             for (std::size_t q = 0; q < lines_per_group && next < next_end; ++q, next += 64)
                 __builtin_prefetch(next, 0, 2);
             T zk[R];
+            // x's last full vector of the group's last row, read past the row, still inside X
+            const bool tail_readable = (first + r + R) * n_in + kLanes <= data.m * n_in + n_in % kLanes;
             for (std::size_t k = 0; k < n_out; ++k) {
-                dot_rows<T, R>(params.W[0] + k * n_in, X + r * n_in, n_in, zk);
+                dot_rows<T, R>(params.W[0] + k * n_in, X + r * n_in, n_in, tail_readable, zk);
                 for (std::size_t q = 0; q < R; ++q) z[(r + q) * n_out + k] = zk[q] + params.b[0][k];
             }
         }
@@ -144,19 +202,21 @@ void slice_pass(const Shape& shape, const Params<T>& params, const Dataset<T>& d
         out.stats += inplace_loss_gradient(z.data(), rows, n_out, shape.loss, targets_of(data, nullptr, first));
         for (std::size_t k = 0; k < n_out; ++k) {
             double* g = out.dW.data() + k * n_in;
+            double db = out.db[k];  // summed in a register: through memory each add waited on the last one's store
             for (std::size_t r = 0; r < grouped; r += R) {
                 double d[R];
                 for (std::size_t q = 0; q < R; ++q) {
                     d[q] = double(z[(r + q) * n_out + k]);
-                    out.db[k] += d[q];
+                    db += d[q];
                 }
                 add_scaled_rows<T, R>(g, d, X + r * n_in, n_in);
             }
             for (std::size_t r = grouped; r < rows; ++r) {
                 const double d = double(z[r * n_out + k]);
                 add_scaled_rows<T, 1>(g, &d, X + r * n_in, n_in);
-                out.db[k] += d;
+                db += d;
             }
+            out.db[k] = db;
         }
     }
 }
@@ -196,7 +256,7 @@ LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Da
     // Each thread takes the next slice not yet taken, so that a thread that shares its core with another process
     // does fewer slices rather than holding up the others at the end.
     std::atomic<std::size_t> next_slice{0};
-    const bool wide = wide_vectors();
+    const bool wide = wide_vectors() && linear_wide_kernels_allowed();
     parallel_for(threads, threads, 1, [&](std::size_t, std::size_t) {
         for (std::size_t s; (s = next_slice.fetch_add(1, std::memory_order_relaxed)) < kSlices;)
             (wide ? slice_pass<T, 8> : slice_pass<T, 4>)(shape, params, data, std::min(m, s * rows_per_slice),

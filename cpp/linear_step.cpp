@@ -556,6 +556,7 @@ void share_sums(const Shape& shape, const StepLayout& layout, const BlockKernels
 }  // namespace
 
 void set_linear_wide_kernels(bool on) { wide_kernels_allowed.store(on, std::memory_order_relaxed); }
+bool linear_wide_kernels_allowed() { return wide_kernels_allowed.load(std::memory_order_relaxed); }
 
 bool linear_step_fits(const Shape& shape) {
     return shape.n_layers() == 1 && shape.n_out() * shape.n_in() <= kMaxWeights;

@@ -29,9 +29,10 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
                              std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
                              bool with_norms = false);
 
-// Whether linear_sgd_epoch runs its AVX-512 kernels where the machine has them (true, the default) or the AVX2 ones
-// everywhere (false): the tests run both sets on a machine with AVX-512.
+// Whether linear_sgd_epoch and linear_gradients (linear.hpp) run their AVX-512 kernels where the machine has them
+// (true, the default) or the AVX2 ones everywhere (false): the tests run both sets on a machine with AVX-512.
 void set_linear_wide_kernels(bool on);
+bool linear_wide_kernels_allowed();
 
 // Seconds to read every row of X (m x n_in) once, in a shuffled order of the rows (drawn here, seeded), summing
 // them, with the prefetching linear_sgd_epoch does: the memory traffic an epoch of a linear model cannot avoid, the

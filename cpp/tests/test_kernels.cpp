@@ -1247,6 +1247,49 @@ static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
     }
 }
 
+// The one-read pass (linear_gradients) gives a record the same z, to the bit, wherever it sits: in a group of
+// records whose products are summed together (the AVX-512 kernels transpose eight records' partial sums, and read
+// their rows' last values a vector at a time when X goes on that far), in the group that ends X (whose last values
+// are read one by one), or left over after the groups (dot()). X holds one row m times and each pass weighs one
+// record only (the others weigh 0, adding exact zeros), so every pass must return the same gradients and loss.
+// (The squared error's: the logistic and softmax losses take exp and log1p four or eight records at a time from
+// libmvec and the last few of a block one by one from libm, which may differ in the last bit.)
+// m = 128: slices of eight records, the last ending X; m = 136: slices of nine, a record left over in each. The
+// AVX2 kernels must give the same bits as the AVX-512 ones.
+template <class T>
+static void test_linear_pass_gives_a_record_the_same_z_wherever_it_sits() {
+    std::mt19937_64 rng(41);
+    for (std::size_t n_in : {1, 3, 5, 7, 8, 9, 13, 15, 16, 17, 20, 23, 33, 64})
+        for (std::size_t n_out : {1, 3})
+            for (std::size_t m : {128, 136}) {
+                const auto row = randn(n_in, rng), x = randn(n_out * n_in + n_out, rng, 0.3);
+                std::vector<T> X(m * n_in), params(x.begin(), x.end()), y(m * n_out, T(0.5)), weights(m);
+                for (std::size_t i = 0; i < m; ++i)
+                    for (std::size_t j = 0; j < n_in; ++j) X[i * n_in + j] = T(row[j]);
+                Dataset<T> data{X.data(), m, y.data(), nullptr, weights.data()};
+                Shape shape;
+                shape.sizes = {n_in, n_out};
+                shape.act = Activation::Identity;
+                shape.loss = Loss::SquaredError;  // exact arithmetic after z (exp and log differ by a bit in libmvec)
+                Params<T> p{{params.data()}, {params.data() + n_out * n_in}};
+                std::vector<double> first;
+                double first_loss = 0;
+                for (bool wide : {true, false}) {
+                    set_linear_wide_kernels(wide);
+                    for (std::size_t i = 0; i < m; ++i) {
+                        std::fill(weights.begin(), weights.end(), T(0));
+                        weights[i] = T(1);
+                        std::vector<double> g(x.size());
+                        Params<double> grads{{g.data()}, {g.data() + n_out * n_in}};
+                        const double loss = linear_gradients(shape, p, data, 0.01, grads).loss_sum;
+                        if (first.empty()) first = g, first_loss = loss;
+                        CHECK(g == first && loss == first_loss);
+                    }
+                }
+            }
+    set_linear_wide_kernels(true);
+}
+
 // |got - want| within tol times the sum of |terms| that made want (tol: the small kernels' tests' 1e-13 or 2e-6).
 static bool near_sum(double got, long double want, long double size, double tol) {
     return std::abs(got - double(want)) <= tol * double(size) + 1e-30;
@@ -1623,6 +1666,8 @@ int main() {
     test_network_on_sparse_x_equals_dense();
     test_newton_passes_agree();
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
+    test_linear_pass_gives_a_record_the_same_z_wherever_it_sits<double>();
+    test_linear_pass_gives_a_record_the_same_z_wherever_it_sits<float>();
     test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
     test_shuffled_order_drawn_is_the_order_of_the_drawn_words();
     test_floor_reads_for_every_batch_size();
