@@ -261,7 +261,7 @@ LossStats linear_gradients(const Shape& shape, const Params<T>& params, const Da
         for (std::size_t s; (s = next_slice.fetch_add(1, std::memory_order_relaxed)) < kSlices;)
             (wide ? slice_pass<T, 8> : slice_pass<T, 4>)(shape, params, data, std::min(m, s * rows_per_slice),
                                                          std::min(m, (s + 1) * rows_per_slice), slices[s]);
-    });
+    }, kSolverPoll);
     LossStats total;
     std::fill(grads.W[0], grads.W[0] + n_out * n_in, 0.0);
     std::fill(grads.b[0], grads.b[0] + n_out, 0.0);
