@@ -571,6 +571,15 @@ bool share_products_unthreaded(const std::vector<std::size_t>& sizes, std::size_
     return true;
 }
 
+// The threads two shares of `batch` records run on: share_threads when given (the caller runs OpenBLAS on one thread
+// for the call, as the cpu backend does), else OpenBLAS's count; at most two. One where OpenBLAS would thread a share's
+// products itself: two shares would then call on its threads at once.
+std::size_t share_threads_for(const Shape& shape, std::size_t batch, std::size_t share_threads) {
+    const std::size_t blas_threads = std::size_t(std::max(blas::num_threads(), 1));
+    const std::size_t threads = std::min<std::size_t>(share_threads ? share_threads : blas_threads, 2);
+    return blas_threads > 1 && !share_products_unthreaded(shape.sizes, batch) ? 1 : threads;
+}
+
 // A step of an epoch with an optimizer (momentum, Adam: the scikit-learn drop-ins' MLPs; plain SGD where
 // sgd_step_shares says so): each layer's mean gradient into a buffer, then one fused pass of the optimizer over W, b
 // and their state (inplace_optimizer_step), from the last layer down. Where optimizer_step_shares allows it, a step of
@@ -629,15 +638,6 @@ public:
     }
 
 private:
-    // The threads the shares run on: share_threads when given (the caller runs OpenBLAS on one thread for the epoch,
-    // as the cpu backend does), else OpenBLAS's count; at most two. One where OpenBLAS would thread a share's products
-    // itself: two shares would then call on its threads at once.
-    static std::size_t share_threads_for(const Shape& shape, std::size_t batch, std::size_t share_threads) {
-        const std::size_t blas_threads = std::size_t(std::max(blas::num_threads(), 1));
-        const std::size_t threads = std::min<std::size_t>(share_threads ? share_threads : blas_threads, 2);
-        return blas_threads > 1 && !share_products_unthreaded(shape.sizes, batch) ? 1 : threads;
-    }
-
     // The helpers poll this long for the next step's jobs: a scikit-learn drop-in calls one epoch after another with
     // 0.1-0.3 ms of Python between them (digits: 9 steps an epoch), and a helper woken from sleep for each would give
     // the next epoch's first steps no second thread (digits, Adam, 20 epochs, two threads: the epochs 17.7-20.3 ms a
@@ -1072,21 +1072,40 @@ LossStats evaluate(const Shape& shape, const Params<T>& params, const Dataset<T>
 
 template <class T>
 struct GradientsScratch {
+    // What one share of the records works in: a block's activations, a float network's block products, and (the
+    // second share's) its own double sums, which the first share keeps in grads.
+    struct Share {
+        std::vector<std::vector<T>> block_W, block_b;
+        std::vector<std::vector<double>> sum_W, sum_b;
+    };
     std::vector<std::size_t> sizes;  // the network the buffers are for
     std::size_t rows = 0;            // ... and the most rows of a block
     std::size_t grown = 0;
-    std::vector<Workspace<T>> ws;    // one, once made
-    std::vector<std::vector<T>> block_W, block_b;
+    std::vector<Workspace<T>> ws;    // one per share, once made
+    Share shares[2];
 
-    Workspace<T>& workspace(const Shape& shape, std::size_t rows_needed) {
-        if (ws.empty() || sizes != shape.sizes || rows_needed > rows) {
+    // Buffers for `count` shares of blocks of up to rows_needed records, kept while the network and count allow.
+    void prepare(const Shape& shape, std::size_t rows_needed, std::size_t count, bool sums_in_T) {
+        if (ws.size() < count || sizes != shape.sizes || rows_needed > rows) {
             rows = sizes == shape.sizes ? std::max(rows, rows_needed) : rows_needed;
             sizes = shape.sizes;
             ws.clear();
-            ws.emplace_back(shape, rows, false, true);
+            for (std::size_t s = 0; s < std::max<std::size_t>(count, 1); ++s) ws.emplace_back(shape, rows, false, true);
             ++grown;
         }
-        return ws.front();
+        const std::size_t L = shape.n_layers();
+        for (std::size_t s = 0; s < count; ++s) {
+            Share& share = shares[s];
+            share.block_W.resize(sums_in_T ? L : 0);
+            share.block_b.resize(sums_in_T ? L : 0);
+            share.sum_W.resize(s == 1 ? L : 0);
+            share.sum_b.resize(s == 1 ? L : 0);
+            for (std::size_t l = 0; l < L; ++l) {
+                const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l], n_b = shape.sizes[l + 1];
+                if (sums_in_T) share.block_W[l].resize(n_w), share.block_b[l].resize(n_b);
+                if (s == 1) share.sum_W[l].assign(n_w, 0.0), share.sum_b[l].assign(n_b, 0.0);
+            }
+        }
     }
 };
 
@@ -1100,10 +1119,15 @@ std::size_t times_grown(const GradientsScratch<T>& scratch) {
     return scratch.grown;
 }
 
+bool gradients_shares(const std::vector<std::size_t>& sizes, std::size_t m) {
+    // a one-layer network's pass (linear_gradients) cuts its records in slices for OpenBLAS's threads itself
+    return sizes.size() > 2 && optimizer_step_shares(sizes, 2 * std::min((m + 1) / 2, kBlockRows));
+}
+
 template <class T>
 LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T>& data, double lam_over_m,
                     Params<double>& grads, GradientsScratch<T>* scratch,
-                    const std::function<void(std::size_t)>& layer_done) {
+                    const std::function<void(std::size_t)>& layer_done, std::size_t share_threads) {
     if (!data.sparse && linear_pass_fits(shape)) {
         const LossStats stats = linear_gradients(shape, params, data, lam_over_m, grads);
         if (layer_done) layer_done(0);
@@ -1113,34 +1137,22 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     // in double, so that the sums of many blocks keep their precision (L-BFGS needs J's gradient to the last
     // digits it can get).
     constexpr bool direct = std::is_same_v<T, double>;
-    const std::size_t L = shape.n_layers();
-    std::vector<std::vector<T>> own_W, own_b;
-    std::vector<std::vector<T>>& block_W = scratch ? scratch->block_W : own_W;
-    std::vector<std::vector<T>>& block_b = scratch ? scratch->block_b : own_b;
-    block_W.resize(direct ? 0 : L);
-    block_b.resize(direct ? 0 : L);
+    const std::size_t L = shape.n_layers(), m = data.m;
+    const std::size_t shares = share_threads && !data.sparse && gradients_shares(shape.sizes, m) ? 2 : 1;
+    const std::size_t rows_max = std::min((m + shares - 1) / shares, kBlockRows);
+    GradientsScratch<T> own;
+    GradientsScratch<T>& kept = scratch ? *scratch : own;
+    kept.prepare(shape, rows_max, shares, !direct);
     for (std::size_t l = 0; l < L; ++l) {
-        const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
-        std::fill(grads.W[l], grads.W[l] + n_w, 0.0);
+        std::fill(grads.W[l], grads.W[l] + shape.sizes[l + 1] * shape.sizes[l], 0.0);
         std::fill(grads.b[l], grads.b[l] + shape.sizes[l + 1], 0.0);
-        if constexpr (!direct) {
-            block_W[l].resize(n_w);
-            block_b[l].resize(shape.sizes[l + 1]);
-        }
     }
-    LossStats total;
-    const std::size_t rows_max = std::min(data.m, kBlockRows);
-    std::vector<Workspace<T>> own;
-    Workspace<T>& ws = scratch ? scratch->workspace(shape, rows_max) : own.emplace_back(shape, rows_max, false, true);
-    LineVector<T> unused;
     // Sparse X with several first-layer units: W[0] read, and its gradient summed, transposed (in double).
     const std::vector<T> W0_t = first_layer_transposed(shape, params, data);
     const std::size_t n_w0 = shape.sizes[1] * shape.n_in();
     std::vector<double> sum0_t(W0_t.empty() ? 0 : n_w0);
     std::vector<T> block0_t(W0_t.empty() || direct ? 0 : n_w0);
-    BlockX<T> block;
-    block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
-    const double inv_m = 1.0 / double(data.m);
+    const double inv_m = 1.0 / double(m);
     std::size_t first_final = L;  // layers first_final .. L-1 are final (the sums' mean plus the penalty's term)
     const auto make_final = [&](std::size_t l) {
         const std::size_t n_w = shape.sizes[l + 1] * shape.sizes[l];
@@ -1148,51 +1160,90 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
         for (std::size_t i = 0; i < shape.sizes[l + 1]; ++i) grads.b[l][i] *= inv_m;
         first_final = l;
     };
-    for (std::size_t start = 0; start < data.m; start += rows_max) {
-        const std::size_t rows = std::min(rows_max, data.m - start);
-        take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
-        forward_block(shape, params, nullptr, block, rows, ws);
-        total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
-                                       targets_of(data, nullptr, start));
-        backward_block(shape, params, nullptr, block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
-            const std::size_t n_out = shape.sizes[l + 1], n_in = shape.sizes[l];
-            const bool sparse = l == 0 && block.is_sparse();
-            if constexpr (direct) {
-                if (sparse && block.W0_t)
-                    sparse_layer_product(sum0_t.data(), grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
-                                         1.0, 1.0, WeightLayout::Transposed);
-                else if (sparse)
-                    sparse_layer_product(grads.W[0], grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
-                                         1.0, 1.0);
-                else
-                    accumulate_gradient(grads.W[l], grads.b[l], dZ, A_prev, rows, n_out, n_in, 1.0);
-            } else {
-                if (sparse && block.W0_t) {
-                    sparse_layer_product(block0_t.data(), block_b[0].data(), dZ, block.sparse, n_out,
-                                         T(1), T(0), T(1), T(0), WeightLayout::Transposed);
-                    for (std::size_t i = 0; i < n_w0; ++i) sum0_t[i] += double(block0_t[i]);
-                    for (std::size_t i = 0; i < n_out; ++i) grads.b[0][i] += double(block_b[0][i]);
-                    return;
+    // Share s's sums over records [begin, end): into grads (share 0) or its own (share 1), block by block. Only a
+    // pass over all the records (one share) makes layers final as the last block's backward pass reaches them.
+    const auto share_sums = [&](std::size_t s, std::size_t begin, std::size_t end) {
+        Workspace<T>& ws = kept.ws[s];
+        typename GradientsScratch<T>::Share& own_share = kept.shares[s];
+        const auto W_sums = [&](std::size_t l) { return s == 0 ? grads.W[l] : own_share.sum_W[l].data(); };
+        const auto b_sums = [&](std::size_t l) { return s == 0 ? grads.b[l] : own_share.sum_b[l].data(); };
+        LossStats total;
+        LineVector<T> unused;
+        BlockX<T> block;
+        block.W0_t = W0_t.empty() ? nullptr : W0_t.data();
+        for (std::size_t start = begin; start < end; start += rows_max) {
+            const std::size_t rows = std::min(rows_max, end - start);
+            take_block(data, shape.n_in(), nullptr, start, rows, unused, block);
+            forward_block(shape, params, nullptr, block, rows, ws);
+            total += inplace_loss_gradient(ws.out.back().data(), rows, shape.n_out(), shape.loss,
+                                           targets_of(data, nullptr, start));
+            backward_block(shape, params, nullptr, block, rows, ws, [&](std::size_t l, const T* dZ, const T* A_prev) {
+                const std::size_t n_out = shape.sizes[l + 1], n_in = shape.sizes[l];
+                const bool sparse = l == 0 && block.is_sparse();
+                if constexpr (direct) {
+                    if (sparse && block.W0_t)
+                        sparse_layer_product(sum0_t.data(), grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
+                                             1.0, 1.0, WeightLayout::Transposed);
+                    else if (sparse)
+                        sparse_layer_product(grads.W[0], grads.b[0], dZ, block.sparse, n_out, 1.0, 1.0,
+                                             1.0, 1.0);
+                    else
+                        accumulate_gradient(W_sums(l), b_sums(l), dZ, A_prev, rows, n_out, n_in, 1.0);
+                } else {
+                    std::vector<std::vector<T>>& block_W = own_share.block_W;
+                    std::vector<std::vector<T>>& block_b = own_share.block_b;
+                    if (sparse && block.W0_t) {
+                        sparse_layer_product(block0_t.data(), block_b[0].data(), dZ, block.sparse, n_out,
+                                             T(1), T(0), T(1), T(0), WeightLayout::Transposed);
+                        for (std::size_t i = 0; i < n_w0; ++i) sum0_t[i] += double(block0_t[i]);
+                        for (std::size_t i = 0; i < n_out; ++i) grads.b[0][i] += double(block_b[0][i]);
+                        return;
+                    }
+                    if (sparse)
+                        sparse_layer_product(block_W[0].data(), block_b[0].data(), dZ, block.sparse, n_out,
+                                             T(1), T(0), T(1), T(0));
+                    else
+                        sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, rows, n_out, n_in);
+                    double* W_to = W_sums(l);
+                    double* b_to = b_sums(l);
+                    for (std::size_t i = 0; i < n_out * n_in; ++i) W_to[i] += double(block_W[l][i]);
+                    for (std::size_t i = 0; i < n_out; ++i) b_to[i] += double(block_b[l][i]);
                 }
-                if (sparse)
-                    sparse_layer_product(block_W[0].data(), block_b[0].data(), dZ, block.sparse, n_out,
-                                         T(1), T(0), T(1), T(0));
-                else
-                    sum_gradient(block_W[l].data(), block_b[l].data(), dZ, A_prev, rows, n_out, n_in);
-                for (std::size_t i = 0; i < n_out * n_in; ++i) grads.W[l][i] += double(block_W[l][i]);
-                for (std::size_t i = 0; i < n_out; ++i) grads.b[l][i] += double(block_b[l][i]);
-            }
-            if (layer_done && !data.sparse && start + rows == data.m) {  // the last block: layer l is complete
-                make_final(l);
-                layer_done(l);
-            }
-        });
+                if (shares == 1 && layer_done && !data.sparse && start + rows == end) {  // the last block: final
+                    make_final(l);
+                    layer_done(l);
+                }
+            });
+        }
+        return total;
+    };
+    LossStats total;
+    if (shares == 1) {
+        total = share_sums(0, 0, m);
+    } else {
+        // each share's products on its own thread (OpenBLAS on one, see share_threads_for); its sums added to
+        // share 0's in share order below, so the bits never depend on the threads
+        LossStats stats[2];
+        const std::size_t half = (m + 1) / 2;
+        parallel_for(2, share_threads_for(shape, 2 * rows_max, share_threads), 1,
+                     [&](std::size_t first, std::size_t last) {
+                         for (std::size_t s = first; s < last; ++s)
+                             stats[s] = s == 0 ? share_sums(0, 0, half) : share_sums(1, half, m);
+                     },
+                     kSolverPoll);
+        total = stats[0];
+        total += stats[1];
     }
     if (!sum0_t.empty())
         for (std::size_t o = 0; o < shape.sizes[1]; ++o)
             for (std::size_t j = 0; j < shape.n_in(); ++j)
                 grads.W[0][o * shape.n_in() + j] = sum0_t[j * shape.sizes[1] + o];
     for (std::size_t l = first_final; l-- > 0;) {
+        if (shares == 2) {
+            const typename GradientsScratch<T>::Share& other = kept.shares[1];
+            for (std::size_t i = 0; i < other.sum_W[l].size(); ++i) grads.W[l][i] += other.sum_W[l][i];
+            for (std::size_t i = 0; i < other.sum_b[l].size(); ++i) grads.b[l][i] += other.sum_b[l][i];
+        }
         make_final(l);
         if (layer_done) layer_done(l);
     }
@@ -1210,7 +1261,7 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
     template void predict(const Shape&, const Params<T>&, const Dataset<T>&, T*);                              \
     template LossStats evaluate(const Shape&, const Params<T>&, const Dataset<T>&);                           \
     template LossStats gradients(const Shape&, const Params<T>&, const Dataset<T>&, double, Params<double>&,    \
-                                 GradientsScratch<T>*, const std::function<void(std::size_t)>&);                  \
+                                 GradientsScratch<T>*, const std::function<void(std::size_t)>&, std::size_t);     \
     template std::shared_ptr<GradientsScratch<T>> make_gradients_scratch();                                    \
     template std::size_t times_grown(const GradientsScratch<T>&);
 L2FAST_INSTANTIATE(float)

@@ -618,7 +618,9 @@ template <class T>
 py::tuple gradients_t(const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
                       double lam_over_m, const std::string& activation, const std::string& loss,
                       const py::handle& sample_weight, bool check_X_finite, bool with_correct, const py::handle& out,
-                      const py::handle& workspace_obj, const py::handle& on_layer) {
+                      const py::handle& workspace_obj, const py::handle& on_layer, long long share_threads) {
+    if (share_threads < 0)
+        throw std::invalid_argument("share_threads must be >= 0, got " + std::to_string(share_threads));
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
     std::vector<py::array> read = net.keep;
@@ -648,7 +650,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     try {
         ReleasedGil release;
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads,
-                                  workspace ? workspace->scratch<T>() : nullptr, layer_done);
+                                  workspace ? workspace->scratch<T>() : nullptr, layer_done, std::size_t(share_threads));
     } catch (...) {
         if (workspace) workspace->busy.store(false);
         throw;
@@ -1081,22 +1083,22 @@ PYBIND11_MODULE(_core, m) {
         [](const py::list& weights, const py::list& biases, const py::handle& X, const py::handle& y,
            double lam_over_m, const std::string& activation, const std::string& loss,
            const py::handle& sample_weight, bool check_finite, bool with_correct, const py::handle& out,
-           const py::handle& workspace, const py::handle& on_layer) {
+           const py::handle& workspace, const py::handle& on_layer, long long share_threads) {
             return by_dtype(
                 weights,
                 [&] {
                     return gradients_t<float>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                              check_finite, with_correct, out, workspace, on_layer);
+                                              check_finite, with_correct, out, workspace, on_layer, share_threads);
                 },
                 [&] {
                     return gradients_t<double>(weights, biases, X, y, lam_over_m, activation, loss, sample_weight,
-                                               check_finite, with_correct, out, workspace, on_layer);
+                                               check_finite, with_correct, out, workspace, on_layer, share_threads);
                 });
         },
         py::arg("weights"), py::arg("biases"), py::arg("X"), py::arg("y"), py::arg("lam_over_m"),
         py::arg("activation"), py::arg("loss"), py::kw_only(), py::arg("sample_weight") = py::none(),
         py::arg("check_finite") = true, py::arg("with_correct") = false, py::arg("out") = py::none(),
-        py::arg("workspace") = py::none(), py::arg("on_layer") = py::none(),
+        py::arg("workspace") = py::none(), py::arg("on_layer") = py::none(), py::arg("share_threads") = 0,
         "(dJ/dW list, dJ/db list, loss_sum) over the whole data set: float64 arrays, the products taken in the\n"
         "network's dtype and summed in float64; the loss sum weighted by sample_weight (m,) when given.\n"
         "check_finite=False skips the scan of X for NaN and infinity (never the checks of shapes, dtypes and\n"
@@ -1106,7 +1108,10 @@ PYBIND11_MODULE(_core, m) {
         "list) of float64 arrays receives the gradients (returned as they are) in place of new arrays;\n"
         "workspace=GradientsWorkspace() keeps the pass's scratch memory between calls. on_layer(l) is called (with\n"
         "the GIL) as soon as layer l's gradient is final, from the last layer down, while the layers below are\n"
-        "still to come on dense X; an exception it raises ends the call with it.");
+        "still to come on dense X; an exception it raises ends the call with it. share_threads >= 1 cuts dense X's\n"
+        "records in two halves where gradients_shares(layer_sizes, m) says so, each on its own thread (at most\n"
+        "share_threads) with its own sums, added in a fixed order: the same bits on one thread and on two; the\n"
+        "caller holds OpenBLAS at one thread for the call (on_layer is then called after both halves).");
 
     py::class_<LinearObjective>(m, "LinearObjective",
                                 "J and its gradient at flat parameter vectors for L-BFGS on a one-layer network\n"
@@ -1260,6 +1265,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("dtype"),
         "Whether a plain-SGD epoch on dense X cuts its steps in the two shares of optimizer_step_shares (float64 "
         "networks that are not linear models): its bits then do not depend on the thread count.");
+
+    m.def(
+        "gradients_shares",
+        [](const std::vector<std::size_t>& layer_sizes, long long m) {
+            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            if (m < 1) throw std::invalid_argument("m must be >= 1, got " + std::to_string(m));
+            return l2fast::gradients_shares(layer_sizes, std::size_t(m));
+        },
+        py::arg("layer_sizes"), py::arg("m"),
+        "Whether gradients(..., share_threads=n) cuts dense X's m records in two halves, one per thread (the\n"
+        "bound of optimizer_step_shares on a half's blocks).");
 
     m.def(
         "shuffled_read_seconds",

@@ -450,6 +450,81 @@ def test_an_optimizers_epoch_in_two_shares_gives_the_same_bits_on_one_and_two_th
         assert losses == results[0][1]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradients_in_two_halves_give_the_same_bits_on_one_and_two_threads(restore_threads, dtype):
+    rng = np.random.default_rng(7)
+    X, y = make_problem("softmax", 30, 4, m=2501, seed=7)  # halves of 1251 and 1250 records
+    X = X.astype(dtype)
+    sizes = [30, 40, 4]
+    assert _core.gradients_shares(sizes, len(X))
+    W = [rng.normal(size=(n_out, n_in)).astype(dtype) * 0.3 for n_in, n_out in zip(sizes, sizes[1:])]
+    b = [rng.normal(size=n_out).astype(dtype) * 0.1 for n_out in sizes[1:]]
+    weights = rng.random(len(X)).astype(dtype)
+    whole = _core.gradients(W, b, X, y, 0.02, "tanh", "softmax", sample_weight=weights)
+    halves = []
+    for blas, share_threads in ((1, 1), (1, 2), (2, 2), (1, 2)):
+        l2fast.set_num_threads(blas, adaptive=False)
+        halves.append(_core.gradients(W, b, X, y, 0.02, "tanh", "softmax", sample_weight=weights,
+                                      share_threads=share_threads))
+    for dW, db, loss in halves[1:]:
+        assert all(np.array_equal(p, q) for p, q in zip(dW + db, halves[0][0] + halves[0][1]))
+        assert loss == halves[0][2]
+    # the same gradient as one pass, to the rounding of another order of the sums
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    for p, q in zip(halves[0][0] + halves[0][1], whole[0] + whole[1]):
+        np.testing.assert_allclose(p, q, rtol=tol, atol=tol * np.abs(q).max())
+    assert halves[0][2] == pytest.approx(whole[2], rel=tol)
+    # on_layer: each layer once, from the last down, the values it then holds final
+    out = ([np.full(M.shape, np.nan) for M in W], [np.full(v.shape, np.nan) for v in b])
+    seen = []
+    _core.gradients(W, b, X, y, 0.02, "tanh", "softmax", sample_weight=weights, share_threads=2, out=out,
+                    on_layer=lambda layer: seen.append((layer, out[0][layer].copy(), out[1][layer].copy())))
+    assert [layer for layer, *_ in seen] == [1, 0]
+    for layer, dW, db in seen:
+        assert np.array_equal(dW, halves[0][0][layer]) and np.array_equal(db, halves[0][1][layer])
+    with pytest.raises(ValueError, match="share_threads must be >= 0"):
+        _core.gradients(W, b, X, y, 0.02, "tanh", "softmax", share_threads=-1)
+
+
+def test_a_solvers_gradients_take_two_halves_on_the_threads_the_load_leaves(restore_threads, monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from l2fast.sklearn import MLPClassifier
+
+    seen = []
+    gradients = _core.gradients
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("share_threads", 0), _core.get_num_threads()))
+        return gradients(*args, **kwargs)
+
+    monkeypatch.setattr(_core, "gradients", recording)
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1.0)
+    fits = []
+    for n, busy in ((2, 0), (2, 1), (1, 0)):
+        l2fast.set_num_threads(n)
+        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
+        seen.clear()
+        est = MLPClassifier(hidden_layer_sizes=(64,), solver="lbfgs", max_iter=15, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        fits.append(est)
+        # every evaluation in two halves, OpenBLAS on one thread: the halves on both threads when a CPU is free
+        assert seen and set(seen) == {(2 if n == 2 and not busy else 1, 1)}
+    for est in fits[1:]:  # the same bits whatever the threads
+        assert all(np.array_equal(p, q) for p, q in zip(est.coefs_ + est.intercepts_,
+                                                        fits[0].coefs_ + fits[0].intercepts_))
+        assert est.loss_ == fits[0].loss_
+    # halves of at most 2048 records whose products pass optimizer_step_shares' bound; not for 784-256-10, nor
+    # for too few records, nor (no products to share) for a linear model
+    assert _core.gradients_shares([64, 100, 10], 1797) and _core.gradients_shares([64, 100, 10], 60000)
+    assert not _core.gradients_shares([784, 256, 10], 1000) and not _core.gradients_shares([64, 100, 10], 60)
+    assert not _core.gradients_shares([100, 128, 10], 10000) and _core.gradients_shares([100, 128, 10], 2000)
+    assert not _core.gradients_shares([64, 10], 1797)
+
+
 def test_the_dropin_mlps_two_share_epochs_give_the_same_bits_on_one_and_two_threads(restore_threads):
     from sklearn.datasets import load_digits
 

@@ -1290,6 +1290,51 @@ static void test_linear_pass_gives_a_record_the_same_z_wherever_it_sits() {
     set_linear_wide_kernels(true);
 }
 
+// gradients() with share_threads, where gradients_shares allows it: two halves of the records, each with its own
+// workspace and sums (under TSAN: no two threads write one buffer), added in a fixed order: the same bits on one
+// thread and on two, the one pass's values to the rounding of the other order, and layer_done from the last layer
+// down once both halves are in.
+template <class T>
+static void test_gradients_in_two_halves() {
+    std::mt19937_64 rng(43);
+    const std::size_t m = 2601, n_in = 21, hidden = 30, n_out = 4;  // halves of 1301 and 1300 records
+    Shape shape;
+    shape.sizes = {n_in, hidden, n_out};
+    shape.act = Activation::Tanh;
+    shape.loss = Loss::Softmax;
+    CHECK(gradients_shares(shape.sizes, m) && !gradients_shares({n_in, n_out}, m));
+    const auto X64 = randn(m * n_in, rng), W64 = randn(hidden * n_in + n_out * hidden, rng, 0.3),
+               w64 = randn(m, rng);
+    std::vector<T> X(X64.begin(), X64.end()), W(W64.begin(), W64.end()), b(hidden + n_out, T(0.05)), weights(m);
+    for (std::size_t i = 0; i < m; ++i) weights[i] = T(std::abs(w64[i]));
+    std::vector<std::int64_t> labels(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t((i * 5) % n_out);
+    Dataset<T> data{X.data(), m, nullptr, labels.data(), weights.data()};
+    Params<T> params{{W.data(), W.data() + hidden * n_in}, {b.data(), b.data() + hidden}};
+    const auto run = [&](std::size_t share_threads, std::vector<std::size_t>* order) {
+        std::vector<double> g(W.size() + b.size());
+        Params<double> grads{{g.data(), g.data() + hidden * n_in},
+                             {g.data() + W.size(), g.data() + W.size() + hidden}};
+        std::function<void(std::size_t)> done;
+        if (order) done = [order](std::size_t l) { order->push_back(l); };
+        const double loss = gradients<T>(shape, params, data, 0.01, grads, nullptr, done, share_threads).loss_sum;
+        g.push_back(loss);
+        return g;
+    };
+    const int before = blas::num_threads();
+    blas::set_num_threads(1);  // as the cpu backend holds OpenBLAS for the call
+    std::vector<std::size_t> order;
+    const auto one = run(1, nullptr), two = run(2, &order), whole = run(0, nullptr);
+    CHECK(one == two);
+    CHECK((order == std::vector<std::size_t>{1, 0}));
+    const double tol = std::is_same_v<T, double> ? 1e-12 : 2e-5;
+    double largest = 0;
+    for (double v : whole) largest = std::max(largest, std::abs(v));
+    for (std::size_t i = 0; i < whole.size(); ++i) CHECK(std::abs(one[i] - whole[i]) <= tol * largest);
+    CHECK(one != whole);  // another order of the sums: not the one pass's bits
+    blas::set_num_threads(before);
+}
+
 // |got - want| within tol times the sum of |terms| that made want (tol: the small kernels' tests' 1e-13 or 2e-6).
 static bool near_sum(double got, long double want, long double size, double tol) {
     return std::abs(got - double(want)) <= tol * double(size) + 1e-30;
@@ -1668,6 +1713,8 @@ int main() {
     test_linear_objective_is_the_gradients_pass_at_flat_parameters();
     test_linear_pass_gives_a_record_the_same_z_wherever_it_sits<double>();
     test_linear_pass_gives_a_record_the_same_z_wherever_it_sits<float>();
+    test_gradients_in_two_halves<double>();
+    test_gradients_in_two_halves<float>();
     test_shuffled_order_is_a_permutation_and_asks_for_spare_words();
     test_shuffled_order_drawn_is_the_order_of_the_drawn_words();
     test_floor_reads_for_every_batch_size();

@@ -121,11 +121,19 @@ class CpuBackend(HostArrays):
                   with_correct=False, out=None, workspace=None, on_layer=None):
         """As the numpy backend's; ``out`` = (dW list, db list) of float64 arrays to write into, ``workspace``
         (a ``_core.GradientsWorkspace``) the scratch memory kept between calls, and ``on_layer(l)`` called as soon
-        as layer l's gradient is final: a data-parallel step's."""
-        with threads.call_threads(_sizes(weights), min(len(X), _BLOCK_ROWS), X.dtype):
-            return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss,
-                                   sample_weight=sample_weight, check_finite=check_finite, with_correct=with_correct,
-                                   out=out, workspace=workspace, on_layer=on_layer)
+        as layer l's gradient is final: a data-parallel step's. Without on_layer, where ``_core.gradients_shares``
+        allows it (small networks: a solver's passes), the records are cut in two halves, one per thread with OpenBLAS
+        on one (the same bits on any thread count); a data-parallel step keeps one pass, whose last block hands each
+        layer on as soon as it is done."""
+        sizes = _sizes(weights)
+        options = {"sample_weight": sample_weight, "check_finite": check_finite, "with_correct": with_correct,
+                   "out": out, "workspace": workspace, "on_layer": on_layer}
+        dense = not isinstance(X, _validate.SparseFeatures)
+        if on_layer is None and dense and _core.gradients_shares(sizes, len(X)):
+            halves = threads.KernelThreads(sizes, min((len(X) + 1) // 2, _BLOCK_ROWS), X.dtype, two_shares=True)
+            return halves.run(_core.gradients, weights, biases, core_X(X), y, lam_over_m, activation, loss, **options)
+        with threads.call_threads(sizes, min(len(X), _BLOCK_ROWS), X.dtype):
+            return _core.gradients(weights, biases, core_X(X), y, lam_over_m, activation, loss, **options)
 
     def linear_objective(self, X, y, n_out, loss, lam, sample_weight=None):
         """evaluate(x, grad) -> (J, loss_sum) of a one-layer network of n_out outputs at flat float64 parameters x =
