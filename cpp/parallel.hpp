@@ -21,11 +21,11 @@ namespace l2fast {
 // wake-up from sleep takes tens of microseconds, and polling longer would take a core from OpenBLAS's threads.
 constexpr std::chrono::microseconds kHelperPoll{50};
 
-// The linger of the pass L-BFGS calls once per evaluation (linear_gradients): SciPy's L-BFGS-B and the objective's
-// Python take 100-150 us between two, after which a helper woken from sleep took a further ~130 us to start (a
-// 20000 x 20 LogisticRegression fit: 0.43 ms an evaluation, 0.29 ms with this linger; Newton-CG's passes showed no
-// gain).
-constexpr std::chrono::microseconds kSolverPoll{300};
+// The linger of the passes L-BFGS calls once per evaluation (linear_gradients, gradients() in two halves): SciPy's
+// L-BFGS-B and the objective's Python take 0.1-0.15 ms between two for a linear model, 0.4-0.6 ms for 64-100-10
+// (7 510 parameters), after which a helper woken from sleep took a further ~0.13 ms to start (a 20000 x 20
+// LogisticRegression fit: 0.43 ms an evaluation, 0.29 ms with a linger). Newton-CG's passes showed no gain.
+constexpr std::chrono::microseconds kSolverPoll{1000};
 
 // The CPU the calling thread runs on now, or -1 where that cannot be told.
 int current_cpu();
