@@ -1084,13 +1084,14 @@ struct GradientsScratch {
     std::vector<Workspace<T>> ws;    // one per share, once made
     Share shares[2];
 
-    // Buffers for `count` shares of blocks of up to rows_needed records, kept while the network and count allow.
+    // Buffers for `count` (1 or 2) shares of blocks of up to rows_needed records, kept while the network and count
+    // allow.
     void prepare(const Shape& shape, std::size_t rows_needed, std::size_t count, bool sums_in_T) {
         if (ws.size() < count || sizes != shape.sizes || rows_needed > rows) {
             rows = sizes == shape.sizes ? std::max(rows, rows_needed) : rows_needed;
             sizes = shape.sizes;
             ws.clear();
-            for (std::size_t s = 0; s < std::max<std::size_t>(count, 1); ++s) ws.emplace_back(shape, rows, false, true);
+            for (std::size_t s = 0; s < count; ++s) ws.emplace_back(shape, rows, false, true);
             ++grown;
         }
         const std::size_t L = shape.n_layers();

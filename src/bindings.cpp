@@ -276,6 +276,19 @@ bool is_float32(const std::string& dtype) {
     return dtype == "float32";
 }
 
+// The layer sizes of a network the thread rules ask about: [n_in, ..., n_out]; throws naming them otherwise.
+const std::vector<std::size_t>& checked_layer_sizes(const std::vector<std::size_t>& layer_sizes) {
+    if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+    return layer_sizes;
+}
+
+// share_threads (train_epoch's, gradients'): a count >= 0; throws naming it otherwise.
+std::size_t checked_share_threads(long long share_threads) {
+    if (share_threads < 0)
+        throw std::invalid_argument("share_threads must be >= 0, got " + std::to_string(share_threads));
+    return std::size_t(share_threads);
+}
+
 py::tuple stats_tuple(const l2fast::LossStats& s) { return py::make_tuple(s.loss_sum, s.correct); }
 
 // What one training epoch reads besides the parameters: the data, the order (null: records in turn)
@@ -460,8 +473,7 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
     l2fast::OptimizerRun<T> run;
     run.opt = args.parse();
     if (step < 0) throw std::invalid_argument("step must be >= 0, got " + std::to_string(step));
-    if (share_threads < 0)
-        throw std::invalid_argument("share_threads must be >= 0, got " + std::to_string(share_threads));
+    const std::size_t threads_for_shares = checked_share_threads(share_threads);
     run.step = step;
     std::vector<py::array> written = net.keep;
     run.slots = take_slots<T>(net.shape, slots, run.opt.n_slots(), written);
@@ -479,7 +491,7 @@ py::tuple train_epoch_t(const py::list& weights, const py::list& biases, const p
         result = l2fast::train_epoch(net.shape, net.params, epoch.data, epoch.order, epoch.n,
                                      std::size_t(batch_size), T(lr), T(lam_over_m), interrupted, &run, with_norms,
                                      short_lam_over_m ? std::optional<T>(T(*short_lam_over_m)) : std::nullopt,
-                                     std::size_t(share_threads));
+                                     threads_for_shares);
     }
     if (result.stopped) throw py::error_already_set();  // the KeyboardInterrupt the handler raised
     if (with_norms) return py::make_tuple(result.stats.loss_sum, result.stats.correct, result.weight_norms);
@@ -619,8 +631,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
                       double lam_over_m, const std::string& activation, const std::string& loss,
                       const py::handle& sample_weight, bool check_X_finite, bool with_correct, const py::handle& out,
                       const py::handle& workspace_obj, const py::handle& on_layer, long long share_threads) {
-    if (share_threads < 0)
-        throw std::invalid_argument("share_threads must be >= 0, got " + std::to_string(share_threads));
+    const std::size_t threads_for_shares = checked_share_threads(share_threads);
     Net<T> net = take_network<T>(weights, biases, activation, loss, false);
     if (y.is_none()) throw std::invalid_argument("y: targets are required");
     std::vector<py::array> read = net.keep;
@@ -650,7 +661,7 @@ py::tuple gradients_t(const py::list& weights, const py::list& biases, const py:
     try {
         ReleasedGil release;
         stats = l2fast::gradients(net.shape, net.params, data, lam_over_m, grads,
-                                  workspace ? workspace->scratch<T>() : nullptr, layer_done, std::size_t(share_threads));
+                                  workspace ? workspace->scratch<T>() : nullptr, layer_done, threads_for_shares);
     } catch (...) {
         if (workspace) workspace->busy.store(false);
         throw;
@@ -1237,8 +1248,7 @@ PYBIND11_MODULE(_core, m) {
         "linear_step_fits",
         [](const std::vector<std::size_t>& layer_sizes) {
             l2fast::Shape shape;
-            shape.sizes = layer_sizes;
-            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            shape.sizes = checked_layer_sizes(layer_sizes);
             return l2fast::linear_step_fits(shape);
         },
         py::arg("layer_sizes"),
@@ -1247,9 +1257,9 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "optimizer_step_shares",
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size) {
-            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
             if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            return l2fast::optimizer_step_shares(layer_sizes, batch_size);
+            return l2fast::optimizer_step_shares(sizes, batch_size);
         },
         py::arg("layer_sizes"), py::arg("batch_size"),
         "Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares whose sums are "
@@ -1258,9 +1268,9 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "sgd_step_shares",
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& dtype) {
-            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
             if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            return l2fast::sgd_step_shares(layer_sizes, batch_size, is_float32(dtype));
+            return l2fast::sgd_step_shares(sizes, batch_size, is_float32(dtype));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("dtype"),
         "Whether a plain-SGD epoch on dense X cuts its steps in the two shares of optimizer_step_shares (float64 "
@@ -1269,9 +1279,9 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "gradients_shares",
         [](const std::vector<std::size_t>& layer_sizes, long long m) {
-            if (layer_sizes.size() < 2) throw std::invalid_argument("layer_sizes: need at least [n_in, n_out]");
+            const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
             if (m < 1) throw std::invalid_argument("m must be >= 1, got " + std::to_string(m));
-            return l2fast::gradients_shares(layer_sizes, std::size_t(m));
+            return l2fast::gradients_shares(sizes, std::size_t(m));
         },
         py::arg("layer_sizes"), py::arg("m"),
         "Whether gradients(..., share_threads=n) cuts dense X's m records in two halves, one per thread (the\n"
