@@ -610,7 +610,7 @@ void apply_update(const PendingUpdate<T>& pending, std::vector<ShareBuffers<T>>&
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                              std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
-                             bool with_norms) {
+                             bool with_norms, std::chrono::microseconds run_length) {
     EpochResult result;
     if (n == 0) return result;
     batch = std::min(batch, n);
@@ -629,14 +629,24 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     }
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1), kShares);
     const T decay = T(1) - lr * lam_over_m;
-    // The step before this one, whose update each share applies to its own W and b before its sums (see
-    // apply_update): none before an epoch's first step.
-    PendingUpdate<T> pending;
-    double norms = 0.0;  // the weights' sum of squares as each step found them, added up by share 0
-    for (std::size_t start = 0, step = 0; start < n; start += batch, ++step) {
-        const std::size_t rows = std::min(batch, n - start);
-        // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on
-        // them; on two threads the parts read X side by side, twice the rows in flight from memory.
+    // What the steps add up as they go, on cache lines of their own: the calling thread writes them every step, and a
+    // line it shares with what the helper reads every step (the functions parallel_steps calls) would move between the
+    // cores each step (100 -> 10: 3 % of an epoch).
+    struct alignas(kLine) Tally {
+        LossStats stats;
+        std::size_t steps = 0, closed = 0;
+        double norms = 0.0;  // the weights' sum of squares as each step found them, added up by share 0
+    } tally;
+    const std::size_t n_steps = (n + batch - 1) / batch;
+    const auto rows_of = [&](std::size_t step) { return std::min(batch, n - step * batch); };
+    // Step t's update, which each share of step t + 1 applies to its own W and b before its sums (see apply_update):
+    // none before an epoch's first step. Set out before the steps, so that no thread writes them while others read.
+    std::vector<PendingUpdate<T>> pending(n_steps + 1);
+    for (std::size_t t = 0; t < n_steps; ++t) pending[t + 1] = {parts_of(rows_of(t)), t % 2, -lr / T(rows_of(t))};
+    // A step of many records is cut in kShares parts, whatever the threads, so that its sums do not depend on them;
+    // on two threads the parts read X side by side, twice the rows in flight from memory.
+    const auto share = [&](std::size_t step, std::size_t s) {
+        const std::size_t start = step * batch, rows = rows_of(step);
         const std::size_t parts = parts_of(rows), per_part = (rows + parts - 1) / parts;
         // On two threads share s asks for the first rows of the next step's share s, which the same thread most often
         // takes (the caller the first, the helper the second): the rows after its own are the other thread's, and
@@ -646,37 +656,53 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
         const std::size_t next_parts = next_rows ? parts_of(next_rows) : 0;
         const std::size_t next_per_part = next_parts ? (next_rows + next_parts - 1) / next_parts : 0;
         const bool side_by_side = parts > 1 && threads > 1;
-        const std::size_t parity = step % 2;
-        parallel_for(parts, parts > 1 ? threads : 1, 1, [&](std::size_t first, std::size_t last) {
-            for (std::size_t s = first; s < last; ++s) {
-                ShareBuffers<T>& own = shares[s];
-                apply_update(pending, shares, decay, own, s == 0 && with_norms ? &norms : nullptr);
-                const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
-                const std::size_t successor = !side_by_side ? end : s < next_parts ? next_start + s * next_per_part : n;
-                share_sums(shape, layout, kernels, own.W.data(), own.b.data(), records, begin, end - begin, successor,
-                           own, parity);
-            }
-        });
-        for (std::size_t s = 0; s < parts; ++s) result.stats += shares[s].stats;
-        pending = {parts, parity, -lr / T(rows)};
-        ++result.steps;
+        ShareBuffers<T>& own = shares[s];
+        apply_update(pending[step], shares, decay, own, s == 0 && with_norms ? &tally.norms : nullptr);
+        const std::size_t begin = start + s * per_part, end = std::min(start + rows, begin + per_part);
+        const std::size_t successor = !side_by_side ? end : s < next_parts ? next_start + s * next_per_part : n;
+        share_sums(shape, layout, kernels, own.W.data(), own.b.data(), records, begin, end - begin, successor, own,
+                   step % 2);
+    };
+    // A step's loss into the epoch's, once its shares are done (before the next opens).
+    const auto close = [&](std::size_t step) {
+        for (std::size_t s = 0; s < pending[step + 1].parts; ++s) tally.stats += shares[s].stats;
+        tally.closed = step + 1;
+    };
+    // The steps go in runs of about run_length, each one job of the pool (parallel_steps: one hand-off a step, where a
+    // job for each step cost 100 -> 1 about a tenth of its epoch), and between the runs, outside the pool, stop() is
+    // asked (train_epoch's asks Python at most every 10 ms, whose signal handlers may call back into l2fast).
+    for (std::size_t done = 0; done < n_steps;) {
+        const auto run_start = std::chrono::steady_clock::now();
+        const std::size_t ran = parallel_steps(
+            n_steps - done, threads, [&](std::size_t t) { return parts_of(rows_of(done + t)); },
+            [&](std::size_t t, std::size_t s) { share(done + t, s); },
+            [&](std::size_t t) {
+                close(done + t);
+                return std::chrono::steady_clock::now() - run_start < run_length;
+            });
+        done += ran;
+        if (tally.closed < done) close(done - 1);
         if (stop && stop()) {
             result.stopped = true;
             break;
         }
     }
     // the last step's update, on share 0's copy (a share that skipped steps, the short last one's, is behind)
-    apply_update(pending, shares, decay, shares[0], nullptr);
-    result.weight_norms += norms;
+    apply_update(pending[tally.closed], shares, decay, shares[0], nullptr);
+    result.stats += tally.stats;
+    result.steps += tally.closed;
+    result.weight_norms += tally.norms;
     for (std::size_t k = 0; k < n_out; ++k) std::copy_n(shares[0].W.data() + k * P, n_in, params.W[0] + k * n_in);
     std::copy_n(shares[0].b.data(), n_out, params.b[0]);
     return result;
 }
 
 template EpochResult linear_sgd_epoch(const Shape&, Params<float>&, const Dataset<float>&, const std::int64_t*,
-                                      std::size_t, std::size_t, float, float, const std::function<bool()>&, bool);
+                                      std::size_t, std::size_t, float, float, const std::function<bool()>&, bool,
+                                      std::chrono::microseconds);
 template EpochResult linear_sgd_epoch(const Shape&, Params<double>&, const Dataset<double>&, const std::int64_t*,
-                                      std::size_t, std::size_t, double, double, const std::function<bool()>&, bool);
+                                      std::size_t, std::size_t, double, double, const std::function<bool()>&, bool,
+                                      std::chrono::microseconds);
 
 namespace {
 

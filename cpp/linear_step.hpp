@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <functional>
 
 #include "network.hpp"
@@ -21,13 +22,14 @@ bool linear_step_fits(const Shape& shape);
 // W <- (1 - lr lam_over_m) W - (lr/b) G and b <- b - (lr/b) sum dL/dz, is one pass over the small W, made by each
 // share on a copy of W of its own before the next step's sums (both threads at once, no serial pass). The same step
 // as train_epoch's (the GEMM path), up to the order of the float sums. A step of 128 records or more is cut in two
-// shares whatever the threads (run side by side on two), so its results do not depend on the thread count. stop is
-// asked after each step; true ends the epoch there (`stopped`). with_norms: the result's weight_norms as
-// train_epoch's.
+// shares whatever the threads (run side by side on two), so its results do not depend on the thread count. The
+// steps go in runs of about run_length each, one job of the pool (parallel_steps); stop is asked after each run, outside
+// the pool, and true ends the epoch there (`stopped`). with_norms: the result's weight_norms as train_epoch's.
+constexpr std::chrono::microseconds kLinearRun{10000};
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                              std::size_t n, std::size_t batch, T lr, T lam_over_m, const std::function<bool()>& stop,
-                             bool with_norms = false);
+                             bool with_norms = false, std::chrono::microseconds run_length = kLinearRun);
 
 // Whether linear_sgd_epoch and linear_gradients (linear.hpp) run their AVX-512 kernels where the machine has them
 // (true, the default) or the AVX2 ones everywhere (false): the tests run both sets on a machine with AVX-512.

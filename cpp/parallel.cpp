@@ -10,6 +10,8 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -264,6 +266,179 @@ double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,
     double total = 0.0;
     for (double s : sums) total += s;
     return total;
+}
+
+namespace {
+
+// The shared state of a parallel_steps run. One word holds the open step, the parts of it taken (a bit each) and the
+// parts done (a count), so that a claim is checked against the very step it claims; ended says the run is over. A
+// thread waiting for a change polls a moment, then sleeps; whoever changes the state wakes the sleepers, if any.
+class StepGate {
+public:
+    static std::size_t step_of(std::uint64_t state) { return std::size_t(state >> kStepShift); }
+    static std::uint64_t taken_of(std::uint64_t state) { return state >> kTakenShift & kPartsMask; }
+    static std::size_t done_of(std::uint64_t state) { return std::size_t(state & kPartsMask); }
+
+    std::uint64_t state() const { return state_.load(std::memory_order_seq_cst); }
+    bool ended() const { return ended_.load(std::memory_order_seq_cst); }
+
+    // Claims part p of step t: false when it is taken already, or step t is no longer the open one.
+    bool claim(std::size_t t, std::size_t p) {
+        std::uint64_t state = state_.load(std::memory_order_acquire);
+        const std::uint64_t bit = std::uint64_t(1) << (kTakenShift + p);
+        while (step_of(state) == t && !(state & bit))
+            if (state_.compare_exchange_weak(state, state | bit, std::memory_order_acq_rel, std::memory_order_acquire))
+                return true;
+        return false;
+    }
+
+    void part_done() {
+        state_.fetch_add(1, std::memory_order_seq_cst);
+        wake();
+    }
+
+    // The step open to the threads that wait for it (on a cache line of its own, which only this writes: the waiting
+    // threads poll it without taking state_'s line from the threads that claim and finish parts).
+    std::size_t opened() const { return opened_.load(std::memory_order_seq_cst); }
+
+    void open(std::size_t t) {
+        state_.store(std::uint64_t(t) << kStepShift, std::memory_order_release);
+        opened_.store(t, std::memory_order_seq_cst);
+        wake();
+    }
+
+    void end() {
+        ended_.store(true, std::memory_order_seq_cst);
+        wake();
+    }
+
+    // Returns once ready() holds: polling first, then asleep.
+    template <class Ready>
+    void wait(Ready ready) {
+        if (spin_until(ready)) return;
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        wake_.wait(lock, ready);
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+
+    // The first exception a part (or after) threw, kept for the caller.
+    void failed(std::exception_ptr error) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!error_) error_ = error;
+        }
+        failed_.store(true, std::memory_order_release);
+    }
+    bool has_failed() const { return failed_.load(std::memory_order_acquire); }
+    std::exception_ptr error() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return error_;
+    }
+
+private:
+    static constexpr unsigned kTakenShift = 8, kStepShift = 16;
+    static constexpr std::uint64_t kPartsMask = 0xff;
+    static_assert(kMaxStepParts <= 8, "a step's parts taken are 8 bits of StepGate's word");
+
+    // A waiter counts itself in sleepers_ before its last look at the state, under mutex_, and a changer looks at
+    // sleepers_ after its change (all sequentially consistent): either the waiter sees the change, or the changer
+    // sees the sleeper and notifies it under the mutex, which it cannot take until the waiter sleeps.
+    void wake() {
+        if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+        { std::lock_guard<std::mutex> lock(mutex_); }
+        wake_.notify_all();
+    }
+
+    alignas(64) std::atomic<std::uint64_t> state_{0};  // step 0 open, nothing taken
+    alignas(64) std::atomic<std::size_t> opened_{0};
+    alignas(64) std::atomic<bool> ended_{false};
+    std::atomic<int> sleepers_{0};
+    std::atomic<bool> failed_{false};
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::exception_ptr error_;  // under mutex_
+};
+
+// Thread `me`'s share of a parallel_steps run: each step, its own part first, then any left; on the caller, the wait
+// for the step's parts, after() and the next step's opening.
+void take_steps(StepGate& gate, bool is_caller, std::size_t me, std::size_t steps,
+                const std::function<std::size_t(std::size_t)>& parts, const std::function<void(std::size_t, std::size_t)>& part,
+                const std::function<bool(std::size_t)>& after) {
+    for (std::size_t t = 0;;) {
+        gate.wait([&] { return gate.ended() || gate.opened() >= t; });
+        if (gate.ended()) return;
+        t = gate.opened();  // a helper that came late joins the open step
+        const std::size_t n_parts = parts(t);
+        for (std::size_t k = 0; k < n_parts; ++k) {
+            const std::size_t p = (me + k) % n_parts;
+            if (!gate.claim(t, p)) continue;
+            try {
+                part(t, p);
+            } catch (...) {
+                gate.failed(std::current_exception());
+            }
+            gate.part_done();
+        }
+        if (!is_caller) {
+            ++t;
+            continue;
+        }
+        gate.wait([&] { return StepGate::done_of(gate.state()) == n_parts; });
+        bool more = t + 1 < steps && !gate.has_failed();
+        if (more) {
+            try {
+                more = after(t);
+            } catch (...) {
+                gate.failed(std::current_exception());
+                more = false;
+            }
+        }
+        if (!more) {
+            gate.end();
+            return;
+        }
+        gate.open(++t);
+    }
+}
+
+}  // namespace
+
+std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::function<std::size_t(std::size_t)>& parts,
+                           const std::function<void(std::size_t, std::size_t)>& part,
+                           const std::function<bool(std::size_t)>& after) {
+    if (steps == 0) return 0;
+    for (std::size_t t = 0; t < steps; ++t) {  // the part counts, checked before any part runs
+        const std::size_t n = parts(t);
+        if (n < 1 || n > kMaxStepParts)
+            throw std::invalid_argument("parallel_steps: step " + std::to_string(t) + " has " + std::to_string(n) +
+                                        " parts, not 1 to " + std::to_string(kMaxStepParts));
+    }
+    threads = std::min(threads, kMaxStepParts);
+    if (threads < 2) {
+        for (std::size_t t = 0;; ++t) {
+            std::exception_ptr error;  // the step's other parts still run, as on several threads
+            for (std::size_t p = 0, n = parts(t); p < n; ++p) {
+                try {
+                    part(t, p);
+                } catch (...) {
+                    if (!error) error = std::current_exception();
+                }
+            }
+            if (error) std::rethrow_exception(error);
+            if (t + 1 == steps || !after(t)) return t + 1;
+        }
+    }
+    StepGate gate;
+    const std::thread::id caller = std::this_thread::get_id();
+    parallel_for(threads, threads, 1, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t k = begin; k < end; ++k) {
+            const bool is_caller = std::this_thread::get_id() == caller;
+            take_steps(gate, is_caller, is_caller ? 0 : std::max<std::size_t>(k, 1), steps, parts, part, after);
+        }
+    });
+    if (gate.has_failed()) std::rethrow_exception(gate.error());
+    return gate.opened() + 1;  // the run ends after the step open last
 }
 
 }  // namespace l2fast

@@ -49,6 +49,21 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body,
                   std::chrono::microseconds linger = kHelperPoll);
 
+// Runs `steps` steps one after another as one job of the pool, on the calling thread and up to threads - 1 helpers:
+// step t is cut in parts(t) parts (1 to kMaxStepParts), part p being part(t, p), and step t + 1 begins once every
+// part of step t is done and after(t) has returned true on the calling thread (false ends the run after step t). A
+// step costs one hand-off between the threads instead of a job's posting, claiming and completion (parallel_for), so a
+// loop of short dependent steps (a linear model's SGD steps of a few microseconds each) loses less to the hand-offs.
+// Thread k takes part k of a step when it can (the caller part 0), then any part not yet taken: a helper that starts
+// late, or never, leaves its parts to the others, and a thread waits only for parts already taken. Between steps the
+// threads poll a moment (yielding between rounds), then sleep. part and after run while the job holds the pool: they
+// must not call parallel_for or parallel_steps, nor Python. When a part (or after) throws, the run ends after its step
+// and the first exception is rethrown once every part taken is over. Returns the steps run.
+constexpr std::size_t kMaxStepParts = 8;
+std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::function<std::size_t(std::size_t)>& parts,
+                           const std::function<void(std::size_t, std::size_t)>& part,
+                           const std::function<bool(std::size_t)>& after);
+
 // parallel_for for a body that returns a partial sum of its share: the shares' sums added in share order, so
 // that the total depends on the share count alone, never on which thread finished first.
 double parallel_sum(std::size_t n, std::size_t threads, std::size_t min_share,

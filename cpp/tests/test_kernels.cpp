@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -288,6 +289,32 @@ static void test_training_lowers_the_cost_and_gradients_vanish_at_lam_only() {
     for (std::size_t k = 0; k < W0.size(); ++k) CHECK(std::abs(dW0[k] - 0.25 * W0[k]) < 1e-15);
 }
 
+// Ends the test run as failed, rather than let it hang, when the scope it guards has not ended within a minute.
+class Watchdog {
+public:
+    explicit Watchdog(const char* what)
+        : thread_([this, what] {
+              const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+              while (!finished_.load() && std::chrono::steady_clock::now() < deadline)
+                  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+              if (!finished_.load()) {
+                  std::printf("FAILED: %s did not finish in 60 s\n", what);
+                  std::fflush(stdout);
+                  std::_Exit(1);
+              }
+          }) {}
+    ~Watchdog() {
+        finished_.store(true);
+        thread_.join();
+    }
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+
+private:
+    std::atomic<bool> finished_{false};
+    std::thread thread_;  // after finished_, which it reads
+};
+
 static void test_parallel_for_covers_every_index_once() {
     for (std::size_t n : {std::size_t(0), std::size_t(5), std::size_t(1000), std::size_t(1001)}) {
         for (std::size_t threads : {1, 2, 3}) {
@@ -378,17 +405,7 @@ static void test_parallel_for_jobs_of_changing_share_counts() {
 #else
     constexpr int kJobs = 400000;  // before the fix: a hang or a miscount in about two runs of three of 200000 jobs
 #endif
-    std::atomic<bool> finished{false};
-    std::thread watchdog([&] {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-        while (!finished.load() && std::chrono::steady_clock::now() < deadline)
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        if (!finished.load()) {
-            std::printf("FAILED: parallel_for jobs of changing share counts did not finish in 60 s\n");
-            std::fflush(stdout);
-            std::_Exit(1);
-        }
-    });
+    std::optional<Watchdog> watchdog(std::in_place, "parallel_for jobs of changing share counts");
     std::vector<int> hits(400);
     std::atomic<int> running{0};
     int wrong = 0;
@@ -403,8 +420,7 @@ static void test_parallel_for_jobs_of_changing_share_counts() {
         wrong += running.load() != 0;
         for (std::size_t i = 0; i < hits.size(); ++i) wrong += hits[i] != (i < n ? 1 : 0);
     }
-    finished.store(true);
-    watchdog.join();
+    watchdog.reset();
     CHECK(wrong == 0);
 }
 
@@ -435,6 +451,107 @@ static void test_parallel_for_passes_a_shares_exception_to_the_caller() {
     }
     CHECK(caught == 400);
     CHECK(whole == 800);
+}
+
+// parallel_steps on one to four threads, with steps of one to eight parts: every part of every step runs once, a
+// step's parts only after every part of the step before and after() for it (on the calling thread), after() is not
+// asked after the last step, and the run returns the step count. Runs with parts that sleep longer than the threads
+// poll (so the waits block and are woken) and runs after a pause (helpers asleep, joining late) are among them; a
+// watchdog fails the test, rather than hang it, when a run never ends.
+static void test_parallel_steps_run_each_part_once_in_step_order() {
+    std::optional<Watchdog> watchdog(std::in_place, "parallel_steps runs");
+    int wrong = 0, runs = 0;
+    for (std::size_t threads : {1, 2, 3, 4}) {
+        for (std::size_t steps : {std::size_t(1), std::size_t(5), std::size_t(300)}) {
+            for (int round = 0; round < 4; ++round) {
+                const bool slow = round == 1, after_pause = round == 2;
+                if (after_pause) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                const auto parts = [&](std::size_t t) { return 1 + (t * 7 + std::size_t(round)) % kMaxStepParts; };
+                std::vector<std::atomic<int>> hits(steps * kMaxStepParts);
+                std::atomic<std::size_t> closed{0};  // steps whose after() has returned
+                std::atomic<int> bad{0};
+                const std::thread::id caller = std::this_thread::get_id();
+                const std::size_t ran = parallel_steps(
+                    steps, threads, parts,
+                    [&](std::size_t t, std::size_t p) {
+                        if (closed.load() != t || p >= parts(t)) ++bad;
+                        if (slow && t < 3) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                        ++hits[t * kMaxStepParts + p];
+                    },
+                    [&](std::size_t t) {
+                        int done = 0;
+                        for (std::size_t p = 0; p < kMaxStepParts; ++p) done += hits[t * kMaxStepParts + p].load();
+                        if (std::this_thread::get_id() != caller || t + 1 >= steps || closed.load() != t ||
+                            done != int(parts(t)))
+                            ++bad;
+                        closed.store(t + 1);
+                        return true;
+                    });
+                wrong += ran != steps || bad.load() != 0 || closed.load() != steps - 1;
+                for (std::size_t t = 0; t < steps; ++t)
+                    for (std::size_t p = 0; p < kMaxStepParts; ++p)
+                        wrong += hits[t * kMaxStepParts + p].load() != (p < parts(t) ? 1 : 0);
+                ++runs;
+            }
+        }
+    }
+    watchdog.reset();
+    CHECK(runs == 48);
+    CHECK(wrong == 0);
+}
+
+// parallel_steps ends after the step whose after() says false, and a part that throws (on whichever thread runs it)
+// or an after() that throws ends the run after its step, every other part of that step still run, the exception
+// passed to the caller; the next run is whole. Part counts outside 1..kMaxStepParts are refused before any part runs.
+static void test_parallel_steps_end_early_and_pass_exceptions() {
+    for (std::size_t threads : {1, 2, 3}) {
+        for (int round = 0; round < 50; ++round) {
+            const std::size_t stop_at = std::size_t(round) % 7;
+            std::vector<std::atomic<int>> hits(20 * 2);
+            const std::size_t ran = parallel_steps(
+                20, threads, [](std::size_t) { return std::size_t(2); },
+                [&](std::size_t t, std::size_t p) { ++hits[2 * t + p]; }, [&](std::size_t t) { return t != stop_at; });
+            CHECK(ran == stop_at + 1);
+            for (std::size_t i = 0; i < hits.size(); ++i) CHECK(hits[i].load() == (i / 2 <= stop_at ? 1 : 0));
+
+            for (int thrower : {0, 1, 2}) {  // part 0 of step 3, part 1 of step 3, after() of step 3
+                for (auto& h : hits) h.store(0);
+                bool caught = false;
+                try {
+                    parallel_steps(
+                        20, threads, [](std::size_t) { return std::size_t(2); },
+                        [&](std::size_t t, std::size_t p) {
+                            if (t == 3 && int(p) == thrower) throw std::runtime_error("part");
+                            ++hits[2 * t + p];
+                        },
+                        [&](std::size_t t) {
+                            if (t == 3 && thrower == 2) throw std::runtime_error("after");
+                            return true;
+                        });
+                } catch (const std::runtime_error& e) {
+                    caught = std::string(e.what()) == (thrower == 2 ? "after" : "part");
+                }
+                CHECK(caught);
+                for (std::size_t i = 0; i < hits.size(); ++i) {
+                    const std::size_t t = i / 2;
+                    const bool thrown = t == 3 && int(i % 2) == thrower;
+                    CHECK(hits[i].load() == (t <= 3 && !thrown ? 1 : 0));
+                }
+            }
+        }
+    }
+    for (std::size_t bad_count : {std::size_t(0), kMaxStepParts + 1}) {
+        int ran_parts = 0;
+        bool refused = false;
+        try {
+            parallel_steps(
+                4, 2, [&](std::size_t t) { return t == 2 ? bad_count : std::size_t(1); },
+                [&](std::size_t, std::size_t) { ++ran_parts; }, [](std::size_t) { return true; });
+        } catch (const std::invalid_argument& e) {
+            refused = std::string(e.what()).find("step 2 has") != std::string::npos;
+        }
+        CHECK(refused && ran_parts == 0);
+    }
 }
 
 // The floors' reads (bench A): rows read once, or gathered by batch and read twice, for batches of one row, of
@@ -1627,9 +1744,10 @@ static void test_shuffled_order_drawn_is_the_order_of_the_drawn_words() {
     CHECK(!shuffled_order_drawn(WordsInTurn::draw, &none, order.data(), 1, 4) && none.next == 0);
 }
 
-// The linear step (linear_sgd_epoch, asked to stop after every step) with steps of two shares (batch >= 128) on one
-// thread and on two, where the two threads run the whole epoch and meet twice a step: the same bits, and asked to stop
-// after the third step, both stop there with the same W. Run under ThreadSanitizer by tests/test_cpp_kernels.py.
+// The linear step (linear_sgd_epoch in runs of one step, so asked to stop after every step) with steps of two shares
+// (batch >= 128) on one thread and on two: the same bits, and asked to stop after the third step, both stop there with
+// the W, b, loss and weights' norms of the same epoch over just those three steps' records. Run under ThreadSanitizer
+// by tests/test_cpp_kernels.py.
 static void test_linear_steps_of_two_shares_on_one_and_two_threads() {
     std::mt19937_64 rng(29);
     const std::size_t m = 700, n_in = 21, n_out = 3, batch = 200;  // steps of 200, 200, 200 and a short 100
@@ -1651,10 +1769,19 @@ static void test_linear_steps_of_two_shares_on_one_and_two_threads() {
             Params<double> params{{W.data()}, {b.data()}};
             int asked = 0;
             const EpochResult r = linear_sgd_epoch<double>(shape, params, data, order.data(), m, batch, 0.2, 0.01,
-                                                           [&] { return stopping && ++asked == 3; });
+                                                           [&] { return stopping && ++asked == 3; }, true,
+                                                           std::chrono::microseconds(0));
             CHECK(stopping ? (r.stopped && r.steps == 3) : (!r.stopped && r.steps == 4));
             W_of[threads - 1][stopping] = W;
             b_of[threads - 1][stopping] = b;
+            if (stopping) {
+                std::vector<double> W_three = W0, b_three = b0;
+                Params<double> three{{W_three.data()}, {b_three.data()}};
+                const EpochResult r3 = linear_sgd_epoch<double>(shape, three, data, order.data(), 3 * batch, batch,
+                                                                0.2, 0.01, {}, true);
+                CHECK(!r3.stopped && r3.steps == 3 && W_three == W && b_three == b);
+                CHECK(r3.stats.loss_sum == r.stats.loss_sum && r3.weight_norms == r.weight_norms);
+            }
         }
     }
     blas::set_num_threads(before);
@@ -1683,6 +1810,8 @@ int main() {
     test_parallel_for_jobs_of_changing_share_counts();
     test_parallel_for_passes_a_shares_exception_to_the_caller();
     test_parallel_for_caller_takes_the_shares_a_late_helper_leaves();
+    test_parallel_steps_run_each_part_once_in_step_order();
+    test_parallel_steps_end_early_and_pass_exceptions();
     test_leave_cpu_moves_off_and_keeps_the_mask();
     test_parallel_sum_adds_the_shares_in_order();
     test_optimizer_steps_sum_the_old_squares();
