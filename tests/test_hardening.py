@@ -86,6 +86,56 @@ def test_ctrl_c_stops_fit_promptly_and_leaves_consistent_parameters(backend, opt
     assert "parameters back at the epoch's start: True" in result.stdout
 
 
+LINEAR_INTERRUPT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    import numpy as np
+    import l2fast
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in INTERRUPT_SCRIPT
+    rng = np.random.default_rng(0)
+    # A linear model's epochs (cpp/linear_step.cpp: runs of steps as one job of the pool, Ctrl-C looked for between
+    # the runs), steps of two shares of 256 records: tens of epochs before the signal
+    X = rng.normal(size=(100000, 256)).astype(np.float32)
+    y = rng.integers(0, 10, size=100000)
+    make = lambda: l2fast.Network([256, 10], activation="identity", loss="softmax", backend="cpu", seed=0)
+    net = make()
+    sent = []
+
+    def interrupt():
+        time.sleep(0.3)
+        sent.append(time.perf_counter())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        net.fit(X, y, epochs=100000, lr=0.01, batch_size=512)
+    except KeyboardInterrupt:
+        latency = time.perf_counter() - sent[0]
+    else:
+        print("fit finished without noticing the interrupt")
+        sys.exit(1)
+    # the parameters of the last complete epoch: those of a twin trained epoch by epoch, at some count
+    twin = make()
+    for epochs in range(100000):
+        if all(np.array_equal(p, q) for p, q in zip(net.weights + net.biases, twin.weights + twin.biases)):
+            print(f"interrupted after {latency:.3f} s, at the end of epoch {epochs}")
+            sys.exit(0 if latency < 0.5 and epochs > 0 else 1)
+        twin.fit(X, y, epochs=1, lr=0.01, batch_size=512)
+        if epochs > 5000:
+            break
+    print("the parameters are no epoch's")
+    sys.exit(1)
+""")
+
+
+def test_ctrl_c_stops_a_linear_models_fit_at_an_epochs_end(tmp_path):
+    script = tmp_path / "interrupt_linear.py"
+    script.write_text(LINEAR_INTERRUPT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "at the end of epoch" in result.stdout
+
+
 # -- leaks ---------------------------------------------------------------------------------------
 
 def resident_bytes():
