@@ -634,7 +634,7 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     // cores each step (100 -> 10: 3 % of an epoch).
     struct alignas(kLine) Tally {
         LossStats stats;
-        std::size_t steps = 0, closed = 0;
+        std::size_t closed = 0;  // the steps whose loss is in stats
         double norms = 0.0;  // the weights' sum of squares as each step found them, added up by share 0
     } tally;
     const std::size_t n_steps = (n + batch - 1) / batch;

@@ -1,9 +1,9 @@
 // Minibatch SGD for linear models (no hidden layer): each step in one read of its records, straight from X.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <chrono>
 #include <functional>
 
 #include "network.hpp"

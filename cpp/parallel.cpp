@@ -276,7 +276,6 @@ namespace {
 class StepGate {
 public:
     static std::size_t step_of(std::uint64_t state) { return std::size_t(state >> kStepShift); }
-    static std::uint64_t taken_of(std::uint64_t state) { return state >> kTakenShift & kPartsMask; }
     static std::size_t done_of(std::uint64_t state) { return std::size_t(state & kPartsMask); }
 
     std::uint64_t state() const { return state_.load(std::memory_order_seq_cst); }
@@ -362,14 +361,14 @@ private:
 
 // Thread `me`'s share of a parallel_steps run: each step, its own part first, then any left; on the caller, the wait
 // for the step's parts, after() and the next step's opening.
-void take_steps(StepGate& gate, bool is_caller, std::size_t me, std::size_t steps,
-                const std::function<std::size_t(std::size_t)>& parts, const std::function<void(std::size_t, std::size_t)>& part,
-                const std::function<bool(std::size_t)>& after) {
+void take_steps(StepGate& gate, bool is_caller, std::size_t me, const std::vector<std::uint8_t>& parts,
+                const std::function<void(std::size_t, std::size_t)>& part, const std::function<bool(std::size_t)>& after) {
+    const std::size_t steps = parts.size();
     for (std::size_t t = 0;;) {
         gate.wait([&] { return gate.ended() || gate.opened() >= t; });
         if (gate.ended()) return;
         t = gate.opened();  // a helper that came late joins the open step
-        const std::size_t n_parts = parts(t);
+        const std::size_t n_parts = parts[t];
         for (std::size_t k = 0; k < n_parts; ++k) {
             const std::size_t p = (me + k) % n_parts;
             if (!gate.claim(t, p)) continue;
@@ -408,17 +407,19 @@ std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::fu
                            const std::function<void(std::size_t, std::size_t)>& part,
                            const std::function<bool(std::size_t)>& after) {
     if (steps == 0) return 0;
-    for (std::size_t t = 0; t < steps; ++t) {  // the part counts, checked before any part runs
+    std::vector<std::uint8_t> counts(steps);  // the part counts, checked before any part runs and asked once
+    for (std::size_t t = 0; t < steps; ++t) {
         const std::size_t n = parts(t);
         if (n < 1 || n > kMaxStepParts)
             throw std::invalid_argument("parallel_steps: step " + std::to_string(t) + " has " + std::to_string(n) +
                                         " parts, not 1 to " + std::to_string(kMaxStepParts));
+        counts[t] = std::uint8_t(n);
     }
     threads = std::min(threads, kMaxStepParts);
     if (threads < 2) {
         for (std::size_t t = 0;; ++t) {
             std::exception_ptr error;  // the step's other parts still run, as on several threads
-            for (std::size_t p = 0, n = parts(t); p < n; ++p) {
+            for (std::size_t p = 0; p < counts[t]; ++p) {
                 try {
                     part(t, p);
                 } catch (...) {
@@ -434,7 +435,7 @@ std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::fu
     parallel_for(threads, threads, 1, [&](std::size_t begin, std::size_t end) {
         for (std::size_t k = begin; k < end; ++k) {
             const bool is_caller = std::this_thread::get_id() == caller;
-            take_steps(gate, is_caller, is_caller ? 0 : std::max<std::size_t>(k, 1), steps, parts, part, after);
+            take_steps(gate, is_caller, is_caller ? 0 : std::max<std::size_t>(k, 1), counts, part, after);
         }
     });
     if (gate.has_failed()) std::rethrow_exception(gate.error());
