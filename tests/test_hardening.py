@@ -39,7 +39,9 @@ def test_divergence_stops_with_the_last_finite_parameters(backend, loss, n_out):
 
 # -- Ctrl-C --------------------------------------------------------------------------------------
 
-INTERRUPT_SCRIPT = textwrap.dedent("""
+# The start of each Ctrl-C script: interrupt(seconds) sends SIGINT to the process that many seconds later, from a thread,
+# and notes when in sent.
+INTERRUPT_PRELUDE = textwrap.dedent("""
     import os, signal, sys, threading, time
     import numpy as np
     import l2fast
@@ -47,6 +49,18 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
     # Ctrl-C in a terminal: Python's own handler. A process started in the background of a non-interactive shell (a
     # test suite run with `&`) inherits SIGINT ignored, and Python then leaves it so: no KeyboardInterrupt would come.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    sent = []
+
+    def interrupt(seconds):
+        def send():
+            time.sleep(seconds)
+            sent.append(time.perf_counter())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=send, daemon=True).start()
+""")
+
+INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
     backend, optimizer = sys.argv[1], sys.argv[2]
     rng = np.random.default_rng(0)
     # One record per step: an epoch of several seconds on either backend, so the signal lands in the first.
@@ -54,14 +68,7 @@ INTERRUPT_SCRIPT = textwrap.dedent("""
     y = rng.integers(0, 10, size=100000)
     net = l2fast.Network([256, 512, 512, 10], backend=backend, seed=0)
     before = net.weights + net.biases
-    sent = []
-
-    def interrupt():
-        time.sleep(0.5)
-        sent.append(time.perf_counter())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    interrupt(0.5)
     try:
         net.fit(X, y, epochs=1000, lr=0.01, batch_size=1, optimizer=optimizer)
     except KeyboardInterrupt:
@@ -86,12 +93,7 @@ def test_ctrl_c_stops_fit_promptly_and_leaves_consistent_parameters(backend, opt
     assert "parameters back at the epoch's start: True" in result.stdout
 
 
-LINEAR_INTERRUPT_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, threading, time
-    import numpy as np
-    import l2fast
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in INTERRUPT_SCRIPT
+LINEAR_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
     rng = np.random.default_rng(0)
     # A linear model's epochs (cpp/linear_step.cpp: runs of steps as one job of the pool, Ctrl-C looked for between
     # the runs), steps of two shares of 256 records: tens of epochs before the signal
@@ -99,14 +101,7 @@ LINEAR_INTERRUPT_SCRIPT = textwrap.dedent("""
     y = rng.integers(0, 10, size=100000)
     make = lambda: l2fast.Network([256, 10], activation="identity", loss="softmax", backend="cpu", seed=0)
     net = make()
-    sent = []
-
-    def interrupt():
-        time.sleep(0.3)
-        sent.append(time.perf_counter())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    interrupt(0.3)
     try:
         net.fit(X, y, epochs=100000, lr=0.01, batch_size=512)
     except KeyboardInterrupt:
