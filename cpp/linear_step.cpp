@@ -629,9 +629,9 @@ EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Datase
     }
     const std::size_t threads = std::min<std::size_t>(std::max(blas::num_threads(), 1), kShares);
     const T decay = T(1) - lr * lam_over_m;
-    // What the steps add up as they go, on cache lines of their own: the calling thread writes them every step, and a
-    // line it shares with what the helper reads every step (the functions parallel_steps calls) would move between the
-    // cores each step (100 -> 10: 3 % of an epoch).
+    // What the steps add up as they go, on cache lines of their own: the thread that closes a step writes them, and a
+    // line they shared with what both threads read every step (the functions parallel_steps calls) would move between
+    // the cores each step (100 -> 10: 3 % of an epoch).
     struct alignas(kLine) Tally {
         LossStats stats;
         std::size_t closed = 0;  // the steps whose loss is in stats

@@ -291,10 +291,8 @@ public:
         return false;
     }
 
-    void part_done() {
-        state_.fetch_add(1, std::memory_order_seq_cst);
-        wake();
-    }
+    // Counts a part of the open step done; returns the parts of it done now.
+    std::size_t part_done() { return done_of(state_.fetch_add(1, std::memory_order_acq_rel) + 1); }
 
     // The step open to the threads that wait for it (on a cache line of its own, which only this writes: the waiting
     // threads poll it without taking state_'s line from the threads that claim and finish parts).
@@ -359,15 +357,17 @@ private:
     std::exception_ptr error_;  // under mutex_
 };
 
-// Thread `me`'s share of a parallel_steps run: each step, its own part first, then any left; on the caller, the wait
-// for the step's parts, after() and the next step's opening.
-void take_steps(StepGate& gate, bool is_caller, std::size_t me, const std::vector<std::uint8_t>& parts,
+// One thread's share of a parallel_steps run: each step, part `me` first, then any left. The thread that finishes a
+// step's last part closes the step: after(), then the next step's opening (or the run's end). No thread has a role of
+// its own, so the run ends whichever threads take part (the pool's helpers may take every part of the job, and a
+// helper that starts late, or never, leaves its parts to the others).
+void take_steps(StepGate& gate, std::size_t me, const std::vector<std::uint8_t>& parts,
                 const std::function<void(std::size_t, std::size_t)>& part, const std::function<bool(std::size_t)>& after) {
     const std::size_t steps = parts.size();
-    for (std::size_t t = 0;;) {
+    for (std::size_t t = 0;; ++t) {
         gate.wait([&] { return gate.ended() || gate.opened() >= t; });
         if (gate.ended()) return;
-        t = gate.opened();  // a helper that came late joins the open step
+        t = gate.opened();  // a thread that came late joins the open step
         const std::size_t n_parts = parts[t];
         for (std::size_t k = 0; k < n_parts; ++k) {
             const std::size_t p = (me + k) % n_parts;
@@ -377,27 +377,21 @@ void take_steps(StepGate& gate, bool is_caller, std::size_t me, const std::vecto
             } catch (...) {
                 gate.failed(std::current_exception());
             }
-            gate.part_done();
-        }
-        if (!is_caller) {
-            ++t;
-            continue;
-        }
-        gate.wait([&] { return StepGate::done_of(gate.state()) == n_parts; });
-        bool more = t + 1 < steps && !gate.has_failed();
-        if (more) {
-            try {
-                more = after(t);
-            } catch (...) {
-                gate.failed(std::current_exception());
-                more = false;
+            if (gate.part_done() < n_parts) continue;
+            bool more = t + 1 < steps && !gate.has_failed();
+            if (more) {
+                try {
+                    more = after(t);
+                } catch (...) {
+                    gate.failed(std::current_exception());
+                    more = false;
+                }
             }
+            if (more)
+                gate.open(t + 1);
+            else
+                gate.end();
         }
-        if (!more) {
-            gate.end();
-            return;
-        }
-        gate.open(++t);
     }
 }
 
@@ -433,10 +427,9 @@ std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::fu
     StepGate gate;
     const std::thread::id caller = std::this_thread::get_id();
     parallel_for(threads, threads, 1, [&](std::size_t begin, std::size_t end) {
-        for (std::size_t k = begin; k < end; ++k) {
-            const bool is_caller = std::this_thread::get_id() == caller;
-            take_steps(gate, is_caller, is_caller ? 0 : std::max<std::size_t>(k, 1), counts, part, after);
-        }
+        for (std::size_t k = begin; k < end; ++k)  // the caller prefers part 0, a helper its job part's number
+            take_steps(gate, std::this_thread::get_id() == caller ? 0 : std::max<std::size_t>(k, 1), counts, part,
+                       after);
     });
     if (gate.has_failed()) std::rethrow_exception(gate.error());
     return gate.opened() + 1;  // the run ends after the step open last

@@ -50,9 +50,10 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   std::chrono::microseconds linger = kHelperPoll);
 
 // Runs `steps` steps one after another as one job of the pool, on the calling thread and up to threads - 1 helpers:
-// step t is cut in parts(t) parts (1 to kMaxStepParts), part p being part(t, p), and step t + 1 begins once every
-// part of step t is done and after(t) has returned true on the calling thread (false ends the run after step t). A
-// step costs one hand-off between the threads instead of a job's posting, claiming and completion (parallel_for), so a
+// step t is cut in parts(t) parts (1 to kMaxStepParts; asked once, before any part runs), part p being part(t, p), and
+// step t + 1 begins once every part of step t is done and after(t) has returned true (false ends the run after step t).
+// after(t) runs on the thread that finished step t's last part, one step at a time, between the steps' parts. A step
+// costs one hand-off between the threads instead of a job's posting, claiming and completion (parallel_for), so a
 // loop of short dependent steps (a linear model's SGD steps of a few microseconds each) loses less to the hand-offs.
 // Thread k takes part k of a step when it can (the caller part 0), then any part not yet taken: a helper that starts
 // late, or never, leaves its parts to the others, and a thread waits only for parts already taken. Between steps the
