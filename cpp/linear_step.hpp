@@ -23,8 +23,8 @@ bool linear_step_fits(const Shape& shape);
 // share on a copy of W of its own before the next step's sums (both threads at once, no serial pass). The same step
 // as train_epoch's (the GEMM path), up to the order of the float sums. A step of 128 records or more is cut in two
 // shares whatever the threads (run side by side on two), so its results do not depend on the thread count. The
-// steps go in runs of about run_length each, one job of the pool (parallel_steps); stop is asked after each run, outside
-// the pool, and true ends the epoch there (`stopped`). with_norms: the result's weight_norms as train_epoch's.
+// steps go in runs of about run_length each, one job of the pool (parallel_steps); stop is asked after each run,
+// outside the pool, and true ends the epoch there (`stopped`). with_norms: the result's weight_norms as train_epoch's.
 constexpr std::chrono::microseconds kLinearRun{10000};
 template <class T>
 EpochResult linear_sgd_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,

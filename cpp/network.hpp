@@ -182,8 +182,8 @@ LossStats gradients(const Shape& shape, const Params<T>& params, const Dataset<T
                     const std::function<void(std::size_t)>& layer_done = {}, std::size_t share_threads = 0);
 
 // Whether gradients() with share_threads cuts dense X's m records in two halves: for networks with a hidden layer,
-// where optimizer_step_shares allows two shares of a block's rows (a half, up to 2048 records). 64-100-10 on digits (1797 records), float64: a half on
-// one thread 0.92 ms against 1.38-1.40 ms for the whole pass on OpenBLAS's two.
+// where optimizer_step_shares allows two shares of a block's rows (a half, up to 2048 records). 64-100-10 on digits
+// (1797 records), float64: a half on one thread 0.92 ms against 1.38-1.40 ms for the whole pass on OpenBLAS's two.
 bool gradients_shares(const std::vector<std::size_t>& sizes, std::size_t m);
 
 }  // namespace l2fast

@@ -275,10 +275,6 @@ namespace {
 // thread waiting for a change polls a moment, then sleeps; whoever changes the state wakes the sleepers, if any.
 class StepGate {
 public:
-    static std::size_t step_of(std::uint64_t state) { return std::size_t(state >> kStepShift); }
-    static std::size_t done_of(std::uint64_t state) { return std::size_t(state & kPartsMask); }
-
-    std::uint64_t state() const { return state_.load(std::memory_order_seq_cst); }
     bool ended() const { return ended_.load(std::memory_order_seq_cst); }
 
     // Claims part p of step t: false when it is taken already, or step t is no longer the open one.
@@ -337,6 +333,9 @@ private:
     static constexpr unsigned kTakenShift = 8, kStepShift = 16;
     static constexpr std::uint64_t kPartsMask = 0xff;
     static_assert(kMaxStepParts <= 8, "a step's parts taken are 8 bits of StepGate's word");
+
+    static std::size_t step_of(std::uint64_t state) { return std::size_t(state >> kStepShift); }
+    static std::size_t done_of(std::uint64_t state) { return std::size_t(state & kPartsMask); }
 
     // A waiter counts itself in sleepers_ before its last look at the state, under mutex_, and a changer looks at
     // sleepers_ after its change (all sequentially consistent): either the waiter sees the change, or the changer

@@ -39,8 +39,8 @@ def test_divergence_stops_with_the_last_finite_parameters(backend, loss, n_out):
 
 # -- Ctrl-C --------------------------------------------------------------------------------------
 
-# The start of each Ctrl-C script: interrupt(seconds) sends SIGINT to the process that many seconds later, from a thread,
-# and notes when in sent.
+# The start of each Ctrl-C script: interrupt(seconds) sends SIGINT to the process that many seconds later, from a
+# thread, and notes when in sent.
 INTERRUPT_PRELUDE = textwrap.dedent("""
     import os, signal, sys, threading, time
     import numpy as np
