@@ -31,6 +31,10 @@ constexpr std::size_t kBlockRows = 2048;
 constexpr std::size_t kPrefetchBytes = std::size_t(1) << 17;
 // The fewest records a share of an optimizer's step takes (OptimizerStep): a step of fewer than twice as many is one.
 constexpr std::size_t kMinShareRows = 32;
+// The bounds of a step's hidden-layer product (multiply-adds) for UnitSplitEpoch, and the least ratio of it to the
+// output layer's, which runs on one thread (split_step_fits; benchmarks/README.md, B, session 20).
+constexpr double kMinSplitProduct = double(std::size_t(1) << 20), kMostSplitProduct = double(std::size_t(1) << 27);
+constexpr double kMinSplitRatio = 16.0;
 
 template <class T>
 struct Workspace {
@@ -717,6 +721,180 @@ private:
     const std::size_t threads_;
 };
 
+// A float32 plain-SGD epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread: each step in
+// two parts by the hidden layer's units, part p owning the units [n1 p / 2, n1 (p + 1) / 2): their rows of W[0] and
+// b[0], their columns of A1 and dZ1, and the same columns of W[1] (its inputs). OpenBLAS's own two threads cut each of
+// a step's products afresh and wait for each other inside it; here each part's products run whole on its thread, its
+// half of W[0] (784-256-10: 400 KB) stays in its core's cache from step to step, and a step has two hand-offs
+// (parallel_steps):
+//  F  the part's columns of A1 = act(X_b W[0]^T + b[0]); then, on the thread that closes the phase, the output layer
+//     (Z2 = A1 W[1]^T + b[1], narrow: split_step_fits) and its loss, b[1]'s step and the step's coefficients;
+//  B  the part's columns of dZ1 = (dZ2 W[1]) * act'(A1), its columns of W[1] and rows of W[0] stepped (the L2 step
+//     fused into the products, as inplace_fused_l2_step), and its half of the next step's rows gathered, into the
+//     other of two batch buffers (the other part may still read this step's).
+// The parts are the same on one thread (one after the other) as on two, and each runs its products on one OpenBLAS
+// thread, so the bits never depend on the thread count. They are not the general step's: OpenBLAS picks its
+// small-matrix and direct kernels by a product's shape, and a part's half of a product may fall on the other side of
+// that choice than the whole (200-200-10 at batch 32). The steps go in runs of about kLinearRun, stop() asked between
+// them, as linear_sgd_epoch's are.
+template <class T>
+class UnitSplitEpoch {
+public:
+    UnitSplitEpoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                   std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
+                   std::optional<T> short_lam_over_m, bool with_norms)
+        : shape_(shape), params_(params), data_(data), order_(order), n_(n), batch_(batch), full_batch_(full_batch),
+          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms),
+          n_in_(shape.n_in()), n1_(shape.sizes[1]), n2_(shape.sizes[2]), steps_((n + batch - 1) / batch),
+          transposed_(shape, params, batch, false, false),
+          W1_t_(transposed_.layers()[1]),
+          A1_(batch * n1_), dZ1_(batch * n1_), Z2_(batch * n2_) {
+        if (order_)
+            for (auto& x : x_) x.resize(batch * n_in_);
+    }
+
+    EpochResult operator()(std::size_t threads, const std::function<bool()>& stop) {
+        EpochResult result;
+        // phase 0 gathers step 0's rows; then step s is phases 2 s + 1 (F) and 2 s + 2 (B)
+        const std::size_t phases = 1 + 2 * steps_;
+        for (std::size_t done = 0; done < phases;) {
+            const auto run_start = std::chrono::steady_clock::now();
+            done += parallel_steps(
+                phases - done, threads, [](std::size_t) { return std::size_t(2); },
+                [&](std::size_t t, std::size_t p) { part(done + t, p); },
+                [&](std::size_t t) {
+                    const std::size_t phase = done + t;
+                    if (phase % 2 == 0)  // a run ends only after a step's B (or the first gather)
+                        return phase == 0 || std::chrono::steady_clock::now() - run_start < kLinearRun;
+                    close_forward((phase - 1) / 2);
+                    return true;
+                });
+            if (done < phases && stop && stop()) {
+                result.stopped = true;
+                break;
+            }
+        }
+        transposed_.copy_back();
+        for (std::size_t l = 0; l < 2; ++l)
+            inplace_apply_scale(params_.W[l], scale_[l], shape_.sizes[l + 1] * shape_.sizes[l]);
+        result.stats = tally_.stats;
+        result.steps = tally_.steps;
+        result.weight_norms = tally_.norms;
+        return result;
+    }
+
+private:
+    std::size_t rows_of(std::size_t s) const { return std::min(batch_, n_ - s * batch_); }
+    const std::int64_t* picked_of(std::size_t s) const { return order_ ? order_ + s * batch_ : nullptr; }
+    // Step s's batch: its gathered rows, or X's own rows in turn.
+    const T* X_of(std::size_t s) const { return order_ ? x_[s % 2].data() : data_.X + s * batch_ * n_in_; }
+    std::size_t unit_begin(std::size_t p) const { return n1_ * p / 2; }
+
+    void part(std::size_t phase, std::size_t p) {
+        if (phase == 0)
+            gather(0, p);
+        else if (phase % 2 == 1)
+            forward((phase - 1) / 2, p);
+        else
+            backward((phase - 2) / 2, p);
+    }
+
+    // Part p of step s's rows into its batch buffer, their targets asked for too (the loss reads them next).
+    void gather(std::size_t s, std::size_t p) {
+        if (!order_ || s >= steps_) return;
+        const std::size_t rows = rows_of(s), r0 = rows * p / 2, count = rows * (p + 1) / 2 - r0;
+        const std::int64_t* picked = picked_of(s) + r0;
+        gather_rows(data_, n_in_, n2_, picked, count, x_[s % 2].data() + r0 * n_in_, NextRows{picked, count});
+    }
+
+    void forward(std::size_t s, std::size_t p) {
+        const std::size_t rows = rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
+        if (with_norms_) {  // the weights this step's loss is computed with, before its update
+            norms_[p].W0 = sum_squares(params_.W[0] + u0 * n_in_, units * n_in_);
+            if (W1_t_) norms_[p].W1 = sum_squares(W1_t_ + u0 * n2_, units * n2_);
+        }
+        T* A1 = A1_.data() + u0;
+        blas::gemm(blas::Op::N, blas::Op::T, int(rows), int(units), int(n_in_), T(scale_[0]), X_of(s), int(n_in_),
+                   params_.W[0] + u0 * n_in_, int(n_in_), T(0), A1, int(n1_));
+        for (std::size_t r = 0; r < rows; ++r)
+            inplace_bias_activation(A1 + r * n1_, params_.b[0] + u0, 1, units, shape_.act);
+    }
+
+    // After both parts of F: the output layer, its loss and bias step, and the step's coefficients.
+    void close_forward(std::size_t s) {
+        const std::size_t rows = rows_of(s);
+        if (with_norms_) {  // as add_scaled_weight_norms adds them, W[0]'s (and W[1]'s transposed) in halves
+            const double W1 = W1_t_ ? norms_[0].W1 + norms_[1].W1 : sum_squares(params_.W[1], n2_ * n1_);
+            tally_.norms += scale_[0] * scale_[0] * (norms_[0].W0 + norms_[1].W0);
+            tally_.norms += scale_[1] * scale_[1] * W1;
+        }
+        T* Z2 = Z2_.data();
+        if (W1_t_) {
+            transposed_forward(A1_.data(), rows, n1_, W1_t_, n2_, T(scale_[1]), Z2);
+            inplace_bias_activation(Z2, params_.b[1], rows, n2_, Activation::Identity);
+        } else {
+            dense_forward(A1_.data(), rows, n1_, params_.W[1], T(scale_[1]), params_.b[1], n2_, Activation::Identity,
+                          Z2);
+        }
+        tally_.stats += inplace_loss_gradient(Z2, rows, n2_, shape_.loss, targets_of(data_, picked_of(s), s * batch_));
+        blas::sum_rows(int(rows), int(n2_), -lr_ / T(rows), Z2, int(n2_), T(1), params_.b[1]);
+        const T decay = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
+        old_scale1_ = T(scale_[1]);
+        c1_ = fused_step_coefficients(scale_[1], rows, lr_, decay);
+        c0_ = fused_step_coefficients(scale_[0], rows, lr_, decay);
+        tally_.steps = s + 1;
+    }
+
+    void backward(std::size_t s, std::size_t p) {
+        const std::size_t rows = rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
+        const T* Z2 = Z2_.data();  // dL/dZ2 by now
+        T* dZ1 = dZ1_.data() + u0;
+        const T* A1 = A1_.data() + u0;
+        // dZ1's columns with W[1]'s old columns, then those columns' step
+        if (W1_t_) {
+            blas::gemm(blas::Op::N, blas::Op::T, int(rows), int(units), int(n2_), old_scale1_, Z2, int(n2_),
+                       W1_t_ + u0 * n2_, int(n2_), T(0), dZ1, int(n1_));
+            blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n2_), int(rows), c1_.alpha, A1, int(n1_), Z2,
+                       int(n2_), c1_.beta, W1_t_ + u0 * n2_, int(n2_));
+        } else {
+            blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n2_), old_scale1_, Z2, int(n2_),
+                       params_.W[1] + u0, int(n1_), T(0), dZ1, int(n1_));
+            blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), c1_.alpha, Z2, int(n2_), A1,
+                       int(n1_), c1_.beta, params_.W[1] + u0, int(n1_));
+        }
+        for (std::size_t r = 0; r < rows; ++r)
+            inplace_activation_backward(dZ1 + r * n1_, A1 + r * n1_, units, shape_.act);
+        blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), c0_.alpha, dZ1, int(n1_), X_of(s),
+                   int(n_in_), c0_.beta, params_.W[0] + u0 * n_in_, int(n_in_));
+        blas::sum_rows(int(rows), int(units), -lr_ / T(rows), dZ1, int(n1_), T(1), params_.b[0] + u0);
+        gather(s + 1, p);
+    }
+
+    const Shape& shape_;
+    Params<T>& params_;
+    const Dataset<T>& data_;
+    const std::int64_t* const order_;
+    const std::size_t n_, batch_, full_batch_;
+    const T lr_, lam_over_m_;
+    const std::optional<T> short_lam_over_m_;
+    const bool with_norms_;
+    const std::size_t n_in_, n1_, n2_, steps_;
+    TransposedWeights<T> transposed_;
+    T* const W1_t_;  // W[1] transposed (n1 x n2) where the general step would train it so, else null
+    LineVector<T> x_[2], A1_, dZ1_, Z2_;
+    double scale_[2] = {1.0, 1.0};  // each layer's decay, as train_epoch's scale
+    T old_scale1_ = T(1);
+    StepCoefficients<T> c0_{}, c1_{};
+    struct alignas(64) Norms {
+        double W0 = 0.0, W1 = 0.0;
+    } norms_[2];
+    struct alignas(64) Tally {
+        LossStats stats;
+        std::size_t steps = 0;
+        double norms = 0.0;
+    } tally_;
+};
+
 }  // namespace
 
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
@@ -741,6 +919,17 @@ bool sgd_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch, b
     Shape shape;
     shape.sizes = sizes;
     return !single && !linear_step_fits(shape) && optimizer_step_shares(sizes, batch);
+}
+
+bool split_step_fits(const std::vector<std::size_t>& sizes, std::size_t batch, Activation act) {
+    if (sizes.size() != 3 || (act != Activation::Relu && act != Activation::Identity)) return false;
+    const std::size_t n_in = sizes[0], n1 = sizes[1], n2 = sizes[2];
+    Shape shape;
+    shape.sizes = sizes;
+    shape.act = act;
+    if (n2 < 2 || SmallStep<float>::fits(shape, false) || train_transposed(batch, n_in, n1)) return false;
+    const double hidden = double(batch) * double(n_in) * double(n1), output = double(batch) * double(n1) * double(n2);
+    return hidden >= kMinSplitProduct && hidden <= kMostSplitProduct && output * kMinSplitRatio <= hidden;
 }
 
 bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out) {
@@ -872,6 +1061,16 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         OptimizerRun<T> sgd;  // plain SGD keeps no state
         return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop,
                                run != nullptr ? *run : sgd, with_norms, short_lam_over_m, share_threads);
+    }
+    // A float32 network with one wide hidden layer, its threads given and OpenBLAS on one: its steps cut by units.
+    if constexpr (std::is_same_v<T, float>) {
+        if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 &&
+            split_step_fits(shape.sizes, batch, shape.act)) {
+            StopCheck stop(should_stop);
+            return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m,
+                                     short_lam_over_m, with_norms)(std::min<std::size_t>(share_threads, 2),
+                                                                   [&] { return stop(); });
+        }
     }
     // Otherwise the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();

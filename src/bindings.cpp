@@ -1328,6 +1328,18 @@ PYBIND11_MODULE(_core, m) {
         "networks that are not linear models): its bits then do not depend on the thread count.");
 
     m.def(
+        "split_step_fits",
+        [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& activation) {
+            const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
+            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
+            return l2fast::split_step_fits(sizes, batch_size, l2fast::parse_activation(activation));
+        },
+        py::arg("layer_sizes"), py::arg("batch_size"), py::arg("activation"),
+        "Whether a float32 plain-SGD epoch on dense X, given share_threads=2 with OpenBLAS on one thread, cuts its\n"
+        "steps in two parts by the hidden layer's units (one hidden layer, ReLU or identity, wide enough): the same\n"
+        "bits as on one thread.");
+
+    m.def(
         "gradients_shares",
         [](const std::vector<std::size_t>& layer_sizes, long long m) {
             const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);

@@ -216,20 +216,21 @@ def cpu_ticks_by_thread():
     return ticks
 
 
-def fit_observed(monkeypatch):
-    """Fits a network whose products OpenBLAS splits over threads; returns the OpenBLAS thread counts that
-    threadpoolctl reported at each kernel call, and the threads other than the caller that ran meanwhile."""
+def fit_observed(monkeypatch, sizes=(784, 256, 10)):
+    """Fits a network whose products l2fast splits over threads; returns, at each kernel call, the threads given
+    to its parts (share_threads, 0 when not given) and the OpenBLAS thread count that threadpoolctl reported, and
+    the threads other than the caller that ran meanwhile."""
     seen = []
     train_epoch = _core.train_epoch
 
     def observed(*args, **kwargs):
         info = [lib for lib in threadpoolctl.threadpool_info() if "scipy_openblas32" in lib["filepath"]]
-        seen.append([lib["num_threads"] for lib in info])
+        seen.append((kwargs.get("share_threads", 0), [lib["num_threads"] for lib in info]))
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(cpu._core, "train_epoch", observed)
-    X, y = make_problem("softmax", 784, 10, m=4096, seed=0)
-    net = l2fast.Network([784, 256, 10], backend="cpu", seed=0)
+    X, y = make_problem("softmax", sizes[0], sizes[-1], m=4096, seed=0)
+    net = l2fast.Network(list(sizes), backend="cpu", seed=0)
     time.sleep(0.3)  # threads of other pools (NumPy's OpenBLAS after an earlier test) stop spinning first
     before = cpu_ticks_by_thread()
     net.fit(X, y, epochs=3, batch_size=256)
@@ -239,16 +240,19 @@ def fit_observed(monkeypatch):
     return seen, helpers
 
 
-def test_threadpool_limits_controls_l2fasts_openblas_inside_a_fit(monkeypatch, restore_threads):
+# 784-256-10 (float32 plain SGD) cuts its steps by the hidden units, OpenBLAS on one thread and l2fast's helper on
+# the other (split_step_fits); 784-256-256-10 runs on OpenBLAS's two threads.
+@pytest.mark.parametrize("sizes, free", [((784, 256, 10), (2, [1])), ((784, 256, 256, 10), (0, [2]))])
+def test_threadpool_limits_controls_l2fasts_openblas_inside_a_fit(monkeypatch, restore_threads, sizes, free):
     l2fast.set_num_threads(2, adaptive=False)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        seen, helpers = fit_observed(monkeypatch)
-    assert seen == [[1]] * 3
+        seen, helpers = fit_observed(monkeypatch, sizes)
+    assert len(seen) == 3 and all(share_threads <= 1 and counts == [1] for share_threads, counts in seen)
     assert helpers == []  # no OpenBLAS worker and no l2fast helper ran beside the caller
     assert l2fast.get_num_threads() == 2  # threadpoolctl put the count back
-    seen, helpers = fit_observed(monkeypatch)
-    assert seen == [[2]] * 3
-    assert helpers  # and without the limit OpenBLAS's worker did share the products
+    seen, helpers = fit_observed(monkeypatch, sizes)
+    assert seen == [free] * 3
+    assert helpers  # and without the limit a second thread did share the products
 
 
 # -- results do not depend on the thread count ----------------------------------------------------
@@ -273,6 +277,89 @@ def test_float32_results_are_bit_identical_on_one_thread_and_on_two(restore_thre
     (p1, proba1, (dW1, db1)), (p2, proba2, (dW2, db2)) = results
     assert all(np.array_equal(a, b) for a, b in zip(p1 + dW1 + db1, p2 + dW2 + db2))
     assert np.array_equal(proba1, proba2)
+
+
+# -- a hidden layer cut by its units (float32 plain SGD) ------------------------------------------
+
+SPLIT_CASES = {  # sizes, activation, loss, batch, records
+    "784-256-10": ([784, 256, 10], "relu", "softmax", 128, 1025),  # W[1] trained transposed; a last step of one
+    "200-200-10": ([200, 200, 10], "relu", "softmax", 32, 999),  # W[1] as it is
+    "300-301-7": ([300, 301, 7], "identity", "squared_error", 300, 2001),  # odd units; a batch above 256 (k sliced)
+}
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, restore_threads, case, ordered):
+    """UnitSplitEpoch: each step cut by the hidden layer's units, OpenBLAS on one thread, the parts side by side on two
+    threads or one after the other on one. The same loss, correct count, weight norms and parameters, with sample
+    weights and the drop-ins' short last step of its own decay; and the reference's training to float32 rounding."""
+    from l2fast.backends import get_backend
+
+    sizes, activation, loss, batch, m = SPLIT_CASES[case]
+    assert _core.split_step_fits(sizes, batch, activation)
+    assert threads.two_share_epoch(sizes, batch, None, True, np.float32, activation)
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(m, sizes[0])).astype(np.float32)
+    targets = rng.integers(0, sizes[-1], m) if loss == "softmax" else rng.normal(size=(m, sizes[-1]))
+    start = [(rng.normal(size=(n_out, n_in)) * 0.05).astype(np.float32) for n_in, n_out in zip(sizes, sizes[1:])]
+    start += [(rng.normal(size=n_out) * 0.1).astype(np.float32) for n_out in sizes[1:]]
+    order = rng.permutation(m).astype(np.int64) if ordered else None
+    be = get_backend("cpu")
+    Xc, y = be.features(X, sizes[0], np.float32), be.targets(targets, m, loss, sizes[-1], np.float32)
+    weights = be.sample_weights(rng.uniform(0.5, 1.5, m), m, np.float32)
+    seen = []
+    train_epoch = _core.train_epoch
+
+    def observed(*args, **kwargs):
+        seen.append((kwargs.get("share_threads", 0), _core.get_num_threads()))
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cpu._core, "train_epoch", observed)
+    runs = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        seen.clear()
+        params = [a.copy() for a in start]
+        results = [be.train_epoch(params[:2], params[2:], Xc, y, order, batch, 0.01, 0.002, activation, loss,
+                                  sample_weight=weights, with_norms=True, short_lam_over_m=0.005) for _ in range(2)]
+        assert seen == [(n, 1)] * 2  # OpenBLAS on one thread, the parts on n
+        runs.append((results, params))
+    (results_1, params_1), (results_2, params_2) = runs
+    assert results_1 == results_2
+    assert all(np.array_equal(a, b) for a, b in zip(params_1, params_2))
+    # and the training is the reference's (the last step's own decay taken apart there)
+    ref = get_backend("numpy")
+    params = [a.astype(np.float64) for a in start]
+    rows = np.arange(m) if order is None else order
+    cut = m - m % batch
+    Xr, yr = ref.features(X, sizes[0], np.float64), ref.targets(targets, m, loss, sizes[-1], np.float64)
+    wr = ref.sample_weights(np.asarray(weights, np.float64), m, np.float64)
+    for _ in range(2):
+        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[:cut], batch, 0.01, 0.002, activation, loss,
+                        sample_weight=wr)
+        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[cut:], batch, 0.01, 0.005, activation, loss,
+                        sample_weight=wr)
+    for ours, theirs in zip(params_2, params):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-5)
+
+
+def test_which_epochs_cut_their_steps_by_hidden_units():
+    fits = _core.split_step_fits
+    assert fits([784, 256, 10], 128, "relu") and fits([784, 256, 10], 128, "identity")
+    assert not fits([784, 256, 10], 128, "tanh") and not fits([784, 256, 10], 128, "sigmoid")  # exp: not exact by parts
+    assert not fits([784, 256, 256, 10], 128, "relu")  # one hidden layer only
+    assert not fits([784, 256, 1], 128, "relu")  # one output unit: its products are GEMVs
+    assert not fits([784, 256, 10], 4, "relu")  # 4 x 784 x 256 multiply-adds a step, below 2^20
+    assert not fits([100, 256, 10], 128, "relu")  # the output layer's product over a sixteenth of the hidden one's
+    assert not fits([784, 1024, 10], 256, "relu") and fits([784, 1024, 10], 128, "relu")  # up to 2^27
+    with pytest.raises(ValueError, match="activation"):
+        fits([784, 256, 10], 128, "swish")
+    # the cpu backend's thread rule: float32 plain SGD on dense X only
+    assert threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float32, "relu")
+    assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", False, np.float32, "relu")
+    assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float64, "relu")
+    assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float32, "tanh")
 
 
 @pytest.mark.parametrize("sizes", [[64, 64, 10], [600, 64, 10]])

@@ -54,6 +54,8 @@ static std::vector<double> randn(std::size_t n, std::mt19937_64& rng, double sca
     return v;
 }
 
+static std::vector<float> to_float(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
 static double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
     double worst = 0;
     for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
@@ -1329,6 +1331,88 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
     blas::set_num_threads(before);
 }
 
+// A float32 plain-SGD epoch that split_step_fits cuts by its hidden units (UnitSplitEpoch, share_threads given with
+// OpenBLAS on one thread): the same bits on one thread and on two, in loss, norms, correct count and parameters,
+// shuffled and in turn, with a short last step of its own decay (one record for 300-256-10) and sample weights; and
+// the general step's training (share_threads not given, OpenBLAS on one thread and on two) to float32 rounding.
+// 300-256-10 keeps W[1] as it is, 200-300-12 (identity units, squared error) trains it transposed.
+static void test_unit_split_epochs_on_one_and_two_threads() {
+    CHECK(split_step_fits({300, 256, 10}, 64, Activation::Relu));
+    CHECK(split_step_fits({200, 300, 12}, 120, Activation::Identity));
+    CHECK(!split_step_fits({300, 256, 10}, 64, Activation::Tanh));      // exp-based units: not exact by parts
+    CHECK(!split_step_fits({300, 256, 256, 10}, 64, Activation::Relu)); // one hidden layer only
+    CHECK(!split_step_fits({300, 256, 1}, 64, Activation::Relu));       // a single output: GEMV
+    CHECK(!split_step_fits({300, 256, 10}, 8, Activation::Relu));       // 8 x 300 x 256 < 2^20
+    CHECK(!split_step_fits({100, 256, 10}, 128, Activation::Relu));     // the output layer over a sixteenth
+    CHECK(!split_step_fits({784, 1024, 10}, 256, Activation::Relu));    // over 2^27
+    CHECK(train_transposed(120, 300, 12) && !train_transposed(64, 256, 10));
+    std::mt19937_64 rng(53);
+    struct Case {
+        std::vector<std::size_t> sizes;
+        std::size_t m, batch;
+        Activation act;
+        Loss loss;
+    };
+    const int before = blas::num_threads();
+    for (const Case& c : {Case{{300, 256, 10}, 321, 64, Activation::Relu, Loss::Softmax},
+                          Case{{200, 300, 12}, 299, 120, Activation::Identity, Loss::SquaredError}}) {
+        CHECK(split_step_fits(c.sizes, c.batch, c.act));
+        const Shape shape{c.sizes, c.act, c.loss};
+        const std::size_t n_out = c.sizes.back();
+        const auto X = to_float(randn(c.m * c.sizes.front(), rng));
+        const auto values = to_float(randn(c.m * n_out, rng, 0.5));
+        std::vector<float> weights(c.m);
+        std::vector<std::int64_t> labels(c.m), order(c.m);
+        for (std::size_t i = 0; i < c.m; ++i) {
+            labels[i] = std::int64_t((i * 7) % n_out);
+            order[i] = std::int64_t(i);
+            weights[i] = float(0.5 + double(i % 3) / 2);
+        }
+        std::shuffle(order.begin(), order.end(), rng);
+        std::vector<std::vector<float>> start;
+        for (std::size_t l = 0; l < 2; ++l) start.push_back(to_float(randn(c.sizes[l] * c.sizes[l + 1], rng, 0.05)));
+        for (std::size_t l = 0; l < 2; ++l) start.push_back(to_float(randn(c.sizes[l + 1], rng, 0.1)));
+        Dataset<float> data{X.data(), c.m};
+        if (c.loss == Loss::Softmax) data.y_labels = labels.data(); else data.y_values = values.data();
+        data.weights = weights.data();
+        for (const bool shuffled : {true, false}) {
+            std::vector<std::vector<double>> first;
+            // (OpenBLAS's threads, share_threads): cut by units on one thread and on two; the general step
+            const std::pair<int, std::size_t> runs[] = {{1, 1}, {1, 2}, {1, 1}, {1, 2}, {1, 0}, {2, 0}};
+            for (const auto& [blas_threads, share_threads] : runs) {
+                blas::set_num_threads(blas_threads);
+                std::vector<std::vector<float>> p = start;
+                Params<float> params;
+                for (std::size_t l = 0; l < 2; ++l) {
+                    params.W.push_back(p[l].data());
+                    params.b.push_back(p[2 + l].data());
+                }
+                std::vector<std::vector<double>> seen;
+                for (int epoch = 0; epoch < 2; ++epoch) {
+                    const EpochResult result =
+                        train_epoch<float>(shape, params, data, shuffled ? order.data() : nullptr, c.m, c.batch,
+                                           0.01f, 0.002f, {}, nullptr, true, 0.005f, share_threads);
+                    CHECK(result.steps == (c.m + c.batch - 1) / c.batch && !result.stopped);
+                    seen.push_back({result.stats.loss_sum, result.weight_norms, double(result.stats.correct)});
+                }
+                for (const auto& a : p) seen.emplace_back(a.begin(), a.end());
+                if (first.empty()) first = seen;
+                if (share_threads > 0) {
+                    CHECK(seen == first);
+                } else {
+                    CHECK(seen.size() == first.size());
+                    for (std::size_t i = 0; i < seen.size(); ++i)
+                        for (std::size_t j = 0; j < seen[i].size(); ++j) {  // a correct count may move by a record
+                            const double bound = i < 2 && j == 2 ? 2.0 : 1e-4 * (1.0 + std::abs(first[i][j]));
+                            CHECK(std::abs(seen[i][j] - first[i][j]) <= bound);
+                        }
+                }
+            }
+        }
+    }
+    blas::set_num_threads(before);
+}
+
 // linear_objective (L-BFGS's evaluation at flat parameters): its gradient is gradients()' bit for bit, J is the loss
 // sum over m plus lam / 2m ||W||^2, and a kept scratch gives the same bits on every later call, one thread or two.
 static void test_linear_objective_is_the_gradients_pass_at_flat_parameters() {
@@ -1797,6 +1881,7 @@ int main() {
     test_optimizer_epochs_read_forward_copies_and_step_as_on_w();
     test_optimizer_epochs_on_kept_buffers_give_the_same_bits();
     test_optimizer_steps_of_two_shares_on_one_and_two_threads();
+    test_unit_split_epochs_on_one_and_two_threads();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();

@@ -326,14 +326,19 @@ _limit = _Limit()
 _adaptive = True
 
 
-def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool, dtype) -> bool:
+def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool, dtype,
+                    activation: str = "relu") -> bool:
     """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD) on a dense (or sparse) X of this
-    dtype in steps of `batch` records cuts its steps in two shares of records (``_core.optimizer_step_shares``; plain
-    SGD: ``_core.sgd_step_shares``, float64 only): its bits are then the same on any thread count, float64 too
-    (``call_threads``'s ``two_shares``)."""
+    dtype in steps of `batch` records cuts its steps in two parts, one per thread with OpenBLAS on one
+    (``call_threads``'s ``two_shares``): two shares of records (``_core.optimizer_step_shares``; plain SGD in float64:
+    ``_core.sgd_step_shares``), or for plain SGD in float32 the hidden layer's units
+    (``_core.split_step_fits``, which the hidden layers' `activation` decides too). Its bits are then the same on any
+    thread count, float64 too."""
     if _core is None or not dense or batch < 1:
         return False
     if optimizer in (None, "sgd"):
+        if np.dtype(dtype) == np.float32:
+            return _core.split_step_fits(list(layer_sizes), batch, activation)
         return _core.sgd_step_shares(list(layer_sizes), batch, np.dtype(dtype).name)
     return _core.optimizer_step_shares(list(layer_sizes), batch)
 

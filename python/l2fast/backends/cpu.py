@@ -87,7 +87,7 @@ class CpuBackend(HostArrays):
         # an epoch whose steps run in two shares of records (an optimizer's, float64 plain SGD's), one per thread when
         # a CPU is free
         name = None if optimizer is None else optimizer.name
-        two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense, X.dtype)
+        two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense, X.dtype, activation)
         options = {"sample_weight": sample_weight, "check_finite": check_finite, "with_norms": with_norms}
         if optimizer is not None:
             options.update(slots=[list(slot) for slot in slots], **core_options(optimizer))

@@ -254,7 +254,8 @@ class _Trainer:
         net = self.net
         if (net.backend != "cpu" or net.dtype != np.float64 or threads._core is None
                 or threads.largest_product(net.layer_sizes, batch) >= _ONE_THREAD_PRODUCT
-                or threads.two_share_epoch(net.layer_sizes, batch, self.spec.name, dense, net.dtype)):
+                or threads.two_share_epoch(net.layer_sizes, batch, self.spec.name, dense, net.dtype,
+                                           net.activation)):
             return contextlib.nullcontext()
         return threads._limit(threads._core, 1)
 
