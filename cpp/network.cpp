@@ -823,7 +823,7 @@ private:
     // After both parts of F: the output layer, its loss and bias step, and the step's coefficients.
     void close_forward(std::size_t s) {
         const std::size_t rows = rows_of(s);
-        if (with_norms_) {  // as add_scaled_weight_norms adds them, W[0]'s (and W[1]'s transposed) in halves
+        if (with_norms_) {  // each layer's ||scale W||^2: W[0]'s (and a transposed W[1]'s) the parts' halves added
             const double W1 = W1_t_ ? norms_[0].W1 + norms_[1].W1 : sum_squares(params_.W[1], n2_ * n1_);
             tally_.norms += scale_[0] * scale_[0] * (norms_[0].W0 + norms_[1].W0);
             tally_.norms += scale_[1] * scale_[1] * W1;

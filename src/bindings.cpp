@@ -1335,9 +1335,9 @@ PYBIND11_MODULE(_core, m) {
             return l2fast::split_step_fits(sizes, batch_size, l2fast::parse_activation(activation));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("activation"),
-        "Whether a float32 plain-SGD epoch on dense X, given share_threads=2 with OpenBLAS on one thread, cuts its\n"
-        "steps in two parts by the hidden layer's units (one hidden layer, ReLU or identity, wide enough): the same\n"
-        "bits as on one thread.");
+        "Whether a float32 plain-SGD epoch on dense X, given share_threads with OpenBLAS on one thread, cuts its\n"
+        "steps in two parts by the hidden layer's units (one hidden layer, ReLU or identity, wide enough): its\n"
+        "bits then do not depend on the thread count.");
 
     m.def(
         "gradients_shares",
