@@ -721,17 +721,20 @@ private:
     const std::size_t threads_;
 };
 
-// A float32 plain-SGD epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread: each step in
-// two parts by the hidden layer's units, part p owning the units [n1 p / 2, n1 (p + 1) / 2): their rows of W[0] and
-// b[0], their columns of A1 and dZ1, and the same columns of W[1] (its inputs). OpenBLAS's own two threads cut each of
+// An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, float32 plain SGD or (run given)
+// an optimizer in either dtype: each step in two parts by the hidden layer's units, part p owning the units
+// [n1 p / 2, n1 (p + 1) / 2): their rows of W[0] and b[0], their columns of A1 and dZ1, and the same columns of W[1]
+// (its inputs). OpenBLAS's own two threads cut each of
 // a step's products afresh and wait for each other inside it; here each part's products run whole on its thread, its
 // half of W[0] (784-256-10: 400 KB) stays in its core's cache from step to step, and a step has two hand-offs
 // (parallel_steps):
 //  F  the part's columns of A1 = act(X_b W[0]^T + b[0]); then, on the thread that closes the phase, the output layer
 //     (Z2 = A1 W[1]^T + b[1], narrow: split_step_fits) and its loss, b[1]'s step and the step's coefficients;
-//  B  the part's columns of dZ1 = (dZ2 W[1]) * act'(A1), its columns of W[1] and rows of W[0] stepped (the L2 step
-//     fused into the products, as inplace_fused_l2_step), and its half of the next step's rows gathered, into the
-//     other of two batch buffers (the other part may still read this step's).
+//  B  the part's columns of dZ1 = (dZ2 W[1]) * act'(A1), its columns of W[1] and rows of W[0] stepped (plain SGD: the
+//     L2 step fused into the products, as inplace_fused_l2_step; an optimizer: their mean gradients into buffers, then
+//     its pass over the part's rows of W[0] and b[0], and on the thread that closes the phase over W[1] and b[1], whose
+//     old columns every part reads first), and its half of the next step's rows gathered, into the other of two batch
+//     buffers (the other part may still read this step's).
 // The parts are the same on one thread (one after the other) as on two, and each runs its products on one OpenBLAS
 // thread, so the bits never depend on the thread count. They are not the general step's: OpenBLAS picks its
 // small-matrix and direct kernels by a product's shape, and a part's half of a product may fall on the other side of
@@ -742,15 +745,24 @@ class UnitSplitEpoch {
 public:
     UnitSplitEpoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                    std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
-                   std::optional<T> short_lam_over_m, bool with_norms)
+                   std::optional<T> short_lam_over_m, bool with_norms, OptimizerRun<T>* run = nullptr)
         : shape_(shape), params_(params), data_(data), order_(order), n_(n), batch_(batch), full_batch_(full_batch),
-          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms),
+          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms), run_(run),
           n_in_(shape.n_in()), n1_(shape.sizes[1]), n2_(shape.sizes[2]), steps_((n + batch - 1) / batch),
-          transposed_(shape, params, batch, false, false),
-          W1_t_(transposed_.layers()[1]),
           A1_(batch * n1_), dZ1_(batch * n1_), Z2_(batch * n2_) {
         if (order_)
             for (auto& x : x_) x.resize(batch * n_in_);
+        if (run_) {  // the mean gradients, for the optimizer's pass
+            gW0_.resize(n1_ * n_in_);
+            gW1_.resize(n2_ * n1_);
+            gb0_.resize(n1_);
+            gb1_.resize(n2_);
+            grad_.W = {gW0_.data(), gW1_.data()};
+            grad_.b = {gb0_.data(), gb1_.data()};
+        } else {  // plain SGD trains W[1] transposed where the general step would
+            transposed_.emplace(shape, params, batch, false, false);
+            W1_t_ = transposed_->layers()[1];
+        }
     }
 
     EpochResult operator()(std::size_t threads, const std::function<bool()>& stop) {
@@ -764,17 +776,21 @@ public:
                 [&](std::size_t t, std::size_t p) { part(done + t, p); },
                 [&](std::size_t t) {
                     const std::size_t phase = done + t;
-                    if (phase % 2 == 0)  // a run ends only after a step's B (or the first gather)
-                        return phase == 0 || std::chrono::steady_clock::now() - run_start < kLinearRun;
-                    close_forward((phase - 1) / 2);
-                    return true;
+                    if (phase % 2 == 1) {
+                        close_forward((phase - 1) / 2);
+                        return true;
+                    }
+                    if (phase > 0 && run_) close_backward();
+                    // a run ends only after a step's B (or the first gather)
+                    return phase == 0 || std::chrono::steady_clock::now() - run_start < kLinearRun;
                 });
             if (done < phases && stop && stop()) {
                 result.stopped = true;
                 break;
             }
         }
-        transposed_.copy_back();
+        if (run_ && !result.stopped) close_backward();  // parallel_steps calls no after() for a run's last step
+        if (transposed_) transposed_->copy_back();
         for (std::size_t l = 0; l < 2; ++l)
             inplace_apply_scale(params_.W[l], scale_[l], shape_.sizes[l + 1] * shape_.sizes[l]);
         result.stats = tally_.stats;
@@ -837,12 +853,36 @@ private:
                           Z2);
         }
         tally_.stats += inplace_loss_gradient(Z2, rows, n2_, shape_.loss, targets_of(data_, picked_of(s), s * batch_));
-        blas::sum_rows(int(rows), int(n2_), -lr_ / T(rows), Z2, int(n2_), T(1), params_.b[1]);
-        const T decay = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
-        old_scale1_ = T(scale_[1]);
-        c1_ = fused_step_coefficients(scale_[1], rows, lr_, decay);
-        c0_ = fused_step_coefficients(scale_[0], rows, lr_, decay);
+        decay_ = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
         tally_.steps = s + 1;
+        if (run_) {
+            ++run_->step;
+            blas::sum_rows(int(rows), int(n2_), T(1) / T(rows), Z2, int(n2_), T(0), gb1_.data());
+            return;
+        }
+        blas::sum_rows(int(rows), int(n2_), -lr_ / T(rows), Z2, int(n2_), T(1), params_.b[1]);
+        old_scale1_ = T(scale_[1]);
+        c1_ = fused_step_coefficients(scale_[1], rows, lr_, decay_);
+        c0_ = fused_step_coefficients(scale_[0], rows, lr_, decay_);
+    }
+
+    // After both parts of B (an optimizer's epoch): its pass over W[1] and b[1], whose old columns the parts read.
+    void close_backward() {
+        optimizer_step(1, 0, n2_ * n1_, n2_);
+    }
+
+    // The optimizer's pass over layer l's weights [w0, w0 + n_w) and biases [b0, b0 + n_b), from their mean gradients.
+    void optimizer_step(std::size_t l, std::size_t w0, std::size_t n_w, std::size_t n_b, std::size_t b0 = 0) {
+        inplace_optimizer_step(run_->opt, run_->step, params_.W[l] + w0, grad_.W[l] + w0, slot(0, true, l, w0),
+                               slot(1, true, l, w0), n_w, lr_, decay_);
+        inplace_optimizer_step(run_->opt, run_->step, params_.b[l] + b0, grad_.b[l] + b0, slot(0, false, l, b0),
+                               slot(1, false, l, b0), n_b, lr_, T(0));
+    }
+
+    // State array k of layer l's weights (or biases) from entry `from` on; null when the optimizer has no such array.
+    T* slot(std::size_t k, bool weights, std::size_t l, std::size_t from) const {
+        if (k >= run_->slots.size()) return nullptr;
+        return (weights ? run_->slots[k].W[l] : run_->slots[k].b[l]) + from;
     }
 
     void backward(std::size_t s, std::size_t p) {
@@ -850,6 +890,21 @@ private:
         const T* Z2 = Z2_.data();  // dL/dZ2 by now
         T* dZ1 = dZ1_.data() + u0;
         const T* A1 = A1_.data() + u0;
+        if (run_) {  // dZ1's columns with W[1]'s old columns; the part's mean gradients; the optimizer on its rows
+            const T mean = T(1) / T(rows);
+            blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n2_), T(1), Z2, int(n2_),
+                       params_.W[1] + u0, int(n1_), T(0), dZ1, int(n1_));
+            blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), mean, Z2, int(n2_), A1, int(n1_),
+                       T(0), gW1_.data() + u0, int(n1_));
+            for (std::size_t r = 0; r < rows; ++r)
+                inplace_activation_backward(dZ1 + r * n1_, A1 + r * n1_, units, shape_.act);
+            blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), mean, dZ1, int(n1_), X_of(s),
+                       int(n_in_), T(0), gW0_.data() + u0 * n_in_, int(n_in_));
+            blas::sum_rows(int(rows), int(units), mean, dZ1, int(n1_), T(0), gb0_.data() + u0);
+            optimizer_step(0, u0 * n_in_, units * n_in_, units, u0);
+            gather(s + 1, p);
+            return;
+        }
         // dZ1's columns with W[1]'s old columns, then those columns' step
         if (W1_t_) {
             blas::gemm(blas::Op::N, blas::Op::T, int(rows), int(units), int(n2_), old_scale1_, Z2, int(n2_),
@@ -878,12 +933,15 @@ private:
     const T lr_, lam_over_m_;
     const std::optional<T> short_lam_over_m_;
     const bool with_norms_;
+    OptimizerRun<T>* const run_;  // null: plain SGD, the L2 step fused into the products
     const std::size_t n_in_, n1_, n2_, steps_;
-    TransposedWeights<T> transposed_;
-    T* const W1_t_;  // W[1] transposed (n1 x n2) where the general step would train it so, else null
+    std::optional<TransposedWeights<T>> transposed_;
+    T* W1_t_ = nullptr;  // plain SGD: W[1] transposed (n1 x n2) where the general step would train it so
     LineVector<T> x_[2], A1_, dZ1_, Z2_;
-    double scale_[2] = {1.0, 1.0};  // each layer's decay, as train_epoch's scale
-    T old_scale1_ = T(1);
+    std::vector<T> gW0_, gW1_, gb0_, gb1_;  // an optimizer's mean gradients
+    Params<T> grad_;
+    double scale_[2] = {1.0, 1.0};  // each layer's decay, as train_epoch's scale (plain SGD)
+    T decay_ = T(0), old_scale1_ = T(1);
     StepCoefficients<T> c0_{}, c1_{};
     struct alignas(64) Norms {
         double W0 = 0.0, W1 = 0.0;
@@ -1025,6 +1083,14 @@ EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset
                             const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
                             std::optional<T> short_lam_over_m, std::size_t share_threads) {
     EpochResult result;
+    // One wide hidden layer whose steps do not cut in two shares of records, its threads given and OpenBLAS on one:
+    // its steps cut by units.
+    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 && !optimizer_step_shares(shape.sizes, batch) &&
+        split_step_fits(shape.sizes, batch, shape.act)) {
+        StopCheck stop(should_stop);
+        return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
+                                 with_norms, &run)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
+    }
     const bool gather = order != nullptr && !data.sparse;
     OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse, share_threads);
     StopCheck stop(should_stop);

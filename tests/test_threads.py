@@ -288,26 +288,31 @@ SPLIT_CASES = {  # sizes, activation, loss, batch, records
 }
 
 
+@pytest.mark.parametrize("optimizer, dtype", [("sgd", "float32"), ("adam", "float32"), ("nesterov", "float64"),
+                                              ("adam", "float64")])
 @pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
-def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, restore_threads, case, ordered):
+def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, restore_threads, case, ordered, optimizer,
+                                                                 dtype):
     """UnitSplitEpoch: each step cut by the hidden layer's units, OpenBLAS on one thread, the parts side by side on two
-    threads or one after the other on one. The same loss, correct count, weight norms and parameters, with sample
-    weights and the drop-ins' short last step of its own decay; and the reference's training to float32 rounding."""
+    threads or one after the other on one; plain SGD (float32) and optimizers (either dtype). The same loss, correct
+    count, weight norms, parameters and optimizer state, with sample weights and the drop-ins' short last step of its
+    own decay; and the reference's training to rounding."""
+    from l2fast import optim
     from l2fast.backends import get_backend
 
     sizes, activation, loss, batch, m = SPLIT_CASES[case]
-    assert _core.split_step_fits(sizes, batch, activation)
-    assert threads.two_share_epoch(sizes, batch, None, True, np.float32, activation)
+    spec = {"sgd": None, "adam": optim.Adam(eps_on_v=True), "nesterov": optim.Momentum(0.9, nesterov=True)}[optimizer]
+    assert _core.split_step_fits(sizes, batch, activation) and not _core.optimizer_step_shares(sizes, batch)
+    assert threads.two_share_epoch(sizes, batch, optimizer, True, dtype, activation)
     rng = np.random.default_rng(7)
-    X = rng.normal(size=(m, sizes[0])).astype(np.float32)
+    X = rng.normal(size=(m, sizes[0])).astype(dtype)
     targets = rng.integers(0, sizes[-1], m) if loss == "softmax" else rng.normal(size=(m, sizes[-1]))
-    start = [(rng.normal(size=(n_out, n_in)) * 0.05).astype(np.float32) for n_in, n_out in zip(sizes, sizes[1:])]
-    start += [(rng.normal(size=n_out) * 0.1).astype(np.float32) for n_out in sizes[1:]]
+    start = [(rng.normal(size=(n_out, n_in)) * 0.05).astype(dtype) for n_in, n_out in zip(sizes, sizes[1:])]
+    start += [(rng.normal(size=n_out) * 0.1).astype(dtype) for n_out in sizes[1:]]
     order = rng.permutation(m).astype(np.int64) if ordered else None
-    be = get_backend("cpu")
-    Xc, y = be.features(X, sizes[0], np.float32), be.targets(targets, m, loss, sizes[-1], np.float32)
-    weights = be.sample_weights(rng.uniform(0.5, 1.5, m), m, np.float32)
+    sample_weight = rng.uniform(0.5, 1.5, m)
+    steps, cut = -(-m // batch), m - m % batch
     seen = []
     train_epoch = _core.train_epoch
 
@@ -316,32 +321,40 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(cpu._core, "train_epoch", observed)
+
+    def fresh(backend, as_dtype):
+        params = [a.astype(as_dtype) for a in start]
+        state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), params[:2], params[2:],
+                                           np.zeros_like)
+        be = get_backend(backend)
+        data = (be.features(X, sizes[0], as_dtype), be.targets(targets, m, loss, sizes[-1], as_dtype),
+                be.sample_weights(sample_weight, m, as_dtype))
+        return be, params, state, data
+
     runs = []
     for n in (1, 2):
         l2fast.set_num_threads(n, adaptive=False)
         seen.clear()
-        params = [a.copy() for a in start]
-        results = [be.train_epoch(params[:2], params[2:], Xc, y, order, batch, 0.01, 0.002, activation, loss,
-                                  sample_weight=weights, with_norms=True, short_lam_over_m=0.005) for _ in range(2)]
+        be, params, state, (Xc, y, w) = fresh("cpu", dtype)
+        results = [be.train_epoch(params[:2], params[2:], Xc, y, order, batch, 0.01, 0.002, activation, loss, spec,
+                                  state.slots, epoch * steps, sample_weight=w, with_norms=True, short_lam_over_m=0.005)
+                   for epoch in range(2)]
         assert seen == [(n, 1)] * 2  # OpenBLAS on one thread, the parts on n
-        runs.append((results, params))
-    (results_1, params_1), (results_2, params_2) = runs
+        runs.append((results, params + [a for slot in state.slots for a in slot]))
+    (results_1, arrays_1), (results_2, arrays_2) = runs
     assert results_1 == results_2
-    assert all(np.array_equal(a, b) for a, b in zip(params_1, params_2))
+    assert all(np.array_equal(a, b) for a, b in zip(arrays_1, arrays_2))
     # and the training is the reference's (the last step's own decay taken apart there)
-    ref = get_backend("numpy")
-    params = [a.astype(np.float64) for a in start]
+    ref, params, state, (Xr, yr, wr) = fresh("numpy", np.float64)
     rows = np.arange(m) if order is None else order
-    cut = m - m % batch
-    Xr, yr = ref.features(X, sizes[0], np.float64), ref.targets(targets, m, loss, sizes[-1], np.float64)
-    wr = ref.sample_weights(np.asarray(weights, np.float64), m, np.float64)
-    for _ in range(2):
-        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[:cut], batch, 0.01, 0.002, activation, loss,
-                        sample_weight=wr)
-        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[cut:], batch, 0.01, 0.005, activation, loss,
-                        sample_weight=wr)
-    for ours, theirs in zip(params_2, params):
-        np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-5)
+    for epoch in range(2):
+        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[:cut], batch, 0.01, 0.002, activation, loss, spec,
+                        state.slots, epoch * steps, sample_weight=wr)
+        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[cut:], batch, 0.01, 0.005, activation, loss, spec,
+                        state.slots, epoch * steps + cut // batch, sample_weight=wr)
+    tol = dict(rtol=2e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-12)
+    for ours, theirs in zip(arrays_2, params + [a for slot in state.slots for a in slot]):
+        np.testing.assert_allclose(ours, theirs, **tol)
 
 
 def test_which_epochs_cut_their_steps_by_hidden_units():

@@ -1176,14 +1176,15 @@ static void test_optimizer_epochs_read_forward_copies_and_step_as_on_w() {
 
 // A network's parameters (`start`: W per layer, then b per layer), then the optimizer's state arrays (zeros: each
 // array s's W per layer, then b per layer) in p, with params and run pointing into them. p may grow: its arrays stay.
+template <class T>
 struct OptimizerModel {
-    std::vector<std::vector<double>> p;
-    Params<double> params;
-    OptimizerRun<double> run;
+    std::vector<std::vector<T>> p;
+    Params<T> params;
+    OptimizerRun<T> run;
 
-    OptimizerModel(const std::vector<std::vector<double>>& start, std::size_t L, const Optimizer& opt) : p(start) {
+    OptimizerModel(const std::vector<std::vector<T>>& start, std::size_t L, const Optimizer& opt) : p(start) {
         for (std::size_t s = 0; s < opt.n_slots(); ++s)
-            for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(start[k].size(), 0.0);
+            for (std::size_t k = 0; k < 2 * L; ++k) p.emplace_back(start[k].size(), T(0));
         for (std::size_t l = 0; l < L; ++l) params.W.push_back(p[l].data()), params.b.push_back(p[L + l].data());
         run.opt = opt;
         for (std::size_t s = 0; s < opt.n_slots(); ++s) {
@@ -1331,11 +1332,12 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
     blas::set_num_threads(before);
 }
 
-// A float32 plain-SGD epoch that split_step_fits cuts by its hidden units (UnitSplitEpoch, share_threads given with
-// OpenBLAS on one thread): the same bits on one thread and on two, in loss, norms, correct count and parameters,
-// shuffled and in turn, with a short last step of its own decay (one record for 300-256-10) and sample weights; and
-// the general step's training (share_threads not given, OpenBLAS on one thread and on two) to float32 rounding.
-// 300-256-10 keeps W[1] as it is, 200-300-12 (identity units, squared error) trains it transposed.
+// An epoch that split_step_fits cuts by its hidden units (UnitSplitEpoch, share_threads given with OpenBLAS on one
+// thread), float32 plain SGD, Adam and Nesterov momentum: the same bits on one thread and on two, in loss, norms, correct
+// count, parameters and optimizer state, shuffled and in turn, with a short last step of its own decay (one record for
+// 300-256-10) and sample weights; and the general step's training (share_threads not given, OpenBLAS on one thread
+// and on two) to float32 rounding. With plain SGD, 300-256-10 keeps W[1] as it is, 200-300-12 (identity units,
+// squared error) trains it transposed.
 static void test_unit_split_epochs_on_one_and_two_threads() {
     CHECK(split_step_fits({300, 256, 10}, 64, Activation::Relu));
     CHECK(split_step_fits({200, 300, 12}, 120, Activation::Identity));
@@ -1375,26 +1377,29 @@ static void test_unit_split_epochs_on_one_and_two_threads() {
         Dataset<float> data{X.data(), c.m};
         if (c.loss == Loss::Softmax) data.y_labels = labels.data(); else data.y_values = values.data();
         data.weights = weights.data();
-        for (const bool shuffled : {true, false}) {
+        for (const auto& [shuffled, method] : {std::pair{true, Method::Sgd}, std::pair{false, Method::Sgd},
+                                                std::pair{true, Method::Adam}, std::pair{false, Method::Momentum}}) {
             std::vector<std::vector<double>> first;
-            // (OpenBLAS's threads, share_threads): cut by units on one thread and on two; the general step
+            // (OpenBLAS's threads, share_threads): cut by units on one thread and on two; the general step (an
+            // optimizer's: OptimizerStep's whole steps)
             const std::pair<int, std::size_t> runs[] = {{1, 1}, {1, 2}, {1, 1}, {1, 2}, {1, 0}, {2, 0}};
             for (const auto& [blas_threads, share_threads] : runs) {
                 blas::set_num_threads(blas_threads);
-                std::vector<std::vector<float>> p = start;
-                Params<float> params;
-                for (std::size_t l = 0; l < 2; ++l) {
-                    params.W.push_back(p[l].data());
-                    params.b.push_back(p[2 + l].data());
-                }
+                Optimizer opt;  // plain SGD: no run, the L2 step fused into the products
+                opt.method = method;
+                opt.nesterov = true;
+                OptimizerModel model(start, 2, opt);
+                std::vector<std::vector<float>>& p = model.p;
+                OptimizerRun<float>* run = method == Method::Sgd ? nullptr : &model.run;
                 std::vector<std::vector<double>> seen;
                 for (int epoch = 0; epoch < 2; ++epoch) {
                     const EpochResult result =
-                        train_epoch<float>(shape, params, data, shuffled ? order.data() : nullptr, c.m, c.batch,
-                                           0.01f, 0.002f, {}, nullptr, true, 0.005f, share_threads);
+                        train_epoch<float>(shape, model.params, data, shuffled ? order.data() : nullptr, c.m, c.batch,
+                                           0.01f, 0.002f, {}, run, true, 0.005f, share_threads);
                     CHECK(result.steps == (c.m + c.batch - 1) / c.batch && !result.stopped);
                     seen.push_back({result.stats.loss_sum, result.weight_norms, double(result.stats.correct)});
                 }
+                CHECK(method == Method::Sgd || model.run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
                 for (const auto& a : p) seen.emplace_back(a.begin(), a.end());
                 if (first.empty()) first = seen;
                 if (share_threads > 0) {
