@@ -84,11 +84,12 @@ bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t ba
 // float32 keeps its fused step (and the small-layer kernels).
 bool sgd_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch, bool single);
 
-// Whether a float32 plain-SGD epoch on dense X, given its threads (share_threads) with OpenBLAS on one, cuts each step
-// in two parts by its hidden layer's units (UnitSplitEpoch in network.cpp), whose bits do not depend on the threads: a
-// network of one hidden layer with ReLU or identity units, not one the small-layer kernels take (SmallStep) nor one
-// whose first layer trains transposed (train_transposed), a step's hidden product of 2^20 to 2^27 multiply-adds and
-// its output layer's (at least two units) at most a sixteenth of that.
+// Whether an epoch on dense X, given its threads (share_threads) with OpenBLAS on one, cuts each step in two parts by
+// its hidden layer's units (UnitSplitEpoch in network.cpp), whose bits do not depend on the threads: float32 plain SGD,
+// or an optimizer (either dtype) whose steps optimizer_step_shares does not cut in two shares of records; a network of
+// one hidden layer with ReLU or identity units, not one the small-layer kernels take (SmallStep) nor one whose first
+// layer trains transposed (train_transposed), a step's hidden product of 2^20 to 2^27 multiply-adds and its output
+// layer's (at least two units) at most a sixteenth of that.
 bool split_step_fits(const std::vector<std::size_t>& sizes, std::size_t batch, Activation act);
 
 // Validation: each throws std::invalid_argument naming the offending argument.
@@ -128,8 +129,8 @@ struct OptimizerRun {
 // batch too, which one call then takes along with the full ones. share_threads: the threads for steps cut in two
 // shares (optimizer_step_shares) or two parts (split_step_fits), at most two; 0: OpenBLAS's count. A caller that gives
 // it runs OpenBLAS on one thread for the epoch (the cpu backend does), so that each share's products stay on its own
-// thread; where OpenBLAS has more and would thread a share's products itself, the shares run one after the other, and
-// an epoch that split_step_fits takes the general step.
+// thread; where OpenBLAS has more and would thread a share's products itself, the shares run one after the other. An
+// epoch that split_step_fits is cut by units only so (share_threads given, OpenBLAS on one thread), else whole steps.
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,

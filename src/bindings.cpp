@@ -1335,9 +1335,10 @@ PYBIND11_MODULE(_core, m) {
             return l2fast::split_step_fits(sizes, batch_size, l2fast::parse_activation(activation));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("activation"),
-        "Whether a float32 plain-SGD epoch on dense X, given share_threads with OpenBLAS on one thread, cuts its\n"
-        "steps in two parts by the hidden layer's units (one hidden layer, ReLU or identity, wide enough): its\n"
-        "bits then do not depend on the thread count.");
+        "Whether an epoch on dense X (float32 plain SGD; an optimizer, either dtype, where optimizer_step_shares\n"
+        "is false), given share_threads with OpenBLAS on one thread, cuts its steps in two parts by the hidden\n"
+        "layer's units (one hidden layer, ReLU or identity, wide enough): its bits then do not depend on the\n"
+        "thread count.");
 
     m.def(
         "gradients_shares",
