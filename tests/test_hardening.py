@@ -95,7 +95,7 @@ def test_ctrl_c_stops_fit_promptly_and_leaves_consistent_parameters(backend, opt
 
 RUNS_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
     sizes, activation = [int(n) for n in sys.argv[1].split(",")], sys.argv[2]
-    m, batch = int(sys.argv[3]), int(sys.argv[4])
+    m, batch, optimizer = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     rng = np.random.default_rng(0)
     # Epochs whose steps run in runs of about 10 ms, each one job of the pool, Ctrl-C looked for between the runs
     # (cpp/parallel.hpp's parallel_steps): several epochs before the signal
@@ -105,7 +105,7 @@ RUNS_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
     net = make()
     interrupt(0.3)
     try:
-        net.fit(X, y, epochs=100000, lr=0.01, batch_size=batch)
+        net.fit(X, y, epochs=100000, lr=0.01, batch_size=batch, optimizer=optimizer)
     except KeyboardInterrupt:
         latency = time.perf_counter() - sent[0]
     else:
@@ -117,7 +117,7 @@ RUNS_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
         if all(np.array_equal(p, q) for p, q in zip(net.weights + net.biases, twin.weights + twin.biases)):
             print(f"interrupted after {latency:.3f} s, at the end of epoch {epochs}")
             sys.exit(0 if latency < 0.5 and epochs > 0 else 1)
-        twin.fit(X, y, epochs=1, lr=0.01, batch_size=batch)
+        twin.fit(X, y, epochs=1, lr=0.01, batch_size=batch, optimizer=optimizer)
         if epochs > 5000:
             break
     print("the parameters are no epoch's")
@@ -126,16 +126,17 @@ RUNS_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
 
 
 # A linear model's epoch (cpp/linear_step.cpp), steps of two shares of 256 records; and a hidden layer's cut by its
-# units (UnitSplitEpoch, cpp/network.cpp), at 784-256-10.
-@pytest.mark.parametrize("sizes, activation, m, batch", [("256,10", "identity", 100000, 512),
-                                                         ("784,256,10", "relu", 20000, 128)])
-def test_ctrl_c_stops_a_fit_of_runs_of_steps_at_an_epochs_end(tmp_path, sizes, activation, m, batch):
+# units (UnitSplitEpoch, cpp/network.cpp), at 784-256-10, plain SGD and Adam.
+@pytest.mark.parametrize("sizes, activation, m, batch, optimizer", [("256,10", "identity", 100000, 512, "sgd"),
+                                                                    ("784,256,10", "relu", 20000, 128, "sgd"),
+                                                                    ("784,256,10", "relu", 20000, 128, "adam")])
+def test_ctrl_c_stops_a_fit_of_runs_of_steps_at_an_epochs_end(tmp_path, sizes, activation, m, batch, optimizer):
     if sizes == "784,256,10":
         assert l2fast.threads._core.split_step_fits([784, 256, 10], batch, activation)
     script = tmp_path / "interrupt_runs.py"
     script.write_text(RUNS_INTERRUPT_SCRIPT)
-    result = subprocess.run([sys.executable, str(script), sizes, activation, str(m), str(batch)], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(script), sizes, activation, str(m), str(batch), optimizer],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "at the end of epoch" in result.stdout
 
