@@ -721,15 +721,14 @@ private:
     const std::size_t threads_;
 };
 
-// An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, float32 plain SGD or (run given)
-// an optimizer in either dtype: each step in two parts by the hidden layer's units, part p owning the units
+// An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, float32 plain SGD or (run
+// given) an optimizer in either dtype: each step in two parts by the hidden layer's units, part p owning the units
 // [n1 p / 2, n1 (p + 1) / 2): their rows of W[0] and b[0], their columns of A1 and dZ1, and the same columns of W[1]
-// (its inputs). OpenBLAS's own two threads cut each of
-// a step's products afresh and wait for each other inside it; here each part's products run whole on its thread, its
-// half of W[0] (784-256-10: 400 KB) stays in its core's cache from step to step, and a step has two hand-offs
-// (parallel_steps):
+// (its inputs). OpenBLAS's own two threads cut each of a step's products afresh and wait for each other inside it; here
+// each part's products run whole on its thread, its half of W[0] (784-256-10: 400 KB) and of an optimizer's state stay
+// in its core's cache from step to step, and a step has two hand-offs (parallel_steps):
 //  F  the part's columns of A1 = act(X_b W[0]^T + b[0]); then, on the thread that closes the phase, the output layer
-//     (Z2 = A1 W[1]^T + b[1], narrow: split_step_fits) and its loss, b[1]'s step and the step's coefficients;
+//     (Z2 = A1 W[1]^T + b[1], narrow: split_step_fits), its loss, and b[1]'s step (plain SGD) or gradient;
 //  B  the part's columns of dZ1 = (dZ2 W[1]) * act'(A1), its columns of W[1] and rows of W[0] stepped (plain SGD: the
 //     L2 step fused into the products, as inplace_fused_l2_step; an optimizer: their mean gradients into buffers, then
 //     its pass over the part's rows of W[0] and b[0], and on the thread that closes the phase over W[1] and b[1], whose
