@@ -357,6 +357,30 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
         np.testing.assert_allclose(ours, theirs, **tol)
 
 
+def test_fits_cut_by_hidden_units_in_two_threads_match_one_after_the_other(restore_threads):
+    # each fit's runs of steps take the helper pool in turn (parallel_steps: one job at a time); a run's parts never
+    # mix with the other fit's
+    l2fast.set_num_threads(2, adaptive=False)
+    X, y = make_problem("softmax", 784, 10, m=1500, seed=5)
+    X = X.astype(np.float32)
+
+    def make(seed):
+        return l2fast.Network([784, 256, 10], lam=0.3, backend="cpu", seed=seed)
+
+    fits = [dict(epochs=3, lr=0.05, batch_size=128), dict(epochs=3, lr=0.005, batch_size=100, optimizer="adam")]
+    sequential = [make(1), make(2)]
+    for net, options in zip(sequential, fits):
+        net.fit(X, y, **options)
+    parallel = [make(1), make(2)]
+    workers = [threading.Thread(target=net.fit, args=(X, y), kwargs=options) for net, options in zip(parallel, fits)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for a, b in zip(sequential, parallel):
+        assert all(np.array_equal(p, q) for p, q in zip(a.weights + a.biases, b.weights + b.biases))
+
+
 def test_which_epochs_cut_their_steps_by_hidden_units():
     fits = _core.split_step_fits
     assert fits([784, 256, 10], 128, "relu") and fits([784, 256, 10], 128, "identity")
