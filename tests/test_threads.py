@@ -357,6 +357,65 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
         np.testing.assert_allclose(ours, theirs, **tol)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_epochs_cut_by_hidden_units(restore_threads, seed):
+    """Random shapes that split_step_fits takes (odd unit counts, batches that leave a short step, records in turn or
+    shuffled): the same bits on one thread and on two, and the reference's training (float32 plain SGD and momentum to
+    float32 rounding; Adam, whose normalised steps magnify float32 rounding at gradients near zero, in float64)."""
+    from l2fast import optim
+    from l2fast.backends import get_backend
+
+    rng = np.random.default_rng(1000 + seed)
+    while True:
+        n_in, n1, n2 = int(rng.integers(20, 900)), int(rng.integers(129, 700)), int(rng.integers(2, 30))
+        batch = int(rng.integers(8, 300))
+        m = int(rng.integers(batch + 1, 3 * batch))
+        if _core.split_step_fits([n_in, n1, n2], batch, "relu") and not _core.optimizer_step_shares([n_in, n1, n2],
+                                                                                                    batch):
+            break
+    name, dtype = [("sgd", "float32"), ("momentum", "float32"), ("adam", "float64"), ("momentum", "float64")][seed % 4]
+    activation = ("relu", "identity")[seed // 4]
+    spec = {"sgd": None, "adam": optim.Adam(), "momentum": optim.Momentum(0.9)}[name]
+    X = rng.normal(size=(m, n_in))
+    labels = rng.integers(0, n2, m)
+    start = [rng.normal(size=(n1, n_in)) * 0.05, rng.normal(size=(n2, n1)) * 0.05, rng.normal(size=n1) * 0.1,
+             rng.normal(size=n2) * 0.1]
+    order = rng.permutation(m).astype(np.int64) if seed % 2 else None
+    steps, cut = -(-m // batch), m - m % batch
+
+    def train(backend, as_dtype, one_call):
+        be = get_backend(backend)
+        params = [a.astype(as_dtype) for a in start]
+        state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), params[:2], params[2:],
+                                           np.zeros_like)
+        Xb, y = be.features(X.astype(as_dtype), n_in, as_dtype), be.targets(labels, m, "softmax", n2, as_dtype)
+        rows = np.arange(m) if order is None else order
+        results = []
+        for epoch in range(2):
+            common = dict(activation=activation, loss="softmax", optimizer=spec, slots=state.slots)
+            if one_call:  # the cpu backend: the short last step's decay given beside
+                results.append(be.train_epoch(params[:2], params[2:], Xb, y, order, batch, 0.01, 0.003,
+                                              step=epoch * steps, with_norms=True, short_lam_over_m=0.004, **common))
+            else:
+                be.train_epoch(params[:2], params[2:], Xb, y, rows[:cut], batch, 0.01, 0.003, step=epoch * steps,
+                               **common)
+                if cut < m:
+                    be.train_epoch(params[:2], params[2:], Xb, y, rows[cut:], batch, 0.01, 0.004,
+                                   step=epoch * steps + cut // batch, **common)
+        return results, params + [a for slot in state.slots for a in slot]
+
+    runs = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        runs.append(train("cpu", dtype, True))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    _, reference = train("numpy", np.float64, False)
+    tol = dict(rtol=1e-3, atol=2e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+    for ours, theirs in zip(runs[1][1], reference):
+        np.testing.assert_allclose(ours, theirs, **tol)
+
+
 def test_fits_cut_by_hidden_units_in_two_threads_match_one_after_the_other(restore_threads):
     # each fit's runs of steps take the helper pool in turn (parallel_steps: one job at a time); a run's parts never
     # mix with the other fit's
