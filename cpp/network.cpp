@@ -721,8 +721,8 @@ private:
     const std::size_t threads_;
 };
 
-// An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, float32 plain SGD or (run
-// given) an optimizer in either dtype: each step in two parts by the hidden layer's units, part p owning the units
+// An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, plain SGD or (run given) an
+// optimizer: each step in two parts by the hidden layer's units, part p owning the units
 // [n1 p / 2, n1 (p + 1) / 2): their rows of W[0] and b[0], their columns of A1 and dZ1, and the same columns of W[1]
 // (its inputs). OpenBLAS's own two threads cut each of a step's products afresh and wait for each other inside it; here
 // each part's products run whole on its thread, its half of W[0] (784-256-10: 400 KB) and of an optimizer's state stay
@@ -1127,15 +1127,12 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop,
                                run != nullptr ? *run : sgd, with_norms, short_lam_over_m, share_threads);
     }
-    // A float32 network with one wide hidden layer, its threads given and OpenBLAS on one: its steps cut by units.
-    if constexpr (std::is_same_v<T, float>) {
-        if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 &&
-            split_step_fits(shape.sizes, batch, shape.act)) {
-            StopCheck stop(should_stop);
-            return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m,
-                                     short_lam_over_m, with_norms)(std::min<std::size_t>(share_threads, 2),
-                                                                   [&] { return stop(); });
-        }
+    // A network with one wide hidden layer, its threads given and OpenBLAS on one: its steps cut by units.
+    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 &&
+        split_step_fits(shape.sizes, batch, shape.act)) {
+        StopCheck stop(should_stop);
+        return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
+                                 with_norms)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
     }
     // Otherwise the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();

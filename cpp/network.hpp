@@ -85,8 +85,8 @@ bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t ba
 bool sgd_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch, bool single);
 
 // Whether an epoch on dense X, given its threads (share_threads) with OpenBLAS on one, cuts each step in two parts by
-// its hidden layer's units (UnitSplitEpoch in network.cpp), whose bits do not depend on the threads: float32 plain SGD,
-// or an optimizer (either dtype) whose steps optimizer_step_shares does not cut in two shares of records; a network of
+// its hidden layer's units (UnitSplitEpoch in network.cpp), whose bits do not depend on the threads: plain SGD, or an
+// optimizer, whose steps optimizer_step_shares (sgd_step_shares) does not cut in two shares of records; a network of
 // one hidden layer with ReLU or identity units, not one the small-layer kernels take (SmallStep) nor one whose first
 // layer trains transposed (train_transposed), a step's hidden product of 2^20 to 2^27 multiply-adds and its output
 // layer's (at least two units) at most a sixteenth of that.

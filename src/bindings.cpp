@@ -1335,7 +1335,7 @@ PYBIND11_MODULE(_core, m) {
             return l2fast::split_step_fits(sizes, batch_size, l2fast::parse_activation(activation));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("activation"),
-        "Whether an epoch on dense X (float32 plain SGD; an optimizer, either dtype, where optimizer_step_shares\n"
+        "Whether an epoch on dense X (plain SGD or an optimizer, where optimizer_step_shares or sgd_step_shares\n"
         "is false), given share_threads with OpenBLAS on one thread, cuts its steps in two parts by the hidden\n"
         "layer's units (one hidden layer, ReLU or identity, wide enough): its bits then do not depend on the\n"
         "thread count.");

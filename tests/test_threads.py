@@ -279,7 +279,7 @@ def test_float32_results_are_bit_identical_on_one_thread_and_on_two(restore_thre
     assert np.array_equal(proba1, proba2)
 
 
-# -- a hidden layer cut by its units (float32 plain SGD) ------------------------------------------
+# -- a hidden layer cut by its units ---------------------------------------------------------------
 
 SPLIT_CASES = {  # sizes, activation, loss, batch, records
     "784-256-10": ([784, 256, 10], "relu", "softmax", 128, 1025),  # W[1] trained transposed; a last step of one
@@ -288,14 +288,14 @@ SPLIT_CASES = {  # sizes, activation, loss, batch, records
 }
 
 
-@pytest.mark.parametrize("optimizer, dtype", [("sgd", "float32"), ("adam", "float32"), ("nesterov", "float64"),
-                                              ("adam", "float64")])
+@pytest.mark.parametrize("optimizer, dtype", [("sgd", "float32"), ("adam", "float32"), ("sgd", "float64"),
+                                              ("nesterov", "float64"), ("adam", "float64")])
 @pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
 @pytest.mark.parametrize("case", list(SPLIT_CASES))
 def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, restore_threads, case, ordered, optimizer,
                                                                  dtype):
     """UnitSplitEpoch: each step cut by the hidden layer's units, OpenBLAS on one thread, the parts side by side on two
-    threads or one after the other on one; plain SGD (float32) and optimizers (either dtype). The same loss, correct
+    threads or one after the other on one; plain SGD and optimizers, in either dtype. The same loss, correct
     count, weight norms, parameters and optimizer state, with sample weights and the drop-ins' short last step of its
     own decay; and the reference's training to rounding."""
     from l2fast import optim
@@ -304,6 +304,7 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
     sizes, activation, loss, batch, m = SPLIT_CASES[case]
     spec = {"sgd": None, "adam": optim.Adam(eps_on_v=True), "nesterov": optim.Momentum(0.9, nesterov=True)}[optimizer]
     assert _core.split_step_fits(sizes, batch, activation) and not _core.optimizer_step_shares(sizes, batch)
+    assert not _core.sgd_step_shares(sizes, batch, dtype)
     assert threads.two_share_epoch(sizes, batch, optimizer, True, dtype, activation)
     rng = np.random.default_rng(7)
     X = rng.normal(size=(m, sizes[0])).astype(dtype)
@@ -361,7 +362,8 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
 def test_random_epochs_cut_by_hidden_units(restore_threads, seed):
     """Random shapes that split_step_fits takes (odd unit counts, batches that leave a short step, records in turn or
     shuffled): the same bits on one thread and on two, and the reference's training (float32 plain SGD and momentum to
-    float32 rounding; Adam, whose normalised steps magnify float32 rounding at gradients near zero, in float64)."""
+    float32 rounding; Adam, whose normalised steps magnify float32 rounding at gradients near zero, and plain SGD in
+    float64)."""
     from l2fast import optim
     from l2fast.backends import get_backend
 
@@ -373,7 +375,7 @@ def test_random_epochs_cut_by_hidden_units(restore_threads, seed):
         if _core.split_step_fits([n_in, n1, n2], batch, "relu") and not _core.optimizer_step_shares([n_in, n1, n2],
                                                                                                     batch):
             break
-    name, dtype = [("sgd", "float32"), ("momentum", "float32"), ("adam", "float64"), ("momentum", "float64")][seed % 4]
+    name, dtype = [("sgd", "float32"), ("momentum", "float32"), ("adam", "float64"), ("sgd", "float64")][seed % 4]
     activation = ("relu", "identity")[seed // 4]
     spec = {"sgd": None, "adam": optim.Adam(), "momentum": optim.Momentum(0.9)}[name]
     X = rng.normal(size=(m, n_in))
@@ -451,10 +453,11 @@ def test_which_epochs_cut_their_steps_by_hidden_units():
     assert not fits([784, 1024, 10], 256, "relu") and fits([784, 1024, 10], 128, "relu")  # up to 2^27
     with pytest.raises(ValueError, match="activation"):
         fits([784, 256, 10], 128, "swish")
-    # the cpu backend's thread rule: float32 plain SGD on dense X only
+    # the cpu backend's thread rule: dense X only, either dtype, plain SGD and optimizers
     assert threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float32, "relu")
+    assert threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float64, "relu")
+    assert threads.two_share_epoch([784, 256, 10], 128, "adam", True, np.float64, "relu")
     assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", False, np.float32, "relu")
-    assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float64, "relu")
     assert not threads.two_share_epoch([784, 256, 10], 128, "sgd", True, np.float32, "tanh")
 
 

@@ -85,7 +85,7 @@ class CpuBackend(HostArrays):
         dense = not isinstance(X, _validate.SparseFeatures)
         linear = optimizer is None and dense and _core.linear_step_fits(sizes)
         # an epoch whose steps run in two parts, one per thread when a CPU is free: two shares of records (an
-        # optimizer's, float64 plain SGD's) or, float32 plain SGD of one hidden layer, its units
+        # optimizer's, float64 plain SGD's) or, one hidden layer wide enough, its units
         name = None if optimizer is None else optimizer.name
         two_shares = threads.two_share_epoch(sizes, min(batch_size, records), name, dense, X.dtype, activation)
         options = {"sample_weight": sample_weight, "check_finite": check_finite, "with_norms": with_norms}
