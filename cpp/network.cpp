@@ -693,10 +693,10 @@ private:
                 add_mean(grad.W[l] + w0, other.W[l] + w0, n_w, mean);
                 add_mean(grad.b[l] + first, other.b[l] + first, n_b, mean);
             }
-            inplace_optimizer_step(run_.opt, run_.step, params_.W[l] + w0, grad.W[l] + w0, slot(0, true, l, w0),
-                                   slot(1, true, l, w0), n_w, lr, decay, norms);
+            inplace_optimizer_step(run_.opt, run_.step, params_.W[l] + w0, grad.W[l] + w0, run_.slot(0, true, l, w0),
+                                   run_.slot(1, true, l, w0), n_w, lr, decay, norms);
             inplace_optimizer_step(run_.opt, run_.step, params_.b[l] + first, grad.b[l] + first,
-                                   slot(0, false, l, first), slot(1, false, l, first), n_b, lr, T(0));
+                                   run_.slot(0, false, l, first), run_.slot(1, false, l, first), n_b, lr, T(0));
             copies_.refresh(l, first, last);
         }
     }
@@ -704,12 +704,6 @@ private:
     // sums <- (sums + other) mean.
     static void add_mean(T* sums, const T* other, std::size_t n, T mean) {
         for (std::size_t i = 0; i < n; ++i) sums[i] = (sums[i] + other[i]) * mean;
-    }
-
-    // State array s of layer l's weights (or biases), from entry `from` on; null when the optimizer has no such array.
-    T* slot(std::size_t s, bool weights, std::size_t l, std::size_t from) const {
-        if (s >= run_.slots.size()) return nullptr;
-        return (weights ? run_.slots[s].W[l] : run_.slots[s].b[l]) + from;
     }
 
     const Shape& shape_;
@@ -872,16 +866,11 @@ private:
 
     // The optimizer's pass over layer l's weights [w0, w0 + n_w) and biases [b0, b0 + n_b), from their mean gradients.
     void optimizer_step(std::size_t l, std::size_t w0, std::size_t n_w, std::size_t n_b, std::size_t b0 = 0) {
-        inplace_optimizer_step(run_->opt, run_->step, params_.W[l] + w0, grad_.W[l] + w0, slot(0, true, l, w0),
-                               slot(1, true, l, w0), n_w, lr_, decay_);
-        inplace_optimizer_step(run_->opt, run_->step, params_.b[l] + b0, grad_.b[l] + b0, slot(0, false, l, b0),
-                               slot(1, false, l, b0), n_b, lr_, T(0));
-    }
-
-    // State array k of layer l's weights (or biases) from entry `from` on; null when the optimizer has no such array.
-    T* slot(std::size_t k, bool weights, std::size_t l, std::size_t from) const {
-        if (k >= run_->slots.size()) return nullptr;
-        return (weights ? run_->slots[k].W[l] : run_->slots[k].b[l]) + from;
+        const OptimizerRun<T>& run = *run_;
+        inplace_optimizer_step(run.opt, run.step, params_.W[l] + w0, grad_.W[l] + w0, run.slot(0, true, l, w0),
+                               run.slot(1, true, l, w0), n_w, lr_, decay_);
+        inplace_optimizer_step(run.opt, run.step, params_.b[l] + b0, grad_.b[l] + b0, run.slot(0, false, l, b0),
+                               run.slot(1, false, l, b0), n_b, lr_, T(0));
     }
 
     void backward(std::size_t s, std::size_t p) {
@@ -889,38 +878,34 @@ private:
         const T* Z2 = Z2_.data();  // dL/dZ2 by now
         T* dZ1 = dZ1_.data() + u0;
         const T* A1 = A1_.data() + u0;
-        if (run_) {  // dZ1's columns with W[1]'s old columns; the part's mean gradients; the optimizer on its rows
-            const T mean = T(1) / T(rows);
-            blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n2_), T(1), Z2, int(n2_),
-                       params_.W[1] + u0, int(n1_), T(0), dZ1, int(n1_));
-            blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), mean, Z2, int(n2_), A1, int(n1_),
-                       T(0), gW1_.data() + u0, int(n1_));
-            for (std::size_t r = 0; r < rows; ++r)
-                inplace_activation_backward(dZ1 + r * n1_, A1 + r * n1_, units, shape_.act);
-            blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), mean, dZ1, int(n1_), X_of(s),
-                       int(n_in_), T(0), gW0_.data() + u0 * n_in_, int(n_in_));
-            blas::sum_rows(int(rows), int(units), mean, dZ1, int(n1_), T(0), gb0_.data() + u0);
-            optimizer_step(0, u0 * n_in_, units * n_in_, units, u0);
-            gather(s + 1, p);
-            return;
-        }
-        // dZ1's columns with W[1]'s old columns, then those columns' step
-        if (W1_t_) {
+        // dZ1's columns with W[1]'s old columns (old_scale1_ stays 1 in an optimizer's epoch)
+        if (W1_t_)
             blas::gemm(blas::Op::N, blas::Op::T, int(rows), int(units), int(n2_), old_scale1_, Z2, int(n2_),
                        W1_t_ + u0 * n2_, int(n2_), T(0), dZ1, int(n1_));
-            blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n2_), int(rows), c1_.alpha, A1, int(n1_), Z2,
-                       int(n2_), c1_.beta, W1_t_ + u0 * n2_, int(n2_));
-        } else {
+        else
             blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n2_), old_scale1_, Z2, int(n2_),
                        params_.W[1] + u0, int(n1_), T(0), dZ1, int(n1_));
+        // then those columns' step (plain SGD) or mean gradient (an optimizer's, whose pass over W[1] comes after B)
+        if (run_)
+            blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), T(1) / T(rows), Z2, int(n2_), A1,
+                       int(n1_), T(0), gW1_.data() + u0, int(n1_));
+        else if (W1_t_)
+            blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n2_), int(rows), c1_.alpha, A1, int(n1_), Z2,
+                       int(n2_), c1_.beta, W1_t_ + u0 * n2_, int(n2_));
+        else
             blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), c1_.alpha, Z2, int(n2_), A1,
                        int(n1_), c1_.beta, params_.W[1] + u0, int(n1_));
-        }
         for (std::size_t r = 0; r < rows; ++r)
             inplace_activation_backward(dZ1 + r * n1_, A1 + r * n1_, units, shape_.act);
-        blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), c0_.alpha, dZ1, int(n1_), X_of(s),
-                   int(n_in_), c0_.beta, params_.W[0] + u0 * n_in_, int(n_in_));
-        blas::sum_rows(int(rows), int(units), -lr_ / T(rows), dZ1, int(n1_), T(1), params_.b[0] + u0);
+        // W[0]'s rows and b[0]'s entries: the fused L2 step into them (plain SGD), or the mean gradients into buffers
+        // and the optimizer's pass over them
+        const T mean = T(1) / T(rows);
+        T* W0 = run_ ? gW0_.data() : params_.W[0];
+        T* b0 = run_ ? gb0_.data() : params_.b[0];
+        blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), run_ ? mean : c0_.alpha, dZ1, int(n1_),
+                   X_of(s), int(n_in_), run_ ? T(0) : c0_.beta, W0 + u0 * n_in_, int(n_in_));
+        blas::sum_rows(int(rows), int(units), run_ ? mean : -lr_ / T(rows), dZ1, int(n1_), run_ ? T(0) : T(1), b0 + u0);
+        if (run_) optimizer_step(0, u0 * n_in_, units * n_in_, units, u0);
         gather(s + 1, p);
     }
 

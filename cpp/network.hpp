@@ -119,6 +119,12 @@ struct OptimizerRun {
     Optimizer opt;
     std::vector<Params<T>> slots;
     std::int64_t step = 0;
+
+    // State array s of layer l's weights (or biases), from entry `from` on; null when the optimizer has no such array.
+    T* slot(std::size_t s, bool weights, std::size_t l, std::size_t from) const {
+        if (s >= slots.size()) return nullptr;
+        return (weights ? slots[s].W[l] : slots[s].b[l]) + from;
+    }
 };
 
 // With run given (and not SGD), each step computes the layer's mean gradient into a buffer with one

@@ -333,6 +333,12 @@ const std::vector<std::size_t>& checked_layer_sizes(const std::vector<std::size_
     return layer_sizes;
 }
 
+// batch_size of the thread-rule queries (the step's records): >= 1; throws naming it otherwise.
+std::size_t checked_batch_size(std::size_t batch_size) {
+    if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
+    return batch_size;
+}
+
 // share_threads (train_epoch's, gradients'): a count >= 0; throws naming it otherwise.
 std::size_t checked_share_threads(long long share_threads) {
     if (share_threads < 0)
@@ -1309,8 +1315,7 @@ PYBIND11_MODULE(_core, m) {
         "optimizer_step_shares",
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size) {
             const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
-            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            return l2fast::optimizer_step_shares(sizes, batch_size);
+            return l2fast::optimizer_step_shares(sizes, checked_batch_size(batch_size));
         },
         py::arg("layer_sizes"), py::arg("batch_size"),
         "Whether an epoch with an optimizer (momentum, Adam) on dense X cuts its steps in two shares whose sums are "
@@ -1320,8 +1325,7 @@ PYBIND11_MODULE(_core, m) {
         "sgd_step_shares",
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& dtype) {
             const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
-            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            return l2fast::sgd_step_shares(sizes, batch_size, is_float32(dtype));
+            return l2fast::sgd_step_shares(sizes, checked_batch_size(batch_size), is_float32(dtype));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("dtype"),
         "Whether a plain-SGD epoch on dense X cuts its steps in the two shares of optimizer_step_shares (float64 "
@@ -1331,8 +1335,8 @@ PYBIND11_MODULE(_core, m) {
         "split_step_fits",
         [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size, const std::string& activation) {
             const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
-            if (batch_size < 1) throw std::invalid_argument("batch_size must be >= 1");
-            return l2fast::split_step_fits(sizes, batch_size, l2fast::parse_activation(activation));
+            const std::size_t batch = checked_batch_size(batch_size);  // before the activation's check, as the others
+            return l2fast::split_step_fits(sizes, batch, l2fast::parse_activation(activation));
         },
         py::arg("layer_sizes"), py::arg("batch_size"), py::arg("activation"),
         "Whether an epoch on dense X (plain SGD or an optimizer, where optimizer_step_shares or sgd_step_shares\n"

@@ -288,6 +288,38 @@ SPLIT_CASES = {  # sizes, activation, loss, batch, records
 }
 
 
+def train_two_epochs(backend, dtype, X, targets, loss, start, order, batch, activation, spec, lams,
+                     sample_weight=None):
+    """Two epochs of the network of parameters `start` (weights, then biases, of one hidden layer) with optimizer spec
+    (None: plain SGD) at lr 0.01, the full steps decayed by lams[0] and the short last one by lams[1]: on cpu one call
+    an epoch (the short step's decay given beside, the weight norms asked for), on the numpy reference two (the full
+    steps, then the short one). Returns the cpu calls' results ([] on numpy), and the parameters and optimizer state
+    after them."""
+    from l2fast import optim
+    from l2fast.backends import get_backend
+
+    be = get_backend(backend)
+    m, n_in, n_out = len(X), start[0].shape[1], start[1].shape[0]
+    params = [a.astype(dtype) for a in start]
+    state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), params[:2], params[2:], np.zeros_like)
+    Xb, y = be.features(X.astype(dtype), n_in, dtype), be.targets(targets, m, loss, n_out, dtype)
+    w = None if sample_weight is None else be.sample_weights(sample_weight, m, dtype)
+    rows = np.arange(m) if order is None else order
+    steps, cut = -(-m // batch), m - m % batch
+    common = dict(activation=activation, loss=loss, optimizer=spec, slots=state.slots, sample_weight=w)
+    results = []
+    for epoch in range(2):
+        if backend == "cpu":
+            results.append(be.train_epoch(params[:2], params[2:], Xb, y, order, batch, 0.01, lams[0],
+                                          step=epoch * steps, with_norms=True, short_lam_over_m=lams[1], **common))
+            continue
+        be.train_epoch(params[:2], params[2:], Xb, y, rows[:cut], batch, 0.01, lams[0], step=epoch * steps, **common)
+        if cut < m:
+            be.train_epoch(params[:2], params[2:], Xb, y, rows[cut:], batch, 0.01, lams[1],
+                           step=epoch * steps + cut // batch, **common)
+    return results, params + [a for slot in state.slots for a in slot]
+
+
 @pytest.mark.parametrize("optimizer, dtype", [("sgd", "float32"), ("adam", "float32"), ("sgd", "float64"),
                                               ("nesterov", "float64"), ("adam", "float64")])
 @pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
@@ -299,7 +331,6 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
     count, weight norms, parameters and optimizer state, with sample weights and the drop-ins' short last step of its
     own decay; and the reference's training to rounding."""
     from l2fast import optim
-    from l2fast.backends import get_backend
 
     sizes, activation, loss, batch, m = SPLIT_CASES[case]
     spec = {"sgd": None, "adam": optim.Adam(eps_on_v=True), "nesterov": optim.Momentum(0.9, nesterov=True)}[optimizer]
@@ -313,7 +344,6 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
     start += [(rng.normal(size=n_out) * 0.1).astype(dtype) for n_out in sizes[1:]]
     order = rng.permutation(m).astype(np.int64) if ordered else None
     sample_weight = rng.uniform(0.5, 1.5, m)
-    steps, cut = -(-m // batch), m - m % batch
     seen = []
     train_epoch = _core.train_epoch
 
@@ -322,39 +352,21 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(cpu._core, "train_epoch", observed)
-
-    def fresh(backend, as_dtype):
-        params = [a.astype(as_dtype) for a in start]
-        state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), params[:2], params[2:],
-                                           np.zeros_like)
-        be = get_backend(backend)
-        data = (be.features(X, sizes[0], as_dtype), be.targets(targets, m, loss, sizes[-1], as_dtype),
-                be.sample_weights(sample_weight, m, as_dtype))
-        return be, params, state, data
-
     runs = []
     for n in (1, 2):
         l2fast.set_num_threads(n, adaptive=False)
         seen.clear()
-        be, params, state, (Xc, y, w) = fresh("cpu", dtype)
-        results = [be.train_epoch(params[:2], params[2:], Xc, y, order, batch, 0.01, 0.002, activation, loss, spec,
-                                  state.slots, epoch * steps, sample_weight=w, with_norms=True, short_lam_over_m=0.005)
-                   for epoch in range(2)]
+        runs.append(train_two_epochs("cpu", dtype, X, targets, loss, start, order, batch, activation, spec,
+                                     (0.002, 0.005), sample_weight))
         assert seen == [(n, 1)] * 2  # OpenBLAS on one thread, the parts on n
-        runs.append((results, params + [a for slot in state.slots for a in slot]))
     (results_1, arrays_1), (results_2, arrays_2) = runs
     assert results_1 == results_2
     assert all(np.array_equal(a, b) for a, b in zip(arrays_1, arrays_2))
     # and the training is the reference's (the last step's own decay taken apart there)
-    ref, params, state, (Xr, yr, wr) = fresh("numpy", np.float64)
-    rows = np.arange(m) if order is None else order
-    for epoch in range(2):
-        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[:cut], batch, 0.01, 0.002, activation, loss, spec,
-                        state.slots, epoch * steps, sample_weight=wr)
-        ref.train_epoch(params[:2], params[2:], Xr, yr, rows[cut:], batch, 0.01, 0.005, activation, loss, spec,
-                        state.slots, epoch * steps + cut // batch, sample_weight=wr)
+    _, reference = train_two_epochs("numpy", np.float64, X, targets, loss, start, order, batch, activation, spec,
+                                    (0.002, 0.005), sample_weight)
     tol = dict(rtol=2e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-12)
-    for ours, theirs in zip(arrays_2, params + [a for slot in state.slots for a in slot]):
+    for ours, theirs in zip(arrays_2, reference):
         np.testing.assert_allclose(ours, theirs, **tol)
 
 
@@ -365,7 +377,6 @@ def test_random_epochs_cut_by_hidden_units(restore_threads, seed):
     float32 rounding; Adam, whose normalised steps magnify float32 rounding at gradients near zero, and plain SGD in
     float64)."""
     from l2fast import optim
-    from l2fast.backends import get_backend
 
     rng = np.random.default_rng(1000 + seed)
     while True:
@@ -383,36 +394,15 @@ def test_random_epochs_cut_by_hidden_units(restore_threads, seed):
     start = [rng.normal(size=(n1, n_in)) * 0.05, rng.normal(size=(n2, n1)) * 0.05, rng.normal(size=n1) * 0.1,
              rng.normal(size=n2) * 0.1]
     order = rng.permutation(m).astype(np.int64) if seed % 2 else None
-    steps, cut = -(-m // batch), m - m % batch
-
-    def train(backend, as_dtype, one_call):
-        be = get_backend(backend)
-        params = [a.astype(as_dtype) for a in start]
-        state = optim.OptimizerState.fresh(spec or optim.SGD(), optim.Constant(), params[:2], params[2:],
-                                           np.zeros_like)
-        Xb, y = be.features(X.astype(as_dtype), n_in, as_dtype), be.targets(labels, m, "softmax", n2, as_dtype)
-        rows = np.arange(m) if order is None else order
-        results = []
-        for epoch in range(2):
-            common = dict(activation=activation, loss="softmax", optimizer=spec, slots=state.slots)
-            if one_call:  # the cpu backend: the short last step's decay given beside
-                results.append(be.train_epoch(params[:2], params[2:], Xb, y, order, batch, 0.01, 0.003,
-                                              step=epoch * steps, with_norms=True, short_lam_over_m=0.004, **common))
-            else:
-                be.train_epoch(params[:2], params[2:], Xb, y, rows[:cut], batch, 0.01, 0.003, step=epoch * steps,
-                               **common)
-                if cut < m:
-                    be.train_epoch(params[:2], params[2:], Xb, y, rows[cut:], batch, 0.01, 0.004,
-                                   step=epoch * steps + cut // batch, **common)
-        return results, params + [a for slot in state.slots for a in slot]
-
     runs = []
     for n in (1, 2):
         l2fast.set_num_threads(n, adaptive=False)
-        runs.append(train("cpu", dtype, True))
+        runs.append(train_two_epochs("cpu", dtype, X, labels, "softmax", start, order, batch, activation, spec,
+                                     (0.003, 0.004)))
     assert runs[0][0] == runs[1][0]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-    _, reference = train("numpy", np.float64, False)
+    _, reference = train_two_epochs("numpy", np.float64, X, labels, "softmax", start, order, batch, activation, spec,
+                                    (0.003, 0.004))
     tol = dict(rtol=1e-3, atol=2e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
     for ours, theirs in zip(runs[1][1], reference):
         np.testing.assert_allclose(ours, theirs, **tol)

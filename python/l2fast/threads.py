@@ -327,7 +327,7 @@ _adaptive = True
 
 
 def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[str], dense: bool, dtype,
-                    activation: str = "relu") -> bool:
+                    activation: str) -> bool:
     """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD) on a dense (or sparse) X of this
     dtype in steps of `batch` records cuts its steps in two parts, one per thread with OpenBLAS on one
     (``call_threads``'s ``two_shares``): two shares of records (``_core.optimizer_step_shares``; plain SGD in float64:
