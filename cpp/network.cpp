@@ -29,6 +29,11 @@ constexpr std::size_t kBlockRows = 2048;
 // than they save, queueing for the line-fill buffers and pushing the step's own operands out of L2 (measured:
 // that epoch 20 % slower with them), and their steps are long enough for the waits not to matter.
 constexpr std::size_t kPrefetchBytes = std::size_t(1) << 17;
+// How long the helpers of a step cut in two (OptimizerStep, PartialOutputEpoch) poll for the next job: a scikit-learn
+// drop-in calls one epoch after another with 0.1-0.3 ms of Python between them (digits: 9 steps an epoch), and a helper
+// woken from sleep for each would give the next epoch's first steps no second thread (digits, Adam, 20 epochs, two
+// threads: the epochs 17.7-20.3 ms a fit with 50 us, 14.7-15.7 ms with 300 us; one thread 17.1-18.2 ms).
+constexpr std::chrono::microseconds kEpochsPoll{300};
 // The fewest records a share of an optimizer's step takes (OptimizerStep): a step of fewer than twice as many is one.
 constexpr std::size_t kMinShareRows = 32;
 // The bounds of a step's hidden-layer product (multiply-adds) for UnitSplitEpoch, and the least ratio of it to the
@@ -642,12 +647,6 @@ public:
     }
 
 private:
-    // The helpers poll this long for the next step's jobs: a scikit-learn drop-in calls one epoch after another with
-    // 0.1-0.3 ms of Python between them (digits: 9 steps an epoch), and a helper woken from sleep for each would give
-    // the next epoch's first steps no second thread (digits, Adam, 20 epochs, two threads: the epochs 17.7-20.3 ms a
-    // fit with 50 us, 14.7-15.7 ms with 300 us; one thread 17.1-18.2 ms).
-    static constexpr std::chrono::microseconds kEpochsPoll{300};
-
     // Share s of a step of `rows` records (`shares` of them): its `count` records' loss, and into its buffers
     // dL/dW and dL/db summed over them (divided by rows when the step is one share: the mean itself).
     LossStats share_sums(const Dataset<T>& data, const std::int64_t* picked, std::size_t start, std::size_t count,
@@ -937,6 +936,299 @@ private:
     } tally_;
 };
 
+// to (cols x rows, rows ld_to apart) <- from (rows x cols, rows ld_from apart)^T: transpose_doubles where it applies.
+template <class T>
+void transpose_into(const T* from, std::size_t ld_from, std::size_t rows, std::size_t cols, T* to, std::size_t ld_to) {
+    if constexpr (std::is_same_v<T, double>) {
+        if (ld_from == cols) {
+            transpose_doubles(from, rows, cols, to, ld_to);
+            return;
+        }
+    }
+    for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t j = 0; j < cols; ++j) to[j * ld_to + i] = from[i * ld_from + j];
+}
+
+// An epoch of a small network with one hidden layer and an optimizer (plain SGD included: OptimizerRun's update), whose
+// steps optimizer_step_shares would cut in two shares of records (partial_output_fits): each step in two parts by the
+// hidden units instead, part p owning units [n1 p / 2, n1 (p + 1) / 2) with their rows of W[0], entries of b[0] and
+// columns of W[1] (and the optimizer's state of them), and one hand-off a step (parallel_steps). A part's step:
+//  A  the step's whole batch gathered into the part's own buffer (a small X stays in each core's cache), its columns of
+//     A1 = act(X_b W[0]^T + b[0]) and its partial of the output layer's logits, A1_p W[1]_p^T (part 0's with b[1]),
+//     from copies of its weights transposed (OpenBLAS's small-matrix kernels take those products' plain form);
+//  B  after the hand-off: the logits, part 0's partial + part 1's, and their loss and dL/dZ2, worked out alike by both
+//     parts; then the mean gradients of its weights and biases (part 0: b[1]'s too), the optimizer's pass over them
+//     and the transposed copies refreshed.
+// Part p's B of step s and A of step s + 1 are one step of the run: a part touches only its own weights and buffers
+// but the other's partial logits, which go in two buffers by the step's parity. Against two shares of records, no
+// part reads the other's gradient sums, weights or batch rows (digits' 64-64-10 at batch 200: the update 14 us a step
+// on two threads against 9 us on one, from the shares' sums and weights moving between the cores), and a step has one
+// hand-off instead of two. The parts are the same on one thread as on two, so the bits do not depend on the threads.
+template <class T>
+class PartialOutputEpoch {
+public:
+    PartialOutputEpoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
+                       std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
+                       std::optional<T> short_lam_over_m, bool with_norms, OptimizerRun<T>& run)
+        : shape_(shape), params_(params), data_(data), order_(order), n_(n), batch_(batch), full_batch_(full_batch),
+          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms), run_(run),
+          n_in_(shape.n_in()), n1_(shape.sizes[1]), n2_(shape.sizes[2]), steps_((n + batch - 1) / batch) {
+        Kept& kept = kept_parts();
+        const std::size_t values = (order_ ? 3 * batch * n_in_ : 0) + 3 * n_in_ * n1_ + 4 * n1_ * n2_ +
+                                   2 * batch * n1_ + 6 * batch * n2_;
+        if (kept.in_use || values * sizeof(T) > kKeptBytes) {
+            own_ = std::make_unique<Parts>();
+            parts_ = own_.get();
+        } else {
+            kept.in_use = true;
+            kept_ = &kept;
+            parts_ = &kept.parts;
+        }
+        if (parts_->sizes != shape.sizes || parts_->batch != batch || parts_->gather != (order_ != nullptr)) {
+            parts_->sizes = shape.sizes;
+            parts_->batch = batch;
+            parts_->gather = order_ != nullptr;
+            for (std::size_t p = 0; p < 2; ++p) size_part(parts_->part[p], p);
+        }
+        for (Part& part : parts_->part) {  // the weights may have changed since the buffers' last epoch
+            move_columns(part, true);
+            refresh(part);
+        }
+    }
+    PartialOutputEpoch(const PartialOutputEpoch&) = delete;
+    PartialOutputEpoch& operator=(const PartialOutputEpoch&) = delete;
+    ~PartialOutputEpoch() {
+        if (kept_) kept_->in_use = false;
+    }
+
+    // The epoch on `threads` (1 or 2), stop() asked between runs of steps of about kLinearRun.
+    EpochResult operator()(std::size_t threads, const std::function<bool()>& stop) {
+        try {
+            run(threads, stop);
+        } catch (...) {
+            for (Part& part : parts_->part) move_columns(part, false);
+            throw;
+        }
+        for (Part& part : parts_->part) move_columns(part, false);
+        return result_;
+    }
+
+private:
+    // A thread keeps the parts' buffers of its last epoch, up to this size, for its next one on the same shape and
+    // batch (as StepBuffers): a drop-in's digits epoch is 9 steps, and fresh buffers cost it their page faults.
+    static constexpr std::size_t kKeptBytes = std::size_t(4) << 20;
+
+    void run(std::size_t threads, const std::function<bool()>& stop) {
+        one_thread_ = threads < 2;
+        // run step t: each part's B of step t - 1 (t >= 1), then its A of step t (t < steps_, unless stopping)
+        for (std::size_t done = 0; done <= steps_;) {
+            const auto run_start = std::chrono::steady_clock::now();
+            const std::size_t first = done;
+            done += parallel_steps(
+                steps_ + 1 - done, threads, [](std::size_t) { return std::size_t(2); },
+                [&](std::size_t t, std::size_t p) { part(first + t, p); },
+                [&](std::size_t t) {
+                    close(first + t);
+                    return std::chrono::steady_clock::now() - run_start < kLinearRun;
+                }, kEpochsPoll);
+            close(done - 1);  // parallel_steps calls no after() for the last step it is given
+            if (done > steps_) break;
+            if (stop && stop()) {  // one more run step, for the B of the step whose A has run
+                stopping_ = true;
+                result_.stopped = true;
+                parallel_steps(1, threads, [](std::size_t) { return std::size_t(2); },
+                               [&](std::size_t, std::size_t p) { part(done, p); }, [](std::size_t) { return true; },
+                               kEpochsPoll);
+                close(done);
+                break;
+            }
+        }
+    }
+
+    struct alignas(64) Part {
+        std::size_t u0 = 0, units = 0;
+        LineVector<T> x[2], W0_t, W1_t, A1, dZ1, partial[2], Z2, gW0, gW1, gb;  // x[1]: part 0's only
+        LineVector<T> W1, S1[2];  // the part's columns of W[1] and of their state, n2 x units, trained here
+        LossStats stats;  // of the step whose B ran last
+        double norms = 0.0;
+    };
+
+    struct Parts {
+        std::vector<std::size_t> sizes;
+        std::size_t batch = 0;
+        bool gather = false;
+        Part part[2];
+    };
+
+    struct Kept {
+        Parts parts;
+        bool in_use = false;
+    };
+
+    static Kept& kept_parts() {
+        thread_local Kept kept;
+        return kept;
+    }
+
+    void size_part(Part& part, std::size_t p) const {
+        part.u0 = n1_ * p / 2;
+        part.units = n1_ * (p + 1) / 2 - part.u0;
+        for (std::size_t i = 0; i < 2; ++i) part.x[i].resize(order_ && (i == 0 || p == 0) ? batch_ * n_in_ : 0);
+        part.W0_t.resize(n_in_ * part.units);
+        part.W1_t.resize(part.units * n2_);
+        part.A1.resize(batch_ * part.units);
+        part.dZ1.resize(batch_ * part.units);
+        for (auto& z : part.partial) z.resize(batch_ * n2_);
+        part.Z2.resize(batch_ * n2_);
+        part.gW0.resize(part.units * n_in_);
+        part.gW1.resize(n2_ * part.units);
+        part.gb.resize(std::max(part.units, n2_));
+        part.W1.resize(n2_ * part.units);
+        for (auto& S : part.S1) S.resize(n2_ * part.units);
+    }
+
+    std::size_t rows_of(std::size_t s) const { return std::min(batch_, n_ - s * batch_); }
+    const std::int64_t* picked_of(std::size_t s) const { return order_ ? order_ + s * batch_ : nullptr; }
+
+    void part(std::size_t t, std::size_t p) {
+        if (t >= 1) backward(t - 1, p);
+        if (t < steps_ && !stopping_) forward(t, p);
+    }
+
+    // After run step t (both parts): step t - 1's loss and weight norms tallied, and the optimizer's step count moved
+    // on for step t's B. Runs once per run step, whichever way the run ends.
+    void close(std::size_t t) {
+        if (closed_ > t) return;
+        closed_ = t + 1;
+        if (t >= 1) {
+            result_.stats += parts_->part[0].stats;
+            result_.steps = t;
+            if (with_norms_) result_.weight_norms += parts_->part[0].norms + parts_->part[1].norms;
+        }
+        if (t < steps_ && !stopping_) ++run_.step;
+    }
+
+    // Step s's batch for part p: X's own rows in turn, or the part's gathered rows; on one thread, part 1 reads part
+    // 0's, which keeps two steps' rows (it gathers step s + 1's before part 1's B of step s).
+    T* batch_of(std::size_t s, std::size_t p) {
+        if (one_thread_ && p == 1) p = 0;
+        return p == 0 ? parts_->part[0].x[s % 2].data() : parts_->part[1].x[0].data();
+    }
+
+    // The part's columns of A1 and its partial logits for step s.
+    void forward(std::size_t s, std::size_t p) {
+        Part& part = parts_->part[p];
+        const std::size_t rows = rows_of(s), units = part.units;
+        const T* X = data_.X + s * batch_ * n_in_;
+        if (order_) {
+            T* x = batch_of(s, p);
+            if (!one_thread_ || p == 0) {
+                const std::int64_t* picked = picked_of(s);
+                const NextRows next = p == 0 && s + 1 < steps_ ? NextRows{picked + rows, rows_of(s + 1)} : NextRows{};
+                gather_rows(data_, n_in_, n2_, picked, rows, x, next);
+            }
+            X = x;
+        }
+        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n_in_), T(1), X, int(n_in_), part.W0_t.data(),
+                   int(units), T(0), part.A1.data(), int(units));
+        inplace_bias_activation(part.A1.data(), params_.b[0] + part.u0, rows, units, shape_.act);
+        T* partial = part.partial[s % 2].data();
+        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(n2_), int(units), T(1), part.A1.data(), int(units),
+                   part.W1_t.data(), int(n2_), T(0), partial, int(n2_));
+        if (p == 0) inplace_bias_activation(partial, params_.b[1], rows, n2_, Activation::Identity);
+    }
+
+    // Step s's loss from both partials, then the part's gradients and the optimizer's pass over its parameters.
+    void backward(std::size_t s, std::size_t p) {
+        Part& part = parts_->part[p];
+        const std::size_t rows = rows_of(s), units = part.units, u0 = part.u0;
+        const T* X = order_ ? batch_of(s, p) : data_.X + s * batch_ * n_in_;
+        // dL/dZ2: each part's own on two threads; on one, part 1 takes part 0's (the same values)
+        T* Z2 = one_thread_ && p == 1 ? parts_->part[0].Z2.data() : part.Z2.data();
+        if (!one_thread_ || p == 0) {
+            const T* P0 = parts_->part[0].partial[s % 2].data();
+            const T* P1 = parts_->part[1].partial[s % 2].data();
+            for (std::size_t i = 0; i < rows * n2_; ++i) Z2[i] = P0[i] + P1[i];
+            part.stats = inplace_loss_gradient(Z2, rows, n2_, shape_.loss, targets_of(data_, picked_of(s), s * batch_));
+        }
+        const T mean = T(1) / T(rows);
+        // dZ1's columns with W[1]'s old columns, then the gradients
+        blas::gemm(blas::Op::N, blas::Op::N, int(rows), int(units), int(n2_), T(1), Z2, int(n2_), part.W1.data(),
+                   int(units), T(0), part.dZ1.data(), int(units));
+        blas::gemm(blas::Op::T, blas::Op::N, int(n2_), int(units), int(rows), mean, Z2, int(n2_), part.A1.data(),
+                   int(units), T(0), part.gW1.data(), int(units));
+        inplace_activation_backward(part.dZ1.data(), part.A1.data(), rows * units, shape_.act);
+        blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), mean, part.dZ1.data(), int(units), X,
+                   int(n_in_), T(0), part.gW0.data(), int(n_in_));
+        const T decay = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
+        double* norms = with_norms_ ? &part.norms : nullptr;
+        part.norms = 0.0;
+        // the optimizer's pass, last layer first as OptimizerStep's: W[1]'s columns row by row, b[1] (part 0), W[0]'s
+        // rows and b[0]'s entries
+        inplace_optimizer_step(run_.opt, run_.step, part.W1.data(), part.gW1.data(), slots(part, 0), slots(part, 1),
+                               n2_ * units, lr_, decay, norms);
+        if (p == 0) {
+            blas::sum_rows(int(rows), int(n2_), mean, Z2, int(n2_), T(0), part.gb.data());
+            step(1, false, 0, part.gb.data(), n2_, T(0), nullptr);
+        }
+        step(0, true, u0 * n_in_, part.gW0.data(), units * n_in_, decay, norms);
+        blas::sum_rows(int(rows), int(units), mean, part.dZ1.data(), int(units), T(0), part.gb.data());
+        step(0, false, u0, part.gb.data(), units, T(0), nullptr);
+        refresh(part);
+    }
+
+    // The optimizer's pass over n parameters of layer l (weights or biases) from entry `from`, G their mean gradient.
+    void step(std::size_t l, bool weights, std::size_t from, const T* G, std::size_t n, T decay, double* norms) {
+        T* P = (weights ? params_.W[l] : params_.b[l]) + from;
+        inplace_optimizer_step(run_.opt, run_.step, P, G, run_.slot(0, weights, l, from),
+                               run_.slot(1, weights, l, from), n, lr_, decay, norms);
+    }
+
+    // The part's transposed copies <- its rows of W[0] and columns of W[1].
+    void refresh(Part& part) {
+        transpose_into(params_.W[0] + part.u0 * n_in_, n_in_, part.units, n_in_, part.W0_t.data(), part.units);
+        transpose_into(part.W1.data(), part.units, n2_, part.units, part.W1_t.data(), n2_);
+    }
+
+    // The part's block of W[1]'s state array s, or null when the optimizer keeps none.
+    T* slots(Part& part, std::size_t s) const { return s < run_.slots.size() ? part.S1[s].data() : nullptr; }
+
+    // The part's columns of W[1] and of their state into its blocks (in), or back (out). W[1]'s rows are short (its
+    // inputs, the hidden units), and the parts' columns of a row may share a cache line: trained in place, that line
+    // would move between the cores with every step's update.
+    void move_columns(Part& part, bool in) {
+        const std::size_t units = part.units;
+        for (std::size_t s = 0; s <= run_.slots.size(); ++s) {
+            T* whole = s == 0 ? params_.W[1] : run_.slot(s - 1, true, 1, 0);
+            T* block = s == 0 ? part.W1.data() : part.S1[s - 1].data();
+            for (std::size_t o = 0; o < n2_; ++o) {
+                T* row = whole + o * n1_ + part.u0;
+                if (in)
+                    std::copy(row, row + units, block + o * units);
+                else
+                    std::copy(block + o * units, block + (o + 1) * units, row);
+            }
+        }
+    }
+
+    const Shape& shape_;
+    Params<T>& params_;
+    const Dataset<T>& data_;
+    const std::int64_t* const order_;
+    const std::size_t n_, batch_, full_batch_;
+    const T lr_, lam_over_m_;
+    const std::optional<T> short_lam_over_m_;
+    const bool with_norms_;
+    OptimizerRun<T>& run_;
+    const std::size_t n_in_, n1_, n2_, steps_;
+    std::unique_ptr<Parts> own_;
+    Kept* kept_ = nullptr;
+    Parts* parts_ = nullptr;
+    EpochResult result_;
+    std::size_t closed_ = 0;
+    bool stopping_ = false, one_thread_ = false;
+};
+
 }  // namespace
 
 bool optimizer_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch) {
@@ -972,6 +1264,19 @@ bool split_step_fits(const std::vector<std::size_t>& sizes, std::size_t batch, A
     if (n2 < 2 || SmallStep<float>::fits(shape, false) || train_transposed(batch, n_in, n1)) return false;
     const double hidden = double(batch) * double(n_in) * double(n1), output = double(batch) * double(n1) * double(n2);
     return hidden >= kMinSplitProduct && hidden <= kMostSplitProduct && output * kMinSplitRatio <= hidden;
+}
+
+bool partial_output_fits(const std::vector<std::size_t>& sizes, std::size_t batch) {
+    // Measured against two shares of records (Adam, float64 unless said, 3 epochs, two threads / one;
+    // benchmarks/README.md, R, session 21): 64-64-10 at batch 200 16.4-16.7 ms against 17.8-17.9 (one thread 23.0-23.2
+    // against 23.6-23.8), in float32 10.8-11.8 against 14.1-14.2, at batch 64 20.4-21.2 against 28.0-29.0; 64-100-10
+    // 11.3-11.4 against 13.3-13.4 (17.7-17.8 against 19.6-19.7); 64-256-10 26.6 against 29.3 (48.9-49.3 against
+    // 48.1-48.3). Slower: 64-16-10 (each part's product too small for its gather of the whole batch: 15.7-15.8 against
+    // 11.1-11.2) and first layers of 784 inputs (784-100-10 117-119 against 104, 784-128-10 in float32 71-72 against
+    // 59-61: the parts' products leave OpenBLAS's small-matrix kernels, so their transposed copies only cost).
+    constexpr std::size_t kMostInputs = 128, kFewestUnits = 32;
+    return sizes.size() == 3 && sizes[0] <= kMostInputs && sizes[1] >= kFewestUnits &&
+           optimizer_step_shares(sizes, batch);
 }
 
 bool forward_on_copy(std::size_t batch, std::size_t n_in, std::size_t n_out) {
@@ -1067,6 +1372,13 @@ EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset
                             const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
                             std::optional<T> short_lam_over_m, std::size_t share_threads) {
     EpochResult result;
+    // One small hidden layer whose steps cut in two shares of records, its threads given and OpenBLAS on one: its steps
+    // cut by units, each part with its partial of the output layer.
+    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 && partial_output_fits(shape.sizes, batch)) {
+        StopCheck stop(should_stop);
+        return PartialOutputEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
+                                     with_norms, run)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
+    }
     // One wide hidden layer whose steps do not cut in two shares of records, its threads given and OpenBLAS on one:
     // its steps cut by units.
     if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 && !optimizer_step_shares(shape.sizes, batch) &&

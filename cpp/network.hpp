@@ -92,6 +92,12 @@ bool sgd_step_shares(const std::vector<std::size_t>& sizes, std::size_t batch, b
 // layer's (at least two units) at most a sixteenth of that.
 bool split_step_fits(const std::vector<std::size_t>& sizes, std::size_t batch, Activation act);
 
+// Whether an epoch with an optimizer (plain SGD where sgd_step_shares says so) on dense X, given its threads with
+// OpenBLAS on one, cuts each step in two parts by its hidden layer's units, each part with its partial of the output
+// layer's product (PartialOutputEpoch in network.cpp), instead of two shares of records: a network of one hidden layer
+// of at least 32 units on at most 128 inputs, whose steps optimizer_step_shares cuts. Its bits do not depend on the
+// threads either.
+bool partial_output_fits(const std::vector<std::size_t>& sizes, std::size_t batch);
 // Validation: each throws std::invalid_argument naming the offending argument.
 void check_shape(const Shape& shape);
 void check_order(const std::int64_t* order, std::size_t n, std::size_t m);
@@ -136,7 +142,8 @@ struct OptimizerRun {
 // shares (optimizer_step_shares) or two parts (split_step_fits), at most two; 0: OpenBLAS's count. A caller that gives
 // it runs OpenBLAS on one thread for the epoch (the cpu backend does), so that each share's products stay on its own
 // thread; where OpenBLAS has more and would thread a share's products itself, the shares run one after the other. An
-// epoch that split_step_fits is cut by units only so (share_threads given, OpenBLAS on one thread), else whole steps.
+// epoch that split_step_fits is cut by units only so (share_threads given, OpenBLAS on one thread), else whole steps;
+// one that partial_output_fits likewise, else in two shares of records.
 template <class T>
 EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                         std::size_t n, std::size_t batch, T lr, T lam_over_m,

@@ -398,7 +398,7 @@ void take_steps(StepGate& gate, std::size_t me, const std::vector<std::uint8_t>&
 
 std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::function<std::size_t(std::size_t)>& parts,
                            const std::function<void(std::size_t, std::size_t)>& part,
-                           const std::function<bool(std::size_t)>& after) {
+                           const std::function<bool(std::size_t)>& after, std::chrono::microseconds linger) {
     if (steps == 0) return 0;
     std::vector<std::uint8_t> counts(steps);  // the part counts, checked before any part runs and asked once
     for (std::size_t t = 0; t < steps; ++t) {
@@ -429,7 +429,7 @@ std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::fu
         for (std::size_t k = begin; k < end; ++k)  // the caller prefers part 0, a helper its job part's number
             take_steps(gate, std::this_thread::get_id() == caller ? 0 : std::max<std::size_t>(k, 1), counts, part,
                        after);
-    });
+    }, linger);
     if (gate.has_failed()) std::rethrow_exception(gate.error());
     return gate.opened() + 1;  // the run ends after the step open last
 }

@@ -59,11 +59,13 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
 // late, or never, leaves its parts to the others, and a thread waits only for parts already taken. Between steps the
 // threads poll a moment (yielding between rounds), then sleep. part and after run while the job holds the pool: they
 // must not call parallel_for or parallel_steps, nor Python. When a part (or after) throws, the run ends after its step
-// and the first exception is rethrown once every part taken is over. Returns the steps run.
+// and the first exception is rethrown once every part taken is over. Returns the steps run. linger: as parallel_for's,
+// how long the helpers poll for the next job once the run is over.
 constexpr std::size_t kMaxStepParts = 8;
 std::size_t parallel_steps(std::size_t steps, std::size_t threads, const std::function<std::size_t(std::size_t)>& parts,
                            const std::function<void(std::size_t, std::size_t)>& part,
-                           const std::function<bool(std::size_t)>& after);
+                           const std::function<bool(std::size_t)>& after,
+                           std::chrono::microseconds linger = kHelperPoll);
 
 // parallel_for for a body that returns a partial sum of its share: the shares' sums added in share order, so
 // that the total depends on the share count alone, never on which thread finished first.

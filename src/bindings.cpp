@@ -1345,6 +1345,18 @@ PYBIND11_MODULE(_core, m) {
         "thread count.");
 
     m.def(
+        "partial_output_fits",
+        [](const std::vector<std::size_t>& layer_sizes, std::size_t batch_size) {
+            const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);
+            return l2fast::partial_output_fits(sizes, checked_batch_size(batch_size));
+        },
+        py::arg("layer_sizes"), py::arg("batch_size"),
+        "Whether an epoch whose steps optimizer_step_shares (sgd_step_shares) would cut in two shares of records,\n"
+        "given share_threads with OpenBLAS on one thread, cuts them by the hidden layer's units instead, each part\n"
+        "with its partial of the output layer (one hidden layer of 32 units or more on at most 128 inputs): its bits\n"
+        "do not depend on the thread count either.");
+
+    m.def(
         "gradients_shares",
         [](const std::vector<std::size_t>& layer_sizes, long long m) {
             const std::vector<std::size_t>& sizes = checked_layer_sizes(layer_sizes);

@@ -125,14 +125,18 @@ RUNS_INTERRUPT_SCRIPT = INTERRUPT_PRELUDE + textwrap.dedent("""
 """)
 
 
-# A linear model's epoch (cpp/linear_step.cpp), steps of two shares of 256 records; and a hidden layer's cut by its
-# units (UnitSplitEpoch, cpp/network.cpp), at 784-256-10, plain SGD and Adam.
+# A linear model's epoch (cpp/linear_step.cpp), steps of two shares of 256 records; a hidden layer's cut by its
+# units (UnitSplitEpoch, cpp/network.cpp), at 784-256-10, plain SGD and Adam; and a small one's cut by its units with
+# partial outputs (PartialOutputEpoch), Adam at 64-64-10 (1000 steps, tens of ms an epoch).
 @pytest.mark.parametrize("sizes, activation, m, batch, optimizer", [("256,10", "identity", 100000, 512, "sgd"),
                                                                     ("784,256,10", "relu", 20000, 128, "sgd"),
-                                                                    ("784,256,10", "relu", 20000, 128, "adam")])
+                                                                    ("784,256,10", "relu", 20000, 128, "adam"),
+                                                                    ("64,64,10", "relu", 200000, 200, "adam")])
 def test_ctrl_c_stops_a_fit_of_runs_of_steps_at_an_epochs_end(tmp_path, sizes, activation, m, batch, optimizer):
     if sizes == "784,256,10":
         assert l2fast.threads._core.split_step_fits([784, 256, 10], batch, activation)
+    if sizes == "64,64,10":
+        assert l2fast.threads._core.partial_output_fits([64, 64, 10], batch)
     script = tmp_path / "interrupt_runs.py"
     script.write_text(RUNS_INTERRUPT_SCRIPT)
     result = subprocess.run([sys.executable, str(script), sizes, activation, str(m), str(batch), optimizer],

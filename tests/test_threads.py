@@ -320,6 +320,19 @@ def train_two_epochs(backend, dtype, X, targets, loss, start, order, batch, acti
     return results, params + [a for slot in state.slots for a in slot]
 
 
+def parts_and_blas_threads_of_each_epoch(monkeypatch):
+    """A list that gets (share_threads, OpenBLAS's count) of each ``_core.train_epoch`` call of the cpu backend."""
+    seen = []
+    train_epoch = _core.train_epoch
+
+    def observed(*args, **kwargs):
+        seen.append((kwargs.get("share_threads", 0), _core.get_num_threads()))
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cpu._core, "train_epoch", observed)
+    return seen
+
+
 @pytest.mark.parametrize("optimizer, dtype", [("sgd", "float32"), ("adam", "float32"), ("sgd", "float64"),
                                               ("nesterov", "float64"), ("adam", "float64")])
 @pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
@@ -344,14 +357,7 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
     start += [(rng.normal(size=n_out) * 0.1).astype(dtype) for n_out in sizes[1:]]
     order = rng.permutation(m).astype(np.int64) if ordered else None
     sample_weight = rng.uniform(0.5, 1.5, m)
-    seen = []
-    train_epoch = _core.train_epoch
-
-    def observed(*args, **kwargs):
-        seen.append((kwargs.get("share_threads", 0), _core.get_num_threads()))
-        return train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(cpu._core, "train_epoch", observed)
+    seen = parts_and_blas_threads_of_each_epoch(monkeypatch)
     runs = []
     for n in (1, 2):
         l2fast.set_num_threads(n, adaptive=False)
@@ -368,6 +374,68 @@ def test_an_epoch_cut_by_hidden_units_gives_the_one_thread_bits(monkeypatch, res
     tol = dict(rtol=2e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-12)
     for ours, theirs in zip(arrays_2, reference):
         np.testing.assert_allclose(ours, theirs, **tol)
+
+
+PARTIAL_CASES = {  # sizes, activation, loss, batch, records
+    "64-64-10": ([64, 64, 10], "relu", "softmax", 200, 1037),  # the drop-ins' digits network; a short step of 37
+    "20-33-1": ([20, 33, 1], "tanh", "logistic", 64, 301),  # odd units, one output (GEMVs); a short step of 45
+    "30-40-3": ([30, 40, 3], "identity", "squared_error", 100, 250),
+}
+
+
+@pytest.mark.parametrize("optimizer, dtype", [("sgd", "float64"), ("adam", "float32"), ("nesterov", "float64"),
+                                              ("adam", "float64")])
+@pytest.mark.parametrize("ordered", [True, False], ids=["shuffled", "in-turn"])
+@pytest.mark.parametrize("case", list(PARTIAL_CASES))
+def test_an_epoch_cut_by_units_with_partial_outputs_gives_the_one_thread_bits(monkeypatch, restore_threads, case,
+                                                                             ordered, optimizer, dtype):
+    """PartialOutputEpoch: a small network's steps that optimizer_step_shares would cut in two shares of records, cut
+    by the hidden units instead, each part with its partial of the output layer (plain SGD in float64, as
+    sgd_step_shares' epochs, and optimizers). The same loss, correct count, weight norms, parameters and optimizer
+    state on one thread and on two, with sample weights and a short last step of its own decay; and the reference's
+    training to rounding."""
+    from l2fast import optim
+
+    sizes, activation, loss, batch, m = PARTIAL_CASES[case]
+    spec = {"sgd": None, "adam": optim.Adam(eps_on_v=True), "nesterov": optim.Momentum(0.9, nesterov=True)}[optimizer]
+    assert _core.partial_output_fits(sizes, batch) and _core.optimizer_step_shares(sizes, batch)
+    assert threads.two_share_epoch(sizes, batch, optimizer, True, dtype, activation)
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(m, sizes[0]))
+    targets = {"softmax": rng.integers(0, sizes[-1], m), "logistic": rng.integers(0, 2, m),
+               "squared_error": rng.normal(size=(m, sizes[-1]))}[loss]
+    start = [rng.normal(size=(n_out, n_in)) * 0.2 for n_in, n_out in zip(sizes, sizes[1:])]
+    start += [rng.normal(size=n_out) * 0.1 for n_out in sizes[1:]]
+    order = rng.permutation(m).astype(np.int64) if ordered else None
+    sample_weight = rng.uniform(0.5, 1.5, m)
+    seen = parts_and_blas_threads_of_each_epoch(monkeypatch)
+    runs = []
+    for n in (1, 2, 1):
+        l2fast.set_num_threads(n, adaptive=False)
+        seen.clear()
+        runs.append(train_two_epochs("cpu", dtype, X, targets, loss, start, order, batch, activation, spec,
+                                     (0.002, 0.005), sample_weight))
+        assert seen == [(n, 1)] * 2  # OpenBLAS on one thread, the parts on n
+    for results, arrays in runs[1:]:
+        assert results == runs[0][0]
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, runs[0][1]))
+    _, reference = train_two_epochs("numpy", np.float64, X, targets, loss, start, order, batch, activation, spec,
+                                    (0.002, 0.005), sample_weight)
+    tol = dict(rtol=2e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-9, atol=1e-12)
+    for ours, theirs in zip(runs[1][1], reference):
+        np.testing.assert_allclose(ours, theirs, **tol)
+
+
+def test_which_epochs_cut_their_steps_by_units_with_partial_outputs():
+    fits = _core.partial_output_fits
+    assert fits([64, 64, 10], 200) and fits([64, 256, 10], 200) and fits([128, 32, 2], 64)
+    assert not fits([64, 64, 10], 63)  # too few records for two shares: whole steps
+    assert not fits([64, 16, 10], 200)  # fewer than 32 hidden units
+    assert not fits([784, 100, 10], 200) and not fits([129, 64, 10], 200)  # more than 128 inputs
+    assert not fits([64, 64, 64, 10], 200) and not fits([64, 10], 200)  # one hidden layer only
+    assert not fits([64, 512, 10], 200)  # a share's product over optimizer_step_shares' bound
+    with pytest.raises(ValueError, match="batch_size"):
+        fits([64, 64, 10], 0)
 
 
 @pytest.mark.parametrize("seed", range(8))

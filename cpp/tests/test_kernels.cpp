@@ -1257,7 +1257,8 @@ static void test_optimizer_epochs_on_kept_buffers_give_the_same_bits() {
 }
 
 // An epoch with an optimizer whose steps optimizer_step_shares cuts in two shares of records: the same bits on one
-// thread and on two (the shares' sums added in order, the update's two parts each on its own rows), for the drop-ins'
+// thread and on two (the shares' sums added in order, the update's two parts each on its own rows; one hidden layer
+// with the threads given: cut by units instead, PartialOutputEpoch), for the drop-ins'
 // 64-64-10 (steps of 200 and a short one of 37, with a decay of its own), a narrow network whose steps of 70 cut
 // in 35 + 35, whose W rows split 4 + 5 and 3 + 4, and whose short last step (61) is one share, and 64-128-10, whose
 // shares' products OpenBLAS would thread itself: with OpenBLAS on one thread and the shares' threads given
@@ -1318,7 +1319,10 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
                 }
                 CHECK(run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
                 if (first.empty()) first = p;
-                if (blas_threads == 1 || c.sizes[1] <= 64) {
+                // one hidden layer with the shares' threads given: cut by units instead (PartialOutputEpoch), whose
+                // bits are their own
+                const bool partial = partial_output_fits(c.sizes, c.batch);
+                if (share_threads > 0 || (!partial && (blas_threads == 1 || c.sizes[1] <= 64))) {
                     CHECK(p == first);
                 } else {  // 64-128-10's products on OpenBLAS's two threads: other last bits, the same training
                     CHECK(p.size() == first.size());
@@ -1328,6 +1332,123 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
                 }
             }
         }
+    }
+    blas::set_num_threads(before);
+}
+
+// An epoch that partial_output_fits cuts by its hidden units, each part with its partial of the output layer
+// (PartialOutputEpoch: share_threads given, OpenBLAS on one thread): Adam, Nesterov momentum and plain SGD (an
+// optimizer run without state, as sgd_step_shares' epochs), shuffled and in turn, with sample weights and a short last
+// step of its own decay. The same bits on one thread and on two (loss, norms, correct count, parameters and state);
+// OptimizerStep's training (share_threads not given) to float64 rounding; an epoch stopped between its runs of steps
+// leaves the bits of an epoch over the steps it took; and a call made from inside another's should_stop (the kept
+// buffers in use) runs on buffers of its own.
+static void test_partial_output_epochs_on_one_and_two_threads() {
+    CHECK(partial_output_fits({64, 64, 10}, 200) && partial_output_fits({20, 33, 1}, 64));
+    CHECK(!partial_output_fits({64, 64, 10}, 63));      // optimizer_step_shares: too few records to cut
+    CHECK(!partial_output_fits({64, 64, 64, 10}, 200)); // one hidden layer only
+    CHECK(!partial_output_fits({64, 16, 10}, 200));     // fewer than 32 hidden units
+    CHECK(!partial_output_fits({784, 64, 10}, 200));    // more than 128 inputs
+    CHECK(!partial_output_fits({64, 10}, 200));
+    std::mt19937_64 rng(59);
+    struct Case {
+        std::vector<std::size_t> sizes;
+        std::size_t m, batch;
+        Activation act;
+        Loss loss;
+        bool shuffled;
+    };
+    const int before = blas::num_threads();
+    blas::set_num_threads(1);
+    for (const Case& c : {Case{{64, 64, 10}, 1037, 200, Activation::Relu, Loss::Softmax, true},
+                          Case{{20, 33, 1}, 301, 64, Activation::Tanh, Loss::Logistic, false},
+                          Case{{30, 40, 3}, 250, 100, Activation::Identity, Loss::SquaredError, true}}) {
+        CHECK(partial_output_fits(c.sizes, c.batch));
+        const Shape shape{c.sizes, c.act, c.loss};
+        const std::size_t n_out = c.sizes.back();
+        const auto X = randn(c.m * c.sizes.front(), rng);
+        auto values = randn(c.m * n_out, rng, 0.5);
+        if (c.loss == Loss::Logistic)  // 0/1 targets
+            for (double& v : values) v = v > 0.0 ? 1.0 : 0.0;
+        std::vector<double> weights(c.m);
+        std::vector<std::int64_t> labels(c.m), order(c.m);
+        for (std::size_t i = 0; i < c.m; ++i) {
+            labels[i] = std::int64_t((i * 7) % n_out);
+            order[i] = std::int64_t(i);
+            weights[i] = 0.5 + double(i % 3) / 2;
+        }
+        std::shuffle(order.begin(), order.end(), rng);
+        std::vector<std::vector<double>> start;
+        for (std::size_t l = 0; l < 2; ++l) start.push_back(randn(c.sizes[l] * c.sizes[l + 1], rng, 0.2));
+        for (std::size_t l = 0; l < 2; ++l) start.push_back(randn(c.sizes[l + 1], rng, 0.1));
+        Dataset<double> data{X.data(), c.m};
+        if (c.loss == Loss::Softmax) data.y_labels = labels.data(); else data.y_values = values.data();
+        data.weights = weights.data();
+        for (const Method method : {Method::Adam, Method::Momentum, Method::Sgd}) {
+            std::vector<std::vector<double>> first;
+            for (const std::size_t share_threads : {1, 2, 1, 2, 0}) {  // 0: OptimizerStep's steps
+                Optimizer opt;
+                opt.method = method;
+                opt.nesterov = true;
+                OptimizerModel model(start, 2, opt);
+                std::vector<std::vector<double>> seen;
+                for (int epoch = 0; epoch < 2; ++epoch) {
+                    const EpochResult result = train_epoch<double>(shape, model.params, data,
+                                                                   c.shuffled ? order.data() : nullptr, c.m, c.batch,
+                                                                   0.01, 0.002, {}, &model.run, true, 0.005,
+                                                                   share_threads);
+                    CHECK(result.steps == (c.m + c.batch - 1) / c.batch && !result.stopped);
+                    seen.push_back({result.stats.loss_sum, result.weight_norms, double(result.stats.correct)});
+                }
+                CHECK(model.run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
+                for (const auto& a : model.p) seen.push_back(a);
+                if (first.empty()) first = seen;
+                if (share_threads > 0) {
+                    CHECK(seen == first);
+                } else {
+                    CHECK(seen.size() == first.size());
+                    for (std::size_t i = 0; i < seen.size(); ++i)
+                        for (std::size_t j = 0; j < seen[i].size(); ++j)
+                            CHECK(std::abs(seen[i][j] - first[i][j]) <= 1e-9 * (1.0 + std::abs(first[i][j])));
+                }
+            }
+        }
+    }
+    // stopped between runs: 64-64-10 over 60000 records, 300 steps (tens of ms), should_stop true when first asked
+    const std::size_t m = 60000, batch = 200;
+    const Shape shape{{64, 64, 10}, Activation::Relu, Loss::Softmax};
+    const auto X = randn(m * 64, rng);
+    std::vector<std::int64_t> labels(m), order(m);
+    for (std::size_t i = 0; i < m; ++i) labels[i] = std::int64_t((i * 3) % 10), order[i] = std::int64_t((i * 7919) % m);
+    std::vector<std::vector<double>> start{randn(64 * 64, rng, 0.2), randn(10 * 64, rng, 0.2), randn(64, rng, 0.1),
+                                           randn(10, rng, 0.1)};
+    const Dataset<double> data{X.data(), m, nullptr, labels.data()};
+    Optimizer adam;
+    adam.method = Method::Adam;
+    for (const std::size_t share_threads : {1, 2}) {
+        OptimizerModel stopped(start, 2, adam);
+        std::vector<std::vector<double>> nested;  // a fit of the same shape inside should_stop: the kept buffers in use
+        const EpochResult result = train_epoch<double>(shape, stopped.params, data, order.data(), m, batch, 0.01,
+                                                       0.002, [&] {
+            OptimizerModel inner(start, 2, adam);
+            train_epoch<double>(shape, inner.params, data, order.data(), 4000, batch, 0.01, 0.002, {}, &inner.run,
+                                true, std::nullopt, share_threads);
+            nested = inner.p;
+            return true;
+        }, &stopped.run, true, std::nullopt, share_threads);
+        CHECK(result.stopped && result.steps >= 1 && result.steps < m / batch);
+        CHECK(stopped.run.step == std::int64_t(result.steps));
+        OptimizerModel whole(start, 2, adam);  // an epoch over the steps the stopped one took
+        const EpochResult again = train_epoch<double>(shape, whole.params, data, order.data(), result.steps * batch,
+                                                      batch, 0.01, 0.002, {}, &whole.run, true, std::nullopt,
+                                                      share_threads);
+        CHECK(again.steps == result.steps && again.stats.loss_sum == result.stats.loss_sum &&
+              again.weight_norms == result.weight_norms);
+        CHECK(whole.p == stopped.p);
+        OptimizerModel fresh(start, 2, adam);
+        train_epoch<double>(shape, fresh.params, data, order.data(), 4000, batch, 0.01, 0.002, {}, &fresh.run, true,
+                            std::nullopt, share_threads);
+        CHECK(!nested.empty() && nested == fresh.p);
     }
     blas::set_num_threads(before);
 }
@@ -1887,6 +2008,7 @@ int main() {
     test_optimizer_epochs_on_kept_buffers_give_the_same_bits();
     test_optimizer_steps_of_two_shares_on_one_and_two_threads();
     test_unit_split_epochs_on_one_and_two_threads();
+    test_partial_output_epochs_on_one_and_two_threads();
     test_dense_forward();
     test_activation_backward_is_the_derivative();
     test_fused_step_equals_the_unfused_formula();

@@ -331,8 +331,9 @@ def two_share_epoch(layer_sizes: Sequence[int], batch: int, optimizer: Optional[
     """Whether an epoch with this optimizer (its name; None or "sgd": plain SGD) on a dense (or sparse) X of this
     dtype in steps of `batch` records cuts its steps in two parts, one per thread with OpenBLAS on one
     (``call_threads``'s ``two_shares``): two shares of records (``_core.optimizer_step_shares``; plain SGD in float64:
-    ``_core.sgd_step_shares``), or else the hidden layer's units (``_core.split_step_fits``, which the hidden layers'
-    `activation` decides too). Its bits are then the same on any thread count, float64 too."""
+    ``_core.sgd_step_shares``; a small hidden layer's units instead, each part with its partial of the output
+    layer, where ``_core.partial_output_fits``), or else the hidden layer's units (``_core.split_step_fits``, which
+    the hidden layers' `activation` decides too). Its bits are then the same on any thread count, float64 too."""
     if _core is None or not dense or batch < 1:
         return False
     if optimizer in (None, "sgd"):
