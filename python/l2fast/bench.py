@@ -645,16 +645,22 @@ def update_operands(n):
     return rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
 
 
-def time_in_blocks(kernels, rounds, calls, pause):
+def time_in_blocks(kernels, rounds, calls, pause, warmup=0.03):
     """Seconds per call of each kernel (name -> callable), timed in blocks of `calls` back-to-back calls
-    after one untimed call, the kernels taking turns for `rounds` rounds. Each block starts after
-    `pause` seconds of quiet: thread pools (OpenBLAS's, l2fast's, PyTorch's) spin for a while after
-    their last job, and a kernel timed while another's threads still spin shares a core with them."""
+    after `warmup` seconds of untimed ones (one at least), the kernels taking turns for `rounds` rounds. Each
+    block starts after `pause` seconds of quiet: thread pools (OpenBLAS's, l2fast's, PyTorch's) spin for a
+    while after their last job, and a kernel timed while another's threads still spin shares a core with them.
+    The warm-up: on the development machine a memory-bound kernel's first milliseconds after a sleep run up to
+    3 x slower, whichever kernel it is (10M float32 parameters: l2fast's update and OpenBLAS's axpy 1.4-8 ms a call
+    after one untimed call, 1.3-1.9 ms after 30 ms of them; benchmarks/README.md, U, session 21)."""
     times = {k: [] for k in kernels}
     for _ in range(rounds):
         for k, f in kernels.items():
             time.sleep(pause)
+            began = time.perf_counter()
             f()
+            while time.perf_counter() - began < warmup:
+                f()
             for _ in range(calls):
                 start = time.perf_counter()
                 f()
