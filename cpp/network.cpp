@@ -1163,8 +1163,8 @@ private:
         const T decay = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
         double* norms = with_norms_ ? &part.norms : nullptr;
         part.norms = 0.0;
-        // the optimizer's pass, last layer first as OptimizerStep's: W[1]'s columns row by row, b[1] (part 0), W[0]'s
-        // rows and b[0]'s entries
+        // the optimizer's pass, last layer first as OptimizerStep's: the part's block of W[1]'s columns, b[1] (part 0),
+        // W[0]'s rows and b[0]'s entries
         inplace_optimizer_step(run_.opt, run_.step, part.W1.data(), part.gW1.data(), slots(part, 0), slots(part, 1),
                                n2_ * units, lr_, decay, norms);
         if (p == 0) {
@@ -1267,13 +1267,14 @@ bool split_step_fits(const std::vector<std::size_t>& sizes, std::size_t batch, A
 }
 
 bool partial_output_fits(const std::vector<std::size_t>& sizes, std::size_t batch) {
-    // Measured against two shares of records (Adam, float64 unless said, 3 epochs, two threads / one;
-    // benchmarks/README.md, R, session 21): 64-64-10 at batch 200 16.4-16.7 ms against 17.8-17.9 (one thread 23.0-23.2
-    // against 23.6-23.8), in float32 10.8-11.8 against 14.1-14.2, at batch 64 20.4-21.2 against 28.0-29.0; 64-100-10
-    // 11.3-11.4 against 13.3-13.4 (17.7-17.8 against 19.6-19.7); 64-256-10 26.6 against 29.3 (48.9-49.3 against
-    // 48.1-48.3). Slower: 64-16-10 (each part's product too small for its gather of the whole batch: 15.7-15.8 against
-    // 11.1-11.2) and first layers of 784 inputs (784-100-10 117-119 against 104, 784-128-10 in float32 71-72 against
-    // 59-61: the parts' products leave OpenBLAS's small-matrix kernels, so their transposed copies only cost).
+    // Against two shares of records, an Adam epoch on two threads (one), float64 unless said
+    // (benchmarks/partial_output_shapes.py; benchmarks/README.md, R, session 21): 64-64-10 at batch 200 5.0 ms against
+    // 5.4 (7.2 against 7.5), in float32 2.9 against 3.0 (3.9 against 4.2), at batch 64 6.3 against 8.6 (8.8 against
+    // 9.4); 64-100-10 3.5 against 4.0 (5.5 against 6.2); 64-256-10 8.4 against 9.1 (15.7 against 15.6); 128-64-10 8.0
+    // against 9.1 (11.9 against 14.2). Slower, in fits of 3 epochs: 64-16-10 (each part's product too small beside its
+    // gather of the whole batch: 15.7 ms against 11.1) and 784 inputs (784-100-10 117-119 against 104, 784-128-10 in
+    // float32 71-72 against 59-61: the parts' products leave OpenBLAS's small-matrix kernels, so their transposed
+    // copies only cost).
     constexpr std::size_t kMostInputs = 128, kFewestUnits = 32;
     return sizes.size() == 3 && sizes[0] <= kMostInputs && sizes[1] >= kFewestUnits &&
            optimizer_step_shares(sizes, batch);
