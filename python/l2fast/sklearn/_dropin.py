@@ -23,8 +23,9 @@ stderr says so. ``predict`` and the other methods are scikit-learn's, on the
 fitted ``coefs_`` / ``coef_``, which are scikit-learn's arrays in its layout and may be set by hand.
 
 Threads on the cpu backend: small float64 networks train on one thread (``_ONE_THREAD_PRODUCT``), except the
-epochs whose steps run in two shares of records (``_core.optimizer_step_shares``, ``_core.sgd_step_shares``: the same
-bits on any count), which take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
+epochs whose steps run in two shares of records (``_core.optimizer_step_shares``, ``_core.sgd_step_shares``; a small
+hidden layer's in two parts by its units instead, ``_core.partial_output_fits``: the same bits on any count), which
+take a second CPU when the machine has one free; an L-BFGS-B solve runs the process's other BLAS
 libraries on one thread while it lasts (``_lbfgs``).
 """
 from __future__ import annotations
