@@ -1336,6 +1336,30 @@ static void test_optimizer_steps_of_two_shares_on_one_and_two_threads() {
     blas::set_num_threads(before);
 }
 
+// One run's results against the first's: the same when exact, else each value within bound(i, j, the first's value).
+template <class Bound>
+static void check_runs(const std::vector<std::vector<double>>& seen, const std::vector<std::vector<double>>& first,
+                       bool exact, Bound bound) {
+    if (exact) {
+        CHECK(seen == first);
+        return;
+    }
+    CHECK(seen.size() == first.size());
+    for (std::size_t i = 0; i < seen.size() && i < first.size(); ++i)
+        for (std::size_t j = 0; j < seen[i].size(); ++j)
+            CHECK(std::abs(seen[i][j] - first[i][j]) <= bound(i, j, first[i][j]));
+}
+
+// A network and its data for the tests of epochs cut in parts: layer sizes, records, batch, units, loss, and whether
+// the records come shuffled (the tests that take both ignore it).
+struct EpochCase {
+    std::vector<std::size_t> sizes;
+    std::size_t m, batch;
+    Activation act;
+    Loss loss;
+    bool shuffled = true;
+};
+
 // An epoch that partial_output_fits cuts by its hidden units, each part with its partial of the output layer
 // (PartialOutputEpoch: share_threads given, OpenBLAS on one thread): Adam, Nesterov momentum and plain SGD (an
 // optimizer run without state, as sgd_step_shares' epochs), shuffled and in turn, with sample weights and a short last
@@ -1351,18 +1375,11 @@ static void test_partial_output_epochs_on_one_and_two_threads() {
     CHECK(!partial_output_fits({784, 64, 10}, 200));    // more than 128 inputs
     CHECK(!partial_output_fits({64, 10}, 200));
     std::mt19937_64 rng(59);
-    struct Case {
-        std::vector<std::size_t> sizes;
-        std::size_t m, batch;
-        Activation act;
-        Loss loss;
-        bool shuffled;
-    };
     const int before = blas::num_threads();
     blas::set_num_threads(1);
-    for (const Case& c : {Case{{64, 64, 10}, 1037, 200, Activation::Relu, Loss::Softmax, true},
-                          Case{{20, 33, 1}, 301, 64, Activation::Tanh, Loss::Logistic, false},
-                          Case{{30, 40, 3}, 250, 100, Activation::Identity, Loss::SquaredError, true}}) {
+    for (const EpochCase& c : {EpochCase{{64, 64, 10}, 1037, 200, Activation::Relu, Loss::Softmax, true},
+                               EpochCase{{20, 33, 1}, 301, 64, Activation::Tanh, Loss::Logistic, false},
+                               EpochCase{{30, 40, 3}, 250, 100, Activation::Identity, Loss::SquaredError, true}}) {
         CHECK(partial_output_fits(c.sizes, c.batch));
         const Shape shape{c.sizes, c.act, c.loss};
         const std::size_t n_out = c.sizes.back();
@@ -1403,14 +1420,8 @@ static void test_partial_output_epochs_on_one_and_two_threads() {
                 CHECK(model.run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
                 for (const auto& a : model.p) seen.push_back(a);
                 if (first.empty()) first = seen;
-                if (share_threads > 0) {
-                    CHECK(seen == first);
-                } else {
-                    CHECK(seen.size() == first.size());
-                    for (std::size_t i = 0; i < seen.size(); ++i)
-                        for (std::size_t j = 0; j < seen[i].size(); ++j)
-                            CHECK(std::abs(seen[i][j] - first[i][j]) <= 1e-9 * (1.0 + std::abs(first[i][j])));
-                }
+                check_runs(seen, first, share_threads > 0,
+                           [](std::size_t, std::size_t, double value) { return 1e-9 * (1.0 + std::abs(value)); });
             }
         }
     }
@@ -1470,15 +1481,9 @@ static void test_unit_split_epochs_on_one_and_two_threads() {
     CHECK(!split_step_fits({784, 1024, 10}, 256, Activation::Relu));    // over 2^27
     CHECK(train_transposed(120, 300, 12) && !train_transposed(64, 256, 10));
     std::mt19937_64 rng(53);
-    struct Case {
-        std::vector<std::size_t> sizes;
-        std::size_t m, batch;
-        Activation act;
-        Loss loss;
-    };
     const int before = blas::num_threads();
-    for (const Case& c : {Case{{300, 256, 10}, 321, 64, Activation::Relu, Loss::Softmax},
-                          Case{{200, 300, 12}, 299, 120, Activation::Identity, Loss::SquaredError}}) {
+    for (const EpochCase& c : {EpochCase{{300, 256, 10}, 321, 64, Activation::Relu, Loss::Softmax},
+                               EpochCase{{200, 300, 12}, 299, 120, Activation::Identity, Loss::SquaredError}}) {
         CHECK(split_step_fits(c.sizes, c.batch, c.act));
         const Shape shape{c.sizes, c.act, c.loss};
         const std::size_t n_out = c.sizes.back();
@@ -1523,16 +1528,9 @@ static void test_unit_split_epochs_on_one_and_two_threads() {
                 CHECK(method == Method::Sgd || model.run.step == std::int64_t(2 * ((c.m + c.batch - 1) / c.batch)));
                 for (const auto& a : p) seen.emplace_back(a.begin(), a.end());
                 if (first.empty()) first = seen;
-                if (share_threads > 0) {
-                    CHECK(seen == first);
-                } else {
-                    CHECK(seen.size() == first.size());
-                    for (std::size_t i = 0; i < seen.size(); ++i)
-                        for (std::size_t j = 0; j < seen[i].size(); ++j) {  // a correct count may move by a record
-                            const double bound = i < 2 && j == 2 ? 2.0 : 1e-4 * (1.0 + std::abs(first[i][j]));
-                            CHECK(std::abs(seen[i][j] - first[i][j]) <= bound);
-                        }
-                }
+                check_runs(seen, first, share_threads > 0, [](std::size_t i, std::size_t j, double value) {
+                    return i < 2 && j == 2 ? 2.0 : 1e-4 * (1.0 + std::abs(value));  // a correct count may move by one
+                });
             }
         }
     }
