@@ -692,10 +692,8 @@ private:
                 add_mean(grad.W[l] + w0, other.W[l] + w0, n_w, mean);
                 add_mean(grad.b[l] + first, other.b[l] + first, n_b, mean);
             }
-            inplace_optimizer_step(run_.opt, run_.step, params_.W[l] + w0, grad.W[l] + w0, run_.slot(0, true, l, w0),
-                                   run_.slot(1, true, l, w0), n_w, lr, decay, norms);
-            inplace_optimizer_step(run_.opt, run_.step, params_.b[l] + first, grad.b[l] + first,
-                                   run_.slot(0, false, l, first), run_.slot(1, false, l, first), n_b, lr, T(0));
+            run_.apply(params_, l, true, w0, grad.W[l] + w0, n_w, lr, decay, norms);
+            run_.apply(params_, l, false, first, grad.b[l] + first, n_b, lr, T(0));
             copies_.refresh(l, first, last);
         }
     }
@@ -712,6 +710,31 @@ private:
     StepBuffers<T> buffers_;
     ForwardCopies<T> copies_;
     const std::size_t threads_;
+};
+
+// The steps of an epoch, as the epochs cut in parts of their own take them (UnitSplitEpoch, PartialOutputEpoch): n
+// records (order's, or in turn when null) in steps of batch, at lr, each decayed by lam_over_m, or by short_lam_over_m
+// when given for a step of fewer than full_batch records; with_norms as train_epoch's.
+template <class T>
+struct EpochSteps {
+    const Dataset<T>& data;
+    const std::int64_t* order;
+    std::size_t n, batch, full_batch;
+    T lr, lam_over_m;
+    std::optional<T> short_lam_over_m;
+    bool with_norms;
+
+    std::size_t count() const { return (n + batch - 1) / batch; }
+    std::size_t rows_of(std::size_t s) const { return std::min(batch, n - s * batch); }
+    const std::int64_t* picked_of(std::size_t s) const { return order ? order + s * batch : nullptr; }
+    // Step s's rows of X when the records come in turn.
+    const T* rows_in_turn(std::size_t s, std::size_t n_in) const { return data.X + s * batch * n_in; }
+    // The targets of step s's records.
+    Targets<T> targets(std::size_t s) const { return targets_of(data, picked_of(s), s * batch); }
+    // The decay of a step of `rows` records.
+    T decay_of(std::size_t rows) const {
+        return rows < full_batch && short_lam_over_m ? *short_lam_over_m : lam_over_m;
+    }
 };
 
 // An epoch of a network with one hidden layer (split_step_fits), OpenBLAS on one thread, plain SGD or (run given) an
@@ -735,14 +758,12 @@ private:
 template <class T>
 class UnitSplitEpoch {
 public:
-    UnitSplitEpoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                   std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
-                   std::optional<T> short_lam_over_m, bool with_norms, OptimizerRun<T>* run = nullptr)
-        : shape_(shape), params_(params), data_(data), order_(order), n_(n), batch_(batch), full_batch_(full_batch),
-          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms), run_(run),
-          n_in_(shape.n_in()), n1_(shape.sizes[1]), n2_(shape.sizes[2]), steps_((n + batch - 1) / batch),
-          A1_(batch * n1_), dZ1_(batch * n1_), Z2_(batch * n2_) {
-        if (order_)
+    UnitSplitEpoch(const Shape& shape, Params<T>& params, const EpochSteps<T>& epoch, OptimizerRun<T>* run = nullptr)
+        : shape_(shape), params_(params), epoch_(epoch), run_(run), n_in_(shape.n_in()), n1_(shape.sizes[1]),
+          n2_(shape.sizes[2]), steps_(epoch.count()), A1_(epoch.batch * n1_), dZ1_(epoch.batch * n1_),
+          Z2_(epoch.batch * n2_) {
+        const std::size_t batch = epoch.batch;
+        if (epoch_.order)
             for (auto& x : x_) x.resize(batch * n_in_);
         if (run_) {  // the mean gradients, for the optimizer's pass
             gW0_.resize(n1_ * n_in_);
@@ -792,10 +813,8 @@ public:
     }
 
 private:
-    std::size_t rows_of(std::size_t s) const { return std::min(batch_, n_ - s * batch_); }
-    const std::int64_t* picked_of(std::size_t s) const { return order_ ? order_ + s * batch_ : nullptr; }
     // Step s's batch: its gathered rows, or X's own rows in turn.
-    const T* X_of(std::size_t s) const { return order_ ? x_[s % 2].data() : data_.X + s * batch_ * n_in_; }
+    const T* X_of(std::size_t s) const { return epoch_.order ? x_[s % 2].data() : epoch_.rows_in_turn(s, n_in_); }
     std::size_t unit_begin(std::size_t p) const { return n1_ * p / 2; }
 
     void part(std::size_t phase, std::size_t p) {
@@ -809,15 +828,15 @@ private:
 
     // Part p of step s's rows into its batch buffer, their targets asked for too (the loss reads them next).
     void gather(std::size_t s, std::size_t p) {
-        if (!order_ || s >= steps_) return;
-        const std::size_t rows = rows_of(s), r0 = rows * p / 2, count = rows * (p + 1) / 2 - r0;
-        const std::int64_t* picked = picked_of(s) + r0;
-        gather_rows(data_, n_in_, n2_, picked, count, x_[s % 2].data() + r0 * n_in_, NextRows{picked, count});
+        if (!epoch_.order || s >= steps_) return;
+        const std::size_t rows = epoch_.rows_of(s), r0 = rows * p / 2, count = rows * (p + 1) / 2 - r0;
+        const std::int64_t* picked = epoch_.picked_of(s) + r0;
+        gather_rows(epoch_.data, n_in_, n2_, picked, count, x_[s % 2].data() + r0 * n_in_, NextRows{picked, count});
     }
 
     void forward(std::size_t s, std::size_t p) {
-        const std::size_t rows = rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
-        if (with_norms_) {  // the weights this step's loss is computed with, before its update
+        const std::size_t rows = epoch_.rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
+        if (epoch_.with_norms) {  // the weights this step's loss is computed with, before its update
             norms_[p].W0 = sum_squares(params_.W[0] + u0 * n_in_, units * n_in_);
             if (W1_t_) norms_[p].W1 = sum_squares(W1_t_ + u0 * n2_, units * n2_);
         }
@@ -830,8 +849,9 @@ private:
 
     // After both parts of F: the output layer, its loss and bias step, and the step's coefficients.
     void close_forward(std::size_t s) {
-        const std::size_t rows = rows_of(s);
-        if (with_norms_) {  // each layer's ||scale W||^2: W[0]'s (and a transposed W[1]'s) the parts' halves added
+        const std::size_t rows = epoch_.rows_of(s);
+        // each layer's ||scale W||^2: W[0]'s (and a transposed W[1]'s) the parts' halves added
+        if (epoch_.with_norms) {
             const double W1 = W1_t_ ? norms_[0].W1 + norms_[1].W1 : sum_squares(params_.W[1], n2_ * n1_);
             tally_.norms += scale_[0] * scale_[0] * (norms_[0].W0 + norms_[1].W0);
             tally_.norms += scale_[1] * scale_[1] * W1;
@@ -844,18 +864,18 @@ private:
             dense_forward(A1_.data(), rows, n1_, params_.W[1], T(scale_[1]), params_.b[1], n2_, Activation::Identity,
                           Z2);
         }
-        tally_.stats += inplace_loss_gradient(Z2, rows, n2_, shape_.loss, targets_of(data_, picked_of(s), s * batch_));
-        decay_ = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
+        tally_.stats += inplace_loss_gradient(Z2, rows, n2_, shape_.loss, epoch_.targets(s));
+        decay_ = epoch_.decay_of(rows);
         tally_.steps = s + 1;
         if (run_) {
             ++run_->step;
             blas::sum_rows(int(rows), int(n2_), T(1) / T(rows), Z2, int(n2_), T(0), gb1_.data());
             return;
         }
-        blas::sum_rows(int(rows), int(n2_), -lr_ / T(rows), Z2, int(n2_), T(1), params_.b[1]);
+        blas::sum_rows(int(rows), int(n2_), -epoch_.lr / T(rows), Z2, int(n2_), T(1), params_.b[1]);
         old_scale1_ = T(scale_[1]);
-        c1_ = fused_step_coefficients(scale_[1], rows, lr_, decay_);
-        c0_ = fused_step_coefficients(scale_[0], rows, lr_, decay_);
+        c1_ = fused_step_coefficients(scale_[1], rows, epoch_.lr, decay_);
+        c0_ = fused_step_coefficients(scale_[0], rows, epoch_.lr, decay_);
     }
 
     // After both parts of B (an optimizer's epoch): its pass over W[1] and b[1], whose old columns the parts read.
@@ -865,15 +885,12 @@ private:
 
     // The optimizer's pass over layer l's weights [w0, w0 + n_w) and biases [b0, b0 + n_b), from their mean gradients.
     void optimizer_step(std::size_t l, std::size_t w0, std::size_t n_w, std::size_t n_b, std::size_t b0 = 0) {
-        const OptimizerRun<T>& run = *run_;
-        inplace_optimizer_step(run.opt, run.step, params_.W[l] + w0, grad_.W[l] + w0, run.slot(0, true, l, w0),
-                               run.slot(1, true, l, w0), n_w, lr_, decay_);
-        inplace_optimizer_step(run.opt, run.step, params_.b[l] + b0, grad_.b[l] + b0, run.slot(0, false, l, b0),
-                               run.slot(1, false, l, b0), n_b, lr_, T(0));
+        run_->apply(params_, l, true, w0, grad_.W[l] + w0, n_w, epoch_.lr, decay_);
+        run_->apply(params_, l, false, b0, grad_.b[l] + b0, n_b, epoch_.lr, T(0));
     }
 
     void backward(std::size_t s, std::size_t p) {
-        const std::size_t rows = rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
+        const std::size_t rows = epoch_.rows_of(s), u0 = unit_begin(p), units = unit_begin(p + 1) - u0;
         const T* Z2 = Z2_.data();  // dL/dZ2 by now
         T* dZ1 = dZ1_.data() + u0;
         const T* A1 = A1_.data() + u0;
@@ -903,19 +920,15 @@ private:
         T* b0 = run_ ? gb0_.data() : params_.b[0];
         blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), run_ ? mean : c0_.alpha, dZ1, int(n1_),
                    X_of(s), int(n_in_), run_ ? T(0) : c0_.beta, W0 + u0 * n_in_, int(n_in_));
-        blas::sum_rows(int(rows), int(units), run_ ? mean : -lr_ / T(rows), dZ1, int(n1_), run_ ? T(0) : T(1), b0 + u0);
+        blas::sum_rows(int(rows), int(units), run_ ? mean : -epoch_.lr / T(rows), dZ1, int(n1_), run_ ? T(0) : T(1),
+                       b0 + u0);
         if (run_) optimizer_step(0, u0 * n_in_, units * n_in_, units, u0);
         gather(s + 1, p);
     }
 
     const Shape& shape_;
     Params<T>& params_;
-    const Dataset<T>& data_;
-    const std::int64_t* const order_;
-    const std::size_t n_, batch_, full_batch_;
-    const T lr_, lam_over_m_;
-    const std::optional<T> short_lam_over_m_;
-    const bool with_norms_;
+    const EpochSteps<T> epoch_;
     OptimizerRun<T>* const run_;  // null: plain SGD, the L2 step fused into the products
     const std::size_t n_in_, n1_, n2_, steps_;
     std::optional<TransposedWeights<T>> transposed_;
@@ -967,14 +980,12 @@ void transpose_into(const T* from, std::size_t ld_from, std::size_t rows, std::s
 template <class T>
 class PartialOutputEpoch {
 public:
-    PartialOutputEpoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
-                       std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
-                       std::optional<T> short_lam_over_m, bool with_norms, OptimizerRun<T>& run)
-        : shape_(shape), params_(params), data_(data), order_(order), n_(n), batch_(batch), full_batch_(full_batch),
-          lr_(lr), lam_over_m_(lam_over_m), short_lam_over_m_(short_lam_over_m), with_norms_(with_norms), run_(run),
-          n_in_(shape.n_in()), n1_(shape.sizes[1]), n2_(shape.sizes[2]), steps_((n + batch - 1) / batch) {
+    PartialOutputEpoch(const Shape& shape, Params<T>& params, const EpochSteps<T>& epoch, OptimizerRun<T>& run)
+        : shape_(shape), params_(params), epoch_(epoch), run_(run), n_in_(shape.n_in()), n1_(shape.sizes[1]),
+          n2_(shape.sizes[2]), steps_(epoch.count()) {
+        const std::size_t batch = epoch.batch;
         Kept& kept = kept_parts();
-        const std::size_t values = (order_ ? 3 * batch * n_in_ : 0) + 3 * n_in_ * n1_ + 4 * n1_ * n2_ +
+        const std::size_t values = (epoch_.order ? 3 * batch * n_in_ : 0) + 3 * n_in_ * n1_ + 4 * n1_ * n2_ +
                                    2 * batch * n1_ + 6 * batch * n2_;
         if (kept.in_use || values * sizeof(T) > kKeptBytes) {
             own_ = std::make_unique<Parts>();
@@ -984,10 +995,10 @@ public:
             kept_ = &kept;
             parts_ = &kept.parts;
         }
-        if (parts_->sizes != shape.sizes || parts_->batch != batch || parts_->gather != (order_ != nullptr)) {
+        if (parts_->sizes != shape.sizes || parts_->batch != batch || parts_->gather != (epoch_.order != nullptr)) {
             parts_->sizes = shape.sizes;
             parts_->batch = batch;
-            parts_->gather = order_ != nullptr;
+            parts_->gather = epoch_.order != nullptr;
             for (std::size_t p = 0; p < 2; ++p) size_part(parts_->part[p], p);
         }
         for (Part& part : parts_->part) {  // the weights may have changed since the buffers' last epoch
@@ -1073,13 +1084,14 @@ private:
     void size_part(Part& part, std::size_t p) const {
         part.u0 = n1_ * p / 2;
         part.units = n1_ * (p + 1) / 2 - part.u0;
-        for (std::size_t i = 0; i < 2; ++i) part.x[i].resize(order_ && (i == 0 || p == 0) ? batch_ * n_in_ : 0);
+        for (std::size_t i = 0; i < 2; ++i)
+            part.x[i].resize(epoch_.order && (i == 0 || p == 0) ? epoch_.batch * n_in_ : 0);
         part.W0_t.resize(n_in_ * part.units);
         part.W1_t.resize(part.units * n2_);
-        part.A1.resize(batch_ * part.units);
-        part.dZ1.resize(batch_ * part.units);
-        for (auto& z : part.partial) z.resize(batch_ * n2_);
-        part.Z2.resize(batch_ * n2_);
+        part.A1.resize(epoch_.batch * part.units);
+        part.dZ1.resize(epoch_.batch * part.units);
+        for (auto& z : part.partial) z.resize(epoch_.batch * n2_);
+        part.Z2.resize(epoch_.batch * n2_);
         part.gW0.resize(part.units * n_in_);
         part.gW1.resize(n2_ * part.units);
         part.gb.resize(std::max(part.units, n2_));
@@ -1087,8 +1099,6 @@ private:
         for (auto& S : part.S1) S.resize(n2_ * part.units);
     }
 
-    std::size_t rows_of(std::size_t s) const { return std::min(batch_, n_ - s * batch_); }
-    const std::int64_t* picked_of(std::size_t s) const { return order_ ? order_ + s * batch_ : nullptr; }
 
     void part(std::size_t t, std::size_t p) {
         if (t >= 1) backward(t - 1, p);
@@ -1103,7 +1113,7 @@ private:
         if (t >= 1) {
             result_.stats += parts_->part[0].stats;
             result_.steps = t;
-            if (with_norms_) result_.weight_norms += parts_->part[0].norms + parts_->part[1].norms;
+            if (epoch_.with_norms) result_.weight_norms += parts_->part[0].norms + parts_->part[1].norms;
         }
         if (t < steps_ && !stopping_) ++run_.step;
     }
@@ -1118,14 +1128,15 @@ private:
     // The part's columns of A1 and its partial logits for step s.
     void forward(std::size_t s, std::size_t p) {
         Part& part = parts_->part[p];
-        const std::size_t rows = rows_of(s), units = part.units;
-        const T* X = data_.X + s * batch_ * n_in_;
-        if (order_) {
+        const std::size_t rows = epoch_.rows_of(s), units = part.units;
+        const T* X = epoch_.rows_in_turn(s, n_in_);
+        if (epoch_.order) {
             T* x = batch_of(s, p);
             if (!one_thread_ || p == 0) {
-                const std::int64_t* picked = picked_of(s);
-                const NextRows next = p == 0 && s + 1 < steps_ ? NextRows{picked + rows, rows_of(s + 1)} : NextRows{};
-                gather_rows(data_, n_in_, n2_, picked, rows, x, next);
+                const std::int64_t* picked = epoch_.picked_of(s);
+                const NextRows next =
+                    p == 0 && s + 1 < steps_ ? NextRows{picked + rows, epoch_.rows_of(s + 1)} : NextRows{};
+                gather_rows(epoch_.data, n_in_, n2_, picked, rows, x, next);
             }
             X = x;
         }
@@ -1141,15 +1152,15 @@ private:
     // Step s's loss from both partials, then the part's gradients and the optimizer's pass over its parameters.
     void backward(std::size_t s, std::size_t p) {
         Part& part = parts_->part[p];
-        const std::size_t rows = rows_of(s), units = part.units, u0 = part.u0;
-        const T* X = order_ ? batch_of(s, p) : data_.X + s * batch_ * n_in_;
+        const std::size_t rows = epoch_.rows_of(s), units = part.units, u0 = part.u0;
+        const T* X = epoch_.order ? batch_of(s, p) : epoch_.rows_in_turn(s, n_in_);
         // dL/dZ2: each part's own on two threads; on one, part 1 takes part 0's (the same values)
         T* Z2 = one_thread_ && p == 1 ? parts_->part[0].Z2.data() : part.Z2.data();
         if (!one_thread_ || p == 0) {
             const T* P0 = parts_->part[0].partial[s % 2].data();
             const T* P1 = parts_->part[1].partial[s % 2].data();
             for (std::size_t i = 0; i < rows * n2_; ++i) Z2[i] = P0[i] + P1[i];
-            part.stats = inplace_loss_gradient(Z2, rows, n2_, shape_.loss, targets_of(data_, picked_of(s), s * batch_));
+            part.stats = inplace_loss_gradient(Z2, rows, n2_, shape_.loss, epoch_.targets(s));
         }
         const T mean = T(1) / T(rows);
         // dZ1's columns with W[1]'s old columns, then the gradients
@@ -1160,28 +1171,21 @@ private:
         inplace_activation_backward(part.dZ1.data(), part.A1.data(), rows * units, shape_.act);
         blas::gemm(blas::Op::T, blas::Op::N, int(units), int(n_in_), int(rows), mean, part.dZ1.data(), int(units), X,
                    int(n_in_), T(0), part.gW0.data(), int(n_in_));
-        const T decay = rows < full_batch_ && short_lam_over_m_ ? *short_lam_over_m_ : lam_over_m_;
-        double* norms = with_norms_ ? &part.norms : nullptr;
+        const T decay = epoch_.decay_of(rows);
+        double* norms = epoch_.with_norms ? &part.norms : nullptr;
         part.norms = 0.0;
         // the optimizer's pass, last layer first as OptimizerStep's: the part's block of W[1]'s columns, b[1] (part 0),
         // W[0]'s rows and b[0]'s entries
         inplace_optimizer_step(run_.opt, run_.step, part.W1.data(), part.gW1.data(), slots(part, 0), slots(part, 1),
-                               n2_ * units, lr_, decay, norms);
+                               n2_ * units, epoch_.lr, decay, norms);
         if (p == 0) {
             blas::sum_rows(int(rows), int(n2_), mean, Z2, int(n2_), T(0), part.gb.data());
-            step(1, false, 0, part.gb.data(), n2_, T(0), nullptr);
+            run_.apply(params_, 1, false, 0, part.gb.data(), n2_, epoch_.lr, T(0));
         }
-        step(0, true, u0 * n_in_, part.gW0.data(), units * n_in_, decay, norms);
+        run_.apply(params_, 0, true, u0 * n_in_, part.gW0.data(), units * n_in_, epoch_.lr, decay, norms);
         blas::sum_rows(int(rows), int(units), mean, part.dZ1.data(), int(units), T(0), part.gb.data());
-        step(0, false, u0, part.gb.data(), units, T(0), nullptr);
+        run_.apply(params_, 0, false, u0, part.gb.data(), units, epoch_.lr, T(0));
         refresh(part);
-    }
-
-    // The optimizer's pass over n parameters of layer l (weights or biases) from entry `from`, G their mean gradient.
-    void step(std::size_t l, bool weights, std::size_t from, const T* G, std::size_t n, T decay, double* norms) {
-        T* P = (weights ? params_.W[l] : params_.b[l]) + from;
-        inplace_optimizer_step(run_.opt, run_.step, P, G, run_.slot(0, weights, l, from),
-                               run_.slot(1, weights, l, from), n, lr_, decay, norms);
     }
 
     // The part's transposed copies <- its rows of W[0] and columns of W[1].
@@ -1213,12 +1217,7 @@ private:
 
     const Shape& shape_;
     Params<T>& params_;
-    const Dataset<T>& data_;
-    const std::int64_t* const order_;
-    const std::size_t n_, batch_, full_batch_;
-    const T lr_, lam_over_m_;
-    const std::optional<T> short_lam_over_m_;
-    const bool with_norms_;
+    const EpochSteps<T> epoch_;
     OptimizerRun<T>& run_;
     const std::size_t n_in_, n1_, n2_, steps_;
     std::unique_ptr<Parts> own_;
@@ -1366,31 +1365,37 @@ void for_each_step(const Dataset<T>& data, std::size_t n_in, const std::int64_t*
     }
 }
 
-// train_epoch with an optimizer other than plain SGD: its steps are OptimizerStep's.
+// Whether an epoch may cut its steps in parts of its own (UnitSplitEpoch, PartialOutputEpoch): dense X, its threads
+// given (share_threads) and OpenBLAS on one thread, so that each part's products stay on its thread.
+template <class T>
+bool cut_in_parts(const Dataset<T>& data, std::size_t share_threads) {
+    return !data.sparse && share_threads >= 1 && blas::num_threads() == 1;
+}
+
+// The threads such an epoch's two parts run on.
+static std::size_t parts_threads(std::size_t share_threads) { return std::min<std::size_t>(share_threads, 2); }
+
+// train_epoch with an optimizer other than plain SGD: its steps are OptimizerStep's, or cut in parts of their own
+// (PartialOutputEpoch, UnitSplitEpoch).
 template <class T>
 EpochResult optimizer_epoch(const Shape& shape, Params<T>& params, const Dataset<T>& data, const std::int64_t* order,
                             std::size_t n, std::size_t batch, std::size_t full_batch, T lr, T lam_over_m,
                             const std::function<bool()>& should_stop, OptimizerRun<T>& run, bool with_norms,
                             std::optional<T> short_lam_over_m, std::size_t share_threads) {
     EpochResult result;
-    // One small hidden layer whose steps cut in two shares of records, its threads given and OpenBLAS on one: its steps
-    // cut by units, each part with its partial of the output layer.
-    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 && partial_output_fits(shape.sizes, batch)) {
-        StopCheck stop(should_stop);
-        return PartialOutputEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
-                                     with_norms, run)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
-    }
-    // One wide hidden layer whose steps do not cut in two shares of records, its threads given and OpenBLAS on one:
-    // its steps cut by units.
-    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 && !optimizer_step_shares(shape.sizes, batch) &&
-        split_step_fits(shape.sizes, batch, shape.act)) {
-        StopCheck stop(should_stop);
-        return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
-                                 with_norms, &run)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
-    }
+    const EpochSteps<T> epoch{data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m, with_norms};
+    StopCheck stop(should_stop);
+    const auto stop_asked = [&] { return stop(); };
+    // One small hidden layer whose steps cut in two shares of records: its steps cut by units, each part with its
+    // partial of the output layer.
+    if (cut_in_parts(data, share_threads) && partial_output_fits(shape.sizes, batch))
+        return PartialOutputEpoch<T>(shape, params, epoch, run)(parts_threads(share_threads), stop_asked);
+    // One wide hidden layer whose steps do not cut in two shares of records: its steps cut by units.
+    if (cut_in_parts(data, share_threads) && !optimizer_step_shares(shape.sizes, batch) &&
+        split_step_fits(shape.sizes, batch, shape.act))
+        return UnitSplitEpoch<T>(shape, params, epoch, &run)(parts_threads(share_threads), stop_asked);
     const bool gather = order != nullptr && !data.sparse;
     OptimizerStep<T> step(shape, params, run, batch, gather, data.sparse, share_threads);
-    StopCheck stop(should_stop);
     for_each_step(data, shape.n_in(), order, n, batch, full_batch, lam_over_m, short_lam_over_m, stop, result,
                   [&](const std::int64_t* picked, std::size_t start, std::size_t rows, const NextRows& next, T decay) {
                       result.stats += step(data, picked, start, rows, next, lr, decay,
@@ -1425,12 +1430,11 @@ EpochResult train_epoch(const Shape& shape, Params<T>& params, const Dataset<T>&
         return optimizer_epoch(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, should_stop,
                                run != nullptr ? *run : sgd, with_norms, short_lam_over_m, share_threads);
     }
-    // A network with one wide hidden layer, its threads given and OpenBLAS on one: its steps cut by units.
-    if (!data.sparse && share_threads >= 1 && blas::num_threads() == 1 &&
-        split_step_fits(shape.sizes, batch, shape.act)) {
+    // A network with one wide hidden layer: its steps cut by units.
+    if (cut_in_parts(data, share_threads) && split_step_fits(shape.sizes, batch, shape.act)) {
         StopCheck stop(should_stop);
-        return UnitSplitEpoch<T>(shape, params, data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m,
-                                 with_norms)(std::min<std::size_t>(share_threads, 2), [&] { return stop(); });
+        const EpochSteps<T> epoch{data, order, n, batch, full_batch, lr, lam_over_m, short_lam_over_m, with_norms};
+        return UnitSplitEpoch<T>(shape, params, epoch)(parts_threads(share_threads), [&] { return stop(); });
     }
     // Otherwise the L2 step fused into each layer's weight product (inplace_fused_l2_step).
     const std::size_t n_in = shape.n_in();

@@ -131,6 +131,14 @@ struct OptimizerRun {
         if (s >= slots.size()) return nullptr;
         return (weights ? slots[s].W[l] : slots[s].b[l]) + from;
     }
+
+    // The optimizer's pass (inplace_optimizer_step, this step's) over entries [from, from + n) of layer l's weights (or
+    // biases) in params and their state, G their mean gradient; norms as inplace_optimizer_step's sum_squares.
+    void apply(Params<T>& params, std::size_t l, bool weights, std::size_t from, const T* G, std::size_t n, T lr,
+               T decay, double* norms = nullptr) const {
+        inplace_optimizer_step(opt, step, (weights ? params.W[l] : params.b[l]) + from, G, slot(0, weights, l, from),
+                               slot(1, weights, l, from), n, lr, decay, norms);
+    }
 };
 
 // With run given (and not SGD), each step computes the layer's mean gradient into a buffer with one
