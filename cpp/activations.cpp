@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "blas_threads.hpp"
 #include "parallel.hpp"
 
 namespace l2fast {
@@ -33,7 +34,7 @@ static void bias_then(T* Z, const T* b, std::size_t rows, std::size_t cols, F f)
 }
 
 template <class T>
-L2FAST_VECTOR_CLONES void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t cols, Activation act) {
+L2FAST_VECTOR_CLONES void bias_activation_rows(T* Z, const T* b, std::size_t rows, std::size_t cols, Activation act) {
     switch (act) {
         case Activation::Identity: bias_then(Z, b, rows, cols, [](T z) { return z; }); break;
         case Activation::Relu: bias_then(Z, b, rows, cols, [](T z) { return z > T(0) ? z : T(0); }); break;
@@ -43,7 +44,7 @@ L2FAST_VECTOR_CLONES void inplace_bias_activation(T* Z, const T* b, std::size_t 
 }
 
 template <class T>
-L2FAST_VECTOR_CLONES void inplace_activation_backward(T* dA, const T* A, std::size_t n, Activation act) {
+L2FAST_VECTOR_CLONES void activation_backward_range(T* dA, const T* A, std::size_t n, Activation act) {
     switch (act) {
         case Activation::Identity: break;
         case Activation::Relu:
@@ -56,6 +57,19 @@ L2FAST_VECTOR_CLONES void inplace_activation_backward(T* dA, const T* A, std::si
             for (std::size_t i = 0; i < n; ++i) dA[i] *= A[i] * (T(1) - A[i]);
             break;
     }
+}
+
+template <class T>
+void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t cols, Activation act) {
+    parallel_pass(rows, cols, [=](std::size_t r0, std::size_t r1) {
+        bias_activation_rows(Z + r0 * cols, b, r1 - r0, cols, act);
+    });
+}
+
+template <class T>
+void inplace_activation_backward(T* dA, const T* A, std::size_t n, Activation act) {
+    if (act == Activation::Identity) return;
+    parallel_pass(n, 1, [=](std::size_t i0, std::size_t i1) { activation_backward_range(dA + i0, A + i0, i1 - i0, act); });
 }
 
 template float sigmoid(float);

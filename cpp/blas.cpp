@@ -1,14 +1,20 @@
 // blas.hpp's sum_rows, compiled for AVX2 and for any x86-64 (the columns' sums side by side in vectors, each column's
-// rows still added in row order: the same bits either way).
+// rows still added in row order: the same bits either way), its chunks of columns shared between threads.
 #include "blas.hpp"
 
+#include <algorithm>
+
+#include "blas_threads.hpp"
 #include "parallel.hpp"
 
 namespace l2fast::blas {
 
+namespace {
+
+constexpr int kChunk = 256;  // columns whose running sums stay in the first-level cache
+
 template <class T>
-L2FAST_VECTOR_CLONES void sum_rows(int rows, int cols, T alpha, const T* A, int lda, T beta, T* y) {
-    constexpr int kChunk = 256;  // columns whose running sums stay in the first-level cache
+L2FAST_VECTOR_CLONES void sum_rows_chunks(int rows, int cols, T alpha, const T* A, int lda, T beta, T* y) {
     T sums[kChunk];
     for (int c0 = 0; c0 < cols; c0 += kChunk) {
         const int width = cols - c0 < kChunk ? cols - c0 : kChunk;
@@ -23,6 +29,19 @@ L2FAST_VECTOR_CLONES void sum_rows(int rows, int cols, T alpha, const T* A, int 
         else
             for (int c = 0; c < width; ++c) out[c] = beta * out[c] + alpha * sums[c];
     }
+}
+
+}  // namespace
+
+// The chunks of columns shared between threads (parallel_pass): a chunk's sums are the same on any of them.
+template <class T>
+void sum_rows(int rows, int cols, T alpha, const T* A, int lda, T beta, T* y) {
+    if (cols <= 0) return;
+    const std::size_t chunks = std::size_t(cols + kChunk - 1) / kChunk;
+    parallel_pass(chunks, std::size_t(std::max(rows, 0)) * kChunk, [=](std::size_t c0, std::size_t c1) {
+        const int first = int(c0) * kChunk, last = std::min(cols, int(c1) * kChunk);
+        sum_rows_chunks(rows, last - first, alpha, A + first, lda, beta, y + first);
+    });
 }
 
 template void sum_rows(int, int, float, const float*, int, float, float*);

@@ -11,6 +11,7 @@
 
 #include "aligned.hpp"
 #include "blas.hpp"
+#include "blas_threads.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
 #include "linear_step.hpp"
@@ -183,9 +184,15 @@ void take_block(const Dataset<T>& data, std::size_t n_in, const std::int64_t* pi
                 std::size_t rows, LineVector<T>& gathered, BlockX<T>& X, std::size_t n_out = 0, NextRows next = {}) {
     if (data.sparse) {
         gather_sparse_rows(data.X_csr, picked, start, rows, X.sparse);
-    } else if (picked) {
+    } else if (picked && next.rows) {
         gather_rows(data, n_in, n_out, picked, rows, gathered.data(), next);
         X.dense = gathered.data();
+    } else if (picked) {  // rows too many to prefetch a step ahead: a pass of its own, shared between threads
+        T* to = gathered.data();
+        parallel_pass(rows, n_in, [&](std::size_t r0, std::size_t r1) {
+            gather_rows(data, n_in, n_out, picked + r0, r1 - r0, to + r0 * n_in, NextRows{});
+        });
+        X.dense = to;
     } else {
         X.dense = data.X + start * n_in;
     }

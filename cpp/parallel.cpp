@@ -24,6 +24,23 @@ namespace l2fast {
 
 namespace {
 
+// Whether this thread takes part in a job of the pool now: a helper always, a caller while its job runs. A job's part
+// that asks for threads of its own (a nested parallel_for, or OpenBLAS's threaded call, blas_threads.cpp) runs them
+// on its own thread instead of waiting for the pool it holds.
+thread_local bool in_job = false;
+
+// Marks the calling thread as in a job of the pool until the scope ends.
+class InJob {
+public:
+    InJob() : was_(std::exchange(in_job, true)) {}
+    ~InJob() { in_job = was_; }
+    InJob(const InJob&) = delete;
+    InJob& operator=(const InJob&) = delete;
+
+private:
+    bool was_;
+};
+
 // How long a helper waiting for work, or a caller waiting for its helpers, polls before it sleeps:
 // back-to-back jobs then start without a wake-up (tens of microseconds on a busy machine), and an
 // idle pool still leaves the cores to OpenBLAS's threads after 50 us. Between rounds of polling it
@@ -150,6 +167,10 @@ private:
     }
 
     void work() {
+        in_job = true;
+#if defined(__linux__)
+        pthread_setname_np(pthread_self(), "l2fast-helper");  // as `top -H` and /proc/<pid>/task/*/comm show it
+#endif
         std::uint64_t seen = 0;
         for (;;) {
             const auto changed = [&] {
@@ -201,6 +222,8 @@ const int fork_handlers = pthread_atfork(before_fork, after_fork_in_parent, afte
 
 }  // namespace
 
+bool in_parallel_job() { return in_job; }
+
 int current_cpu() {
 #if defined(__linux__)
     return sched_getcpu();
@@ -242,8 +265,21 @@ void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
         if (n) body(0, n);
         return;
     }
+    if (in_job) {  // inside a job of the pool, which this thread or its caller holds: the same shares, one by one
+        std::exception_ptr error;
+        for (std::size_t s = 0; s < shares; ++s) {
+            try {
+                if (n * s / shares < n * (s + 1) / shares) body(n * s / shares, n * (s + 1) / shares);
+            } catch (...) {
+                if (!error) error = std::current_exception();
+            }
+        }
+        if (error) std::rethrow_exception(error);
+        return;
+    }
     // One job at a time: a second caller waits here rather than sharing the helpers.
     std::lock_guard<std::mutex> lock(pool_mutex);
+    const InJob marked;
     if (!pool || pool_pid != getpid() || pool->helpers() + 1 < shares) {
         if (pool && pool_pid != getpid()) (void)pool.release();  // the parent's threads are not ours to join
         (void)fork_handlers;

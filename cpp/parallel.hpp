@@ -1,6 +1,6 @@
-// A parallel loop for memory-bound passes outside the GEMM loop (the standalone update).
-// Helpers sleep between jobs, so they never spin against OpenBLAS's own threads; a fork waits for the job
-// in progress, and the child makes helpers of its own.
+// A parallel loop for memory-bound passes outside the GEMM loop (the standalone update), and for OpenBLAS's own
+// threaded jobs (blas_threads.hpp). Helpers sleep soon between jobs; a fork waits for the job in progress, and the
+// child makes helpers of its own.
 #pragma once
 
 #include <chrono>
@@ -26,6 +26,11 @@ constexpr std::chrono::microseconds kHelperPoll{50};
 // (7 510 parameters), after which a helper woken from sleep took a further ~0.13 ms to start (a 20000 x 20
 // LogisticRegression fit: 0.43 ms an evaluation, 0.29 ms with a linger). Newton-CG's passes showed no gain.
 constexpr std::chrono::microseconds kSolverPoll{1000};
+
+// Whether the calling thread runs a part of a job of the pool now (a helper, or a caller of parallel_for or
+// parallel_steps until it returns). A parallel_for called there runs its shares one after another on the calling
+// thread, in the order and with the bounds it would give them on several.
+bool in_parallel_job();
 
 // The CPU the calling thread runs on now, or -1 where that cannot be told.
 int current_cpu();

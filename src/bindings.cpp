@@ -22,6 +22,7 @@
 #include <pthread.h>
 
 #include "blas.hpp"
+#include "blas_threads.hpp"
 #include "limits.hpp"
 #include "linear.hpp"
 #include "linear_step.hpp"
@@ -1036,6 +1037,8 @@ private:
 PYBIND11_MODULE(_core, m) {
     m.doc() = "l2fast's compiled kernels (private: use l2fast.Network with backend='cpu').";
     m.attr("build_commit") = L2FAST_COMMIT;
+    // OpenBLAS's threaded calls run on l2fast's pool from here on, before any BLAS call of this module.
+    l2fast::serve_openblas_threads();
     py::module_::import("atexit").attr("register")(py::cpp_function(wait_for_kernels_at_exit));
     // A forked child has only the forking thread, which holds the GIL: no kernel of its is in flight.
     pthread_atfork(nullptr, nullptr, [] { in_flight.store(0); });

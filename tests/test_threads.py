@@ -849,6 +849,57 @@ def test_wide_layers_bias_sums_give_the_same_bits_on_one_and_two_threads(restore
         assert np.array_equal(a, b)
 
 
+OPENBLAS_ON_THE_POOL = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    import l2fast
+
+    def cpu_seconds():  # each thread's name and CPU time (user + system), by thread id
+        tick = os.sysconf("SC_CLK_TCK")
+        threads = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            threads[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        return threads
+
+    l2fast.set_num_threads(2, adaptive=False)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4096, 784)).astype(np.float32)
+    y = rng.integers(0, 10, size=4096)
+    net = l2fast.Network([784, 1024, 1024, 10], backend="cpu", dtype="float32", seed=0, lam=1.0)
+    net.fit(X[:512], y[:512], epochs=1, batch_size=256, lr=0.01)  # every thread started
+    time.sleep(0.5)  # OpenBLAS's own threads poll about 0.1 s after their last job, then sleep
+    before = cpu_seconds()
+    net.fit(X, y, epochs=3, batch_size=256, lr=0.01)
+    after = cpu_seconds()
+    main = os.getpid()
+    gained = {tid: (name, t - before.get(tid, (name, 0.0))[1]) for tid, (name, t) in after.items()}
+    helpers = sum(t for tid, (name, t) in gained.items() if name == "l2fast-helper")
+    others = sum(t for tid, (name, t) in gained.items() if name != "l2fast-helper" and tid != main)
+    print(gained[main][1], helpers, others)
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux's /proc and two CPUs")
+def test_openblas_runs_its_jobs_on_l2fasts_helpers_and_its_own_threads_stay_idle():
+    # l2fast hands OpenBLAS's threaded jobs to its own pool (blas_threads.hpp): the second job of each product and the
+    # second share of each pass between them run on a thread named l2fast-helper, and OpenBLAS's own server threads
+    # (and any other) stay asleep, where they used to poll beside l2fast's (a third thread on two cores).
+    out = subprocess.run([sys.executable, "-c", OPENBLAS_ON_THE_POOL], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "L2FAST_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    main, helpers, others = map(float, out.stdout.split())
+    assert helpers >= 0.3 * main, (main, helpers, others)  # the helper took about half of the products
+    assert others <= 0.05 * max(helpers, 0.01) + 0.02, (main, helpers, others)
+
+
 def test_busy_loops_of_other_processes_are_seen():
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:

@@ -22,6 +22,7 @@
 
 #include "activations.hpp"
 #include "blas.hpp"
+#include "blas_threads.hpp"
 #include "dense.hpp"
 #include "linear.hpp"
 #include "linear_step.hpp"
@@ -316,6 +317,141 @@ private:
     std::atomic<bool> finished_{false};
     std::thread thread_;  // after finished_, which it reads
 };
+
+// OpenBLAS's threaded products run their jobs on l2fast's pool (serve_openblas_threads, called by main): a product on
+// two threads gives the bits of one thread's (k at most blas::kMaxInner), and the jobs ran on a helper of the pool,
+// not on OpenBLAS's own server, whose threads stay idle. From inside a job of the pool (where the pool is taken) the
+// same product runs its jobs on threads of their own, with the same bits, rather than waiting forever for the pool.
+static void test_openblas_jobs_run_on_the_pool() {
+    CHECK(openblas_threads_served());
+    std::mt19937_64 rng(21);
+    const int m = 384, n = 512, k = 256;
+    auto floats = [&](std::size_t count) {
+        const std::vector<double> v = randn(count, rng);
+        return std::vector<float>(v.begin(), v.end());
+    };
+    const std::vector<float> A = floats(std::size_t(m) * k), B = floats(std::size_t(k) * n);
+    auto product = [&](int threads) {
+        blas::set_num_threads(threads);
+        std::vector<float> C(std::size_t(m) * n);
+        blas::gemm(blas::Op::N, blas::Op::N, m, n, k, 1.0f, A.data(), k, B.data(), n, 0.0f, C.data(), n);
+        return C;
+    };
+    const int before = blas::num_threads();
+    const std::vector<float> one = product(1);
+    double worst = 0.0;
+    for (int i = 0; i < m; i += 37)
+        for (int j = 0; j < n; j += 41) {
+            double plain = 0.0;
+            for (int p = 0; p < k; ++p) plain += double(A[std::size_t(i) * k + p]) * B[std::size_t(p) * n + j];
+            worst = std::max(worst, std::abs(plain - one[std::size_t(i) * n + j]));
+        }
+    CHECK(worst < 1e-3);
+    const std::size_t served = openblas_calls_served();
+    (void)product(1);
+    CHECK(openblas_calls_served() == served);  // one thread: OpenBLAS calls no server
+    for (int round = 0; round < 20; ++round) CHECK(product(2) == one);
+    CHECK(product(3) == one);
+    CHECK(openblas_calls_served() >= served + 21);
+    std::optional<Watchdog> watchdog(std::in_place, "an OpenBLAS product inside a job of the pool");
+    std::vector<std::vector<float>> inside(2);
+    parallel_for(2, 2, 1, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t s = begin; s < end; ++s) {
+            CHECK(in_parallel_job());
+            std::vector<float> C(std::size_t(m) * n);
+            blas::gemm(blas::Op::N, blas::Op::N, m, n, k, 1.0f, A.data(), k, B.data(), n, 0.0f, C.data(), n);
+            inside[s] = std::move(C);
+        }
+    });
+    watchdog.reset();
+    CHECK(inside[0] == one && inside[1] == one);
+    CHECK(!in_parallel_job());
+    blas::set_num_threads(before);
+}
+
+// A parallel_for inside a job of the pool runs its shares on the calling thread, one after another, with the bounds
+// they have on several threads (parallel_sum's total included), and passes on a share's exception.
+static void test_parallel_for_inside_a_job_runs_its_shares_in_order() {
+    std::vector<std::vector<std::pair<std::size_t, std::size_t>>> seen(2);
+    std::vector<double> sums(2, 0.0);
+    std::vector<int> threw(2, 0);
+    const double alone = parallel_sum(1000, 3, 100, [](std::size_t b, std::size_t e) {
+        double s = 0.0;
+        for (std::size_t i = b; i < e; ++i) s += 1.0 / double(i + 1);
+        return s;
+    });
+    parallel_for(2, 2, 1, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t s = begin; s < end; ++s) {
+            const std::thread::id me = std::this_thread::get_id();
+            bool same_thread = true;
+            parallel_for(1000, 3, 100, [&](std::size_t b, std::size_t e) {
+                same_thread = same_thread && std::this_thread::get_id() == me;
+                seen[s].emplace_back(b, e);
+            });
+            CHECK(same_thread);
+            sums[s] = parallel_sum(1000, 3, 100, [](std::size_t b, std::size_t e) {
+                double t = 0.0;
+                for (std::size_t i = b; i < e; ++i) t += 1.0 / double(i + 1);
+                return t;
+            });
+            try {
+                parallel_for(1000, 3, 100, [](std::size_t b, std::size_t) {
+                    if (b > 0) throw std::runtime_error("share");
+                });
+            } catch (const std::runtime_error&) {
+                threw[s] = 1;
+            }
+        }
+    });
+    const std::vector<std::pair<std::size_t, std::size_t>> shares = {{0, 333}, {333, 666}, {666, 1000}};
+    CHECK(seen[0] == shares && seen[1] == shares);
+    CHECK(sums[0] == alone && sums[1] == alone);
+    CHECK(threw[0] == 1 && threw[1] == 1);
+}
+
+// The passes shared between threads (parallel_pass): bias and activation, activation derivative and bias sums give
+// the bits of one thread on two and three, on a pass above kMinPassValues and one below it, in both precisions.
+template <class T>
+static void check_passes_on_threads() {
+    std::mt19937_64 rng(22);
+    const int before = blas::num_threads();
+    for (std::size_t rows : {std::size_t(7), std::size_t(300)}) {
+        const std::size_t cols = 600;  // 300 x 600 = 180 000 values, shared; 7 x 600 not
+        std::vector<T> Z0(rows * cols), b(cols), dA0(rows * cols);
+        for (auto& z : Z0) z = T(std::normal_distribution<double>()(rng));
+        for (auto& v : b) v = T(std::normal_distribution<double>()(rng));
+        for (auto& v : dA0) v = T(std::normal_distribution<double>()(rng));
+        for (Activation act : {Activation::Relu, Activation::Tanh, Activation::Sigmoid}) {
+            std::vector<std::vector<T>> Z, dA, sums;
+            for (int threads : {1, 2, 3}) {
+                blas::set_num_threads(threads);
+                std::vector<T> z = Z0, d = dA0, y(cols, T(0.5));
+                inplace_bias_activation(z.data(), b.data(), rows, cols, act);
+                inplace_activation_backward(d.data(), z.data(), rows * cols, act);
+                blas::sum_rows(int(rows), int(cols), T(0.25), d.data(), int(cols), T(1), y.data());
+                Z.push_back(z);
+                dA.push_back(d);
+                sums.push_back(y);
+            }
+            CHECK(Z[1] == Z[0] && Z[2] == Z[0] && dA[1] == dA[0] && dA[2] == dA[0]);
+            CHECK(sums[1] == sums[0] && sums[2] == sums[0]);
+            // against the plain loops
+            double worst = 0.0;
+            for (std::size_t j = 0; j < cols; ++j) {
+                double s = 0.0;
+                for (std::size_t r = 0; r < rows; ++r) s += double(dA[0][r * cols + j]);
+                worst = std::max(worst, std::abs(0.5 + 0.25 * s - double(sums[0][j])));
+            }
+            CHECK(worst < (std::is_same_v<T, float> ? 1e-3 : 1e-10));
+            const T z = Z0[5] + b[5];
+            const T expected = act == Activation::Relu ? (z > T(0) ? z : T(0))
+                               : act == Activation::Tanh ? std::tanh(z)
+                                                         : T(1) / (T(1) + std::exp(-z));
+            CHECK(std::abs(double(Z[0][5] - expected)) < 1e-6);
+        }
+    }
+    blas::set_num_threads(before);
+}
 
 static void test_parallel_for_covers_every_index_once() {
     for (std::size_t n : {std::size_t(0), std::size_t(5), std::size_t(1000), std::size_t(1001)}) {
@@ -1999,6 +2135,7 @@ static void test_linear_steps_of_two_shares_on_one_and_two_threads() {
 }
 
 int main() {
+    serve_openblas_threads();  // as the module's import does
     test_small_kernels_match_plain_loops();
     test_small_softmax_at_extreme_logits();
     test_small_layers_train_transposed_where_openblas_would_pack();
@@ -2014,6 +2151,10 @@ int main() {
     test_loss_gradient_is_the_derivative_of_the_loss();
     test_checks_refuse_bad_input();
     test_parallel_for_covers_every_index_once();
+    test_openblas_jobs_run_on_the_pool();
+    test_parallel_for_inside_a_job_runs_its_shares_in_order();
+    check_passes_on_threads<float>();
+    check_passes_on_threads<double>();
     test_parallel_for_back_to_back_jobs();
     test_parallel_for_jobs_of_changing_share_counts();
     test_parallel_for_passes_a_shares_exception_to_the_caller();
