@@ -14,11 +14,6 @@ namespace l2fast {
 
 namespace {
 
-// How long the pool's helpers poll for the next job after an OpenBLAS call: a step's products follow each other with
-// passes of 20-100 us between them (C: 784-1024-1024-10 at batch 256), and a helper woken from sleep for each would
-// cost tens of microseconds a product. OpenBLAS's own server polls up to 2^28 cycles (about 0.1 s).
-constexpr std::chrono::microseconds kBlasPoll{1000};
-
 std::atomic<bool> served{false};
 std::atomic<std::size_t> calls{0};
 

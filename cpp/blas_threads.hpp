@@ -3,10 +3,16 @@
 // OpenBLAS's own server would keep a third spinning beside l2fast's helpers.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 
 namespace l2fast {
+
+// How long the pool's helpers poll for the next job after an OpenBLAS call: a step's products follow each other with
+// passes of 20-100 us between them (C: 784-1024-1024-10 at batch 256), and a helper woken from sleep for each would
+// cost tens of microseconds a product. OpenBLAS's own server polls up to 2^28 cycles (about 0.1 s).
+constexpr std::chrono::microseconds kBlasPoll{1000};
 
 // Hands OpenBLAS's threaded jobs to l2fast's pool from now on (openblas_set_threads_callback_function). Call it once,
 // before any BLAS call runs: the module's import does. OpenBLAS still decides how many jobs a call has (its thread

@@ -63,8 +63,8 @@ bool spin_until(Ready ready, std::chrono::microseconds spin = kSpin) {
     return ready();
 }
 
-// A job is cut in `shares` contiguous parts of [0, n), fixed by n and shares alone; the caller and the helpers claim
-// them one at a time, so a helper that wakes late (or shares its core with another process) takes fewer parts or
+// A job is cut in `shares` contiguous parts of [0, n), fixed by n and shares alone; part 0 is the caller's, and the
+// caller and the helpers claim the others one at a time, so a helper that wakes late (or shares its core with another process) takes fewer parts or
 // none, and the caller never waits for a helper that has not started: it does the parts left itself, and waits
 // only for the parts already taken. The job's state is one word, its number, its share count and the next part to
 // take: a claim is a compare-and-swap on it, which fails once the job has moved on.
@@ -87,23 +87,31 @@ public:
 
     void run(std::size_t n, std::size_t shares, const std::function<void(std::size_t, std::size_t)>& body,
              std::chrono::microseconds linger) {
-        std::uint64_t job;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            linger_.store(linger.count(), std::memory_order_relaxed);
-            caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
-            body_.store(&body, std::memory_order_relaxed);
-            n_.store(n, std::memory_order_relaxed);
-            done_.store(0, std::memory_order_relaxed);
-            job = (job_of(state_.load(std::memory_order_relaxed)) + 1) & kJobMask;  // wraps after 2^40 jobs
-            state_.store(state_of(job, shares, 0), std::memory_order_release);
+        linger_.store(linger.count(), std::memory_order_relaxed);
+        caller_cpu_.store(current_cpu(), std::memory_order_relaxed);
+        body_.store(&body, std::memory_order_relaxed);
+        n_.store(n, std::memory_order_relaxed);
+        done_.store(0, std::memory_order_relaxed);
+        const std::uint64_t job = (job_of(state_.load(std::memory_order_relaxed)) + 1) & kJobMask;  // wraps after 2^40
+        // part 0 is the caller's, claimed as the job opens: a pass's first rows, or OpenBLAS's first job, stay on the
+        // caller's core job after job (and the second on the helper's), so that the data a part wrote is in its own
+        // core's cache when the next pass or product reads it
+        state_.store(state_of(job, shares, 1), std::memory_order_seq_cst);
+        // A helper counts itself in sleepers_ under mutex_ before its last look at the state, and the state is stored
+        // before sleepers_ is read (all sequentially consistent): either the helper sees the job, or it is seen here
+        // and woken under the mutex, which is not free until it sleeps. Helpers that poll cost no lock nor call.
+        if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+            { std::lock_guard<std::mutex> lock(mutex_); }
+            wake_.notify_all();
         }
-        wake_.notify_all();
+        run_part(0, shares, n, body);
         take_parts(job);
-        const auto finished = [this, shares] { return done_.load(std::memory_order_acquire) == shares; };
-        if (!spin_until(finished)) {
+        const auto finished = [this, shares] { return done_.load(std::memory_order_seq_cst) == shares; };
+        if (!spin_until(finished)) {  // the same handshake the other way: the last part's thread wakes a sleeping caller
             std::unique_lock<std::mutex> lock(mutex_);
+            caller_sleeps_.store(true, std::memory_order_seq_cst);
             done_cv_.wait(lock, finished);
+            caller_sleeps_.store(false, std::memory_order_relaxed);
         }
         // every part is done (or has thrown), so no thread touches the job any more: its first exception, if any,
         // goes to the caller, and the pool is ready for the next job
@@ -148,21 +156,27 @@ private:
             const auto* body = body_.load(std::memory_order_relaxed);
             if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel, std::memory_order_acquire))
                 continue;
-            const std::size_t begin = n * part / shares, end = n * (part + 1) / shares;
-            if (begin < end) {
-                try {
-                    (*body)(begin, end);
-                } catch (...) {  // counted as done all the same: the caller rethrows it once every part is over
-                    std::lock_guard<std::mutex> lock(mutex_);
-                    if (!error_) error_ = std::current_exception();
-                    failed_.store(true, std::memory_order_release);
-                }
-            }
-            if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == shares) {
-                std::lock_guard<std::mutex> lock(mutex_);  // the caller cannot miss the notify
-                done_cv_.notify_one();
-            }
+            run_part(part, shares, n, *body);
             state = state_.load(std::memory_order_acquire);
+        }
+    }
+
+    // Runs part `part` of the job in hand, claimed already, and counts it done.
+    void run_part(std::size_t part, std::size_t shares, std::size_t n,
+                  const std::function<void(std::size_t, std::size_t)>& body) {
+        const std::size_t begin = n * part / shares, end = n * (part + 1) / shares;
+        if (begin < end) {
+            try {
+                body(begin, end);
+            } catch (...) {  // counted as done all the same: the caller rethrows it once every part is over
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (!error_) error_ = std::current_exception();
+                failed_.store(true, std::memory_order_release);
+            }
+        }
+        if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == shares && caller_sleeps_.load(std::memory_order_seq_cst)) {
+            std::lock_guard<std::mutex> lock(mutex_);  // the caller cannot miss the notify
+            done_cv_.notify_one();
         }
     }
 
@@ -174,12 +188,14 @@ private:
         std::uint64_t seen = 0;
         for (;;) {
             const auto changed = [&] {
-                return stopping_.load(std::memory_order_acquire) ||
-                       job_of(state_.load(std::memory_order_acquire)) != seen;
+                return stopping_.load(std::memory_order_seq_cst) ||
+                       job_of(state_.load(std::memory_order_seq_cst)) != seen;
             };
             if (!spin_until(changed, std::chrono::microseconds(linger_.load(std::memory_order_relaxed)))) {
                 std::unique_lock<std::mutex> lock(mutex_);
+                sleepers_.fetch_add(1, std::memory_order_seq_cst);
                 wake_.wait(lock, changed);
+                sleepers_.fetch_sub(1, std::memory_order_relaxed);
             }
             if (stopping_.load(std::memory_order_acquire)) return;
             seen = job_of(state_.load(std::memory_order_acquire));
@@ -198,6 +214,8 @@ private:
     std::atomic<std::uint64_t> state_{0};  // state_of(the job's number, its shares, the next part to take)
     std::atomic<std::int64_t> linger_{kSpin.count()};  // how long the helpers poll after the last job, in us
     std::atomic<bool> stopping_{false};
+    std::atomic<int> sleepers_{0};            // helpers asleep on wake_, or about to be (counted under mutex_)
+    std::atomic<bool> caller_sleeps_{false};  // the caller sleeps on done_cv_, or is about to (set under mutex_)
     std::atomic<bool> failed_{false};  // a part of the job in hand threw: error_ holds the first exception
     std::exception_ptr error_;          // under mutex_
     std::atomic<int> caller_cpu_{-1};  // the CPU the caller of the latest job ran on when it posted it

@@ -353,6 +353,30 @@ static void test_openblas_jobs_run_on_the_pool() {
     for (int round = 0; round < 20; ++round) CHECK(product(2) == one);
     CHECK(product(3) == one);
     CHECK(openblas_calls_served() >= served + 21);
+    // A batch of products on two threads: half the products each (OpenBLAS on one thread meanwhile, its count put
+    // back after), each product's bits those of the same product alone on one thread.
+    {
+        constexpr std::size_t kCount = 5;
+        std::vector<std::vector<float>> Cs(kCount, std::vector<float>(std::size_t(m) * n));
+        std::vector<const float*> As(kCount, A.data()), Bs(kCount, B.data());
+        std::vector<float*> Cp;
+        std::vector<float> alphas, betas(kCount, 0.0f);
+        for (std::size_t i = 0; i < kCount; ++i) {
+            Cp.push_back(Cs[i].data());
+            alphas.push_back(float(i + 1));
+        }
+        blas::Batch<float> batch(kCount);
+        blas::set_num_threads(2);
+        batch.gemm(blas::Op::N, blas::Op::N, m, n, k, alphas.data(), As.data(), k, Bs.data(), n, betas.data(),
+                   Cp.data(), n, kCount);
+        CHECK(blas::num_threads() == 2);
+        blas::set_num_threads(1);
+        for (std::size_t i = 0; i < kCount; ++i) {
+            std::vector<float> alone(std::size_t(m) * n);
+            blas::gemm(blas::Op::N, blas::Op::N, m, n, k, alphas[i], A.data(), k, B.data(), n, 0.0f, alone.data(), n);
+            CHECK(Cs[i] == alone);
+        }
+    }
     std::optional<Watchdog> watchdog(std::in_place, "an OpenBLAS product inside a job of the pool");
     std::vector<std::vector<float>> inside(2);
     parallel_for(2, 2, 1, [&](std::size_t begin, std::size_t end) {
