@@ -69,7 +69,9 @@ void inplace_bias_activation(T* Z, const T* b, std::size_t rows, std::size_t col
 template <class T>
 void inplace_activation_backward(T* dA, const T* A, std::size_t n, Activation act) {
     if (act == Activation::Identity) return;
-    parallel_pass(n, 1, [=](std::size_t i0, std::size_t i1) { activation_backward_range(dA + i0, A + i0, i1 - i0, act); });
+    parallel_pass(n, 1, [=](std::size_t i0, std::size_t i1) {
+        activation_backward_range(dA + i0, A + i0, i1 - i0, act);
+    });
 }
 
 template float sigmoid(float);

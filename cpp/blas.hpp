@@ -179,5 +179,4 @@ inline void axpby(int n, double alpha, const double* x, double beta, double* y) 
 inline void axpy(int n, float alpha, const float* x, float* y) { scipy_cblas_saxpy(n, alpha, x, 1, y, 1); }
 inline void axpy(int n, double alpha, const double* x, double* y) { scipy_cblas_daxpy(n, alpha, x, 1, y, 1); }
 
-
 }  // namespace l2fast::blas

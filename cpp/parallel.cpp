@@ -64,10 +64,10 @@ bool spin_until(Ready ready, std::chrono::microseconds spin = kSpin) {
 }
 
 // A job is cut in `shares` contiguous parts of [0, n), fixed by n and shares alone; part 0 is the caller's, and the
-// caller and the helpers claim the others one at a time, so a helper that wakes late (or shares its core with another process) takes fewer parts or
-// none, and the caller never waits for a helper that has not started: it does the parts left itself, and waits
-// only for the parts already taken. The job's state is one word, its number, its share count and the next part to
-// take: a claim is a compare-and-swap on it, which fails once the job has moved on.
+// caller and the helpers claim the others one at a time, so a helper that wakes late (or shares its core with another
+// process) takes fewer parts or none, and the caller never waits for a helper that has not started: it does the parts
+// left itself, and waits only for the parts already taken. The job's state is one word, its number, its share count
+// and the next part to take: a claim is a compare-and-swap on it, which fails once the job has moved on.
 class Pool {
 public:
     explicit Pool(std::size_t helpers) {
@@ -107,7 +107,8 @@ public:
         run_part(0, shares, n, body);
         take_parts(job);
         const auto finished = [this, shares] { return done_.load(std::memory_order_seq_cst) == shares; };
-        if (!spin_until(finished)) {  // the same handshake the other way: the last part's thread wakes a sleeping caller
+        // the same handshake the other way: the thread that finishes the last part wakes a sleeping caller
+        if (!spin_until(finished)) {
             std::unique_lock<std::mutex> lock(mutex_);
             caller_sleeps_.store(true, std::memory_order_seq_cst);
             done_cv_.wait(lock, finished);
@@ -174,7 +175,8 @@ private:
                 failed_.store(true, std::memory_order_release);
             }
         }
-        if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == shares && caller_sleeps_.load(std::memory_order_seq_cst)) {
+        const bool last = done_.fetch_add(1, std::memory_order_seq_cst) + 1 == shares;
+        if (last && caller_sleeps_.load(std::memory_order_seq_cst)) {
             std::lock_guard<std::mutex> lock(mutex_);  // the caller cannot miss the notify
             done_cv_.notify_one();
         }

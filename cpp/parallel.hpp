@@ -46,10 +46,10 @@ bool leave_cpu(int cpu);
 
 // Runs body(begin, end) over [0, n) split in up to `threads` contiguous shares (their bounds fixed by n and their
 // count): the calling thread takes the first, and it and sleeping helper threads claim the others one at a time, so a
-// helper that starts late takes fewer or none and the caller does the rest. Runs inline when n < 2 * min_share or threads < 2. Returns
-// when every share is done; when a share throws, the others still run, and the first exception is rethrown to the
-// caller once all are over (a helper's exception never ends the process). linger: how long the helpers then poll for
-// the next job, for jobs that come back after a longer gap than the default's.
+// helper that starts late takes fewer or none and the caller does the rest. Runs inline when n < 2 * min_share or
+// threads < 2. Returns when every share is done; when a share throws, the others still run, and the first exception
+// is rethrown to the caller once all are over (a helper's exception never ends the process). linger: how long the
+// helpers then poll for the next job, for jobs that come back after a longer gap than the default's.
 void parallel_for(std::size_t n, std::size_t threads, std::size_t min_share,
                   const std::function<void(std::size_t, std::size_t)>& body,
                   std::chrono::microseconds linger = kHelperPoll);
