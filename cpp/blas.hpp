@@ -126,10 +126,11 @@ public:
                 blas::gemm(op_a, op_b, m, n, k, alpha[i], A[i], lda, B[i], ldb, beta[i], C[i], ldc);
             return;
         }
-        if (count >= 2 && openblas_threads_served() && !in_parallel_job() && num_threads() >= 2) {
+        if (count >= 2 && openblas_threads_served() && num_threads() >= 2) {
             // OpenBLAS would hand its threads the products a pair at a time, one hand-off per pair (64-64-10 models
             // eight at once: 4 a call); l2fast's threads take half the batch each instead, one hand-off a call, with
-            // OpenBLAS on one thread meanwhile. Each product still runs whole on one thread: the same bits.
+            // OpenBLAS on one thread meanwhile (inside a job of the pool, the halves one after the other, as
+            // parallel_for runs them there). Each product still runs whole on one thread: the same bits.
             const int threads = num_threads();
             set_num_threads(1);
             parallel_for(count, std::size_t(threads), 1, [&](std::size_t first, std::size_t last) {

@@ -1106,7 +1106,6 @@ private:
         for (auto& S : part.S1) S.resize(n2_ * part.units);
     }
 
-
     void part(std::size_t t, std::size_t p) {
         if (t >= 1) backward(t - 1, p);
         if (t < steps_ && !stopping_) forward(t, p);

@@ -43,7 +43,7 @@ private:
 
 // How long a helper waiting for work, or a caller waiting for its helpers, polls before it sleeps:
 // back-to-back jobs then start without a wake-up (tens of microseconds on a busy machine), and an
-// idle pool still leaves the cores to OpenBLAS's threads after 50 us. Between rounds of polling it
+// idle pool still leaves the cores to other work after 50 us. Between rounds of polling it
 // yields: when the scheduler has put a helper on the caller's core (the other one busy elsewhere),
 // the caller's share then runs instead of waiting out the spin (U at 1M: 0.2 ms a call -> 0.1).
 constexpr std::chrono::microseconds kSpin = kHelperPoll;

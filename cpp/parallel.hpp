@@ -18,7 +18,7 @@
 namespace l2fast {
 
 // How long helpers poll for the next job after one before they sleep, unless the job asks for longer (linger): a
-// wake-up from sleep takes tens of microseconds, and polling longer would take a core from OpenBLAS's threads.
+// wake-up from sleep takes tens of microseconds, and polling longer would take a core from other work.
 constexpr std::chrono::microseconds kHelperPoll{50};
 
 // The linger of the passes L-BFGS calls once per evaluation (linear_gradients, gradients() in two halves): SciPy's
